@@ -1,0 +1,275 @@
+//! Admission: a request on a queued route becomes a stored entry and a ticket.
+//!
+//! The checks run cheapest first, each one step; everything that needs shared
+//! state (idempotency, capacity, enqueue) is one atomic backend call.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use sha2::{Digest, Sha256};
+use tracing::warn;
+
+use crate::body::{json, Body};
+use crate::config::ClientKey;
+use crate::gateway::{App, Queue};
+use crate::headers::{self, strip_hop_by_hop};
+use crate::problem::{Code, Problem};
+use crate::queue::{Admit, IdempotencyClaim, QueuedRequest};
+use crate::ticket::{self, now_ms, AdmissionView, TicketId, TicketStatus};
+
+/// Longest `Idempotency-Key` accepted (SPEC §3.1).
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+/// Headers the gateway sets itself towards the upstream, never taken from
+/// the client.
+const GATEWAY_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "expect",
+    "idempotency-key",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-flashgate-ticket",
+    "x-flashgate-attempt",
+];
+
+/// Answers a request on one of `queue`'s routes.
+pub async fn admit(
+    app: &App,
+    queue: &Queue,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let name = queue.config.name.as_str();
+    match try_admit(app, queue, peer, req).await {
+        Ok((outcome, resp)) => {
+            app.metrics.admission(name, outcome);
+            resp
+        }
+        Err(problem) => {
+            let outcome = match problem.code {
+                Code::QueueFull => "queue_full",
+                _ => "rejected",
+            };
+            app.metrics.admission(name, outcome);
+            problem.into_response()
+        }
+    }
+}
+
+async fn try_admit(
+    app: &App,
+    queue: &Queue,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<(&'static str, Response<Body>), Problem> {
+    let max_body = app.config.max_body.0;
+
+    // 1. Body size, from Content-Length, before reading a byte of the body.
+    if content_length(req.headers())?.is_some_and(|len| len > max_body) {
+        return Err(too_large(max_body));
+    }
+
+    // 2. Idempotency-Key shape: no I/O needed to refuse a bad one.
+    let key = idempotency_key(req.headers())?;
+
+    // 3. The body, read whole but never past the limit (chunked bodies
+    //    declare no length).
+    let (parts, body) = req.into_parts();
+    let body = read_body(body, max_body).await?;
+
+    // 4. Store: idempotency, capacity and enqueue in one atomic round trip.
+    let client = client_key(&app.config.client_key, &parts.headers, peer);
+    let mut stored_headers = parts.headers;
+    strip_hop_by_hop(&mut stored_headers);
+    for name in GATEWAY_HEADERS {
+        stored_headers.remove(*name);
+    }
+    let path = parts.uri.path_and_query().map_or_else(
+        || parts.uri.path().to_string(),
+        |pq| pq.as_str().to_string(),
+    );
+    let claim = key.map(|k| IdempotencyClaim {
+        key: hex_digest(&[client.as_bytes(), k.as_bytes()]),
+        fingerprint: hex_digest(&[parts.method.as_str().as_bytes(), path.as_bytes(), &body]),
+    });
+    let request = QueuedRequest {
+        ticket: TicketId::generate(queue.tag),
+        method: parts.method.to_string(),
+        path,
+        headers: headers::encode(&stored_headers),
+        body,
+        client,
+        // A client's own X-Forwarded-For is not believed: the socket peer is
+        // the only address the gateway knows to be true.
+        forwarded_for: peer.ip().to_string(),
+        forwarded_proto: "http".into(),
+        admitted_at_ms: now_ms(),
+    };
+    let rate = queue.config.drain_rate;
+    let outcome = queue
+        .backend
+        .admit(&request, claim.as_ref(), queue.config.max_queue)
+        .await
+        .map_err(|e| {
+            warn!(queue = %queue.config.name, error = %e, "admission not stored");
+            Problem::new(
+                Code::Unavailable,
+                "the queue cannot take requests right now; retry with the same Idempotency-Key",
+            )
+            .retry_after(1)
+        })?;
+    match outcome {
+        Admit::Admitted { seq, dispatched } => {
+            let position = ticket::position(seq, dispatched);
+            let resp = ticket_answer(
+                StatusCode::ACCEPTED,
+                queue,
+                &request.ticket,
+                TicketStatus::Queued,
+                Some(position),
+            );
+            Ok(("admitted", resp))
+        }
+        Admit::Replayed {
+            ticket,
+            seq,
+            dispatched,
+        } => {
+            let status = match queue.backend.ticket(&ticket).await {
+                Ok(Some((record, _))) => record.status,
+                Ok(None) => TicketStatus::Expired,
+                Err(_) => TicketStatus::Queued,
+            };
+            let position =
+                (status == TicketStatus::Queued).then(|| ticket::position(seq, dispatched));
+            let mut resp = ticket_answer(StatusCode::OK, queue, &ticket, status, position);
+            resp.headers_mut().insert(
+                IDEMPOTENT_REPLAYED.clone(),
+                HeaderValue::from_static("true"),
+            );
+            Ok(("duplicate", resp))
+        }
+        Admit::KeyReused => Err(Problem::new(
+            Code::IdempotencyKeyReused,
+            "this Idempotency-Key was used with a different request",
+        )),
+        Admit::QueueFull { depth } => {
+            let wait = ticket::eta_seconds(depth, rate);
+            Err(Problem::new(
+                Code::QueueFull,
+                format!("the queue holds {depth} requests, its capacity"),
+            )
+            .retry_after(ticket::retry_after(wait)))
+        }
+    }
+}
+
+/// The 202/200 answer: ticket JSON, `Location` and `Retry-After`.
+fn ticket_answer(
+    status: StatusCode,
+    queue: &Queue,
+    ticket: &TicketId,
+    state: TicketStatus,
+    position: Option<u64>,
+) -> Response<Body> {
+    let eta = position.map(|p| ticket::eta_seconds(p, queue.config.drain_rate));
+    let poll_url = format!("/tickets/{ticket}");
+    let view = AdmissionView {
+        ticket: ticket.as_str(),
+        queue: &queue.config.name,
+        status: state,
+        position,
+        eta_seconds: eta,
+        poll_url: poll_url.clone(),
+    };
+    let mut resp = json(status, &view);
+    let h = resp.headers_mut();
+    if let Ok(location) = HeaderValue::from_str(&poll_url) {
+        h.insert(header::LOCATION, location);
+    }
+    if !state.is_terminal() {
+        h.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(ticket::retry_after(eta.unwrap_or(0.0))),
+        );
+    }
+    resp
+}
+
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Problem> {
+    let Some(value) = headers.get(header::CONTENT_LENGTH) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Some)
+        .ok_or_else(|| Problem::new(Code::BadRequest, "Content-Length is not a number"))
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    let mut values = headers.get_all(&IDEMPOTENCY_KEY).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(Problem::new(
+            Code::BadRequest,
+            "more than one Idempotency-Key header",
+        ));
+    }
+    match value.to_str() {
+        Ok(k) if !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY => Ok(Some(k.to_string())),
+        _ => Err(Problem::new(
+            Code::BadRequest,
+            format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
+        )),
+    }
+}
+
+async fn read_body(body: Incoming, max: u64) -> Result<Bytes, Problem> {
+    let limit = usize::try_from(max).unwrap_or(usize::MAX);
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(max)),
+        Err(e) => Err(Problem::new(
+            Code::BadRequest,
+            format!("could not read the request body: {e}"),
+        )),
+    }
+}
+
+fn too_large(max: u64) -> Problem {
+    Problem::new(
+        Code::BodyTooLarge,
+        format!("the request body is larger than {max} bytes"),
+    )
+}
+
+/// Who the client is: the socket peer, or a header when configured (falling
+/// back to the peer when the header is missing).
+fn client_key(key: &ClientKey, headers: &HeaderMap, peer: SocketAddr) -> String {
+    if let ClientKey::Header(name) = key {
+        if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) {
+            return format!("h:{v}");
+        }
+    }
+    format!("ip:{}", peer.ip())
+}
+
+fn hex_digest(parts: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,177 @@
+//! Command-line flags; each has a `FLASHGATE_*` environment variable.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{DefaultQueue, GlobalSettings, Overrides, QueueSettings};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "flashgate",
+    version,
+    about = "Flash-sale traffic-shaping gateway"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve(ServeArgs),
+    /// Run the gateway in front of a sample checkout service and send it a burst.
+    Demo(DemoArgs),
+    /// Validate the configuration and print the effective config.
+    CheckConfig(ServeArgs),
+}
+
+/// The `serve` flags (SPEC §2). Absent flags leave the file's value.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// TOML config file.
+    #[arg(long, env = "FLASHGATE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Public listener [default: 0.0.0.0:8080].
+    #[arg(long, env = "FLASHGATE_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Admin listener: metrics, health, admin API [default: 127.0.0.1:9464].
+    #[arg(long, env = "FLASHGATE_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<String>,
+    /// Base URL of the order service.
+    #[arg(long, env = "FLASHGATE_UPSTREAM", value_name = "URL")]
+    pub upstream: Option<String>,
+    /// redis:// or rediss:// URL; absent = embedded in-process queue.
+    #[arg(long, env = "FLASHGATE_REDIS_URL", value_name = "URL")]
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key [default: flashgate].
+    #[arg(long, env = "FLASHGATE_REDIS_PREFIX", value_name = "PREFIX")]
+    pub redis_prefix: Option<String>,
+    /// This instance's stable consumer name [default: hostname:port].
+    #[arg(long, env = "FLASHGATE_CONSUMER", value_name = "NAME")]
+    pub consumer: Option<String>,
+    /// A queued route, "METHOD /path" (repeatable) [default: POST /checkout].
+    #[arg(
+        long,
+        env = "FLASHGATE_ROUTE",
+        value_name = "ROUTE",
+        value_delimiter = ','
+    )]
+    pub route: Vec<String>,
+    /// Queue name used in keys, labels and tickets [default: checkout].
+    #[arg(long, env = "FLASHGATE_QUEUE", value_name = "NAME")]
+    pub queue: Option<String>,
+    /// Requests per second sent upstream, across all instances [default: 100].
+    #[arg(long, env = "FLASHGATE_DRAIN_RATE", value_name = "N")]
+    pub drain_rate: Option<f64>,
+    /// Requests that may go out back to back after an idle spell [default: 1].
+    #[arg(long, env = "FLASHGATE_DRAIN_BURST", value_name = "N")]
+    pub drain_burst: Option<u32>,
+    /// Concurrent upstream requests [default: 64].
+    #[arg(long, env = "FLASHGATE_MAX_IN_FLIGHT", value_name = "N")]
+    pub max_in_flight: Option<u32>,
+    /// Queue capacity; admissions beyond it get 503 [default: 1000000].
+    #[arg(long, env = "FLASHGATE_MAX_QUEUE", value_name = "N")]
+    pub max_queue: Option<u64>,
+    /// Proxy non-queued paths straight to the upstream (else 404).
+    #[arg(long, env = "FLASHGATE_PASSTHROUGH")]
+    pub passthrough: bool,
+    /// Bearer token required on /admin/*.
+    #[arg(
+        long,
+        env = "FLASHGATE_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+    /// Who a client is: `ip` or `header:NAME` [default: ip].
+    #[arg(long, env = "FLASHGATE_CLIENT_KEY", value_name = "KEY")]
+    pub client_key: Option<String>,
+    /// Largest request body admitted [default: 64KiB].
+    #[arg(long, env = "FLASHGATE_MAX_BODY", value_name = "SIZE")]
+    pub max_body: Option<String>,
+    /// One upstream attempt's deadline [default: 10s].
+    #[arg(long, env = "FLASHGATE_UPSTREAM_TIMEOUT", value_name = "DUR")]
+    pub upstream_timeout: Option<String>,
+    /// Upstream attempts before a ticket fails and is dead-lettered [default: 5].
+    #[arg(long, env = "FLASHGATE_MAX_ATTEMPTS", value_name = "N")]
+    pub max_attempts: Option<u32>,
+    /// Time a client has to send its request headers [default: 10s].
+    #[arg(long, env = "FLASHGATE_HEADER_TIMEOUT", value_name = "DUR")]
+    pub header_timeout: Option<String>,
+    /// Largest request head [default: 16KiB].
+    #[arg(long, env = "FLASHGATE_MAX_HEADER_SIZE", value_name = "SIZE")]
+    pub max_header_size: Option<String>,
+    /// How long ticket state is kept [default: 24h].
+    #[arg(long, env = "FLASHGATE_TICKET_TTL", value_name = "DUR")]
+    pub ticket_ttl: Option<String>,
+    /// How long shutdown waits for in-flight upstream requests [default: 30s].
+    #[arg(long, env = "FLASHGATE_SHUTDOWN_GRACE", value_name = "DUR")]
+    pub shutdown_grace: Option<String>,
+}
+
+impl ServeArgs {
+    /// The flags and env vars that were set, as config overrides.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            global: GlobalSettings {
+                listen: self.listen.clone(),
+                admin_listen: self.admin_listen.clone(),
+                redis_url: self.redis_url.clone(),
+                redis_prefix: self.redis_prefix.clone(),
+                consumer: self.consumer.clone(),
+                passthrough: self.passthrough.then_some(true),
+                admin_token: self.admin_token.clone(),
+                client_key: self.client_key.clone(),
+                max_body: self.max_body.clone(),
+                header_timeout: self.header_timeout.clone(),
+                max_header_size: self.max_header_size.clone(),
+                ticket_ttl: self.ticket_ttl.clone(),
+                shutdown_grace: self.shutdown_grace.clone(),
+            },
+            default_queue: DefaultQueue {
+                queue: self.queue.clone(),
+                route: (!self.route.is_empty()).then(|| self.route.clone()),
+            },
+            queue: QueueSettings {
+                upstream: self.upstream.clone(),
+                drain_rate: self.drain_rate,
+                drain_burst: self.drain_burst,
+                max_in_flight: self.max_in_flight,
+                max_queue: self.max_queue,
+                upstream_timeout: self.upstream_timeout.clone(),
+                max_attempts: self.max_attempts,
+            },
+        }
+    }
+}
+
+/// The `demo` flags.
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Use this Redis instead of the embedded queue.
+    #[arg(long, env = "FLASHGATE_REDIS_URL", value_name = "URL")]
+    pub redis_url: Option<String>,
+    /// Public listener of the demo gateway.
+    #[arg(long, env = "FLASHGATE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Admin listener of the demo gateway.
+    #[arg(long, env = "FLASHGATE_ADMIN_LISTEN", default_value = "127.0.0.1:9464")]
+    pub admin_listen: String,
+    /// Checkout requests in the burst.
+    #[arg(long, default_value_t = 1000)]
+    pub requests: u32,
+    /// Concurrent connections of the burst.
+    #[arg(long, default_value_t = 100)]
+    pub concurrency: u32,
+    /// Drain rate towards the sample checkout service, requests/s.
+    #[arg(long, default_value_t = 200.0)]
+    pub drain_rate: f64,
+    /// Units the sample checkout service has to sell.
+    #[arg(long, default_value_t = 600)]
+    pub stock: u32,
+    /// Exit after the burst has drained instead of serving on.
+    #[arg(long)]
+    pub exit: bool,
+}

@@ -1,0 +1,659 @@
+//! The configuration tree: defaults, the TOML file and command-line/env
+//! overrides merged into one validated [`Config`].
+//!
+//! Precedence is flag > env > file > default. Flags and env vars are merged by
+//! clap into [`Overrides`]; an explicitly set queue flag (e.g. `--drain-rate`)
+//! applies to every queue, the file's top-level queue keys are defaults for the
+//! `[[queue]]` tables that do not set them.
+
+mod units;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use units::{parse_duration, parse_size, redact_url, Size};
+
+/// Why a configuration was refused. The message always names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid value for `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The effective configuration of one gateway process.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// Public listener address.
+    pub listen: SocketAddr,
+    /// Admin listener address (metrics, health, admin API).
+    pub admin_listen: SocketAddr,
+    /// Redis URL; `None` selects the embedded in-process queue.
+    #[serde(serialize_with = "units::ser_redacted_url")]
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key.
+    pub redis_prefix: String,
+    /// Stable consumer name of this instance in the stream's consumer group.
+    pub consumer: String,
+    /// Proxy non-queued paths to the default upstream (else 404).
+    pub passthrough: bool,
+    /// Base URL used for passthrough and by queues that set none.
+    pub upstream: Option<String>,
+    /// Bearer token required on `/admin/*`.
+    #[serde(serialize_with = "units::ser_secret")]
+    pub admin_token: Option<String>,
+    /// Who a client is: socket peer IP or a request header.
+    pub client_key: ClientKey,
+    /// Largest request body admitted.
+    pub max_body: Size,
+    /// Time a client has to send its request head.
+    #[serde(with = "units::duration")]
+    pub header_timeout: Duration,
+    /// Largest request head.
+    pub max_header_size: Size,
+    /// How long ticket state is kept after its last change.
+    #[serde(with = "units::duration")]
+    pub ticket_ttl: Duration,
+    /// How long shutdown waits for in-flight upstream requests.
+    #[serde(with = "units::duration")]
+    pub shutdown_grace: Duration,
+    /// The queues, each with its routes, upstream and limits.
+    pub queue: Vec<QueueConfig>,
+}
+
+/// One queue: its routes, upstream and drain limits.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueConfig {
+    /// Name used in keys, labels and tickets.
+    pub name: String,
+    /// Queued routes, `"METHOD /path"`.
+    pub routes: Vec<Route>,
+    /// Base URL of the order service.
+    pub upstream: String,
+    /// Requests per second sent upstream.
+    pub drain_rate: f64,
+    /// Requests that may go out back to back after an idle spell.
+    pub drain_burst: u32,
+    /// Concurrent upstream requests.
+    pub max_in_flight: u32,
+    /// Queue capacity; admissions beyond it get 503.
+    pub max_queue: u64,
+    /// One upstream attempt's deadline.
+    #[serde(with = "units::duration")]
+    pub upstream_timeout: Duration,
+    /// Upstream attempts before a ticket fails and is dead-lettered.
+    pub max_attempts: u32,
+}
+
+/// A queued route: a method and an exact path (the query is not matched).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub method: http::Method,
+    pub path: String,
+}
+
+impl std::str::FromStr for Route {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (method, path) = s
+            .trim()
+            .split_once(char::is_whitespace)
+            .ok_or_else(|| format!("`{s}` is not \"METHOD /path\""))?;
+        let method = http::Method::from_bytes(method.as_bytes())
+            .map_err(|_| format!("`{method}` is not an HTTP method"))?;
+        let path = path.trim();
+        if !path.starts_with('/') || path.contains('?') || path.contains(char::is_whitespace) {
+            return Err(format!(
+                "`{path}` must be an absolute path without query or spaces"
+            ));
+        }
+        Ok(Route {
+            method,
+            path: path.to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.method, self.path)
+    }
+}
+
+impl Serialize for Route {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// How a client is identified for idempotency and per-client limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientKey {
+    /// The socket peer's IP address.
+    Ip,
+    /// The value of a request header (lower-cased name).
+    Header(http::HeaderName),
+}
+
+impl std::str::FromStr for ClientKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "ip" {
+            return Ok(ClientKey::Ip);
+        }
+        match s.strip_prefix("header:") {
+            Some(name) => http::HeaderName::from_bytes(name.trim().as_bytes())
+                .map(ClientKey::Header)
+                .map_err(|_| format!("`{name}` is not a header name")),
+            None => Err(format!("`{s}` is neither `ip` nor `header:NAME`")),
+        }
+    }
+}
+
+impl Serialize for ClientKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ClientKey::Ip => s.serialize_str("ip"),
+            ClientKey::Header(h) => s.collect_str(&format_args!("header:{h}")),
+        }
+    }
+}
+
+/// Settings that apply to every queue unless a `[[queue]]` table sets its own.
+/// Field names are the flag names with `_` for `-`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSettings {
+    /// Base URL of the order service (required somewhere).
+    pub upstream: Option<String>,
+    /// Requests per second sent upstream, across all instances (default 100).
+    pub drain_rate: Option<f64>,
+    /// Back-to-back requests after an idle spell (default 1).
+    pub drain_burst: Option<u32>,
+    /// Concurrent upstream requests (default 64).
+    pub max_in_flight: Option<u32>,
+    /// Queue capacity (default 1000000).
+    pub max_queue: Option<u64>,
+    /// One upstream attempt's deadline, e.g. "10s" (default 10s).
+    pub upstream_timeout: Option<String>,
+    /// Upstream attempts before a ticket fails (default 5).
+    pub max_attempts: Option<u32>,
+}
+
+impl QueueSettings {
+    /// `self` where set, else `fallback`.
+    fn or(&self, fallback: &QueueSettings) -> QueueSettings {
+        QueueSettings {
+            upstream: pick(&self.upstream, &fallback.upstream),
+            drain_rate: self.drain_rate.or(fallback.drain_rate),
+            drain_burst: self.drain_burst.or(fallback.drain_burst),
+            max_in_flight: self.max_in_flight.or(fallback.max_in_flight),
+            max_queue: self.max_queue.or(fallback.max_queue),
+            upstream_timeout: pick(&self.upstream_timeout, &fallback.upstream_timeout),
+            max_attempts: self.max_attempts.or(fallback.max_attempts),
+        }
+    }
+}
+
+/// Process-wide settings; field names are the flag names with `_` for `-`.
+#[derive(Debug, Clone, Default)]
+pub struct GlobalSettings {
+    /// Public listener (default 0.0.0.0:8080).
+    pub listen: Option<String>,
+    /// Admin listener (default 127.0.0.1:9464).
+    pub admin_listen: Option<String>,
+    /// `redis://` or `rediss://` URL; absent = embedded queue.
+    pub redis_url: Option<String>,
+    /// Redis key prefix (default "flashgate").
+    pub redis_prefix: Option<String>,
+    /// Consumer name in the stream group (default hostname:port of `listen`).
+    pub consumer: Option<String>,
+    /// Proxy non-queued paths to the upstream (default false).
+    pub passthrough: Option<bool>,
+    /// Bearer token for `/admin/*` (default none).
+    pub admin_token: Option<String>,
+    /// `ip` or `header:NAME` (default ip).
+    pub client_key: Option<String>,
+    /// Largest request body, e.g. "64KiB" (default 64KiB).
+    pub max_body: Option<String>,
+    /// Time to send the request head (default 10s).
+    pub header_timeout: Option<String>,
+    /// Largest request head (default 16KiB).
+    pub max_header_size: Option<String>,
+    /// Ticket state lifetime (default 24h).
+    pub ticket_ttl: Option<String>,
+    /// Shutdown grace period (default 30s).
+    pub shutdown_grace: Option<String>,
+}
+
+/// The single-queue keys (the `--queue` and `--route` flags).
+#[derive(Debug, Clone, Default)]
+pub struct DefaultQueue {
+    /// Queue name when no `[[queue]]` table is given (default "checkout").
+    pub queue: Option<String>,
+    /// Queued routes when no `[[queue]]` table is given (default "POST /checkout").
+    pub route: Option<Vec<String>>,
+}
+
+/// A `[[queue]]` table of the config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueTable {
+    /// Queue name (required).
+    pub name: String,
+    /// Queued routes, `"METHOD /path"` (required).
+    pub routes: Vec<String>,
+    /// Base URL of the order service (default: the top-level `upstream`).
+    pub upstream: Option<String>,
+    /// Requests per second sent upstream (default: top-level, else 100).
+    pub drain_rate: Option<f64>,
+    /// Back-to-back requests after an idle spell (default: top-level, else 1).
+    pub drain_burst: Option<u32>,
+    /// Concurrent upstream requests (default: top-level, else 64).
+    pub max_in_flight: Option<u32>,
+    /// Queue capacity (default: top-level, else 1000000).
+    pub max_queue: Option<u64>,
+    /// One upstream attempt's deadline (default: top-level, else "10s").
+    pub upstream_timeout: Option<String>,
+    /// Upstream attempts before a ticket fails (default: top-level, else 5).
+    pub max_attempts: Option<u32>,
+}
+
+impl QueueTable {
+    fn settings(&self) -> QueueSettings {
+        QueueSettings {
+            upstream: self.upstream.clone(),
+            drain_rate: self.drain_rate,
+            drain_burst: self.drain_burst,
+            max_in_flight: self.max_in_flight,
+            max_queue: self.max_queue,
+            upstream_timeout: self.upstream_timeout.clone(),
+            max_attempts: self.max_attempts,
+        }
+    }
+}
+
+/// The TOML file as written: every flag as a top-level key, plus `[[queue]]`
+/// tables. Unknown keys are an error that names the key.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    listen: Option<String>,
+    admin_listen: Option<String>,
+    redis_url: Option<String>,
+    redis_prefix: Option<String>,
+    consumer: Option<String>,
+    passthrough: Option<bool>,
+    admin_token: Option<String>,
+    client_key: Option<String>,
+    max_body: Option<String>,
+    header_timeout: Option<String>,
+    max_header_size: Option<String>,
+    ticket_ttl: Option<String>,
+    shutdown_grace: Option<String>,
+    /// Either the queue name (`queue = "checkout"`) or `[[queue]]` tables.
+    queue: Option<toml::Value>,
+    route: Option<Vec<String>>,
+    upstream: Option<String>,
+    drain_rate: Option<f64>,
+    drain_burst: Option<u32>,
+    max_in_flight: Option<u32>,
+    max_queue: Option<u64>,
+    upstream_timeout: Option<String>,
+    max_attempts: Option<u32>,
+}
+
+/// A parsed config file, every key optional.
+#[derive(Debug, Clone, Default)]
+pub struct FileConfig {
+    pub global: GlobalSettings,
+    pub default_queue: DefaultQueue,
+    pub queue_defaults: QueueSettings,
+    /// Several queues, each with its own routes, upstream and limits.
+    pub queue: Vec<QueueTable>,
+}
+
+impl FileConfig {
+    /// Reads and parses a TOML config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.display().to_string(),
+            message,
+        })
+    }
+
+    /// Parses TOML text; unknown keys are an error naming the key.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let raw: RawFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        let (name, tables) = match raw.queue {
+            None => (None, Vec::new()),
+            Some(toml::Value::String(name)) => (Some(name), Vec::new()),
+            Some(value @ toml::Value::Array(_)) => {
+                let tables = Vec::<QueueTable>::deserialize(value)
+                    .map_err(|e| format!("in [[queue]]: {}", e.message()))?;
+                (None, tables)
+            }
+            Some(_) => {
+                return Err("`queue` must be a name or [[queue]] tables".into());
+            }
+        };
+        Ok(FileConfig {
+            global: GlobalSettings {
+                listen: raw.listen,
+                admin_listen: raw.admin_listen,
+                redis_url: raw.redis_url,
+                redis_prefix: raw.redis_prefix,
+                consumer: raw.consumer,
+                passthrough: raw.passthrough,
+                admin_token: raw.admin_token,
+                client_key: raw.client_key,
+                max_body: raw.max_body,
+                header_timeout: raw.header_timeout,
+                max_header_size: raw.max_header_size,
+                ticket_ttl: raw.ticket_ttl,
+                shutdown_grace: raw.shutdown_grace,
+            },
+            default_queue: DefaultQueue {
+                queue: name,
+                route: raw.route,
+            },
+            queue_defaults: QueueSettings {
+                upstream: raw.upstream,
+                drain_rate: raw.drain_rate,
+                drain_burst: raw.drain_burst,
+                max_in_flight: raw.max_in_flight,
+                max_queue: raw.max_queue,
+                upstream_timeout: raw.upstream_timeout,
+                max_attempts: raw.max_attempts,
+            },
+            queue: tables,
+        })
+    }
+}
+
+/// Values set by flags or env vars; they win over the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub global: GlobalSettings,
+    pub default_queue: DefaultQueue,
+    pub queue: QueueSettings,
+}
+
+fn pick<T: Clone>(over: &Option<T>, file: &Option<T>) -> Option<T> {
+    over.clone().or_else(|| file.clone())
+}
+
+impl Config {
+    /// Merges overrides over the file over the defaults, then validates.
+    pub fn resolve(file: FileConfig, over: Overrides) -> Result<Config, ConfigError> {
+        let g = &over.global;
+        let f = &file.global;
+        let listen: SocketAddr = parse_addr(
+            "listen",
+            &pick(&g.listen, &f.listen).unwrap_or_else(|| "0.0.0.0:8080".into()),
+        )?;
+        let admin_listen = parse_addr(
+            "admin_listen",
+            &pick(&g.admin_listen, &f.admin_listen).unwrap_or_else(|| "127.0.0.1:9464".into()),
+        )?;
+        let redis_url = pick(&g.redis_url, &f.redis_url).filter(|u| !u.is_empty());
+        if let Some(url) = &redis_url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(ConfigError::invalid(
+                    "redis_url",
+                    "must start with redis:// or rediss://",
+                ));
+            }
+        }
+        let redis_prefix =
+            pick(&g.redis_prefix, &f.redis_prefix).unwrap_or_else(|| "flashgate".into());
+        if redis_prefix.is_empty() || redis_prefix.contains(['{', '}']) {
+            return Err(ConfigError::invalid(
+                "redis_prefix",
+                "must be non-empty and contain no braces",
+            ));
+        }
+        let consumer = pick(&g.consumer, &f.consumer)
+            .unwrap_or_else(|| format!("{}:{}", hostname(), listen.port()));
+        let client_key = pick(&g.client_key, &f.client_key)
+            .unwrap_or_else(|| "ip".into())
+            .parse()
+            .map_err(|m| ConfigError::invalid("client_key", m))?;
+        let size = |key: &str, over: &Option<String>, file: &Option<String>, default: &str| {
+            parse_size(&pick(over, file).unwrap_or_else(|| default.into()))
+                .map_err(|m| ConfigError::invalid(key, m))
+        };
+        let dur = |key: &str, over: &Option<String>, file: &Option<String>, default: &str| {
+            parse_duration(&pick(over, file).unwrap_or_else(|| default.into()))
+                .map_err(|m| ConfigError::invalid(key, m))
+        };
+        let max_body = size("max_body", &g.max_body, &f.max_body, "64KiB")?;
+        let max_header_size = size(
+            "max_header_size",
+            &g.max_header_size,
+            &f.max_header_size,
+            "16KiB",
+        )?;
+        if max_header_size.0 < 1024 {
+            return Err(ConfigError::invalid(
+                "max_header_size",
+                "must be at least 1KiB",
+            ));
+        }
+        let header_timeout = dur(
+            "header_timeout",
+            &g.header_timeout,
+            &f.header_timeout,
+            "10s",
+        )?;
+        let ticket_ttl = dur("ticket_ttl", &g.ticket_ttl, &f.ticket_ttl, "24h")?;
+        if ticket_ttl < Duration::from_secs(1) {
+            return Err(ConfigError::invalid("ticket_ttl", "must be at least 1s"));
+        }
+        let shutdown_grace = dur(
+            "shutdown_grace",
+            &g.shutdown_grace,
+            &f.shutdown_grace,
+            "30s",
+        )?;
+        let admin_token = pick(&g.admin_token, &f.admin_token).filter(|t| !t.is_empty());
+        let top_upstream = pick(&over.queue.upstream, &file.queue_defaults.upstream);
+
+        // The queues: the `[[queue]]` tables, or one queue from the flat keys.
+        let tables = if file.queue.is_empty() {
+            let name = pick(&over.default_queue.queue, &file.default_queue.queue)
+                .unwrap_or_else(|| "checkout".into());
+            let routes = pick(&over.default_queue.route, &file.default_queue.route)
+                .unwrap_or_else(|| vec!["POST /checkout".into()]);
+            vec![QueueTable {
+                name,
+                routes,
+                upstream: None,
+                drain_rate: None,
+                drain_burst: None,
+                max_in_flight: None,
+                max_queue: None,
+                upstream_timeout: None,
+                max_attempts: None,
+            }]
+        } else {
+            if over.default_queue.queue.is_some() || over.default_queue.route.is_some() {
+                return Err(ConfigError::invalid(
+                    "queue",
+                    "--queue/--route cannot be combined with [[queue]] tables in the config file",
+                ));
+            }
+            if file.default_queue.queue.is_some() || file.default_queue.route.is_some() {
+                return Err(ConfigError::invalid(
+                    "queue",
+                    "top-level `queue`/`route` cannot be combined with [[queue]] tables",
+                ));
+            }
+            file.queue.clone()
+        };
+        let mut queues = Vec::with_capacity(tables.len());
+        for (i, table) in tables.iter().enumerate() {
+            let s = over.queue.or(&table.settings()).or(&file.queue_defaults);
+            queues.push(QueueConfig::resolve(i, table, s)?);
+        }
+        for (i, q) in queues.iter().enumerate() {
+            if queues[..i].iter().any(|p| p.name == q.name) {
+                return Err(ConfigError::invalid(
+                    format!("queue[{i}].name"),
+                    format!("queue `{}` is declared twice", q.name),
+                ));
+            }
+            for r in &q.routes {
+                let taken = queues[..i]
+                    .iter()
+                    .any(|p| p.routes.iter().any(|pr| pr.path == r.path));
+                if taken {
+                    return Err(ConfigError::invalid(
+                        format!("queue[{i}].routes"),
+                        format!("path {} is already queued by another queue", r.path),
+                    ));
+                }
+            }
+        }
+        let upstream = top_upstream.or_else(|| queues.first().map(|q| q.upstream.clone()));
+        Ok(Config {
+            listen,
+            admin_listen,
+            redis_url,
+            redis_prefix,
+            consumer,
+            passthrough: pick(&g.passthrough, &f.passthrough).unwrap_or(false),
+            upstream,
+            admin_token,
+            client_key,
+            max_body,
+            header_timeout,
+            max_header_size,
+            ticket_ttl,
+            shutdown_grace,
+            queue: queues,
+        })
+    }
+
+    /// The effective configuration as TOML, with secrets redacted.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+    }
+}
+
+impl QueueConfig {
+    fn resolve(i: usize, table: &QueueTable, s: QueueSettings) -> Result<Self, ConfigError> {
+        let key = |k: &str| format!("queue[{i}].{k}");
+        let valid_name = !table.name.is_empty()
+            && table.name.len() <= 64
+            && table
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !valid_name {
+            return Err(ConfigError::invalid(
+                key("name"),
+                format!("`{}` must be 1-64 of [A-Za-z0-9_-]", table.name),
+            ));
+        }
+        if table.routes.is_empty() {
+            return Err(ConfigError::invalid(key("routes"), "at least one route"));
+        }
+        let routes = table
+            .routes
+            .iter()
+            .map(|r| r.parse::<Route>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|m| ConfigError::invalid(key("routes"), m))?;
+        let upstream = s.upstream.ok_or_else(|| {
+            ConfigError::invalid("upstream", "required: the base URL of the order service")
+        })?;
+        validate_upstream(&upstream).map_err(|m| ConfigError::invalid(key("upstream"), m))?;
+        let drain_rate = s.drain_rate.unwrap_or(100.0);
+        if !(drain_rate.is_finite() && drain_rate > 0.0 && drain_rate <= 1e6) {
+            return Err(ConfigError::invalid(
+                key("drain_rate"),
+                "must be > 0 and <= 1000000 requests/s",
+            ));
+        }
+        let positive = |k: &str, v: u32| {
+            if v == 0 {
+                Err(ConfigError::invalid(key(k), "must be at least 1"))
+            } else {
+                Ok(v)
+            }
+        };
+        let upstream_timeout = parse_duration(s.upstream_timeout.as_deref().unwrap_or("10s"))
+            .map_err(|m| ConfigError::invalid(key("upstream_timeout"), m))?;
+        if upstream_timeout.is_zero() {
+            return Err(ConfigError::invalid(key("upstream_timeout"), "must be > 0"));
+        }
+        Ok(QueueConfig {
+            name: table.name.clone(),
+            routes,
+            upstream: upstream.trim_end_matches('/').to_string(),
+            drain_rate,
+            drain_burst: positive("drain_burst", s.drain_burst.unwrap_or(1))?,
+            max_in_flight: positive("max_in_flight", s.max_in_flight.unwrap_or(64))?,
+            max_queue: s.max_queue.unwrap_or(1_000_000).max(1),
+            upstream_timeout,
+            max_attempts: positive("max_attempts", s.max_attempts.unwrap_or(5))?,
+        })
+    }
+}
+
+fn validate_upstream(url: &str) -> Result<(), String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("`{url}`: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some(other) => return Err(format!("scheme `{other}` is not supported (use http://)")),
+        None => return Err(format!("`{url}` needs a scheme, e.g. http://host:port")),
+    }
+    if uri.host().is_none() {
+        return Err(format!("`{url}` has no host"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("`{url}` must not have a query"));
+    }
+    Ok(())
+}
+
+fn parse_addr(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+    s.parse()
+        .map_err(|_| ConfigError::invalid(key, format!("`{s}` is not an IP:port address")))
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "flashgate".into())
+}
+
+#[cfg(test)]
+mod tests;

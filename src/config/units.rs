@@ -1,0 +1,99 @@
+//! Sizes ("64KiB") and durations ("250ms") as written in flags and files,
+//! and how secrets are printed.
+
+use std::time::Duration;
+
+use serde::Serializer;
+
+/// A byte count written with an optional unit: `B`, `KB`/`KiB`, `MB`/`MiB`, `GB`/`GiB`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl serde::Serialize for Size {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_size(self.0))
+    }
+}
+
+fn format_size(n: u64) -> String {
+    const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    for (factor, unit) in UNITS {
+        if n >= factor && n % factor == 0 {
+            return format!("{}{unit}", n / factor);
+        }
+    }
+    format!("{n}B")
+}
+
+/// Parses `"64KiB"`, `"1MB"`, `"512"` (bytes).
+pub fn parse_size(s: &str) -> Result<Size, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size such as 64KiB"))?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "kB" => 1_000,
+        "KiB" | "K" | "k" => 1 << 10,
+        "MB" => 1_000_000,
+        "MiB" | "M" => 1 << 20,
+        "GB" => 1_000_000_000,
+        "GiB" | "G" => 1 << 30,
+        other => return Err(format!("unknown size unit `{other}` in `{s}`")),
+    };
+    n.checked_mul(factor)
+        .map(Size)
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+/// Parses a duration with a unit: `"250ms"`, `"10s"`, `"24h"`, `"1m 30s"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("`{s}` is not a duration such as 250ms or 10s ({e})"))
+}
+
+pub mod duration {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+}
+
+/// Prints a secret as `"<redacted>"`.
+pub fn ser_secret<S: Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_str("<redacted>"),
+        None => s.serialize_none(),
+    }
+}
+
+/// Prints a Redis URL with its password replaced.
+pub fn ser_redacted_url<S: Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(url) => s.serialize_str(&redact_url(url)),
+        None => s.serialize_none(),
+    }
+}
+
+/// `redis://user:secret@host` → `redis://user:<redacted>@host`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let user = if userinfo.contains(':') {
+                format!("{user}:<redacted>")
+            } else {
+                "<redacted>".to_string()
+            };
+            format!("{scheme}://{user}@{host}{tail}")
+        }
+        None => url.to_string(),
+    }
+}

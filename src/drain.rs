@@ -1,0 +1,393 @@
+//! The drain: replays stored requests to the upstream at the governed rate.
+//!
+//! Per queue, one loop takes, in order: an in-flight slot, a rate permit, and
+//! only then an entry, so entries never age in memory while waiting for a
+//! permit. Each entry is dispatched in its own task that owns the slot.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use http::{HeaderName, HeaderValue, Request};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+
+use crate::body::full;
+use crate::gateway::{App, Queue, READ_BLOCK};
+use crate::headers;
+use crate::metrics::code_class;
+use crate::queue::{Delivery, QueueError, QueuedRequest};
+use crate::ticket::{now_ms, StoredResponse, TicketError};
+use crate::upstream::{Answer, UpstreamError};
+
+/// First retry delay; doubled per attempt, with full jitter.
+const RETRY_BASE: Duration = Duration::from_millis(200);
+/// Longest wait between attempts, whatever the upstream's Retry-After says.
+const RETRY_MAX: Duration = Duration::from_secs(30);
+/// Longest wait between tries of a failed queue-backend call.
+const BACKEND_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// The rate limiter of a queue: `rate` per second, `burst` back to back.
+pub fn limiter(rate: f64, burst: u32) -> DefaultDirectRateLimiter {
+    let period = Duration::from_secs_f64(1.0 / rate).max(Duration::from_nanos(1));
+    let quota = Quota::with_period(period)
+        .expect("period is positive")
+        .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
+    RateLimiter::direct(quota)
+}
+
+struct Drain {
+    queue: Arc<Queue>,
+    app: Arc<App>,
+    limiter: DefaultDirectRateLimiter,
+    shutdown: CancellationToken,
+}
+
+/// Drains one queue until `shutdown`; dispatches are spawned on `tracker`.
+pub async fn run(
+    queue: Arc<Queue>,
+    app: Arc<App>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let config = &queue.config;
+    let slots = Arc::new(Semaphore::new(config.max_in_flight as usize));
+    let drain = Arc::new(Drain {
+        limiter: limiter(config.drain_rate, config.drain_burst),
+        queue: queue.clone(),
+        app,
+        shutdown: shutdown.clone(),
+    });
+    let mut failures = 0u32;
+    'run: loop {
+        // 1. A free in-flight slot: `max_in_flight` is never exceeded.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        // 2. A rate permit, before reading, so a read entry is sent at once.
+        tokio::select! {
+            _ = drain.limiter.until_ready() => {}
+            _ = shutdown.cancelled() => break,
+        }
+        // 3. The next entry; the permit is kept until one comes.
+        let delivery = loop {
+            let next = tokio::select! {
+                next = queue.backend.next(READ_BLOCK) => next,
+                // An entry read by a cancelled call stays pending under this
+                // consumer and is re-read on the next start.
+                _ = shutdown.cancelled() => break 'run,
+            };
+            match next {
+                Ok(Some(delivery)) => {
+                    failures = 0;
+                    break delivery;
+                }
+                Ok(None) => continue,
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 || failures % 30 == 0 {
+                        warn!(queue = %config.name, error = %e, "cannot read the queue; retrying");
+                    }
+                    if !drain.pause(backoff(failures, BACKEND_RETRY_MAX)).await {
+                        break 'run;
+                    }
+                }
+            }
+        };
+        let drain = drain.clone();
+        tracker.spawn(async move { drain.dispatch(delivery, slot).await });
+    }
+    info!(queue = %config.name, "drain stopped reading");
+}
+
+/// How an attempt ended.
+enum Attempt {
+    /// A final answer, whatever its status.
+    Final(Answer),
+    /// No answer, or one that asks to be retried; `after` from `Retry-After`.
+    Retry {
+        why: String,
+        after: Option<Duration>,
+    },
+}
+
+impl Drain {
+    fn name(&self) -> &str {
+        &self.queue.config.name
+    }
+
+    /// Sleeps unless shutdown comes first; false on shutdown.
+    async fn pause(&self, d: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => true,
+            _ = self.shutdown.cancelled() => false,
+        }
+    }
+
+    /// Delivers one entry: attempts with backoff until a final answer or
+    /// `max_attempts`, then records the outcome. On shutdown the entry is left
+    /// pending, to be redelivered with the same Idempotency-Key.
+    async fn dispatch(&self, mut delivery: Delivery, _slot: OwnedSemaphorePermit) {
+        let metrics = &self.app.metrics;
+        let request = match &delivery.request {
+            Ok(r) => r.clone(),
+            Err(why) => {
+                error!(queue = %self.name(), entry = %delivery.entry_id, %why,
+                    "unreadable queue entry: dead-lettered, not forwarded");
+                let err = TicketError {
+                    code: "corrupt_entry".into(),
+                    detail: why.clone(),
+                };
+                if self
+                    .persist(|| self.queue.backend.dead_letter(&delivery, &err))
+                    .await
+                {
+                    metrics.dispatch(self.name(), "dead_lettered");
+                }
+                return;
+            }
+        };
+        let max_attempts = self.queue.config.max_attempts;
+        let mut local_attempt = 0u32;
+        loop {
+            local_attempt += 1;
+            let fresh = delivery.fresh;
+            let Some(counted) = self
+                .persist_value(|| self.queue.backend.start_attempt(&delivery))
+                .await
+            else {
+                return;
+            };
+            delivery.fresh = false;
+            let attempt = counted.unwrap_or(local_attempt);
+            if fresh {
+                let waited = now_ms().saturating_sub(request.admitted_at_ms);
+                metrics
+                    .queue_wait
+                    .with_label_values(&[self.name()])
+                    .observe(waited as f64 / 1000.0);
+            }
+            match self.attempt(&request, attempt).await {
+                Attempt::Final(answer) => {
+                    let response = StoredResponse {
+                        status: answer.status.as_u16(),
+                        headers: headers::encode(&answer.headers),
+                        body: answer.body,
+                    };
+                    if self
+                        .persist(|| self.queue.backend.complete(&delivery, &response))
+                        .await
+                    {
+                        metrics.dispatch(self.name(), "completed");
+                    }
+                    return;
+                }
+                Attempt::Retry { why, after } => {
+                    if attempt >= max_attempts {
+                        warn!(queue = %self.name(), ticket = %request.ticket, attempt, %why,
+                            "attempts exhausted: ticket failed and dead-lettered");
+                        let err = TicketError {
+                            code: "upstream_unavailable".into(),
+                            detail: format!("{why} (after {attempt} attempts)"),
+                        };
+                        if self
+                            .persist(|| self.queue.backend.dead_letter(&delivery, &err))
+                            .await
+                        {
+                            metrics.dispatch(self.name(), "failed");
+                            metrics.dispatch(self.name(), "dead_lettered");
+                        }
+                        return;
+                    }
+                    debug!(queue = %self.name(), ticket = %request.ticket, attempt, %why, "retrying");
+                    metrics.dispatch(self.name(), "retried");
+                    let wait = after
+                        .unwrap_or(Duration::ZERO)
+                        .max(backoff(attempt, RETRY_MAX))
+                        .min(RETRY_MAX);
+                    if !self.pause(wait).await {
+                        return;
+                    }
+                    // A retry spends a permit like any request: the upstream
+                    // never sees more than the drain rate.
+                    tokio::select! {
+                        _ = self.limiter.until_ready() => {}
+                        _ = self.shutdown.cancelled() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// One upstream attempt.
+    async fn attempt(&self, request: &QueuedRequest, attempt: u32) -> Attempt {
+        let metrics = &self.app.metrics;
+        let req = match build_request(&self.queue.config.upstream, request, attempt) {
+            Ok(req) => req,
+            Err(why) => {
+                // Cannot happen for entries this version wrote; a final
+                // answer keeps it from being retried forever.
+                error!(queue = %self.name(), ticket = %request.ticket, %why, "cannot build upstream request");
+                return Attempt::Final(Answer {
+                    status: http::StatusCode::BAD_GATEWAY,
+                    headers: Default::default(),
+                    body: why.into(),
+                });
+            }
+        };
+        let started = std::time::Instant::now();
+        let result = self
+            .app
+            .upstream
+            .call(req, self.queue.config.upstream_timeout)
+            .await;
+        metrics
+            .upstream_duration
+            .with_label_values(&[self.name()])
+            .observe(started.elapsed().as_secs_f64());
+        let class = match &result {
+            Ok(answer) => code_class(answer.status.as_u16()),
+            Err(_) => "error",
+        };
+        metrics
+            .upstream_responses
+            .with_label_values(&[self.name(), class])
+            .inc();
+        match result {
+            Ok(answer) if is_retryable(answer.status) => Attempt::Retry {
+                why: format!("upstream answered {}", answer.status.as_u16()),
+                after: retry_after(&answer.headers),
+            },
+            Ok(answer) => Attempt::Final(answer),
+            Err(
+                e
+                @ (UpstreamError::Connect(_) | UpstreamError::Timeout(_) | UpstreamError::Body(_)),
+            ) => Attempt::Retry {
+                why: e.to_string(),
+                after: None,
+            },
+        }
+    }
+
+    /// Runs a backend write until it succeeds; false if shutdown came first
+    /// (the entry then stays pending and is redelivered).
+    async fn persist<F, Fut>(&self, op: F) -> bool
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), QueueError>>,
+    {
+        self.persist_value(op).await.is_some()
+    }
+
+    async fn persist_value<T, F, Fut>(&self, mut op: F) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, QueueError>>,
+    {
+        let mut failures = 0;
+        loop {
+            match op().await {
+                Ok(v) => return Some(v),
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 || failures % 30 == 0 {
+                        warn!(queue = %self.name(), error = %e, "cannot record dispatch state; retrying");
+                    }
+                    if !self.pause(backoff(failures, BACKEND_RETRY_MAX)).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// 429, 502, 503 and 504 ask to be retried (SPEC §4); any other status is final.
+fn is_retryable(status: http::StatusCode) -> bool {
+    matches!(status.as_u16(), 429 | 502 | 503 | 504)
+}
+
+/// `Retry-After` in seconds (HTTP dates are rare from APIs and ignored).
+fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+    let secs: u64 = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs))
+}
+
+/// Exponential backoff with full jitter: uniform in [base·2ⁿ⁻¹/2, base·2ⁿ⁻¹].
+fn backoff(attempt: u32, max: Duration) -> Duration {
+    let exp = RETRY_BASE.saturating_mul(1 << attempt.saturating_sub(1).min(16));
+    let ceiling = exp.min(max);
+    let jitter = getrandom::u64().unwrap_or(u64::MAX / 2) as f64 / u64::MAX as f64;
+    ceiling.mul_f64(0.5 + jitter / 2.0)
+}
+
+/// The upstream request for a stored one (SPEC §4).
+fn build_request(
+    base: &str,
+    request: &QueuedRequest,
+    attempt: u32,
+) -> Result<Request<crate::body::Body>, String> {
+    let mut req = Request::builder()
+        .method(request.method.as_str())
+        .uri(format!("{base}{}", request.path))
+        .body(full(request.body.clone()))
+        .map_err(|e| format!("stored request is not valid HTTP: {e}"))?;
+    let h = req.headers_mut();
+    for (name, value) in headers::decode(&request.headers) {
+        h.append(name, value);
+    }
+    let ticket = HeaderValue::from_str(request.ticket.as_str()).map_err(|e| e.to_string())?;
+    h.insert(HeaderName::from_static("idempotency-key"), ticket.clone());
+    h.insert(HeaderName::from_static("x-flashgate-ticket"), ticket);
+    h.insert(
+        HeaderName::from_static("x-flashgate-attempt"),
+        HeaderValue::from(attempt),
+    );
+    if let Ok(v) = HeaderValue::from_str(&request.forwarded_for) {
+        h.insert(HeaderName::from_static("x-forwarded-for"), v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&request.forwarded_proto) {
+        h.insert(HeaderName::from_static("x-forwarded-proto"), v);
+    }
+    Ok(req)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        for attempt in 1..20 {
+            let d = backoff(attempt, RETRY_MAX);
+            assert!(d <= RETRY_MAX, "{attempt}: {d:?}");
+            let exp = RETRY_BASE
+                .saturating_mul(1 << (attempt - 1).min(16))
+                .min(RETRY_MAX);
+            assert!(d >= exp / 2, "{attempt}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn only_overload_statuses_are_retried() {
+        for code in [429, 502, 503, 504] {
+            assert!(is_retryable(http::StatusCode::from_u16(code).unwrap()));
+        }
+        for code in [200, 201, 400, 409, 410, 422, 500] {
+            assert!(!is_retryable(http::StatusCode::from_u16(code).unwrap()));
+        }
+    }
+}

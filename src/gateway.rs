@@ -1,0 +1,250 @@
+//! Assembles a running gateway from a [`Config`]: backends, drains, listeners,
+//! gauges, and the order in which they stop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::{redact_url, Config, QueueConfig};
+use crate::metrics::Metrics;
+use crate::queue::{MemoryQueue, QueueBackend, QueueError, RedisQueue, RedisQueueConfig};
+use crate::ticket::QueueTag;
+use crate::upstream::Upstream;
+use crate::{drain, server};
+
+/// How long one blocking read of the queue waits for an entry.
+pub const READ_BLOCK: Duration = Duration::from_secs(1);
+/// How often queue-wide gauges are refreshed from the backend.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// One queue at run time: its settings, its id tag and its backend.
+pub struct Queue {
+    pub config: QueueConfig,
+    pub tag: QueueTag,
+    pub backend: Arc<dyn QueueBackend>,
+}
+
+/// What request handlers share.
+pub struct App {
+    pub config: Config,
+    pub queues: Vec<Arc<Queue>>,
+    pub metrics: Arc<Metrics>,
+    pub upstream: Upstream,
+}
+
+impl App {
+    /// The queue that owns a path, whatever the method.
+    pub fn queue_for_path(&self, path: &str) -> Option<&Arc<Queue>> {
+        self.queues
+            .iter()
+            .find(|q| q.config.routes.iter().any(|r| r.path == path))
+    }
+
+    /// The queue whose ticket ids carry this tag.
+    pub fn queue_for_tag(&self, tag: QueueTag) -> Option<&Arc<Queue>> {
+        self.queues.iter().find(|q| q.tag == tag)
+    }
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+/// A running gateway.
+pub struct Gateway {
+    pub public_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub app: Arc<App>,
+    shutdown: CancellationToken,
+    main: JoinHandle<()>,
+}
+
+impl Gateway {
+    /// Binds both listeners, connects the backends and starts draining.
+    pub async fn start(config: Config) -> Result<Gateway, StartError> {
+        let public = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                what: "public listener",
+                addr: config.listen,
+                source,
+            })?;
+        let admin = TcpListener::bind(config.admin_listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                what: "admin listener",
+                addr: config.admin_listen,
+                source,
+            })?;
+        let public_addr = public.local_addr().map_err(|source| StartError::Bind {
+            what: "public listener",
+            addr: config.listen,
+            source,
+        })?;
+        let admin_addr = admin.local_addr().map_err(|source| StartError::Bind {
+            what: "admin listener",
+            addr: config.admin_listen,
+            source,
+        })?;
+
+        match &config.redis_url {
+            Some(url) => info!(
+                backend = "redis",
+                url = %redact_url(url),
+                consumer = %config.consumer,
+                "queue backend: Redis streams (shared by every instance, durable as the Redis server is)"
+            ),
+            None => warn!(
+                backend = "embedded",
+                "queue backend: embedded in-process queue: NOT shared between instances and LOST when this process exits; pass --redis-url for a durable queue"
+            ),
+        }
+        let mut queues = Vec::new();
+        for q in &config.queue {
+            let backend: Arc<dyn QueueBackend> = match &config.redis_url {
+                Some(url) => Arc::new(RedisQueue::connect(
+                    &RedisQueueConfig {
+                        url: url.clone(),
+                        prefix: config.redis_prefix.clone(),
+                        queue: q.name.clone(),
+                        consumer: config.consumer.clone(),
+                        ticket_ttl: config.ticket_ttl,
+                    },
+                    READ_BLOCK,
+                )?),
+                None => Arc::new(MemoryQueue::new(config.ticket_ttl)),
+            };
+            info!(
+                queue = %q.name,
+                routes = %q.routes.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", "),
+                upstream = %q.upstream,
+                drain_rate = q.drain_rate,
+                max_in_flight = q.max_in_flight,
+                "queue ready"
+            );
+            queues.push(Arc::new(Queue {
+                config: q.clone(),
+                tag: QueueTag::of(&q.name),
+                backend,
+            }));
+        }
+        let names: Vec<String> = queues.iter().map(|q| q.config.name.clone()).collect();
+        let app = Arc::new(App {
+            metrics: Arc::new(Metrics::new(&names)),
+            upstream: Upstream::new(),
+            queues,
+            config,
+        });
+
+        let shutdown = CancellationToken::new();
+        let main = tokio::spawn(run(app.clone(), public, admin, shutdown.clone()));
+        info!(%public_addr, %admin_addr, "flashgate listening");
+        Ok(Gateway {
+            public_addr,
+            admin_addr,
+            app,
+            shutdown,
+            main,
+        })
+    }
+
+    /// Starts a graceful shutdown: stop accepting, stop reading the queue,
+    /// let in-flight upstream requests finish within the grace period.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Waits until everything has stopped.
+    pub async fn wait(self) {
+        let _ = self.main.await;
+    }
+}
+
+async fn run(app: Arc<App>, public: TcpListener, admin: TcpListener, shutdown: CancellationToken) {
+    let dispatches = TaskTracker::new();
+    let stop_admin = CancellationToken::new();
+    let mut drains = Vec::new();
+    for q in &app.queues {
+        drains.push(tokio::spawn(drain::run(
+            q.clone(),
+            app.clone(),
+            dispatches.clone(),
+            shutdown.clone(),
+        )));
+        tokio::spawn(refresh_gauges(
+            q.clone(),
+            app.metrics.clone(),
+            stop_admin.clone(),
+        ));
+    }
+    let public_server = tokio::spawn(server::serve_public(app.clone(), public, shutdown.clone()));
+    let admin_server = tokio::spawn(server::serve_admin(app.clone(), admin, stop_admin.clone()));
+
+    shutdown.cancelled().await;
+    info!("shutting down: no new connections, no new reads from the queue");
+    for d in drains {
+        let _ = d.await;
+    }
+    dispatches.close();
+    let grace = app.config.shutdown_grace;
+    if tokio::time::timeout(grace, dispatches.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            in_flight = dispatches.len(),
+            ?grace,
+            "grace period over: unfinished entries stay pending and are redelivered by the next start"
+        );
+    }
+    let _ = tokio::time::timeout(grace, public_server).await;
+    stop_admin.cancel();
+    let _ = admin_server.await;
+    info!("stopped");
+}
+
+/// Keeps the queue-wide gauges current, one cheap backend call per interval.
+async fn refresh_gauges(queue: Arc<Queue>, metrics: Arc<Metrics>, stop: CancellationToken) {
+    let name = queue.config.name.as_str();
+    metrics
+        .drain_rate_limit
+        .with_label_values(&[name])
+        .set(queue.config.drain_rate);
+    let mut tick = tokio::time::interval(GAUGE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        if let Ok(stats) = queue.backend.stats().await {
+            metrics
+                .queue_depth
+                .with_label_values(&[name])
+                .set(stats.depth as i64);
+            metrics
+                .queue_in_flight
+                .with_label_values(&[name])
+                .set(stats.in_flight as i64);
+            metrics
+                .queue_oldest_age
+                .with_label_values(&[name])
+                .set(stats.oldest_age.map_or(0.0, |d| d.as_secs_f64()));
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! Header hygiene (RFC 9110 §7.6.1) and the compact encoding that stores a
+//! header block in the queue.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that describe one connection, never forwarded.
+const HOP_BY_HOP: &[HeaderName] = &[
+    header::CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers and every header named in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP) {
+        headers.remove(name);
+    }
+    // Not in the IANA list but sent by old clients and proxies.
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+/// Encodes headers as `name: value\r\n` lines: binary-safe (values never hold
+/// CR or LF) and cheaper than JSON.
+pub fn encode(headers: &HeaderMap) -> Bytes {
+    encode_pairs(headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())))
+}
+
+/// Encodes `(name, value)` pairs; see [`encode`].
+pub fn encode_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Bytes {
+    let mut out = BytesMut::new();
+    for (name, value) in pairs {
+        out.put_slice(name.as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value);
+        out.put_slice(b"\r\n");
+    }
+    out.freeze()
+}
+
+/// Decodes what [`encode`] wrote; lines that are not valid headers are skipped.
+pub fn decode(block: &[u8]) -> Vec<(HeaderName, HeaderValue)> {
+    block
+        .split(|&b| b == b'\n')
+        .filter_map(|line| {
+            let line = line.strip_suffix(b"\r")?;
+            let colon = line.iter().position(|&b| b == b':')?;
+            let name = HeaderName::from_bytes(&line[..colon]).ok()?;
+            let value = line[colon + 1..]
+                .strip_prefix(b" ")
+                .unwrap_or(&line[colon + 1..]);
+            Some((name, HeaderValue::from_bytes(value).ok()?))
+        })
+        .collect()
+}
+
+/// Decodes into a map.
+pub fn decode_map(block: &[u8]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in decode(block) {
+        map.append(name, value);
+    }
+    map
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "keep-alive, X-Secret-Hop".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("x-secret-hop", "1".parse().unwrap());
+        h.insert("transfer-encoding", "chunked".parse().unwrap());
+        h.insert("upgrade", "websocket".parse().unwrap());
+        h.insert("te", "trailers".parse().unwrap());
+        h.insert("content-type", "application/json".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-type"]);
+    }
+
+    #[test]
+    fn encoding_round_trips_repeated_and_binary_values() {
+        let mut h = HeaderMap::new();
+        h.append("x-a", "1".parse().unwrap());
+        h.append("x-a", "2".parse().unwrap());
+        h.append(
+            "x-bin",
+            HeaderValue::from_bytes(b"caf\xe9 au lait").unwrap(),
+        );
+        h.append("x-empty", HeaderValue::from_static(""));
+        let back = decode_map(&encode(&h));
+        assert_eq!(back, h);
+    }
+}

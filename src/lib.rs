@@ -1,0 +1,24 @@
+//! flashgate: a flash-sale traffic-shaping gateway.
+//!
+//! Requests on queued routes are stored in a durable queue and answered at
+//! once with a ticket ([`admission`]); the queue is replayed to the order
+//! service at a governed rate ([`drain`]); clients poll their ticket ([`poll`]).
+
+pub mod admission;
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod drain;
+pub mod gateway;
+pub mod headers;
+pub mod metrics;
+pub mod poll;
+pub mod problem;
+pub mod queue;
+pub mod server;
+pub mod ticket;
+pub mod upstream;
+
+pub use config::Config;
+pub use gateway::Gateway;

@@ -1,0 +1,200 @@
+//! Every metric of SPEC §6, owned by one struct with its own registry.
+
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Admission outcomes (`flashgate_admissions_total{outcome}`).
+pub const ADMISSION_OUTCOMES: &[&str] = &[
+    "admitted",
+    "duplicate",
+    "rate_limited",
+    "queue_full",
+    "sold_out",
+    "not_open",
+    "rejected",
+];
+/// Dispatch outcomes (`flashgate_dispatches_total{outcome}`).
+pub const DISPATCH_OUTCOMES: &[&str] = &["completed", "retried", "failed", "dead_lettered"];
+/// Upstream answer classes (`flashgate_upstream_responses_total{code_class}`).
+pub const CODE_CLASSES: &[&str] = &["2xx", "3xx", "4xx", "5xx", "error"];
+
+/// The registry and a handle on every metric.
+pub struct Metrics {
+    registry: Registry,
+    pub admissions: IntCounterVec,
+    pub queue_depth: IntGaugeVec,
+    pub queue_in_flight: IntGaugeVec,
+    pub queue_oldest_age: GaugeVec,
+    pub drain_rate_limit: GaugeVec,
+    pub dispatches: IntCounterVec,
+    pub upstream_duration: HistogramVec,
+    pub upstream_responses: IntCounterVec,
+    pub queue_wait: HistogramVec,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    pub build_info: IntGaugeVec,
+}
+
+/// Upstream calls: a few ms to the 10 s default timeout and beyond.
+const UPSTREAM_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// Time in the queue: sub-second to hours.
+const WAIT_BUCKETS: &[f64] = &[
+    0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0,
+];
+/// Gateway answers: sub-millisecond admissions to slow passthroughs.
+const HTTP_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+impl Metrics {
+    /// Registers everything and pre-creates the series of each queue so
+    /// dashboards see zeros rather than gaps.
+    pub fn new(queues: &[String]) -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let int_gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
+            let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+            let h = HistogramVec::new(opts, labels).expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
+        let m = Metrics {
+            admissions: counter(
+                "flashgate_admissions_total",
+                "Admission decisions by outcome.",
+                &["queue", "outcome"],
+            ),
+            queue_depth: int_gauge(
+                "flashgate_queue_depth",
+                "Tickets admitted and not yet dispatched (queue-wide).",
+                &["queue"],
+            ),
+            queue_in_flight: int_gauge(
+                "flashgate_queue_in_flight",
+                "Tickets dispatched and not yet finished (queue-wide).",
+                &["queue"],
+            ),
+            queue_oldest_age: gauge(
+                "flashgate_queue_oldest_age_seconds",
+                "Age of the oldest undispatched ticket (queue-wide).",
+                &["queue"],
+            ),
+            drain_rate_limit: gauge(
+                "flashgate_drain_rate_limit",
+                "The governed drain rate now, requests per second.",
+                &["queue"],
+            ),
+            dispatches: counter(
+                "flashgate_dispatches_total",
+                "Upstream dispatch results by outcome.",
+                &["queue", "outcome"],
+            ),
+            upstream_duration: histogram(
+                "flashgate_upstream_request_duration_seconds",
+                "Duration of one upstream attempt.",
+                &["queue"],
+                UPSTREAM_BUCKETS,
+            ),
+            upstream_responses: counter(
+                "flashgate_upstream_responses_total",
+                "Upstream answers by status class; `error` when none came.",
+                &["queue", "code_class"],
+            ),
+            queue_wait: histogram(
+                "flashgate_queue_wait_seconds",
+                "Time from admission to first dispatch.",
+                &["queue"],
+                WAIT_BUCKETS,
+            ),
+            http_requests: counter(
+                "flashgate_http_requests_total",
+                "Answers on the public listener by route and status code.",
+                &["route", "code"],
+            ),
+            http_duration: histogram(
+                "flashgate_http_request_duration_seconds",
+                "Time to answer on the public listener.",
+                &["route"],
+                HTTP_BUCKETS,
+            ),
+            build_info: int_gauge(
+                "flashgate_build_info",
+                "Always 1; the version in a label.",
+                &["version"],
+            ),
+            registry,
+        };
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for q in queues {
+            for outcome in ADMISSION_OUTCOMES {
+                m.admissions.with_label_values(&[q.as_str(), outcome]);
+            }
+            for outcome in DISPATCH_OUTCOMES {
+                m.dispatches.with_label_values(&[q.as_str(), outcome]);
+            }
+            for class in CODE_CLASSES {
+                m.upstream_responses.with_label_values(&[q.as_str(), class]);
+            }
+            m.queue_depth.with_label_values(&[q]);
+            m.queue_in_flight.with_label_values(&[q]);
+            m.queue_oldest_age.with_label_values(&[q]);
+        }
+        m
+    }
+
+    /// Counts one admission decision.
+    pub fn admission(&self, queue: &str, outcome: &str) {
+        self.admissions.with_label_values(&[queue, outcome]).inc();
+    }
+
+    /// Counts one dispatch result.
+    pub fn dispatch(&self, queue: &str, outcome: &str) {
+        self.dispatches.with_label_values(&[queue, outcome]).inc();
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding our own well-formed families into a Vec cannot fail.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+/// `2xx`..`5xx` for a status code.
+pub fn code_class(status: u16) -> &'static str {
+    match status {
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}

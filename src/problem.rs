@@ -1,0 +1,138 @@
+//! RFC 9457 problem details: every error answer of the public API, mapped to
+//! its status and `code` in one place (SPEC §3.4).
+
+use http::{header, HeaderValue, Response, StatusCode};
+use serde::Serialize;
+
+use crate::body::{full, Body};
+
+/// An error answer.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub code: Code,
+    pub detail: String,
+    /// Seconds, sent as `Retry-After`.
+    pub retry_after: Option<u64>,
+    /// Methods allowed, sent as `Allow` with 405.
+    pub allow: Option<String>,
+}
+
+/// The `code` member: which rule refused the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    BadRequest,
+    TicketNotFound,
+    NotFound,
+    MethodNotAllowed,
+    BodyTooLarge,
+    IdempotencyKeyReused,
+    QueueFull,
+    Unavailable,
+    BadGateway,
+    GatewayTimeout,
+    Unauthorized,
+}
+
+impl Code {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::BadRequest => "bad_request",
+            Code::TicketNotFound => "ticket_not_found",
+            Code::NotFound => "not_found",
+            Code::MethodNotAllowed => "method_not_allowed",
+            Code::BodyTooLarge => "body_too_large",
+            Code::IdempotencyKeyReused => "idempotency_key_reused",
+            Code::QueueFull => "queue_full",
+            Code::Unavailable => "unavailable",
+            Code::BadGateway => "bad_gateway",
+            Code::GatewayTimeout => "gateway_timeout",
+            Code::Unauthorized => "unauthorized",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            Code::BadRequest => StatusCode::BAD_REQUEST,
+            Code::TicketNotFound | Code::NotFound => StatusCode::NOT_FOUND,
+            Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Code::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Code::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Code::QueueFull | Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Code::BadGateway => StatusCode::BAD_GATEWAY,
+            Code::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Code::Unauthorized => StatusCode::UNAUTHORIZED,
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Code::BadRequest => "Malformed request",
+            Code::TicketNotFound => "Ticket not found",
+            Code::NotFound => "Not found",
+            Code::MethodNotAllowed => "Method not allowed",
+            Code::BodyTooLarge => "Request body too large",
+            Code::IdempotencyKeyReused => "Idempotency key reused with another request",
+            Code::QueueFull => "Queue full",
+            Code::Unavailable => "Temporarily unavailable",
+            Code::BadGateway => "Upstream failed",
+            Code::GatewayTimeout => "Upstream timed out",
+            Code::Unauthorized => "Unauthorized",
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Document<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'static str,
+    status: u16,
+    detail: &'a str,
+    code: &'static str,
+}
+
+impl Problem {
+    pub fn new(code: Code, detail: impl Into<String>) -> Self {
+        Problem {
+            code,
+            detail: detail.into(),
+            retry_after: None,
+            allow: None,
+        }
+    }
+
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds.max(1));
+        self
+    }
+
+    pub fn allow(mut self, methods: String) -> Self {
+        self.allow = Some(methods);
+        self
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        let status = self.code.status();
+        let doc = Document {
+            kind: format!("urn:flashgate:problem:{}", self.code.as_str()),
+            title: self.code.title(),
+            status: status.as_u16(),
+            detail: &self.detail,
+            code: self.code.as_str(),
+        };
+        let mut resp = Response::new(full(serde_json::to_vec(&doc).unwrap_or_default()));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(secs) = self.retry_after {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(allow) = self.allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
+            h.insert(header::ALLOW, allow);
+        }
+        resp
+    }
+}

@@ -1,0 +1,150 @@
+//! The durable queue behind admission and drain: one trait, two backends.
+//!
+//! - [`RedisQueue`]: a Redis stream with a consumer group (production).
+//! - [`MemoryQueue`]: in-process, for trying the gateway with nothing installed;
+//!   not shared between instances and lost when the process dies.
+//!
+//! Both keep the same counters so position and ETA never scan the queue: an
+//! admission sequence number per ticket and a dispatched count per queue.
+
+mod memory;
+mod redis;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::ticket::{StoredResponse, TicketError, TicketId, TicketRecord};
+
+pub use self::memory::MemoryQueue;
+pub use self::redis::{RedisQueue, RedisQueueConfig};
+
+/// A request as admitted, stored whole so any instance can replay it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedRequest {
+    pub ticket: TicketId,
+    pub method: String,
+    /// Path and query, as the client sent them.
+    pub path: String,
+    /// End-to-end headers ([`crate::headers::encode`]).
+    pub headers: Bytes,
+    pub body: Bytes,
+    /// Who the client is (`--client-key`).
+    pub client: String,
+    /// `X-Forwarded-For` to send upstream.
+    pub forwarded_for: String,
+    /// `X-Forwarded-Proto` to send upstream.
+    pub forwarded_proto: String,
+    pub admitted_at_ms: u64,
+}
+
+/// An `Idempotency-Key` claim, already scoped to the client and hashed.
+#[derive(Debug, Clone)]
+pub struct IdempotencyClaim {
+    /// Hex digest of client key + idempotency key.
+    pub key: String,
+    /// Hex digest of what the request asks for (method, path, body).
+    pub fingerprint: String,
+}
+
+/// The backend's decision on one admission.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admit {
+    /// Stored; `seq` is the ticket's admission number, `dispatched` the
+    /// queue's dispatch count at that moment.
+    Admitted { seq: u64, dispatched: u64 },
+    /// The idempotency key was seen with the same request: the original ticket.
+    Replayed {
+        ticket: TicketId,
+        seq: u64,
+        dispatched: u64,
+    },
+    /// The idempotency key was seen with a different request.
+    KeyReused,
+    /// The queue holds `depth` undispatched tickets, its capacity.
+    QueueFull { depth: u64 },
+}
+
+/// One entry handed to the drain.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The backend's id of the entry (a stream id for Redis).
+    pub entry_id: String,
+    /// True until its first attempt starts: counts the dispatch once.
+    pub fresh: bool,
+    /// The stored request, or why it could not be read back.
+    pub request: Result<QueuedRequest, String>,
+}
+
+/// A snapshot of a queue for gauges and the admin API.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct QueueStats {
+    /// Admitted, not yet dispatched.
+    pub depth: u64,
+    /// Dispatched, not yet finished.
+    pub in_flight: u64,
+    /// Age of the oldest undispatched entry.
+    pub oldest_age: Option<Duration>,
+    pub admitted: u64,
+    pub dispatched: u64,
+}
+
+/// Why the backend could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The store did not answer (down, timed out, connection lost). A timed-out
+    /// write may still have been applied.
+    #[error("queue backend unavailable: {0}")]
+    Unavailable(String),
+    /// The store answered something this version cannot understand.
+    #[error("queue backend answered unexpectedly: {0}")]
+    Protocol(String),
+}
+
+/// A queue backend for one named queue.
+#[async_trait]
+pub trait QueueBackend: Send + Sync + 'static {
+    /// `"redis"` or `"embedded"`, for logs and metrics.
+    fn kind(&self) -> &'static str;
+
+    /// Stores the request and its ticket in one atomic step, unless the
+    /// idempotency claim was seen before or the queue holds `max_queue`.
+    async fn admit(
+        &self,
+        request: &QueuedRequest,
+        claim: Option<&IdempotencyClaim>,
+        max_queue: u64,
+    ) -> Result<Admit, QueueError>;
+
+    /// A ticket's record and the queue's dispatched count, or `None` when
+    /// unknown or expired.
+    async fn ticket(&self, id: &TicketId) -> Result<Option<(TicketRecord, u64)>, QueueError>;
+
+    /// The next entry for this instance, waiting up to `block` for one.
+    /// Entries this instance held when it last stopped come first.
+    async fn next(&self, block: Duration) -> Result<Option<Delivery>, QueueError>;
+
+    /// Marks the ticket in flight and counts the attempt (and, for a fresh
+    /// delivery, the dispatch); returns the attempt number across all
+    /// instances (`None` if the ticket has expired). The caller clears
+    /// `fresh` once this succeeds.
+    async fn start_attempt(&self, delivery: &Delivery) -> Result<Option<u32>, QueueError>;
+
+    /// Records the upstream's final answer and removes the entry.
+    async fn complete(
+        &self,
+        delivery: &Delivery,
+        response: &StoredResponse,
+    ) -> Result<(), QueueError>;
+
+    /// Moves the entry to the dead-letter stream and fails its ticket, in one step.
+    async fn dead_letter(&self, delivery: &Delivery, error: &TicketError)
+        -> Result<(), QueueError>;
+
+    /// Depth, in-flight count and oldest age, cheaply.
+    async fn stats(&self) -> Result<QueueStats, QueueError>;
+
+    /// Whether the backend answers.
+    async fn ping(&self) -> Result<(), QueueError>;
+}

@@ -1,0 +1,263 @@
+//! The embedded backend: a queue in this process's memory.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+
+use super::{
+    Admit, Delivery, IdempotencyClaim, QueueBackend, QueueError, QueueStats, QueuedRequest,
+};
+use crate::ticket::{now_ms, StoredResponse, TicketError, TicketId, TicketRecord, TicketStatus};
+
+/// How often expired tickets are swept out (on the admission path).
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// An in-process queue with the same semantics as the Redis backend.
+pub struct MemoryQueue {
+    ttl: Duration,
+    state: Mutex<State>,
+    arrived: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    next_id: u64,
+    /// Undispatched entries in admission order.
+    ready: VecDeque<(u64, QueuedRequest)>,
+    /// Dispatched, not yet finished.
+    pending: HashMap<u64, QueuedRequest>,
+    tickets: HashMap<TicketId, (TicketRecord, Instant)>,
+    idempotency: HashMap<String, Claimed>,
+    dead: Vec<(QueuedRequest, TicketError)>,
+    admitted: u64,
+    dispatched: u64,
+    last_sweep: Option<Instant>,
+}
+
+struct Claimed {
+    ticket: TicketId,
+    fingerprint: String,
+    seq: u64,
+    expires: Instant,
+}
+
+impl MemoryQueue {
+    /// A queue whose tickets are forgotten `ttl` after their last change.
+    pub fn new(ttl: Duration) -> Self {
+        MemoryQueue {
+            ttl,
+            state: Mutex::new(State::default()),
+            arrived: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the state half-written
+        // in a way later calls would trip over, so poisoning is ignored.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Entries moved to the dead-letter list, oldest first.
+    pub fn dead_letters(&self) -> Vec<(QueuedRequest, TicketError)> {
+        self.lock().dead.clone()
+    }
+}
+
+impl State {
+    fn sweep(&mut self, now: Instant) {
+        if self.last_sweep.is_some_and(|t| now - t < SWEEP_EVERY) {
+            return;
+        }
+        self.last_sweep = Some(now);
+        self.tickets.retain(|_, (_, expires)| *expires > now);
+        self.idempotency.retain(|_, c| c.expires > now);
+    }
+
+    fn finish(
+        &mut self,
+        delivery: &Delivery,
+        ttl: Duration,
+        update: impl FnOnce(&mut TicketRecord),
+    ) {
+        let Ok(id) = delivery.entry_id.parse::<u64>() else {
+            return;
+        };
+        let removed = self.pending.remove(&id);
+        if delivery.fresh {
+            self.dispatched += 1;
+        }
+        let ticket = removed.as_ref().map(|r| &r.ticket).or(delivery
+            .request
+            .as_ref()
+            .ok()
+            .map(|r| &r.ticket));
+        if let Some((record, expires)) = ticket.and_then(|t| self.tickets.get_mut(t)) {
+            update(record);
+            record.completed_at_ms = Some(now_ms());
+            *expires = Instant::now() + ttl;
+        }
+    }
+}
+
+#[async_trait]
+impl QueueBackend for MemoryQueue {
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn admit(
+        &self,
+        request: &QueuedRequest,
+        claim: Option<&IdempotencyClaim>,
+        max_queue: u64,
+    ) -> Result<Admit, QueueError> {
+        let now = Instant::now();
+        let mut s = self.lock();
+        s.sweep(now);
+        if let Some(claim) = claim {
+            if let Some(prev) = s.idempotency.get(&claim.key).filter(|c| c.expires > now) {
+                if prev.fingerprint != claim.fingerprint {
+                    return Ok(Admit::KeyReused);
+                }
+                return Ok(Admit::Replayed {
+                    ticket: prev.ticket.clone(),
+                    seq: prev.seq,
+                    dispatched: s.dispatched,
+                });
+            }
+        }
+        let depth = s.admitted - s.dispatched;
+        if depth >= max_queue {
+            return Ok(Admit::QueueFull { depth });
+        }
+        s.admitted += 1;
+        let seq = s.admitted;
+        let id = s.next_id;
+        s.next_id += 1;
+        s.ready.push_back((id, request.clone()));
+        let record = TicketRecord {
+            status: TicketStatus::Queued,
+            seq,
+            attempts: 0,
+            admitted_at_ms: request.admitted_at_ms,
+            completed_at_ms: None,
+            response: None,
+            error: None,
+        };
+        s.tickets
+            .insert(request.ticket.clone(), (record, now + self.ttl));
+        if let Some(claim) = claim {
+            s.idempotency.insert(
+                claim.key.clone(),
+                Claimed {
+                    ticket: request.ticket.clone(),
+                    fingerprint: claim.fingerprint.clone(),
+                    seq,
+                    expires: now + self.ttl,
+                },
+            );
+        }
+        let dispatched = s.dispatched;
+        drop(s);
+        self.arrived.notify_one();
+        Ok(Admit::Admitted { seq, dispatched })
+    }
+
+    async fn ticket(&self, id: &TicketId) -> Result<Option<(TicketRecord, u64)>, QueueError> {
+        let s = self.lock();
+        Ok(s.tickets
+            .get(id)
+            .filter(|(_, expires)| *expires > Instant::now())
+            .map(|(record, _)| (record.clone(), s.dispatched)))
+    }
+
+    async fn next(&self, block: Duration) -> Result<Option<Delivery>, QueueError> {
+        let deadline = tokio::time::Instant::now() + block;
+        loop {
+            {
+                let mut s = self.lock();
+                if let Some((id, request)) = s.ready.pop_front() {
+                    s.pending.insert(id, request.clone());
+                    return Ok(Some(Delivery {
+                        entry_id: id.to_string(),
+                        fresh: true,
+                        request: Ok(request),
+                    }));
+                }
+            }
+            // notify_one keeps a permit when nobody waits, so an admission
+            // between the check above and this wait is not missed.
+            if tokio::time::timeout_at(deadline, self.arrived.notified())
+                .await
+                .is_err()
+            {
+                return Ok(None);
+            }
+        }
+    }
+
+    async fn start_attempt(&self, delivery: &Delivery) -> Result<Option<u32>, QueueError> {
+        let mut s = self.lock();
+        if delivery.fresh {
+            s.dispatched += 1;
+        }
+        let Ok(request) = &delivery.request else {
+            return Ok(None);
+        };
+        Ok(s.tickets.get_mut(&request.ticket).map(|(record, _)| {
+            record.attempts += 1;
+            record.status = TicketStatus::InFlight;
+            record.attempts
+        }))
+    }
+
+    async fn complete(
+        &self,
+        delivery: &Delivery,
+        response: &StoredResponse,
+    ) -> Result<(), QueueError> {
+        self.lock().finish(delivery, self.ttl, |record| {
+            record.status = TicketStatus::Completed;
+            record.response = Some(response.clone());
+        });
+        Ok(())
+    }
+
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        error: &TicketError,
+    ) -> Result<(), QueueError> {
+        let mut s = self.lock();
+        if let Ok(request) = &delivery.request {
+            s.dead.push((request.clone(), error.clone()));
+        }
+        s.finish(delivery, self.ttl, |record| {
+            record.status = TicketStatus::Failed;
+            record.error = Some(error.clone());
+        });
+        Ok(())
+    }
+
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        let s = self.lock();
+        let oldest_age = s
+            .ready
+            .front()
+            .map(|(_, r)| Duration::from_millis(now_ms().saturating_sub(r.admitted_at_ms)));
+        Ok(QueueStats {
+            depth: s.admitted - s.dispatched,
+            in_flight: s.pending.len() as u64,
+            oldest_age,
+            admitted: s.admitted,
+            dispatched: s.dispatched,
+        })
+    }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        Ok(())
+    }
+}

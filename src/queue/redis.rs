@@ -1,0 +1,649 @@
+//! The production backend: a Redis stream per queue with the consumer group
+//! `flashgate`, a hash per ticket and a counters hash, all under one hash tag
+//! so a queue's keys share a cluster slot (SPEC §7).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{RedisError, Script, Value};
+
+use super::{
+    Admit, Delivery, IdempotencyClaim, QueueBackend, QueueError, QueueStats, QueuedRequest,
+};
+use crate::ticket::{now_ms, StoredResponse, TicketError, TicketId, TicketRecord, TicketStatus};
+
+/// The consumer group every instance reads through.
+pub const GROUP: &str = "flashgate";
+
+/// Admission in one round trip: idempotency, capacity, sequence number,
+/// stream entry and ticket hash, atomically.
+///
+/// KEYS: stream, counters, ticket, idempotency.
+/// ARGV: ticket id, ttl seconds, max_queue, admitted-at ms, has-claim (0/1),
+///       fingerprint, then the entry's field/value pairs.
+const ADMIT_LUA: &str = r#"
+local dispatched = tonumber(redis.call('HGET', KEYS[2], 'dispatched') or '0')
+if ARGV[5] == '1' then
+  local prev = redis.call('HMGET', KEYS[4], 't', 'f', 's')
+  if prev[1] then
+    if prev[2] ~= ARGV[6] then return {'reused'} end
+    return {'replayed', prev[1], tonumber(prev[3]), dispatched}
+  end
+end
+local admitted = tonumber(redis.call('HGET', KEYS[2], 'admitted') or '0')
+local depth = admitted - dispatched
+if depth >= tonumber(ARGV[3]) then return {'full', depth} end
+local seq = redis.call('HINCRBY', KEYS[2], 'admitted', 1)
+redis.call('XADD', KEYS[1], '*', 's', seq, unpack(ARGV, 7))
+redis.call('HSET', KEYS[3], 'st', 'queued', 'seq', seq, 'att', 0, 'adm', ARGV[4])
+redis.call('EXPIRE', KEYS[3], ARGV[2])
+if ARGV[5] == '1' then
+  redis.call('HSET', KEYS[4], 't', ARGV[1], 'f', ARGV[6], 's', seq)
+  redis.call('EXPIRE', KEYS[4], ARGV[2])
+end
+return {'ok', seq, dispatched}
+"#;
+
+/// Starts an attempt: counts the dispatch once, marks the ticket in flight and
+/// counts the attempt on the ticket, so attempts add up across instances.
+/// Never recreates an expired ticket hash.
+///
+/// KEYS: ticket, counters. ARGV: fresh (0/1).
+const START_ATTEMPT_LUA: &str = r#"
+if ARGV[1] == '1' then redis.call('HINCRBY', KEYS[2], 'dispatched', 1) end
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+redis.call('HSET', KEYS[1], 'st', 'in_flight')
+return redis.call('HINCRBY', KEYS[1], 'att', 1)
+"#;
+
+/// How the Redis backend connects and names its keys.
+#[derive(Debug, Clone)]
+pub struct RedisQueueConfig {
+    pub url: String,
+    pub prefix: String,
+    pub queue: String,
+    /// This instance's stable name in the consumer group.
+    pub consumer: String,
+    pub ticket_ttl: Duration,
+}
+
+/// A queue stored in a Redis stream.
+pub struct RedisQueue {
+    keys: Keys,
+    consumer: String,
+    ttl_secs: u64,
+    /// Ordinary commands: multiplexed and reconnecting.
+    conn: ConnectionManager,
+    /// `XREADGROUP BLOCK` only: a blocked read would stall every command
+    /// multiplexed behind it, and needs a response timeout above the block.
+    reader: ConnectionManager,
+    admit_script: Script,
+    start_script: Script,
+    group_ready: AtomicBool,
+    /// While recovering this consumer's own pending entries after a restart:
+    /// the id after which to read next. `None` once they are all re-read.
+    recovering: Mutex<Option<String>>,
+}
+
+struct Keys {
+    stream: String,
+    dead: String,
+    counters: String,
+    ticket_prefix: String,
+    idempotency_prefix: String,
+}
+
+impl Keys {
+    fn new(prefix: &str, queue: &str) -> Self {
+        let base = format!("{prefix}:{{{queue}}}");
+        Keys {
+            stream: format!("{base}:stream"),
+            dead: format!("{base}:dead"),
+            counters: format!("{base}:counters"),
+            ticket_prefix: format!("{base}:ticket:"),
+            idempotency_prefix: format!("{base}:idem:"),
+        }
+    }
+
+    fn ticket(&self, id: &TicketId) -> String {
+        format!("{}{}", self.ticket_prefix, id)
+    }
+}
+
+/// Ordinary commands: long enough for a busy server, short enough that a
+/// client hears 503 instead of hanging. A timeout does not mean the command
+/// failed, which is why admission is idempotent by key.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl RedisQueue {
+    /// Connects lazily: the gateway starts (and answers 503) while Redis is down.
+    pub fn connect(config: &RedisQueueConfig, max_block: Duration) -> Result<Self, QueueError> {
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(|e| QueueError::Unavailable(format!("bad redis url: {e}")))?;
+        let base = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        let conn = ConnectionManager::new_lazy_with_config(
+            client.clone(),
+            base.clone().set_response_timeout(Some(RESPONSE_TIMEOUT)),
+        )
+        .map_err(unavailable)?;
+        let reader = ConnectionManager::new_lazy_with_config(
+            client,
+            base.set_response_timeout(Some(max_block + RESPONSE_TIMEOUT)),
+        )
+        .map_err(unavailable)?;
+        Ok(RedisQueue {
+            keys: Keys::new(&config.prefix, &config.queue),
+            consumer: config.consumer.clone(),
+            ttl_secs: config.ticket_ttl.as_secs().max(1),
+            conn,
+            reader,
+            admit_script: Script::new(ADMIT_LUA),
+            start_script: Script::new(START_ATTEMPT_LUA),
+            group_ready: AtomicBool::new(false),
+            recovering: Mutex::new(Some("0".into())),
+        })
+    }
+
+    /// Creates the consumer group (and the stream) unless it exists. Starting
+    /// at id 0 keeps entries added before the group existed.
+    async fn ensure_group(&self) -> Result<(), QueueError> {
+        if self.group_ready.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        let created: Result<(), RedisError> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.keys.stream)
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await;
+        match created {
+            Ok(()) => {}
+            Err(e) if e.code() == Some("BUSYGROUP") => {}
+            Err(e) => return Err(unavailable(e)),
+        }
+        self.group_ready.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn recovering_cursor(&self) -> Option<String> {
+        self.recovering
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_recovering_cursor(&self, cursor: Option<String>) {
+        *self.recovering.lock().unwrap_or_else(|e| e.into_inner()) = cursor;
+    }
+
+    /// The entry fields as admission wrote them.
+    fn entry_fields(r: &QueuedRequest) -> [(&'static str, &[u8]); 9] {
+        [
+            ("t", r.ticket.as_str().as_bytes()),
+            ("m", r.method.as_bytes()),
+            ("p", r.path.as_bytes()),
+            ("h", &r.headers),
+            ("b", &r.body),
+            ("c", r.client.as_bytes()),
+            ("f", r.forwarded_for.as_bytes()),
+            ("x", r.forwarded_proto.as_bytes()),
+            ("a", b""), // replaced below: admitted-at is a number
+        ]
+    }
+
+    fn ack_and_delete(&self, pipe: &mut redis::Pipeline, entry_id: &str) {
+        pipe.cmd("XACK")
+            .arg(&self.keys.stream)
+            .arg(GROUP)
+            .arg(entry_id)
+            .ignore();
+        // Acknowledged entries are deleted one by one so the stream does not
+        // grow without bound; unacknowledged ones are never trimmed.
+        pipe.cmd("XDEL")
+            .arg(&self.keys.stream)
+            .arg(entry_id)
+            .ignore();
+    }
+}
+
+#[async_trait]
+impl QueueBackend for RedisQueue {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn admit(
+        &self,
+        request: &QueuedRequest,
+        claim: Option<&IdempotencyClaim>,
+        max_queue: u64,
+    ) -> Result<Admit, QueueError> {
+        let ticket_key = self.keys.ticket(&request.ticket);
+        let idem_key = match claim {
+            Some(c) => format!("{}{}", self.keys.idempotency_prefix, c.key),
+            None => format!("{}-", self.keys.idempotency_prefix),
+        };
+        let admitted_at = request.admitted_at_ms.to_string();
+        let mut inv = self.admit_script.prepare_invoke();
+        inv.key(&self.keys.stream)
+            .key(&self.keys.counters)
+            .key(&ticket_key)
+            .key(&idem_key)
+            .arg(request.ticket.as_str())
+            .arg(self.ttl_secs)
+            .arg(max_queue)
+            .arg(&admitted_at)
+            .arg(if claim.is_some() { "1" } else { "0" })
+            .arg(claim.map_or("", |c| c.fingerprint.as_str()));
+        for (name, value) in Self::entry_fields(request) {
+            let value = if name == "a" {
+                admitted_at.as_bytes()
+            } else {
+                value
+            };
+            inv.arg(name).arg(value);
+        }
+        let mut conn = self.conn.clone();
+        let reply: Vec<Value> = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        let word = reply.first().map(as_string).unwrap_or_default();
+        let int = |i: usize| reply.get(i).and_then(as_u64).unwrap_or(0);
+        match word.as_str() {
+            "ok" => Ok(Admit::Admitted {
+                seq: int(1),
+                dispatched: int(2),
+            }),
+            "replayed" => {
+                let id = reply.get(1).map(as_string).unwrap_or_default();
+                let ticket = TicketId::parse(&id)
+                    .ok_or_else(|| QueueError::Protocol(format!("stored ticket id `{id}`")))?
+                    .0;
+                Ok(Admit::Replayed {
+                    ticket,
+                    seq: int(2),
+                    dispatched: int(3),
+                })
+            }
+            "reused" => Ok(Admit::KeyReused),
+            "full" => Ok(Admit::QueueFull { depth: int(1) }),
+            other => Err(QueueError::Protocol(format!("admit script said `{other}`"))),
+        }
+    }
+
+    async fn ticket(&self, id: &TicketId) -> Result<Option<(TicketRecord, u64)>, QueueError> {
+        let mut conn = self.conn.clone();
+        let (fields, dispatched): (HashMap<String, Vec<u8>>, Option<u64>) = redis::pipe()
+            .hgetall(self.keys.ticket(id))
+            .hget(&self.keys.counters, "dispatched")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some((parse_ticket(&fields)?, dispatched.unwrap_or(0))))
+    }
+
+    async fn next(&self, block: Duration) -> Result<Option<Delivery>, QueueError> {
+        self.ensure_group().await?;
+        let cursor = self.recovering_cursor();
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(1);
+        if cursor.is_none() {
+            cmd.arg("BLOCK").arg(block.as_millis() as u64);
+        }
+        cmd.arg("STREAMS")
+            .arg(&self.keys.stream)
+            .arg(cursor.as_deref().unwrap_or(">"));
+        let mut reader = self.reader.clone();
+        let reply: Value = match cmd.query_async(&mut reader).await {
+            Ok(v) => v,
+            Err(e) if e.code() == Some("NOGROUP") => {
+                // Someone deleted the stream or the group: make it again.
+                self.group_ready.store(false, Ordering::Relaxed);
+                return Err(unavailable(e));
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
+        let entry = first_entry(&reply);
+        match (&cursor, entry) {
+            (Some(_), None) => {
+                self.set_recovering_cursor(None);
+                Ok(None)
+            }
+            (_, None) => Ok(None),
+            (recovering, Some((entry_id, fields))) => {
+                if recovering.is_some() {
+                    self.set_recovering_cursor(Some(entry_id.clone()));
+                }
+                let request = match fields {
+                    Some(fields) => parse_entry(&fields),
+                    None => Err("entry was deleted from the stream".to_string()),
+                };
+                Ok(Some(Delivery {
+                    entry_id,
+                    // A recovered entry was counted when it was first read.
+                    fresh: recovering.is_none(),
+                    request,
+                }))
+            }
+        }
+    }
+
+    async fn start_attempt(&self, delivery: &Delivery) -> Result<Option<u32>, QueueError> {
+        let ticket_key = match &delivery.request {
+            Ok(r) => self.keys.ticket(&r.ticket),
+            Err(_) => format!("{}-", self.keys.ticket_prefix),
+        };
+        let mut conn = self.conn.clone();
+        let attempt: i64 = self
+            .start_script
+            .key(ticket_key)
+            .key(&self.keys.counters)
+            .arg(if delivery.fresh { "1" } else { "0" })
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(u32::try_from(attempt).ok())
+    }
+
+    async fn complete(
+        &self,
+        delivery: &Delivery,
+        response: &StoredResponse,
+    ) -> Result<(), QueueError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        if let Ok(request) = &delivery.request {
+            let key = self.keys.ticket(&request.ticket);
+            pipe.cmd("HSET")
+                .arg(&key)
+                .arg("st")
+                .arg(TicketStatus::Completed.as_str())
+                .arg("cmp")
+                .arg(now_ms())
+                .arg("rs")
+                .arg(response.status)
+                .arg("rh")
+                .arg(response.headers.as_ref())
+                .arg("rb")
+                .arg(response.body.as_ref())
+                .ignore();
+            pipe.expire(&key, self.ttl_secs as i64).ignore();
+        }
+        self.ack_and_delete(&mut pipe, &delivery.entry_id);
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
+    }
+
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        error: &TicketError,
+    ) -> Result<(), QueueError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        if delivery.fresh {
+            pipe.hincr(&self.keys.counters, "dispatched", 1).ignore();
+        }
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg(&self.keys.dead)
+            .arg("*")
+            .arg("entry")
+            .arg(&delivery.entry_id)
+            .arg("code")
+            .arg(&error.code)
+            .arg("detail")
+            .arg(&error.detail);
+        if let Ok(request) = &delivery.request {
+            let admitted_at = request.admitted_at_ms.to_string();
+            for (name, value) in Self::entry_fields(request) {
+                let value = if name == "a" {
+                    admitted_at.as_bytes()
+                } else {
+                    value
+                };
+                xadd.arg(name).arg(value);
+            }
+            let key = self.keys.ticket(&request.ticket);
+            pipe.cmd("HSET")
+                .arg(&key)
+                .arg("st")
+                .arg(TicketStatus::Failed.as_str())
+                .arg("cmp")
+                .arg(now_ms())
+                .arg("ec")
+                .arg(&error.code)
+                .arg("ed")
+                .arg(&error.detail)
+                .ignore();
+            pipe.expire(&key, self.ttl_secs as i64).ignore();
+        }
+        pipe.add_command(xadd).ignore();
+        self.ack_and_delete(&mut pipe, &delivery.entry_id);
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
+    }
+
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        let mut conn = self.conn.clone();
+        let (counters, groups): ((Option<u64>, Option<u64>), Value) = redis::pipe()
+            .cmd("HMGET")
+            .arg(&self.keys.counters)
+            .arg("admitted")
+            .arg("dispatched")
+            .cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&self.keys.stream)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let (admitted, dispatched) = (counters.0.unwrap_or(0), counters.1.unwrap_or(0));
+        let (pending, last_delivered) = group_info(&groups).unwrap_or((0, "0-0".into()));
+        // The oldest undispatched entry is the first after the group's
+        // last-delivered id; its id holds its admission time in ms.
+        let next: Value = redis::cmd("XRANGE")
+            .arg(&self.keys.stream)
+            .arg(format!("({last_delivered}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let oldest_age =
+            first_id_ms(&next).map(|ms| Duration::from_millis(now_ms().saturating_sub(ms)));
+        Ok(QueueStats {
+            depth: admitted.saturating_sub(dispatched),
+            in_flight: pending,
+            oldest_age,
+            admitted,
+            dispatched,
+        })
+    }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+}
+
+fn unavailable(e: RedisError) -> QueueError {
+    QueueError::Unavailable(e.to_string())
+}
+
+fn as_string(v: &Value) -> String {
+    match v {
+        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::SimpleString(s) => s.clone(),
+        Value::Int(i) => i.to_string(),
+        _ => String::new(),
+    }
+}
+
+fn as_u64(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(i) => u64::try_from(*i).ok(),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// A stream entry's id and fields (`None` when the entry was deleted while
+/// pending), from an `XREADGROUP` reply.
+type Entry = (String, Option<Vec<(String, Vec<u8>)>>);
+
+fn first_entry(reply: &Value) -> Option<Entry> {
+    // RESP2: [[stream, [[id, [f, v, ...]], ...]]]
+    let Value::Array(streams) = reply else {
+        return None;
+    };
+    let Value::Array(stream) = streams.first()? else {
+        return None;
+    };
+    let Value::Array(entries) = stream.get(1)? else {
+        return None;
+    };
+    let Value::Array(entry) = entries.first()? else {
+        return None;
+    };
+    let id = as_string(entry.first()?);
+    let fields = match entry.get(1) {
+        Some(Value::Array(flat)) => Some(
+            flat.chunks(2)
+                .filter_map(|kv| match kv {
+                    [k, Value::BulkString(v)] => Some((as_string(k), v.clone())),
+                    _ => None,
+                })
+                .collect(),
+        ),
+        _ => None,
+    };
+    Some((id, fields))
+}
+
+fn parse_entry(fields: &[(String, Vec<u8>)]) -> Result<QueuedRequest, String> {
+    let get = |name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_slice())
+            .ok_or_else(|| format!("entry has no field `{name}`"))
+    };
+    let text = |name: &str| {
+        get(name).and_then(|v| {
+            std::str::from_utf8(v)
+                .map(str::to_string)
+                .map_err(|_| format!("entry field `{name}` is not UTF-8"))
+        })
+    };
+    let ticket = TicketId::parse(&text("t")?)
+        .ok_or("entry has a malformed ticket id")?
+        .0;
+    Ok(QueuedRequest {
+        ticket,
+        method: text("m")?,
+        path: text("p")?,
+        headers: Bytes::copy_from_slice(get("h")?),
+        body: Bytes::copy_from_slice(get("b")?),
+        client: text("c")?,
+        forwarded_for: text("f")?,
+        forwarded_proto: text("x")?,
+        admitted_at_ms: text("a")?
+            .parse()
+            .map_err(|_| "entry has a malformed admission time")?,
+    })
+}
+
+fn parse_ticket(fields: &HashMap<String, Vec<u8>>) -> Result<TicketRecord, QueueError> {
+    let text = |k: &str| fields.get(k).and_then(|v| std::str::from_utf8(v).ok());
+    let num = |k: &str| text(k).and_then(|v| v.parse::<u64>().ok());
+    let status = text("st")
+        .and_then(TicketStatus::parse)
+        .ok_or_else(|| QueueError::Protocol("ticket hash without a status".into()))?;
+    let response = match (status, num("rs")) {
+        (TicketStatus::Completed, Some(code)) => Some(StoredResponse {
+            status: code as u16,
+            headers: Bytes::copy_from_slice(fields.get("rh").map_or(&[][..], |v| v)),
+            body: Bytes::copy_from_slice(fields.get("rb").map_or(&[][..], |v| v)),
+        }),
+        _ => None,
+    };
+    let error = match status {
+        TicketStatus::Failed => Some(TicketError {
+            code: text("ec").unwrap_or("failed").to_string(),
+            detail: text("ed").unwrap_or_default().to_string(),
+        }),
+        _ => None,
+    };
+    Ok(TicketRecord {
+        status,
+        seq: num("seq").unwrap_or(0),
+        attempts: num("att").unwrap_or(0) as u32,
+        admitted_at_ms: num("adm").unwrap_or(0),
+        completed_at_ms: num("cmp"),
+        response,
+        error,
+    })
+}
+
+/// `(pending, last-delivered-id)` of the `flashgate` group in an `XINFO GROUPS` reply.
+fn group_info(reply: &Value) -> Option<(u64, String)> {
+    let Value::Array(groups) = reply else {
+        return None;
+    };
+    groups.iter().find_map(|g| {
+        let pairs: Vec<(String, &Value)> = match g {
+            Value::Array(flat) => flat
+                .chunks(2)
+                .filter_map(|kv| match kv {
+                    [k, v] => Some((as_string(k), v)),
+                    _ => None,
+                })
+                .collect(),
+            Value::Map(map) => map.iter().map(|(k, v)| (as_string(k), v)).collect(),
+            _ => return None,
+        };
+        let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
+        if get("name").map(as_string).as_deref() != Some(GROUP) {
+            return None;
+        }
+        Some((
+            get("pending").and_then(as_u64).unwrap_or(0),
+            get("last-delivered-id")
+                .map(as_string)
+                .unwrap_or_else(|| "0-0".into()),
+        ))
+    })
+}
+
+/// The millisecond part of the first id in an `XRANGE` reply.
+fn first_id_ms(reply: &Value) -> Option<u64> {
+    let Value::Array(entries) = reply else {
+        return None;
+    };
+    let Value::Array(entry) = entries.first()? else {
+        return None;
+    };
+    as_string(entry.first()?).split('-').next()?.parse().ok()
+}

@@ -1,0 +1,301 @@
+//! The two listeners: the public API (admission, tickets, passthrough) and
+//! the admin API (metrics, health, queues).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::body::{full, json, Body, BoxError};
+use crate::gateway::App;
+use crate::headers::strip_hop_by_hop;
+use crate::problem::{Code, Problem};
+use crate::upstream::UpstreamError;
+use crate::{admission, poll};
+
+/// Deadline for a passthrough request when no queue sets one.
+const PASSTHROUGH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the public API until `shutdown`, then lets open connections finish
+/// their current request.
+pub async fn serve_public(app: Arc<App>, listener: TcpListener, shutdown: CancellationToken) {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        // A client that does not finish its head in time is cut off.
+        .header_read_timeout(app.config.header_timeout)
+        // The head must fit the buffer; hyper answers 431 beyond it.
+        .max_buf_size((app.config.max_header_size.0 as usize).max(8192));
+    accept_loop(listener, http, shutdown, move |peer, req| {
+        let app = app.clone();
+        async move { public(app, peer, req).await }
+    })
+    .await;
+}
+
+/// Serves the admin API until `shutdown`.
+pub async fn serve_admin(app: Arc<App>, listener: TcpListener, shutdown: CancellationToken) {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+    accept_loop(listener, http, shutdown, move |_peer, req| {
+        let app = app.clone();
+        async move { admin(app, req).await }
+    })
+    .await;
+}
+
+async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    http: http1::Builder,
+    shutdown: CancellationToken,
+    handler: F,
+) where
+    F: Fn(SocketAddr, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
+{
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let service = service_fn(move |req| {
+            let handler = handler.clone();
+            async move { Ok::<_, Infallible>(handler(peer, req).await) }
+        });
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// The public API's routes.
+async fn public(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let path = req.uri().path();
+    let (route, resp) = if let Some(queue) = app.queue_for_path(path) {
+        let allowed: Vec<&Method> = queue
+            .config
+            .routes
+            .iter()
+            .filter(|r| r.path == path)
+            .map(|r| &r.method)
+            .collect();
+        if allowed.contains(&req.method()) {
+            let queue = queue.clone();
+            ("admission", admission::admit(&app, &queue, peer, req).await)
+        } else {
+            let allow = allowed
+                .iter()
+                .map(|m| m.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let problem = Problem::new(Code::MethodNotAllowed, format!("{path} accepts {allow}"))
+                .allow(allow);
+            ("other", problem.into_response())
+        }
+    } else if let Some(id) = path.strip_prefix("/tickets/") {
+        if req.method() == Method::GET || req.method() == Method::HEAD {
+            ("ticket", poll::poll(&app, id).await)
+        } else {
+            let problem = Problem::new(Code::MethodNotAllowed, "tickets accept GET")
+                .allow("GET, HEAD".into());
+            ("ticket", problem.into_response())
+        }
+    } else if app.config.passthrough && app.config.upstream.is_some() {
+        ("passthrough", passthrough(&app, peer, req).await)
+    } else {
+        let problem = Problem::new(Code::NotFound, "nothing is served at this path");
+        ("other", problem.into_response())
+    };
+    let code = resp.status();
+    app.metrics
+        .http_requests
+        .with_label_values(&[route, code.as_str()])
+        .inc();
+    app.metrics
+        .http_duration
+        .with_label_values(&[route])
+        .observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+/// Proxies a non-queued request straight to the upstream, streaming both ways.
+async fn passthrough(app: &App, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    let base = app.config.upstream.as_deref().unwrap_or_default();
+    let (mut parts, body) = req.into_parts();
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    // Only the path is taken from the client: `Host` and absolute-form
+    // targets never choose the upstream.
+    parts.uri = match format!("{base}{target}").parse() {
+        Ok(uri) => uri,
+        Err(_) => {
+            return Problem::new(Code::BadRequest, "request target is not a valid path")
+                .into_response()
+        }
+    };
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::HOST);
+    if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
+        parts.headers.insert("x-forwarded-for", v);
+    }
+    parts
+        .headers
+        .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    let limit = usize::try_from(app.config.max_body.0).unwrap_or(usize::MAX);
+    let body: Body = Limited::new(body, limit).boxed();
+    let timeout = app
+        .queues
+        .first()
+        .map_or(PASSTHROUGH_TIMEOUT, |q| q.config.upstream_timeout);
+    match app
+        .upstream
+        .stream(Request::from_parts(parts, body), timeout)
+        .await
+    {
+        Ok(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, body.map_err(BoxError::from).boxed())
+        }
+        Err(UpstreamError::Timeout(_)) => {
+            Problem::new(Code::GatewayTimeout, "the upstream did not answer in time")
+                .into_response()
+        }
+        Err(e) => {
+            debug!(error = %e, "passthrough failed");
+            Problem::new(Code::BadGateway, "the upstream could not be reached").into_response()
+        }
+    }
+}
+
+/// The admin API's routes.
+async fn admin(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path();
+    match (req.method(), path) {
+        (&Method::GET, "/metrics") => {
+            let mut resp = Response::new(full(app.metrics.encode()));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            resp
+        }
+        (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+        (&Method::GET, "/readyz") => readyz(&app).await,
+        (_, p) if p == "/admin" || p.starts_with("/admin/") => {
+            if !authorized(&app, &req) {
+                let mut resp = Problem::new(Code::Unauthorized, "a valid bearer token is required")
+                    .into_response();
+                resp.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                return resp;
+            }
+            match (req.method(), p) {
+                (&Method::GET, "/admin/queues") => queues(&app).await,
+                _ => Problem::new(Code::NotFound, "no such admin endpoint").into_response(),
+            }
+        }
+        _ => Problem::new(Code::NotFound, "no such admin endpoint").into_response(),
+    }
+}
+
+async fn readyz(app: &App) -> Response<Body> {
+    let mut failing = Vec::new();
+    for q in &app.queues {
+        let ok = matches!(
+            tokio::time::timeout(Duration::from_secs(1), q.backend.ping()).await,
+            Ok(Ok(()))
+        );
+        if !ok {
+            failing.push(q.config.name.clone());
+        }
+    }
+    if failing.is_empty() {
+        json(StatusCode::OK, &serde_json::json!({"status": "ready"}))
+    } else {
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"status": "unavailable", "queues": failing}),
+        )
+    }
+}
+
+#[derive(Serialize)]
+struct QueueInfo<'a> {
+    name: &'a str,
+    backend: &'static str,
+    depth: Option<u64>,
+    in_flight: Option<u64>,
+    oldest_age_seconds: Option<f64>,
+    drain_rate: f64,
+    paused: bool,
+    stock: Option<u64>,
+}
+
+async fn queues(app: &App) -> Response<Body> {
+    let mut out = Vec::new();
+    for q in &app.queues {
+        let stats = q.backend.stats().await.ok();
+        out.push(QueueInfo {
+            name: &q.config.name,
+            backend: q.backend.kind(),
+            depth: stats.map(|s| s.depth),
+            in_flight: stats.map(|s| s.in_flight),
+            oldest_age_seconds: stats.and_then(|s| s.oldest_age).map(|d| d.as_secs_f64()),
+            drain_rate: q.config.drain_rate,
+            paused: false,
+            stock: None,
+        });
+    }
+    json(StatusCode::OK, &serde_json::json!({ "queues": out }))
+}
+
+fn authorized(app: &App, req: &Request<Incoming>) -> bool {
+    let Some(token) = &app.config.admin_token else {
+        return true;
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    constant_time_eq(presented.as_bytes(), token.as_bytes())
+}
+
+/// Compares without an early exit, so timing does not reveal the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i).copied().unwrap_or(!x));
+    }
+    diff == 0
+}
