@@ -169,10 +169,18 @@ impl Drain {
             let attempt = counted.unwrap_or(local_attempt);
             if fresh {
                 let waited = now_ms().saturating_sub(request.admitted_at_ms);
+                let waited = waited as f64 / 1000.0;
                 metrics
                     .queue_wait
                     .with_label_values(&[self.name()])
-                    .observe(waited as f64 / 1000.0);
+                    .observe(waited);
+                if let Some(ahead) = delivery.ahead_at_admission {
+                    let promised = ahead as f64 / self.queue.config.drain_rate;
+                    metrics
+                        .eta_error
+                        .with_label_values(&[self.name()])
+                        .observe(waited - promised);
+                }
             }
             match self.attempt(&request, attempt).await {
                 Attempt::Final(answer) => {

@@ -232,7 +232,12 @@ async fn refresh_gauges(queue: Arc<Queue>, metrics: Arc<Metrics>, stop: Cancella
             _ = tick.tick() => {}
             _ = stop.cancelled() => return,
         }
-        if let Ok(stats) = queue.backend.stats().await {
+        let stats = queue.backend.stats().await;
+        metrics
+            .queue_up
+            .with_label_values(&[name])
+            .set(i64::from(stats.is_ok()));
+        if let Ok(stats) = stats {
             metrics
                 .queue_depth
                 .with_label_values(&[name])

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub upstream_duration: HistogramVec,
     pub upstream_responses: IntCounterVec,
     pub queue_wait: HistogramVec,
+    pub eta_error: HistogramVec,
+    pub queue_up: IntGaugeVec,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
     pub build_info: IntGaugeVec,
@@ -44,6 +46,10 @@ const UPSTREAM_BUCKETS: &[f64] = &[
 /// Time in the queue: sub-second to hours.
 const WAIT_BUCKETS: &[f64] = &[
     0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0,
+];
+/// ETA error, signed: positive when the wait was longer than promised.
+const ETA_ERROR_BUCKETS: &[f64] = &[
+    -600.0, -60.0, -10.0, -5.0, -1.0, -0.5, -0.1, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 600.0,
 ];
 /// Gateway answers: sub-millisecond admissions to slow passthroughs.
 const HTTP_BUCKETS: &[f64] = &[
@@ -132,6 +138,17 @@ impl Metrics {
                 &["queue"],
                 WAIT_BUCKETS,
             ),
+            eta_error: histogram(
+                "flashgate_eta_error_seconds",
+                "Real wait before first dispatch minus the wait predicted at admission.",
+                &["queue"],
+                ETA_ERROR_BUCKETS,
+            ),
+            queue_up: int_gauge(
+                "flashgate_queue_up",
+                "1 when the queue backend answered the last refresh, else 0.",
+                &["queue"],
+            ),
             http_requests: counter(
                 "flashgate_http_requests_total",
                 "Answers on the public listener by route and status code.",
@@ -150,6 +167,9 @@ impl Metrics {
             ),
             registry,
         };
+        // CPU, memory and file descriptors of this process.
+        let process = prometheus::process_collector::ProcessCollector::for_self();
+        registry_register(&m.registry, Box::new(process));
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -187,6 +207,11 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
     }
+}
+
+fn registry_register(registry: &Registry, c: Box<dyn prometheus::core::Collector>) {
+    // Only fails on a duplicate name, which a fresh registry cannot have.
+    let _ = registry.register(c);
 }
 
 /// `2xx`..`5xx` for a status code.

@@ -75,6 +75,9 @@ pub struct Delivery {
     pub fresh: bool,
     /// The stored request, or why it could not be read back.
     pub request: Result<QueuedRequest, String>,
+    /// Tickets that were ahead of this one when it was admitted: the
+    /// position its ETA was computed from.
+    pub ahead_at_admission: Option<u64>,
 }
 
 /// A snapshot of a queue for gauges and the admin API.

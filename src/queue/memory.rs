@@ -26,7 +26,7 @@ pub struct MemoryQueue {
 struct State {
     next_id: u64,
     /// Undispatched entries in admission order.
-    ready: VecDeque<(u64, QueuedRequest)>,
+    ready: VecDeque<(u64, u64, QueuedRequest)>,
     /// Dispatched, not yet finished.
     pending: HashMap<u64, QueuedRequest>,
     tickets: HashMap<TicketId, (TicketRecord, Instant)>,
@@ -137,7 +137,7 @@ impl QueueBackend for MemoryQueue {
         let seq = s.admitted;
         let id = s.next_id;
         s.next_id += 1;
-        s.ready.push_back((id, request.clone()));
+        s.ready.push_back((id, depth, request.clone()));
         let record = TicketRecord {
             status: TicketStatus::Queued,
             seq,
@@ -179,12 +179,13 @@ impl QueueBackend for MemoryQueue {
         loop {
             {
                 let mut s = self.lock();
-                if let Some((id, request)) = s.ready.pop_front() {
+                if let Some((id, ahead, request)) = s.ready.pop_front() {
                     s.pending.insert(id, request.clone());
                     return Ok(Some(Delivery {
                         entry_id: id.to_string(),
                         fresh: true,
                         request: Ok(request),
+                        ahead_at_admission: Some(ahead),
                     }));
                 }
             }
@@ -247,7 +248,7 @@ impl QueueBackend for MemoryQueue {
         let oldest_age = s
             .ready
             .front()
-            .map(|(_, r)| Duration::from_millis(now_ms().saturating_sub(r.admitted_at_ms)));
+            .map(|(_, _, r)| Duration::from_millis(now_ms().saturating_sub(r.admitted_at_ms)));
         Ok(QueueStats {
             depth: s.admitted - s.dispatched,
             in_flight: s.pending.len() as u64,

@@ -39,7 +39,7 @@ local admitted = tonumber(redis.call('HGET', KEYS[2], 'admitted') or '0')
 local depth = admitted - dispatched
 if depth >= tonumber(ARGV[3]) then return {'full', depth} end
 local seq = redis.call('HINCRBY', KEYS[2], 'admitted', 1)
-redis.call('XADD', KEYS[1], '*', 's', seq, unpack(ARGV, 7))
+redis.call('XADD', KEYS[1], '*', 's', seq, 'w', depth, unpack(ARGV, 7))
 redis.call('HSET', KEYS[3], 'st', 'queued', 'seq', seq, 'att', 0, 'adm', ARGV[4])
 redis.call('EXPIRE', KEYS[3], ARGV[2])
 if ARGV[5] == '1' then
@@ -331,6 +331,10 @@ impl QueueBackend for RedisQueue {
                 if recovering.is_some() {
                     self.set_recovering_cursor(Some(entry_id.clone()));
                 }
+                let ahead_at_admission = fields.as_ref().and_then(|f| {
+                    let (_, v) = f.iter().find(|(k, _)| k == "w")?;
+                    std::str::from_utf8(v).ok()?.parse().ok()
+                });
                 let request = match fields {
                     Some(fields) => parse_entry(&fields),
                     None => Err("entry was deleted from the stream".to_string()),
@@ -340,6 +344,7 @@ impl QueueBackend for RedisQueue {
                     // A recovered entry was counted when it was first read.
                     fresh: recovering.is_none(),
                     request,
+                    ahead_at_admission,
                 }))
             }
         }

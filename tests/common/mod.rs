@@ -1,0 +1,380 @@
+//! Test fixtures: a private redis-server, a recording mock upstream, a gateway
+//! builder and a tiny HTTP client. Everything listens on loopback only.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use flashgate::config::{Config, FileConfig, Overrides};
+use flashgate::Gateway;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+/// A redis-server of the test's own, on a free port in a temp dir, stopped by
+/// PID when dropped.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let mut server = RedisServer {
+            port,
+            child: None,
+            dir,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/test installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(client) = redis::Client::open(self.url()) {
+                if let Ok(mut c) = client.get_connection() {
+                    if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                        return;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Kills the server (SIGKILL): its data is gone, as after a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port (empty: nothing is persisted).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to test redis")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// What the mock upstream received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub at: Instant,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    }
+}
+
+/// How the mock upstream answers: `fail_first` attempts per Idempotency-Key
+/// get `fail_status`, the rest 201 with a JSON body naming the key.
+#[derive(Clone)]
+pub struct Behaviour {
+    pub latency: Duration,
+    pub fail_first: u32,
+    pub fail_status: u16,
+    /// Answer with these exact bytes instead of the JSON body.
+    pub body: Option<Bytes>,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Behaviour {
+            latency: Duration::ZERO,
+            fail_first: 0,
+            fail_status: 503,
+            body: None,
+        }
+    }
+}
+
+/// An in-process order service on an ephemeral port that records every request.
+pub struct MockUpstream {
+    pub addr: SocketAddr,
+    received: Arc<Mutex<Vec<Received>>>,
+    in_flight: Arc<AtomicUsize>,
+    max_in_flight: Arc<AtomicUsize>,
+}
+
+impl MockUpstream {
+    pub async fn start(behaviour: Behaviour) -> MockUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let max_in_flight = Arc::new(AtomicUsize::new(0));
+        let state = (
+            received.clone(),
+            in_flight.clone(),
+            max_in_flight.clone(),
+            Arc::new(behaviour),
+        );
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let state = state.clone();
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let (received, in_flight, max, behaviour) = state.clone();
+                    async move {
+                        let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                        max.fetch_max(now, Ordering::SeqCst);
+                        let (parts, body) = req.into_parts();
+                        let body = body
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        let key = parts
+                            .headers
+                            .get("idempotency-key")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_string();
+                        let seen = {
+                            let mut r = received.lock().unwrap();
+                            r.push(Received {
+                                method: parts.method.to_string(),
+                                path: parts.uri.to_string(),
+                                headers: parts.headers.clone(),
+                                body,
+                                at: Instant::now(),
+                            });
+                            r.iter()
+                                .filter(|x| x.header("idempotency-key") == key)
+                                .count() as u32
+                        };
+                        tokio::time::sleep(behaviour.latency).await;
+                        in_flight.fetch_sub(1, Ordering::SeqCst);
+                        let resp = if seen <= behaviour.fail_first {
+                            Response::builder()
+                                .status(behaviour.fail_status)
+                                .header("retry-after", "0")
+                                .body(Full::new(Bytes::from_static(b"try later")))
+                        } else {
+                            let body = behaviour.body.clone().unwrap_or_else(|| {
+                                Bytes::from(format!(
+                                    r#"{{"order":"{key}","path":"{}"}}"#,
+                                    parts.uri
+                                ))
+                            });
+                            Response::builder()
+                                .status(201)
+                                .header("content-type", "application/json")
+                                .header("x-order-service", "mock")
+                                .header("connection", "keep-alive")
+                                .body(Full::new(body))
+                        };
+                        Ok::<_, std::convert::Infallible>(resp.unwrap())
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+        MockUpstream {
+            addr,
+            received,
+            in_flight,
+            max_in_flight,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Requests received per Idempotency-Key.
+    pub fn by_key(&self) -> HashMap<String, Vec<Received>> {
+        let mut map: HashMap<String, Vec<Received>> = HashMap::new();
+        for r in self.received() {
+            map.entry(r.header("idempotency-key").to_string())
+                .or_default()
+                .push(r);
+        }
+        map
+    }
+}
+
+/// A gateway config from TOML text plus test defaults: loopback listeners on
+/// ephemeral ports and a quick shutdown.
+pub fn config(toml: &str, upstream: &str, redis: Option<&str>) -> Config {
+    let mut text = String::from(
+        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n",
+    );
+    text.push_str(&format!("upstream = \"{upstream}\"\n"));
+    if let Some(url) = redis {
+        text.push_str(&format!("redis_url = \"{url}\"\n"));
+        text.push_str(&format!("consumer = \"test-{}\"\n", free_port()));
+    }
+    text.push_str(toml);
+    let file = FileConfig::parse(&text).expect("test config parses");
+    Config::resolve(file, Overrides::default()).expect("test config is valid")
+}
+
+pub async fn gateway(config: Config) -> Gateway {
+    Gateway::start(config).await.expect("gateway starts")
+}
+
+/// A plain HTTP/1.1 client.
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    }
+}
+
+pub async fn send(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Answer {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client
+        .request(req.body(Full::new(body.into())).unwrap())
+        .await
+        .expect("request reaches the gateway");
+    let (parts, body) = resp.into_parts();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
+
+pub async fn get(url: &str) -> Answer {
+    send(&client(), "GET", url, &[], Bytes::new()).await
+}
+
+/// Waits for `check` to return `Some`, polling, up to `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Polls a ticket until it is terminal and returns its JSON.
+pub async fn until_terminal(base: &str, ticket: &str, limit: Duration) -> serde_json::Value {
+    let url = format!("{base}/tickets/{ticket}");
+    eventually(limit, &format!("ticket {ticket} to finish"), || {
+        let url = url.clone();
+        async move {
+            let a = get(&url).await;
+            assert_eq!(
+                a.status,
+                StatusCode::OK,
+                "{}",
+                String::from_utf8_lossy(&a.body)
+            );
+            let v = a.json();
+            let status = v["status"].as_str().unwrap_or_default().to_string();
+            matches!(
+                status.as_str(),
+                "completed" | "failed" | "cancelled" | "expired"
+            )
+            .then_some(v)
+        }
+    })
+    .await
+}
