@@ -203,6 +203,49 @@ impl RedisQueue {
         ]
     }
 
+    /// One `XREADGROUP` of at most one entry after `id` (`>` = never delivered).
+    async fn read(
+        &self,
+        id: &str,
+        block: Option<Duration>,
+    ) -> Result<Option<Delivery>, QueueError> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(1);
+        if let Some(block) = block {
+            cmd.arg("BLOCK").arg(block.as_millis() as u64);
+        }
+        cmd.arg("STREAMS").arg(&self.keys.stream).arg(id);
+        let mut reader = self.reader.clone();
+        let reply: Value = cmd.query_async(&mut reader).await.map_err(|e| {
+            if e.code() == Some("NOGROUP") {
+                // Someone deleted the stream or the group: make it again.
+                self.group_ready.store(false, Ordering::Relaxed);
+            }
+            unavailable(e)
+        })?;
+        let Some((entry_id, fields)) = first_entry(&reply) else {
+            return Ok(None);
+        };
+        let ahead_at_admission = fields.as_ref().and_then(|f| {
+            let (_, v) = f.iter().find(|(k, _)| k == "w")?;
+            std::str::from_utf8(v).ok()?.parse().ok()
+        });
+        let request = match fields {
+            Some(fields) => parse_entry(&fields),
+            None => Err("entry was deleted from the stream".to_string()),
+        };
+        Ok(Some(Delivery {
+            entry_id,
+            fresh: true,
+            request,
+            ahead_at_admission,
+        }))
+    }
+
     fn ack_and_delete(&self, pipe: &mut redis::Pipeline, entry_id: &str) {
         pipe.cmd("XACK")
             .arg(&self.keys.stream)
@@ -297,57 +340,22 @@ impl QueueBackend for RedisQueue {
 
     async fn next(&self, block: Duration) -> Result<Option<Delivery>, QueueError> {
         self.ensure_group().await?;
-        let cursor = self.recovering_cursor();
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(GROUP)
-            .arg(&self.consumer)
-            .arg("COUNT")
-            .arg(1);
-        if cursor.is_none() {
-            cmd.arg("BLOCK").arg(block.as_millis() as u64);
-        }
-        cmd.arg("STREAMS")
-            .arg(&self.keys.stream)
-            .arg(cursor.as_deref().unwrap_or(">"));
-        let mut reader = self.reader.clone();
-        let reply: Value = match cmd.query_async(&mut reader).await {
-            Ok(v) => v,
-            Err(e) if e.code() == Some("NOGROUP") => {
-                // Someone deleted the stream or the group: make it again.
-                self.group_ready.store(false, Ordering::Relaxed);
-                return Err(unavailable(e));
-            }
-            Err(e) => return Err(unavailable(e)),
-        };
-        let entry = first_entry(&reply);
-        match (&cursor, entry) {
-            (Some(_), None) => {
-                self.set_recovering_cursor(None);
-                Ok(None)
-            }
-            (_, None) => Ok(None),
-            (recovering, Some((entry_id, fields))) => {
-                if recovering.is_some() {
-                    self.set_recovering_cursor(Some(entry_id.clone()));
+        // After a restart, this consumer's own pending entries come first;
+        // once none is left, new entries.
+        if let Some(cursor) = self.recovering_cursor() {
+            match self.read(&cursor, None).await? {
+                Some(delivery) => {
+                    self.set_recovering_cursor(Some(delivery.entry_id.clone()));
+                    return Ok(Some(Delivery {
+                        // It was counted when it was first read.
+                        fresh: false,
+                        ..delivery
+                    }));
                 }
-                let ahead_at_admission = fields.as_ref().and_then(|f| {
-                    let (_, v) = f.iter().find(|(k, _)| k == "w")?;
-                    std::str::from_utf8(v).ok()?.parse().ok()
-                });
-                let request = match fields {
-                    Some(fields) => parse_entry(&fields),
-                    None => Err("entry was deleted from the stream".to_string()),
-                };
-                Ok(Some(Delivery {
-                    entry_id,
-                    // A recovered entry was counted when it was first read.
-                    fresh: recovering.is_none(),
-                    request,
-                    ahead_at_admission,
-                }))
+                None => self.set_recovering_cursor(None),
             }
         }
+        self.read(">", Some(block)).await
     }
 
     async fn start_attempt(&self, delivery: &Delivery) -> Result<Option<u32>, QueueError> {

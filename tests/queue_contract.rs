@@ -1,0 +1,218 @@
+//! One contract, every queue backend: the embedded queue and Redis streams
+//! must behave the same for admission, delivery, completion and failure.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::RedisServer;
+use flashgate::queue::{
+    Admit, IdempotencyClaim, MemoryQueue, QueueBackend, QueuedRequest, RedisQueue, RedisQueueConfig,
+};
+use flashgate::ticket::{QueueTag, StoredResponse, TicketError, TicketId, TicketStatus};
+
+const BLOCK: Duration = Duration::from_millis(200);
+
+fn request(n: u8) -> QueuedRequest {
+    QueuedRequest {
+        ticket: TicketId::generate(QueueTag::of("contract")),
+        method: "POST".into(),
+        path: format!("/checkout?n={n}"),
+        headers: Bytes::from_static(b"content-type: application/json\r\nx-bin: caf\xe9\r\n"),
+        body: Bytes::from(vec![n, 0, 255]),
+        client: "ip:127.0.0.1".into(),
+        forwarded_for: "127.0.0.1".into(),
+        forwarded_proto: "http".into(),
+        admitted_at_ms: 1_700_000_000_000 + u64::from(n),
+    }
+}
+
+fn claim(key: &str, fingerprint: &str) -> IdempotencyClaim {
+    IdempotencyClaim {
+        key: key.into(),
+        fingerprint: fingerprint.into(),
+    }
+}
+
+async fn contract(q: Arc<dyn QueueBackend>) {
+    // Empty: nothing to read after the block, zero stats.
+    assert!(q.next(BLOCK).await.unwrap().is_none());
+    assert_eq!(q.stats().await.unwrap().depth, 0);
+    q.ping().await.unwrap();
+
+    // Admission assigns sequence numbers in order.
+    let (a, b, c) = (request(1), request(2), request(3));
+    assert_eq!(
+        q.admit(&a, None, 10).await.unwrap(),
+        Admit::Admitted {
+            seq: 1,
+            dispatched: 0
+        }
+    );
+    assert_eq!(
+        q.admit(&b, Some(&claim("k1", "f1")), 10).await.unwrap(),
+        Admit::Admitted {
+            seq: 2,
+            dispatched: 0
+        }
+    );
+    // Same key, same fingerprint: the original ticket; another fingerprint: refused.
+    assert_eq!(
+        q.admit(&c, Some(&claim("k1", "f1")), 10).await.unwrap(),
+        Admit::Replayed {
+            ticket: b.ticket.clone(),
+            seq: 2,
+            dispatched: 0
+        }
+    );
+    assert_eq!(
+        q.admit(&c, Some(&claim("k1", "f2")), 10).await.unwrap(),
+        Admit::KeyReused
+    );
+    // Capacity counts undispatched tickets.
+    assert_eq!(
+        q.admit(&c, None, 2).await.unwrap(),
+        Admit::QueueFull { depth: 2 }
+    );
+    assert_eq!(
+        q.admit(&c, None, 10).await.unwrap(),
+        Admit::Admitted {
+            seq: 3,
+            dispatched: 0
+        }
+    );
+
+    let (record, dispatched) = q.ticket(&a.ticket).await.unwrap().unwrap();
+    assert_eq!(
+        (record.status, record.seq, record.attempts, dispatched),
+        (TicketStatus::Queued, 1, 0, 0)
+    );
+    assert_eq!(record.admitted_at_ms, a.admitted_at_ms);
+    let stats = q.stats().await.unwrap();
+    assert_eq!((stats.depth, stats.in_flight, stats.admitted), (3, 0, 3));
+    assert!(stats.oldest_age.is_some());
+
+    // Delivery in admission order, the request intact.
+    let mut d = q.next(BLOCK).await.unwrap().expect("an entry");
+    assert!(d.fresh);
+    assert_eq!(d.request.as_ref().unwrap(), &a);
+    assert_eq!(d.ahead_at_admission, Some(0));
+    assert_eq!(q.start_attempt(&d).await.unwrap(), Some(1));
+    d.fresh = false;
+    assert_eq!(
+        q.start_attempt(&d).await.unwrap(),
+        Some(2),
+        "attempts add up"
+    );
+    let (record, dispatched) = q.ticket(&a.ticket).await.unwrap().unwrap();
+    assert_eq!(
+        (record.status, record.attempts, dispatched),
+        (TicketStatus::InFlight, 2, 1)
+    );
+    let stats = q.stats().await.unwrap();
+    assert_eq!((stats.depth, stats.in_flight), (2, 1));
+    // b is now first in line.
+    let (record, dispatched) = q.ticket(&b.ticket).await.unwrap().unwrap();
+    assert_eq!(flashgate::ticket::position(record.seq, dispatched), 0);
+
+    let response = StoredResponse {
+        status: 201,
+        headers: Bytes::from_static(b"content-type: application/json\r\n"),
+        body: Bytes::from_static(b"{\"order\":1}"),
+    };
+    q.complete(&d, &response).await.unwrap();
+    let (record, _) = q.ticket(&a.ticket).await.unwrap().unwrap();
+    assert_eq!(record.status, TicketStatus::Completed);
+    assert_eq!(record.response.as_ref(), Some(&response));
+    assert!(record.completed_at_ms.is_some());
+    assert_eq!(q.stats().await.unwrap().in_flight, 0);
+
+    // Failure: dead-lettered, ticket failed with the reason.
+    let mut d = q.next(BLOCK).await.unwrap().expect("b");
+    assert_eq!(d.request.as_ref().unwrap().ticket, b.ticket);
+    assert_eq!(d.ahead_at_admission, Some(1));
+    q.start_attempt(&d).await.unwrap();
+    d.fresh = false;
+    let err = TicketError {
+        code: "upstream_unavailable".into(),
+        detail: "503 x5".into(),
+    };
+    q.dead_letter(&d, &err).await.unwrap();
+    let (record, _) = q.ticket(&b.ticket).await.unwrap().unwrap();
+    assert_eq!(record.status, TicketStatus::Failed);
+    assert_eq!(record.error.as_ref(), Some(&err));
+    assert!(record.response.is_none());
+
+    let d = q.next(BLOCK).await.unwrap().expect("c");
+    assert_eq!(d.request.as_ref().unwrap().ticket, c.ticket);
+    assert_eq!(q.stats().await.unwrap().depth, 1, "read, not yet started");
+    q.start_attempt(&d).await.unwrap();
+    assert_eq!(
+        q.stats().await.unwrap().depth,
+        0,
+        "counted as dispatched once started"
+    );
+    let unknown = TicketId::generate(QueueTag::of("contract"));
+    assert!(q.ticket(&unknown).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_queue_meets_the_contract() {
+    contract(Arc::new(MemoryQueue::new(Duration::from_secs(3600)))).await;
+}
+
+fn redis_queue(redis: &RedisServer, consumer: &str) -> RedisQueue {
+    RedisQueue::connect(
+        &RedisQueueConfig {
+            url: redis.url(),
+            prefix: "flashgate".into(),
+            queue: "contract".into(),
+            consumer: consumer.into(),
+            ticket_ttl: Duration::from_secs(3600),
+        },
+        BLOCK,
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_queue_meets_the_contract() {
+    let redis = RedisServer::start();
+    contract(Arc::new(redis_queue(&redis, "c1"))).await;
+}
+
+/// A restarted consumer first re-reads the entries it held; an entry deleted
+/// meanwhile comes back as unreadable, to be dead-lettered, never forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_consumer_recovers_its_pending_entries() {
+    let redis = RedisServer::start();
+    let q = redis_queue(&redis, "worker-a");
+    let (a, b) = (request(1), request(2));
+    q.admit(&a, None, 10).await.unwrap();
+    q.admit(&b, None, 10).await.unwrap();
+    let da = q.next(BLOCK).await.unwrap().unwrap();
+    let db = q.next(BLOCK).await.unwrap().unwrap();
+    drop(q);
+    let mut c = redis.conn().await;
+    let _: () = redis::cmd("XDEL")
+        .arg("flashgate:{contract}:stream")
+        .arg(&db.entry_id)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+
+    let q = redis_queue(&redis, "worker-a");
+    let again = q.next(BLOCK).await.unwrap().expect("own pending entry");
+    assert_eq!(again.entry_id, da.entry_id);
+    assert!(!again.fresh, "a recovered entry was counted already");
+    assert_eq!(again.request.as_ref().unwrap(), &a);
+    let gone = q.next(BLOCK).await.unwrap().expect("the deleted one");
+    assert_eq!(gone.entry_id, db.entry_id);
+    assert!(gone.request.is_err());
+    assert!(q.next(BLOCK).await.unwrap().is_none());
+    // Another consumer never sees worker-a's entries.
+    let other = redis_queue(&redis, "worker-b");
+    assert!(other.next(BLOCK).await.unwrap().is_none());
+}
