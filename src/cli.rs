@@ -109,6 +109,9 @@ pub struct ServeArgs {
     /// How long shutdown waits for in-flight upstream requests [default: 30s].
     #[arg(long, env = "FLASHGATE_SHUTDOWN_GRACE", value_name = "DUR")]
     pub shutdown_grace: Option<String>,
+    /// Take over entries another instance left unfinished this long [default: 60s].
+    #[arg(long, env = "FLASHGATE_CLAIM_IDLE", value_name = "DUR")]
+    pub claim_idle: Option<String>,
 }
 
 impl ServeArgs {
@@ -129,6 +132,7 @@ impl ServeArgs {
                 max_header_size: self.max_header_size.clone(),
                 ticket_ttl: self.ticket_ttl.clone(),
                 shutdown_grace: self.shutdown_grace.clone(),
+                claim_idle: self.claim_idle.clone(),
             },
             default_queue: DefaultQueue {
                 queue: self.queue.clone(),

@@ -75,6 +75,9 @@ pub struct Config {
     /// How long shutdown waits for in-flight upstream requests.
     #[serde(with = "units::duration")]
     pub shutdown_grace: Duration,
+    /// Entries another instance left unfinished this long are taken over.
+    #[serde(with = "units::duration")]
+    pub claim_idle: Duration,
     /// The queues, each with its routes, upstream and limits.
     pub queue: Vec<QueueConfig>,
 }
@@ -242,6 +245,9 @@ pub struct GlobalSettings {
     pub ticket_ttl: Option<String>,
     /// Shutdown grace period (default 30s).
     pub shutdown_grace: Option<String>,
+    /// Idle time after which another instance's unfinished entries are
+    /// taken over (default 60s).
+    pub claim_idle: Option<String>,
 }
 
 /// The single-queue keys (the `--queue` and `--route` flags).
@@ -309,6 +315,7 @@ struct RawFile {
     max_header_size: Option<String>,
     ticket_ttl: Option<String>,
     shutdown_grace: Option<String>,
+    claim_idle: Option<String>,
     /// Either the queue name (`queue = "checkout"`) or `[[queue]]` tables.
     queue: Option<toml::Value>,
     route: Option<Vec<String>>,
@@ -374,6 +381,7 @@ impl FileConfig {
                 max_header_size: raw.max_header_size,
                 ticket_ttl: raw.ticket_ttl,
                 shutdown_grace: raw.shutdown_grace,
+                claim_idle: raw.claim_idle,
             },
             default_queue: DefaultQueue {
                 queue: name,
@@ -478,6 +486,10 @@ impl Config {
             &f.shutdown_grace,
             "30s",
         )?;
+        let claim_idle = dur("claim_idle", &g.claim_idle, &f.claim_idle, "60s")?;
+        if claim_idle < Duration::from_secs(1) {
+            return Err(ConfigError::invalid("claim_idle", "must be at least 1s"));
+        }
         let admin_token = pick(&g.admin_token, &f.admin_token).filter(|t| !t.is_empty());
         let top_upstream = pick(&over.queue.upstream, &file.queue_defaults.upstream);
 
@@ -553,6 +565,7 @@ impl Config {
             max_header_size,
             ticket_ttl,
             shutdown_grace,
+            claim_idle,
             queue: queues,
         })
     }

@@ -160,12 +160,13 @@ pub async fn run(args: DemoArgs, stop: impl Future<Output = ()>) -> anyhow::Resu
     ));
     let queue = gateway.app.queues[0].clone();
     let metrics = gateway.app.metrics.clone();
+    let mut burst = Some(burst);
     let mut burst_time = None;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tick.tick().await;
-        if burst.is_finished() && burst_time.is_none() {
-            burst_time = Some(started.elapsed());
+        if let Some(done) = burst.take_if(|b| b.is_finished()) {
+            burst_time = Some(done.await.unwrap_or_default());
         }
         let stats = queue.backend.stats().await.unwrap_or_default();
         let completed = metrics
@@ -233,7 +234,8 @@ async fn burst(
     concurrency: u32,
     admitted: Arc<AtomicU64>,
     refused: Arc<AtomicU64>,
-) {
+) -> Duration {
+    let started = Instant::now();
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
         .build(hyper_util::client::legacy::connect::HttpConnector::new());
     let next = Arc::new(AtomicU32::new(0));
@@ -272,4 +274,5 @@ async fn burst(
     for w in workers {
         let _ = w.await;
     }
+    started.elapsed()
 }

@@ -43,6 +43,9 @@ struct Drain {
     queue: Arc<Queue>,
     app: Arc<App>,
     limiter: DefaultDirectRateLimiter,
+    /// In-flight slots: held during an upstream attempt, released while a
+    /// retry backs off so fresh entries are not starved.
+    slots: Arc<Semaphore>,
     shutdown: CancellationToken,
 }
 
@@ -57,6 +60,7 @@ pub async fn run(
     let slots = Arc::new(Semaphore::new(config.max_in_flight as usize));
     let drain = Arc::new(Drain {
         limiter: limiter(config.drain_rate, config.drain_burst),
+        slots: slots.clone(),
         queue: queue.clone(),
         app,
         shutdown: shutdown.clone(),
@@ -134,7 +138,8 @@ impl Drain {
     /// Delivers one entry: attempts with backoff until a final answer or
     /// `max_attempts`, then records the outcome. On shutdown the entry is left
     /// pending, to be redelivered with the same Idempotency-Key.
-    async fn dispatch(&self, mut delivery: Delivery, _slot: OwnedSemaphorePermit) {
+    async fn dispatch(&self, mut delivery: Delivery, slot: OwnedSemaphorePermit) {
+        let mut slot = Some(slot);
         let metrics = &self.app.metrics;
         let request = match &delivery.request {
             Ok(r) => r.clone(),
@@ -167,6 +172,24 @@ impl Drain {
             };
             delivery.fresh = false;
             let attempt = counted.unwrap_or(local_attempt);
+            // An entry that keeps coming back (its instances died mid-attempt)
+            // stops here rather than being tried forever.
+            if attempt > max_attempts {
+                warn!(queue = %self.name(), ticket = %request.ticket, attempt,
+                    "attempts exhausted across restarts: ticket failed and dead-lettered");
+                let err = TicketError {
+                    code: "upstream_unavailable".into(),
+                    detail: format!("no final answer after {max_attempts} attempts"),
+                };
+                if self
+                    .persist(|| self.queue.backend.dead_letter(&delivery, &err))
+                    .await
+                {
+                    metrics.dispatch(self.name(), "failed");
+                    metrics.dispatch(self.name(), "dead_lettered");
+                }
+                return;
+            }
             if fresh {
                 let waited = now_ms().saturating_sub(request.admitted_at_ms);
                 let waited = waited as f64 / 1000.0;
@@ -220,11 +243,19 @@ impl Drain {
                         .unwrap_or(Duration::ZERO)
                         .max(backoff(attempt, RETRY_MAX))
                         .min(RETRY_MAX);
+                    drop(slot.take());
                     if !self.pause(wait).await {
                         return;
                     }
-                    // A retry spends a permit like any request: the upstream
-                    // never sees more than the drain rate.
+                    // A retry waits for a slot and spends a permit like any
+                    // request: the upstream never sees more than either limit.
+                    tokio::select! {
+                        s = self.slots.clone().acquire_owned() => match s {
+                            Ok(s) => _ = slot.replace(s),
+                            Err(_) => return,
+                        },
+                        _ = self.shutdown.cancelled() => return,
+                    }
                     tokio::select! {
                         _ = self.limiter.until_ready() => {}
                         _ = self.shutdown.cancelled() => return,

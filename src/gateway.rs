@@ -117,16 +117,22 @@ impl Gateway {
         let mut queues = Vec::new();
         for q in &config.queue {
             let backend: Arc<dyn QueueBackend> = match &config.redis_url {
-                Some(url) => Arc::new(RedisQueue::connect(
-                    &RedisQueueConfig {
-                        url: url.clone(),
-                        prefix: config.redis_prefix.clone(),
-                        queue: q.name.clone(),
-                        consumer: config.consumer.clone(),
-                        ticket_ttl: config.ticket_ttl,
-                    },
-                    READ_BLOCK,
-                )?),
+                Some(url) => {
+                    let redis = Arc::new(RedisQueue::connect(
+                        &RedisQueueConfig {
+                            url: url.clone(),
+                            prefix: config.redis_prefix.clone(),
+                            queue: q.name.clone(),
+                            consumer: config.consumer.clone(),
+                            ticket_ttl: config.ticket_ttl,
+                        },
+                        READ_BLOCK,
+                    )?);
+                    if queues.is_empty() {
+                        tokio::spawn(warn_about_durability(redis.clone()));
+                    }
+                    redis
+                }
                 None => Arc::new(MemoryQueue::new(config.ticket_ttl)),
             };
             info!(
@@ -191,6 +197,11 @@ async fn run(app: Arc<App>, public: TcpListener, admin: TcpListener, shutdown: C
             app.metrics.clone(),
             stop_admin.clone(),
         ));
+        tokio::spawn(maintain(
+            q.clone(),
+            app.config.claim_idle,
+            stop_admin.clone(),
+        ));
     }
     let public_server = tokio::spawn(server::serve_public(app.clone(), public, shutdown.clone()));
     let admin_server = tokio::spawn(server::serve_admin(app.clone(), admin, stop_admin.clone()));
@@ -216,6 +227,39 @@ async fn run(app: Arc<App>, public: TcpListener, admin: TcpListener, shutdown: C
     stop_admin.cancel();
     let _ = admin_server.await;
     info!("stopped");
+}
+
+/// Says once, at start, what the Redis server's settings can lose.
+async fn warn_about_durability(redis: Arc<RedisQueue>) {
+    for warning in redis.durability_warnings().await {
+        warn!("{warning}");
+    }
+}
+
+/// Heartbeats this instance's entries and takes over abandoned ones, every
+/// third of `claim_idle`, until the process stops.
+async fn maintain(queue: Arc<Queue>, claim_idle: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(claim_idle / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        match queue.backend.maintain(claim_idle).await {
+            Ok(()) if failing => {
+                failing = false;
+                info!(queue = %queue.config.name, "queue upkeep works again");
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                failing = true;
+                warn!(queue = %queue.config.name, error = %e, "queue upkeep failed; retrying");
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 /// Keeps the queue-wide gauges current, one cheap backend call per interval.

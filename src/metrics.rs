@@ -183,9 +183,17 @@ impl Metrics {
             for class in CODE_CLASSES {
                 m.upstream_responses.with_label_values(&[q.as_str(), class]);
             }
+            m.upstream_duration.with_label_values(&[q]);
+            m.queue_wait.with_label_values(&[q]);
+            m.eta_error.with_label_values(&[q]);
+            m.queue_up.with_label_values(&[q]);
+            m.drain_rate_limit.with_label_values(&[q]);
             m.queue_depth.with_label_values(&[q]);
             m.queue_in_flight.with_label_values(&[q]);
             m.queue_oldest_age.with_label_values(&[q]);
+        }
+        for route in ["admission", "ticket", "passthrough", "other"] {
+            m.http_duration.with_label_values(&[route]);
         }
         m
     }

@@ -128,6 +128,11 @@ pub trait QueueBackend: Send + Sync + 'static {
     /// Entries this instance held when it last stopped come first.
     async fn next(&self, block: Duration) -> Result<Option<Delivery>, QueueError>;
 
+    /// Periodic upkeep (every third of `claim_idle`): keep this instance's
+    /// entries from looking abandoned, and take over entries that other
+    /// instances left unfinished for longer than `claim_idle`.
+    async fn maintain(&self, claim_idle: Duration) -> Result<(), QueueError>;
+
     /// Marks the ticket in flight and counts the attempt (and, for a fresh
     /// delivery, the dispatch); returns the attempt number across all
     /// instances (`None` if the ticket has expired). The caller clears

@@ -200,6 +200,11 @@ impl QueueBackend for MemoryQueue {
         }
     }
 
+    async fn maintain(&self, _claim_idle: Duration) -> Result<(), QueueError> {
+        // One process holds every entry: none can be left by another.
+        Ok(())
+    }
+
     async fn start_attempt(&self, delivery: &Delivery) -> Result<Option<u32>, QueueError> {
         let mut s = self.lock();
         if delivery.fresh {

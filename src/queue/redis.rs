@@ -2,13 +2,14 @@
 //! `flashgate`, a hash per ticket and a counters hash, all under one hash tag
 //! so a queue's keys share a cluster slot (SPEC §7).
 
-use std::collections::HashMap;
+mod reply;
+
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script, Value};
 
@@ -16,6 +17,8 @@ use super::{
     Admit, Delivery, IdempotencyClaim, QueueBackend, QueueError, QueueStats, QueuedRequest,
 };
 use crate::ticket::{now_ms, StoredResponse, TicketError, TicketId, TicketRecord, TicketStatus};
+use reply::{as_string, as_u64, first_entry, first_id_ms, group_info, parse_ticket};
+use tracing::{error, info, warn};
 
 /// The consumer group every instance reads through.
 pub const GROUP: &str = "flashgate";
@@ -85,9 +88,21 @@ pub struct RedisQueue {
     admit_script: Script,
     start_script: Script,
     group_ready: AtomicBool,
-    /// While recovering this consumer's own pending entries after a restart:
+    claims: Mutex<Claims>,
+}
+
+/// The entries this instance is responsible for.
+struct Claims {
+    /// While re-reading this consumer's own pending entries after a restart:
     /// the id after which to read next. `None` once they are all re-read.
-    recovering: Mutex<Option<String>>,
+    recovering: Option<String>,
+    /// Entries taken over from stopped consumers, not yet handed out.
+    reclaimed: VecDeque<Delivery>,
+    /// Entries handed out and not yet finished: their idle time is reset on
+    /// every heartbeat so no other instance takes live work.
+    held: HashSet<String>,
+    /// Where the next `XAUTOCLAIM` scan continues.
+    cursor: String,
 }
 
 struct Keys {
@@ -149,7 +164,12 @@ impl RedisQueue {
             admit_script: Script::new(ADMIT_LUA),
             start_script: Script::new(START_ATTEMPT_LUA),
             group_ready: AtomicBool::new(false),
-            recovering: Mutex::new(Some("0".into())),
+            claims: Mutex::new(Claims {
+                recovering: Some("0".into()),
+                reclaimed: VecDeque::new(),
+                held: HashSet::new(),
+                cursor: "0-0".into(),
+            }),
         })
     }
 
@@ -177,15 +197,9 @@ impl RedisQueue {
         Ok(())
     }
 
-    fn recovering_cursor(&self) -> Option<String> {
-        self.recovering
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    fn set_recovering_cursor(&self, cursor: Option<String>) {
-        *self.recovering.lock().unwrap_or_else(|e| e.into_inner()) = cursor;
+    fn claims(&self) -> std::sync::MutexGuard<'_, Claims> {
+        // Claims hold no invariant a panic could break half-way.
+        self.claims.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The entry fields as admission wrote them.
@@ -227,23 +241,7 @@ impl RedisQueue {
             }
             unavailable(e)
         })?;
-        let Some((entry_id, fields)) = first_entry(&reply) else {
-            return Ok(None);
-        };
-        let ahead_at_admission = fields.as_ref().and_then(|f| {
-            let (_, v) = f.iter().find(|(k, _)| k == "w")?;
-            std::str::from_utf8(v).ok()?.parse().ok()
-        });
-        let request = match fields {
-            Some(fields) => parse_entry(&fields),
-            None => Err("entry was deleted from the stream".to_string()),
-        };
-        Ok(Some(Delivery {
-            entry_id,
-            fresh: true,
-            request,
-            ahead_at_admission,
-        }))
+        Ok(first_entry(&reply).map(|entry| reply::delivery(entry, true)))
     }
 
     fn ack_and_delete(&self, pipe: &mut redis::Pipeline, entry_id: &str) {
@@ -340,22 +338,102 @@ impl QueueBackend for RedisQueue {
 
     async fn next(&self, block: Duration) -> Result<Option<Delivery>, QueueError> {
         self.ensure_group().await?;
-        // After a restart, this consumer's own pending entries come first;
-        // once none is left, new entries.
-        if let Some(cursor) = self.recovering_cursor() {
-            match self.read(&cursor, None).await? {
-                Some(delivery) => {
-                    self.set_recovering_cursor(Some(delivery.entry_id.clone()));
-                    return Ok(Some(Delivery {
-                        // It was counted when it was first read.
-                        fresh: false,
-                        ..delivery
-                    }));
-                }
-                None => self.set_recovering_cursor(None),
+        // After a restart, this consumer's own pending entries come first.
+        loop {
+            let recovering = self.claims().recovering.clone();
+            let Some(cursor) = recovering else { break };
+            let Some(delivery) = self.read(&cursor, None).await? else {
+                self.claims().recovering = None;
+                break;
+            };
+            let mut claims = self.claims();
+            claims.recovering = Some(delivery.entry_id.clone());
+            if claims.held.insert(delivery.entry_id.clone()) {
+                // It was counted as dispatched when it was first read.
+                return Ok(Some(Delivery {
+                    fresh: false,
+                    ..delivery
+                }));
             }
         }
-        self.read(">", Some(block)).await
+        // Then work taken over from stopped instances, then new entries.
+        let reclaimed = self.claims().reclaimed.pop_front();
+        if let Some(delivery) = reclaimed {
+            return Ok(Some(delivery));
+        }
+        let delivery = self.read(">", Some(block)).await?;
+        if let Some(d) = &delivery {
+            self.claims().held.insert(d.entry_id.clone());
+        }
+        Ok(delivery)
+    }
+
+    async fn maintain(&self, claim_idle: Duration) -> Result<(), QueueError> {
+        self.ensure_group().await?;
+        let mut conn = self.conn.clone();
+        // 1. Heartbeat: reset the idle time of every entry this instance
+        //    works on, however long its retries take.
+        let held: Vec<String> = self.claims().held.iter().cloned().collect();
+        for ids in held.chunks(256) {
+            redis::cmd("XCLAIM")
+                .arg(&self.keys.stream)
+                .arg(GROUP)
+                .arg(&self.consumer)
+                .arg(0)
+                .arg(ids)
+                .arg("JUSTID")
+                .query_async::<Value>(&mut conn)
+                .await
+                .map_err(unavailable)?;
+        }
+        // 2. Take over entries idle for longer than `claim_idle`: their
+        //    consumer stopped without finishing them.
+        let cursor = self.claims().cursor.clone();
+        let reply: Value = redis::cmd("XAUTOCLAIM")
+            .arg(&self.keys.stream)
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg(claim_idle.as_millis() as u64)
+            .arg(&cursor)
+            .arg("COUNT")
+            .arg(100)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let (next, claimed, deleted) = reply::autoclaim(&reply)
+            .ok_or_else(|| QueueError::Protocol("unexpected XAUTOCLAIM reply".into()))?;
+        if !claimed.is_empty() {
+            info!(stream = %self.keys.stream, entries = claimed.len(),
+                "took over entries left unfinished for longer than {claim_idle:?}");
+        }
+        {
+            let mut claims = self.claims();
+            claims.cursor = next;
+            for entry in claimed {
+                if claims.held.insert(entry.0.clone()) {
+                    claims.reclaimed.push_back(reply::delivery(entry, false));
+                }
+            }
+        }
+        // Pending entries deleted by someone else: their data is gone, so
+        // they cannot be delivered; record them where operators look.
+        for id in deleted {
+            error!(stream = %self.keys.stream, entry = %id,
+                "pending entry was deleted from the stream by someone else: dead-lettered, not delivered");
+            redis::cmd("XADD")
+                .arg(&self.keys.dead)
+                .arg("*")
+                .arg("entry")
+                .arg(&id)
+                .arg("code")
+                .arg("entry_deleted")
+                .arg("detail")
+                .arg("the entry was deleted from the work stream while pending")
+                .query_async::<Value>(&mut conn)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
     }
 
     async fn start_attempt(&self, delivery: &Delivery) -> Result<Option<u32>, QueueError> {
@@ -380,11 +458,11 @@ impl QueueBackend for RedisQueue {
         delivery: &Delivery,
         response: &StoredResponse,
     ) -> Result<(), QueueError> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
+        let mut record = redis::pipe();
         if let Ok(request) = &delivery.request {
             let key = self.keys.ticket(&request.ticket);
-            pipe.cmd("HSET")
+            record
+                .cmd("HSET")
                 .arg(&key)
                 .arg("st")
                 .arg(TicketStatus::Completed.as_str())
@@ -397,11 +475,35 @@ impl QueueBackend for RedisQueue {
                 .arg("rb")
                 .arg(response.body.as_ref())
                 .ignore();
-            pipe.expire(&key, self.ttl_secs as i64).ignore();
+            record.expire(&key, self.ttl_secs as i64).ignore();
         }
-        self.ack_and_delete(&mut pipe, &delivery.entry_id);
+        let mut together = record.clone();
+        together.atomic();
+        self.ack_and_delete(&mut together, &delivery.entry_id);
         let mut conn = self.conn.clone();
-        pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
+        match together.query_async::<()>(&mut conn).await {
+            Ok(()) => {}
+            Err(e) if is_oom(&e) => {
+                // Out of memory: writes are refused, but XACK and XDEL are
+                // not and they free memory. The request has reached the
+                // upstream: acknowledge first, record the result when Redis can.
+                warn!(stream = %self.keys.stream,
+                    "Redis is out of memory: acknowledging before recording the result");
+                let mut ack = redis::pipe();
+                self.ack_and_delete(&mut ack, &delivery.entry_id);
+                ack.query_async::<()>(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+                self.claims().held.remove(&delivery.entry_id);
+                return record
+                    .query_async::<()>(&mut conn)
+                    .await
+                    .map_err(unavailable);
+            }
+            Err(e) => return Err(unavailable(e)),
+        }
+        self.claims().held.remove(&delivery.entry_id);
+        Ok(())
     }
 
     async fn dead_letter(
@@ -450,7 +552,11 @@ impl QueueBackend for RedisQueue {
         pipe.add_command(xadd).ignore();
         self.ack_and_delete(&mut pipe, &delivery.entry_id);
         let mut conn = self.conn.clone();
-        pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
+        pipe.query_async::<()>(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        self.claims().held.remove(&delivery.entry_id);
+        Ok(())
     }
 
     async fn stats(&self) -> Result<QueueStats, QueueError> {
@@ -504,159 +610,49 @@ fn unavailable(e: RedisError) -> QueueError {
     QueueError::Unavailable(e.to_string())
 }
 
-fn as_string(v: &Value) -> String {
-    match v {
-        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-        Value::SimpleString(s) => s.clone(),
-        Value::Int(i) => i.to_string(),
-        _ => String::new(),
-    }
+/// Redis refuses writes with `OOM` (or aborts a transaction that holds one).
+fn is_oom(e: &RedisError) -> bool {
+    e.code() == Some("OOM") || e.to_string().contains("OOM")
 }
 
-fn as_u64(v: &Value) -> Option<u64> {
-    match v {
-        Value::Int(i) => u64::try_from(*i).ok(),
-        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
-        Value::SimpleString(s) => s.parse().ok(),
-        _ => None,
-    }
-}
-
-/// A stream entry's id and fields (`None` when the entry was deleted while
-/// pending), from an `XREADGROUP` reply.
-type Entry = (String, Option<Vec<(String, Vec<u8>)>>);
-
-fn first_entry(reply: &Value) -> Option<Entry> {
-    // RESP2: [[stream, [[id, [f, v, ...]], ...]]]
-    let Value::Array(streams) = reply else {
-        return None;
-    };
-    let Value::Array(stream) = streams.first()? else {
-        return None;
-    };
-    let Value::Array(entries) = stream.get(1)? else {
-        return None;
-    };
-    let Value::Array(entry) = entries.first()? else {
-        return None;
-    };
-    let id = as_string(entry.first()?);
-    let fields = match entry.get(1) {
-        Some(Value::Array(flat)) => Some(
-            flat.chunks(2)
-                .filter_map(|kv| match kv {
-                    [k, Value::BulkString(v)] => Some((as_string(k), v.clone())),
-                    _ => None,
-                })
-                .collect(),
-        ),
-        _ => None,
-    };
-    Some((id, fields))
-}
-
-fn parse_entry(fields: &[(String, Vec<u8>)]) -> Result<QueuedRequest, String> {
-    let get = |name: &str| {
-        fields
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_slice())
-            .ok_or_else(|| format!("entry has no field `{name}`"))
-    };
-    let text = |name: &str| {
-        get(name).and_then(|v| {
-            std::str::from_utf8(v)
-                .map(str::to_string)
-                .map_err(|_| format!("entry field `{name}` is not UTF-8"))
-        })
-    };
-    let ticket = TicketId::parse(&text("t")?)
-        .ok_or("entry has a malformed ticket id")?
-        .0;
-    Ok(QueuedRequest {
-        ticket,
-        method: text("m")?,
-        path: text("p")?,
-        headers: Bytes::copy_from_slice(get("h")?),
-        body: Bytes::copy_from_slice(get("b")?),
-        client: text("c")?,
-        forwarded_for: text("f")?,
-        forwarded_proto: text("x")?,
-        admitted_at_ms: text("a")?
-            .parse()
-            .map_err(|_| "entry has a malformed admission time")?,
-    })
-}
-
-fn parse_ticket(fields: &HashMap<String, Vec<u8>>) -> Result<TicketRecord, QueueError> {
-    let text = |k: &str| fields.get(k).and_then(|v| std::str::from_utf8(v).ok());
-    let num = |k: &str| text(k).and_then(|v| v.parse::<u64>().ok());
-    let status = text("st")
-        .and_then(TicketStatus::parse)
-        .ok_or_else(|| QueueError::Protocol("ticket hash without a status".into()))?;
-    let response = match (status, num("rs")) {
-        (TicketStatus::Completed, Some(code)) => Some(StoredResponse {
-            status: code as u16,
-            headers: Bytes::copy_from_slice(fields.get("rh").map_or(&[][..], |v| v)),
-            body: Bytes::copy_from_slice(fields.get("rb").map_or(&[][..], |v| v)),
-        }),
-        _ => None,
-    };
-    let error = match status {
-        TicketStatus::Failed => Some(TicketError {
-            code: text("ec").unwrap_or("failed").to_string(),
-            detail: text("ed").unwrap_or_default().to_string(),
-        }),
-        _ => None,
-    };
-    Ok(TicketRecord {
-        status,
-        seq: num("seq").unwrap_or(0),
-        attempts: num("att").unwrap_or(0) as u32,
-        admitted_at_ms: num("adm").unwrap_or(0),
-        completed_at_ms: num("cmp"),
-        response,
-        error,
-    })
-}
-
-/// `(pending, last-delivered-id)` of the `flashgate` group in an `XINFO GROUPS` reply.
-fn group_info(reply: &Value) -> Option<(u64, String)> {
-    let Value::Array(groups) = reply else {
-        return None;
-    };
-    groups.iter().find_map(|g| {
-        let pairs: Vec<(String, &Value)> = match g {
-            Value::Array(flat) => flat
-                .chunks(2)
-                .filter_map(|kv| match kv {
-                    [k, v] => Some((as_string(k), v)),
-                    _ => None,
-                })
-                .collect(),
-            Value::Map(map) => map.iter().map(|(k, v)| (as_string(k), v)).collect(),
-            _ => return None,
+impl RedisQueue {
+    /// Reads the server's persistence and eviction settings and says, in
+    /// plain words, what they can lose. `CONFIG` may be refused by ACLs; then
+    /// nothing is known and nothing is said.
+    pub async fn durability_warnings(&self) -> Vec<String> {
+        let get = |name: &'static str| {
+            let mut conn = self.conn.clone();
+            async move {
+                let pair: Vec<String> = redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg(name)
+                    .query_async(&mut conn)
+                    .await
+                    .ok()?;
+                pair.get(1).cloned()
+            }
         };
-        let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
-        if get("name").map(as_string).as_deref() != Some(GROUP) {
-            return None;
+        let aof = get("appendonly").await;
+        let fsync = get("appendfsync").await;
+        let policy = get("maxmemory-policy").await;
+        let mut out = Vec::new();
+        match (aof.as_deref(), fsync.as_deref()) {
+            (Some("no"), _) => out.push(
+                "Redis has appendonly=no: a Redis restart loses every queued request that was answered 202 (set appendonly yes and appendfsync always)".to_string(),
+            ),
+            (Some("yes"), Some("everysec")) => out.push(
+                "Redis has appendfsync=everysec: a Redis crash can lose up to one second of admissions answered 202 (appendfsync always closes that window)".to_string(),
+            ),
+            (Some("yes"), Some("no")) => out.push(
+                "Redis has appendfsync=no: a Redis crash can lose admissions the OS had not yet written (appendfsync always closes that window)".to_string(),
+            ),
+            _ => {}
         }
-        Some((
-            get("pending").and_then(as_u64).unwrap_or(0),
-            get("last-delivered-id")
-                .map(as_string)
-                .unwrap_or_else(|| "0-0".into()),
-        ))
-    })
-}
-
-/// The millisecond part of the first id in an `XRANGE` reply.
-fn first_id_ms(reply: &Value) -> Option<u64> {
-    let Value::Array(entries) = reply else {
-        return None;
-    };
-    let Value::Array(entry) = entries.first()? else {
-        return None;
-    };
-    as_string(entry.first()?).split('-').next()?.parse().ok()
+        if let Some(p) = policy.filter(|p| p != "noeviction") {
+            out.push(format!(
+                "Redis has maxmemory-policy={p}: under memory pressure it may evict queue entries and tickets (set maxmemory-policy noeviction)"
+            ));
+        }
+        out
+    }
 }

@@ -1,0 +1,448 @@
+#!/usr/bin/env python3
+"""Writes dashboards/flashgate.json, the Grafana dashboard of a flash sale.
+
+The JSON is generated so that every panel follows the same rules (a unit,
+thresholds, the `${datasource}` variable, `$__rate_interval` in every rate,
+queue-wide gauges aggregated with `max`); edit this file, not the JSON, then run
+
+    python3 dashboards/build_dashboard.py          # rewrite flashgate.json
+    python3 dashboards/build_dashboard.py --check  # exit 1 if it is stale
+
+Metric names are those of SPEC §6 plus `flashgate_eta_error_seconds`,
+`flashgate_queue_up` and the standard `process_*` collector.
+"""
+
+import argparse
+import json
+import pathlib
+import sys
+
+OUT = pathlib.Path(__file__).resolve().parent / "flashgate.json"
+
+DS = {"type": "prometheus", "uid": "${datasource}"}
+
+# Label filters. `http_*` metrics have no `queue` label (they are per route).
+Q = 'queue=~"$queue", instance=~"$instance"'
+I = 'instance=~"$instance"'
+RI = "[$__rate_interval]"
+
+
+def qmax(metric: str) -> str:
+    """A queue-wide gauge: every instance reports the same shared queue, so
+    take the max per queue; a sum would multiply it by the instance count."""
+    return f"max by (queue) ({metric}{{{Q}}})"
+
+
+def rate(metric: str, extra: str = "", by: str = "queue", sel: str = Q) -> str:
+    """A counter's per-second rate summed over instances (and the labels not in `by`)."""
+    matchers = f"{sel}, {extra}" if extra else sel
+    group = f"sum by ({by})" if by else "sum"
+    return f"{group} (rate({metric}{{{matchers}}}{RI}))"
+
+
+def quantile(q: float, metric: str, extra: str = "", by: str = "queue", sel: str = Q) -> str:
+    matchers = f"{sel}, {extra}" if extra else sel
+    group = f"le, {by}" if by else "le"
+    return f"histogram_quantile({q}, sum by ({group}) (rate({metric}_bucket{{{matchers}}}{RI})))"
+
+
+def target(expr: str, legend: str, ref: str, **extra) -> dict:
+    t = {"datasource": DS, "refId": ref, "expr": expr, "legendFormat": legend, "range": True}
+    t.update(extra)
+    return t
+
+
+def thresholds(*steps, base: str = "green") -> dict:
+    """steps: (value, colour) pairs, ascending, above the base colour."""
+    base = [{"color": base, "value": None}]
+    return {"mode": "absolute", "steps": base + [{"color": c, "value": v} for v, c in steps]}
+
+
+def colour(name: str, col: str) -> dict:
+    """A fixed colour for one series. `byNames` rather than `byName`: the
+    schema wants matcher options to be an object."""
+    return {
+        "matcher": {"id": "byNames", "options": {"mode": "include", "names": [name]}},
+        "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": col}}],
+    }
+
+
+class Layout:
+    """Hands out panel ids and grid positions, row by row."""
+
+    def __init__(self):
+        self.panels = []
+        self.next_id = 1
+        self.y = 0
+        self.x = 0
+        self.line_h = 0
+
+    def _id(self) -> int:
+        i = self.next_id
+        self.next_id += 1
+        return i
+
+    def row(self, title: str):
+        self._newline()
+        self.panels.append({
+            "type": "row", "id": self._id(), "title": title, "collapsed": False,
+            "gridPos": {"h": 1, "w": 24, "x": 0, "y": self.y}, "panels": [],
+        })
+        self.y += 1
+
+    def _newline(self):
+        if self.x:
+            self.y += self.line_h
+            self.x = 0
+            self.line_h = 0
+
+    def add(self, panel: dict, w: int, h: int):
+        if self.x + w > 24:
+            self._newline()
+        panel["id"] = self._id()
+        panel["gridPos"] = {"h": h, "w": w, "x": self.x, "y": self.y}
+        self.panels.append(panel)
+        self.x += w
+        self.line_h = max(self.line_h, h)
+
+
+def stat(title, desc, targets, unit, steps, decimals=None, mappings=None, color_mode="value",
+         base="green"):
+    defaults = {"unit": unit, "color": {"mode": "thresholds"},
+                "thresholds": thresholds(*steps, base=base),
+                "mappings": mappings or []}
+    if decimals is not None:
+        defaults["decimals"] = decimals
+    return {
+        "type": "stat", "title": title, "description": desc, "datasource": DS, "targets": targets,
+        "fieldConfig": {"defaults": defaults, "overrides": []},
+        "options": {
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+            "colorMode": color_mode, "graphMode": "area", "justifyMode": "auto",
+            "textMode": "value_and_name", "orientation": "auto", "wideLayout": True,
+            "showPercentChange": False,
+        },
+    }
+
+
+def timeseries(title, desc, targets, unit, steps=(), stack=False, overrides=(), soft_min=0,
+               threshold_style="off", fill=10, decimals=None):
+    custom = {
+        "drawStyle": "line", "lineWidth": 1, "fillOpacity": 60 if stack else fill,
+        "gradientMode": "none", "showPoints": "never", "spanNulls": False,
+        "stacking": {"mode": "normal" if stack else "none", "group": "A"},
+        "axisPlacement": "auto",
+        "thresholdsStyle": {"mode": threshold_style},
+        "lineInterpolation": "linear", "pointSize": 4,
+        "scaleDistribution": {"type": "linear"},
+        "hideFrom": {"legend": False, "tooltip": False, "viz": False},
+    }
+    defaults = {"unit": unit, "color": {"mode": "palette-classic"},
+                "thresholds": thresholds(*steps), "custom": custom}
+    if decimals is not None:
+        defaults["decimals"] = decimals
+    if soft_min is not None:
+        custom["axisSoftMin"] = soft_min
+    return {
+        "type": "timeseries", "title": title, "description": desc, "datasource": DS,
+        "targets": targets,
+        "fieldConfig": {"defaults": defaults, "overrides": list(overrides)},
+        "options": {
+            "legend": {"displayMode": "table", "placement": "bottom", "showLegend": True,
+                       "calcs": ["lastNotNull", "max"]},
+            "tooltip": {"mode": "multi", "sort": "desc"},
+        },
+    }
+
+
+def heatmap(title, desc, targets, y_unit):
+    return {
+        "type": "heatmap", "title": title, "description": desc, "datasource": DS,
+        "targets": targets, "maxDataPoints": 60,
+        "fieldConfig": {"defaults": {
+            "unit": "short", "thresholds": thresholds(),
+            "custom": {"hideFrom": {"legend": False, "tooltip": False, "viz": False},
+                       "scaleDistribution": {"type": "linear"}},
+        }, "overrides": []},
+        "options": {
+            "calculate": False,
+            "yAxis": {"axisPlacement": "left", "unit": y_unit, "reverse": False},
+            "rowsFrame": {"layout": "auto"},
+            "color": {"mode": "scheme", "scheme": "Oranges", "fill": "dark-orange",
+                      "scale": "exponential", "exponent": 0.5, "steps": 64, "reverse": False},
+            "cellGap": 1, "filterValues": {"le": 1e-9},
+            "tooltip": {"mode": "single", "yHistogram": True, "showColorScale": False},
+            "legend": {"show": True}, "exemplars": {"color": "rgba(255,0,255,0.7)"},
+        },
+    }
+
+
+OUTCOME_COLOURS = {
+    "admitted": "green", "duplicate": "blue", "rate_limited": "orange",
+    "queue_full": "red", "sold_out": "purple", "not_open": "yellow", "rejected": "dark-red",
+}
+DISPATCH_COLOURS = {"completed": "green", "retried": "orange", "failed": "red",
+                    "dead_lettered": "dark-red"}
+CLASS_COLOURS = {"2xx": "green", "3xx": "blue", "4xx": "yellow", "5xx": "red", "error": "dark-red"}
+
+
+def build() -> dict:
+    L = Layout()
+
+    # ---- Sale at a glance -------------------------------------------------
+    L.row("Sale at a glance")
+    L.add(stat(
+        "Admitted / s",
+        "Requests admitted into the queue per second, all instances.",
+        [target(rate("flashgate_admissions_total", 'outcome="admitted"', by=""),
+                "admitted", "A")],
+        "reqps", [], decimals=1), 4, 5)
+    L.add(stat(
+        "Queue depth",
+        "Tickets admitted and not yet dispatched, per queue (queue-wide gauge: max over instances).",
+        [target(qmax("flashgate_queue_depth"), "{{queue}}", "A")],
+        "short", [(1000, "yellow"), (10000, "red")]), 4, 5)
+    L.add(stat(
+        "Estimated wait for a new arrival",
+        "Queue depth divided by the governed drain rate: how long a request admitted now "
+        "waits before it is sent upstream. +Inf means the queue is paused (drain rate 0).",
+        [target(f'{qmax("flashgate_queue_depth")} / {qmax("flashgate_drain_rate_limit")}',
+                "{{queue}}", "A")],
+        "s", [(300, "yellow"), (900, "red")]), 4, 5)
+    L.add(stat(
+        "Drain rate vs limit",
+        "Requests sent upstream per second (every attempt, retries included: each spends a "
+        "drain permit) next to the governed rate. Below the limit while the queue is non-empty "
+        "means the upstream or max-in-flight is the bottleneck.",
+        [target(rate("flashgate_upstream_responses_total"), "sent {{queue}}", "A"),
+         target(qmax("flashgate_drain_rate_limit"), "limit {{queue}}", "B")],
+        "reqps", [], decimals=1, color_mode="none"), 4, 5)
+    L.add(stat(
+        "Upstream error ratio",
+        "Share of upstream attempts that ended in 5xx or no answer (connect error, timeout). "
+        "They are retried, but each one spends a drain permit.",
+        [target(rate("flashgate_upstream_responses_total", 'code_class=~"5xx|error"', by="")
+                + " / clamp_min("
+                + rate("flashgate_upstream_responses_total", by="") + ", 1e-9)",
+                "errors", "A")],
+        "percentunit", [(0.01, "yellow"), (0.05, "red")], decimals=2), 4, 5)
+    L.add(stat(
+        "Admission p99",
+        "99th percentile time to answer an admission on the public listener.",
+        [target(quantile(0.99, "flashgate_http_request_duration_seconds", 'route="admission"',
+                         by="", sel=I), "p99", "A")],
+        "s", [(0.05, "yellow"), (0.25, "red")]), 4, 5)
+
+    # ---- Admission ----------------------------------------------------------
+    L.row("Admission")
+    L.add(timeseries(
+        "Admission requests by outcome",
+        "Every admission decision per second, stacked. admitted = got a ticket; duplicate = "
+        "Idempotency-Key replay; rate_limited = per-client limit (429); queue_full = capacity "
+        "(503); sold_out = stock exhausted (410); not_open = before opens-at (503); rejected = "
+        "malformed, too large or key reused.",
+        [target(rate("flashgate_admissions_total", by="outcome"), "{{outcome}}", "A")],
+        "reqps", stack=True,
+        overrides=[colour(k, v) for k, v in OUTCOME_COLOURS.items()]), 12, 8)
+    L.add(timeseries(
+        "Admission latency",
+        "Time to answer an admission (route=admission), all instances.",
+        [target(quantile(q, "flashgate_http_request_duration_seconds", 'route="admission"',
+                         by="", sel=I), f"p{int(q * 100)}", ref)
+         for q, ref in ((0.5, "A"), (0.9, "B"), (0.99, "C"))],
+        "s", [(0.25, "red")], threshold_style="line"), 12, 8)
+    L.add(timeseries(
+        "Public listener answers by route and code",
+        "Every answer of the public listener: admissions, ticket polls, passthrough and other "
+        "paths, by HTTP status.",
+        [target(f'sum by (route, code) (rate(flashgate_http_requests_total{{{I}}}{RI}))',
+                "{{route}} {{code}}", "A")],
+        "reqps", stack=True), 24, 8)
+
+    # ---- Queue ------------------------------------------------------------
+    L.row("Queue")
+    L.add(timeseries(
+        "Depth and in flight",
+        "Queued = admitted, not yet dispatched; in flight = dispatched, not yet finished. "
+        "Queue-wide gauges, max over instances.",
+        [target(qmax("flashgate_queue_depth"), "queued {{queue}}", "A"),
+         target(qmax("flashgate_queue_in_flight"), "in flight {{queue}}", "B")],
+        "short"), 8, 8)
+    L.add(timeseries(
+        "Oldest ticket age",
+        "Age of the oldest ticket not yet dispatched. Growing steadily means the drain does "
+        "not keep up (or is paused).",
+        [target(qmax("flashgate_queue_oldest_age_seconds"), "{{queue}}", "A")],
+        "s", [(600, "red")], threshold_style="line"), 8, 8)
+    L.add(stat(
+        "Queue backend reachable",
+        "Did the queue backend (Redis) answer the last gauge refresh? Lowest over instances: "
+        "one instance that lost Redis shows DOWN.",
+        [target(f'min by (queue) (flashgate_queue_up{{{Q}}})', "{{queue}}", "A")],
+        "none", [(1, "green")],
+        mappings=[{"type": "value", "options": {
+            "0": {"text": "DOWN", "color": "red", "index": 0},
+            "1": {"text": "UP", "color": "green", "index": 1}}}],
+        color_mode="background", base="red"), 8, 8)
+    L.add(timeseries(
+        "Queue wait percentiles",
+        "Time from admission to first dispatch, of the tickets dispatched in the window.",
+        [target(quantile(q, "flashgate_queue_wait_seconds"), f"p{int(q * 100)} {{{{queue}}}}", ref)
+         for q, ref in ((0.5, "A"), (0.9, "B"), (0.99, "C"))],
+        "s"), 8, 8)
+    L.add(timeseries(
+        "ETA accuracy (actual − promised wait)",
+        "Real wait minus the eta_seconds promised at admission, per dispatched ticket. "
+        "Positive = later than promised; near 0 = honest estimates. Percentiles of the error.",
+        [target(quantile(q, "flashgate_eta_error_seconds"), f"p{int(q * 100)} {{{{queue}}}}", ref)
+         for q, ref in ((0.1, "A"), (0.5, "B"), (0.9, "C"))]
+        + [target(f'sum by (queue) (rate(flashgate_eta_error_seconds_sum{{{Q}}}{RI})) / '
+                  f'sum by (queue) (rate(flashgate_eta_error_seconds_count{{{Q}}}{RI}))',
+                  "mean {{queue}}", "D")],
+        "s", [(60, "yellow"), (300, "red")], soft_min=None), 8, 8)
+    L.add(timeseries(
+        "Arrivals vs departures",
+        "Admitted per second against tickets leaving the queue per second (first dispatches). "
+        "While arrivals exceed departures the backlog grows.",
+        [target(rate("flashgate_admissions_total", 'outcome="admitted"'), "admitted {{queue}}", "A"),
+         target(f'sum by (queue) (rate(flashgate_queue_wait_seconds_count{{{Q}}}{RI}))',
+                "dispatched {{queue}}", "B")],
+        "reqps"), 8, 8)
+
+    # ---- Drain & upstream ---------------------------------------------------
+    L.row("Drain & upstream")
+    L.add(timeseries(
+        "Dispatch outcomes",
+        "completed = the upstream gave a final answer; retried = an attempt to be repeated; "
+        "failed = attempts exhausted (also dead-lettered); dead_lettered = moved to the dead "
+        "stream.",
+        [target(rate("flashgate_dispatches_total", by="outcome"), "{{outcome}}", "A")],
+        "ops", stack=True,
+        overrides=[colour(k, v) for k, v in DISPATCH_COLOURS.items()]), 8, 8)
+    L.add(timeseries(
+        "Observed vs governed drain rate",
+        "Upstream attempts per second across all instances against the governed rate "
+        "(flashgate_drain_rate_limit). The observed line should sit on the limit while a "
+        "backlog exists.",
+        [target(rate("flashgate_upstream_responses_total"), "sent {{queue}}", "A"),
+         target(qmax("flashgate_drain_rate_limit"), "limit {{queue}}", "B")],
+        "reqps"), 8, 8)
+    L.add(timeseries(
+        "Upstream response classes",
+        "Upstream answers per second by status class; error = no answer (connect error, "
+        "timeout, broken body).",
+        [target(rate("flashgate_upstream_responses_total", by="code_class"), "{{code_class}}", "A")],
+        "reqps", stack=True,
+        overrides=[colour(k, v) for k, v in CLASS_COLOURS.items()]), 8, 8)
+    L.add(timeseries(
+        "Upstream latency",
+        "Duration of one upstream attempt.",
+        [target(quantile(q, "flashgate_upstream_request_duration_seconds", by=""),
+                f"p{int(q * 100)}", ref)
+         for q, ref in ((0.5, "A"), (0.9, "B"), (0.99, "C"))],
+        "s", [(1, "yellow"), (5, "red")]), 8, 8)
+    L.add(heatmap(
+        "Upstream latency distribution",
+        "Upstream attempts per latency bucket over time.",
+        [target(f'sum by (le) (increase(flashgate_upstream_request_duration_seconds_bucket{{{Q}}}{RI}))',
+                "{{le}}", "A", format="heatmap")],
+        "s"), 8, 8)
+    L.add(timeseries(
+        "Retries and dead letters",
+        "Retried attempts and dead-lettered tickets per second. Any dead letter is a customer "
+        "whose checkout did not reach the order service: see the dead stream.",
+        [target(rate("flashgate_dispatches_total", 'outcome="retried"'), "retried {{queue}}", "A"),
+         target(rate("flashgate_dispatches_total", 'outcome="dead_lettered"'),
+                "dead-lettered {{queue}}", "B")],
+        "ops"), 8, 8)
+
+    # ---- Process ------------------------------------------------------------
+    L.row("Process")
+    L.add(timeseries(
+        "CPU",
+        "CPU time per second of each gateway process (1 = one core busy).",
+        [target(f'rate(process_cpu_seconds_total{{{I}}}{RI})', "{{instance}}", "A")],
+        "percentunit", [(0.8, "red")]), 6, 7)
+    L.add(timeseries(
+        "Resident memory",
+        "Resident set size of each gateway process.",
+        [target(f'process_resident_memory_bytes{{{I}}}', "{{instance}}", "A")],
+        "bytes"), 6, 7)
+    L.add(timeseries(
+        "File descriptors",
+        "Open file descriptors (mostly sockets) against the process limit.",
+        [target(f'process_open_fds{{{I}}}', "open {{instance}}", "A"),
+         target(f'process_max_fds{{{I}}}', "limit {{instance}}", "B")],
+        "short"), 6, 7)
+    L.add(stat(
+        "Instances by version",
+        "Gateway instances scraped, by build version.",
+        [target(f'count by (version) (flashgate_build_info{{{I}}})', "{{version}}", "A")],
+        "short", []), 6, 7)
+
+    templating = [
+        {"type": "datasource", "name": "datasource", "label": "Data source", "query": "prometheus",
+         "current": {"text": "Prometheus", "value": "Prometheus"}, "hide": 0, "refresh": 1,
+         "regex": "", "options": [], "includeAll": False, "multi": False},
+        {"type": "query", "name": "instance", "label": "Instance", "datasource": DS,
+         "query": "label_values(flashgate_build_info, instance)",
+         "definition": "label_values(flashgate_build_info, instance)",
+         "current": {"text": ["All"], "value": ["$__all"]}, "hide": 0, "refresh": 2, "sort": 1,
+         "includeAll": True, "allValue": ".*", "multi": True, "options": [], "regex": ""},
+        {"type": "query", "name": "queue", "label": "Queue", "datasource": DS,
+         "query": 'label_values(flashgate_admissions_total{instance=~"$instance"}, queue)',
+         "definition": 'label_values(flashgate_admissions_total{instance=~"$instance"}, queue)',
+         "current": {"text": ["All"], "value": ["$__all"]}, "hide": 0, "refresh": 2, "sort": 1,
+         "includeAll": True, "allValue": ".*", "multi": True, "options": [], "regex": ""},
+    ]
+
+    return {
+        "title": "flashgate",
+        "uid": "flashgate",
+        "description": "A flash sale through flashgate: admissions, the queue, the governed "
+                       "drain to the upstream, and the gateway processes. Generated by "
+                       "dashboards/build_dashboard.py.",
+        "tags": ["flashgate"],
+        "timezone": "browser",
+        "editable": True,
+        "graphTooltip": 1,
+        "fiscalYearStartMonth": 0,
+        "liveNow": False,
+        "refresh": "10s",
+        "schemaVersion": 39,
+        "version": 1,
+        "time": {"from": "now-30m", "to": "now"},
+        "timepicker": {"refresh_intervals": ["5s", "10s", "30s", "1m", "5m"]},
+        "links": [],
+        "annotations": {"list": [{
+            "builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"},
+            "enable": True, "hide": True, "iconColor": "rgba(0, 211, 255, 1)",
+            "name": "Annotations & Alerts", "type": "dashboard",
+        }]},
+        "templating": {"list": templating},
+        "panels": L.panels,
+    }
+
+
+def render() -> str:
+    return json.dumps(build(), indent=2, ensure_ascii=False) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="exit 1 if flashgate.json is stale")
+    args = ap.parse_args()
+    text = render()
+    if args.check:
+        if OUT.read_text(encoding="utf-8") != text:
+            print(f"{OUT} is stale: run python3 {pathlib.Path(__file__).name}", file=sys.stderr)
+            return 1
+        print(f"{OUT.name} is up to date")
+        return 0
+    OUT.write_text(text, encoding="utf-8")
+    print(f"wrote {OUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
