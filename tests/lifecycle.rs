@@ -4,21 +4,10 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::process::{admit, flashgate, GatewayProcess};
 use common::*;
-
-fn flashgate() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_flashgate"));
-    // The test's environment must not leak FLASHGATE_* settings in.
-    for (k, _) in std::env::vars() {
-        if k.starts_with("FLASHGATE_") {
-            c.env_remove(k);
-        }
-    }
-    c
-}
 
 #[test]
 fn bad_config_exits_2_naming_the_key() {
@@ -95,80 +84,6 @@ fn check_config_prints_the_effective_config() {
     assert!(!text.contains("hunter2"), "secret printed: {text}");
 }
 
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(upstream: &str, redis: &str, public: u16, admin: u16, extra: &[&str]) -> Running {
-    let child = flashgate()
-        .args(["serve", "--upstream", upstream, "--redis-url", redis])
-        .args(["--listen", &format!("127.0.0.1:{public}")])
-        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-        .args(["--consumer", "lifecycle-test"])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    Running(child)
-}
-
-async fn ready(admin: u16) {
-    eventually(Duration::from_secs(20), "gateway ready", || async move {
-        let c = client();
-        let req = http::Request::get(format!("http://127.0.0.1:{admin}/readyz"))
-            .body(http_body_util::Full::new(bytes::Bytes::new()))
-            .unwrap();
-        match c.request(req).await {
-            Ok(r) if r.status() == 200 => Some(()),
-            _ => None,
-        }
-    })
-    .await;
-}
-
-fn sigterm(child: &Child) {
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-}
-
-fn wait_exit(child: &mut Child, limit: Duration) -> Option<i32> {
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code();
-        }
-        assert!(std::time::Instant::now() < deadline, "gateway did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-async fn admit(public: u16, n: usize) -> Vec<String> {
-    let c = client();
-    let mut tickets = Vec::new();
-    for i in 0..n {
-        let a = send(
-            &c,
-            "POST",
-            &format!("http://127.0.0.1:{public}/checkout"),
-            &[],
-            format!("{{\"n\":{i}}}"),
-        )
-        .await;
-        assert_eq!(a.status, 202);
-        tickets.push(a.json()["ticket"].as_str().unwrap().to_string());
-    }
-    tickets
-}
-
 /// SIGTERM while draining: the process stops reading, lets in-flight requests
 /// finish, exits 0; the next start drains the rest. Nothing is lost and
 /// nothing that finished is sent twice.
@@ -180,7 +95,6 @@ async fn sigterm_mid_drain_exits_0_and_loses_nothing() {
         ..Behaviour::default()
     })
     .await;
-    let (public, admin) = (free_port(), free_port());
     let flags = [
         "--drain-rate",
         "20",
@@ -189,26 +103,33 @@ async fn sigterm_mid_drain_exits_0_and_loses_nothing() {
         "--shutdown-grace",
         "10s",
     ];
-    let mut gw = serve(&upstream.url(), &redis.url(), public, admin, &flags);
-    ready(admin).await;
-    let tickets = admit(public, 40).await;
+    let mut gw = GatewayProcess::start(&upstream.url(), &redis.url(), "node-a", &flags);
+    gw.up().await;
+    let (tickets, _) = admit(&gw.base(), 40, "n").await;
+    assert_eq!(tickets.len(), 40);
     eventually(Duration::from_secs(20), "some deliveries", || async {
         (upstream.received().len() >= 5).then_some(())
     })
     .await;
-    sigterm(&gw.0);
-    assert_eq!(wait_exit(&mut gw.0, Duration::from_secs(15)), Some(0));
+    gw.signal("TERM");
+    assert_eq!(gw.wait_exit(Duration::from_secs(15)), Some(0));
     let delivered_before = upstream.by_key().len();
     assert!(
         delivered_before < 40,
         "the drain should have been interrupted"
     );
 
-    let _gw = serve(&upstream.url(), &redis.url(), public, admin, &flags);
-    ready(admin).await;
-    let base = format!("http://127.0.0.1:{public}");
+    let gw = GatewayProcess::start_on(
+        gw.public,
+        gw.admin,
+        &upstream.url(),
+        &redis.url(),
+        "node-a",
+        &flags,
+    );
+    gw.up().await;
     for t in &tickets {
-        let done = until_terminal(&base, t, Duration::from_secs(30)).await;
+        let done = until_terminal(&gw.base(), t, Duration::from_secs(30)).await;
         assert_eq!(done["status"], "completed", "{done}");
     }
     let by_key: HashMap<_, _> = upstream.by_key();
@@ -228,7 +149,6 @@ async fn unfinished_work_is_redelivered_after_restart() {
         ..Behaviour::default()
     })
     .await;
-    let (public, admin) = (free_port(), free_port());
     let flags = [
         "--drain-rate",
         "100",
@@ -237,22 +157,28 @@ async fn unfinished_work_is_redelivered_after_restart() {
         "--shutdown-grace",
         "100ms",
     ];
-    let mut gw = serve(&slow.url(), &redis.url(), public, admin, &flags);
-    ready(admin).await;
-    let tickets = admit(public, 3).await;
+    let mut gw = GatewayProcess::start(&slow.url(), &redis.url(), "node-a", &flags);
+    gw.up().await;
+    let (tickets, _) = admit(&gw.base(), 3, "n").await;
     eventually(Duration::from_secs(20), "three in flight", || async {
         (slow.received().len() == 3).then_some(())
     })
     .await;
-    sigterm(&gw.0);
-    assert_eq!(wait_exit(&mut gw.0, Duration::from_secs(15)), Some(0));
+    gw.signal("TERM");
+    assert_eq!(gw.wait_exit(Duration::from_secs(15)), Some(0));
 
     let fast = MockUpstream::start(Behaviour::default()).await;
-    let _gw = serve(&fast.url(), &redis.url(), public, admin, &flags);
-    ready(admin).await;
-    let base = format!("http://127.0.0.1:{public}");
+    let gw = GatewayProcess::start_on(
+        gw.public,
+        gw.admin,
+        &fast.url(),
+        &redis.url(),
+        "node-a",
+        &flags,
+    );
+    gw.up().await;
     for t in &tickets {
-        let done = until_terminal(&base, t, Duration::from_secs(30)).await;
+        let done = until_terminal(&gw.base(), t, Duration::from_secs(30)).await;
         assert_eq!(done["status"], "completed", "{done}");
         assert_eq!(done["attempts"], 2, "{done}");
         let got = &fast.by_key()[t];

@@ -361,7 +361,15 @@ impl QueueBackend for RedisQueue {
         if let Some(delivery) = reclaimed {
             return Ok(Some(delivery));
         }
-        let delivery = self.read(">", Some(block)).await?;
+        let delivery = match self.read(">", Some(block)).await {
+            Ok(delivery) => delivery,
+            Err(e) => {
+                // A read that timed out may still have delivered an entry to
+                // this consumer: re-read its own pending entries next time.
+                self.claims().recovering = Some("0".into());
+                return Err(e);
+            }
+        };
         if let Some(d) = &delivery {
             self.claims().held.insert(d.entry_id.clone());
         }

@@ -2,6 +2,8 @@
 //! builder and a tiny HTTP client. Everything listens on loopback only.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -28,25 +30,43 @@ pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    args: Vec<String>,
 }
 
 impl RedisServer {
+    /// Nothing persisted: a restart starts empty.
     pub fn start() -> RedisServer {
+        Self::start_with(&["--appendonly", "no"])
+    }
+
+    /// AOF with an fsync on every write: a restart keeps every write that
+    /// was answered.
+    pub fn start_durable() -> RedisServer {
+        Self::start_with(&["--appendonly", "yes", "--appendfsync", "always"])
+    }
+
+    pub fn start_with(args: &[&str]) -> RedisServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let mut server = RedisServer {
             port,
             child: None,
             dir,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         server.spawn();
         server
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(["--save", ""])
+            .args(&self.args)
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -80,7 +100,7 @@ impl RedisServer {
         }
     }
 
-    /// Starts it again on the same port (empty: nothing is persisted).
+    /// Starts it again on the same port and directory.
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
@@ -133,19 +153,26 @@ impl Received {
 #[derive(Clone)]
 pub struct Behaviour {
     pub latency: Duration,
+    /// Only the first `slow_first` attempts of each key wait `latency`
+    /// (0 = every attempt does).
+    pub slow_first: u32,
     pub fail_first: u32,
     pub fail_status: u16,
     /// Answer with these exact bytes instead of the JSON body.
     pub body: Option<Bytes>,
+    /// Requests whose body contains this always get `fail_status`.
+    pub poison: Option<String>,
 }
 
 impl Default for Behaviour {
     fn default() -> Self {
         Behaviour {
             latency: Duration::ZERO,
+            slow_first: 0,
             fail_first: 0,
             fail_status: 503,
             body: None,
+            poison: None,
         }
     }
 }
@@ -160,7 +187,12 @@ pub struct MockUpstream {
 
 impl MockUpstream {
     pub async fn start(behaviour: Behaviour) -> MockUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on("127.0.0.1:0".parse().unwrap(), behaviour).await
+    }
+
+    /// Listens on a given address, e.g. a port the gateway already points at.
+    pub async fn start_on(addr: SocketAddr, behaviour: Behaviour) -> MockUpstream {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
         let in_flight = Arc::new(AtomicUsize::new(0));
@@ -191,6 +223,10 @@ impl MockUpstream {
                             .and_then(|v| v.to_str().ok())
                             .unwrap_or_default()
                             .to_string();
+                        let poisoned = behaviour
+                            .poison
+                            .as_ref()
+                            .is_some_and(|p| String::from_utf8_lossy(&body).contains(p.as_str()));
                         let seen = {
                             let mut r = received.lock().unwrap();
                             r.push(Received {
@@ -204,9 +240,11 @@ impl MockUpstream {
                                 .filter(|x| x.header("idempotency-key") == key)
                                 .count() as u32
                         };
-                        tokio::time::sleep(behaviour.latency).await;
+                        if behaviour.slow_first == 0 || seen <= behaviour.slow_first {
+                            tokio::time::sleep(behaviour.latency).await;
+                        }
                         in_flight.fetch_sub(1, Ordering::SeqCst);
-                        let resp = if seen <= behaviour.fail_first {
+                        let resp = if seen <= behaviour.fail_first || poisoned {
                             Response::builder()
                                 .status(behaviour.fail_status)
                                 .header("retry-after", "0")
