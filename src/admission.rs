@@ -10,7 +10,7 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, Status
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
-use tracing::warn;
+use tracing::debug;
 
 use crate::body::{json, Body};
 use crate::config::ClientKey;
@@ -118,7 +118,8 @@ async fn try_admit(
         .admit(&request, claim.as_ref(), queue.config.max_queue)
         .await
         .map_err(|e| {
-            warn!(queue = %queue.config.name, error = %e, "admission not stored");
+            // Outages are logged once by the gauge refresher, not per request.
+            debug!(queue = %queue.config.name, error = %e, "admission not stored");
             Problem::new(
                 Code::Unavailable,
                 "the queue cannot take requests right now; retry with the same Idempotency-Key",

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{DefaultQueue, GlobalSettings, Overrides, QueueSettings};
 
@@ -13,8 +13,79 @@ use crate::config::{DefaultQueue, GlobalSettings, Overrides, QueueSettings};
     about = "Flash-sale traffic-shaping gateway"
 )]
 pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How the process logs, for every subcommand: to stderr, one event a line.
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Log line format: `text` for people, `json` (one object a line) for log pipelines.
+    #[arg(
+        long,
+        global = true,
+        env = "FLASHGATE_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
+    /// Least severe level logged. A filter in FLASHGATE_LOG or RUST_LOG
+    /// (e.g. `flashgate=debug,info`) wins over this when set.
+    #[arg(
+        long,
+        global = true,
+        env = "FLASHGATE_LOG_LEVEL",
+        value_enum,
+        value_name = "LEVEL",
+        default_value_t = LogLevel::Info
+    )]
+    pub log_level: LogLevel,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (coloured when stderr is a terminal).
+    Text,
+    /// One JSON object per line: timestamp, level, target, message and fields at the top level.
+    Json,
+}
+
+impl LogFormat {
+    /// The format as written on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+/// `--log-level`. Per-request lines are `debug`; lifecycle events are `info` and above.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Off,
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    /// The level as an `EnvFilter` directive.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Off => "off",
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -112,6 +183,37 @@ pub struct ServeArgs {
     /// Take over entries another instance left unfinished this long [default: 60s].
     #[arg(long, env = "FLASHGATE_CLAIM_IDLE", value_name = "DUR")]
     pub claim_idle: Option<String>,
+    /// Admissions per second per client; 0 = off [default: 0].
+    #[arg(long, env = "FLASHGATE_CLIENT_RATE", value_name = "N")]
+    pub client_rate: Option<f64>,
+    /// Admissions a client may make back to back [default: 1].
+    #[arg(long, env = "FLASHGATE_CLIENT_BURST", value_name = "N")]
+    pub client_burst: Option<u32>,
+    /// Peers whose X-Forwarded-For is believed, comma-separated CIDRs [default: none].
+    #[arg(
+        long,
+        env = "FLASHGATE_TRUSTED_PROXIES",
+        value_name = "CIDRS",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<String>,
+    /// Admissions allowed in total for the queue, then 410 sold_out [default: unlimited].
+    #[arg(long, env = "FLASHGATE_STOCK", value_name = "N")]
+    pub stock: Option<u64>,
+    /// RFC 3339 time the sale opens; before it admissions get 503 sale_not_open.
+    #[arg(long, env = "FLASHGATE_OPENS_AT", value_name = "TIME")]
+    pub opens_at: Option<String>,
+    /// RFC 3339 time the sale closes; after it admissions get 410 sale_closed.
+    #[arg(long, env = "FLASHGATE_CLOSES_AT", value_name = "TIME")]
+    pub closes_at: Option<String>,
+    /// Upstream statuses that mean sold out, comma-separated (e.g. 409,410) [default: none].
+    #[arg(
+        long,
+        env = "FLASHGATE_SOLD_OUT_STATUSES",
+        value_name = "CODES",
+        value_delimiter = ','
+    )]
+    pub sold_out_statuses: Vec<u16>,
 }
 
 impl ServeArgs {
@@ -133,6 +235,10 @@ impl ServeArgs {
                 ticket_ttl: self.ticket_ttl.clone(),
                 shutdown_grace: self.shutdown_grace.clone(),
                 claim_idle: self.claim_idle.clone(),
+                client_rate: self.client_rate,
+                client_burst: self.client_burst,
+                trusted_proxies: (!self.trusted_proxies.is_empty())
+                    .then(|| self.trusted_proxies.clone()),
             },
             default_queue: DefaultQueue {
                 queue: self.queue.clone(),
@@ -146,6 +252,13 @@ impl ServeArgs {
                 max_queue: self.max_queue,
                 upstream_timeout: self.upstream_timeout.clone(),
                 max_attempts: self.max_attempts,
+                stock: self.stock,
+                opens_at: self.opens_at.clone(),
+                closes_at: self.closes_at.clone(),
+                prequeue_from: None,
+                sold_out_statuses: (!self.sold_out_statuses.is_empty())
+                    .then(|| self.sold_out_statuses.clone()),
+                sold_out_body: None,
             },
         }
     }

@@ -10,7 +10,7 @@ mod units;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -62,6 +62,13 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// Who a client is: socket peer IP or a request header.
     pub client_key: ClientKey,
+    /// Admissions per second per client; 0 = no per-client limit.
+    pub client_rate: f64,
+    /// Admissions a client may make back to back.
+    pub client_burst: u32,
+    /// Peers whose `X-Forwarded-For` is believed.
+    #[serde(serialize_with = "units::ser_display_list")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Largest request body admitted.
     pub max_body: Size,
     /// Time a client has to send its request head.
@@ -104,6 +111,22 @@ pub struct QueueConfig {
     pub upstream_timeout: Duration,
     /// Upstream attempts before a ticket fails and is dead-lettered.
     pub max_attempts: u32,
+    /// Admissions allowed in total (then 410 sold_out); `None` = unlimited.
+    pub stock: Option<u64>,
+    /// When the sale opens; before it admissions get 503 sale_not_open.
+    #[serde(with = "units::time")]
+    pub opens_at: Option<SystemTime>,
+    /// When the sale closes; after it admissions get 410 sale_closed.
+    #[serde(with = "units::time")]
+    pub closes_at: Option<SystemTime>,
+    /// Start of the pre-queue window before `opens_at`: early arrivals are
+    /// admitted, and served in random order once the sale opens.
+    #[serde(with = "units::time")]
+    pub prequeue_from: Option<SystemTime>,
+    /// Upstream statuses that mean "sold out" and flip the queue to sold out.
+    pub sold_out_statuses: Vec<u16>,
+    /// If set, a sold-out status counts only when the body contains this.
+    pub sold_out_body: Option<String>,
 }
 
 /// A queued route: a method and an exact path (the query is not matched).
@@ -199,6 +222,18 @@ pub struct QueueSettings {
     pub upstream_timeout: Option<String>,
     /// Upstream attempts before a ticket fails (default 5).
     pub max_attempts: Option<u32>,
+    /// Admissions allowed in total; absent = unlimited.
+    pub stock: Option<u64>,
+    /// RFC 3339 time the sale opens (default: open).
+    pub opens_at: Option<String>,
+    /// RFC 3339 time the sale closes (default: never).
+    pub closes_at: Option<String>,
+    /// RFC 3339 start of the pre-queue window before `opens_at`.
+    pub prequeue_from: Option<String>,
+    /// Upstream statuses meaning sold out, e.g. [409, 410] (default none).
+    pub sold_out_statuses: Option<Vec<u16>>,
+    /// Body text a sold-out answer must contain (default: any body).
+    pub sold_out_body: Option<String>,
 }
 
 impl QueueSettings {
@@ -212,6 +247,12 @@ impl QueueSettings {
             max_queue: self.max_queue.or(fallback.max_queue),
             upstream_timeout: pick(&self.upstream_timeout, &fallback.upstream_timeout),
             max_attempts: self.max_attempts.or(fallback.max_attempts),
+            stock: self.stock.or(fallback.stock),
+            opens_at: pick(&self.opens_at, &fallback.opens_at),
+            closes_at: pick(&self.closes_at, &fallback.closes_at),
+            prequeue_from: pick(&self.prequeue_from, &fallback.prequeue_from),
+            sold_out_statuses: pick(&self.sold_out_statuses, &fallback.sold_out_statuses),
+            sold_out_body: pick(&self.sold_out_body, &fallback.sold_out_body),
         }
     }
 }
@@ -235,6 +276,12 @@ pub struct GlobalSettings {
     pub admin_token: Option<String>,
     /// `ip` or `header:NAME` (default ip).
     pub client_key: Option<String>,
+    /// Admissions per second per client; 0 = off (default 0).
+    pub client_rate: Option<f64>,
+    /// Per-client burst (default 1).
+    pub client_burst: Option<u32>,
+    /// CIDRs whose X-Forwarded-For is believed (default none).
+    pub trusted_proxies: Option<Vec<String>>,
     /// Largest request body, e.g. "64KiB" (default 64KiB).
     pub max_body: Option<String>,
     /// Time to send the request head (default 10s).
@@ -259,41 +306,41 @@ pub struct DefaultQueue {
     pub route: Option<Vec<String>>,
 }
 
-/// A `[[queue]]` table of the config file.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A `[[queue]]` table of the config file: a name, routes, and any queue
+/// setting (the top-level value is used for those it does not set).
+#[derive(Debug, Clone)]
 pub struct QueueTable {
     /// Queue name (required).
     pub name: String,
     /// Queued routes, `"METHOD /path"` (required).
     pub routes: Vec<String>,
-    /// Base URL of the order service (default: the top-level `upstream`).
-    pub upstream: Option<String>,
-    /// Requests per second sent upstream (default: top-level, else 100).
-    pub drain_rate: Option<f64>,
-    /// Back-to-back requests after an idle spell (default: top-level, else 1).
-    pub drain_burst: Option<u32>,
-    /// Concurrent upstream requests (default: top-level, else 64).
-    pub max_in_flight: Option<u32>,
-    /// Queue capacity (default: top-level, else 1000000).
-    pub max_queue: Option<u64>,
-    /// One upstream attempt's deadline (default: top-level, else "10s").
-    pub upstream_timeout: Option<String>,
-    /// Upstream attempts before a ticket fails (default: top-level, else 5).
-    pub max_attempts: Option<u32>,
+    pub settings: QueueSettings,
 }
 
 impl QueueTable {
-    fn settings(&self) -> QueueSettings {
-        QueueSettings {
-            upstream: self.upstream.clone(),
-            drain_rate: self.drain_rate,
-            drain_burst: self.drain_burst,
-            max_in_flight: self.max_in_flight,
-            max_queue: self.max_queue,
-            upstream_timeout: self.upstream_timeout.clone(),
-            max_attempts: self.max_attempts,
-        }
+    fn parse(i: usize, value: toml::Value) -> Result<Self, String> {
+        let toml::Value::Table(mut table) = value else {
+            return Err(format!("queue[{i}] must be a table"));
+        };
+        let mut take = |key: &str| {
+            table
+                .remove(key)
+                .ok_or_else(|| format!("queue[{i}]: missing key `{key}`"))
+        };
+        let name = match take("name")? {
+            toml::Value::String(name) => name,
+            _ => return Err(format!("queue[{i}].name must be a string")),
+        };
+        let routes = Vec::<String>::deserialize(take("routes")?)
+            .map_err(|e| format!("queue[{i}].routes: {}", e.message()))?;
+        // What is left must be queue settings; unknown keys are named.
+        let settings = QueueSettings::deserialize(toml::Value::Table(table))
+            .map_err(|e| format!("queue[{i}] ({name}): {}", e.message()))?;
+        Ok(QueueTable {
+            name,
+            routes,
+            settings,
+        })
     }
 }
 
@@ -310,6 +357,9 @@ struct RawFile {
     passthrough: Option<bool>,
     admin_token: Option<String>,
     client_key: Option<String>,
+    client_rate: Option<f64>,
+    client_burst: Option<u32>,
+    trusted_proxies: Option<Vec<String>>,
     max_body: Option<String>,
     header_timeout: Option<String>,
     max_header_size: Option<String>,
@@ -326,6 +376,12 @@ struct RawFile {
     max_queue: Option<u64>,
     upstream_timeout: Option<String>,
     max_attempts: Option<u32>,
+    stock: Option<u64>,
+    opens_at: Option<String>,
+    closes_at: Option<String>,
+    prequeue_from: Option<String>,
+    sold_out_statuses: Option<Vec<u16>>,
+    sold_out_body: Option<String>,
 }
 
 /// A parsed config file, every key optional.
@@ -357,9 +413,12 @@ impl FileConfig {
         let (name, tables) = match raw.queue {
             None => (None, Vec::new()),
             Some(toml::Value::String(name)) => (Some(name), Vec::new()),
-            Some(value @ toml::Value::Array(_)) => {
-                let tables = Vec::<QueueTable>::deserialize(value)
-                    .map_err(|e| format!("in [[queue]]: {}", e.message()))?;
+            Some(toml::Value::Array(values)) => {
+                let tables = values
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, v)| QueueTable::parse(i, v))
+                    .collect::<Result<Vec<_>, _>>()?;
                 (None, tables)
             }
             Some(_) => {
@@ -376,6 +435,9 @@ impl FileConfig {
                 passthrough: raw.passthrough,
                 admin_token: raw.admin_token,
                 client_key: raw.client_key,
+                client_rate: raw.client_rate,
+                client_burst: raw.client_burst,
+                trusted_proxies: raw.trusted_proxies,
                 max_body: raw.max_body,
                 header_timeout: raw.header_timeout,
                 max_header_size: raw.max_header_size,
@@ -395,6 +457,12 @@ impl FileConfig {
                 max_queue: raw.max_queue,
                 upstream_timeout: raw.upstream_timeout,
                 max_attempts: raw.max_attempts,
+                stock: raw.stock,
+                opens_at: raw.opens_at,
+                closes_at: raw.closes_at,
+                prequeue_from: raw.prequeue_from,
+                sold_out_statuses: raw.sold_out_statuses,
+                sold_out_body: raw.sold_out_body,
             },
             queue: tables,
         })
@@ -486,6 +554,26 @@ impl Config {
             &f.shutdown_grace,
             "30s",
         )?;
+        let client_rate = pick(&g.client_rate, &f.client_rate).unwrap_or(0.0);
+        if !(client_rate.is_finite() && client_rate >= 0.0) {
+            return Err(ConfigError::invalid(
+                "client_rate",
+                "must be >= 0 (0 = off)",
+            ));
+        }
+        let client_burst = pick(&g.client_burst, &f.client_burst).unwrap_or(1);
+        if client_burst == 0 {
+            return Err(ConfigError::invalid("client_burst", "must be at least 1"));
+        }
+        let trusted_proxies = pick(&g.trusted_proxies, &f.trusted_proxies)
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|s| s.split(','))
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(units::parse_cidr)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|m| ConfigError::invalid("trusted_proxies", m))?;
         let claim_idle = dur("claim_idle", &g.claim_idle, &f.claim_idle, "60s")?;
         if claim_idle < Duration::from_secs(1) {
             return Err(ConfigError::invalid("claim_idle", "must be at least 1s"));
@@ -502,13 +590,7 @@ impl Config {
             vec![QueueTable {
                 name,
                 routes,
-                upstream: None,
-                drain_rate: None,
-                drain_burst: None,
-                max_in_flight: None,
-                max_queue: None,
-                upstream_timeout: None,
-                max_attempts: None,
+                settings: QueueSettings::default(),
             }]
         } else {
             if over.default_queue.queue.is_some() || over.default_queue.route.is_some() {
@@ -527,7 +609,7 @@ impl Config {
         };
         let mut queues = Vec::with_capacity(tables.len());
         for (i, table) in tables.iter().enumerate() {
-            let s = over.queue.or(&table.settings()).or(&file.queue_defaults);
+            let s = over.queue.or(&table.settings).or(&file.queue_defaults);
             queues.push(QueueConfig::resolve(i, table, s)?);
         }
         for (i, q) in queues.iter().enumerate() {
@@ -560,6 +642,9 @@ impl Config {
             upstream,
             admin_token,
             client_key,
+            client_rate,
+            client_burst,
+            trusted_proxies,
             max_body,
             header_timeout,
             max_header_size,
@@ -623,7 +708,49 @@ impl QueueConfig {
         if upstream_timeout.is_zero() {
             return Err(ConfigError::invalid(key("upstream_timeout"), "must be > 0"));
         }
+        let time = |k: &str, v: &Option<String>| {
+            v.as_deref()
+                .map(units::parse_time)
+                .transpose()
+                .map_err(|m| ConfigError::invalid(key(k), m))
+        };
+        let opens_at = time("opens_at", &s.opens_at)?;
+        let closes_at = time("closes_at", &s.closes_at)?;
+        let prequeue_from = time("prequeue_from", &s.prequeue_from)?;
+        if let (Some(open), Some(close)) = (opens_at, closes_at) {
+            if close <= open {
+                return Err(ConfigError::invalid(
+                    key("closes_at"),
+                    "must be after opens_at",
+                ));
+            }
+        }
+        match (prequeue_from, opens_at) {
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(key("prequeue_from"), "needs opens_at"));
+            }
+            (Some(pre), Some(open)) if pre >= open => {
+                return Err(ConfigError::invalid(
+                    key("prequeue_from"),
+                    "must be before opens_at",
+                ));
+            }
+            _ => {}
+        }
+        let sold_out_statuses = s.sold_out_statuses.clone().unwrap_or_default();
+        if let Some(bad) = sold_out_statuses.iter().find(|c| !(200..=599).contains(*c)) {
+            return Err(ConfigError::invalid(
+                key("sold_out_statuses"),
+                format!("{bad} is not an HTTP status"),
+            ));
+        }
         Ok(QueueConfig {
+            stock: s.stock,
+            opens_at,
+            closes_at,
+            prequeue_from,
+            sold_out_statuses,
+            sold_out_body: s.sold_out_body.clone().filter(|b| !b.is_empty()),
             name: table.name.clone(),
             routes,
             upstream: upstream.trim_end_matches('/').to_string(),

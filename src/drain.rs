@@ -4,11 +4,9 @@
 //! only then an entry, so entries never age in memory while waiting for a
 //! permit. Each entry is dispatched in its own task that owns the slot.
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use http::{HeaderName, HeaderValue, Request};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -19,6 +17,7 @@ use crate::body::full;
 use crate::gateway::{App, Queue, READ_BLOCK};
 use crate::headers;
 use crate::metrics::code_class;
+use crate::pacer::Pacer;
 use crate::queue::{Delivery, QueueError, QueuedRequest};
 use crate::ticket::{now_ms, StoredResponse, TicketError};
 use crate::upstream::{Answer, UpstreamError};
@@ -30,19 +29,15 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 /// Longest wait between tries of a failed queue-backend call.
 const BACKEND_RETRY_MAX: Duration = Duration::from_secs(5);
 
-/// The rate limiter of a queue: `rate` per second, `burst` back to back.
-pub fn limiter(rate: f64, burst: u32) -> DefaultDirectRateLimiter {
-    let period = Duration::from_secs_f64(1.0 / rate).max(Duration::from_nanos(1));
-    let quota = Quota::with_period(period)
-        .expect("period is positive")
-        .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
-    RateLimiter::direct(quota)
-}
+/// How far ahead a read looks: entries for the permits due in this window.
+const BATCH_WINDOW: Duration = Duration::from_millis(10);
+/// Most entries read at once.
+const MAX_BATCH: usize = 64;
 
 struct Drain {
     queue: Arc<Queue>,
     app: Arc<App>,
-    limiter: DefaultDirectRateLimiter,
+    pacer: Pacer,
     /// In-flight slots: held during an upstream attempt, released while a
     /// retry backs off so fresh entries are not starved.
     slots: Arc<Semaphore>,
@@ -59,7 +54,7 @@ pub async fn run(
     let config = &queue.config;
     let slots = Arc::new(Semaphore::new(config.max_in_flight as usize));
     let drain = Arc::new(Drain {
-        limiter: limiter(config.drain_rate, config.drain_burst),
+        pacer: Pacer::new(config.drain_rate, config.drain_burst),
         slots: slots.clone(),
         queue: queue.clone(),
         app,
@@ -68,32 +63,31 @@ pub async fn run(
     let mut failures = 0u32;
     'run: loop {
         // 1. A free in-flight slot: `max_in_flight` is never exceeded.
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => break,
-            },
-            _ = shutdown.cancelled() => break,
+        let Some(slot) = drain.slot().await else {
+            break;
         };
         // 2. A rate permit, before reading, so a read entry is sent at once.
-        tokio::select! {
-            _ = drain.limiter.until_ready() => {}
+        let permit = tokio::select! {
+            permit = drain.pacer.ready() => permit,
             _ = shutdown.cancelled() => break,
-        }
-        // 3. The next entry; the permit is kept until one comes.
-        let delivery = loop {
+        };
+        // 3. The next entries; the permit is kept until one comes. At high
+        //    rates a read takes what the next few milliseconds of permits
+        //    will send, so the drain is not bound by Redis round trips.
+        let want = drain.pacer.per(BATCH_WINDOW).min(MAX_BATCH);
+        let batch = loop {
             let next = tokio::select! {
-                next = queue.backend.next(READ_BLOCK) => next,
-                // An entry read by a cancelled call stays pending under this
-                // consumer and is re-read on the next start.
+                next = queue.backend.next(READ_BLOCK, want) => next,
+                // Entries read by a cancelled call stay pending under this
+                // consumer and are re-read on the next start.
                 _ = shutdown.cancelled() => break 'run,
             };
             match next {
-                Ok(Some(delivery)) => {
+                Ok(batch) if batch.is_empty() => continue,
+                Ok(batch) => {
                     failures = 0;
-                    break delivery;
+                    break batch;
                 }
-                Ok(None) => continue,
                 Err(e) => {
                     failures += 1;
                     if failures == 1 || failures % 30 == 0 {
@@ -105,8 +99,24 @@ pub async fn run(
                 }
             }
         };
-        let drain = drain.clone();
-        tracker.spawn(async move { drain.dispatch(delivery, slot).await });
+        drain.pacer.used(permit);
+        let mut batch = batch.into_iter();
+        if let Some(first) = batch.next() {
+            let d = drain.clone();
+            tracker.spawn(async move { d.dispatch(first, slot).await });
+        }
+        // The rest of the batch waits for its own slots and permits.
+        for delivery in batch {
+            let Some(slot) = drain.slot().await else {
+                break 'run;
+            };
+            tokio::select! {
+                permit = drain.pacer.ready() => drain.pacer.used(permit),
+                _ = shutdown.cancelled() => break 'run,
+            }
+            let d = drain.clone();
+            tracker.spawn(async move { d.dispatch(delivery, slot).await });
+        }
     }
     info!(queue = %config.name, "drain stopped reading");
 }
@@ -125,6 +135,14 @@ enum Attempt {
 impl Drain {
     fn name(&self) -> &str {
         &self.queue.config.name
+    }
+
+    /// An in-flight slot, unless shutdown comes first.
+    async fn slot(&self) -> Option<OwnedSemaphorePermit> {
+        tokio::select! {
+            slot = self.slots.clone().acquire_owned() => slot.ok(),
+            _ = self.shutdown.cancelled() => None,
+        }
     }
 
     /// Sleeps unless shutdown comes first; false on shutdown.
@@ -257,7 +275,7 @@ impl Drain {
                         _ = self.shutdown.cancelled() => return,
                     }
                     tokio::select! {
-                        _ = self.limiter.until_ready() => {}
+                        permit = self.pacer.ready() => self.pacer.used(permit),
                         _ = self.shutdown.cancelled() => return,
                     }
                 }

@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::{redact_url, Config, QueueConfig};
 use crate::metrics::Metrics;
@@ -138,7 +138,7 @@ impl Gateway {
             info!(
                 queue = %q.name,
                 routes = %q.routes.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", "),
-                upstream = %q.upstream,
+                upstream = %redact_url(&q.upstream),
                 drain_rate = q.drain_rate,
                 max_in_flight = q.max_in_flight,
                 "queue ready"
@@ -271,12 +271,30 @@ async fn refresh_gauges(queue: Arc<Queue>, metrics: Arc<Metrics>, stop: Cancella
         .set(queue.config.drain_rate);
     let mut tick = tokio::time::interval(GAUGE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut up = true;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.cancelled() => return,
         }
         let stats = queue.backend.stats().await;
+        // One line when the backend stops answering, one when it is back.
+        match (&stats, up) {
+            (Err(e), true) => {
+                up = false;
+                error!(queue = name, backend = queue.backend.kind(), error = %e,
+                    "queue backend lost: admissions answer 503, the drain waits");
+            }
+            (Ok(_), false) => {
+                up = true;
+                info!(
+                    queue = name,
+                    backend = queue.backend.kind(),
+                    "queue backend regained"
+                );
+            }
+            _ => {}
+        }
         metrics
             .queue_up
             .with_label_values(&[name])

@@ -13,6 +13,7 @@ pub mod drain;
 pub mod gateway;
 pub mod headers;
 pub mod metrics;
+pub mod pacer;
 pub mod poll;
 pub mod problem;
 pub mod queue;

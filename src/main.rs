@@ -2,21 +2,15 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use flashgate::cli::{Cli, Command, ServeArgs};
-use flashgate::config::{Config, ConfigError, FileConfig};
+use flashgate::cli::{Cli, Command, LogArgs, LogFormat, ServeArgs};
+use flashgate::config::{redact_url, Config, ConfigError, FileConfig};
 use flashgate::Gateway;
 use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FLASHGATE_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let filter = init_logging(&cli.log);
     match cli.command {
         Command::CheckConfig(args) => match load(&args) {
             Ok(config) => {
@@ -30,6 +24,13 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return bad_config(e),
             };
+            info!(
+                version = env!("CARGO_PKG_VERSION"),
+                log_format = cli.log.log_format.as_str(),
+                log_filter = %filter,
+                config = %summary(&config),
+                "effective config (secrets redacted)"
+            );
             runtime().block_on(serve(config))
         }
         Command::Demo(args) => runtime().block_on(async {
@@ -42,6 +43,56 @@ fn main() -> ExitCode {
             }
         }),
     }
+}
+
+/// Environment variables holding a full `EnvFilter`, in the order they win.
+const FILTER_VARS: [&str; 2] = ["FLASHGATE_LOG", "RUST_LOG"];
+
+/// Installs the stderr logger and returns the filter it uses: FLASHGATE_LOG
+/// or RUST_LOG when set (a per-target filter), else `--log-level`.
+fn init_logging(log: &LogArgs) -> String {
+    let mut invalid = Vec::new();
+    let mut chosen = None;
+    for var in FILTER_VARS {
+        let Ok(text) = std::env::var(var) else {
+            continue;
+        };
+        if text.trim().is_empty() {
+            continue;
+        }
+        match EnvFilter::try_new(&text) {
+            Ok(filter) => {
+                chosen = Some((filter, text));
+                break;
+            }
+            Err(e) => invalid.push(format!("{var}={text:?} is not a log filter ({e}); ignored")),
+        }
+    }
+    let (filter, text) = chosen.unwrap_or_else(|| {
+        (
+            EnvFilter::new(log.log_level.as_str()),
+            log.log_level.as_str().to_string(),
+        )
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match log.log_format {
+        // Colour only for a person at a terminal, never into a file or journald.
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        // Fields at the top level of each object, so log pipelines index them
+        // without unnesting; spans carry nothing the events do not.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
+    for warning in invalid {
+        tracing::warn!("{warning}");
+    }
+    text
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -57,6 +108,23 @@ fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
         None => FileConfig::default(),
     };
     Config::resolve(file, args.overrides())
+}
+
+/// The effective config as one line of JSON for the start-up log: what
+/// `check-config` prints, with credentials in upstream URLs redacted too (logs
+/// travel further than a terminal).
+fn summary(config: &Config) -> String {
+    let mut v = serde_json::to_value(config).unwrap_or_default();
+    let redact = |u: &mut serde_json::Value| {
+        if let Some(url) = u.as_str() {
+            *u = redact_url(url).into();
+        }
+    };
+    redact(&mut v["upstream"]);
+    if let Some(queues) = v["queue"].as_array_mut() {
+        queues.iter_mut().for_each(|q| redact(&mut q["upstream"]));
+    }
+    v.to_string()
 }
 
 /// Bad configuration exits with 2 and a message that names the key.

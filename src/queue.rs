@@ -124,9 +124,9 @@ pub trait QueueBackend: Send + Sync + 'static {
     /// unknown or expired.
     async fn ticket(&self, id: &TicketId) -> Result<Option<(TicketRecord, u64)>, QueueError>;
 
-    /// The next entry for this instance, waiting up to `block` for one.
-    /// Entries this instance held when it last stopped come first.
-    async fn next(&self, block: Duration) -> Result<Option<Delivery>, QueueError>;
+    /// Up to `max` entries for this instance, waiting up to `block` for the
+    /// first. Entries this instance held when it last stopped come first.
+    async fn next(&self, block: Duration, max: usize) -> Result<Vec<Delivery>, QueueError>;
 
     /// Periodic upkeep (every third of `claim_idle`): keep this instance's
     /// entries from looking abandoned, and take over entries that other

@@ -9,7 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::RedisServer;
 use flashgate::queue::{
-    Admit, IdempotencyClaim, MemoryQueue, QueueBackend, QueuedRequest, RedisQueue, RedisQueueConfig,
+    Admit, Delivery, IdempotencyClaim, MemoryQueue, QueueBackend, QueuedRequest, RedisQueue,
+    RedisQueueConfig,
 };
 use flashgate::ticket::{QueueTag, StoredResponse, TicketError, TicketId, TicketStatus};
 
@@ -36,9 +37,16 @@ fn claim(key: &str, fingerprint: &str) -> IdempotencyClaim {
     }
 }
 
+/// One entry, or none after the block.
+async fn next1(q: &dyn QueueBackend) -> Option<Delivery> {
+    let mut got = q.next(BLOCK, 1).await.unwrap();
+    assert!(got.len() <= 1, "asked for one entry, got {}", got.len());
+    got.pop()
+}
+
 async fn contract(q: Arc<dyn QueueBackend>) {
     // Empty: nothing to read after the block, zero stats.
-    assert!(q.next(BLOCK).await.unwrap().is_none());
+    assert!(next1(&*q).await.is_none());
     assert_eq!(q.stats().await.unwrap().depth, 0);
     q.ping().await.unwrap();
 
@@ -95,7 +103,7 @@ async fn contract(q: Arc<dyn QueueBackend>) {
     assert!(stats.oldest_age.is_some());
 
     // Delivery in admission order, the request intact.
-    let mut d = q.next(BLOCK).await.unwrap().expect("an entry");
+    let mut d = next1(&*q).await.expect("an entry");
     assert!(d.fresh);
     assert_eq!(d.request.as_ref().unwrap(), &a);
     assert_eq!(d.ahead_at_admission, Some(0));
@@ -130,7 +138,7 @@ async fn contract(q: Arc<dyn QueueBackend>) {
     assert_eq!(q.stats().await.unwrap().in_flight, 0);
 
     // Failure: dead-lettered, ticket failed with the reason.
-    let mut d = q.next(BLOCK).await.unwrap().expect("b");
+    let mut d = next1(&*q).await.expect("b");
     assert_eq!(d.request.as_ref().unwrap().ticket, b.ticket);
     assert_eq!(d.ahead_at_admission, Some(1));
     q.start_attempt(&d).await.unwrap();
@@ -145,7 +153,7 @@ async fn contract(q: Arc<dyn QueueBackend>) {
     assert_eq!(record.error.as_ref(), Some(&err));
     assert!(record.response.is_none());
 
-    let d = q.next(BLOCK).await.unwrap().expect("c");
+    let d = next1(&*q).await.expect("c");
     assert_eq!(d.request.as_ref().unwrap().ticket, c.ticket);
     assert_eq!(q.stats().await.unwrap().depth, 1, "read, not yet started");
     q.start_attempt(&d).await.unwrap();
@@ -156,6 +164,26 @@ async fn contract(q: Arc<dyn QueueBackend>) {
     );
     let unknown = TicketId::generate(QueueTag::of("contract"));
     assert!(q.ticket(&unknown).await.unwrap().is_none());
+
+    // Batches come in admission order, no more than asked for.
+    let batch: Vec<QueuedRequest> = (10..15).map(request).collect();
+    for r in &batch {
+        q.admit(r, None, 100).await.unwrap();
+    }
+    let got = q.next(BLOCK, 3).await.unwrap();
+    let tickets: Vec<_> = got
+        .iter()
+        .map(|d| d.request.as_ref().unwrap().ticket.clone())
+        .collect();
+    assert_eq!(
+        tickets,
+        batch[..3]
+            .iter()
+            .map(|r| r.ticket.clone())
+            .collect::<Vec<_>>()
+    );
+    let rest = q.next(BLOCK, 10).await.unwrap();
+    assert_eq!(rest.len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,8 +220,8 @@ async fn redis_consumer_recovers_its_pending_entries() {
     let (a, b) = (request(1), request(2));
     q.admit(&a, None, 10).await.unwrap();
     q.admit(&b, None, 10).await.unwrap();
-    let da = q.next(BLOCK).await.unwrap().unwrap();
-    let db = q.next(BLOCK).await.unwrap().unwrap();
+    let da = next1(&q).await.unwrap();
+    let db = next1(&q).await.unwrap();
     drop(q);
     let mut c = redis.conn().await;
     let _: () = redis::cmd("XDEL")
@@ -204,15 +232,15 @@ async fn redis_consumer_recovers_its_pending_entries() {
         .unwrap();
 
     let q = redis_queue(&redis, "worker-a");
-    let again = q.next(BLOCK).await.unwrap().expect("own pending entry");
+    let again = next1(&q).await.expect("own pending entry");
     assert_eq!(again.entry_id, da.entry_id);
     assert!(!again.fresh, "a recovered entry was counted already");
     assert_eq!(again.request.as_ref().unwrap(), &a);
-    let gone = q.next(BLOCK).await.unwrap().expect("the deleted one");
+    let gone = next1(&q).await.expect("the deleted one");
     assert_eq!(gone.entry_id, db.entry_id);
     assert!(gone.request.is_err());
-    assert!(q.next(BLOCK).await.unwrap().is_none());
+    assert!(next1(&q).await.is_none());
     // Another consumer never sees worker-a's entries.
     let other = redis_queue(&redis, "worker-b");
-    assert!(other.next(BLOCK).await.unwrap().is_none());
+    assert!(next1(&other).await.is_none());
 }

@@ -97,3 +97,58 @@ pub fn redact_url(url: &str) -> String {
         None => url.to_string(),
     }
 }
+
+/// Parses an RFC 3339 time: `2026-11-27T12:00:00Z` or with an offset such as
+/// `2026-11-27T13:00:00+01:00`.
+pub fn parse_time(s: &str) -> Result<std::time::SystemTime, String> {
+    let s = s.trim();
+    let bad = || format!("`{s}` is not an RFC 3339 time such as 2026-11-27T12:00:00Z");
+    // humantime reads UTC ("Z") only: an offset is applied here.
+    let (base, offset_secs) = match s.len().checked_sub(6).map(|i| s.split_at(i)) {
+        Some((base, off))
+            if (off.starts_with('+') || off.starts_with('-')) && off.as_bytes()[3] == b':' =>
+        {
+            let h: i64 = off[1..3].parse().map_err(|_| bad())?;
+            let m: i64 = off[4..6].parse().map_err(|_| bad())?;
+            let sign = if off.starts_with('-') { -1 } else { 1 };
+            (format!("{base}Z"), sign * (h * 3600 + m * 60))
+        }
+        _ => (s.to_string(), 0),
+    };
+    let t = humantime::parse_rfc3339(&base).map_err(|_| bad())?;
+    let shift = Duration::from_secs(offset_secs.unsigned_abs());
+    Ok(if offset_secs >= 0 {
+        t - shift
+    } else {
+        t + shift
+    })
+}
+
+/// Parses `10.0.0.0/8`, `::1/128` or a bare address (a /32 or /128).
+pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("`{s}` is not an address or CIDR block"))
+}
+
+pub mod time {
+    use std::time::SystemTime;
+
+    pub fn serialize<S: serde::Serializer>(
+        t: &Option<SystemTime>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.collect_str(&humantime::format_rfc3339(*t)),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+/// Prints a list of displayable items as strings.
+pub fn ser_display_list<S: Serializer, T: std::fmt::Display>(
+    items: &[T],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_seq(items.iter().map(|i| i.to_string()))
+}

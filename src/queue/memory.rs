@@ -174,19 +174,24 @@ impl QueueBackend for MemoryQueue {
             .map(|(record, _)| (record.clone(), s.dispatched)))
     }
 
-    async fn next(&self, block: Duration) -> Result<Option<Delivery>, QueueError> {
+    async fn next(&self, block: Duration, max: usize) -> Result<Vec<Delivery>, QueueError> {
         let deadline = tokio::time::Instant::now() + block;
         loop {
             {
                 let mut s = self.lock();
-                if let Some((id, ahead, request)) = s.ready.pop_front() {
-                    s.pending.insert(id, request.clone());
-                    return Ok(Some(Delivery {
-                        entry_id: id.to_string(),
-                        fresh: true,
-                        request: Ok(request),
-                        ahead_at_admission: Some(ahead),
-                    }));
+                let n = max.min(s.ready.len());
+                if n > 0 {
+                    let mut out = Vec::with_capacity(n);
+                    for (id, ahead, request) in s.ready.drain(..n).collect::<Vec<_>>() {
+                        s.pending.insert(id, request.clone());
+                        out.push(Delivery {
+                            entry_id: id.to_string(),
+                            fresh: true,
+                            request: Ok(request),
+                            ahead_at_admission: Some(ahead),
+                        });
+                    }
+                    return Ok(out);
                 }
             }
             // notify_one keeps a permit when nobody waits, so an admission
@@ -195,7 +200,7 @@ impl QueueBackend for MemoryQueue {
                 .await
                 .is_err()
             {
-                return Ok(None);
+                return Ok(Vec::new());
             }
         }
     }

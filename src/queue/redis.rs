@@ -17,7 +17,7 @@ use super::{
     Admit, Delivery, IdempotencyClaim, QueueBackend, QueueError, QueueStats, QueuedRequest,
 };
 use crate::ticket::{now_ms, StoredResponse, TicketError, TicketId, TicketRecord, TicketStatus};
-use reply::{as_string, as_u64, first_entry, first_id_ms, group_info, parse_ticket};
+use reply::{as_string, as_u64, first_id_ms, group_info, parse_ticket};
 use tracing::{error, info, warn};
 
 /// The consumer group every instance reads through.
@@ -217,18 +217,20 @@ impl RedisQueue {
         ]
     }
 
-    /// One `XREADGROUP` of at most one entry after `id` (`>` = never delivered).
+    /// One `XREADGROUP` of at most `count` entries after `id` (`>` = never
+    /// delivered).
     async fn read(
         &self,
         id: &str,
         block: Option<Duration>,
-    ) -> Result<Option<Delivery>, QueueError> {
+        count: usize,
+    ) -> Result<Vec<Delivery>, QueueError> {
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(GROUP)
             .arg(&self.consumer)
             .arg("COUNT")
-            .arg(1);
+            .arg(count.max(1));
         if let Some(block) = block {
             cmd.arg("BLOCK").arg(block.as_millis() as u64);
         }
@@ -241,7 +243,10 @@ impl RedisQueue {
             }
             unavailable(e)
         })?;
-        Ok(first_entry(&reply).map(|entry| reply::delivery(entry, true)))
+        Ok(reply::entries(&reply)
+            .into_iter()
+            .map(|entry| reply::delivery(entry, true))
+            .collect())
     }
 
     fn ack_and_delete(&self, pipe: &mut redis::Pipeline, entry_id: &str) {
@@ -336,13 +341,13 @@ impl QueueBackend for RedisQueue {
         Ok(Some((parse_ticket(&fields)?, dispatched.unwrap_or(0))))
     }
 
-    async fn next(&self, block: Duration) -> Result<Option<Delivery>, QueueError> {
+    async fn next(&self, block: Duration, max: usize) -> Result<Vec<Delivery>, QueueError> {
         self.ensure_group().await?;
         // After a restart, this consumer's own pending entries come first.
         loop {
             let recovering = self.claims().recovering.clone();
             let Some(cursor) = recovering else { break };
-            let Some(delivery) = self.read(&cursor, None).await? else {
+            let Some(delivery) = self.read(&cursor, None, 1).await?.pop() else {
                 self.claims().recovering = None;
                 break;
             };
@@ -350,18 +355,22 @@ impl QueueBackend for RedisQueue {
             claims.recovering = Some(delivery.entry_id.clone());
             if claims.held.insert(delivery.entry_id.clone()) {
                 // It was counted as dispatched when it was first read.
-                return Ok(Some(Delivery {
+                return Ok(vec![Delivery {
                     fresh: false,
                     ..delivery
-                }));
+                }]);
             }
         }
         // Then work taken over from stopped instances, then new entries.
-        let reclaimed = self.claims().reclaimed.pop_front();
-        if let Some(delivery) = reclaimed {
-            return Ok(Some(delivery));
+        let reclaimed: Vec<Delivery> = {
+            let mut claims = self.claims();
+            let n = max.min(claims.reclaimed.len());
+            claims.reclaimed.drain(..n).collect()
+        };
+        if !reclaimed.is_empty() {
+            return Ok(reclaimed);
         }
-        let delivery = match self.read(">", Some(block)).await {
+        let deliveries = match self.read(">", Some(block), max).await {
             Ok(delivery) => delivery,
             Err(e) => {
                 // A read that timed out may still have delivered an entry to
@@ -370,10 +379,11 @@ impl QueueBackend for RedisQueue {
                 return Err(e);
             }
         };
-        if let Some(d) = &delivery {
-            self.claims().held.insert(d.entry_id.clone());
+        let mut claims = self.claims();
+        for d in &deliveries {
+            claims.held.insert(d.entry_id.clone());
         }
-        Ok(delivery)
+        Ok(deliveries)
     }
 
     async fn maintain(&self, claim_idle: Duration) -> Result<(), QueueError> {

@@ -31,18 +31,19 @@ pub fn as_u64(v: &Value) -> Option<u64> {
 /// pending), from an `XREADGROUP` reply.
 pub type Entry = (String, Option<Vec<(String, Vec<u8>)>>);
 
-pub fn first_entry(reply: &Value) -> Option<Entry> {
-    // RESP2: [[stream, [[id, [f, v, ...]], ...]]]
+/// The entries of an `XREADGROUP` reply on one stream.
+pub fn entries(reply: &Value) -> Vec<Entry> {
+    // RESP2: [[stream, [[id, [f, v, ...]], ...]]]; nil when nothing came.
     let Value::Array(streams) = reply else {
-        return None;
+        return Vec::new();
     };
-    let Value::Array(stream) = streams.first()? else {
-        return None;
-    };
-    let Value::Array(entries) = stream.get(1)? else {
-        return None;
-    };
-    entry(entries.first()?)
+    match streams.first() {
+        Some(Value::Array(stream)) => match stream.get(1) {
+            Some(Value::Array(entries)) => entries.iter().filter_map(entry).collect(),
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    }
 }
 
 /// One `[id, [field, value, ...]]` of a stream reply; the fields are `None`
