@@ -4,6 +4,7 @@
 //! state (idempotency, capacity, enqueue) is one atomic backend call.
 
 use std::net::SocketAddr;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
@@ -13,11 +14,12 @@ use sha2::{Digest, Sha256};
 use tracing::debug;
 
 use crate::body::{json, Body};
-use crate::config::ClientKey;
+use crate::client::Client;
 use crate::gateway::{App, Queue};
 use crate::headers::{self, strip_hop_by_hop};
+use crate::knobs::Phase;
 use crate::problem::{Code, Problem};
-use crate::queue::{Admit, IdempotencyClaim, QueuedRequest};
+use crate::queue::{Admit, AdmitLimits, IdempotencyClaim, QueuedRequest};
 use crate::ticket::{self, now_ms, AdmissionView, TicketId, TicketStatus};
 
 /// Longest `Idempotency-Key` accepted (SPEC §3.1).
@@ -55,6 +57,9 @@ pub async fn admit(
         Err(problem) => {
             let outcome = match problem.code {
                 Code::QueueFull => "queue_full",
+                Code::SoldOut | Code::SaleClosed => "sold_out",
+                Code::SaleNotOpen => "not_open",
+                Code::RateLimited => "rate_limited",
                 _ => "rejected",
             };
             app.metrics.admission(name, outcome);
@@ -76,16 +81,42 @@ async fn try_admit(
         return Err(too_large(max_body));
     }
 
-    // 2. Idempotency-Key shape: no I/O needed to refuse a bad one.
+    // 2. The sale window, and the sold-out flag as this instance last saw it.
+    let knobs = queue.knobs();
+    match knobs.phase(&queue.config, SystemTime::now()) {
+        Phase::NotOpen { opens_in } => {
+            return Err(
+                Problem::new(Code::SaleNotOpen, "the sale has not opened yet")
+                    .retry_after(opens_in.as_secs_f64().ceil() as u64),
+            )
+        }
+        Phase::Closed => return Err(Problem::new(Code::SaleClosed, "the sale is closed")),
+        Phase::Open if knobs.sold_out => return Err(sold_out()),
+        Phase::Open => {}
+    }
+
+    // 3. Per-client rate, in this instance's memory.
+    let client = Client::identify(&app.config, req.headers(), peer);
+    if let Some(limiter) = &app.clients {
+        if let Err(wait) = limiter.check(&client.key) {
+            return Err(Problem::new(
+                Code::RateLimited,
+                "too many admissions from this client; retry after the given time",
+            )
+            .retry_after(wait.as_secs_f64().ceil() as u64));
+        }
+    }
+
+    // 4. Idempotency-Key shape: no I/O needed to refuse a bad one.
     let key = idempotency_key(req.headers())?;
 
-    // 3. The body, read whole but never past the limit (chunked bodies
+    // 5. The body, read whole but never past the limit (chunked bodies
     //    declare no length).
     let (parts, body) = req.into_parts();
     let body = read_body(body, max_body).await?;
 
-    // 4. Store: idempotency, capacity and enqueue in one atomic round trip.
-    let client = client_key(&app.config.client_key, &parts.headers, peer);
+    // 6. Store: idempotency, sold-out, stock, capacity and enqueue in one
+    //    atomic round trip.
     let mut stored_headers = parts.headers;
     strip_hop_by_hop(&mut stored_headers);
     for name in GATEWAY_HEADERS {
@@ -96,7 +127,7 @@ async fn try_admit(
         |pq| pq.as_str().to_string(),
     );
     let claim = key.map(|k| IdempotencyClaim {
-        key: hex_digest(&[client.as_bytes(), k.as_bytes()]),
+        key: hex_digest(&[client.key.as_bytes(), k.as_bytes()]),
         fingerprint: hex_digest(&[parts.method.as_str().as_bytes(), path.as_bytes(), &body]),
     });
     let request = QueuedRequest {
@@ -105,17 +136,22 @@ async fn try_admit(
         path,
         headers: headers::encode(&stored_headers),
         body,
-        client,
-        // A client's own X-Forwarded-For is not believed: the socket peer is
-        // the only address the gateway knows to be true.
-        forwarded_for: peer.ip().to_string(),
+        client: client.key,
+        forwarded_for: client.forwarded_for,
         forwarded_proto: "http".into(),
         admitted_at_ms: now_ms(),
     };
-    let rate = queue.config.drain_rate;
+    let rate = knobs.drain_rate(&queue.config);
     let outcome = queue
         .backend
-        .admit(&request, claim.as_ref(), queue.config.max_queue)
+        .admit(
+            &request,
+            claim.as_ref(),
+            AdmitLimits {
+                max_queue: queue.config.max_queue,
+                stock: queue.config.stock,
+            },
+        )
         .await
         .map_err(|e| {
             // Outages are logged once by the gauge refresher, not per request.
@@ -157,6 +193,7 @@ async fn try_admit(
             );
             Ok(("duplicate", resp))
         }
+        Admit::SoldOut => Err(sold_out()),
         Admit::KeyReused => Err(Problem::new(
             Code::IdempotencyKeyReused,
             "this Idempotency-Key was used with a different request",
@@ -180,7 +217,8 @@ fn ticket_answer(
     state: TicketStatus,
     position: Option<u64>,
 ) -> Response<Body> {
-    let eta = position.map(|p| ticket::eta_seconds(p, queue.config.drain_rate));
+    let rate = queue.knobs().drain_rate(&queue.config);
+    let eta = position.map(|p| ticket::eta_seconds(p, rate));
     let poll_url = format!("/tickets/{ticket}");
     let view = AdmissionView {
         ticket: ticket.as_str(),
@@ -248,22 +286,15 @@ async fn read_body(body: Incoming, max: u64) -> Result<Bytes, Problem> {
     }
 }
 
+fn sold_out() -> Problem {
+    Problem::new(Code::SoldOut, "the stock of this sale is exhausted")
+}
+
 fn too_large(max: u64) -> Problem {
     Problem::new(
         Code::BodyTooLarge,
         format!("the request body is larger than {max} bytes"),
     )
-}
-
-/// Who the client is: the socket peer, or a header when configured (falling
-/// back to the peer when the header is missing).
-fn client_key(key: &ClientKey, headers: &HeaderMap, peer: SocketAddr) -> String {
-    if let ClientKey::Header(name) = key {
-        if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) {
-            return format!("h:{v}");
-        }
-    }
-    format!("ip:{}", peer.ip())
 }
 
 fn hex_digest(parts: &[&[u8]]) -> String {

@@ -725,6 +725,12 @@ impl QueueConfig {
                 ));
             }
         }
+        if prequeue_from.is_some() {
+            return Err(ConfigError::invalid(
+                key("prequeue_from"),
+                "the pre-queue window is not supported by this version",
+            ));
+        }
         match (prequeue_from, opens_at) {
             (Some(_), None) => {
                 return Err(ConfigError::invalid(key("prequeue_from"), "needs opens_at"));

@@ -4,8 +4,9 @@
 //! only then an entry, so entries never age in memory while waiting for a
 //! permit. Each entry is dispatched in its own task that owns the slot.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http::{HeaderName, HeaderValue, Request};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -16,6 +17,7 @@ use tracing::{debug, error, info, warn};
 use crate::body::full;
 use crate::gateway::{App, Queue, READ_BLOCK};
 use crate::headers;
+use crate::knobs::{KnobsPatch, Phase};
 use crate::metrics::code_class;
 use crate::pacer::Pacer;
 use crate::queue::{Delivery, QueueError, QueuedRequest};
@@ -61,7 +63,27 @@ pub async fn run(
         shutdown: shutdown.clone(),
     });
     let mut failures = 0u32;
+    // Entries read but not yet dispatched when the knobs changed (a pause
+    // arrived while the read was blocked): sent first once the drain resumes.
+    let mut carry: VecDeque<Delivery> = VecDeque::new();
     'run: loop {
+        // 0. The knobs: paused, or not open yet, means no dispatch; sold out
+        //    means the waiting tickets fail without reaching the upstream.
+        match drain.mode() {
+            Mode::Wait => {
+                if !drain.wait_for_knobs().await {
+                    break;
+                }
+                continue;
+            }
+            Mode::SoldOut => {
+                if !drain.fail_sold_out(carry.drain(..).collect()).await {
+                    break;
+                }
+                continue;
+            }
+            Mode::Drain => {}
+        }
         // 1. A free in-flight slot: `max_in_flight` is never exceeded.
         let Some(slot) = drain.slot().await else {
             break;
@@ -76,6 +98,9 @@ pub async fn run(
         //    will send, so the drain is not bound by Redis round trips.
         let want = drain.pacer.per(BATCH_WINDOW).min(MAX_BATCH);
         let batch = loop {
+            if !carry.is_empty() {
+                break carry.drain(..).collect::<Vec<_>>();
+            }
             let next = tokio::select! {
                 next = queue.backend.next(READ_BLOCK, want) => next,
                 // Entries read by a cancelled call stay pending under this
@@ -83,7 +108,9 @@ pub async fn run(
                 _ = shutdown.cancelled() => break 'run,
             };
             match next {
-                Ok(batch) if batch.is_empty() => continue,
+                // Nothing came: look at the knobs again before waiting more.
+                Ok(batch) if batch.is_empty() && drain.mode() == Mode::Drain => continue,
+                Ok(batch) if batch.is_empty() => continue 'run,
                 Ok(batch) => {
                     failures = 0;
                     break batch;
@@ -100,25 +127,42 @@ pub async fn run(
             }
         };
         drain.pacer.used(permit);
+        // 4. Dispatch: the first entry on this slot and permit, the rest each
+        //    on its own — unless the knobs changed meanwhile.
+        let mut slot = Some(slot);
         let mut batch = batch.into_iter();
-        if let Some(first) = batch.next() {
-            let d = drain.clone();
-            tracker.spawn(async move { d.dispatch(first, slot).await });
-        }
-        // The rest of the batch waits for its own slots and permits.
-        for delivery in batch {
-            let Some(slot) = drain.slot().await else {
-                break 'run;
-            };
-            tokio::select! {
-                permit = drain.pacer.ready() => drain.pacer.used(permit),
-                _ = shutdown.cancelled() => break 'run,
+        while let Some(delivery) = batch.next() {
+            if drain.mode() != Mode::Drain {
+                carry.push_back(delivery);
+                carry.extend(batch);
+                continue 'run;
             }
+            let slot = match slot.take() {
+                Some(slot) => slot,
+                None => {
+                    let Some(slot) = drain.slot().await else {
+                        break 'run;
+                    };
+                    tokio::select! {
+                        permit = drain.pacer.ready() => drain.pacer.used(permit),
+                        _ = shutdown.cancelled() => break 'run,
+                    }
+                    slot
+                }
+            };
             let d = drain.clone();
             tracker.spawn(async move { d.dispatch(delivery, slot).await });
         }
     }
     info!(queue = %config.name, "drain stopped reading");
+}
+
+/// What the drain loop does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Drain,
+    Wait,
+    SoldOut,
 }
 
 /// How an attempt ended.
@@ -135,6 +179,95 @@ enum Attempt {
 impl Drain {
     fn name(&self) -> &str {
         &self.queue.config.name
+    }
+
+    /// What the drain should do now, from this instance's view of the knobs.
+    fn mode(&self) -> Mode {
+        let knobs = self.queue.knobs();
+        let config = &self.queue.config;
+        self.pacer
+            .set_rate(knobs.drain_rate(config), config.drain_burst);
+        if knobs.sold_out {
+            Mode::SoldOut
+        } else if knobs.paused
+            || matches!(
+                knobs.phase(config, SystemTime::now()),
+                Phase::NotOpen { .. }
+            )
+        {
+            Mode::Wait
+        } else {
+            Mode::Drain
+        }
+    }
+
+    /// Waits for the knobs to change (or a while, for the opening time to
+    /// come); false on shutdown.
+    async fn wait_for_knobs(&self) -> bool {
+        let mut changes = self.queue.knobs.subscribe();
+        tokio::select! {
+            _ = changes.changed() => true,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => true,
+            _ = self.shutdown.cancelled() => false,
+        }
+    }
+
+    /// Sold out: fails the waiting tickets at once, without a slot or a
+    /// permit, and without sending them; false on shutdown.
+    async fn fail_sold_out(&self, carried: Vec<Delivery>) -> bool {
+        let batch = if carried.is_empty() {
+            let next = tokio::select! {
+                next = self.queue.backend.next(Duration::from_millis(200), MAX_BATCH) => next,
+                _ = self.shutdown.cancelled() => return false,
+            };
+            match next {
+                Ok(batch) => batch,
+                Err(_) => return self.pause(Duration::from_millis(200)).await,
+            }
+        } else {
+            carried
+        };
+        let err = TicketError {
+            code: "sold_out".into(),
+            detail: "the sale sold out before this ticket's turn".into(),
+        };
+        for delivery in batch {
+            if !self
+                .persist(|| self.queue.backend.fail(&delivery, &err, false))
+                .await
+            {
+                return false;
+            }
+            self.app.metrics.dispatch(self.name(), "failed");
+        }
+        true
+    }
+
+    /// Whether an upstream answer means the sale is sold out.
+    fn says_sold_out(&self, answer: &Answer) -> bool {
+        let config = &self.queue.config;
+        config.sold_out_statuses.contains(&answer.status.as_u16())
+            && config.sold_out_body.as_ref().is_none_or(|needle| {
+                String::from_utf8_lossy(&answer.body).contains(needle.as_str())
+            })
+    }
+
+    /// Flips the queue to sold out on every instance.
+    async fn flip_sold_out(&self) {
+        if self.queue.knobs().sold_out {
+            return;
+        }
+        warn!(queue = %self.name(), "the upstream says sold out: waiting tickets fail, admissions get 410");
+        let patch = KnobsPatch {
+            sold_out: Some(true),
+            ..KnobsPatch::default()
+        };
+        if let Some(knobs) = self
+            .persist_value(|| self.queue.backend.set_knobs(&patch))
+            .await
+        {
+            self.queue.update_knobs(knobs);
+        }
     }
 
     /// An in-flight slot, unless shutdown comes first.
@@ -169,7 +302,7 @@ impl Drain {
                     detail: why.clone(),
                 };
                 if self
-                    .persist(|| self.queue.backend.dead_letter(&delivery, &err))
+                    .persist(|| self.queue.backend.fail(&delivery, &err, true))
                     .await
                 {
                     metrics.dispatch(self.name(), "dead_lettered");
@@ -200,7 +333,7 @@ impl Drain {
                     detail: format!("no final answer after {max_attempts} attempts"),
                 };
                 if self
-                    .persist(|| self.queue.backend.dead_letter(&delivery, &err))
+                    .persist(|| self.queue.backend.fail(&delivery, &err, true))
                     .await
                 {
                     metrics.dispatch(self.name(), "failed");
@@ -225,6 +358,9 @@ impl Drain {
             }
             match self.attempt(&request, attempt).await {
                 Attempt::Final(answer) => {
+                    if self.says_sold_out(&answer) {
+                        self.flip_sold_out().await;
+                    }
                     let response = StoredResponse {
                         status: answer.status.as_u16(),
                         headers: headers::encode(&answer.headers),
@@ -247,7 +383,7 @@ impl Drain {
                             detail: format!("{why} (after {attempt} attempts)"),
                         };
                         if self
-                            .persist(|| self.queue.backend.dead_letter(&delivery, &err))
+                            .persist(|| self.queue.backend.fail(&delivery, &err, true))
                             .await
                         {
                             metrics.dispatch(self.name(), "failed");

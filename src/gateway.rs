@@ -6,12 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+use crate::client::{ClientLimiter, FORGET_EVERY};
 use crate::config::{redact_url, Config, QueueConfig};
+use crate::knobs::{Knobs, WATCH_INTERVAL};
 use crate::metrics::Metrics;
 use crate::queue::{MemoryQueue, QueueBackend, QueueError, RedisQueue, RedisQueueConfig};
 use crate::ticket::QueueTag;
@@ -28,6 +31,24 @@ pub struct Queue {
     pub config: QueueConfig,
     pub tag: QueueTag,
     pub backend: Arc<dyn QueueBackend>,
+    /// This instance's copy of the shared knobs, kept current by a watcher.
+    pub knobs: watch::Sender<Knobs>,
+}
+
+impl Queue {
+    /// The knobs as this instance last saw them.
+    pub fn knobs(&self) -> Knobs {
+        self.knobs.borrow().clone()
+    }
+
+    /// Takes a newer view of the knobs; true when something changed.
+    pub fn update_knobs(&self, new: Knobs) -> bool {
+        self.knobs.send_if_modified(|k| {
+            let changed = *k != new;
+            *k = new;
+            changed
+        })
+    }
 }
 
 /// What request handlers share.
@@ -36,6 +57,8 @@ pub struct App {
     pub queues: Vec<Arc<Queue>>,
     pub metrics: Arc<Metrics>,
     pub upstream: Upstream,
+    /// Per-client admission limits; `None` when off.
+    pub clients: Option<ClientLimiter>,
 }
 
 impl App {
@@ -147,12 +170,14 @@ impl Gateway {
                 config: q.clone(),
                 tag: QueueTag::of(&q.name),
                 backend,
+                knobs: watch::Sender::new(Knobs::default()),
             }));
         }
         let names: Vec<String> = queues.iter().map(|q| q.config.name.clone()).collect();
         let app = Arc::new(App {
             metrics: Arc::new(Metrics::new(&names)),
             upstream: Upstream::new(),
+            clients: ClientLimiter::new(config.client_rate, config.client_burst),
             queues,
             config,
         });
@@ -197,11 +222,19 @@ async fn run(app: Arc<App>, public: TcpListener, admin: TcpListener, shutdown: C
             app.metrics.clone(),
             stop_admin.clone(),
         ));
+        tokio::spawn(watch_knobs(
+            q.clone(),
+            app.metrics.clone(),
+            stop_admin.clone(),
+        ));
         tokio::spawn(maintain(
             q.clone(),
             app.config.claim_idle,
             stop_admin.clone(),
         ));
+    }
+    if app.clients.is_some() {
+        tokio::spawn(forget_idle_clients(app.clone(), stop_admin.clone()));
     }
     let public_server = tokio::spawn(server::serve_public(app.clone(), public, shutdown.clone()));
     let admin_server = tokio::spawn(server::serve_admin(app.clone(), admin, stop_admin.clone()));
@@ -227,6 +260,51 @@ async fn run(app: Arc<App>, public: TcpListener, admin: TcpListener, shutdown: C
     stop_admin.cancel();
     let _ = admin_server.await;
     info!("stopped");
+}
+
+/// Keeps this instance's copy of the shared knobs current (a change made on
+/// any instance shows here within `WATCH_INTERVAL`), and the governed-rate
+/// gauge with it: 0 while paused.
+async fn watch_knobs(queue: Arc<Queue>, metrics: Arc<Metrics>, stop: CancellationToken) {
+    let name = queue.config.name.as_str();
+    let mut tick = tokio::time::interval(WATCH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if let Ok(knobs) = queue.backend.knobs().await {
+            let before = queue.knobs();
+            if queue.update_knobs(knobs.clone()) {
+                info!(queue = name, before = ?before, now = ?knobs, "queue knobs changed");
+            }
+        }
+        let knobs = queue.knobs();
+        let rate = if knobs.paused {
+            0.0
+        } else {
+            knobs.drain_rate(&queue.config)
+        };
+        metrics
+            .drain_rate_limit
+            .with_label_values(&[name])
+            .set(rate);
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Forgets clients whose rate limit has refilled, so memory stays bounded.
+async fn forget_idle_clients(app: Arc<App>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(FORGET_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        if let Some(clients) = &app.clients {
+            clients.forget_idle();
+        }
+    }
 }
 
 /// Says once, at start, what the Redis server's settings can lose.
@@ -265,10 +343,6 @@ async fn maintain(queue: Arc<Queue>, claim_idle: Duration, stop: CancellationTok
 /// Keeps the queue-wide gauges current, one cheap backend call per interval.
 async fn refresh_gauges(queue: Arc<Queue>, metrics: Arc<Metrics>, stop: CancellationToken) {
     let name = queue.config.name.as_str();
-    metrics
-        .drain_rate_limit
-        .with_label_values(&[name])
-        .set(queue.config.drain_rate);
     let mut tick = tokio::time::interval(GAUGE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut up = true;

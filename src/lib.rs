@@ -7,11 +7,13 @@
 pub mod admission;
 pub mod body;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod demo;
 pub mod drain;
 pub mod gateway;
 pub mod headers;
+pub mod knobs;
 pub mod metrics;
 pub mod pacer;
 pub mod poll;

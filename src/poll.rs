@@ -30,7 +30,8 @@ pub async fn poll(app: &App, id: &str) -> Response<Body> {
     };
     let queued = record.status == ticket::TicketStatus::Queued;
     let position = queued.then(|| ticket::position(record.seq, dispatched));
-    let eta = position.map(|p| ticket::eta_seconds(p, queue.config.drain_rate));
+    let rate = queue.knobs().drain_rate(&queue.config);
+    let eta = position.map(|p| ticket::eta_seconds(p, rate));
     let view = TicketView {
         ticket: id.as_str(),
         queue: &queue.config.name,

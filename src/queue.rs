@@ -15,6 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use crate::knobs::{Knobs, KnobsPatch};
 use crate::ticket::{StoredResponse, TicketError, TicketId, TicketRecord};
 
 pub use self::memory::MemoryQueue;
@@ -64,6 +65,17 @@ pub enum Admit {
     KeyReused,
     /// The queue holds `depth` undispatched tickets, its capacity.
     QueueFull { depth: u64 },
+    /// The stock is exhausted or the queue was flipped to sold out.
+    SoldOut,
+}
+
+/// The limits an admission is checked against, atomically with the enqueue.
+#[derive(Debug, Clone, Copy)]
+pub struct AdmitLimits {
+    /// Queue capacity.
+    pub max_queue: u64,
+    /// The configured stock; a stock knob set at run time wins.
+    pub stock: Option<u64>,
 }
 
 /// One entry handed to the drain.
@@ -112,12 +124,13 @@ pub trait QueueBackend: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
 
     /// Stores the request and its ticket in one atomic step, unless the
-    /// idempotency claim was seen before or the queue holds `max_queue`.
+    /// idempotency claim was seen before, the queue is sold out or its stock
+    /// spent, or it holds `max_queue` — checked in that order.
     async fn admit(
         &self,
         request: &QueuedRequest,
         claim: Option<&IdempotencyClaim>,
-        max_queue: u64,
+        limits: AdmitLimits,
     ) -> Result<Admit, QueueError>;
 
     /// A ticket's record and the queue's dispatched count, or `None` when
@@ -146,9 +159,20 @@ pub trait QueueBackend: Send + Sync + 'static {
         response: &StoredResponse,
     ) -> Result<(), QueueError>;
 
-    /// Moves the entry to the dead-letter stream and fails its ticket, in one step.
-    async fn dead_letter(&self, delivery: &Delivery, error: &TicketError)
-        -> Result<(), QueueError>;
+    /// Fails the entry's ticket and removes the entry, moving it to the
+    /// dead-letter stream when `dead_letter`, in one step.
+    async fn fail(
+        &self,
+        delivery: &Delivery,
+        error: &TicketError,
+        dead_letter: bool,
+    ) -> Result<(), QueueError>;
+
+    /// The shared runtime knobs.
+    async fn knobs(&self) -> Result<Knobs, QueueError>;
+
+    /// Changes the shared knobs; returns them as they now are.
+    async fn set_knobs(&self, patch: &KnobsPatch) -> Result<Knobs, QueueError>;
 
     /// Depth, in-flight count and oldest age, cheaply.
     async fn stats(&self) -> Result<QueueStats, QueueError>;

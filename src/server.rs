@@ -16,11 +16,12 @@ use hyper_util::server::graceful::GracefulShutdown;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::body::{full, json, Body, BoxError};
-use crate::gateway::App;
+use crate::gateway::{App, Queue};
 use crate::headers::strip_hop_by_hop;
+use crate::knobs::{KnobsPatch, Phase};
 use crate::problem::{Code, Problem};
 use crate::upstream::UpstreamError;
 use crate::{admission, poll};
@@ -218,8 +219,12 @@ async fn admin(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
                 return resp;
             }
-            match (req.method(), p) {
-                (&Method::GET, "/admin/queues") => queues(&app).await,
+            match (req.method().clone(), p.strip_prefix("/admin/queues")) {
+                (Method::GET, Some("" | "/")) => queues(&app).await,
+                (Method::PATCH, Some(name)) if name.len() > 1 => {
+                    let name = name[1..].to_string();
+                    patch_queue(&app, &name, req).await
+                }
                 _ => Problem::new(Code::NotFound, "no such admin endpoint").into_response(),
             }
         }
@@ -255,27 +260,78 @@ struct QueueInfo<'a> {
     depth: Option<u64>,
     in_flight: Option<u64>,
     oldest_age_seconds: Option<f64>,
+    /// The governed rate now.
     drain_rate: f64,
     paused: bool,
+    /// The stock limit in force (`null` = unlimited).
     stock: Option<u64>,
+    /// Stock not yet admitted.
+    stock_left: Option<u64>,
+    sold_out: bool,
+    /// `open`, `not_open` or `closed`.
+    sale: &'static str,
+}
+
+async fn queue_info(q: &Queue) -> QueueInfo<'_> {
+    let stats = q.backend.stats().await.ok();
+    let knobs = q.knobs();
+    let stock = knobs.stock(&q.config);
+    QueueInfo {
+        name: &q.config.name,
+        backend: q.backend.kind(),
+        depth: stats.map(|s| s.depth),
+        in_flight: stats.map(|s| s.in_flight),
+        oldest_age_seconds: stats.and_then(|s| s.oldest_age).map(|d| d.as_secs_f64()),
+        drain_rate: knobs.drain_rate(&q.config),
+        paused: knobs.paused,
+        stock,
+        stock_left: stock
+            .zip(stats)
+            .map(|(s, st)| s.saturating_sub(st.admitted)),
+        sold_out: knobs.sold_out,
+        sale: match knobs.phase(&q.config, std::time::SystemTime::now()) {
+            Phase::Open => "open",
+            Phase::NotOpen { .. } => "not_open",
+            Phase::Closed => "closed",
+        },
+    }
 }
 
 async fn queues(app: &App) -> Response<Body> {
     let mut out = Vec::new();
     for q in &app.queues {
-        let stats = q.backend.stats().await.ok();
-        out.push(QueueInfo {
-            name: &q.config.name,
-            backend: q.backend.kind(),
-            depth: stats.map(|s| s.depth),
-            in_flight: stats.map(|s| s.in_flight),
-            oldest_age_seconds: stats.and_then(|s| s.oldest_age).map(|d| d.as_secs_f64()),
-            drain_rate: q.config.drain_rate,
-            paused: false,
-            stock: None,
-        });
+        out.push(queue_info(q).await);
     }
     json(StatusCode::OK, &serde_json::json!({ "queues": out }))
+}
+
+/// `PATCH /admin/queues/{name}`: changes the shared knobs; every instance
+/// follows within a second.
+async fn patch_queue(app: &App, name: &str, req: Request<Incoming>) -> Response<Body> {
+    let Some(queue) = app.queues.iter().find(|q| q.config.name == name) else {
+        return Problem::new(Code::NotFound, format!("no queue named `{name}`")).into_response();
+    };
+    let body = match Limited::new(req.into_body(), 16 * 1024).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return Problem::new(Code::BadRequest, format!("cannot read the body: {e}"))
+                .into_response()
+        }
+    };
+    let patch = match KnobsPatch::from_json(&body) {
+        Ok(p) => p,
+        Err(why) => return Problem::new(Code::BadRequest, why).into_response(),
+    };
+    match queue.backend.set_knobs(&patch).await {
+        Ok(knobs) => {
+            info!(queue = name, change = ?patch, now = ?knobs, "queue knobs changed by the admin API");
+            queue.update_knobs(knobs);
+            json(StatusCode::OK, &queue_info(queue).await)
+        }
+        Err(e) => Problem::new(Code::Unavailable, format!("the change was not stored: {e}"))
+            .retry_after(1)
+            .into_response(),
+    }
 }
 
 fn authorized(app: &App, req: &Request<Incoming>) -> bool {

@@ -146,9 +146,11 @@ pub fn eta_seconds(position: u64, drain_rate: f64) -> f64 {
     (eta * 1000.0).round() / 1000.0
 }
 
-/// Whole seconds a client should wait before polling again: at least 1.
+/// Whole seconds a client should wait before polling again: scaled to its
+/// wait, so a hundred thousand waiting clients do not poll every second,
+/// and bounded so none waits much past its turn.
 pub fn retry_after(eta_seconds: f64) -> u64 {
-    (eta_seconds.ceil() as u64).clamp(1, 60)
+    (eta_seconds.ceil() as u64).clamp(1, 30)
 }
 
 /// The JSON body of an admission answer (202, or 200 for a replay).

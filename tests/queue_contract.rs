@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::RedisServer;
+use flashgate::knobs::KnobsPatch;
 use flashgate::queue::{
-    Admit, Delivery, IdempotencyClaim, MemoryQueue, QueueBackend, QueuedRequest, RedisQueue,
-    RedisQueueConfig,
+    Admit, AdmitLimits, Delivery, IdempotencyClaim, MemoryQueue, QueueBackend, QueuedRequest,
+    RedisQueue, RedisQueueConfig,
 };
 use flashgate::ticket::{QueueTag, StoredResponse, TicketError, TicketId, TicketStatus};
 
@@ -37,6 +38,13 @@ fn claim(key: &str, fingerprint: &str) -> IdempotencyClaim {
     }
 }
 
+fn cap(max_queue: u64) -> AdmitLimits {
+    AdmitLimits {
+        max_queue,
+        stock: None,
+    }
+}
+
 /// One entry, or none after the block.
 async fn next1(q: &dyn QueueBackend) -> Option<Delivery> {
     let mut got = q.next(BLOCK, 1).await.unwrap();
@@ -53,14 +61,16 @@ async fn contract(q: Arc<dyn QueueBackend>) {
     // Admission assigns sequence numbers in order.
     let (a, b, c) = (request(1), request(2), request(3));
     assert_eq!(
-        q.admit(&a, None, 10).await.unwrap(),
+        q.admit(&a, None, cap(10)).await.unwrap(),
         Admit::Admitted {
             seq: 1,
             dispatched: 0
         }
     );
     assert_eq!(
-        q.admit(&b, Some(&claim("k1", "f1")), 10).await.unwrap(),
+        q.admit(&b, Some(&claim("k1", "f1")), cap(10))
+            .await
+            .unwrap(),
         Admit::Admitted {
             seq: 2,
             dispatched: 0
@@ -68,7 +78,9 @@ async fn contract(q: Arc<dyn QueueBackend>) {
     );
     // Same key, same fingerprint: the original ticket; another fingerprint: refused.
     assert_eq!(
-        q.admit(&c, Some(&claim("k1", "f1")), 10).await.unwrap(),
+        q.admit(&c, Some(&claim("k1", "f1")), cap(10))
+            .await
+            .unwrap(),
         Admit::Replayed {
             ticket: b.ticket.clone(),
             seq: 2,
@@ -76,16 +88,18 @@ async fn contract(q: Arc<dyn QueueBackend>) {
         }
     );
     assert_eq!(
-        q.admit(&c, Some(&claim("k1", "f2")), 10).await.unwrap(),
+        q.admit(&c, Some(&claim("k1", "f2")), cap(10))
+            .await
+            .unwrap(),
         Admit::KeyReused
     );
     // Capacity counts undispatched tickets.
     assert_eq!(
-        q.admit(&c, None, 2).await.unwrap(),
+        q.admit(&c, None, cap(2)).await.unwrap(),
         Admit::QueueFull { depth: 2 }
     );
     assert_eq!(
-        q.admit(&c, None, 10).await.unwrap(),
+        q.admit(&c, None, cap(10)).await.unwrap(),
         Admit::Admitted {
             seq: 3,
             dispatched: 0
@@ -147,7 +161,7 @@ async fn contract(q: Arc<dyn QueueBackend>) {
         code: "upstream_unavailable".into(),
         detail: "503 x5".into(),
     };
-    q.dead_letter(&d, &err).await.unwrap();
+    q.fail(&d, &err, true).await.unwrap();
     let (record, _) = q.ticket(&b.ticket).await.unwrap().unwrap();
     assert_eq!(record.status, TicketStatus::Failed);
     assert_eq!(record.error.as_ref(), Some(&err));
@@ -168,7 +182,7 @@ async fn contract(q: Arc<dyn QueueBackend>) {
     // Batches come in admission order, no more than asked for.
     let batch: Vec<QueuedRequest> = (10..15).map(request).collect();
     for r in &batch {
-        q.admit(r, None, 100).await.unwrap();
+        q.admit(r, None, cap(100)).await.unwrap();
     }
     let got = q.next(BLOCK, 3).await.unwrap();
     let tickets: Vec<_> = got
@@ -184,6 +198,53 @@ async fn contract(q: Arc<dyn QueueBackend>) {
     );
     let rest = q.next(BLOCK, 10).await.unwrap();
     assert_eq!(rest.len(), 2);
+
+    // Stock counts every admission so far (8); a stock knob beats the config.
+    let limited = AdmitLimits {
+        max_queue: 100,
+        stock: Some(8),
+    };
+    assert_eq!(
+        q.admit(&request(20), None, limited).await.unwrap(),
+        Admit::SoldOut
+    );
+    let knobs = q
+        .set_knobs(&KnobsPatch {
+            stock: Some(Some(9)),
+            drain_rate: Some(7.5),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!((knobs.stock, knobs.drain_rate), (Some(9), Some(7.5)));
+    assert!(matches!(
+        q.admit(&request(21), None, limited).await.unwrap(),
+        Admit::Admitted { .. }
+    ));
+    assert_eq!(
+        q.admit(&request(22), None, limited).await.unwrap(),
+        Admit::SoldOut
+    );
+    // The sold-out flag refuses everything but replays.
+    q.set_knobs(&KnobsPatch {
+        stock: Some(None),
+        sold_out: Some(true),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        q.admit(&request(23), None, cap(100)).await.unwrap(),
+        Admit::SoldOut
+    );
+    assert!(matches!(
+        q.admit(&request(24), Some(&claim("k1", "f1")), cap(100))
+            .await
+            .unwrap(),
+        Admit::Replayed { .. }
+    ));
+    let knobs = q.knobs().await.unwrap();
+    assert!(knobs.sold_out && knobs.stock.is_none() && !knobs.paused);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,8 +279,8 @@ async fn redis_consumer_recovers_its_pending_entries() {
     let redis = RedisServer::start();
     let q = redis_queue(&redis, "worker-a");
     let (a, b) = (request(1), request(2));
-    q.admit(&a, None, 10).await.unwrap();
-    q.admit(&b, None, 10).await.unwrap();
+    q.admit(&a, None, cap(10)).await.unwrap();
+    q.admit(&b, None, cap(10)).await.unwrap();
     let da = next1(&q).await.unwrap();
     let db = next1(&q).await.unwrap();
     drop(q);

@@ -8,8 +8,10 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use super::{
-    Admit, Delivery, IdempotencyClaim, QueueBackend, QueueError, QueueStats, QueuedRequest,
+    Admit, AdmitLimits, Delivery, IdempotencyClaim, QueueBackend, QueueError, QueueStats,
+    QueuedRequest,
 };
+use crate::knobs::{Knobs, KnobsPatch};
 use crate::ticket::{now_ms, StoredResponse, TicketError, TicketId, TicketRecord, TicketStatus};
 
 /// How often expired tickets are swept out (on the admission path).
@@ -35,6 +37,7 @@ struct State {
     admitted: u64,
     dispatched: u64,
     last_sweep: Option<Instant>,
+    knobs: Knobs,
 }
 
 struct Claimed {
@@ -112,7 +115,7 @@ impl QueueBackend for MemoryQueue {
         &self,
         request: &QueuedRequest,
         claim: Option<&IdempotencyClaim>,
-        max_queue: u64,
+        limits: AdmitLimits,
     ) -> Result<Admit, QueueError> {
         let now = Instant::now();
         let mut s = self.lock();
@@ -129,8 +132,12 @@ impl QueueBackend for MemoryQueue {
                 });
             }
         }
+        let stock = s.knobs.stock.or(limits.stock);
+        if s.knobs.sold_out || stock.is_some_and(|stock| s.admitted >= stock) {
+            return Ok(Admit::SoldOut);
+        }
         let depth = s.admitted - s.dispatched;
-        if depth >= max_queue {
+        if depth >= limits.max_queue {
             return Ok(Admit::QueueFull { depth });
         }
         s.admitted += 1;
@@ -237,13 +244,14 @@ impl QueueBackend for MemoryQueue {
         Ok(())
     }
 
-    async fn dead_letter(
+    async fn fail(
         &self,
         delivery: &Delivery,
         error: &TicketError,
+        dead_letter: bool,
     ) -> Result<(), QueueError> {
         let mut s = self.lock();
-        if let Ok(request) = &delivery.request {
+        if let (Ok(request), true) = (&delivery.request, dead_letter) {
             s.dead.push((request.clone(), error.clone()));
         }
         s.finish(delivery, self.ttl, |record| {
@@ -270,5 +278,15 @@ impl QueueBackend for MemoryQueue {
 
     async fn ping(&self) -> Result<(), QueueError> {
         Ok(())
+    }
+
+    async fn knobs(&self) -> Result<Knobs, QueueError> {
+        Ok(self.lock().knobs.clone())
+    }
+
+    async fn set_knobs(&self, patch: &KnobsPatch) -> Result<Knobs, QueueError> {
+        let mut s = self.lock();
+        patch.apply(&mut s.knobs);
+        Ok(s.knobs.clone())
     }
 }

@@ -14,8 +14,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script, Value};
 
 use super::{
-    Admit, Delivery, IdempotencyClaim, QueueBackend, QueueError, QueueStats, QueuedRequest,
+    Admit, AdmitLimits, Delivery, IdempotencyClaim, QueueBackend, QueueError, QueueStats,
+    QueuedRequest,
 };
+use crate::knobs::{Knobs, KnobsPatch};
 use crate::ticket::{now_ms, StoredResponse, TicketError, TicketId, TicketRecord, TicketStatus};
 use reply::{as_string, as_u64, first_id_ms, group_info, parse_ticket};
 use tracing::{error, info, warn};
@@ -23,12 +25,16 @@ use tracing::{error, info, warn};
 /// The consumer group every instance reads through.
 pub const GROUP: &str = "flashgate";
 
-/// Admission in one round trip: idempotency, capacity, sequence number,
-/// stream entry and ticket hash, atomically.
+/// Admission in one round trip: idempotency, sold-out flag, stock, capacity,
+/// sequence number, stream entry and ticket hash, atomically — so a burst
+/// never oversells the stock nor overfills the queue, not even by one.
+/// Idempotency comes first: a client retrying an admitted request gets its
+/// ticket even if the stock has run out since.
 ///
-/// KEYS: stream, counters, ticket, idempotency.
+/// KEYS: stream, counters, ticket, idempotency, knobs.
 /// ARGV: ticket id, ttl seconds, max_queue, admitted-at ms, has-claim (0/1),
-///       fingerprint, then the entry's field/value pairs.
+///       fingerprint, configured stock ('' = unlimited), then the entry's
+///       field/value pairs.
 const ADMIT_LUA: &str = r#"
 local dispatched = tonumber(redis.call('HGET', KEYS[2], 'dispatched') or '0')
 if ARGV[5] == '1' then
@@ -38,11 +44,15 @@ if ARGV[5] == '1' then
     return {'replayed', prev[1], tonumber(prev[3]), dispatched}
   end
 end
+local knobs = redis.call('HMGET', KEYS[5], 'sold_out', 'stock')
+if knobs[1] == '1' then return {'sold_out'} end
 local admitted = tonumber(redis.call('HGET', KEYS[2], 'admitted') or '0')
+local stock = knobs[2] or ARGV[7]
+if stock ~= '' and admitted >= tonumber(stock) then return {'sold_out'} end
 local depth = admitted - dispatched
 if depth >= tonumber(ARGV[3]) then return {'full', depth} end
 local seq = redis.call('HINCRBY', KEYS[2], 'admitted', 1)
-redis.call('XADD', KEYS[1], '*', 's', seq, 'w', depth, unpack(ARGV, 7))
+redis.call('XADD', KEYS[1], '*', 's', seq, 'w', depth, unpack(ARGV, 8))
 redis.call('HSET', KEYS[3], 'st', 'queued', 'seq', seq, 'att', 0, 'adm', ARGV[4])
 redis.call('EXPIRE', KEYS[3], ARGV[2])
 if ARGV[5] == '1' then
@@ -109,6 +119,7 @@ struct Keys {
     stream: String,
     dead: String,
     counters: String,
+    knobs: String,
     ticket_prefix: String,
     idempotency_prefix: String,
 }
@@ -120,6 +131,7 @@ impl Keys {
             stream: format!("{base}:stream"),
             dead: format!("{base}:dead"),
             counters: format!("{base}:counters"),
+            knobs: format!("{base}:knobs"),
             ticket_prefix: format!("{base}:ticket:"),
             idempotency_prefix: format!("{base}:idem:"),
         }
@@ -274,7 +286,7 @@ impl QueueBackend for RedisQueue {
         &self,
         request: &QueuedRequest,
         claim: Option<&IdempotencyClaim>,
-        max_queue: u64,
+        limits: AdmitLimits,
     ) -> Result<Admit, QueueError> {
         let ticket_key = self.keys.ticket(&request.ticket);
         let idem_key = match claim {
@@ -287,12 +299,14 @@ impl QueueBackend for RedisQueue {
             .key(&self.keys.counters)
             .key(&ticket_key)
             .key(&idem_key)
+            .key(&self.keys.knobs)
             .arg(request.ticket.as_str())
             .arg(self.ttl_secs)
-            .arg(max_queue)
+            .arg(limits.max_queue)
             .arg(&admitted_at)
             .arg(if claim.is_some() { "1" } else { "0" })
-            .arg(claim.map_or("", |c| c.fingerprint.as_str()));
+            .arg(claim.map_or("", |c| c.fingerprint.as_str()))
+            .arg(limits.stock.map(|s| s.to_string()).unwrap_or_default());
         for (name, value) in Self::entry_fields(request) {
             let value = if name == "a" {
                 admitted_at.as_bytes()
@@ -323,6 +337,7 @@ impl QueueBackend for RedisQueue {
             }
             "reused" => Ok(Admit::KeyReused),
             "full" => Ok(Admit::QueueFull { depth: int(1) }),
+            "sold_out" => Ok(Admit::SoldOut),
             other => Err(QueueError::Protocol(format!("admit script said `{other}`"))),
         }
     }
@@ -524,10 +539,11 @@ impl QueueBackend for RedisQueue {
         Ok(())
     }
 
-    async fn dead_letter(
+    async fn fail(
         &self,
         delivery: &Delivery,
         error: &TicketError,
+        dead_letter: bool,
     ) -> Result<(), QueueError> {
         let mut pipe = redis::pipe();
         pipe.atomic();
@@ -567,7 +583,9 @@ impl QueueBackend for RedisQueue {
                 .ignore();
             pipe.expire(&key, self.ttl_secs as i64).ignore();
         }
-        pipe.add_command(xadd).ignore();
+        if dead_letter {
+            pipe.add_command(xadd).ignore();
+        }
         self.ack_and_delete(&mut pipe, &delivery.entry_id);
         let mut conn = self.conn.clone();
         pipe.query_async::<()>(&mut conn)
@@ -612,6 +630,47 @@ impl QueueBackend for RedisQueue {
             admitted,
             dispatched,
         })
+    }
+
+    async fn knobs(&self) -> Result<Knobs, QueueError> {
+        let mut conn = self.conn.clone();
+        let fields: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(&self.keys.knobs)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(reply::knobs(&fields))
+    }
+
+    async fn set_knobs(&self, patch: &KnobsPatch) -> Result<Knobs, QueueError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let key = &self.keys.knobs;
+        let flag = |b: bool| if b { "1" } else { "0" };
+        if let Some(r) = patch.drain_rate {
+            pipe.hset(key, "drain_rate", r.to_string()).ignore();
+        }
+        if let Some(p) = patch.paused {
+            pipe.hset(key, "paused", flag(p)).ignore();
+        }
+        match patch.stock {
+            Some(Some(s)) => pipe.hset(key, "stock", s).ignore(),
+            Some(None) => pipe.hdel(key, "stock").ignore(),
+            None => &mut pipe,
+        };
+        match patch.open {
+            Some(Some(o)) => pipe.hset(key, "open", flag(o)).ignore(),
+            Some(None) => pipe.hdel(key, "open").ignore(),
+            None => &mut pipe,
+        };
+        if let Some(s) = patch.sold_out {
+            pipe.hset(key, "sold_out", flag(s)).ignore();
+        }
+        pipe.cmd("HGETALL").arg(key);
+        let mut conn = self.conn.clone();
+        let (fields,): (HashMap<String, String>,) =
+            pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        Ok(reply::knobs(&fields))
     }
 
     async fn ping(&self) -> Result<(), QueueError> {

@@ -208,3 +208,15 @@ pub fn first_id_ms(reply: &Value) -> Option<u64> {
     };
     as_string(entry.first()?).split('-').next()?.parse().ok()
 }
+
+/// The knobs hash as stored by `set_knobs`.
+pub fn knobs(fields: &HashMap<String, String>) -> crate::knobs::Knobs {
+    let flag = |k: &str| fields.get(k).is_some_and(|v| v == "1");
+    crate::knobs::Knobs {
+        drain_rate: fields.get("drain_rate").and_then(|v| v.parse().ok()),
+        paused: flag("paused"),
+        stock: fields.get("stock").and_then(|v| v.parse().ok()),
+        open: fields.get("open").map(|v| v == "1"),
+        sold_out: flag("sold_out"),
+    }
+}

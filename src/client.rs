@@ -1,0 +1,190 @@
+//! Who a client is — its address (through trusted proxies only) or a
+//! header — and the per-client admission rate.
+
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
+use http::HeaderMap;
+use ipnet::IpNet;
+
+use crate::config::{ClientKey, Config};
+
+/// The client behind a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    /// The address the request came from, as far as it can be believed.
+    pub ip: IpAddr,
+    /// `X-Forwarded-For` to send upstream: the believed chain plus the peer.
+    pub forwarded_for: String,
+    /// The identity used for idempotency and rate limits.
+    pub key: String,
+}
+
+impl Client {
+    /// Identifies the client of a request from `peer`. A client's own
+    /// `X-Forwarded-For` counts only when `peer` is a trusted proxy; then the
+    /// client is the right-most address that is not itself a trusted proxy.
+    /// With `header:NAME` and the header missing, the address is the key.
+    pub fn identify(config: &Config, headers: &HeaderMap, peer: SocketAddr) -> Client {
+        let peer_ip = peer.ip();
+        let trusted = |ip: &IpAddr| {
+            config
+                .trusted_proxies
+                .iter()
+                .any(|n: &IpNet| n.contains(ip))
+        };
+        let (ip, forwarded_for) = if trusted(&peer_ip) {
+            let chain: Vec<&str> = headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect();
+            let client = chain
+                .iter()
+                .rev()
+                .filter_map(|s| s.parse::<IpAddr>().ok())
+                .find(|ip| !trusted(ip))
+                .unwrap_or(peer_ip);
+            let mut forwarded = chain.join(", ");
+            if !forwarded.is_empty() {
+                forwarded.push_str(", ");
+            }
+            forwarded.push_str(&peer_ip.to_string());
+            (client, forwarded)
+        } else {
+            (peer_ip, peer_ip.to_string())
+        };
+        let key = match &config.client_key {
+            ClientKey::Header(name) => match headers.get(name).and_then(|v| v.to_str().ok()) {
+                Some(v) if !v.is_empty() => format!("h:{v}"),
+                _ => format!("ip:{ip}"),
+            },
+            ClientKey::Ip => format!("ip:{ip}"),
+        };
+        Client {
+            ip,
+            forwarded_for,
+            key,
+        }
+    }
+}
+
+/// How often idle clients are forgotten, so memory stays bounded however
+/// many distinct clients a sale sees.
+pub const FORGET_EVERY: Duration = Duration::from_secs(10);
+
+/// Per-client admissions per second, per instance.
+pub struct ClientLimiter {
+    limiter: RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock>,
+}
+
+impl ClientLimiter {
+    /// `None` when the per-client limit is off (`client_rate = 0`).
+    pub fn new(rate: f64, burst: u32) -> Option<Self> {
+        if rate <= 0.0 {
+            return None;
+        }
+        let period = Duration::from_secs_f64(1.0 / rate).max(Duration::from_nanos(1));
+        let quota = Quota::with_period(period)?
+            .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
+        Some(ClientLimiter {
+            limiter: RateLimiter::keyed(quota),
+        })
+    }
+
+    /// `Err(wait)` when the client must wait before its next admission.
+    pub fn check(&self, key: &str) -> Result<(), Duration> {
+        self.limiter
+            .check_key(&key.to_string())
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+
+    /// Forgets clients whose limit has fully refilled.
+    pub fn forget_idle(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+
+    /// Clients remembered now.
+    pub fn len(&self) -> usize {
+        self.limiter.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.limiter.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{FileConfig, Overrides};
+
+    fn config(toml: &str) -> Config {
+        let text = format!("upstream = \"http://127.0.0.1:1\"\n{toml}");
+        Config::resolve(FileConfig::parse(&text).unwrap(), Overrides::default()).unwrap()
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn forwarded_for_is_only_believed_from_trusted_proxies() {
+        let c = config("trusted_proxies = [\"10.0.0.0/8\"]\n");
+        let xff = headers(&[("x-forwarded-for", "6.6.6.6, 203.0.113.9, 10.1.1.1")]);
+        let via_proxy = Client::identify(&c, &xff, "10.0.0.2:5000".parse().unwrap());
+        assert_eq!(via_proxy.ip.to_string(), "203.0.113.9");
+        assert_eq!(
+            via_proxy.forwarded_for,
+            "6.6.6.6, 203.0.113.9, 10.1.1.1, 10.0.0.2"
+        );
+        let direct = Client::identify(&c, &xff, "198.51.100.7:5000".parse().unwrap());
+        assert_eq!(direct.ip.to_string(), "198.51.100.7");
+        assert_eq!(direct.forwarded_for, "198.51.100.7");
+        assert_eq!(direct.key, "ip:198.51.100.7");
+    }
+
+    #[test]
+    fn header_key_falls_back_to_the_address() {
+        let c = config("client_key = \"header:x-user\"\n");
+        let peer = "192.0.2.1:1".parse().unwrap();
+        assert_eq!(
+            Client::identify(&c, &headers(&[("x-user", "u42")]), peer).key,
+            "h:u42"
+        );
+        assert_eq!(
+            Client::identify(&c, &HeaderMap::new(), peer).key,
+            "ip:192.0.2.1"
+        );
+    }
+
+    #[test]
+    fn limiter_allows_the_burst_then_says_how_long_to_wait() {
+        let l = ClientLimiter::new(2.0, 3).unwrap();
+        for _ in 0..3 {
+            assert!(l.check("a").is_ok());
+        }
+        let wait = l.check("a").unwrap_err();
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_millis(500),
+            "{wait:?}"
+        );
+        assert!(l.check("b").is_ok(), "clients are limited separately");
+        assert!(ClientLimiter::new(0.0, 1).is_none());
+    }
+}

@@ -1,0 +1,177 @@
+//! The knobs operators turn during a sale (SPEC §5): drain rate, pause,
+//! stock, open/closed, and the sold-out flag. They live in the queue backend
+//! so a change on one instance reaches every instance, and each instance
+//! keeps a watched copy.
+
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::config::QueueConfig;
+
+/// How often each instance re-reads the shared knobs.
+pub const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// A queue's runtime settings as stored in the backend. `None` means "as
+/// configured".
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Knobs {
+    /// Requests per second sent upstream.
+    pub drain_rate: Option<f64>,
+    /// No dispatch while paused; admission goes on.
+    pub paused: bool,
+    /// Admissions allowed in total.
+    pub stock: Option<u64>,
+    /// `Some(true)` opens the sale now, `Some(false)` closes it, `None`
+    /// follows `opens_at`/`closes_at`.
+    pub open: Option<bool>,
+    /// Set when stock ran out or the upstream said so: admissions get 410
+    /// and waiting tickets fail without reaching the upstream.
+    pub sold_out: bool,
+}
+
+/// A change to the knobs; absent fields stay as they are.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KnobsPatch {
+    pub drain_rate: Option<f64>,
+    pub paused: Option<bool>,
+    /// `Some(None)` returns to the configured stock.
+    pub stock: Option<Option<u64>>,
+    /// `Some(None)` returns to the schedule.
+    pub open: Option<Option<bool>>,
+    pub sold_out: Option<bool>,
+}
+
+impl KnobsPatch {
+    /// Parses a `PATCH /admin/queues/{name}` body; errors name the field.
+    pub fn from_json(body: &[u8]) -> Result<Self, String> {
+        let value: serde_json::Value =
+            serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
+        let serde_json::Value::Object(fields) = value else {
+            return Err("body must be a JSON object".into());
+        };
+        let mut patch = KnobsPatch::default();
+        for (name, v) in fields {
+            match name.as_str() {
+                "drain_rate" => match v.as_f64() {
+                    Some(r) if r > 0.0 && r <= 1e6 => patch.drain_rate = Some(r),
+                    _ => return Err("`drain_rate` must be a number > 0 and <= 1000000".into()),
+                },
+                "paused" => match v.as_bool() {
+                    Some(p) => patch.paused = Some(p),
+                    None => return Err("`paused` must be true or false".into()),
+                },
+                "stock" => match v {
+                    serde_json::Value::Null => patch.stock = Some(None),
+                    v => match v.as_u64() {
+                        Some(s) => patch.stock = Some(Some(s)),
+                        None => return Err("`stock` must be a non-negative integer or null".into()),
+                    },
+                },
+                "open" => match v {
+                    serde_json::Value::Null => patch.open = Some(None),
+                    serde_json::Value::Bool(o) => patch.open = Some(Some(o)),
+                    _ => return Err("`open` must be true, false or null".into()),
+                },
+                "sold_out" => match v.as_bool() {
+                    Some(s) => patch.sold_out = Some(s),
+                    None => return Err("`sold_out` must be true or false".into()),
+                },
+                other => {
+                    return Err(format!(
+                    "unknown field `{other}` (expected drain_rate, paused, stock, open, sold_out)"
+                ))
+                }
+            }
+        }
+        Ok(patch)
+    }
+
+    pub fn apply(&self, k: &mut Knobs) {
+        if let Some(r) = self.drain_rate {
+            k.drain_rate = Some(r);
+        }
+        if let Some(p) = self.paused {
+            k.paused = p;
+        }
+        if let Some(s) = self.stock {
+            k.stock = s;
+        }
+        if let Some(o) = self.open {
+            k.open = o;
+        }
+        if let Some(s) = self.sold_out {
+            k.sold_out = s;
+        }
+    }
+}
+
+/// Where a sale is in its life.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Phase {
+    /// Not open yet; early arrivals wait this long (503 sale_not_open).
+    NotOpen { opens_in: Duration },
+    /// Admitting and draining.
+    Open,
+    /// Closed: no admissions (410 sale_closed); what was admitted still drains.
+    Closed,
+}
+
+impl Knobs {
+    /// The rate the drain runs at now.
+    pub fn drain_rate(&self, config: &QueueConfig) -> f64 {
+        self.drain_rate.unwrap_or(config.drain_rate)
+    }
+
+    /// The stock limit in force.
+    pub fn stock(&self, config: &QueueConfig) -> Option<u64> {
+        self.stock.or(config.stock)
+    }
+
+    /// The sale's phase at `now`: an operator's open/close wins over the schedule.
+    pub fn phase(&self, config: &QueueConfig, now: SystemTime) -> Phase {
+        match self.open {
+            Some(true) => return Phase::Open,
+            Some(false) => return Phase::Closed,
+            None => {}
+        }
+        if let Some(opens) = config.opens_at {
+            if let Ok(wait) = opens.duration_since(now) {
+                if !wait.is_zero() {
+                    return Phase::NotOpen { opens_in: wait };
+                }
+            }
+        }
+        match config.closes_at {
+            Some(closes) if now >= closes => Phase::Closed,
+            _ => Phase::Open,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patch_fields_are_validated_by_name() {
+        let p = KnobsPatch::from_json(
+            br#"{"drain_rate": 50, "paused": true, "stock": null, "open": false}"#,
+        )
+        .unwrap();
+        assert_eq!(p.drain_rate, Some(50.0));
+        assert_eq!(p.paused, Some(true));
+        assert_eq!(p.stock, Some(None));
+        assert_eq!(p.open, Some(Some(false)));
+        for (body, field) in [
+            (&br#"{"drain_rate": -1}"#[..], "drain_rate"),
+            (br#"{"stock": "ten"}"#, "stock"),
+            (br#"{"stock": -3}"#, "stock"),
+            (br#"{"paused": "yes"}"#, "paused"),
+            (br#"{"speed": 3}"#, "speed"),
+        ] {
+            let err = KnobsPatch::from_json(body).unwrap_err();
+            assert!(err.contains(field), "{err}");
+        }
+    }
+}

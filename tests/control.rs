@@ -1,0 +1,326 @@
+//! Flash-sale admission control: capacity, stock, per-client rate, the sale
+//! window, and the runtime knobs of the admin API — against a real
+//! redis-server, in-process gateways and the built binary.
+
+mod common;
+
+use std::time::{Duration, SystemTime};
+
+use common::process::{admit, GatewayProcess};
+use common::*;
+
+async fn burst(
+    urls: &[String],
+    n: usize,
+    headers: &'static [(&'static str, &'static str)],
+) -> Vec<Answer> {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let url = urls[i % urls.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            send(&client(), "POST", &url, headers, format!("{{\"n\":{i}}}")).await
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+fn count(answers: &[Answer], status: u16, code: Option<&str>) -> usize {
+    answers
+        .iter()
+        .filter(|a| a.status == status && code.is_none_or(|c| a.json()["code"] == c))
+        .count()
+}
+
+async fn patch(admin: &str, queue: &str, body: &str) -> Answer {
+    send(
+        &client(),
+        "PATCH",
+        &format!("{admin}/admin/queues/{queue}"),
+        &[],
+        body.to_string(),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_is_exact_under_a_concurrent_burst() {
+    let redis = RedisServer::start();
+    let upstream = MockUpstream::start(Behaviour::default()).await;
+    let gw = gateway(config(
+        "max_queue = 25\n",
+        &upstream.url(),
+        Some(&redis.url()),
+    ))
+    .await;
+    let admin = format!("http://{}", gw.admin_addr);
+    assert_eq!(
+        patch(&admin, "checkout", r#"{"paused": true}"#)
+            .await
+            .status,
+        200
+    );
+    let answers = burst(&[format!("http://{}/checkout", gw.public_addr)], 80, &[]).await;
+    assert_eq!(count(&answers, 202, None), 25);
+    assert_eq!(count(&answers, 503, Some("queue_full")), 55);
+    gw.shutdown();
+    gw.wait().await;
+}
+
+/// Two instances, one Redis, one stock: never one admission more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_is_never_oversold_across_two_instances() {
+    let redis = RedisServer::start();
+    let upstream = MockUpstream::start(Behaviour::default()).await;
+    let flags = ["--stock", "30"];
+    let a = GatewayProcess::start(&upstream.url(), &redis.url(), "a", &flags);
+    let b = GatewayProcess::start(&upstream.url(), &redis.url(), "b", &flags);
+    a.up().await;
+    b.up().await;
+    let urls = [
+        format!("{}/checkout", a.base()),
+        format!("{}/checkout", b.base()),
+    ];
+    let answers = burst(&urls, 120, &[]).await;
+    assert_eq!(count(&answers, 202, None), 30);
+    assert_eq!(count(&answers, 410, Some("sold_out")), 90);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_client_rate_is_enforced_and_refills() {
+    let upstream = MockUpstream::start(Behaviour::default()).await;
+    let toml = "client_key = \"header:x-user\"\nclient_rate = 2\nclient_burst = 3\n";
+    let gw = gateway(config(toml, &upstream.url(), None)).await;
+    let url = format!("http://{}/checkout", gw.public_addr);
+    let c = client();
+    for _ in 0..3 {
+        assert_eq!(
+            send(&c, "POST", &url, &[("x-user", "alice")], "{}")
+                .await
+                .status,
+            202
+        );
+    }
+    let limited = send(&c, "POST", &url, &[("x-user", "alice")], "{}").await;
+    assert_eq!(limited.status, 429);
+    assert_eq!(limited.json()["code"], "rate_limited");
+    assert_eq!(limited.header("retry-after"), "1");
+    assert_eq!(
+        send(&c, "POST", &url, &[("x-user", "bob")], "{}")
+            .await
+            .status,
+        202
+    );
+    eventually(Duration::from_secs(5), "alice's limit refills", || {
+        let (c, url) = (c.clone(), url.clone());
+        async move {
+            let a = send(&c, "POST", &url, &[("x-user", "alice")], "{}").await;
+            (a.status == 202).then_some(())
+        }
+    })
+    .await;
+    let metrics =
+        String::from_utf8_lossy(&get(&format!("http://{}/metrics", gw.admin_addr)).await.body)
+            .into_owned();
+    assert!(
+        metrics.contains(r#"flashgate_admissions_total{outcome="rate_limited",queue="checkout"}"#)
+    );
+    gw.shutdown();
+    gw.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sale_window_answers_503_then_opens_on_time() {
+    let upstream = MockUpstream::start(Behaviour::default()).await;
+    let opens = SystemTime::now() + Duration::from_secs(2);
+    let toml = format!("opens_at = \"{}\"\n", humantime::format_rfc3339(opens));
+    let gw = gateway(config(&toml, &upstream.url(), None)).await;
+    let url = format!("http://{}/checkout", gw.public_addr);
+    let early = send(&client(), "POST", &url, &[], "{}").await;
+    assert_eq!(early.status, 503);
+    assert_eq!(early.json()["code"], "sale_not_open");
+    let wait: u64 = early.header("retry-after").parse().unwrap();
+    assert!((1..=2).contains(&wait), "Retry-After {wait}");
+    let a = eventually(Duration::from_secs(10), "the sale opens", || {
+        let url = url.clone();
+        async move {
+            let a = send(&client(), "POST", &url, &[], "{}").await;
+            (a.status == 202).then_some(a)
+        }
+    })
+    .await;
+    assert!(SystemTime::now() >= opens, "admitted before opening");
+    let done = until_terminal(
+        &format!("http://{}", gw.public_addr),
+        a.json()["ticket"].as_str().unwrap(),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(done["status"], "completed");
+    gw.shutdown();
+
+    let closed = SystemTime::now() - Duration::from_secs(1);
+    let toml = format!(
+        "opens_at = \"{}\"\ncloses_at = \"{}\"\n",
+        humantime::format_rfc3339(closed - Duration::from_secs(60)),
+        humantime::format_rfc3339(closed)
+    );
+    let gw = gateway(config(&toml, &upstream.url(), None)).await;
+    let late = send(
+        &client(),
+        "POST",
+        &format!("http://{}/checkout", gw.public_addr),
+        &[],
+        "{}",
+    )
+    .await;
+    assert_eq!(late.status, 410);
+    assert_eq!(late.json()["code"], "sale_closed");
+    gw.shutdown();
+}
+
+/// A PATCH on one instance reaches the other through Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patch_on_one_instance_changes_every_instance() {
+    let redis = RedisServer::start();
+    let upstream = MockUpstream::start(Behaviour::default()).await;
+    let a = GatewayProcess::start(&upstream.url(), &redis.url(), "a", &["--drain-rate", "5"]);
+    let b = GatewayProcess::start(&upstream.url(), &redis.url(), "b", &["--drain-rate", "5"]);
+    a.up().await;
+    b.up().await;
+    let admin_a = format!("http://127.0.0.1:{}", a.admin);
+    let admin_b = format!("http://127.0.0.1:{}", b.admin);
+    let changed = patch(&admin_a, "checkout", r#"{"drain_rate": 40, "stock": 1000}"#).await;
+    assert_eq!(
+        changed.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&changed.body)
+    );
+    assert_eq!(changed.json()["drain_rate"], 40.0);
+    eventually(Duration::from_secs(5), "instance b follows", || {
+        let url = format!("{admin_b}/admin/queues");
+        async move {
+            let q = get(&url).await.json()["queues"][0].clone();
+            (q["drain_rate"] == 40.0 && q["stock"] == 1000).then_some(())
+        }
+    })
+    .await;
+    let metrics =
+        String::from_utf8_lossy(&get(&format!("{admin_b}/metrics")).await.body).into_owned();
+    assert!(
+        metrics.contains(r#"flashgate_drain_rate_limit{queue="checkout"} 40"#),
+        "{metrics}"
+    );
+
+    let bad = patch(&admin_a, "checkout", r#"{"drain_rate": -3}"#).await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.json()["detail"]
+        .as_str()
+        .unwrap()
+        .contains("drain_rate"));
+    let bad = patch(&admin_a, "checkout", r#"{"stock": "lots"}"#).await;
+    assert!(bad.json()["detail"].as_str().unwrap().contains("stock"));
+    assert_eq!(
+        patch(&admin_a, "nope", r#"{"paused": true}"#).await.status,
+        404
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_stops_dispatch_and_resume_restarts_it() {
+    let redis = RedisServer::start();
+    let upstream = MockUpstream::start(Behaviour::default()).await;
+    let gw = gateway(config(
+        "drain_rate = 100\n",
+        &upstream.url(),
+        Some(&redis.url()),
+    ))
+    .await;
+    let admin = format!("http://{}", gw.admin_addr);
+    let base = format!("http://{}", gw.public_addr);
+    assert_eq!(
+        patch(&admin, "checkout", r#"{"paused": true}"#)
+            .await
+            .status,
+        200
+    );
+    let (tickets, _) = admit(&base, 5, "n").await;
+    // Nothing may go out while paused: give the drain ample time to misbehave.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(upstream.received().len(), 0, "dispatched while paused");
+    let q = get(&format!("{admin}/admin/queues")).await.json()["queues"][0].clone();
+    assert_eq!(
+        (q["paused"].as_bool(), q["depth"].as_u64()),
+        (Some(true), Some(5))
+    );
+    let m = String::from_utf8_lossy(&get(&format!("{admin}/metrics")).await.body).into_owned();
+    assert!(m.contains(r#"flashgate_drain_rate_limit{queue="checkout"} 0"#));
+    assert_eq!(
+        patch(&admin, "checkout", r#"{"paused": false}"#)
+            .await
+            .status,
+        200
+    );
+    for t in &tickets {
+        assert_eq!(
+            until_terminal(&base, t, Duration::from_secs(10)).await["status"],
+            "completed"
+        );
+    }
+    gw.shutdown();
+    gw.wait().await;
+}
+
+/// When the upstream answers sold out, the waiting tickets fail at once
+/// instead of each being sent, and new admissions get 410.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_sold_out_fails_the_waiting_tickets_fast() {
+    let redis = RedisServer::start();
+    let shop = flashgate::demo::SampleShop::start(4).await.unwrap();
+    let toml = "drain_rate = 20\nmax_in_flight = 1\nsold_out_statuses = [410]\n";
+    let gw = gateway(config(
+        toml,
+        &format!("http://{}", shop.addr),
+        Some(&redis.url()),
+    ))
+    .await;
+    let base = format!("http://{}", gw.public_addr);
+    let (tickets, _) = admit(&base, 40, "n").await;
+    let mut statuses = Vec::new();
+    for t in &tickets {
+        let done = until_terminal(&base, t, Duration::from_secs(20)).await;
+        statuses.push((
+            done["status"].as_str().unwrap().to_string(),
+            done["response"]["status"].as_u64(),
+            done["error"]["code"].as_str().map(str::to_string),
+        ));
+    }
+    let ordered = statuses
+        .iter()
+        .filter(|s| s.0 == "completed" && s.1 == Some(201))
+        .count();
+    let told = statuses
+        .iter()
+        .filter(|s| s.0 == "completed" && s.1 == Some(410))
+        .count();
+    let failed = statuses
+        .iter()
+        .filter(|s| s.0 == "failed" && s.2.as_deref() == Some("sold_out"))
+        .count();
+    assert_eq!(ordered, 4);
+    assert!(told >= 1, "{statuses:?}");
+    assert_eq!(ordered + told + failed, 40);
+    assert!(
+        failed >= 30,
+        "waiting tickets should fail without being sent: {statuses:?}"
+    );
+    let late = send(&client(), "POST", &format!("{base}/checkout"), &[], "{}").await;
+    assert_eq!(late.status, 410);
+    assert_eq!(late.json()["code"], "sold_out");
+    gw.shutdown();
+    gw.wait().await;
+}
