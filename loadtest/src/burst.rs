@@ -15,6 +15,7 @@ use crate::client::{self, ClientError, Target};
 use crate::report::{self, Report};
 use crate::upstream::Stats;
 
+pub(crate) use admission::is_url_safe;
 pub use admission::{Admission, Sent, Ticket};
 pub use poll::{Fate, Polled};
 

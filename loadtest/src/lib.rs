@@ -8,6 +8,7 @@ pub mod burst;
 pub mod ceiling;
 pub mod chart;
 pub mod client;
+pub mod polls;
 pub mod report;
 pub mod server;
 pub mod upstream;

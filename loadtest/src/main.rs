@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use flashgate_loadtest::server::Running;
-use flashgate_loadtest::{burst, ceiling, report, upstream};
+use flashgate_loadtest::{burst, ceiling, polls, report, upstream};
 
 /// Load test tool for flashgate.
 #[derive(Parser)]
@@ -20,6 +20,8 @@ enum Command {
     Burst(burst::Options),
     /// Run the mock order service.
     Upstream(upstream::Options),
+    /// Poll existing tickets as fast as answers come back (closed model).
+    Polls(polls::Options),
     /// Run the do-nothing baseline server that answers every request with a 202 ticket.
     Ceiling(ceiling::Options),
 }
@@ -41,6 +43,11 @@ fn main() -> ExitCode {
             Command::Burst(options) => {
                 let report = burst::run(options).await?;
                 print!("{}", report::table(&report));
+                Ok(())
+            }
+            Command::Polls(options) => {
+                let report = polls::run(options).await?;
+                print!("{}", polls::table(&report));
                 Ok(())
             }
             Command::Upstream(options) => serve(upstream::start(&options).await?).await,

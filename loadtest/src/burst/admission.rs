@@ -188,7 +188,7 @@ fn read_answer(answer: &Answer) -> Admission {
 }
 
 /// Tickets go into a URL path unescaped, so only the spec's alphabet passes.
-pub(super) fn is_url_safe(id: &str) -> bool {
+pub(crate) fn is_url_safe(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 255
         && id
