@@ -4,7 +4,7 @@
 //! state (idempotency, capacity, enqueue) is one atomic backend call.
 
 use std::net::SocketAddr;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
@@ -91,9 +91,13 @@ async fn try_admit(
             )
         }
         Phase::Closed => return Err(Problem::new(Code::SaleClosed, "the sale is closed")),
-        Phase::Open if knobs.sold_out => return Err(sold_out()),
-        Phase::Open => {}
+        _ if knobs.sold_out => return Err(sold_out()),
+        Phase::Open | Phase::PreQueue { .. } => {}
     }
+    let prequeue = match knobs.phase(&queue.config, SystemTime::now()) {
+        Phase::PreQueue { opens_in } => Some(opens_in),
+        _ => None,
+    };
 
     // 3. Per-client rate, in this instance's memory.
     let client = Client::identify(&app.config, req.headers(), peer);
@@ -113,7 +117,7 @@ async fn try_admit(
     // 5. The body, read whole but never past the limit (chunked bodies
     //    declare no length).
     let (parts, body) = req.into_parts();
-    let body = read_body(body, max_body).await?;
+    let body = read_body(body, max_body, app.config.body_timeout).await?;
 
     // 6. Store: idempotency, sold-out, stock, capacity and enqueue in one
     //    atomic round trip.
@@ -150,6 +154,7 @@ async fn try_admit(
             AdmitLimits {
                 max_queue: queue.config.max_queue,
                 stock: queue.config.stock,
+                prequeue: prequeue.is_some(),
             },
         )
         .await
@@ -164,29 +169,27 @@ async fn try_admit(
         })?;
     match outcome {
         Admit::Admitted { seq, dispatched } => {
-            let position = ticket::position(seq, dispatched);
+            let place = Place::of(seq, dispatched, prequeue);
             let resp = ticket_answer(
                 StatusCode::ACCEPTED,
                 queue,
                 &request.ticket,
                 TicketStatus::Queued,
-                Some(position),
+                Some(place),
             );
             Ok(("admitted", resp))
         }
-        Admit::Replayed {
-            ticket,
-            seq,
-            dispatched,
-        } => {
-            let status = match queue.backend.ticket(&ticket).await {
-                Ok(Some((record, _))) => record.status,
-                Ok(None) => TicketStatus::Expired,
-                Err(_) => TicketStatus::Queued,
+        Admit::Replayed { ticket, .. } => {
+            let (status, place) = match queue.backend.ticket(&ticket).await {
+                Ok(Some((record, dispatched))) => (
+                    record.status,
+                    (record.status == TicketStatus::Queued)
+                        .then(|| Place::of(record.seq, dispatched, prequeue)),
+                ),
+                Ok(None) => (TicketStatus::Expired, None),
+                Err(_) => (TicketStatus::Queued, None),
             };
-            let position =
-                (status == TicketStatus::Queued).then(|| ticket::position(seq, dispatched));
-            let mut resp = ticket_answer(StatusCode::OK, queue, &ticket, status, position);
+            let mut resp = ticket_answer(StatusCode::OK, queue, &ticket, status, place);
             resp.headers_mut().insert(
                 IDEMPOTENT_REPLAYED.clone(),
                 HeaderValue::from_static("true"),
@@ -215,10 +218,11 @@ fn ticket_answer(
     queue: &Queue,
     ticket: &TicketId,
     state: TicketStatus,
-    position: Option<u64>,
+    place: Option<Place>,
 ) -> Response<Body> {
     let rate = queue.knobs().drain_rate(&queue.config);
-    let eta = position.map(|p| ticket::eta_seconds(p, rate));
+    let position = place.and_then(|p| p.position);
+    let eta = place.map(|p| p.eta_seconds(rate));
     let poll_url = format!("/tickets/{ticket}");
     let view = AdmissionView {
         ticket: ticket.as_str(),
@@ -240,6 +244,34 @@ fn ticket_answer(
         );
     }
     resp
+}
+
+/// Where a queued ticket stands.
+#[derive(Debug, Clone, Copy)]
+pub struct Place {
+    /// Tickets ahead; `None` while pre-queued (its place is drawn at opening).
+    pub position: Option<u64>,
+    /// Time until the sale opens, for a pre-queued ticket.
+    pub opens_in: Option<Duration>,
+}
+
+impl Place {
+    /// From a sequence number (0 = pre-queued, not yet placed).
+    pub fn of(seq: u64, dispatched: u64, opens_in: Option<Duration>) -> Self {
+        Place {
+            position: (seq > 0).then(|| ticket::position(seq, dispatched)),
+            opens_in: (seq == 0).then_some(opens_in).flatten(),
+        }
+    }
+
+    /// Expected seconds before dispatch.
+    pub fn eta_seconds(self, rate: f64) -> f64 {
+        match (self.position, self.opens_in) {
+            (Some(p), _) => ticket::eta_seconds(p, rate),
+            (None, Some(d)) => (d.as_secs_f64() * 1000.0).round() / 1000.0,
+            (None, None) => 0.0,
+        }
+    }
 }
 
 fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Problem> {
@@ -274,9 +306,18 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     }
 }
 
-async fn read_body(body: Incoming, max: u64) -> Result<Bytes, Problem> {
+async fn read_body(body: Incoming, max: u64, timeout: Duration) -> Result<Bytes, Problem> {
     let limit = usize::try_from(max).unwrap_or(usize::MAX);
-    match Limited::new(body, limit).collect().await {
+    // A client that trickles its body holds a connection and a buffer: it
+    // gets `timeout` for all of it, then 408.
+    let read = tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await;
+    let Ok(read) = read else {
+        return Err(Problem::new(
+            Code::RequestTimeout,
+            format!("the request body did not arrive within {timeout:?}"),
+        ));
+    };
+    match read {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(max)),
         Err(e) => Err(Problem::new(
@@ -298,10 +339,17 @@ fn too_large(max: u64) -> Problem {
 }
 
 fn hex_digest(parts: &[&[u8]]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut h = Sha256::new();
     for p in parts {
+        // Length-prefixed, so ("ab", "c") and ("a", "bc") differ.
         h.update((p.len() as u64).to_be_bytes());
         h.update(p);
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    let mut out = String::with_capacity(64);
+    for b in h.finalize() {
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 0xf)] as char);
+    }
+    out
 }

@@ -96,6 +96,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Validate the configuration and print the effective config.
     CheckConfig(ServeArgs),
+    /// Look at and turn a running gateway's knobs (its admin API).
+    Admin(crate::admin::AdminArgs),
 }
 
 /// The `serve` flags (SPEC §2). Absent flags leave the file's value.
@@ -174,6 +176,20 @@ pub struct ServeArgs {
     /// Largest request head [default: 16KiB].
     #[arg(long, env = "FLASHGATE_MAX_HEADER_SIZE", value_name = "SIZE")]
     pub max_header_size: Option<String>,
+    /// Time a client has to send its body once its head is in; 408 after [default: 10s].
+    #[arg(long, env = "FLASHGATE_BODY_TIMEOUT", value_name = "DUR")]
+    pub body_timeout: Option<String>,
+    /// Open public connections; beyond it new ones get 503 and are closed [default: 10000].
+    #[arg(long, env = "FLASHGATE_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<u32>,
+    /// Secret for ticket MACs, at least 32 bytes [default: shared through Redis, or random per process].
+    #[arg(
+        long,
+        env = "FLASHGATE_TICKET_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub ticket_secret: Option<String>,
     /// How long ticket state is kept [default: 24h].
     #[arg(long, env = "FLASHGATE_TICKET_TTL", value_name = "DUR")]
     pub ticket_ttl: Option<String>,
@@ -232,6 +248,9 @@ impl ServeArgs {
                 max_body: self.max_body.clone(),
                 header_timeout: self.header_timeout.clone(),
                 max_header_size: self.max_header_size.clone(),
+                body_timeout: self.body_timeout.clone(),
+                max_connections: self.max_connections,
+                ticket_secret: self.ticket_secret.clone(),
                 ticket_ttl: self.ticket_ttl.clone(),
                 shutdown_grace: self.shutdown_grace.clone(),
                 claim_idle: self.claim_idle.clone(),

@@ -56,6 +56,7 @@ pub struct Config {
     /// Proxy non-queued paths to the default upstream (else 404).
     pub passthrough: bool,
     /// Base URL used for passthrough and by queues that set none.
+    #[serde(serialize_with = "units::ser_redacted_url")]
     pub upstream: Option<String>,
     /// Bearer token required on `/admin/*`.
     #[serde(serialize_with = "units::ser_secret")]
@@ -76,6 +77,15 @@ pub struct Config {
     pub header_timeout: Duration,
     /// Largest request head.
     pub max_header_size: Size,
+    /// Time a client has to send its whole body once its head is in (408 after).
+    #[serde(with = "units::duration")]
+    pub body_timeout: Duration,
+    /// Open public connections; beyond it new ones get a fast 503 and are closed.
+    pub max_connections: u32,
+    /// Secret that ticket MACs derive from; `None` = shared through Redis or,
+    /// with the embedded queue, random per process.
+    #[serde(serialize_with = "units::ser_secret")]
+    pub ticket_secret: Option<String>,
     /// How long ticket state is kept after its last change.
     #[serde(with = "units::duration")]
     pub ticket_ttl: Duration,
@@ -97,6 +107,7 @@ pub struct QueueConfig {
     /// Queued routes, `"METHOD /path"`.
     pub routes: Vec<Route>,
     /// Base URL of the order service.
+    #[serde(serialize_with = "units::ser_redacted_url_str")]
     pub upstream: String,
     /// Requests per second sent upstream.
     pub drain_rate: f64,
@@ -288,6 +299,13 @@ pub struct GlobalSettings {
     pub header_timeout: Option<String>,
     /// Largest request head (default 16KiB).
     pub max_header_size: Option<String>,
+    /// Time to send the body once the head is in, else 408 (default 10s).
+    pub body_timeout: Option<String>,
+    /// Open public connections (default 10000).
+    pub max_connections: Option<u32>,
+    /// Secret for ticket MACs, at least 32 bytes (default: shared through
+    /// Redis, or random per process with the embedded queue).
+    pub ticket_secret: Option<String>,
     /// Ticket state lifetime (default 24h).
     pub ticket_ttl: Option<String>,
     /// Shutdown grace period (default 30s).
@@ -363,6 +381,9 @@ struct RawFile {
     max_body: Option<String>,
     header_timeout: Option<String>,
     max_header_size: Option<String>,
+    body_timeout: Option<String>,
+    max_connections: Option<u32>,
+    ticket_secret: Option<String>,
     ticket_ttl: Option<String>,
     shutdown_grace: Option<String>,
     claim_idle: Option<String>,
@@ -441,6 +462,9 @@ impl FileConfig {
                 max_body: raw.max_body,
                 header_timeout: raw.header_timeout,
                 max_header_size: raw.max_header_size,
+                body_timeout: raw.body_timeout,
+                max_connections: raw.max_connections,
+                ticket_secret: raw.ticket_secret,
                 ticket_ttl: raw.ticket_ttl,
                 shutdown_grace: raw.shutdown_grace,
                 claim_idle: raw.claim_idle,
@@ -544,6 +568,30 @@ impl Config {
             &f.header_timeout,
             "10s",
         )?;
+        let body_timeout = dur("body_timeout", &g.body_timeout, &f.body_timeout, "10s")?;
+        if body_timeout.is_zero() {
+            return Err(ConfigError::invalid("body_timeout", "must be > 0"));
+        }
+        let max_connections = pick(&g.max_connections, &f.max_connections).unwrap_or(10_000);
+        if max_connections == 0 {
+            return Err(ConfigError::invalid(
+                "max_connections",
+                "must be at least 1",
+            ));
+        }
+        let ticket_secret = pick(&g.ticket_secret, &f.ticket_secret).filter(|s| !s.is_empty());
+        if ticket_secret
+            .as_ref()
+            .is_some_and(|s| s.len() < crate::ticket::MIN_SECRET_LEN)
+        {
+            return Err(ConfigError::invalid(
+                "ticket_secret",
+                format!(
+                    "must be at least {} bytes (e.g. `openssl rand -base64 32`)",
+                    crate::ticket::MIN_SECRET_LEN
+                ),
+            ));
+        }
         let ticket_ttl = dur("ticket_ttl", &g.ticket_ttl, &f.ticket_ttl, "24h")?;
         if ticket_ttl < Duration::from_secs(1) {
             return Err(ConfigError::invalid("ticket_ttl", "must be at least 1s"));
@@ -648,6 +696,9 @@ impl Config {
             max_body,
             header_timeout,
             max_header_size,
+            body_timeout,
+            max_connections,
+            ticket_secret,
             ticket_ttl,
             shutdown_grace,
             claim_idle,
@@ -725,12 +776,6 @@ impl QueueConfig {
                 ));
             }
         }
-        if prequeue_from.is_some() {
-            return Err(ConfigError::invalid(
-                key("prequeue_from"),
-                "the pre-queue window is not supported by this version",
-            ));
-        }
         match (prequeue_from, opens_at) {
             (Some(_), None) => {
                 return Err(ConfigError::invalid(key("prequeue_from"), "needs opens_at"));
@@ -771,10 +816,18 @@ impl QueueConfig {
 }
 
 fn validate_upstream(url: &str) -> Result<(), String> {
-    let uri: http::Uri = url.parse().map_err(|e| format!("`{url}`: {e}"))?;
+    // Messages echo the URL without its password: they reach logs.
+    let parsed = url.parse::<http::Uri>();
+    let shown = redact_url(url);
+    let url = shown.as_str();
+    let uri = parsed.map_err(|e| format!("`{url}`: {e}"))?;
     match uri.scheme_str() {
-        Some("http") => {}
-        Some(other) => return Err(format!("scheme `{other}` is not supported (use http://)")),
+        Some("http" | "https") => {}
+        Some(other) => {
+            return Err(format!(
+                "scheme `{other}` is not supported (use http:// or https://)"
+            ))
+        }
         None => return Err(format!("`{url}` needs a scheme, e.g. http://host:port")),
     }
     if uri.host().is_none() {

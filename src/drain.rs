@@ -33,6 +33,8 @@ const BACKEND_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// How far ahead a read looks: entries for the permits due in this window.
 const BATCH_WINDOW: Duration = Duration::from_millis(10);
+/// Pre-queued entries placed in line per Redis call.
+const RELEASE_BATCH: usize = 500;
 /// Most entries read at once.
 const MAX_BATCH: usize = 64;
 
@@ -66,6 +68,9 @@ pub async fn run(
     // Entries read but not yet dispatched when the knobs changed (a pause
     // arrived while the read was blocked): sent first once the drain resumes.
     let mut carry: VecDeque<Delivery> = VecDeque::new();
+    // Pre-queued tickets may wait to be placed in line (any instance places
+    // them; a release that finds none left ends the check).
+    let mut prequeued = config.prequeue_from.is_some();
     'run: loop {
         // 0. The knobs: paused, or not open yet, means no dispatch; sold out
         //    means the waiting tickets fail without reaching the upstream.
@@ -83,6 +88,24 @@ pub async fn run(
                 continue;
             }
             Mode::Drain => {}
+        }
+        // Open: first the pre-queued tickets go into line, in their random order.
+        if prequeued {
+            match queue.backend.release_prequeue(RELEASE_BATCH).await {
+                Ok((moved, left)) => {
+                    if moved > 0 {
+                        info!(queue = %config.name, moved, left, "pre-queued tickets placed in line in random order");
+                    }
+                    prequeued = left > 0;
+                }
+                Err(e) => {
+                    warn!(queue = %config.name, error = %e, "cannot release pre-queued tickets; retrying");
+                    if !drain.pause(Duration::from_millis(200)).await {
+                        break;
+                    }
+                    continue;
+                }
+            }
         }
         // 1. A free in-flight slot: `max_in_flight` is never exceeded.
         let Some(slot) = drain.slot().await else {
@@ -192,7 +215,7 @@ impl Drain {
         } else if knobs.paused
             || matches!(
                 knobs.phase(config, SystemTime::now()),
-                Phase::NotOpen { .. }
+                Phase::NotOpen { .. } | Phase::PreQueue { .. }
             )
         {
             Mode::Wait

@@ -17,7 +17,7 @@ use crate::config::{redact_url, Config, QueueConfig};
 use crate::knobs::{Knobs, WATCH_INTERVAL};
 use crate::metrics::Metrics;
 use crate::queue::{MemoryQueue, QueueBackend, QueueError, RedisQueue, RedisQueueConfig};
-use crate::ticket::QueueTag;
+use crate::ticket::{QueueTag, TicketClaim, TicketSecret};
 use crate::upstream::Upstream;
 use crate::{drain, server};
 
@@ -41,11 +41,14 @@ impl Queue {
         self.knobs.borrow().clone()
     }
 
-    /// Takes a newer view of the knobs; true when something changed.
+    /// Takes a newer view of the knobs (an older one, read before a change
+    /// this instance already knows of, is ignored); true when something changed.
     pub fn update_knobs(&self, new: Knobs) -> bool {
         self.knobs.send_if_modified(|k| {
-            let changed = *k != new;
-            *k = new;
+            let changed = new.version >= k.version && *k != new;
+            if changed {
+                *k = new;
+            }
             changed
         })
     }
@@ -69,9 +72,11 @@ impl App {
             .find(|q| q.config.routes.iter().any(|r| r.path == path))
     }
 
-    /// The queue whose ticket ids carry this tag.
-    pub fn queue_for_tag(&self, tag: QueueTag) -> Option<&Arc<Queue>> {
-        self.queues.iter().find(|q| q.tag == tag)
+    /// The queue that minted a presented ticket id, when its MAC verifies
+    /// under that queue's key: forged, altered and other queues' (or other
+    /// deployments') ids are `None`, all alike, before any backend look-up.
+    pub fn queue_for_tag(&self, claim: TicketClaim) -> Option<&Arc<Queue>> {
+        self.queues.iter().find(|q| q.tag.verify(&claim))
     }
 }
 
@@ -86,6 +91,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Queue(#[from] QueueError),
+    #[error("cannot agree on the ticket secret through Redis ({0}); pass --ticket-secret to start without it")]
+    TicketSecret(QueueError),
 }
 
 /// A running gateway.
@@ -137,6 +144,7 @@ impl Gateway {
                 "queue backend: embedded in-process queue: NOT shared between instances and LOST when this process exits; pass --redis-url for a durable queue"
             ),
         }
+        let secret = ticket_secret(&config).await?;
         let mut queues = Vec::new();
         for q in &config.queue {
             let backend: Arc<dyn QueueBackend> = match &config.redis_url {
@@ -168,7 +176,7 @@ impl Gateway {
             );
             queues.push(Arc::new(Queue {
                 config: q.clone(),
-                tag: QueueTag::of(&q.name),
+                tag: QueueTag::new(&secret, &q.name),
                 backend,
                 knobs: watch::Sender::new(Knobs::default()),
             }));
@@ -203,6 +211,36 @@ impl Gateway {
     /// Waits until everything has stopped.
     pub async fn wait(self) {
         let _ = self.main.await;
+    }
+}
+
+/// How long start-up keeps trying to read or create the shared ticket secret.
+const SECRET_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The secret ticket MACs derive from: configured; else shared through Redis
+/// (the first instance to start creates it, every other one reads it), so
+/// any instance can check any instance's tickets; else, with the embedded
+/// queue (which no other process shares), a fresh one for this process.
+async fn ticket_secret(config: &Config) -> Result<TicketSecret, StartError> {
+    if let Some(s) = &config.ticket_secret {
+        return Ok(TicketSecret::new(s.as_bytes()));
+    }
+    let Some(url) = &config.redis_url else {
+        return Ok(TicketSecret::random());
+    };
+    let candidate = TicketSecret::random().to_hex();
+    let deadline = tokio::time::Instant::now() + SECRET_DEADLINE;
+    loop {
+        match RedisQueue::shared_ticket_secret(url, &config.redis_prefix, &candidate).await {
+            Ok(shared) => return Ok(TicketSecret::new(shared)),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(StartError::TicketSecret(e))
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot read the shared ticket secret yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
     }
 }
 

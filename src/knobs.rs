@@ -28,6 +28,10 @@ pub struct Knobs {
     /// Set when stock ran out or the upstream said so: admissions get 410
     /// and waiting tickets fail without reaching the upstream.
     pub sold_out: bool,
+    /// Counts changes, so a read that raced with a change cannot roll an
+    /// instance's copy back.
+    #[serde(skip)]
+    pub version: u64,
 }
 
 /// A change to the knobs; absent fields stay as they are.
@@ -88,6 +92,7 @@ impl KnobsPatch {
     }
 
     pub fn apply(&self, k: &mut Knobs) {
+        k.version += 1;
         if let Some(r) = self.drain_rate {
             k.drain_rate = Some(r);
         }
@@ -111,6 +116,9 @@ impl KnobsPatch {
 pub enum Phase {
     /// Not open yet; early arrivals wait this long (503 sale_not_open).
     NotOpen { opens_in: Duration },
+    /// The pre-queue window: admitted in a random place in line, drained
+    /// from the opening on.
+    PreQueue { opens_in: Duration },
     /// Admitting and draining.
     Open,
     /// Closed: no admissions (410 sale_closed); what was admitted still drains.
@@ -138,7 +146,12 @@ impl Knobs {
         if let Some(opens) = config.opens_at {
             if let Ok(wait) = opens.duration_since(now) {
                 if !wait.is_zero() {
-                    return Phase::NotOpen { opens_in: wait };
+                    let early = config.prequeue_from.is_some_and(|from| now >= from);
+                    return if early {
+                        Phase::PreQueue { opens_in: wait }
+                    } else {
+                        Phase::NotOpen { opens_in: wait }
+                    };
                 }
             }
         }

@@ -4,6 +4,7 @@
 //! once with a ticket ([`admission`]); the queue is replayed to the order
 //! service at a governed rate ([`drain`]); clients poll their ticket ([`poll`]).
 
+pub mod admin;
 pub mod admission;
 pub mod body;
 pub mod cli;

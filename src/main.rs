@@ -42,6 +42,18 @@ fn main() -> ExitCode {
                 }
             }
         }),
+        Command::Admin(args) => runtime().block_on(async {
+            match flashgate::admin::run(args).await {
+                Ok(out) => {
+                    println!("{out}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("flashgate admin: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }),
     }
 }
 

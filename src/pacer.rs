@@ -13,8 +13,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// Lateness the schedule absorbs without losing rate: timer granularity
-/// plus scheduling jitter on a busy machine.
-const CATCH_UP: Duration = Duration::from_millis(5);
+/// plus scheduling stalls on a busy machine. Over any window longer than
+/// this the upstream sees at most the configured rate.
+const CATCH_UP: Duration = Duration::from_millis(20);
 
 /// An evenly spaced permit schedule shared by one queue's drain tasks.
 pub struct Pacer {

@@ -3,8 +3,10 @@
 use http::{header, HeaderValue, Response, StatusCode};
 use tracing::warn;
 
+use crate::admission::Place;
 use crate::body::{json, Body};
 use crate::gateway::App;
+use crate::knobs::Phase;
 use crate::problem::{Code, Problem};
 use crate::ticket::{self, format_time_ms, ResponseView, TicketId, TicketView};
 
@@ -29,9 +31,14 @@ pub async fn poll(app: &App, id: &str) -> Response<Body> {
         }
     };
     let queued = record.status == ticket::TicketStatus::Queued;
-    let position = queued.then(|| ticket::position(record.seq, dispatched));
-    let rate = queue.knobs().drain_rate(&queue.config);
-    let eta = position.map(|p| ticket::eta_seconds(p, rate));
+    let knobs = queue.knobs();
+    let opens_in = match knobs.phase(&queue.config, std::time::SystemTime::now()) {
+        Phase::PreQueue { opens_in } | Phase::NotOpen { opens_in } => Some(opens_in),
+        _ => None,
+    };
+    let place = queued.then(|| Place::of(record.seq, dispatched, opens_in));
+    let position = place.and_then(|p| p.position);
+    let eta = place.map(|p| p.eta_seconds(knobs.drain_rate(&queue.config)));
     let view = TicketView {
         ticket: id.as_str(),
         queue: &queue.config.name,

@@ -35,6 +35,8 @@ pub enum Code {
     BadGateway,
     GatewayTimeout,
     Unauthorized,
+    RequestTimeout,
+    UriTooLong,
 }
 
 impl Code {
@@ -55,6 +57,8 @@ impl Code {
             Code::BadGateway => "bad_gateway",
             Code::GatewayTimeout => "gateway_timeout",
             Code::Unauthorized => "unauthorized",
+            Code::RequestTimeout => "request_timeout",
+            Code::UriTooLong => "uri_too_long",
         }
     }
 
@@ -73,6 +77,8 @@ impl Code {
             Code::BadGateway => StatusCode::BAD_GATEWAY,
             Code::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             Code::Unauthorized => StatusCode::UNAUTHORIZED,
+            Code::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Code::UriTooLong => StatusCode::URI_TOO_LONG,
         }
     }
 
@@ -93,6 +99,8 @@ impl Code {
             Code::BadGateway => "Upstream failed",
             Code::GatewayTimeout => "Upstream timed out",
             Code::Unauthorized => "Unauthorized",
+            Code::RequestTimeout => "Request body not received in time",
+            Code::UriTooLong => "Request target too long",
         }
     }
 }

@@ -76,6 +76,9 @@ pub struct AdmitLimits {
     pub max_queue: u64,
     /// The configured stock; a stock knob set at run time wins.
     pub stock: Option<u64>,
+    /// In the pre-queue window: the entry takes a random place in line and
+    /// waits for [`QueueBackend::release_prequeue`].
+    pub prequeue: bool,
 }
 
 /// One entry handed to the drain.
@@ -167,6 +170,11 @@ pub trait QueueBackend: Send + Sync + 'static {
         error: &TicketError,
         dead_letter: bool,
     ) -> Result<(), QueueError>;
+
+    /// Moves up to `max` pre-queued entries into the queue in their random
+    /// order; returns how many moved and how many are left. Admissions made
+    /// while some are left line up behind them.
+    async fn release_prequeue(&self, max: usize) -> Result<(usize, usize), QueueError>;
 
     /// The shared runtime knobs.
     async fn knobs(&self) -> Result<Knobs, QueueError>;

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -14,11 +14,14 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use serde::Serialize;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::body::{full, json, Body, BoxError};
+use crate::client::Client;
 use crate::gateway::{App, Queue};
 use crate::headers::strip_hop_by_hop;
 use crate::knobs::{KnobsPatch, Phase};
@@ -29,20 +32,79 @@ use crate::{admission, poll};
 /// Deadline for a passthrough request when no queue sets one.
 const PASSTHROUGH_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Longest request target (path and query) routed; 414 beyond. Browsers and
+/// CDNs cap URLs near here, and no route of this API needs more.
+pub const MAX_URI_LENGTH: usize = 8 * 1024;
+
+/// Connections over `--max-connections` that may linger after their 503
+/// (so the client reads it before the close); more are dropped at once.
+const SHED_LINGER_MAX: usize = 1024;
+/// How long a shed connection lingers at most.
+const SHED_LINGER: Duration = Duration::from_secs(1);
+
+/// The whole answer to a connection over the limit, written without reading
+/// a byte of its request.
+const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: application/problem+json\r\n\
+retry-after: 1\r\n\
+connection: close\r\n\
+content-length: 164\r\n\
+\r\n\
+{\"type\":\"urn:flashgate:problem:unavailable\",\"title\":\"Temporarily unavailable\",\"status\":503,\"detail\":\"too many open connections; retry shortly\",\"code\":\"unavailable\"}";
+
 /// Serves the public API until `shutdown`, then lets open connections finish
-/// their current request.
+/// their current request. The limits, cheapest first:
 pub async fn serve_public(app: Arc<App>, listener: TcpListener, shutdown: CancellationToken) {
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
-        // A client that does not finish its head in time is cut off.
+        // A client that does not finish its head in time is cut off. hyper
+        // runs the same clock while a kept-alive connection waits for its
+        // next request, so this is the keep-alive idle timeout as well: an
+        // idle connection costs at most this long.
         .header_read_timeout(app.config.header_timeout)
-        // The head must fit the buffer; hyper answers 431 beyond it.
+        // The head must fit the buffer; hyper answers 431 beyond it. This
+        // also bounds the memory an idle or slow connection can pin.
         .max_buf_size((app.config.max_header_size.0 as usize).max(8192));
-    accept_loop(listener, http, shutdown, move |peer, req| {
+    // Open connections are capped: beyond the cap a new one gets a canned
+    // 503 at once, and the ones already open keep their latency.
+    let limit = Limits {
+        connections: Arc::new(Semaphore::new(app.config.max_connections as usize)),
+        lingering: Arc::new(Semaphore::new(SHED_LINGER_MAX)),
+    };
+    accept_loop(listener, http, Some(limit), shutdown, move |peer, req| {
         let app = app.clone();
         async move { public(app, peer, req).await }
     })
     .await;
+}
+
+/// The public listener's connection cap.
+#[derive(Clone)]
+struct Limits {
+    /// One permit per open connection.
+    connections: Arc<Semaphore>,
+    /// One permit per shed connection still lingering.
+    lingering: Arc<Semaphore>,
+}
+
+/// Answers a connection over the limit with [`OVERLOADED`] and closes it.
+/// The answer fits an empty socket buffer, so one non-blocking write sends
+/// it; a short linger then reads and drops what the client sent, so the close
+/// is a FIN rather than a reset that could destroy the answer unread.
+fn shed(mut stream: TcpStream, lingering: &Arc<Semaphore>) {
+    let _ = stream.try_write(OVERLOADED);
+    let Ok(permit) = lingering.clone().try_acquire_owned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let _permit = permit;
+        let _ = stream.shutdown().await;
+        let mut sink = [0u8; 1024];
+        let _ = tokio::time::timeout(SHED_LINGER, async {
+            while let Ok(1..) = stream.read(&mut sink).await {}
+        })
+        .await;
+    });
 }
 
 /// Serves the admin API until `shutdown`.
@@ -50,7 +112,7 @@ pub async fn serve_admin(app: Arc<App>, listener: TcpListener, shutdown: Cancell
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(10));
-    accept_loop(listener, http, shutdown, move |_peer, req| {
+    accept_loop(listener, http, None, shutdown, move |_peer, req| {
         let app = app.clone();
         async move { admin(app, req).await }
     })
@@ -60,6 +122,7 @@ pub async fn serve_admin(app: Arc<App>, listener: TcpListener, shutdown: Cancell
 async fn accept_loop<F, Fut>(
     listener: TcpListener,
     http: http1::Builder,
+    limits: Option<Limits>,
     shutdown: CancellationToken,
     handler: F,
 ) where
@@ -80,6 +143,17 @@ async fn accept_loop<F, Fut>(
             },
             _ = shutdown.cancelled() => break,
         };
+        let permit = match &limits {
+            Some(l) => match l.connections.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    debug!(%peer, "connection limit reached: answered 503");
+                    shed(stream, &l.lingering);
+                    continue;
+                }
+            },
+            None => None,
+        };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let service = service_fn(move |req| {
@@ -88,6 +162,7 @@ async fn accept_loop<F, Fut>(
         });
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(e) = conn.await {
                 debug!(%peer, error = %e, "connection ended with an error");
             }
@@ -101,7 +176,22 @@ async fn accept_loop<F, Fut>(
 async fn public(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let path = req.uri().path();
-    let (route, resp) = if let Some(queue) = app.queue_for_path(path) {
+    let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    let (route, resp) = if target_len > MAX_URI_LENGTH {
+        // 1. Target length: refused before routing or any I/O looks at it.
+        let problem = Problem::new(
+            Code::UriTooLong,
+            format!("the request target is longer than {MAX_URI_LENGTH} bytes"),
+        );
+        ("other", problem.into_response())
+    } else if let Some(why) = framing_problem(req.headers()) {
+        // 2. Ambiguous framing: refused, and the connection closed so that
+        //    nothing after this request on it is ever read.
+        let mut resp = Problem::new(Code::BadRequest, why).into_response();
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        ("other", resp)
+    } else if let Some(queue) = app.queue_for_path(path) {
         let allowed: Vec<&Method> = queue
             .config
             .routes
@@ -148,6 +238,25 @@ async fn public(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> Resp
     resp
 }
 
+/// Framing that hyper accepts but an edge proxy must refuse (RFC 9112 §6.1):
+/// `Transfer-Encoding` with any coding but a single `chunked` (a front end
+/// that reads the codings differently would cut the stream elsewhere), and
+/// `Transfer-Encoding` beside `Content-Length`, the classic smuggling pair.
+fn framing_problem(headers: &HeaderMap) -> Option<&'static str> {
+    let mut codings = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(|c| c.trim_ascii());
+    match (codings.next(), codings.next()) {
+        (None, _) => None,
+        (Some(c), None) if c.eq_ignore_ascii_case(b"chunked") => headers
+            .contains_key(header::CONTENT_LENGTH)
+            .then_some("Content-Length and Transfer-Encoding together"),
+        _ => Some("the only transfer coding accepted is a single `chunked`"),
+    }
+}
+
 /// Proxies a non-queued request straight to the upstream, streaming both ways.
 async fn passthrough(app: &App, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
     let base = app.config.upstream.as_deref().unwrap_or_default();
@@ -162,11 +271,17 @@ async fn passthrough(app: &App, peer: SocketAddr, req: Request<Incoming>) -> Res
                 .into_response()
         }
     };
+    // Forwarding headers are computed before hop-by-hop stripping, which
+    // may remove some; a client's own X-Forwarded-For counts only from a
+    // trusted proxy.
+    let client = Client::identify(&app.config, &parts.headers, peer);
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::HOST);
-    if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
-        parts.headers.insert("x-forwarded-for", v);
-    }
+    parts.headers.remove("forwarded");
+    match HeaderValue::from_str(&client.forwarded_for) {
+        Ok(v) => parts.headers.insert("x-forwarded-for", v),
+        Err(_) => parts.headers.remove("x-forwarded-for"),
+    };
     parts
         .headers
         .insert("x-forwarded-proto", HeaderValue::from_static("http"));
@@ -292,6 +407,7 @@ async fn queue_info(q: &Queue) -> QueueInfo<'_> {
         sale: match knobs.phase(&q.config, std::time::SystemTime::now()) {
             Phase::Open => "open",
             Phase::NotOpen { .. } => "not_open",
+            Phase::PreQueue { .. } => "prequeue",
             Phase::Closed => "closed",
         },
     }
@@ -354,4 +470,29 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         diff |= usize::from(x ^ b.get(i).copied().unwrap_or(!x));
     }
     diff == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_canned_overload_answer_is_well_formed() {
+        let text = std::str::from_utf8(OVERLOADED).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 503 "));
+        let head = format!("{head}\r\n");
+        assert!(head.contains(&format!("\r\ncontent-length: {}\r\n", body.len())));
+        let doc: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(doc["code"], "unavailable");
+        assert_eq!(doc["status"], 503);
+    }
+
+    #[test]
+    fn token_comparison_needs_every_byte() {
+        assert!(constant_time_eq(b"s3cret", b"s3cret"));
+        assert!(!constant_time_eq(b"s3cret", b"s3cres"));
+        assert!(!constant_time_eq(b"s3cret", b"s3cret!"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
 }

@@ -3,53 +3,163 @@
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use bytes::Bytes;
+use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::headers;
 
+type HmacSha256 = Hmac<Sha256>;
+
 const RANDOM_BYTES: usize = 16;
 const TAG_BYTES: usize = 4;
-const ENCODED_LEN: usize = 27; // base64url of 20 bytes, unpadded
+/// HMAC-SHA256 truncated to 128 bits: a forger must guess it online, one
+/// request per guess.
+const MAC_BYTES: usize = 16;
+const RAW_BYTES: usize = RANDOM_BYTES + TAG_BYTES + MAC_BYTES;
+/// base64url of 36 bytes: a multiple of 3, so no padding and no spare bits
+/// (every 48-character string of the alphabet has exactly one meaning).
+const ENCODED_LEN: usize = 48;
+/// Shortest `--ticket-secret` accepted, in bytes.
+pub const MIN_SECRET_LEN: usize = 32;
 
-/// A ticket id: 128 bits from the OS CSPRNG followed by a 32-bit tag of the
-/// queue name, base64url-encoded. The tag lets any instance find the queue
-/// of a ticket without a lookup; it carries no secret.
+/// A ticket id: 128 bits from the OS CSPRNG, a 32-bit tag of the queue name
+/// and a MAC over both, base64url-encoded. The tag lets any instance find the
+/// queue of a ticket without a lookup; the MAC lets it refuse a forged id
+/// before any lookup.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TicketId(String);
 
-/// The 32-bit tag that ties ticket ids to a queue name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct QueueTag([u8; TAG_BYTES]);
+/// The server secret that every ticket MAC key derives from; the same on
+/// every instance that shares a queue.
+#[derive(Clone)]
+pub struct TicketSecret(Vec<u8>);
+
+impl TicketSecret {
+    /// A secret from configuration or from the shared store.
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
+        TicketSecret(bytes.into())
+    }
+
+    /// 256 fresh bits from the OS CSPRNG.
+    pub fn random() -> Self {
+        TicketSecret(random_bytes::<32>().to_vec())
+    }
+
+    /// Lower-case hex, to store or share the secret as text.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl std::fmt::Debug for TicketSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TicketSecret(<redacted>)")
+    }
+}
+
+/// What a queue needs to mint and check its ticket ids: the public tag of
+/// its name and its own MAC key (derived from the secret and the name, so a
+/// ticket of one queue never verifies for another).
+#[derive(Clone, Copy)]
+pub struct QueueTag {
+    tag: [u8; TAG_BYTES],
+    key: [u8; 32],
+}
 
 impl QueueTag {
-    pub fn of(queue: &str) -> Self {
+    /// The tag and key of queue `queue` under `secret`.
+    pub fn new(secret: &TicketSecret, queue: &str) -> Self {
         let digest = Sha256::digest(queue.as_bytes());
         let mut tag = [0; TAG_BYTES];
         tag.copy_from_slice(&digest[..TAG_BYTES]);
-        QueueTag(tag)
+        let mut mac = hmac(&secret.0);
+        mac.update(b"flashgate ticket key v1\0");
+        mac.update(queue.as_bytes());
+        QueueTag {
+            tag,
+            key: mac.finalize().into_bytes().into(),
+        }
     }
+
+    /// A tag under a throwaway secret: ids it mints verify nowhere else.
+    /// For tools and backend tests that only need unique, well-formed ids.
+    pub fn of(queue: &str) -> Self {
+        Self::new(&TicketSecret::random(), queue)
+    }
+
+    /// True when `claim` was minted by this queue under this secret. The MAC
+    /// comparison takes the same time wherever the first wrong byte is.
+    pub fn verify(&self, claim: &TicketClaim) -> bool {
+        let mut mac = hmac(&self.key);
+        mac.update(&claim.raw[..RANDOM_BYTES + TAG_BYTES]);
+        let tag_ok = claim.raw[RANDOM_BYTES..RANDOM_BYTES + TAG_BYTES] == self.tag;
+        let mac_ok = mac
+            .verify_truncated_left(&claim.raw[RANDOM_BYTES + TAG_BYTES..])
+            .is_ok();
+        tag_ok & mac_ok
+    }
+
+    fn seal(&self, random: &[u8; RANDOM_BYTES]) -> [u8; RAW_BYTES] {
+        let mut raw = [0u8; RAW_BYTES];
+        raw[..RANDOM_BYTES].copy_from_slice(random);
+        raw[RANDOM_BYTES..RANDOM_BYTES + TAG_BYTES].copy_from_slice(&self.tag);
+        let mut mac = hmac(&self.key);
+        mac.update(&raw[..RANDOM_BYTES + TAG_BYTES]);
+        let full = mac.finalize().into_bytes();
+        raw[RANDOM_BYTES + TAG_BYTES..].copy_from_slice(&full[..MAC_BYTES]);
+        raw
+    }
+}
+
+impl std::fmt::Debug for QueueTag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "QueueTag({:02x?}, key: <redacted>)", self.tag)
+    }
+}
+
+/// A well-formed id as presented by a client: not yet checked against any
+/// queue's key (see [`QueueTag::verify`]).
+#[derive(Clone, Copy)]
+pub struct TicketClaim {
+    raw: [u8; RAW_BYTES],
+}
+
+impl std::fmt::Debug for TicketClaim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TicketClaim(..)")
+    }
+}
+
+fn hmac(key: &[u8]) -> HmacSha256 {
+    // HMAC takes keys of any length; this cannot fail.
+    <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC accepts any key length")
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut raw = [0u8; N];
+    // The OS CSPRNG only fails on a broken system; there is no safe
+    // fallback for a secret, so that is a fatal error.
+    getrandom::fill(&mut raw).expect("OS random number generator failed");
+    raw
 }
 
 impl TicketId {
     /// A fresh id for a ticket of the queue with this tag.
     pub fn generate(tag: QueueTag) -> Self {
-        let mut raw = [0u8; RANDOM_BYTES + TAG_BYTES];
-        // The OS CSPRNG only fails on a broken system; there is no safe
-        // fallback for a secret, so that is a fatal error.
-        getrandom::fill(&mut raw[..RANDOM_BYTES]).expect("OS random number generator failed");
-        raw[RANDOM_BYTES..].copy_from_slice(&tag.0);
-        TicketId(URL_SAFE_NO_PAD.encode(raw))
+        TicketId(URL_SAFE_NO_PAD.encode(tag.seal(&random_bytes())))
     }
 
-    /// Parses a client-supplied id; anything but a canonical encoding is `None`.
-    pub fn parse(s: &str) -> Option<(Self, QueueTag)> {
+    /// Decodes a client-supplied or stored id; anything but a canonical
+    /// encoding of the right length is `None`. This checks the shape only:
+    /// whether the id is genuine is [`QueueTag::verify`]'s answer.
+    pub fn parse(s: &str) -> Option<(Self, TicketClaim)> {
         if s.len() != ENCODED_LEN {
             return None;
         }
-        let raw = URL_SAFE_NO_PAD.decode(s).ok()?;
-        let tag: [u8; TAG_BYTES] = raw.get(RANDOM_BYTES..)?.try_into().ok()?;
-        Some((TicketId(s.to_string()), QueueTag(tag)))
+        let mut raw = [0u8; RAW_BYTES];
+        let n = URL_SAFE_NO_PAD.decode_slice(s, &mut raw).ok()?;
+        (n == RAW_BYTES).then(|| (TicketId(s.to_string()), TicketClaim { raw }))
     }
 
     pub fn as_str(&self) -> &str {
@@ -242,8 +352,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ids_are_url_safe_unique_and_tagged() {
-        let tag = QueueTag::of("checkout");
+    fn ids_are_url_safe_unique_and_verify_for_their_queue_only() {
+        let secret = TicketSecret::random();
+        let tag = QueueTag::new(&secret, "checkout");
         let a = TicketId::generate(tag);
         let b = TicketId::generate(tag);
         assert_ne!(a, b);
@@ -252,11 +363,13 @@ mod tests {
             .as_str()
             .bytes()
             .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
-        assert_eq!(TicketId::parse(a.as_str()), Some((a.clone(), tag)));
-        assert_ne!(
-            TicketId::parse(a.as_str()).unwrap().1,
-            QueueTag::of("other")
-        );
+        let (parsed, claim) = TicketId::parse(a.as_str()).unwrap();
+        assert_eq!(parsed, a);
+        assert!(tag.verify(&claim));
+        assert!(QueueTag::new(&secret, "checkout").verify(&claim));
+        assert!(!QueueTag::new(&secret, "other").verify(&claim));
+        assert!(!QueueTag::new(&TicketSecret::random(), "checkout").verify(&claim));
+        assert!(!QueueTag::of("checkout").verify(&claim));
     }
 
     #[test]
@@ -268,6 +381,34 @@ mod tests {
         assert!(TicketId::parse(&s.replace(|_| true, "+")).is_none());
         assert!(TicketId::parse("").is_none());
         assert!(TicketId::parse("../../../../etc/passwd?xxxxxx").is_none());
+        assert!(TicketId::parse(&format!("{}==", &s[..46])).is_none());
+    }
+
+    #[test]
+    fn every_altered_id_fails_verification() {
+        let tag = QueueTag::new(
+            &TicketSecret::new(*b"0123456789abcdef0123456789abcdef"),
+            "q",
+        );
+        let id = TicketId::generate(tag);
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        for i in 0..ENCODED_LEN {
+            let mut bytes = id.as_str().as_bytes().to_vec();
+            let at = alphabet.iter().position(|&c| c == bytes[i]).unwrap();
+            bytes[i] = alphabet[(at + 1) % alphabet.len()];
+            let forged = String::from_utf8(bytes).unwrap();
+            let verified = TicketId::parse(&forged).is_some_and(|(_, c)| tag.verify(&c));
+            assert!(!verified, "a change at {i} still verifies");
+        }
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let secret = TicketSecret::new("hunter2hunter2hunter2hunter2hunter2");
+        assert!(!format!("{secret:?}").contains("hunter2"));
+        let tag = QueueTag::new(&secret, "q");
+        assert!(format!("{tag:?}").contains("redacted"));
+        assert_eq!(TicketSecret::new([0xab, 0x01]).to_hex(), "ab01");
     }
 
     #[test]

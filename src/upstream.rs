@@ -6,12 +6,14 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::body::Body;
 use crate::headers::strip_hop_by_hop;
+use tracing::warn;
 
 /// Largest upstream answer kept on a ticket.
 pub const MAX_RESPONSE_BODY: usize = 1 << 20;
@@ -38,10 +40,12 @@ pub struct Answer {
     pub body: Bytes,
 }
 
-/// A pooled HTTP/1.1 client for all queues and passthrough.
+/// A pooled HTTP/1.1 client for all queues and passthrough; `https://`
+/// upstreams through rustls, verified against the system's roots (or
+/// `SSL_CERT_FILE` / `SSL_CERT_DIR` when set).
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<HttpConnector, Body>,
+    client: Client<HttpsConnector<HttpConnector>, Body>,
 }
 
 impl Default for Upstream {
@@ -55,6 +59,24 @@ impl Upstream {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        // The TLS layer below decides per URL; plain http stays plain.
+        connector.enforce_http(false);
+        let connector = match HttpsConnectorBuilder::new().with_native_roots() {
+            Ok(b) => b.https_or_http().enable_http1().wrap_connector(connector),
+            Err(e) => {
+                // No trusted roots: http upstreams still work, https ones fail
+                // verification (never fall back to no verification).
+                warn!(error = %e, "no system CA certificates found: https upstreams will be refused");
+                let tls = rustls::ClientConfig::builder()
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth();
+                HttpsConnectorBuilder::new()
+                    .with_tls_config(tls)
+                    .https_or_http()
+                    .enable_http1()
+                    .wrap_connector(connector)
+            }
+        };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(256)

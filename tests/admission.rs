@@ -137,7 +137,7 @@ async fn bad_requests_get_problem_json() {
         other_queue.as_str(),
         flipped.as_str(),
         "short",
-        "AAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
         "%2e%2e%2fetc",
         &format!("{mine}x"),
     ] {

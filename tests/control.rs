@@ -324,3 +324,129 @@ async fn upstream_sold_out_fails_the_waiting_tickets_fast() {
     gw.shutdown();
     gw.wait().await;
 }
+
+/// Early arrivals in the pre-queue window are admitted, nothing is sent
+/// before the opening, and then they are served in a shuffled order — ahead
+/// of anyone who arrived after the opening.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prequeued_tickets_are_served_in_a_shuffled_order() {
+    let redis = RedisServer::start();
+    let upstream = MockUpstream::start(Behaviour::default()).await;
+    let now = SystemTime::now();
+    let opens = now + Duration::from_secs(2);
+    let toml = format!(
+        "drain_rate = 200\nmax_in_flight = 1\nprequeue_from = \"{}\"\nopens_at = \"{}\"\n",
+        humantime::format_rfc3339(now - Duration::from_secs(60)),
+        humantime::format_rfc3339(opens)
+    );
+    let gw = gateway(config(&toml, &upstream.url(), Some(&redis.url()))).await;
+    let base = format!("http://{}", gw.public_addr);
+    let c = client();
+    let mut early = Vec::new();
+    for i in 0..30 {
+        let a = send(
+            &c,
+            "POST",
+            &format!("{base}/checkout"),
+            &[],
+            format!("{{\"n\":{i}}}"),
+        )
+        .await;
+        assert_eq!(a.status, 202, "{}", String::from_utf8_lossy(&a.body));
+        let v = a.json();
+        assert!(
+            v.get("position").is_none(),
+            "a pre-queued ticket has no place yet: {v}"
+        );
+        assert!(v["eta_seconds"].as_f64().unwrap() <= 2.0);
+        early.push(v["ticket"].as_str().unwrap().to_string());
+    }
+    assert!(
+        SystemTime::now() < opens,
+        "the test was too slow to pre-queue"
+    );
+    assert!(upstream.received().is_empty(), "sent before the opening");
+    // The opening is a time: wait for it.
+    if let Ok(left) = opens.duration_since(SystemTime::now()) {
+        tokio::time::sleep(left + Duration::from_millis(50)).await;
+    }
+    let a = send(&c, "POST", &format!("{base}/checkout"), &[], "{\"late\":1}").await;
+    assert_eq!(a.status, 202);
+    let late = a.json()["ticket"].as_str().unwrap().to_string();
+    for t in early.iter().chain([&late]) {
+        assert_eq!(
+            until_terminal(&base, t, Duration::from_secs(20)).await["status"],
+            "completed"
+        );
+    }
+    let order: Vec<String> = upstream
+        .received()
+        .iter()
+        .map(|r| r.header("idempotency-key").to_string())
+        .collect();
+    let served: Vec<&String> = order.iter().filter(|k| early.contains(k)).collect();
+    assert_eq!(served.len(), 30);
+    assert_ne!(
+        served,
+        early.iter().collect::<Vec<_>>(),
+        "served in arrival order"
+    );
+    let late_at = order.iter().position(|k| *k == late).unwrap();
+    assert!(
+        late_at >= 30,
+        "a ticket admitted after the opening went ahead of pre-queued ones"
+    );
+    gw.shutdown();
+    gw.wait().await;
+}
+
+/// `flashgate admin` drives the same API from a terminal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_subcommand_turns_the_knobs() {
+    let upstream = MockUpstream::start(Behaviour::default()).await;
+    let gw = gateway(config("admin_token = \"t0ken\"\n", &upstream.url(), None)).await;
+    let url = format!("http://{}", gw.admin_addr);
+    let admin = move |args: &[&str]| {
+        let out = common::process::flashgate()
+            .args(["admin", "--url", &url, "--token", "t0ken"])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let admin2 = admin.clone();
+    let (code, out, _) = tokio::task::spawn_blocking(move || {
+        admin2(&["set", "checkout", "--pause", "--drain-rate", "12.5"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["paused"].as_bool(), v["drain_rate"].as_f64()),
+        (Some(true), Some(12.5))
+    );
+    let admin2 = admin.clone();
+    let (code, out, _) = tokio::task::spawn_blocking(move || admin2(&["queues"]))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+    assert!(out.contains("\"checkout\""), "{out}");
+    let admin2 = admin.clone();
+    let (code, _, err) = tokio::task::spawn_blocking(move || admin2(&["set", "nope", "--resume"]))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(1));
+    assert!(err.contains("404"), "{err}");
+    let (code, _, err) = tokio::task::spawn_blocking(move || admin(&["set", "checkout"]))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(1));
+    assert!(err.contains("nothing to change"), "{err}");
+    gw.shutdown();
+    gw.wait().await;
+}

@@ -42,6 +42,7 @@ fn cap(max_queue: u64) -> AdmitLimits {
     AdmitLimits {
         max_queue,
         stock: None,
+        prequeue: false,
     }
 }
 
@@ -201,8 +202,8 @@ async fn contract(q: Arc<dyn QueueBackend>) {
 
     // Stock counts every admission so far (8); a stock knob beats the config.
     let limited = AdmitLimits {
-        max_queue: 100,
         stock: Some(8),
+        ..cap(100)
     };
     assert_eq!(
         q.admit(&request(20), None, limited).await.unwrap(),
@@ -245,6 +246,73 @@ async fn contract(q: Arc<dyn QueueBackend>) {
     ));
     let knobs = q.knobs().await.unwrap();
     assert!(knobs.sold_out && knobs.stock.is_none() && !knobs.paused);
+}
+
+/// Pre-queued entries wait outside the line, then take random places in it,
+/// ahead of anyone admitted while they are being placed.
+async fn prequeue_contract(q: Arc<dyn QueueBackend>) {
+    let pre = AdmitLimits {
+        prequeue: true,
+        ..cap(100)
+    };
+    let early: Vec<QueuedRequest> = (0..12).map(request).collect();
+    for r in &early {
+        assert_eq!(
+            q.admit(r, None, pre).await.unwrap(),
+            Admit::Admitted {
+                seq: 0,
+                dispatched: 0
+            }
+        );
+    }
+    assert!(
+        next1(&*q).await.is_none(),
+        "pre-queued entries are not in line yet"
+    );
+    assert_eq!(q.release_prequeue(5).await.unwrap(), (5, 7));
+    // Admitted while the release is under way: behind every pre-queued one.
+    let late = request(99);
+    assert_eq!(
+        q.admit(&late, None, cap(100)).await.unwrap(),
+        Admit::Admitted {
+            seq: 0,
+            dispatched: 0
+        }
+    );
+    assert_eq!(q.release_prequeue(100).await.unwrap(), (8, 0));
+    let got = q.next(BLOCK, 100).await.unwrap();
+    let order: Vec<TicketId> = got
+        .iter()
+        .map(|d| d.request.as_ref().unwrap().ticket.clone())
+        .collect();
+    assert_eq!(order.len(), 13);
+    assert_eq!(order[12], late.ticket);
+    let arrival: Vec<TicketId> = early.iter().map(|r| r.ticket.clone()).collect();
+    assert_ne!(order[..12], arrival[..], "released in arrival order");
+    for (i, t) in order.iter().enumerate() {
+        let (record, _) = q.ticket(t).await.unwrap().unwrap();
+        assert_eq!(
+            record.seq,
+            i as u64 + 1,
+            "places are numbered in the new order"
+        );
+    }
+    // Once released, admissions go straight into line again.
+    assert!(matches!(
+        q.admit(&request(100), None, cap(100)).await.unwrap(),
+        Admit::Admitted { seq: 14, .. }
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_queue_prequeue_contract() {
+    prequeue_contract(Arc::new(MemoryQueue::new(Duration::from_secs(3600)))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_queue_prequeue_contract() {
+    let redis = RedisServer::start();
+    prequeue_contract(Arc::new(redis_queue(&redis, "p1"))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

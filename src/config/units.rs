@@ -78,6 +78,11 @@ pub fn ser_redacted_url<S: Serializer>(v: &Option<String>, s: S) -> Result<S::Ok
     }
 }
 
+/// Prints a URL with its password replaced.
+pub fn ser_redacted_url_str<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redact_url(url))
+}
+
 /// `redis://user:secret@host` → `redis://user:<redacted>@host`.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {

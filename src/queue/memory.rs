@@ -38,6 +38,10 @@ struct State {
     dispatched: u64,
     last_sweep: Option<Instant>,
     knobs: Knobs,
+    /// Pre-queued entries with their place in line (lowest first).
+    prequeue: Vec<(f64, QueuedRequest)>,
+    /// Entries put in the queue: the sequence numbers handed out.
+    seq: u64,
 }
 
 struct Claimed {
@@ -70,6 +74,15 @@ impl MemoryQueue {
 }
 
 impl State {
+    /// Puts an entry in line; returns its sequence number.
+    fn enqueue(&mut self, request: QueuedRequest, ahead: u64) -> u64 {
+        self.seq += 1;
+        let id = self.next_id;
+        self.next_id += 1;
+        self.ready.push_back((id, ahead, request));
+        self.seq
+    }
+
     fn sweep(&mut self, now: Instant) {
         if self.last_sweep.is_some_and(|t| now - t < SWEEP_EVERY) {
             return;
@@ -141,10 +154,17 @@ impl QueueBackend for MemoryQueue {
             return Ok(Admit::QueueFull { depth });
         }
         s.admitted += 1;
-        let seq = s.admitted;
-        let id = s.next_id;
-        s.next_id += 1;
-        s.ready.push_back((id, depth, request.clone()));
+        let seq = if limits.prequeue || !s.prequeue.is_empty() {
+            let place = if limits.prequeue {
+                getrandom::u64().unwrap_or(0) as f64 / u64::MAX as f64
+            } else {
+                2.0 + s.admitted as f64
+            };
+            s.prequeue.push((place, request.clone()));
+            0
+        } else {
+            s.enqueue(request.clone(), depth)
+        };
         let record = TicketRecord {
             status: TicketStatus::Queued,
             seq,
@@ -278,6 +298,27 @@ impl QueueBackend for MemoryQueue {
 
     async fn ping(&self) -> Result<(), QueueError> {
         Ok(())
+    }
+
+    async fn release_prequeue(&self, max: usize) -> Result<(usize, usize), QueueError> {
+        let mut s = self.lock();
+        s.prequeue.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let n = max.min(s.prequeue.len());
+        let released: Vec<QueuedRequest> = s.prequeue.drain(..n).map(|(_, r)| r).collect();
+        for request in released {
+            let ahead = s.seq.saturating_sub(s.dispatched);
+            let ticket = request.ticket.clone();
+            let seq = s.enqueue(request, ahead);
+            if let Some((record, _)) = s.tickets.get_mut(&ticket) {
+                record.seq = seq;
+            }
+        }
+        let left = s.prequeue.len();
+        drop(s);
+        if n > 0 {
+            self.arrived.notify_one();
+        }
+        Ok((n, left))
     }
 
     async fn knobs(&self) -> Result<Knobs, QueueError> {

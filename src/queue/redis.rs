@@ -31,10 +31,14 @@ pub const GROUP: &str = "flashgate";
 /// Idempotency comes first: a client retrying an admitted request gets its
 /// ticket even if the stock has run out since.
 ///
-/// KEYS: stream, counters, ticket, idempotency, knobs.
+/// During a pre-queue window (and while pre-queued entries are being
+/// released) the entry waits in the ticket hash and a sorted set instead of
+/// the stream; see `RELEASE_LUA`.
+///
+/// KEYS: stream, counters, ticket, idempotency, knobs, prequeue.
 /// ARGV: ticket id, ttl seconds, max_queue, admitted-at ms, has-claim (0/1),
-///       fingerprint, configured stock ('' = unlimited), then the entry's
-///       field/value pairs.
+///       fingerprint, configured stock ('' = unlimited), pre-queue score
+///       ('' = not in the pre-queue window), then the entry's field/value pairs.
 const ADMIT_LUA: &str = r#"
 local dispatched = tonumber(redis.call('HGET', KEYS[2], 'dispatched') or '0')
 if ARGV[5] == '1' then
@@ -51,8 +55,24 @@ local stock = knobs[2] or ARGV[7]
 if stock ~= '' and admitted >= tonumber(stock) then return {'sold_out'} end
 local depth = admitted - dispatched
 if depth >= tonumber(ARGV[3]) then return {'full', depth} end
-local seq = redis.call('HINCRBY', KEYS[2], 'admitted', 1)
-redis.call('XADD', KEYS[1], '*', 's', seq, 'w', depth, unpack(ARGV, 8))
+local n = redis.call('HINCRBY', KEYS[2], 'admitted', 1)
+local seq = 0
+if ARGV[8] ~= '' or redis.call('ZCARD', KEYS[6]) > 0 then
+  -- Pre-queued: random score in the window; during the release, after
+  -- every pre-queued entry, in arrival order.
+  local score = ARGV[8]
+  if score == '' then score = 2 + n end
+  local fields = {}
+  for i = 9, #ARGV, 2 do
+    fields[#fields + 1] = 'e:' .. ARGV[i]
+    fields[#fields + 1] = ARGV[i + 1]
+  end
+  redis.call('HSET', KEYS[3], unpack(fields))
+  redis.call('ZADD', KEYS[6], score, ARGV[1])
+else
+  seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
+  redis.call('XADD', KEYS[1], '*', 's', seq, 'w', depth, unpack(ARGV, 9))
+end
 redis.call('HSET', KEYS[3], 'st', 'queued', 'seq', seq, 'att', 0, 'adm', ARGV[4])
 redis.call('EXPIRE', KEYS[3], ARGV[2])
 if ARGV[5] == '1' then
@@ -60,6 +80,38 @@ if ARGV[5] == '1' then
   redis.call('EXPIRE', KEYS[4], ARGV[2])
 end
 return {'ok', seq, dispatched}
+"#;
+
+/// Moves up to ARGV[1] pre-queued entries, lowest (random) score first, into
+/// the stream, giving each its sequence number now. Returns {moved, left}.
+///
+/// KEYS: prequeue, stream, counters. ARGV: batch, ticket key prefix.
+/// The ticket keys are built here: they share the queue's hash tag, so the
+/// script stays on one cluster slot.
+const RELEASE_LUA: &str = r#"
+local popped = redis.call('ZPOPMIN', KEYS[1], ARGV[1])
+local names = {'t', 'm', 'p', 'h', 'b', 'c', 'f', 'x', 'a'}
+local moved = 0
+for i = 1, #popped, 2 do
+  local key = ARGV[2] .. popped[i]
+  local stored = {}
+  for j, name in ipairs(names) do stored[j] = 'e:' .. name end
+  local values = redis.call('HMGET', key, unpack(stored))
+  if values[1] then
+    local seq = redis.call('HINCRBY', KEYS[3], 'seq', 1)
+    local dispatched = tonumber(redis.call('HGET', KEYS[3], 'dispatched') or '0')
+    local entry = {'s', seq, 'w', math.max(0, seq - 1 - dispatched)}
+    for j, name in ipairs(names) do
+      entry[#entry + 1] = name
+      entry[#entry + 1] = values[j]
+    end
+    redis.call('XADD', KEYS[2], '*', unpack(entry))
+    redis.call('HSET', key, 'seq', seq)
+    redis.call('HDEL', key, unpack(stored))
+    moved = moved + 1
+  end
+end
+return {moved, redis.call('ZCARD', KEYS[1])}
 "#;
 
 /// Starts an attempt: counts the dispatch once, marks the ticket in flight and
@@ -97,6 +149,7 @@ pub struct RedisQueue {
     reader: ConnectionManager,
     admit_script: Script,
     start_script: Script,
+    release_script: Script,
     group_ready: AtomicBool,
     claims: Mutex<Claims>,
 }
@@ -120,6 +173,7 @@ struct Keys {
     dead: String,
     counters: String,
     knobs: String,
+    prequeue: String,
     ticket_prefix: String,
     idempotency_prefix: String,
 }
@@ -132,6 +186,7 @@ impl Keys {
             dead: format!("{base}:dead"),
             counters: format!("{base}:counters"),
             knobs: format!("{base}:knobs"),
+            prequeue: format!("{base}:prequeue"),
             ticket_prefix: format!("{base}:ticket:"),
             idempotency_prefix: format!("{base}:idem:"),
         }
@@ -175,6 +230,7 @@ impl RedisQueue {
             reader,
             admit_script: Script::new(ADMIT_LUA),
             start_script: Script::new(START_ATTEMPT_LUA),
+            release_script: Script::new(RELEASE_LUA),
             group_ready: AtomicBool::new(false),
             claims: Mutex::new(Claims {
                 recovering: Some("0".into()),
@@ -183,6 +239,39 @@ impl RedisQueue {
                 cursor: "0-0".into(),
             }),
         })
+    }
+
+    /// The ticket secret shared by every instance on this Redis: this
+    /// instance's `candidate` if none was stored yet, else the stored one, in
+    /// one atomic `SET NX GET` (Redis 7.0+). `<prefix>:ticket-secret` has no
+    /// TTL: changing it invalidates every outstanding ticket.
+    pub async fn shared_ticket_secret(
+        url: &str,
+        prefix: &str,
+        candidate: &str,
+    ) -> Result<String, QueueError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| QueueError::Unavailable(format!("bad redis url: {e}")))?;
+        let mut conn = tokio::time::timeout(
+            CONNECT_TIMEOUT + RESPONSE_TIMEOUT,
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+        .map_err(|_| QueueError::Unavailable("connect timed out".into()))?
+        .map_err(unavailable)?;
+        let earlier: Option<String> = tokio::time::timeout(
+            RESPONSE_TIMEOUT,
+            redis::cmd("SET")
+                .arg(format!("{prefix}:ticket-secret"))
+                .arg(candidate)
+                .arg("NX")
+                .arg("GET")
+                .query_async(&mut conn),
+        )
+        .await
+        .map_err(|_| QueueError::Unavailable("SET timed out".into()))?
+        .map_err(unavailable)?;
+        Ok(earlier.unwrap_or_else(|| candidate.to_string()))
     }
 
     /// Creates the consumer group (and the stream) unless it exists. Starting
@@ -300,13 +389,24 @@ impl QueueBackend for RedisQueue {
             .key(&ticket_key)
             .key(&idem_key)
             .key(&self.keys.knobs)
+            .key(&self.keys.prequeue)
             .arg(request.ticket.as_str())
             .arg(self.ttl_secs)
             .arg(limits.max_queue)
             .arg(&admitted_at)
             .arg(if claim.is_some() { "1" } else { "0" })
             .arg(claim.map_or("", |c| c.fingerprint.as_str()))
-            .arg(limits.stock.map(|s| s.to_string()).unwrap_or_default());
+            .arg(limits.stock.map(|s| s.to_string()).unwrap_or_default())
+            .arg(if limits.prequeue {
+                // A random place in line: arrival time inside the window
+                // gives no advantage.
+                format!(
+                    "{:.12}",
+                    getrandom::u64().unwrap_or(0) as f64 / u64::MAX as f64
+                )
+            } else {
+                String::new()
+            });
         for (name, value) in Self::entry_fields(request) {
             let value = if name == "a" {
                 admitted_at.as_bytes()
@@ -632,6 +732,21 @@ impl QueueBackend for RedisQueue {
         })
     }
 
+    async fn release_prequeue(&self, max: usize) -> Result<(usize, usize), QueueError> {
+        let mut conn = self.conn.clone();
+        let (moved, left): (usize, usize) = self
+            .release_script
+            .key(&self.keys.prequeue)
+            .key(&self.keys.stream)
+            .key(&self.keys.counters)
+            .arg(max)
+            .arg(&self.keys.ticket_prefix)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok((moved, left))
+    }
+
     async fn knobs(&self) -> Result<Knobs, QueueError> {
         let mut conn = self.conn.clone();
         let fields: HashMap<String, String> = redis::cmd("HGETALL")
@@ -666,6 +781,7 @@ impl QueueBackend for RedisQueue {
         if let Some(s) = patch.sold_out {
             pipe.hset(key, "sold_out", flag(s)).ignore();
         }
+        pipe.hincr(key, "version", 1).ignore();
         pipe.cmd("HGETALL").arg(key);
         let mut conn = self.conn.clone();
         let (fields,): (HashMap<String, String>,) =

@@ -218,5 +218,9 @@ pub fn knobs(fields: &HashMap<String, String>) -> crate::knobs::Knobs {
         stock: fields.get("stock").and_then(|v| v.parse().ok()),
         open: fields.get("open").map(|v| v == "1"),
         sold_out: flag("sold_out"),
+        version: fields
+            .get("version")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
     }
 }
