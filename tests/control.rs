@@ -182,15 +182,19 @@ async fn the_sale_window_answers_503_then_opens_on_time() {
     gw.shutdown();
 }
 
-/// A PATCH on one instance reaches the other through Redis.
+/// A PATCH on one instance reaches the other through Redis: both drain at
+/// the new rate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn patch_on_one_instance_changes_every_instance() {
     let redis = RedisServer::start();
     let upstream = MockUpstream::start(Behaviour::default()).await;
-    let a = GatewayProcess::start(&upstream.url(), &redis.url(), "a", &["--drain-rate", "5"]);
-    let b = GatewayProcess::start(&upstream.url(), &redis.url(), "b", &["--drain-rate", "5"]);
+    // One request every 2 s per instance: 40 tickets would take 40 s.
+    let flags = ["--drain-rate", "0.5"];
+    let a = GatewayProcess::start(&upstream.url(), &redis.url(), "a", &flags);
+    let b = GatewayProcess::start(&upstream.url(), &redis.url(), "b", &flags);
     a.up().await;
     b.up().await;
+    let (tickets, _) = admit(&a.base(), 40, "n").await;
     let admin_a = format!("http://127.0.0.1:{}", a.admin);
     let admin_b = format!("http://127.0.0.1:{}", b.admin);
     let changed = patch(&admin_a, "checkout", r#"{"drain_rate": 40, "stock": 1000}"#).await;
@@ -214,6 +218,29 @@ async fn patch_on_one_instance_changes_every_instance() {
     assert!(
         metrics.contains(r#"flashgate_drain_rate_limit{queue="checkout"} 40"#),
         "{metrics}"
+    );
+    // At the old rate this would take 40 s; at the new one about half a second.
+    eventually(
+        Duration::from_secs(15),
+        "the backlog drains at the new rate",
+        || async { (upstream.by_key().len() == tickets.len()).then_some(()) },
+    )
+    .await;
+    let by_instance = |admin: String| async move {
+        let m = String::from_utf8_lossy(&get(&format!("{admin}/metrics")).await.body).into_owned();
+        m.lines()
+            .find(|l| l.starts_with(r#"flashgate_dispatches_total{outcome="completed""#))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let (from_a, from_b) = (
+        by_instance(admin_a.clone()).await,
+        by_instance(admin_b).await,
+    );
+    assert_eq!(from_a + from_b, 40);
+    assert!(
+        from_a > 0 && from_b > 0,
+        "both instances drained: {from_a} + {from_b}"
     );
 
     let bad = patch(&admin_a, "checkout", r#"{"drain_rate": -3}"#).await;

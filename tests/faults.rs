@@ -393,3 +393,59 @@ async fn concurrent_duplicates_make_one_ticket() {
     assert_eq!((o.lost, o.completed, o.redelivered), (0, 1, 0));
     assert_eq!(upstream.received().len(), 1);
 }
+
+/// Redis out of memory (noeviction): admissions are refused with 503, never
+/// a 202 that was not stored, and the drain keeps acknowledging — which frees
+/// the memory — until every admitted ticket is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_out_of_memory_refuses_admissions_and_keeps_draining() {
+    let redis = RedisServer::start_with(&[
+        "--appendonly",
+        "no",
+        "--maxmemory",
+        "3mb",
+        "--maxmemory-policy",
+        "noeviction",
+    ]);
+    let upstream = MockUpstream::start(Behaviour::default()).await;
+    let gw = gateway(config(
+        // Admissions outpace the drain, so memory fills.
+        "max_body = \"64KiB\"\ndrain_rate = 20\n",
+        &upstream.url(),
+        Some(&redis.url()),
+    ))
+    .await;
+    let base = format!("http://{}", gw.public_addr);
+    let body = "x".repeat(32 * 1024);
+    let mut tickets = Vec::new();
+    let mut refused = None;
+    for _ in 0..400 {
+        let a = send(
+            &client(),
+            "POST",
+            &format!("{base}/checkout"),
+            &[],
+            body.clone(),
+        )
+        .await;
+        match a.status.as_u16() {
+            202 => tickets.push(a.json()["ticket"].as_str().unwrap().to_string()),
+            503 => {
+                refused = Some(a.json()["code"].as_str().unwrap().to_string());
+                break;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(
+        refused.as_deref(),
+        Some("unavailable"),
+        "Redis never ran out of memory"
+    );
+    assert!(!tickets.is_empty());
+    let o = process::outcome(&base, &tickets, &[&upstream]).await;
+    report("Redis out of memory", &o);
+    assert_eq!((o.lost, o.completed), (0, tickets.len()));
+    gw.shutdown();
+    gw.wait().await;
+}
