@@ -349,19 +349,8 @@ impl Drain {
             // An entry that keeps coming back (its instances died mid-attempt)
             // stops here rather than being tried forever.
             if attempt > max_attempts {
-                warn!(queue = %self.name(), ticket = %request.ticket, attempt,
-                    "attempts exhausted across restarts: ticket failed and dead-lettered");
-                let err = TicketError {
-                    code: "upstream_unavailable".into(),
-                    detail: format!("no final answer after {max_attempts} attempts"),
-                };
-                if self
-                    .persist(|| self.queue.backend.fail(&delivery, &err, true))
-                    .await
-                {
-                    metrics.dispatch(self.name(), "failed");
-                    metrics.dispatch(self.name(), "dead_lettered");
-                }
+                let why = format!("no final answer after {max_attempts} attempts");
+                self.give_up(&delivery, &request, attempt, why).await;
                 return;
             }
             if fresh {
@@ -372,7 +361,8 @@ impl Drain {
                     .with_label_values(&[self.name()])
                     .observe(waited);
                 if let Some(ahead) = delivery.ahead_at_admission {
-                    let promised = ahead as f64 / self.queue.config.drain_rate;
+                    let rate = self.queue.knobs().drain_rate(&self.queue.config);
+                    let promised = ahead as f64 / rate;
                     metrics
                         .eta_error
                         .with_label_values(&[self.name()])
@@ -399,19 +389,8 @@ impl Drain {
                 }
                 Attempt::Retry { why, after } => {
                     if attempt >= max_attempts {
-                        warn!(queue = %self.name(), ticket = %request.ticket, attempt, %why,
-                            "attempts exhausted: ticket failed and dead-lettered");
-                        let err = TicketError {
-                            code: "upstream_unavailable".into(),
-                            detail: format!("{why} (after {attempt} attempts)"),
-                        };
-                        if self
-                            .persist(|| self.queue.backend.fail(&delivery, &err, true))
-                            .await
-                        {
-                            metrics.dispatch(self.name(), "failed");
-                            metrics.dispatch(self.name(), "dead_lettered");
-                        }
+                        let why = format!("{why} (after {attempt} attempts)");
+                        self.give_up(&delivery, &request, attempt, why).await;
                         return;
                     }
                     debug!(queue = %self.name(), ticket = %request.ticket, attempt, %why, "retrying");
@@ -439,6 +418,29 @@ impl Drain {
                     }
                 }
             }
+        }
+    }
+
+    /// Attempts exhausted: the ticket fails and the entry is dead-lettered.
+    async fn give_up(
+        &self,
+        delivery: &Delivery,
+        request: &QueuedRequest,
+        attempt: u32,
+        why: String,
+    ) {
+        warn!(queue = %self.name(), ticket = %request.ticket, attempt, %why,
+            "attempts exhausted: ticket failed and dead-lettered");
+        let err = TicketError {
+            code: "upstream_unavailable".into(),
+            detail: why,
+        };
+        if self
+            .persist(|| self.queue.backend.fail(delivery, &err, true))
+            .await
+        {
+            self.app.metrics.dispatch(self.name(), "failed");
+            self.app.metrics.dispatch(self.name(), "dead_lettered");
         }
     }
 
