@@ -19,7 +19,7 @@ use crate::gateway::{App, Queue};
 use crate::headers::{self, strip_hop_by_hop};
 use crate::knobs::Phase;
 use crate::problem::{Code, Problem};
-use crate::queue::{Admit, AdmitLimits, IdempotencyClaim, QueuedRequest};
+use crate::queue::{Admit, AdmitLimits, IdempotencyClaim, Prequeue, QueuedRequest};
 use crate::ticket::{self, now_ms, AdmissionView, TicketId, TicketStatus};
 
 /// Longest `Idempotency-Key` accepted (SPEC §3.1).
@@ -154,7 +154,11 @@ async fn try_admit(
             AdmitLimits {
                 max_queue: queue.config.max_queue,
                 stock: queue.config.stock,
-                prequeue: prequeue.is_some(),
+                prequeue: match (prequeue, queue.config.prequeue_from) {
+                    (Some(_), _) => Prequeue::Now,
+                    (None, Some(_)) => Prequeue::Configured,
+                    (None, None) => Prequeue::None,
+                },
             },
         )
         .await

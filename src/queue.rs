@@ -76,9 +76,21 @@ pub struct AdmitLimits {
     pub max_queue: u64,
     /// The configured stock; a stock knob set at run time wins.
     pub stock: Option<u64>,
-    /// In the pre-queue window: the entry takes a random place in line and
-    /// waits for [`QueueBackend::release_prequeue`].
-    pub prequeue: bool,
+    /// Whether the entry joins the pre-queue.
+    pub prequeue: Prequeue,
+}
+
+/// The pre-queue, as far as one admission is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prequeue {
+    /// The queue has no pre-queue window: straight into line.
+    None,
+    /// It has one, but this admission is after it: into line, unless
+    /// pre-queued entries are still being placed (then behind them).
+    Configured,
+    /// In the window: the entry takes a random place in line and waits for
+    /// [`QueueBackend::release_prequeue`].
+    Now,
 }
 
 /// One entry handed to the drain.

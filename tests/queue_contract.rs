@@ -10,8 +10,8 @@ use bytes::Bytes;
 use common::RedisServer;
 use flashgate::knobs::KnobsPatch;
 use flashgate::queue::{
-    Admit, AdmitLimits, Delivery, IdempotencyClaim, MemoryQueue, QueueBackend, QueuedRequest,
-    RedisQueue, RedisQueueConfig,
+    Admit, AdmitLimits, Delivery, IdempotencyClaim, MemoryQueue, Prequeue, QueueBackend,
+    QueuedRequest, RedisQueue, RedisQueueConfig,
 };
 use flashgate::ticket::{QueueTag, StoredResponse, TicketError, TicketId, TicketStatus};
 
@@ -42,7 +42,7 @@ fn cap(max_queue: u64) -> AdmitLimits {
     AdmitLimits {
         max_queue,
         stock: None,
-        prequeue: false,
+        prequeue: Prequeue::Configured,
     }
 }
 
@@ -252,7 +252,7 @@ async fn contract(q: Arc<dyn QueueBackend>) {
 /// ahead of anyone admitted while they are being placed.
 async fn prequeue_contract(q: Arc<dyn QueueBackend>) {
     let pre = AdmitLimits {
-        prequeue: true,
+        prequeue: Prequeue::Now,
         ..cap(100)
     };
     let early: Vec<QueuedRequest> = (0..12).map(request).collect();

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use super::{
-    Admit, AdmitLimits, Delivery, IdempotencyClaim, QueueBackend, QueueError, QueueStats,
+    Admit, AdmitLimits, Delivery, IdempotencyClaim, Prequeue, QueueBackend, QueueError, QueueStats,
     QueuedRequest,
 };
 use crate::knobs::{Knobs, KnobsPatch};
@@ -154,8 +154,9 @@ impl QueueBackend for MemoryQueue {
             return Ok(Admit::QueueFull { depth });
         }
         s.admitted += 1;
-        let seq = if limits.prequeue || !s.prequeue.is_empty() {
-            let place = if limits.prequeue {
+        let early = limits.prequeue == Prequeue::Now;
+        let seq = if early || !s.prequeue.is_empty() {
+            let place = if early {
                 getrandom::u64().unwrap_or(0) as f64 / u64::MAX as f64
             } else {
                 2.0 + s.admitted as f64

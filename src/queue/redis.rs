@@ -14,7 +14,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script, Value};
 
 use super::{
-    Admit, AdmitLimits, Delivery, IdempotencyClaim, QueueBackend, QueueError, QueueStats,
+    Admit, AdmitLimits, Delivery, IdempotencyClaim, Prequeue, QueueBackend, QueueError, QueueStats,
     QueuedRequest,
 };
 use crate::knobs::{Knobs, KnobsPatch};
@@ -37,10 +37,12 @@ pub const GROUP: &str = "flashgate";
 ///
 /// KEYS: stream, counters, ticket, idempotency, knobs, prequeue.
 /// ARGV: ticket id, ttl seconds, max_queue, admitted-at ms, has-claim (0/1),
-///       fingerprint, configured stock ('' = unlimited), pre-queue score
-///       ('' = not in the pre-queue window), then the entry's field/value pairs.
+///       fingerprint, configured stock ('' = unlimited), pre-queue score in
+///       the window ('-' = a pre-queue is configured but the window is over,
+///       '' = none is), then the entry's field/value pairs.
 const ADMIT_LUA: &str = r#"
-local dispatched = tonumber(redis.call('HGET', KEYS[2], 'dispatched') or '0')
+local counters = redis.call('HMGET', KEYS[2], 'dispatched', 'admitted', 'seq')
+local dispatched = tonumber(counters[1] or '0')
 if ARGV[5] == '1' then
   local prev = redis.call('HMGET', KEYS[4], 't', 'f', 's')
   if prev[1] then
@@ -50,18 +52,19 @@ if ARGV[5] == '1' then
 end
 local knobs = redis.call('HMGET', KEYS[5], 'sold_out', 'stock')
 if knobs[1] == '1' then return {'sold_out'} end
-local admitted = tonumber(redis.call('HGET', KEYS[2], 'admitted') or '0')
+local admitted = tonumber(counters[2] or '0')
 local stock = knobs[2] or ARGV[7]
 if stock ~= '' and admitted >= tonumber(stock) then return {'sold_out'} end
 local depth = admitted - dispatched
 if depth >= tonumber(ARGV[3]) then return {'full', depth} end
-local n = redis.call('HINCRBY', KEYS[2], 'admitted', 1)
+local n = admitted + 1
 local seq = 0
-if ARGV[8] ~= '' or redis.call('ZCARD', KEYS[6]) > 0 then
+local pre = ARGV[8] ~= '' and ARGV[8] ~= '-'
+if pre or (ARGV[8] == '-' and redis.call('ZCARD', KEYS[6]) > 0) then
   -- Pre-queued: random score in the window; during the release, after
   -- every pre-queued entry, in arrival order.
   local score = ARGV[8]
-  if score == '' then score = 2 + n end
+  if not pre then score = 2 + n end
   local fields = {}
   for i = 9, #ARGV, 2 do
     fields[#fields + 1] = 'e:' .. ARGV[i]
@@ -69,8 +72,10 @@ if ARGV[8] ~= '' or redis.call('ZCARD', KEYS[6]) > 0 then
   end
   redis.call('HSET', KEYS[3], unpack(fields))
   redis.call('ZADD', KEYS[6], score, ARGV[1])
+  redis.call('HSET', KEYS[2], 'admitted', n)
 else
-  seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
+  seq = tonumber(counters[3] or '0') + 1
+  redis.call('HSET', KEYS[2], 'admitted', n, 'seq', seq)
   redis.call('XADD', KEYS[1], '*', 's', seq, 'w', depth, unpack(ARGV, 9))
 end
 redis.call('HSET', KEYS[3], 'st', 'queued', 'seq', seq, 'att', 0, 'adm', ARGV[4])
@@ -397,15 +402,17 @@ impl QueueBackend for RedisQueue {
             .arg(if claim.is_some() { "1" } else { "0" })
             .arg(claim.map_or("", |c| c.fingerprint.as_str()))
             .arg(limits.stock.map(|s| s.to_string()).unwrap_or_default())
-            .arg(if limits.prequeue {
+            .arg(match limits.prequeue {
                 // A random place in line: arrival time inside the window
                 // gives no advantage.
-                format!(
-                    "{:.12}",
-                    getrandom::u64().unwrap_or(0) as f64 / u64::MAX as f64
-                )
-            } else {
-                String::new()
+                Prequeue::Now => {
+                    format!(
+                        "{:.12}",
+                        getrandom::u64().unwrap_or(0) as f64 / u64::MAX as f64
+                    )
+                }
+                Prequeue::Configured => "-".into(),
+                Prequeue::None => String::new(),
             });
         for (name, value) in Self::entry_fields(request) {
             let value = if name == "a" {
