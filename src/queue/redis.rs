@@ -3,6 +3,7 @@
 //! so a queue's keys share a cluster slot (SPEC §7).
 
 mod reply;
+mod scripts;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,116 +21,11 @@ use super::{
 use crate::knobs::{Knobs, KnobsPatch};
 use crate::ticket::{now_ms, StoredResponse, TicketError, TicketId, TicketRecord, TicketStatus};
 use reply::{as_string, as_u64, first_id_ms, group_info, parse_ticket};
+use scripts::{ADMIT_LUA, RELEASE_LUA, START_ATTEMPT_LUA};
 use tracing::{error, info, warn};
 
 /// The consumer group every instance reads through.
 pub const GROUP: &str = "flashgate";
-
-/// Admission in one round trip: idempotency, sold-out flag, stock, capacity,
-/// sequence number, stream entry and ticket hash, atomically — so a burst
-/// never oversells the stock nor overfills the queue, not even by one.
-/// Idempotency comes first: a client retrying an admitted request gets its
-/// ticket even if the stock has run out since.
-///
-/// During a pre-queue window (and while pre-queued entries are being
-/// released) the entry waits in the ticket hash and a sorted set instead of
-/// the stream; see `RELEASE_LUA`.
-///
-/// KEYS: stream, counters, ticket, idempotency, knobs, prequeue.
-/// ARGV: ticket id, ttl seconds, max_queue, admitted-at ms, has-claim (0/1),
-///       fingerprint, configured stock ('' = unlimited), pre-queue score in
-///       the window ('-' = a pre-queue is configured but the window is over,
-///       '' = none is), then the entry's field/value pairs.
-const ADMIT_LUA: &str = r#"
-local counters = redis.call('HMGET', KEYS[2], 'dispatched', 'admitted', 'seq')
-local dispatched = tonumber(counters[1] or '0')
-if ARGV[5] == '1' then
-  local prev = redis.call('HMGET', KEYS[4], 't', 'f', 's')
-  if prev[1] then
-    if prev[2] ~= ARGV[6] then return {'reused'} end
-    return {'replayed', prev[1], tonumber(prev[3]), dispatched}
-  end
-end
-local knobs = redis.call('HMGET', KEYS[5], 'sold_out', 'stock')
-if knobs[1] == '1' then return {'sold_out'} end
-local admitted = tonumber(counters[2] or '0')
-local stock = knobs[2] or ARGV[7]
-if stock ~= '' and admitted >= tonumber(stock) then return {'sold_out'} end
-local depth = admitted - dispatched
-if depth >= tonumber(ARGV[3]) then return {'full', depth} end
-local n = admitted + 1
-local seq = 0
-local pre = ARGV[8] ~= '' and ARGV[8] ~= '-'
-if pre or (ARGV[8] == '-' and redis.call('ZCARD', KEYS[6]) > 0) then
-  -- Pre-queued: random score in the window; during the release, after
-  -- every pre-queued entry, in arrival order.
-  local score = ARGV[8]
-  if not pre then score = 2 + n end
-  local fields = {}
-  for i = 9, #ARGV, 2 do
-    fields[#fields + 1] = 'e:' .. ARGV[i]
-    fields[#fields + 1] = ARGV[i + 1]
-  end
-  redis.call('HSET', KEYS[3], unpack(fields))
-  redis.call('ZADD', KEYS[6], score, ARGV[1])
-  redis.call('HSET', KEYS[2], 'admitted', n)
-else
-  seq = tonumber(counters[3] or '0') + 1
-  redis.call('HSET', KEYS[2], 'admitted', n, 'seq', seq)
-  redis.call('XADD', KEYS[1], '*', 's', seq, 'w', depth, unpack(ARGV, 9))
-end
-redis.call('HSET', KEYS[3], 'st', 'queued', 'seq', seq, 'att', 0, 'adm', ARGV[4])
-redis.call('EXPIRE', KEYS[3], ARGV[2])
-if ARGV[5] == '1' then
-  redis.call('HSET', KEYS[4], 't', ARGV[1], 'f', ARGV[6], 's', seq)
-  redis.call('EXPIRE', KEYS[4], ARGV[2])
-end
-return {'ok', seq, dispatched}
-"#;
-
-/// Moves up to ARGV[1] pre-queued entries, lowest (random) score first, into
-/// the stream, giving each its sequence number now. Returns {moved, left}.
-///
-/// KEYS: prequeue, stream, counters. ARGV: batch, ticket key prefix.
-/// The ticket keys are built here: they share the queue's hash tag, so the
-/// script stays on one cluster slot.
-const RELEASE_LUA: &str = r#"
-local popped = redis.call('ZPOPMIN', KEYS[1], ARGV[1])
-local names = {'t', 'm', 'p', 'h', 'b', 'c', 'f', 'x', 'a'}
-local moved = 0
-for i = 1, #popped, 2 do
-  local key = ARGV[2] .. popped[i]
-  local stored = {}
-  for j, name in ipairs(names) do stored[j] = 'e:' .. name end
-  local values = redis.call('HMGET', key, unpack(stored))
-  if values[1] then
-    local seq = redis.call('HINCRBY', KEYS[3], 'seq', 1)
-    local dispatched = tonumber(redis.call('HGET', KEYS[3], 'dispatched') or '0')
-    local entry = {'s', seq, 'w', math.max(0, seq - 1 - dispatched)}
-    for j, name in ipairs(names) do
-      entry[#entry + 1] = name
-      entry[#entry + 1] = values[j]
-    end
-    redis.call('XADD', KEYS[2], '*', unpack(entry))
-    redis.call('HSET', key, 'seq', seq)
-    redis.call('HDEL', key, unpack(stored))
-    moved = moved + 1
-  end
-end
-return {moved, redis.call('ZCARD', KEYS[1])}
-"#;
-
-/// Starts an attempt: counts the dispatch once, marks the ticket in flight and
-/// counts the attempt on the ticket, so attempts add up across instances.
-/// Never recreates an expired ticket hash.
-///
-/// KEYS: ticket, counters. ARGV: fresh (0/1).
-const START_ATTEMPT_LUA: &str = r#"
-if ARGV[1] == '1' then redis.call('HINCRBY', KEYS[2], 'dispatched', 1) end
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-redis.call('HSET', KEYS[1], 'st', 'in_flight')
-return redis.call('HINCRBY', KEYS[1], 'att', 1)
-"#;
 
 /// How the Redis backend connects and names its keys.
 #[derive(Debug, Clone)]
