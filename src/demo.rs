@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 
 use crate::cli::DemoArgs;
 use crate::config::{Config, FileConfig, GlobalSettings, Overrides, QueueSettings};
+use crate::knobs::KnobsPatch;
 use crate::Gateway;
 
 /// A stand-in order service: places an order after a few milliseconds while
@@ -28,6 +29,7 @@ use crate::Gateway;
 pub struct SampleShop {
     pub addr: SocketAddr,
     pub orders: Arc<AtomicU32>,
+    shop: Arc<Shop>,
 }
 
 struct Shop {
@@ -46,9 +48,10 @@ impl SampleShop {
             orders: orders.clone(),
             answers: Mutex::new(HashMap::new()),
         });
+        let serving = shop.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let shop = shop.clone();
+                let shop = serving.clone();
                 let service = service_fn(move |req| {
                     let shop = shop.clone();
                     async move { Ok::<_, std::convert::Infallible>(shop.order(req).await) }
@@ -59,7 +62,12 @@ impl SampleShop {
                 );
             }
         });
-        Ok(SampleShop { addr, orders })
+        Ok(SampleShop { addr, orders, shop })
+    }
+
+    /// Puts `units` back on the shelf.
+    pub fn restock(&self, units: u32) {
+        self.shop.stock.store(units, Ordering::SeqCst);
     }
 }
 
@@ -216,7 +224,19 @@ pub async fn run(args: DemoArgs, stop: impl Future<Output = ()>) -> anyhow::Resu
         gateway.wait().await;
         return Ok(());
     }
-    println!("\nThe gateway keeps serving. Try it (Ctrl-C to stop):\n");
+    // Restock and reopen, so the commands below show a whole ticket's life.
+    shop.restock(args.stock);
+    let reopen = KnobsPatch {
+        sold_out: Some(false),
+        ..KnobsPatch::default()
+    };
+    if let Ok(knobs) = queue.backend.set_knobs(&reopen).await {
+        queue.update_knobs(knobs);
+    }
+    println!(
+        "\nThe shop restocked {} units and the sale is open again. The gateway keeps serving; try it (Ctrl-C to stop):\n",
+        args.stock
+    );
     println!("  # join the queue");
     println!(
         "  curl -i -X POST http://{public}/checkout -H 'content-type: application/json' -H 'Idempotency-Key: my-first-order' -d '{{\"sku\":\"sneaker-42\",\"qty\":1}}'"
