@@ -83,7 +83,8 @@ async fn try_admit(
 
     // 2. The sale window, and the sold-out flag as this instance last saw it.
     let knobs = queue.knobs();
-    match knobs.phase(&queue.config, SystemTime::now()) {
+    let phase = knobs.phase(&queue.config, SystemTime::now());
+    match phase {
         Phase::NotOpen { opens_in } => {
             return Err(
                 Problem::new(Code::SaleNotOpen, "the sale has not opened yet")
@@ -94,7 +95,7 @@ async fn try_admit(
         _ if knobs.sold_out => return Err(sold_out()),
         Phase::Open | Phase::PreQueue { .. } => {}
     }
-    let prequeue = match knobs.phase(&queue.config, SystemTime::now()) {
+    let prequeue = match phase {
         Phase::PreQueue { opens_in } => Some(opens_in),
         _ => None,
     };
@@ -180,6 +181,7 @@ async fn try_admit(
                 &request.ticket,
                 TicketStatus::Queued,
                 Some(place),
+                rate,
             );
             Ok(("admitted", resp))
         }
@@ -193,7 +195,7 @@ async fn try_admit(
                 Ok(None) => (TicketStatus::Expired, None),
                 Err(_) => (TicketStatus::Queued, None),
             };
-            let mut resp = ticket_answer(StatusCode::OK, queue, &ticket, status, place);
+            let mut resp = ticket_answer(StatusCode::OK, queue, &ticket, status, place, rate);
             resp.headers_mut().insert(
                 IDEMPOTENT_REPLAYED.clone(),
                 HeaderValue::from_static("true"),
@@ -223,8 +225,8 @@ fn ticket_answer(
     ticket: &TicketId,
     state: TicketStatus,
     place: Option<Place>,
+    rate: f64,
 ) -> Response<Body> {
-    let rate = queue.knobs().drain_rate(&queue.config);
     let position = place.and_then(|p| p.position);
     let eta = place.map(|p| p.eta_seconds(rate));
     let poll_url = format!("/tickets/{ticket}");
