@@ -356,6 +356,23 @@ def build() -> dict:
                 "dead-lettered {{queue}}", "B")],
         "ops"), 8, 8)
 
+    # ---- Clients ------------------------------------------------------------
+    L.row("Clients")
+    L.add(timeseries(
+        "Waiting clients",
+        "Long-polls, event streams and Prefer: wait admissions held open now, over all "
+        "instances. They cost no queue-backend call until their ticket changes.",
+        [target(f'sum by (queue) (flashgate_ticket_waiters{{{Q}}})', "{{queue}}", "A")],
+        "short"), 12, 8)
+    L.add(timeseries(
+        "Cancellations",
+        "Tickets cancelled by their clients (DELETE /tickets/{id}) and cancelled entries the "
+        "drain removed unsent.",
+        [target(rate("flashgate_tickets_cancelled_total"), "cancelled {{queue}}", "A"),
+         target(rate("flashgate_drain_skipped_total", 'reason="cancelled"'),
+                "skipped by the drain {{queue}}", "B")],
+        "ops"), 12, 8)
+
     # ---- Process ------------------------------------------------------------
     L.row("Process")
     L.add(timeseries(

@@ -146,6 +146,7 @@ fn bad_config(e: ConfigError) -> ExitCode {
 }
 
 async fn serve(config: Config) -> ExitCode {
+    let stop = shutdown_signal();
     let gateway = match Gateway::start(config).await {
         Ok(g) => g,
         Err(e) => {
@@ -153,25 +154,31 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    shutdown_signal().await;
+    stop.await;
     info!("signal received: stopping gracefully");
     gateway.shutdown();
     gateway.wait().await;
     ExitCode::SUCCESS
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is
+/// called, not when it is first awaited: a signal that arrives while the
+/// gateway starts is not lost to the default action (exit by signal).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("cannot install a SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("cannot install a SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("cannot install a SIGINT handler");
+        async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
