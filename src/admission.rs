@@ -18,6 +18,7 @@ use crate::client::Client;
 use crate::gateway::{App, Queue};
 use crate::headers::{self, strip_hop_by_hop};
 use crate::knobs::Phase;
+use crate::poll;
 use crate::problem::{Code, Problem};
 use crate::queue::{Admit, AdmitLimits, IdempotencyClaim, Prequeue, QueuedRequest};
 use crate::ticket::{self, now_ms, AdmissionView, TicketId, TicketStatus};
@@ -114,6 +115,7 @@ async fn try_admit(
 
     // 4. Idempotency-Key shape: no I/O needed to refuse a bad one.
     let key = idempotency_key(req.headers())?;
+    let wait = preferred_wait(req.headers()).min(app.config.max_wait);
 
     // 5. The body, read whole but never past the limit (chunked bodies
     //    declare no length).
@@ -174,6 +176,12 @@ async fn try_admit(
         })?;
     match outcome {
         Admit::Admitted { seq, dispatched } => {
+            if !wait.is_zero() {
+                return Ok((
+                    "admitted",
+                    answer_within(queue, &request.ticket, wait).await,
+                ));
+            }
             let place = Place::of(seq, dispatched, prequeue);
             let resp = ticket_answer(
                 StatusCode::ACCEPTED,
@@ -184,6 +192,17 @@ async fn try_admit(
                 rate,
             );
             Ok(("admitted", resp))
+        }
+        Admit::Replayed { ticket, .. } if !wait.is_zero() => {
+            let mut resp = answer_within(queue, &ticket, wait).await;
+            if resp.status() == StatusCode::ACCEPTED {
+                *resp.status_mut() = StatusCode::OK;
+            }
+            resp.headers_mut().insert(
+                IDEMPOTENT_REPLAYED.clone(),
+                HeaderValue::from_static("true"),
+            );
+            Ok(("duplicate", resp))
         }
         Admit::Replayed { ticket, .. } => {
             let (status, place) = match queue.backend.ticket(&ticket).await {
@@ -215,6 +234,67 @@ async fn try_admit(
             )
             .retry_after(ticket::retry_after(wait)))
         }
+    }
+}
+
+/// `Prefer: wait=N` (RFC 7240): how long the client would rather wait for
+/// the upstream's own answer than get a ticket; zero with `respond-async`,
+/// without a preference, or with a malformed one.
+fn preferred_wait(headers: &HeaderMap) -> Duration {
+    let mut wait = Duration::ZERO;
+    for pref in headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+    {
+        let token = pref.split(';').next().unwrap_or_default().trim();
+        if token.eq_ignore_ascii_case("respond-async") {
+            return Duration::ZERO;
+        }
+        if let Some((name, value)) = token.split_once('=') {
+            if name.trim().eq_ignore_ascii_case("wait") {
+                if let Ok(secs) = value.trim().trim_matches('"').parse::<u64>() {
+                    wait = Duration::from_secs(secs);
+                }
+            }
+        }
+    }
+    wait
+}
+
+/// Holds an admission up to `wait` for its ticket to complete: the
+/// upstream's own answer if it does (the gateway is invisible at low load),
+/// else the usual 202 with the ticket as it stands.
+async fn answer_within(queue: &Queue, id: &TicketId, wait: Duration) -> Response<Body> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let rate = queue.knobs().drain_rate(&queue.config);
+    match poll::wait_until(queue, id, deadline, |r| r.status.is_terminal()).await {
+        Ok(Some(record)) => match (&record.response, record.status) {
+            (Some(stored), TicketStatus::Completed) => poll::upstream_answer(id, stored),
+            (_, status) => {
+                let place = (status == TicketStatus::Queued)
+                    .then(|| Place::of(record.seq, queue.dispatched(), None));
+                ticket_answer(StatusCode::ACCEPTED, queue, id, status, place, rate)
+            }
+        },
+        Ok(None) => ticket_answer(
+            StatusCode::ACCEPTED,
+            queue,
+            id,
+            TicketStatus::Expired,
+            None,
+            rate,
+        ),
+        // Stored, but its state cannot be read now: the ticket is the answer.
+        Err(_) => ticket_answer(
+            StatusCode::ACCEPTED,
+            queue,
+            id,
+            TicketStatus::Queued,
+            None,
+            rate,
+        ),
     }
 }
 

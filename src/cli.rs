@@ -182,6 +182,17 @@ pub struct ServeArgs {
     /// Open public connections; beyond it new ones get 503 and are closed [default: 10000].
     #[arg(long, env = "FLASHGATE_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<u32>,
+    /// Longest `Prefer: wait` an admission is held for, 0 = never [default: 10s].
+    #[arg(long, env = "FLASHGATE_MAX_WAIT", value_name = "DUR")]
+    pub max_wait: Option<String>,
+    /// Browser origins allowed by CORS, comma-separated, or `*` [default: none].
+    #[arg(
+        long,
+        env = "FLASHGATE_CORS_ORIGINS",
+        value_name = "ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
     /// Secret for ticket MACs, at least 32 bytes [default: shared through Redis, or random per process].
     #[arg(
         long,
@@ -250,6 +261,8 @@ impl ServeArgs {
                 max_header_size: self.max_header_size.clone(),
                 body_timeout: self.body_timeout.clone(),
                 max_connections: self.max_connections,
+                max_wait: self.max_wait.clone(),
+                cors_origins: (!self.cors_origins.is_empty()).then(|| self.cors_origins.clone()),
                 ticket_secret: self.ticket_secret.clone(),
                 ticket_ttl: self.ticket_ttl.clone(),
                 shutdown_grace: self.shutdown_grace.clone(),

@@ -82,6 +82,11 @@ pub struct Config {
     pub body_timeout: Duration,
     /// Open public connections; beyond it new ones get a fast 503 and are closed.
     pub max_connections: u32,
+    /// Longest `Prefer: wait` an admission is held for (0 = never held).
+    #[serde(with = "units::duration")]
+    pub max_wait: Duration,
+    /// Browser origins allowed to call the public API (`*` = any); empty = no CORS.
+    pub cors_origins: Vec<String>,
     /// Secret that ticket MACs derive from; `None` = shared through Redis or,
     /// with the embedded queue, random per process.
     #[serde(serialize_with = "units::ser_secret")]
@@ -303,6 +308,10 @@ pub struct GlobalSettings {
     pub body_timeout: Option<String>,
     /// Open public connections (default 10000).
     pub max_connections: Option<u32>,
+    /// Longest `Prefer: wait` honoured on an admission (default 10s; 0 = never).
+    pub max_wait: Option<String>,
+    /// Origins allowed by CORS, e.g. ["https://shop.example"] or ["*"] (default none).
+    pub cors_origins: Option<Vec<String>>,
     /// Secret for ticket MACs, at least 32 bytes (default: shared through
     /// Redis, or random per process with the embedded queue).
     pub ticket_secret: Option<String>,
@@ -383,6 +392,8 @@ struct RawFile {
     max_header_size: Option<String>,
     body_timeout: Option<String>,
     max_connections: Option<u32>,
+    max_wait: Option<String>,
+    cors_origins: Option<Vec<String>>,
     ticket_secret: Option<String>,
     ticket_ttl: Option<String>,
     shutdown_grace: Option<String>,
@@ -464,6 +475,8 @@ impl FileConfig {
                 max_header_size: raw.max_header_size,
                 body_timeout: raw.body_timeout,
                 max_connections: raw.max_connections,
+                max_wait: raw.max_wait,
+                cors_origins: raw.cors_origins,
                 ticket_secret: raw.ticket_secret,
                 ticket_ttl: raw.ticket_ttl,
                 shutdown_grace: raw.shutdown_grace,
@@ -577,6 +590,26 @@ impl Config {
             return Err(ConfigError::invalid(
                 "max_connections",
                 "must be at least 1",
+            ));
+        }
+        let max_wait = dur("max_wait", &g.max_wait, &f.max_wait, "10s")?;
+        if max_wait > Duration::from_secs(60) {
+            return Err(ConfigError::invalid("max_wait", "must be at most 60s"));
+        }
+        let cors_origins = pick(&g.cors_origins, &f.cors_origins)
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|s| s.split(','))
+            .map(|s| s.trim().trim_end_matches('/').to_string())
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>();
+        if let Some(bad) = cors_origins
+            .iter()
+            .find(|o| *o != "*" && !(o.starts_with("http://") || o.starts_with("https://")))
+        {
+            return Err(ConfigError::invalid(
+                "cors_origins",
+                format!("`{bad}` is not an origin: expected `*` or scheme://host[:port]"),
             ));
         }
         let ticket_secret = pick(&g.ticket_secret, &f.ticket_secret).filter(|s| !s.is_empty());
@@ -698,6 +731,8 @@ impl Config {
             max_header_size,
             body_timeout,
             max_connections,
+            max_wait,
+            cors_origins,
             ticket_secret,
             ticket_ttl,
             shutdown_grace,

@@ -21,7 +21,7 @@ use crate::pacer::Pacer;
 
 mod attempt;
 
-use crate::queue::{Delivery, QueueError, QueuedRequest};
+use crate::queue::{AttemptStart, Delivery, QueueError, QueuedRequest};
 use crate::ticket::{now_ms, StoredResponse, TicketError};
 use crate::upstream::{Answer, UpstreamError};
 use attempt::{backoff, build_request, is_retryable, retry_after, RETRY_MAX};
@@ -336,14 +336,26 @@ impl Drain {
         loop {
             local_attempt += 1;
             let fresh = delivery.fresh;
-            let Some(counted) = self
+            let Some(started) = self
                 .persist_value(|| self.queue.backend.start_attempt(&delivery))
                 .await
             else {
                 return;
             };
             delivery.fresh = false;
-            let attempt = counted.unwrap_or(local_attempt);
+            let attempt = match started {
+                AttemptStart::Counted(n) => n,
+                AttemptStart::Untracked => local_attempt,
+                AttemptStart::Cancelled => {
+                    debug!(queue = %self.name(), ticket = %request.ticket,
+                        "ticket cancelled while queued: skipped, not sent");
+                    metrics
+                        .drain_skipped
+                        .with_label_values(&[self.name(), "cancelled"])
+                        .inc();
+                    return;
+                }
+            };
             // An entry that keeps coming back (its instances died mid-attempt)
             // stops here rather than being tried forever.
             if attempt > max_attempts {

@@ -2,6 +2,7 @@
 //! gauges, and the order in which they stop.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,9 +15,10 @@ use tracing::{error, info, warn};
 
 use crate::client::{ClientLimiter, FORGET_EVERY};
 use crate::config::{redact_url, Config, QueueConfig};
+use crate::feed::TicketFeed;
 use crate::knobs::{Knobs, WATCH_INTERVAL};
 use crate::metrics::Metrics;
-use crate::queue::{MemoryQueue, QueueBackend, QueueError, RedisQueue, RedisQueueConfig};
+use crate::queue::{Change, MemoryQueue, QueueBackend, QueueError, RedisQueue, RedisQueueConfig};
 use crate::ticket::{QueueTag, TicketClaim, TicketSecret};
 use crate::upstream::Upstream;
 use crate::{drain, server};
@@ -33,9 +35,36 @@ pub struct Queue {
     pub backend: Arc<dyn QueueBackend>,
     /// This instance's copy of the shared knobs, kept current by a watcher.
     pub knobs: watch::Sender<Knobs>,
+    /// Wakes the clients waiting on a ticket when it changes.
+    pub feed: Arc<TicketFeed>,
+    /// The queue's dispatched count as last seen (refreshed every second):
+    /// positions for event streams without a backend call per client.
+    dispatched: AtomicU64,
 }
 
 impl Queue {
+    /// A queue at run time, before anything has been read from its backend.
+    pub fn new(config: QueueConfig, tag: QueueTag, backend: Arc<dyn QueueBackend>) -> Self {
+        Queue {
+            config,
+            tag,
+            backend,
+            knobs: watch::Sender::new(Knobs::default()),
+            feed: Arc::default(),
+            dispatched: AtomicU64::new(0),
+        }
+    }
+
+    /// The dispatched count as last seen (it only grows).
+    pub fn dispatched(&self) -> u64 {
+        self.dispatched.load(Ordering::Relaxed)
+    }
+
+    /// Records a dispatched count read from the backend.
+    pub fn saw_dispatched(&self, n: u64) {
+        self.dispatched.fetch_max(n, Ordering::Relaxed);
+    }
+
     /// The knobs as this instance last saw them.
     pub fn knobs(&self) -> Knobs {
         self.knobs.borrow().clone()
@@ -174,12 +203,11 @@ impl Gateway {
                 max_in_flight = q.max_in_flight,
                 "queue ready"
             );
-            queues.push(Arc::new(Queue {
-                config: q.clone(),
-                tag: QueueTag::new(&secret, &q.name),
+            queues.push(Arc::new(Queue::new(
+                q.clone(),
+                QueueTag::new(&secret, &q.name),
                 backend,
-                knobs: watch::Sender::new(Knobs::default()),
-            }));
+            )));
         }
         let names: Vec<String> = queues.iter().map(|q| q.config.name.clone()).collect();
         let app = Arc::new(App {
@@ -270,6 +298,7 @@ async fn run(app: Arc<App>, public: TcpListener, admin: TcpListener, shutdown: C
             app.config.claim_idle,
             stop_admin.clone(),
         ));
+        tokio::spawn(follow_changes(q.clone(), stop_admin.clone()));
     }
     if app.clients.is_some() {
         tokio::spawn(forget_idle_clients(app.clone(), stop_admin.clone()));
@@ -378,6 +407,39 @@ async fn maintain(queue: Arc<Queue>, claim_idle: Duration, stop: CancellationTok
     }
 }
 
+/// Follows the backend's feed of ticket changes and wakes the clients
+/// waiting on them; reconnects when the feed breaks (waiters then re-read on
+/// the resync, so a change in the gap is not missed).
+async fn follow_changes(queue: Arc<Queue>, stop: CancellationToken) {
+    let name = queue.config.name.as_str();
+    let mut failures = 0u32;
+    loop {
+        let feed = queue.feed.clone();
+        let apply = move |change: Change<'_>| feed.apply(change);
+        let started = tokio::time::Instant::now();
+        let result = tokio::select! {
+            r = queue.backend.follow_changes(&apply) => r,
+            _ = stop.cancelled() => return,
+        };
+        // A feed that ran for a while was healthy: its loss is news again.
+        if started.elapsed() > Duration::from_secs(10) {
+            failures = 0;
+        }
+        failures += 1;
+        if let Err(e) = result {
+            if failures == 1 {
+                warn!(queue = name, error = %e,
+                    "ticket change feed lost: waiting clients fall back to their timeouts; reconnecting");
+            }
+        }
+        let pause = Duration::from_millis(200 * u64::from(failures.min(10)));
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
 /// Keeps the queue-wide gauges current, one cheap backend call per interval.
 async fn refresh_gauges(queue: Arc<Queue>, metrics: Arc<Metrics>, stop: CancellationToken) {
     let name = queue.config.name.as_str();
@@ -411,7 +473,12 @@ async fn refresh_gauges(queue: Arc<Queue>, metrics: Arc<Metrics>, stop: Cancella
             .queue_up
             .with_label_values(&[name])
             .set(i64::from(stats.is_ok()));
+        metrics
+            .waiters
+            .with_label_values(&[name])
+            .set(queue.feed.waiting_clients() as i64);
         if let Ok(stats) = stats {
+            queue.saw_dispatched(stats.dispatched);
             metrics
                 .queue_depth
                 .with_label_values(&[name])

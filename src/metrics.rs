@@ -34,6 +34,9 @@ pub struct Metrics {
     pub queue_wait: HistogramVec,
     pub eta_error: HistogramVec,
     pub queue_up: IntGaugeVec,
+    pub cancelled: IntCounterVec,
+    pub drain_skipped: IntCounterVec,
+    pub waiters: IntGaugeVec,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
     pub build_info: IntGaugeVec,
@@ -149,6 +152,21 @@ impl Metrics {
                 "1 when the queue backend answered the last refresh, else 0.",
                 &["queue"],
             ),
+            cancelled: counter(
+                "flashgate_tickets_cancelled_total",
+                "Tickets cancelled by their client while queued.",
+                &["queue"],
+            ),
+            drain_skipped: counter(
+                "flashgate_drain_skipped_total",
+                "Entries the drain removed without sending them, by reason.",
+                &["queue", "reason"],
+            ),
+            waiters: int_gauge(
+                "flashgate_ticket_waiters",
+                "Clients waiting on a ticket change now (long-poll, event stream, Prefer: wait).",
+                &["queue"],
+            ),
             http_requests: counter(
                 "flashgate_http_requests_total",
                 "Answers on the public listener by route and status code.",
@@ -187,6 +205,9 @@ impl Metrics {
             m.queue_wait.with_label_values(&[q]);
             m.eta_error.with_label_values(&[q]);
             m.queue_up.with_label_values(&[q]);
+            m.cancelled.with_label_values(&[q]);
+            m.drain_skipped.with_label_values(&[q, "cancelled"]);
+            m.waiters.with_label_values(&[q]);
             m.drain_rate_limit.with_label_values(&[q]);
             m.queue_depth.with_label_values(&[q]);
             m.queue_in_flight.with_label_values(&[q]);

@@ -1,64 +1,549 @@
-//! `GET /tickets/{id}`: a ticket's state, from any instance.
+//! The ticket API, answered by any instance for any ticket:
+//!
+//! - `GET /tickets/{id}`: the ticket's state; `?wait=N` holds the answer
+//!   until the status changes (a long-poll); `Accept: text/event-stream`
+//!   streams the state as server-sent events until it is final.
+//! - `DELETE /tickets/{id}`: cancels a queued ticket.
+//! - `GET /tickets/{id}/response`: the upstream's answer, verbatim.
+//!
+//! Waiting clients cost no backend call until their ticket changes: they
+//! wait on the instance's change feed ([`crate::feed`]), and event streams
+//! compute positions from the queue's dispatched count, read once a second
+//! for the whole instance.
 
-use http::{header, HeaderValue, Response, StatusCode};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Frame;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tracing::warn;
 
 use crate::admission::Place;
-use crate::body::{json, Body};
-use crate::gateway::App;
+use crate::body::{full, json, Body};
+use crate::feed::Subscription;
+use crate::gateway::{App, Queue};
+use crate::headers::strip_hop_by_hop;
 use crate::knobs::Phase;
 use crate::problem::{Code, Problem};
-use crate::ticket::{self, format_time_ms, ResponseView, TicketId, TicketView};
+use crate::queue::{Cancel, QueueError};
+use crate::ticket::{
+    self, format_time_ms, ResponseView, StoredResponse, TicketId, TicketRecord, TicketStatus,
+    TicketView,
+};
 
-/// Answers a poll. Unknown, malformed, other queues' and expired tickets all
-/// get the same 404, so an id reveals nothing about others.
-pub async fn poll(app: &App, id: &str) -> Response<Body> {
-    let not_found = || Problem::new(Code::TicketNotFound, "no such ticket").into_response();
-    let Some((id, tag)) = TicketId::parse(id) else {
-        return not_found();
+/// Longest long-poll (`?wait=`).
+pub const MAX_LONG_POLL: Duration = Duration::from_secs(60);
+/// How often an event stream repeats a queued ticket's position and ETA.
+const EVENT_EVERY: Duration = Duration::from_secs(2);
+/// Comment lines that keep proxies from closing a quiet event stream.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(15);
+/// An event stream ends after this long; the browser's `EventSource`
+/// reconnects by itself, so no connection is held forever.
+const STREAM_LIFETIME: Duration = Duration::from_secs(30 * 60);
+/// How long a client's `EventSource` waits before reconnecting.
+const RECONNECT_MS: u64 = 2000;
+
+static X_FLASHGATE_TICKET: header::HeaderName =
+    header::HeaderName::from_static("x-flashgate-ticket");
+
+/// Routes `/tickets/{rest}`.
+pub async fn route(
+    app: &App,
+    method: &Method,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    rest: &str,
+) -> Response<Body> {
+    let (id, sub) = match rest.split_once('/') {
+        Some((id, sub)) => (id, Some(sub)),
+        None => (rest, None),
     };
-    let Some(queue) = app.queue_for_tag(tag) else {
-        return not_found();
-    };
-    let (record, dispatched) = match queue.backend.ticket(&id).await {
-        Ok(Some(found)) => found,
-        Ok(None) => return not_found(),
-        Err(e) => {
-            warn!(queue = %queue.config.name, error = %e, "ticket lookup failed");
-            return Problem::new(Code::Unavailable, "ticket state cannot be read right now")
-                .retry_after(1)
-                .into_response();
+    match (sub, method) {
+        (None, &Method::GET | &Method::HEAD) => {
+            if accepts_event_stream(headers) && method == Method::GET {
+                return events(app, id, headers).await;
+            }
+            match long_poll_wait(query) {
+                Ok(wait) => poll(app, id, wait).await,
+                Err(problem) => problem.into_response(),
+            }
         }
-    };
-    let queued = record.status == ticket::TicketStatus::Queued;
+        (None, &Method::DELETE) => cancel(app, id).await,
+        (None, _) => Problem::new(Code::MethodNotAllowed, "tickets accept GET and DELETE")
+            .allow("GET, HEAD, DELETE".into())
+            .into_response(),
+        (Some("response"), &Method::GET | &Method::HEAD) => response(app, id).await,
+        (Some("response"), _) => {
+            Problem::new(Code::MethodNotAllowed, "a ticket's response accepts GET")
+                .allow("GET, HEAD".into())
+                .into_response()
+        }
+        (Some(_), _) => not_found(),
+    }
+}
+
+fn not_found() -> Response<Body> {
+    Problem::new(Code::TicketNotFound, "no such ticket").into_response()
+}
+
+fn unavailable(queue: &Queue, e: &QueueError) -> Response<Body> {
+    warn!(queue = %queue.config.name, error = %e, "ticket lookup failed");
+    Problem::new(Code::Unavailable, "ticket state cannot be read right now")
+        .retry_after(1)
+        .into_response()
+}
+
+/// The queue of a presented id. Unknown, malformed, other queues' and
+/// forged tickets are all `None`, before any backend call, so an id reveals
+/// nothing about others.
+fn find<'a>(app: &'a App, id: &str) -> Option<(&'a Arc<Queue>, TicketId)> {
+    let (id, tag) = TicketId::parse(id)?;
+    Some((app.queue_for_tag(tag)?, id))
+}
+
+/// Reads a ticket and remembers the dispatched count it came with.
+async fn read(queue: &Queue, id: &TicketId) -> Result<Option<TicketRecord>, QueueError> {
+    Ok(queue.backend.ticket(id).await?.map(|(record, dispatched)| {
+        queue.saw_dispatched(dispatched);
+        record
+    }))
+}
+
+/// Reads the ticket now and again at each change until `done` holds or
+/// `deadline` passes; the last state read (`None`: gone).
+pub async fn wait_until(
+    queue: &Queue,
+    id: &TicketId,
+    deadline: Instant,
+    mut done: impl FnMut(&TicketRecord) -> bool,
+) -> Result<Option<TicketRecord>, QueueError> {
+    // Subscribed before the first read: a change in between is not missed.
+    let mut changes = queue.feed.subscribe(id.as_str());
+    let mut record = read(queue, id).await?;
+    while let Some(r) = &record {
+        if done(r) {
+            break;
+        }
+        tokio::select! {
+            _ = changes.changed() => record = read(queue, id).await?,
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    Ok(record)
+}
+
+/// The ticket's JSON view now, with the position and ETA of a queued one.
+fn view<'a>(queue: &'a Queue, id: &'a TicketId, record: &'a TicketRecord) -> TicketView<'a> {
     let knobs = queue.knobs();
-    let opens_in = match knobs.phase(&queue.config, std::time::SystemTime::now()) {
+    let opens_in = match knobs.phase(&queue.config, SystemTime::now()) {
         Phase::PreQueue { opens_in } | Phase::NotOpen { opens_in } => Some(opens_in),
         _ => None,
     };
-    let place = queued.then(|| Place::of(record.seq, dispatched, opens_in));
-    let position = place.and_then(|p| p.position);
-    let eta = place.map(|p| p.eta_seconds(knobs.drain_rate(&queue.config)));
-    let view = TicketView {
+    let place = (record.status == TicketStatus::Queued)
+        .then(|| Place::of(record.seq, queue.dispatched(), opens_in));
+    TicketView {
         ticket: id.as_str(),
         queue: &queue.config.name,
         status: record.status,
-        position,
-        eta_seconds: eta,
+        position: place.and_then(|p| p.position),
+        eta_seconds: place.map(|p| p.eta_seconds(knobs.drain_rate(&queue.config))),
         attempts: record.attempts,
         admitted_at: format_time_ms(record.admitted_at_ms),
         completed_at: record.completed_at_ms.map(format_time_ms),
         response: record.response.as_ref().map(ResponseView::new),
         error: record.error.as_ref(),
-    };
+    }
+}
+
+/// `200` with the ticket's JSON, and `Retry-After` while it is not final.
+fn ticket_answer(queue: &Queue, id: &TicketId, record: &TicketRecord) -> Response<Body> {
+    let view = view(queue, id, record);
     let mut resp = json(StatusCode::OK, &view);
     if !record.status.is_terminal() {
         // Poll again about when the ticket is due, or soon when in flight.
-        let secs = ticket::retry_after(eta.unwrap_or(0.0));
+        let secs = ticket::retry_after(view.eta_seconds.unwrap_or(0.0));
         resp.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
+}
+
+/// `?wait=N`: seconds, 0 to 60, fractions allowed.
+fn long_poll_wait(query: Option<&str>) -> Result<Option<Duration>, Problem> {
+    let Some(value) = query
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("wait="))
+    else {
+        return Ok(None);
+    };
+    match value.parse::<f64>() {
+        Ok(secs) if (0.0..=MAX_LONG_POLL.as_secs_f64()).contains(&secs) => {
+            Ok(Some(Duration::from_secs_f64(secs)))
+        }
+        _ => Err(Problem::new(
+            Code::BadRequest,
+            format!(
+                "wait must be a number of seconds from 0 to {}",
+                MAX_LONG_POLL.as_secs()
+            ),
+        )),
+    }
+}
+
+/// `GET /tickets/{id}`, answered at once or, with `wait`, when the status
+/// changes from what it is now (or at the deadline, unchanged).
+pub async fn poll(app: &App, id: &str, wait: Option<Duration>) -> Response<Body> {
+    let Some((queue, id)) = find(app, id) else {
+        return not_found();
+    };
+    let result = match wait.filter(|w| !w.is_zero()) {
+        None => read(queue, &id).await,
+        Some(wait) => {
+            let deadline = Instant::now() + wait;
+            let mut first = None;
+            wait_until(queue, &id, deadline, |r| {
+                let start = *first.get_or_insert(r.status);
+                r.status != start || r.status.is_terminal()
+            })
+            .await
+        }
+    };
+    match result {
+        Ok(Some(record)) => ticket_answer(queue, &id, &record),
+        Ok(None) => not_found(),
+        Err(e) => unavailable(queue, &e),
+    }
+}
+
+/// `DELETE /tickets/{id}`: `cancelled` while queued (the drain skips it and
+/// it never reaches the upstream); 409 once in flight or final.
+pub async fn cancel(app: &App, id: &str) -> Response<Body> {
+    let Some((queue, id)) = find(app, id) else {
+        return not_found();
+    };
+    match queue.backend.cancel(&id).await {
+        Ok(Cancel::Cancelled(record, dispatched)) => {
+            queue.saw_dispatched(dispatched);
+            app.metrics
+                .cancelled
+                .with_label_values(&[&queue.config.name])
+                .inc();
+            ticket_answer(queue, &id, &record)
+        }
+        Ok(Cancel::Refused(status)) => Problem::new(
+            Code::TicketNotCancellable,
+            format!(
+                "the ticket is {}: only a queued ticket can be cancelled",
+                status.as_str()
+            ),
+        )
+        .into_response(),
+        Ok(Cancel::NotFound) => not_found(),
+        Err(e) => unavailable(queue, &e),
+    }
+}
+
+/// `GET /tickets/{id}/response`: the upstream's answer once there is one.
+pub async fn response(app: &App, id: &str) -> Response<Body> {
+    let Some((queue, id)) = find(app, id) else {
+        return not_found();
+    };
+    let record = match read(queue, &id).await {
+        Ok(Some(record)) => record,
+        Ok(None) => return not_found(),
+        Err(e) => return unavailable(queue, &e),
+    };
+    match (&record.response, record.status) {
+        (Some(stored), TicketStatus::Completed) => upstream_answer(&id, stored),
+        (_, TicketStatus::Queued | TicketStatus::InFlight) => {
+            let eta = view(queue, &id, &record).eta_seconds.unwrap_or(0.0);
+            Problem::new(
+                Code::TicketPending,
+                format!(
+                    "the ticket is {}: the upstream has not answered yet",
+                    record.status.as_str()
+                ),
+            )
+            .retry_after(ticket::retry_after(eta))
+            .into_response()
+        }
+        (_, status) => Problem::new(
+            Code::TicketHasNoResponse,
+            format!(
+                "the ticket ended {} without an upstream answer",
+                status.as_str()
+            ),
+        )
+        .into_response(),
+    }
+}
+
+/// The upstream's stored answer as an HTTP response: its status, end-to-end
+/// headers and body, and `X-Flashgate-Ticket`.
+pub fn upstream_answer(id: &TicketId, stored: &StoredResponse) -> Response<Body> {
+    let mut resp = Response::new(full(stored.body.clone()));
+    *resp.status_mut() = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let headers = resp.headers_mut();
+    *headers = crate::headers::decode_map(&stored.headers);
+    strip_hop_by_hop(headers);
+    // The body is sent whole from the store: hyper frames it.
+    headers.remove(header::CONTENT_LENGTH);
+    headers.remove(header::TRANSFER_ENCODING);
+    if let Ok(v) = HeaderValue::from_str(id.as_str()) {
+        headers.insert(X_FLASHGATE_TICKET.clone(), v);
+    }
+    resp
+}
+
+fn accepts_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("text/event-stream"))
+        })
+}
+
+/// `GET /tickets/{id}` with `Accept: text/event-stream`: a `status` event at
+/// once, at every change, and every few seconds while queued; the stream
+/// ends after the final one. Each event's id is the status, so a browser
+/// that reconnects after the end (sending `Last-Event-ID`) is told 204:
+/// stop.
+async fn events(app: &App, id: &str, headers: &HeaderMap) -> Response<Body> {
+    let Some((queue, id)) = find(app, id) else {
+        return not_found();
+    };
+    let changes = queue.feed.subscribe(id.as_str());
+    let record = match read(queue, &id).await {
+        Ok(Some(record)) => record,
+        Ok(None) => return not_found(),
+        Err(e) => return unavailable(queue, &e),
+    };
+    let last_seen = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(TicketStatus::parse);
+    if record.status.is_terminal() && last_seen == Some(record.status) {
+        let mut resp = Response::new(crate::body::empty());
+        *resp.status_mut() = StatusCode::NO_CONTENT;
+        return resp;
+    }
+    let now = Instant::now();
+    let stream = EventStream {
+        queue: queue.clone(),
+        id,
+        changes,
+        record,
+        first: true,
+        finished: false,
+        next_event: now + EVENT_EVERY,
+        next_heartbeat: now + HEARTBEAT_EVERY,
+        ends_at: now + STREAM_LIFETIME,
+    };
+    // The stream runs in its own task, which ends when the stream does or
+    // the client goes away.
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(stream.run(tx));
+    let mut resp = Response::new(ChannelBody { rx }.boxed());
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // nginx and similar proxies buffer responses unless told not to.
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}
+
+/// A response body fed chunk by chunk from a channel.
+struct ChannelBody {
+    rx: mpsc::Receiver<Bytes>,
+}
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.rx
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
+    }
+}
+
+/// One client's event stream: what it has been sent and when it is due more.
+struct EventStream {
+    queue: Arc<Queue>,
+    id: TicketId,
+    changes: Subscription,
+    record: TicketRecord,
+    first: bool,
+    finished: bool,
+    next_event: Instant,
+    next_heartbeat: Instant,
+    ends_at: Instant,
+}
+
+impl EventStream {
+    async fn run(mut self, tx: mpsc::Sender<Bytes>) {
+        loop {
+            let chunk = tokio::select! {
+                chunk = self.next() => chunk,
+                _ = tx.closed() => return,
+            };
+            let Some(chunk) = chunk else { return };
+            if tx.send(chunk).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// The next chunk to send, or `None` when the stream is over.
+    async fn next(&mut self) -> Option<Bytes> {
+        if self.finished {
+            return None;
+        }
+        if self.first {
+            self.first = false;
+            return Some(self.event(true));
+        }
+        loop {
+            let queued = self.record.status == TicketStatus::Queued;
+            tokio::select! {
+                _ = self.changes.changed() => {
+                    match read(&self.queue, &self.id).await {
+                        Ok(Some(record)) => {
+                            let changed = record.status != self.record.status;
+                            self.record = record;
+                            if changed {
+                                return Some(self.event(false));
+                            }
+                        }
+                        Ok(None) => {
+                            // Purged while followed: expired, as a poll would say.
+                            self.record.status = TicketStatus::Expired;
+                            return Some(self.event(false));
+                        }
+                        // The next change or tick tries again.
+                        Err(_) => {}
+                    }
+                }
+                _ = tokio::time::sleep_until(self.next_event), if queued => {
+                    return Some(self.event(false));
+                }
+                _ = tokio::time::sleep_until(self.next_heartbeat) => {
+                    self.next_heartbeat = Instant::now() + HEARTBEAT_EVERY;
+                    return Some(Bytes::from_static(b": keep-alive\n\n"));
+                }
+                _ = tokio::time::sleep_until(self.ends_at) => {
+                    self.finished = true;
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// A `status` event with the ticket's view; the stream finishes after a
+    /// final one.
+    fn event(&mut self, first: bool) -> Bytes {
+        let now = Instant::now();
+        self.next_event = now + EVENT_EVERY;
+        self.next_heartbeat = now + HEARTBEAT_EVERY;
+        self.finished = self.record.status.is_terminal();
+        let data =
+            serde_json::to_string(&view(&self.queue, &self.id, &self.record)).unwrap_or_default();
+        let retry = if first {
+            format!("retry: {RECONNECT_MS}\n")
+        } else {
+            String::new()
+        };
+        Bytes::from(format!(
+            "{retry}id: {}\nevent: status\ndata: {data}\n\n",
+            self.record.status.as_str()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_poll_waits_are_bounded_numbers() {
+        assert_eq!(long_poll_wait(None).unwrap(), None);
+        assert_eq!(long_poll_wait(Some("x=1")).unwrap(), None);
+        assert_eq!(
+            long_poll_wait(Some("wait=2.5")).unwrap(),
+            Some(Duration::from_millis(2500))
+        );
+        assert_eq!(
+            long_poll_wait(Some("a=b&wait=60")).unwrap(),
+            Some(Duration::from_secs(60))
+        );
+        for bad in [
+            "wait=61",
+            "wait=-1",
+            "wait=",
+            "wait=soon",
+            "wait=NaN",
+            "wait=inf",
+        ] {
+            assert!(long_poll_wait(Some(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn event_streams_are_recognised_among_other_types() {
+        let mut h = HeaderMap::new();
+        assert!(!accepts_event_stream(&h));
+        h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        assert!(!accepts_event_stream(&h));
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/json, Text/Event-Stream;q=0.9"),
+        );
+        assert!(accepts_event_stream(&h));
+    }
+
+    #[test]
+    fn stored_answers_replay_without_hop_by_hop_headers() {
+        let id = TicketId::generate(crate::ticket::QueueTag::of("q"));
+        let stored = StoredResponse {
+            status: 201,
+            headers: crate::headers::encode_pairs([
+                ("content-type", &b"application/json"[..]),
+                ("content-length", b"999"),
+                ("connection", b"x-private"),
+                ("x-private", b"secret"),
+                ("x-order", b"42"),
+            ]),
+            body: Bytes::from_static(b"{\"order\":42}"),
+        };
+        let resp = upstream_answer(&id, &stored);
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        let h = resp.headers();
+        assert_eq!(h["content-type"], "application/json");
+        assert_eq!(h["x-order"], "42");
+        assert_eq!(h["x-flashgate-ticket"], id.as_str());
+        assert!(h.get("content-length").is_none());
+        assert!(h.get("x-private").is_none());
+        assert!(h.get("connection").is_none());
+    }
 }

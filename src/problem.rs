@@ -37,6 +37,12 @@ pub enum Code {
     Unauthorized,
     RequestTimeout,
     UriTooLong,
+    /// `DELETE` on a ticket in flight or finished.
+    TicketNotCancellable,
+    /// `GET /tickets/{id}/response` before the upstream answered.
+    TicketPending,
+    /// `GET /tickets/{id}/response` on a ticket that ended without an answer.
+    TicketHasNoResponse,
 }
 
 impl Code {
@@ -59,6 +65,9 @@ impl Code {
             Code::Unauthorized => "unauthorized",
             Code::RequestTimeout => "request_timeout",
             Code::UriTooLong => "uri_too_long",
+            Code::TicketNotCancellable => "ticket_not_cancellable",
+            Code::TicketPending => "ticket_pending",
+            Code::TicketHasNoResponse => "ticket_has_no_response",
         }
     }
 
@@ -79,6 +88,8 @@ impl Code {
             Code::Unauthorized => StatusCode::UNAUTHORIZED,
             Code::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Code::UriTooLong => StatusCode::URI_TOO_LONG,
+            Code::TicketNotCancellable | Code::TicketHasNoResponse => StatusCode::CONFLICT,
+            Code::TicketPending => StatusCode::TOO_EARLY,
         }
     }
 
@@ -101,6 +112,9 @@ impl Code {
             Code::Unauthorized => "Unauthorized",
             Code::RequestTimeout => "Request body not received in time",
             Code::UriTooLong => "Request target too long",
+            Code::TicketNotCancellable => "Ticket can no longer be cancelled",
+            Code::TicketPending => "No answer yet",
+            Code::TicketHasNoResponse => "Ticket ended without an answer",
         }
     }
 }

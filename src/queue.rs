@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::knobs::{Knobs, KnobsPatch};
-use crate::ticket::{StoredResponse, TicketError, TicketId, TicketRecord};
+use crate::ticket::{StoredResponse, TicketError, TicketId, TicketRecord, TicketStatus};
 
 pub use self::memory::MemoryQueue;
 pub use self::redis::{RedisQueue, RedisQueueConfig};
@@ -107,6 +107,43 @@ pub struct Delivery {
     pub ahead_at_admission: Option<u64>,
 }
 
+/// How an attempt on a delivery could start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptStart {
+    /// The ticket is in flight; the attempt number across all instances.
+    Counted(u32),
+    /// The ticket has expired: the request is still sent (its 202 promised
+    /// it), with the attempt counted by this instance alone.
+    Untracked,
+    /// The ticket was cancelled while queued: the entry is removed, counted
+    /// as dispatched, and never sent.
+    Cancelled,
+}
+
+/// The answer to a cancel request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cancel {
+    /// Cancelled now (or before): the record and the dispatched count.
+    Cancelled(TicketRecord, u64),
+    /// Too late: the ticket is in flight or finished.
+    Refused(TicketStatus),
+    /// Unknown or expired.
+    NotFound,
+}
+
+/// What the change feed reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change<'a> {
+    /// This ticket's status changed.
+    Ticket(&'a str),
+    /// The feed (re)started: changes in the gap were not seen, so any ticket
+    /// may have changed.
+    Resync,
+}
+
+/// The receiver of [`QueueBackend::follow_changes`].
+pub type OnChange = dyn for<'a> Fn(Change<'a>) + Send + Sync;
+
 /// A snapshot of a queue for gauges and the admin API.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct QueueStats {
@@ -162,10 +199,20 @@ pub trait QueueBackend: Send + Sync + 'static {
     async fn maintain(&self, claim_idle: Duration) -> Result<(), QueueError>;
 
     /// Marks the ticket in flight and counts the attempt (and, for a fresh
-    /// delivery, the dispatch); returns the attempt number across all
-    /// instances (`None` if the ticket has expired). The caller clears
-    /// `fresh` once this succeeds.
-    async fn start_attempt(&self, delivery: &Delivery) -> Result<Option<u32>, QueueError>;
+    /// delivery, the dispatch), unless it was cancelled: then the entry is
+    /// removed in the same step. The caller clears `fresh` once this succeeds.
+    async fn start_attempt(&self, delivery: &Delivery) -> Result<AttemptStart, QueueError>;
+
+    /// Cancels a queued ticket, atomically against [`Self::start_attempt`]:
+    /// one of the two wins. The entry stays in line until the drain reaches
+    /// and skips it.
+    async fn cancel(&self, id: &TicketId) -> Result<Cancel, QueueError>;
+
+    /// Reports every ticket status change made by any instance, until the
+    /// feed breaks (the error is returned; the caller retries). Starts with
+    /// [`Change::Resync`]. One feed per instance, whatever the number of
+    /// waiting clients.
+    async fn follow_changes(&self, changed: &OnChange) -> Result<(), QueueError>;
 
     /// Records the upstream's final answer and removes the entry.
     async fn complete(

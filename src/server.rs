@@ -27,7 +27,7 @@ use crate::headers::strip_hop_by_hop;
 use crate::knobs::{KnobsPatch, Phase};
 use crate::problem::{Code, Problem};
 use crate::upstream::UpstreamError;
-use crate::{admission, poll, web};
+use crate::{admission, cors, poll, web};
 
 /// Deadline for a passthrough request when no queue sets one.
 const PASSTHROUGH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -177,7 +177,8 @@ async fn public(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> Resp
     let started = Instant::now();
     let path = req.uri().path();
     let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
-    let (route, resp) = if target_len > MAX_URI_LENGTH {
+    let origin = cors::allowed_origin(&app.config, req.headers());
+    let (route, mut resp) = if target_len > MAX_URI_LENGTH {
         // 1. Target length: refused before routing or any I/O looks at it.
         let problem = Problem::new(
             Code::UriTooLong,
@@ -190,6 +191,8 @@ async fn public(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> Resp
         let mut resp = Problem::new(Code::BadRequest, why).into_response();
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        ("other", resp)
+    } else if let Some(resp) = cors::preflight(&app.config, req.method(), req.headers()) {
         ("other", resp)
     } else if let Some(queue) = app.queue_for_path(path) {
         let allowed: Vec<&Method> = queue
@@ -215,20 +218,24 @@ async fn public(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> Resp
     } else if let Some(resp) = web::route(req.method(), path) {
         // The waiting room page and the API description.
         ("other", resp)
-    } else if let Some(id) = path.strip_prefix("/tickets/") {
-        if req.method() == Method::GET || req.method() == Method::HEAD {
-            ("ticket", poll::poll(&app, id).await)
-        } else {
-            let problem = Problem::new(Code::MethodNotAllowed, "tickets accept GET")
-                .allow("GET, HEAD".into());
-            ("ticket", problem.into_response())
-        }
+    } else if let Some(rest) = path.strip_prefix("/tickets/") {
+        let (method, headers, query) = (req.method(), req.headers(), req.uri().query());
+        (
+            "ticket",
+            poll::route(&app, method, headers, query, rest).await,
+        )
     } else if app.config.passthrough && app.config.upstream.is_some() {
         ("passthrough", passthrough(&app, peer, req).await)
     } else {
         let problem = Problem::new(Code::NotFound, "nothing is served at this path");
         ("other", problem.into_response())
     };
+    if !resp
+        .headers()
+        .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+    {
+        cors::grant(&mut resp, origin);
+    }
     let code = resp.status();
     app.metrics
         .http_requests

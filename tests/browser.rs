@@ -216,6 +216,46 @@ async fn the_waiting_room_follows_a_ticket_to_the_confirmed_order() {
     );
     screenshot(&browser, "waiting-room.png").await;
 
+    // Leaving the queue: the button asks first, then the ticket is cancelled
+    // and never reaches the upstream.
+    patch_queue(&admin, json!({"paused": true})).await;
+    let leaving = admit_n(&base, 2).await.pop().unwrap();
+    browser
+        .goto(&format!("{base}/waiting-room/{leaving}"))
+        .await
+        .unwrap();
+    until_text(&browser, "position", "position 1 shown", |t| t == "1").await;
+    browser
+        .find(Locator::Id("leave"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "the confirm dialog", || async {
+        browser.accept_alert().await.ok()
+    })
+    .await;
+    until_text(&browser, "title", "the cancelled state", |t| {
+        t == "You left the queue"
+    })
+    .await;
+    let state = get(&format!("{base}/tickets/{leaving}")).await;
+    assert_eq!(state.json()["status"], "cancelled");
+    patch_queue(&admin, json!({"paused": false})).await;
+    // One more behind it: once that one is done, the line has passed ours.
+    let behind = admit_n(&base, 1).await.pop().unwrap();
+    until_terminal(&base, &behind, Duration::from_secs(60)).await;
+    assert!(
+        !upstream.by_key().contains_key(&leaving),
+        "a cancelled ticket reached the upstream"
+    );
+    assert_eq!(
+        upstream.received().len(),
+        tickets.len() + 2,
+        "every other ticket was delivered"
+    );
+
     // An id that is not a ticket: a friendly not-found state.
     let forged = "A".repeat(48);
     browser

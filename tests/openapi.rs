@@ -105,7 +105,9 @@ async fn schemathesis_finds_no_server_error_and_no_undocumented_answer() {
     let upstream = MockUpstream::start(Behaviour::default()).await;
     // A fast drain, so tickets complete while the run follows them, and room
     // for every admission (the default capacity is a million).
-    let gateway = gateway(config("drain_rate = 500\n", &upstream.url(), None)).await;
+    // Preflights from one allowed origin; Prefer: wait held 2 s at most.
+    let toml = "drain_rate = 500\nmax_wait = \"2s\"\ncors_origins = [\"https://shop.example\"]\n";
+    let gateway = gateway(config(toml, &upstream.url(), None)).await;
     let base = format!("http://{}", gateway.public_addr);
     let work = tempfile::tempdir().unwrap();
     let seed = std::env::var("FLASHGATE_SCHEMATHESIS_SEED").unwrap_or_else(|_| SEED.into());

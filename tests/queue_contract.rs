@@ -10,8 +10,8 @@ use bytes::Bytes;
 use common::RedisServer;
 use flashgate::knobs::KnobsPatch;
 use flashgate::queue::{
-    Admit, AdmitLimits, Delivery, IdempotencyClaim, MemoryQueue, Prequeue, QueueBackend,
-    QueuedRequest, RedisQueue, RedisQueueConfig,
+    Admit, AdmitLimits, AttemptStart, Cancel, Change, Delivery, IdempotencyClaim, MemoryQueue,
+    Prequeue, QueueBackend, QueuedRequest, RedisQueue, RedisQueueConfig,
 };
 use flashgate::ticket::{QueueTag, StoredResponse, TicketError, TicketId, TicketStatus};
 
@@ -122,11 +122,11 @@ async fn contract(q: Arc<dyn QueueBackend>) {
     assert!(d.fresh);
     assert_eq!(d.request.as_ref().unwrap(), &a);
     assert_eq!(d.ahead_at_admission, Some(0));
-    assert_eq!(q.start_attempt(&d).await.unwrap(), Some(1));
+    assert_eq!(q.start_attempt(&d).await.unwrap(), AttemptStart::Counted(1));
     d.fresh = false;
     assert_eq!(
         q.start_attempt(&d).await.unwrap(),
-        Some(2),
+        AttemptStart::Counted(2),
         "attempts add up"
     );
     let (record, dispatched) = q.ticket(&a.ticket).await.unwrap().unwrap();
@@ -302,6 +302,102 @@ async fn prequeue_contract(q: Arc<dyn QueueBackend>) {
         q.admit(&request(100), None, cap(100)).await.unwrap(),
         Admit::Admitted { seq: 14, .. }
     ));
+}
+
+/// Cancel and the change feed: a queued ticket can be cancelled and is then
+/// skipped by the drain (never started); an in-flight one cannot; every
+/// status change is reported on the feed.
+async fn cancel_contract(q: Arc<dyn QueueBackend>) {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let feed = {
+        let (q, seen) = (q.clone(), seen.clone());
+        tokio::spawn(async move {
+            let record = move |c: Change<'_>| {
+                let entry = match c {
+                    Change::Ticket(id) => id.to_string(),
+                    Change::Resync => "resync".to_string(),
+                };
+                seen.lock().unwrap().push(entry);
+            };
+            q.follow_changes(&record).await
+        })
+    };
+    let changes = || seen.lock().unwrap().clone();
+    common::eventually(Duration::from_secs(5), "the feed to start", || async {
+        changes().contains(&"resync".to_string()).then_some(())
+    })
+    .await;
+
+    let (a, b) = (request(1), request(2));
+    for r in [&a, &b] {
+        q.admit(r, None, cap(10)).await.unwrap();
+    }
+    let Cancel::Cancelled(record, _) = q.cancel(&a.ticket).await.unwrap() else {
+        panic!("a queued ticket is cancellable");
+    };
+    assert_eq!(record.status, TicketStatus::Cancelled);
+    assert!(record.completed_at_ms.is_some());
+    assert!(
+        matches!(q.cancel(&a.ticket).await.unwrap(), Cancel::Cancelled(..)),
+        "cancelling twice is harmless"
+    );
+    // The drain reaches a and skips it: removed, counted as dispatched.
+    let d = next1(&*q).await.expect("a");
+    assert_eq!(d.request.as_ref().unwrap().ticket, a.ticket);
+    assert_eq!(q.start_attempt(&d).await.unwrap(), AttemptStart::Cancelled);
+    let stats = q.stats().await.unwrap();
+    assert_eq!((stats.dispatched, stats.depth, stats.in_flight), (1, 1, 0));
+    let (record, _) = q.ticket(&a.ticket).await.unwrap().unwrap();
+    assert_eq!(
+        (record.status, record.attempts),
+        (TicketStatus::Cancelled, 0)
+    );
+
+    // b is started first: too late to cancel.
+    let d = next1(&*q).await.expect("b");
+    assert_eq!(q.start_attempt(&d).await.unwrap(), AttemptStart::Counted(1));
+    assert_eq!(
+        q.cancel(&b.ticket).await.unwrap(),
+        Cancel::Refused(TicketStatus::InFlight)
+    );
+    let response = StoredResponse {
+        status: 200,
+        headers: Bytes::new(),
+        body: Bytes::new(),
+    };
+    q.complete(&d, &response).await.unwrap();
+    assert_eq!(
+        q.cancel(&b.ticket).await.unwrap(),
+        Cancel::Refused(TicketStatus::Completed)
+    );
+    let unknown = TicketId::generate(QueueTag::of("contract"));
+    assert_eq!(q.cancel(&unknown).await.unwrap(), Cancel::NotFound);
+    assert!(next1(&*q).await.is_none(), "the cancelled entry is gone");
+
+    // a cancelled; b in flight, then completed.
+    let (a_id, b_id) = (a.ticket.to_string(), b.ticket.to_string());
+    let want = vec![a_id.clone(), b_id.clone(), b_id.clone()];
+    let got = common::eventually(Duration::from_secs(5), "the changes", || async {
+        let got: Vec<String> = changes()
+            .into_iter()
+            .filter(|c| *c == a_id || *c == b_id)
+            .collect();
+        (got == want).then_some(got)
+    })
+    .await;
+    assert_eq!(got.len(), 3);
+    feed.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_queue_cancel_contract() {
+    cancel_contract(Arc::new(MemoryQueue::new(Duration::from_secs(3600)))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_queue_cancel_contract() {
+    let redis = RedisServer::start();
+    cancel_contract(Arc::new(redis_queue(&redis, "x1"))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,23 +5,27 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use tokio::sync::Notify;
+use tokio::sync::{broadcast, Notify};
 
 use super::{
-    Admit, AdmitLimits, Delivery, IdempotencyClaim, Prequeue, QueueBackend, QueueError, QueueStats,
-    QueuedRequest,
+    Admit, AdmitLimits, AttemptStart, Cancel, Change, Delivery, IdempotencyClaim, OnChange,
+    Prequeue, QueueBackend, QueueError, QueueStats, QueuedRequest,
 };
 use crate::knobs::{Knobs, KnobsPatch};
 use crate::ticket::{now_ms, StoredResponse, TicketError, TicketId, TicketRecord, TicketStatus};
 
 /// How often expired tickets are swept out (on the admission path).
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// Status changes buffered for a slow feed reader before it must resync.
+const CHANGES_BUFFER: usize = 4096;
 
 /// An in-process queue with the same semantics as the Redis backend.
 pub struct MemoryQueue {
     ttl: Duration,
     state: Mutex<State>,
     arrived: Notify,
+    /// Ticket status changes, for [`QueueBackend::follow_changes`].
+    changes: broadcast::Sender<TicketId>,
 }
 
 #[derive(Default)]
@@ -58,6 +62,7 @@ impl MemoryQueue {
             ttl,
             state: Mutex::new(State::default()),
             arrived: Notify::new(),
+            changes: broadcast::Sender::new(CHANGES_BUFFER),
         }
     }
 
@@ -65,6 +70,11 @@ impl MemoryQueue {
         // A panic while holding the lock cannot leave the state half-written
         // in a way later calls would trip over, so poisoning is ignored.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn changed(&self, ticket: &TicketId) {
+        // No receiver (nobody follows the feed) is not an error.
+        let _ = self.changes.send(ticket.clone());
     }
 
     /// Entries moved to the dead-letter list, oldest first.
@@ -238,19 +248,69 @@ impl QueueBackend for MemoryQueue {
         Ok(())
     }
 
-    async fn start_attempt(&self, delivery: &Delivery) -> Result<Option<u32>, QueueError> {
+    async fn start_attempt(&self, delivery: &Delivery) -> Result<AttemptStart, QueueError> {
         let mut s = self.lock();
         if delivery.fresh {
             s.dispatched += 1;
         }
         let Ok(request) = &delivery.request else {
-            return Ok(None);
+            return Ok(AttemptStart::Untracked);
         };
-        Ok(s.tickets.get_mut(&request.ticket).map(|(record, _)| {
-            record.attempts += 1;
+        let Some((record, _)) = s.tickets.get_mut(&request.ticket) else {
+            return Ok(AttemptStart::Untracked);
+        };
+        if record.status == TicketStatus::Cancelled {
+            if let Ok(id) = delivery.entry_id.parse::<u64>() {
+                s.pending.remove(&id);
+            }
+            return Ok(AttemptStart::Cancelled);
+        }
+        record.attempts += 1;
+        let attempts = record.attempts;
+        if record.status != TicketStatus::InFlight {
             record.status = TicketStatus::InFlight;
-            record.attempts
-        }))
+            drop(s);
+            self.changed(&request.ticket);
+        }
+        Ok(AttemptStart::Counted(attempts))
+    }
+
+    async fn cancel(&self, id: &TicketId) -> Result<Cancel, QueueError> {
+        let mut s = self.lock();
+        let dispatched = s.dispatched;
+        let ttl = self.ttl;
+        let Some((record, expires)) = s
+            .tickets
+            .get_mut(id)
+            .filter(|(_, expires)| *expires > Instant::now())
+        else {
+            return Ok(Cancel::NotFound);
+        };
+        match record.status {
+            TicketStatus::Queued => {
+                record.status = TicketStatus::Cancelled;
+                record.completed_at_ms = Some(now_ms());
+                *expires = Instant::now() + ttl;
+                let record = record.clone();
+                drop(s);
+                self.changed(id);
+                Ok(Cancel::Cancelled(record, dispatched))
+            }
+            TicketStatus::Cancelled => Ok(Cancel::Cancelled(record.clone(), dispatched)),
+            other => Ok(Cancel::Refused(other)),
+        }
+    }
+
+    async fn follow_changes(&self, changed: &OnChange) -> Result<(), QueueError> {
+        let mut rx = self.changes.subscribe();
+        changed(Change::Resync);
+        loop {
+            match rx.recv().await {
+                Ok(id) => changed(Change::Ticket(id.as_str())),
+                Err(broadcast::error::RecvError::Lagged(_)) => changed(Change::Resync),
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            }
+        }
     }
 
     async fn complete(
@@ -262,6 +322,9 @@ impl QueueBackend for MemoryQueue {
             record.status = TicketStatus::Completed;
             record.response = Some(response.clone());
         });
+        if let Ok(request) = &delivery.request {
+            self.changed(&request.ticket);
+        }
         Ok(())
     }
 
@@ -279,6 +342,10 @@ impl QueueBackend for MemoryQueue {
             record.status = TicketStatus::Failed;
             record.error = Some(error.clone());
         });
+        drop(s);
+        if let Ok(request) = &delivery.request {
+            self.changed(&request.ticket);
+        }
         Ok(())
     }
 

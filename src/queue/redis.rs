@@ -15,13 +15,13 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script, Value};
 
 use super::{
-    Admit, AdmitLimits, Delivery, IdempotencyClaim, Prequeue, QueueBackend, QueueError, QueueStats,
-    QueuedRequest,
+    Admit, AdmitLimits, AttemptStart, Cancel, Change, Delivery, IdempotencyClaim, OnChange,
+    Prequeue, QueueBackend, QueueError, QueueStats, QueuedRequest,
 };
 use crate::knobs::{Knobs, KnobsPatch};
 use crate::ticket::{now_ms, StoredResponse, TicketError, TicketId, TicketRecord, TicketStatus};
 use reply::{as_string, as_u64, first_id_ms, group_info, parse_ticket};
-use scripts::{ADMIT_LUA, RELEASE_LUA, START_ATTEMPT_LUA};
+use scripts::{ADMIT_LUA, CANCEL_LUA, RELEASE_LUA, START_ATTEMPT_LUA};
 use tracing::{error, info, warn};
 
 /// The consumer group every instance reads through.
@@ -48,9 +48,12 @@ pub struct RedisQueue {
     /// `XREADGROUP BLOCK` only: a blocked read would stall every command
     /// multiplexed behind it, and needs a response timeout above the block.
     reader: ConnectionManager,
+    /// For the change feed's own pub/sub connection.
+    client: redis::Client,
     admit_script: Script,
     start_script: Script,
     release_script: Script,
+    cancel_script: Script,
     group_ready: AtomicBool,
     claims: Mutex<Claims>,
 }
@@ -75,6 +78,9 @@ struct Keys {
     counters: String,
     knobs: String,
     prequeue: String,
+    /// Pub/sub channel of ticket status changes (not a key: channels are
+    /// cluster-wide, the hash tag only keeps names apart).
+    changes: String,
     ticket_prefix: String,
     idempotency_prefix: String,
 }
@@ -88,6 +94,7 @@ impl Keys {
             counters: format!("{base}:counters"),
             knobs: format!("{base}:knobs"),
             prequeue: format!("{base}:prequeue"),
+            changes: format!("{base}:changes"),
             ticket_prefix: format!("{base}:ticket:"),
             idempotency_prefix: format!("{base}:idem:"),
         }
@@ -119,7 +126,7 @@ impl RedisQueue {
         )
         .map_err(unavailable)?;
         let reader = ConnectionManager::new_lazy_with_config(
-            client,
+            client.clone(),
             base.set_response_timeout(Some(max_block + RESPONSE_TIMEOUT)),
         )
         .map_err(unavailable)?;
@@ -129,9 +136,11 @@ impl RedisQueue {
             ttl_secs: config.ticket_ttl.as_secs().max(1),
             conn,
             reader,
+            client,
             admit_script: Script::new(ADMIT_LUA),
             start_script: Script::new(START_ATTEMPT_LUA),
             release_script: Script::new(RELEASE_LUA),
+            cancel_script: Script::new(CANCEL_LUA),
             group_ready: AtomicBool::new(false),
             claims: Mutex::new(Claims {
                 recovering: Some("0".into()),
@@ -472,21 +481,88 @@ impl QueueBackend for RedisQueue {
         Ok(())
     }
 
-    async fn start_attempt(&self, delivery: &Delivery) -> Result<Option<u32>, QueueError> {
-        let ticket_key = match &delivery.request {
-            Ok(r) => self.keys.ticket(&r.ticket),
-            Err(_) => format!("{}-", self.keys.ticket_prefix),
+    async fn start_attempt(&self, delivery: &Delivery) -> Result<AttemptStart, QueueError> {
+        let (ticket_key, ticket) = match &delivery.request {
+            Ok(r) => (self.keys.ticket(&r.ticket), r.ticket.as_str()),
+            Err(_) => (format!("{}-", self.keys.ticket_prefix), ""),
         };
         let mut conn = self.conn.clone();
         let attempt: i64 = self
             .start_script
             .key(ticket_key)
             .key(&self.keys.counters)
+            .key(&self.keys.stream)
             .arg(if delivery.fresh { "1" } else { "0" })
+            .arg(&self.keys.changes)
+            .arg(ticket)
+            .arg(&delivery.entry_id)
+            .arg(GROUP)
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        Ok(u32::try_from(attempt).ok())
+        Ok(match attempt {
+            -2 => {
+                self.claims().held.remove(&delivery.entry_id);
+                AttemptStart::Cancelled
+            }
+            n => u32::try_from(n).map_or(AttemptStart::Untracked, AttemptStart::Counted),
+        })
+    }
+
+    async fn cancel(&self, id: &TicketId) -> Result<Cancel, QueueError> {
+        let mut conn = self.conn.clone();
+        let reply: Vec<String> = self
+            .cancel_script
+            .key(self.keys.ticket(id))
+            .arg(now_ms())
+            .arg(self.ttl_secs)
+            .arg(&self.keys.changes)
+            .arg(id.as_str())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        match reply.first().map(String::as_str) {
+            Some("missing") => Ok(Cancel::NotFound),
+            Some("refused") => {
+                let status = reply
+                    .get(1)
+                    .and_then(|s| TicketStatus::parse(s))
+                    .ok_or_else(|| QueueError::Protocol(format!("cancel script said {reply:?}")))?;
+                Ok(Cancel::Refused(status))
+            }
+            Some("ok") => match self.ticket(id).await? {
+                Some((record, dispatched)) => Ok(Cancel::Cancelled(record, dispatched)),
+                None => Ok(Cancel::NotFound),
+            },
+            _ => Err(QueueError::Protocol(format!(
+                "cancel script said {reply:?}"
+            ))),
+        }
+    }
+
+    async fn follow_changes(&self, changed: &OnChange) -> Result<(), QueueError> {
+        use futures_util::StreamExt;
+        let mut pubsub = tokio::time::timeout(
+            CONNECT_TIMEOUT + RESPONSE_TIMEOUT,
+            self.client.get_async_pubsub(),
+        )
+        .await
+        .map_err(|_| QueueError::Unavailable("pub/sub connect timed out".into()))?
+        .map_err(unavailable)?;
+        tokio::time::timeout(RESPONSE_TIMEOUT, pubsub.subscribe(&self.keys.changes))
+            .await
+            .map_err(|_| QueueError::Unavailable("SUBSCRIBE timed out".into()))?
+            .map_err(unavailable)?;
+        changed(Change::Resync);
+        let mut messages = pubsub.on_message();
+        while let Some(message) = messages.next().await {
+            if let Ok(id) = std::str::from_utf8(message.get_payload_bytes()) {
+                changed(Change::Ticket(id));
+            }
+        }
+        Err(QueueError::Unavailable(
+            "the change feed's connection closed".into(),
+        ))
     }
 
     async fn complete(
@@ -512,6 +588,11 @@ impl QueueBackend for RedisQueue {
                 .arg(response.body.as_ref())
                 .ignore();
             record.expire(&key, self.ttl_secs as i64).ignore();
+            record
+                .cmd("PUBLISH")
+                .arg(&self.keys.changes)
+                .arg(request.ticket.as_str())
+                .ignore();
         }
         let mut together = record.clone();
         together.atomic();
@@ -585,6 +666,10 @@ impl QueueBackend for RedisQueue {
                 .arg(&error.detail)
                 .ignore();
             pipe.expire(&key, self.ttl_secs as i64).ignore();
+            pipe.cmd("PUBLISH")
+                .arg(&self.keys.changes)
+                .arg(request.ticket.as_str())
+                .ignore();
         }
         if dead_letter {
             pipe.add_command(xadd).ignore();

@@ -158,6 +158,9 @@ const PUBLIC_CODES: &[Code] = &[
     Code::GatewayTimeout,
     Code::RequestTimeout,
     Code::UriTooLong,
+    Code::TicketNotCancellable,
+    Code::TicketPending,
+    Code::TicketHasNoResponse,
 ];
 
 fn is_public(code: Code) -> bool {
@@ -179,7 +182,10 @@ fn is_public(code: Code) -> bool {
         | Code::BadGateway
         | Code::GatewayTimeout
         | Code::RequestTimeout
-        | Code::UriTooLong => PUBLIC_CODES.contains(&code),
+        | Code::UriTooLong
+        | Code::TicketNotCancellable
+        | Code::TicketPending
+        | Code::TicketHasNoResponse => PUBLIC_CODES.contains(&code),
     }
 }
 

@@ -97,12 +97,40 @@ return {moved, redis.call('ZCARD', KEYS[1])}
 
 /// Starts an attempt: counts the dispatch once, marks the ticket in flight and
 /// counts the attempt on the ticket, so attempts add up across instances.
-/// Never recreates an expired ticket hash.
+/// Never recreates an expired ticket hash (-1). A cancelled ticket's entry is
+/// acknowledged and deleted instead, unsent (-2). A change of status is
+/// published on the change channel.
 ///
-/// KEYS: ticket, counters. ARGV: fresh (0/1).
+/// KEYS: ticket, counters, stream. ARGV: fresh (0/1), change channel, ticket
+/// id, entry id, consumer group.
 pub const START_ATTEMPT_LUA: &str = r#"
 if ARGV[1] == '1' then redis.call('HINCRBY', KEYS[2], 'dispatched', 1) end
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-redis.call('HSET', KEYS[1], 'st', 'in_flight')
+local st = redis.call('HGET', KEYS[1], 'st')
+if not st then return -1 end
+if st == 'cancelled' then
+  redis.call('XACK', KEYS[3], ARGV[5], ARGV[4])
+  redis.call('XDEL', KEYS[3], ARGV[4])
+  return -2
+end
+if st ~= 'in_flight' then
+  redis.call('HSET', KEYS[1], 'st', 'in_flight')
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+end
 return redis.call('HINCRBY', KEYS[1], 'att', 1)
+"#;
+
+/// Cancels a queued ticket: atomic against `START_ATTEMPT_LUA`, so a ticket
+/// is either cancelled before its first attempt or not at all. Returns
+/// `{'missing'}`, `{'refused', status}` or `{'ok'}`.
+///
+/// KEYS: ticket. ARGV: now ms, ttl seconds, change channel, ticket id.
+pub const CANCEL_LUA: &str = r#"
+local st = redis.call('HGET', KEYS[1], 'st')
+if not st then return {'missing'} end
+if st == 'cancelled' then return {'ok'} end
+if st ~= 'queued' then return {'refused', st} end
+redis.call('HSET', KEYS[1], 'st', 'cancelled', 'cmp', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return {'ok'}
 "#;

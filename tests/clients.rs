@@ -1,0 +1,484 @@
+//! The client experience (issue #8): `Prefer: wait`, long-polls on the change
+//! feed, server-sent events, cancel, the raw response and CORS — against a
+//! private redis-server and a recording mock upstream.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{
+    client, config, eventually, gateway, get, send, Behaviour, MockUpstream, RedisServer,
+};
+use http::StatusCode;
+use http_body_util::BodyExt;
+
+async fn patch(admin: &str, body: &str) {
+    let a = send(
+        &client(),
+        "PATCH",
+        &format!("{admin}/admin/queues/checkout"),
+        &[],
+        body.to_string(),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+}
+
+async fn admit(base: &str, headers: &[(&str, &str)], body: &str) -> common::Answer {
+    send(
+        &client(),
+        "POST",
+        &format!("{base}/checkout"),
+        headers,
+        body.to_string(),
+    )
+    .await
+}
+
+async fn ticket_of(base: &str, body: &str) -> String {
+    let a = admit(base, &[], body).await;
+    assert_eq!(a.status, 202, "{}", String::from_utf8_lossy(&a.body));
+    a.json()["ticket"].as_str().unwrap().to_string()
+}
+
+/// Total commands the server has processed (the INFO call included).
+async fn redis_commands(redis: &RedisServer) -> u64 {
+    let mut conn = redis.conn().await;
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_commands_processed:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("INFO stats has total_commands_processed")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefer_wait_answers_with_the_upstream_response_when_the_drain_is_fast() {
+    let redis = RedisServer::start();
+    let upstream = MockUpstream::start(Behaviour::default()).await;
+    let gw = gateway(config(
+        "drain_rate = 200\n",
+        &upstream.url(),
+        Some(&redis.url()),
+    ))
+    .await;
+    let base = format!("http://{}", gw.public_addr);
+    let admin = format!("http://{}", gw.admin_addr);
+
+    // Fast drain: the upstream's own 201, as if there were no queue.
+    let a = admit(&base, &[("prefer", "wait=10")], "{\"n\":1}").await;
+    assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&a.body));
+    let ticket = a.header("x-flashgate-ticket").to_string();
+    assert!(!ticket.is_empty());
+    let body = a.json();
+    assert_eq!(body["order"], ticket.as_str(), "the mock names the key");
+    assert_eq!(a.header("x-order-service"), "mock");
+    assert_eq!(upstream.received().len(), 1);
+
+    // respond-async: always the ticket.
+    let a = admit(&base, &[("prefer", "respond-async, wait=10")], "{}").await;
+    assert_eq!(a.status, 202);
+
+    // A stopped drain: the wait runs out and the ticket is the answer.
+    patch(&admin, r#"{"paused": true}"#).await;
+    let started = Instant::now();
+    let a = admit(&base, &[("prefer", "wait=1")], "{\"n\":2}").await;
+    assert_eq!(a.status, 202, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.json()["status"], "queued");
+    assert!(a.json()["position"].is_u64());
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    gw.shutdown();
+    gw.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_returns_when_the_ticket_changes() {
+    let redis = RedisServer::start();
+    let upstream = MockUpstream::start(Behaviour::default()).await;
+    let gw = gateway(config(
+        "drain_rate = 100\n",
+        &upstream.url(),
+        Some(&redis.url()),
+    ))
+    .await;
+    let base = format!("http://{}", gw.public_addr);
+    let admin = format!("http://{}", gw.admin_addr);
+    patch(&admin, r#"{"paused": true}"#).await;
+    let ticket = ticket_of(&base, "{}").await;
+
+    // Nothing changes: the long-poll answers at its deadline, still queued.
+    let started = Instant::now();
+    let a = get(&format!("{base}/tickets/{ticket}?wait=1")).await;
+    assert_eq!(a.json()["status"], "queued");
+    assert!(started.elapsed() >= Duration::from_secs(1));
+
+    // A change answers it at once.
+    let poll = tokio::spawn({
+        let url = format!("{base}/tickets/{ticket}?wait=30");
+        async move {
+            let a = get(&url).await;
+            (a, Instant::now())
+        }
+    });
+    eventually(Duration::from_secs(5), "the long-poll to wait", || async {
+        (gw.app.queues[0].feed.waiting_clients() == 1).then_some(())
+    })
+    .await;
+    patch(&admin, r#"{"paused": false}"#).await;
+    let (a, answered) = poll.await.unwrap();
+    let sent = eventually(Duration::from_secs(10), "the dispatch", || async {
+        upstream.received().first().map(|r| r.at)
+    })
+    .await;
+    let status = a.json()["status"].as_str().unwrap().to_string();
+    assert!(
+        status == "in_flight" || status == "completed",
+        "answered {status}"
+    );
+    println!(
+        "long-poll answered {:?} after the upstream received the request",
+        answered.saturating_duration_since(sent)
+    );
+    assert!(answered.saturating_duration_since(sent) < Duration::from_secs(5));
+
+    // Bad waits are refused, not clamped silently.
+    let a = get(&format!("{base}/tickets/{ticket}?wait=61")).await;
+    assert_eq!(a.status, 400);
+    assert_eq!(a.json()["code"], "bad_request");
+    gw.shutdown();
+    gw.wait().await;
+}
+
+/// A thousand clients long-polling cost the Redis server nothing while they
+/// wait: they sit on the instance's one change feed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_long_polls_add_no_redis_load_per_client() {
+    raise_open_files_limit(8192);
+    const CLIENTS: usize = 1000;
+    let redis = RedisServer::start();
+    let upstream = MockUpstream::start(Behaviour::default()).await;
+    let gw = gateway(config(
+        "drain_rate = 1000\n",
+        &upstream.url(),
+        Some(&redis.url()),
+    ))
+    .await;
+    let base = format!("http://{}", gw.public_addr);
+    let admin = format!("http://{}", gw.admin_addr);
+    patch(&admin, r#"{"paused": true}"#).await;
+    let mut tickets = Vec::new();
+    for i in 0..10 {
+        tickets.push(ticket_of(&base, &format!("{{\"n\":{i}}}")).await);
+    }
+    // Background load with nobody waiting: gauges, knobs, upkeep, reads.
+    let window = Duration::from_secs(3);
+    let before = redis_commands(&redis).await;
+    tokio::time::sleep(window).await;
+    let idle = redis_commands(&redis).await - before;
+
+    let before_polls = redis_commands(&redis).await;
+    let http = client();
+    let mut polls = Vec::new();
+    for i in 0..CLIENTS {
+        let url = format!("{base}/tickets/{}?wait=30", tickets[i % tickets.len()]);
+        let http = http.clone();
+        polls.push(tokio::spawn(async move {
+            let a = common::send(&http, "GET", &url, &[], Bytes::new()).await;
+            a.json()["status"].as_str().unwrap().to_string()
+        }));
+    }
+    let feed = gw.app.queues[0].feed.clone();
+    eventually(
+        Duration::from_secs(30),
+        "every long-poll to wait",
+        || async { (feed.waiting_clients() == CLIENTS).then_some(()) },
+    )
+    .await;
+    let start_of_wait = redis_commands(&redis).await;
+    tokio::time::sleep(window).await;
+    let waiting = redis_commands(&redis).await - start_of_wait;
+    let per_client_setup = (start_of_wait - before_polls) as f64 / CLIENTS as f64;
+    println!(
+        "redis commands in {window:?}: {idle} with no waiters, {waiting} with {CLIENTS} waiting; \
+         {per_client_setup:.2} commands per client to start its long-poll"
+    );
+    // Waiting costs nothing per client: the same background as idle (the
+    // slack covers a gauge tick more or less), never one call per client.
+    assert!(
+        waiting <= idle + 20,
+        "{waiting} commands while {CLIENTS} clients waited vs {idle} idle"
+    );
+    assert!(per_client_setup < 3.0, "{per_client_setup} per client");
+
+    // Resuming answers every one of them.
+    patch(&admin, r#"{"paused": false}"#).await;
+    for p in polls {
+        let status = p.await.unwrap();
+        assert!(status == "in_flight" || status == "completed", "{status}");
+    }
+    gw.shutdown();
+    gw.wait().await;
+}
+
+/// Reads a server-sent event stream to its end: each event's `event` name
+/// and its JSON data.
+async fn read_events(url: &str, limit: Duration) -> Vec<(String, serde_json::Value)> {
+    let req = http::Request::get(url)
+        .header("accept", "text/event-stream")
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = resp.into_body();
+    let mut text = String::new();
+    tokio::time::timeout(limit, async {
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.unwrap().into_data() {
+                text.push_str(std::str::from_utf8(&data).unwrap());
+            }
+        }
+    })
+    .await
+    .expect("the event stream ends by itself");
+    text.split("\n\n")
+        .filter(|block| !block.trim().is_empty() && !block.starts_with(':'))
+        .map(|block| {
+            let field = |name: &str| {
+                block
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let data = serde_json::from_str(&field("data: ")).expect("JSON data");
+            (field("event: "), data)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stream_follows_the_ticket_to_its_answer_and_ends() {
+    let redis = RedisServer::start();
+    let upstream = MockUpstream::start(Behaviour {
+        latency: Duration::from_millis(300),
+        ..Behaviour::default()
+    })
+    .await;
+    let gw = gateway(config(
+        "drain_rate = 1\n",
+        &upstream.url(),
+        Some(&redis.url()),
+    ))
+    .await;
+    let base = format!("http://{}", gw.public_addr);
+    let admin = format!("http://{}", gw.admin_addr);
+    patch(&admin, r#"{"paused": true}"#).await;
+    for i in 0..3 {
+        ticket_of(&base, &format!("{{\"n\":{i}}}")).await;
+    }
+    let last = ticket_of(&base, "{\"n\":3}").await;
+    patch(&admin, r#"{"paused": false}"#).await;
+
+    let events = read_events(&format!("{base}/tickets/{last}"), Duration::from_secs(30)).await;
+    let statuses: Vec<&str> = events
+        .iter()
+        .map(|(_, d)| d["status"].as_str().unwrap())
+        .collect();
+    println!("event statuses: {statuses:?}");
+    assert!(events.iter().all(|(name, _)| name == "status"));
+    assert_eq!(statuses.first(), Some(&"queued"));
+    assert_eq!(statuses.last(), Some(&"completed"));
+    let positions: Vec<u64> = events
+        .iter()
+        .filter_map(|(_, d)| d["position"].as_u64())
+        .collect();
+    assert!(
+        positions.len() >= 2,
+        "positions while queued: {positions:?}"
+    );
+    assert!(
+        positions.windows(2).all(|w| w[1] <= w[0]),
+        "positions only come down: {positions:?}"
+    );
+    let (_, done) = events.last().unwrap();
+    assert_eq!(done["response"]["status"], 201);
+    assert_eq!(done["ticket"], last.as_str());
+
+    // A browser reconnecting after the end is told to stop.
+    let a = send(
+        &client(),
+        "GET",
+        &format!("{base}/tickets/{last}"),
+        &[
+            ("accept", "text/event-stream"),
+            ("last-event-id", "completed"),
+        ],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT);
+    gw.shutdown();
+    gw.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_tickets_never_reach_the_upstream() {
+    let redis = RedisServer::start();
+    let upstream = MockUpstream::start(Behaviour::default()).await;
+    let gw = gateway(config(
+        "drain_rate = 100\n",
+        &upstream.url(),
+        Some(&redis.url()),
+    ))
+    .await;
+    let base = format!("http://{}", gw.public_addr);
+    let admin = format!("http://{}", gw.admin_addr);
+    patch(&admin, r#"{"paused": true}"#).await;
+    let mut tickets = Vec::new();
+    for i in 0..6 {
+        tickets.push(ticket_of(&base, &format!("{{\"n\":{i}}}")).await);
+    }
+    let http = client();
+    let delete = |t: &str| {
+        let url = format!("{base}/tickets/{t}");
+        let http = http.clone();
+        async move { send(&http, "DELETE", &url, &[], Bytes::new()).await }
+    };
+    let cancelled = [&tickets[1], &tickets[4]];
+    for t in cancelled {
+        let a = delete(t).await;
+        assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+        assert_eq!(a.json()["status"], "cancelled");
+        // Cancelling twice is harmless.
+        assert_eq!(delete(t).await.status, 200);
+    }
+    // Before the answer exists: 425 with Retry-After.
+    let a = get(&format!("{base}/tickets/{}/response", tickets[0])).await;
+    assert_eq!(a.status, 425);
+    assert_eq!(a.json()["code"], "ticket_pending");
+    assert!(!a.header("retry-after").is_empty());
+
+    patch(&admin, r#"{"paused": false}"#).await;
+    for t in &tickets {
+        let v = common::until_terminal(&base, t, Duration::from_secs(20)).await;
+        let want = if cancelled.contains(&t) {
+            "cancelled"
+        } else {
+            "completed"
+        };
+        assert_eq!(v["status"], want, "{t}");
+    }
+    let keys: Vec<String> = upstream
+        .received()
+        .iter()
+        .map(|r| r.header("idempotency-key").to_string())
+        .collect();
+    assert_eq!(keys.len(), 4, "{keys:?}");
+    for t in cancelled {
+        assert!(!keys.contains(t), "a cancelled ticket reached the upstream");
+    }
+    // Too late to cancel a completed ticket.
+    let a = delete(&tickets[0]).await;
+    assert_eq!(a.status, 409);
+    assert_eq!(a.json()["code"], "ticket_not_cancellable");
+
+    // The raw answer, verbatim; none for a cancelled ticket.
+    let a = get(&format!("{base}/tickets/{}/response", tickets[0])).await;
+    assert_eq!(a.status, 201);
+    assert_eq!(a.header("x-flashgate-ticket"), tickets[0]);
+    assert_eq!(a.json()["order"], tickets[0].as_str());
+    let a = get(&format!("{base}/tickets/{}/response", tickets[1])).await;
+    assert_eq!(a.status, 409);
+    assert_eq!(a.json()["code"], "ticket_has_no_response");
+    // Forged ids: the same 404 on every verb.
+    let forged = format!("{}x", &tickets[0][..tickets[0].len() - 1]);
+    for (method, path) in [
+        ("DELETE", format!("/tickets/{forged}")),
+        ("GET", format!("/tickets/{forged}/response")),
+    ] {
+        let a = send(&http, method, &format!("{base}{path}"), &[], Bytes::new()).await;
+        assert_eq!(a.status, 404, "{method} {path}");
+        assert_eq!(a.json()["code"], "ticket_not_found");
+    }
+
+    let metrics = get(&format!("{admin}/metrics")).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        text.contains(r#"flashgate_drain_skipped_total{queue="checkout",reason="cancelled"} 2"#),
+        "{text}"
+    );
+    assert!(text.contains(r#"flashgate_tickets_cancelled_total{queue="checkout"} 4"#));
+    gw.shutdown();
+    gw.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_on_allowed_origins_get_cors_grants() {
+    let upstream = MockUpstream::start(Behaviour::default()).await;
+    let gw = gateway(config(
+        "cors_origins = [\"https://shop.example\"]\n",
+        &upstream.url(),
+        None,
+    ))
+    .await;
+    let base = format!("http://{}", gw.public_addr);
+    let http = client();
+    let preflight = send(
+        &http,
+        "OPTIONS",
+        &format!("{base}/checkout"),
+        &[
+            ("origin", "https://shop.example"),
+            ("access-control-request-method", "POST"),
+            (
+                "access-control-request-headers",
+                "content-type, idempotency-key",
+            ),
+        ],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(preflight.status, 204);
+    assert_eq!(
+        preflight.header("access-control-allow-origin"),
+        "https://shop.example"
+    );
+    assert_eq!(
+        preflight.header("access-control-allow-headers"),
+        "content-type, idempotency-key"
+    );
+    let a = admit(&base, &[("origin", "https://shop.example")], "{}").await;
+    assert_eq!(a.status, 202);
+    assert_eq!(
+        a.header("access-control-allow-origin"),
+        "https://shop.example"
+    );
+    let exposed = a.header("access-control-expose-headers").to_lowercase();
+    assert!(exposed.contains("location") && exposed.contains("retry-after"));
+    let a = admit(&base, &[("origin", "https://evil.example")], "{}").await;
+    assert_eq!(a.status, 202);
+    assert!(a.headers.get("access-control-allow-origin").is_none());
+    gw.shutdown();
+    gw.wait().await;
+}
+
+/// A thousand client connections need more descriptors than the usual
+/// soft limit of 1024.
+fn raise_open_files_limit(want: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < want {
+            lim.rlim_cur = want.min(lim.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
