@@ -182,7 +182,7 @@ async fn the_waiting_room_follows_a_ticket_to_the_confirmed_order() {
 
     until_text(&browser, "position", "position 5 shown", |t| t == "5").await;
     assert_eq!(text_of(&browser, "title").await, "You're in line");
-    assert_eq!(text_of(&browser, "eta").await, "less than a minute");
+    assert_eq!(text_of(&browser, "eta").await, "under 1 min");
     let leave = browser.find(Locator::Id("leave")).await.unwrap();
     assert!(leave.is_displayed().await.unwrap(), "leave button shown");
 
