@@ -20,7 +20,9 @@ use crate::headers::{self, strip_hop_by_hop};
 use crate::knobs::Phase;
 use crate::poll;
 use crate::problem::{Code, Problem};
-use crate::queue::{Admit, AdmitLimits, IdempotencyClaim, Prequeue, QueuedRequest};
+use crate::queue::{
+    partition_of_claim, Admit, AdmitLimits, IdempotencyClaim, Prequeue, QueuedRequest,
+};
 use crate::ticket::{self, now_ms, AdmissionView, TicketId, TicketStatus};
 
 /// Longest `Idempotency-Key` accepted (SPEC §3.1).
@@ -137,8 +139,17 @@ async fn try_admit(
         key: hex_digest(&[client.key.as_bytes(), k.as_bytes()]),
         fingerprint: hex_digest(&[parts.method.as_str().as_bytes(), path.as_bytes(), &body]),
     });
+    // A partitioned queue finds a ticket by its id: a retry with the same
+    // Idempotency-Key must be drawn into the partition that saw the first.
+    let partitions = queue.backend.partitions();
+    let ticket = match &claim {
+        Some(c) if partitions > 1 => {
+            TicketId::generate_in(queue.tag, partition_of_claim(c, partitions), partitions)
+        }
+        _ => TicketId::generate(queue.tag),
+    };
     let request = QueuedRequest {
-        ticket: TicketId::generate(queue.tag),
+        ticket,
         method: parts.method.to_string(),
         path,
         headers: headers::encode(&stored_headers),
@@ -148,7 +159,7 @@ async fn try_admit(
         forwarded_proto: "http".into(),
         admitted_at_ms: now_ms(),
     };
-    let rate = knobs.drain_rate(&queue.config);
+    let rate = queue.line_rate(&knobs);
     let outcome = queue
         .backend
         .admit(
@@ -268,13 +279,13 @@ fn preferred_wait(headers: &HeaderMap) -> Duration {
 /// else the usual 202 with the ticket as it stands.
 async fn answer_within(queue: &Queue, id: &TicketId, wait: Duration) -> Response<Body> {
     let deadline = tokio::time::Instant::now() + wait;
-    let rate = queue.knobs().drain_rate(&queue.config);
+    let rate = queue.line_rate(&queue.knobs());
     match poll::wait_until(queue, id, deadline, |r| r.status.is_terminal()).await {
         Ok(Some(record)) => match (&record.response, record.status) {
             (Some(stored), TicketStatus::Completed) => poll::upstream_answer(id, stored),
             (_, status) => {
                 let place = (status == TicketStatus::Queued)
-                    .then(|| Place::of(record.seq, queue.dispatched(), None));
+                    .then(|| Place::of(record.seq, queue.dispatched(id), None));
                 ticket_answer(StatusCode::ACCEPTED, queue, id, status, place, rate)
             }
         },

@@ -115,7 +115,7 @@ pub struct ServeArgs {
     /// Base URL of the order service.
     #[arg(long, env = "FLASHGATE_UPSTREAM", value_name = "URL")]
     pub upstream: Option<String>,
-    /// redis:// or rediss:// URL; absent = embedded in-process queue.
+    /// redis:// or rediss:// URL (redis+cluster://host:port,host:port for a cluster); absent = embedded in-process queue.
     #[arg(long, env = "FLASHGATE_REDIS_URL", value_name = "URL")]
     pub redis_url: Option<String>,
     /// Prefix of every Redis key [default: flashgate].
@@ -170,6 +170,9 @@ pub struct ServeArgs {
     /// Upstream attempts before a ticket fails and is dead-lettered [default: 5].
     #[arg(long, env = "FLASHGATE_MAX_ATTEMPTS", value_name = "N")]
     pub max_attempts: Option<u32>,
+    /// Streams the queue is spread over, for a Redis Cluster (needs --redis-url) [default: 1].
+    #[arg(long, env = "FLASHGATE_PARTITIONS", value_name = "N")]
+    pub partitions: Option<u32>,
     /// Time a client has to send its request headers [default: 10s].
     #[arg(long, env = "FLASHGATE_HEADER_TIMEOUT", value_name = "DUR")]
     pub header_timeout: Option<String>,
@@ -284,6 +287,7 @@ impl ServeArgs {
                 max_queue: self.max_queue,
                 upstream_timeout: self.upstream_timeout.clone(),
                 max_attempts: self.max_attempts,
+                partitions: self.partitions,
                 stock: self.stock,
                 opens_at: self.opens_at.clone(),
                 closes_at: self.closes_at.clone(),

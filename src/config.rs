@@ -143,6 +143,9 @@ pub struct QueueConfig {
     pub sold_out_statuses: Vec<u16>,
     /// If set, a sold-out status counts only when the body contains this.
     pub sold_out_body: Option<String>,
+    /// Streams the queue is spread over (Redis only; `{name:i}` hash tags,
+    /// so a cluster puts them on different shards).
+    pub partitions: u32,
 }
 
 /// A queued route: a method and an exact path (the query is not matched).
@@ -250,6 +253,8 @@ pub struct QueueSettings {
     pub sold_out_statuses: Option<Vec<u16>>,
     /// Body text a sold-out answer must contain (default: any body).
     pub sold_out_body: Option<String>,
+    /// Streams the queue is spread over, for a Redis Cluster (default 1).
+    pub partitions: Option<u32>,
 }
 
 impl QueueSettings {
@@ -269,6 +274,7 @@ impl QueueSettings {
             prequeue_from: pick(&self.prequeue_from, &fallback.prequeue_from),
             sold_out_statuses: pick(&self.sold_out_statuses, &fallback.sold_out_statuses),
             sold_out_body: pick(&self.sold_out_body, &fallback.sold_out_body),
+            partitions: self.partitions.or(fallback.partitions),
         }
     }
 }
@@ -414,6 +420,7 @@ struct RawFile {
     prequeue_from: Option<String>,
     sold_out_statuses: Option<Vec<u16>>,
     sold_out_body: Option<String>,
+    partitions: Option<u32>,
 }
 
 /// A parsed config file, every key optional.
@@ -500,6 +507,7 @@ impl FileConfig {
                 prequeue_from: raw.prequeue_from,
                 sold_out_statuses: raw.sold_out_statuses,
                 sold_out_body: raw.sold_out_body,
+                partitions: raw.partitions,
             },
             queue: tables,
         })
@@ -533,10 +541,16 @@ impl Config {
         )?;
         let redis_url = pick(&g.redis_url, &f.redis_url).filter(|u| !u.is_empty());
         if let Some(url) = &redis_url {
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            let schemes = [
+                "redis://",
+                "rediss://",
+                "redis+cluster://",
+                "rediss+cluster://",
+            ];
+            if !schemes.iter().any(|s| url.starts_with(s)) {
                 return Err(ConfigError::invalid(
                     "redis_url",
-                    "must start with redis:// or rediss://",
+                    "must start with redis://, rediss:// or, for a cluster, redis+cluster://",
                 ));
             }
         }
@@ -712,6 +726,17 @@ impl Config {
                 }
             }
         }
+        if let Some(q) = queues.iter().find(|q| q.partitions > 1) {
+            if redis_url.is_none() {
+                return Err(ConfigError::invalid(
+                    "partitions",
+                    format!(
+                        "queue `{}` has {} partitions: partitions need redis_url (the embedded queue is one process)",
+                        q.name, q.partitions
+                    ),
+                ));
+            }
+        }
         let upstream = top_upstream.or_else(|| queues.first().map(|q| q.upstream.clone()));
         Ok(Config {
             listen,
@@ -846,6 +871,15 @@ impl QueueConfig {
             max_queue: s.max_queue.unwrap_or(1_000_000).max(1),
             upstream_timeout,
             max_attempts: positive("max_attempts", s.max_attempts.unwrap_or(5))?,
+            partitions: match s.partitions.unwrap_or(1) {
+                n @ 1..=256 => n,
+                _ => {
+                    return Err(ConfigError::invalid(
+                        key("partitions"),
+                        "must be from 1 to 256",
+                    ))
+                }
+            },
         })
     }
 }

@@ -371,7 +371,7 @@ impl Drain {
                     .with_label_values(&[self.name()])
                     .observe(waited);
                 if let Some(ahead) = delivery.ahead_at_admission {
-                    let rate = self.queue.knobs().drain_rate(&self.queue.config);
+                    let rate = self.queue.line_rate(&self.queue.knobs());
                     let promised = ahead as f64 / rate;
                     metrics
                         .eta_error

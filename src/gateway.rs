@@ -18,8 +18,10 @@ use crate::config::{redact_url, Config, QueueConfig};
 use crate::feed::TicketFeed;
 use crate::knobs::{Knobs, WATCH_INTERVAL};
 use crate::metrics::Metrics;
-use crate::queue::{Change, MemoryQueue, QueueBackend, QueueError, RedisQueue, RedisQueueConfig};
-use crate::ticket::{QueueTag, TicketClaim, TicketSecret};
+use crate::queue::{
+    Change, MemoryQueue, Partitioned, QueueBackend, QueueError, RedisQueue, RedisQueueConfig,
+};
+use crate::ticket::{QueueTag, TicketClaim, TicketId, TicketSecret};
 use crate::upstream::Upstream;
 use crate::{drain, server};
 
@@ -37,32 +39,46 @@ pub struct Queue {
     pub knobs: watch::Sender<Knobs>,
     /// Wakes the clients waiting on a ticket when it changes.
     pub feed: Arc<TicketFeed>,
-    /// The queue's dispatched count as last seen (refreshed every second):
-    /// positions for event streams without a backend call per client.
-    dispatched: AtomicU64,
+    /// Each partition's dispatched count as last seen (refreshed every
+    /// second): positions for event streams without a call per client.
+    dispatched: Vec<AtomicU64>,
 }
 
 impl Queue {
     /// A queue at run time, before anything has been read from its backend.
     pub fn new(config: QueueConfig, tag: QueueTag, backend: Arc<dyn QueueBackend>) -> Self {
+        let partitions = backend.partitions().max(1);
         Queue {
             config,
             tag,
             backend,
             knobs: watch::Sender::new(Knobs::default()),
             feed: Arc::default(),
-            dispatched: AtomicU64::new(0),
+            dispatched: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
-    /// The dispatched count as last seen (it only grows).
-    pub fn dispatched(&self) -> u64 {
-        self.dispatched.load(Ordering::Relaxed)
+    fn partitions(&self) -> u32 {
+        self.dispatched.len() as u32
     }
 
-    /// Records a dispatched count read from the backend.
-    pub fn saw_dispatched(&self, n: u64) {
-        self.dispatched.fetch_max(n, Ordering::Relaxed);
+    /// The dispatched count of a ticket's partition as last seen (it only
+    /// grows).
+    pub fn dispatched(&self, id: &TicketId) -> u64 {
+        let p = id.partition(self.partitions()) as usize;
+        self.dispatched[p].load(Ordering::Relaxed)
+    }
+
+    /// Records the dispatched count read with a ticket of this queue.
+    pub fn saw_dispatched(&self, id: &TicketId, n: u64) {
+        let p = id.partition(self.partitions()) as usize;
+        self.dispatched[p].fetch_max(n, Ordering::Relaxed);
+    }
+
+    /// The rate a ticket's line moves at: the drain rate, shared evenly by
+    /// the partitions.
+    pub fn line_rate(&self, knobs: &Knobs) -> f64 {
+        knobs.drain_rate(&self.config) / f64::from(self.partitions())
     }
 
     /// The knobs as this instance last saw them.
@@ -178,20 +194,33 @@ impl Gateway {
         for q in &config.queue {
             let backend: Arc<dyn QueueBackend> = match &config.redis_url {
                 Some(url) => {
-                    let redis = Arc::new(RedisQueue::connect(
-                        &RedisQueueConfig {
-                            url: url.clone(),
-                            prefix: config.redis_prefix.clone(),
-                            queue: q.name.clone(),
-                            consumer: config.consumer.clone(),
-                            ticket_ttl: config.ticket_ttl,
-                        },
-                        READ_BLOCK,
-                    )?);
-                    if queues.is_empty() {
-                        tokio::spawn(warn_about_durability(redis.clone()));
+                    let mut parts = Vec::new();
+                    for partition in 0..q.partitions {
+                        parts.push(Arc::new(RedisQueue::connect(
+                            &RedisQueueConfig {
+                                url: url.clone(),
+                                prefix: config.redis_prefix.clone(),
+                                queue: q.name.clone(),
+                                consumer: config.consumer.clone(),
+                                ticket_ttl: config.ticket_ttl,
+                                partition,
+                                partitions: q.partitions,
+                            },
+                            READ_BLOCK,
+                        )?));
                     }
-                    redis
+                    if queues.is_empty() {
+                        tokio::spawn(warn_about_durability(parts[0].clone()));
+                    }
+                    if parts.len() == 1 {
+                        parts.remove(0)
+                    } else {
+                        let parts = parts
+                            .into_iter()
+                            .map(|p| p as Arc<dyn QueueBackend>)
+                            .collect();
+                        Arc::new(Partitioned::new(parts))
+                    }
                 }
                 None => Arc::new(MemoryQueue::new(config.ticket_ttl)),
             };
@@ -200,6 +229,7 @@ impl Gateway {
                 routes = %q.routes.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", "),
                 upstream = %redact_url(&q.upstream),
                 drain_rate = q.drain_rate,
+                partitions = q.partitions,
                 max_in_flight = q.max_in_flight,
                 "queue ready"
             );
@@ -477,8 +507,16 @@ async fn refresh_gauges(queue: Arc<Queue>, metrics: Arc<Metrics>, stop: Cancella
             .waiters
             .with_label_values(&[name])
             .set(queue.feed.waiting_clients() as i64);
+        if queue.partitions() > 1 {
+            if let Ok(counts) = queue.backend.dispatched().await {
+                for (seen, n) in queue.dispatched.iter().zip(counts) {
+                    seen.fetch_max(n, Ordering::Relaxed);
+                }
+            }
+        } else if let Ok(stats) = &stats {
+            queue.dispatched[0].fetch_max(stats.dispatched, Ordering::Relaxed);
+        }
         if let Ok(stats) = stats {
-            queue.saw_dispatched(stats.dispatched);
             metrics
                 .queue_depth
                 .with_label_values(&[name])

@@ -110,7 +110,7 @@ fn find<'a>(app: &'a App, id: &str) -> Option<(&'a Arc<Queue>, TicketId)> {
 /// Reads a ticket and remembers the dispatched count it came with.
 async fn read(queue: &Queue, id: &TicketId) -> Result<Option<TicketRecord>, QueueError> {
     Ok(queue.backend.ticket(id).await?.map(|(record, dispatched)| {
-        queue.saw_dispatched(dispatched);
+        queue.saw_dispatched(id, dispatched);
         record
     }))
 }
@@ -146,13 +146,13 @@ fn view<'a>(queue: &'a Queue, id: &'a TicketId, record: &'a TicketRecord) -> Tic
         _ => None,
     };
     let place = (record.status == TicketStatus::Queued)
-        .then(|| Place::of(record.seq, queue.dispatched(), opens_in));
+        .then(|| Place::of(record.seq, queue.dispatched(id), opens_in));
     TicketView {
         ticket: id.as_str(),
         queue: &queue.config.name,
         status: record.status,
         position: place.and_then(|p| p.position),
-        eta_seconds: place.map(|p| p.eta_seconds(knobs.drain_rate(&queue.config))),
+        eta_seconds: place.map(|p| p.eta_seconds(queue.line_rate(&knobs))),
         attempts: record.attempts,
         admitted_at: format_time_ms(record.admitted_at_ms),
         completed_at: record.completed_at_ms.map(format_time_ms),
@@ -232,7 +232,7 @@ pub async fn cancel(app: &App, id: &str) -> Response<Body> {
     };
     match queue.backend.cancel(&id).await {
         Ok(Cancel::Cancelled(record, dispatched)) => {
-            queue.saw_dispatched(dispatched);
+            queue.saw_dispatched(&id, dispatched);
             app.metrics
                 .cancelled
                 .with_label_values(&[&queue.config.name])

@@ -8,6 +8,7 @@
 //! admission sequence number per ticket and a dispatched count per queue.
 
 mod memory;
+mod partitioned;
 mod redis;
 
 use std::time::Duration;
@@ -19,7 +20,8 @@ use crate::knobs::{Knobs, KnobsPatch};
 use crate::ticket::{StoredResponse, TicketError, TicketId, TicketRecord, TicketStatus};
 
 pub use self::memory::MemoryQueue;
-pub use self::redis::{RedisQueue, RedisQueueConfig};
+pub use self::partitioned::{partition_of_claim, Partitioned};
+pub use self::redis::{Endpoint, RedisQueue, RedisQueueConfig};
 
 /// A request as admitted, stored whole so any instance can replay it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +107,8 @@ pub struct Delivery {
     /// Tickets that were ahead of this one when it was admitted: the
     /// position its ETA was computed from.
     pub ahead_at_admission: Option<u64>,
+    /// The partition it came from (0 unless the queue is partitioned).
+    pub partition: u32,
 }
 
 /// How an attempt on a delivery could start.
@@ -174,6 +178,17 @@ pub enum QueueError {
 pub trait QueueBackend: Send + Sync + 'static {
     /// `"redis"` or `"embedded"`, for logs and metrics.
     fn kind(&self) -> &'static str;
+
+    /// How many partitions the queue is spread over ([`Partitioned`]).
+    fn partitions(&self) -> u32 {
+        1
+    }
+
+    /// Each partition's dispatched count, in partition order: positions of
+    /// queued tickets without reading each ticket.
+    async fn dispatched(&self) -> Result<Vec<u64>, QueueError> {
+        Ok(vec![self.stats().await?.dispatched])
+    }
 
     /// Stores the request and its ticket in one atomic step, unless the
     /// idempotency claim was seen before, the queue is sold out or its stock

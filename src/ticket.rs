@@ -162,9 +162,38 @@ impl TicketId {
         (n == RAW_BYTES).then(|| (TicketId(s.to_string()), TicketClaim { raw }))
     }
 
+    /// A fresh id whose [`Self::partition`] among `partitions` is
+    /// `partition`: drawn until one falls there (on average `partitions`
+    /// draws), so the id alone still tells every instance where it lives.
+    pub fn generate_in(tag: QueueTag, partition: u32, partitions: u32) -> Self {
+        loop {
+            let id = Self::generate(tag);
+            if id.partition(partitions) == partition {
+                return id;
+            }
+        }
+    }
+
+    /// Which of `partitions` holds this ticket: a hash of the id, so
+    /// random ids spread evenly.
+    pub fn partition(&self, partitions: u32) -> u32 {
+        if partitions <= 1 {
+            return 0;
+        }
+        (fnv1a(self.0.as_bytes()) % u64::from(partitions)) as u32
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// FNV-1a, 64 bits: a fast, stable hash for spreading keys over partitions
+/// (not for secrets).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 impl std::fmt::Display for TicketId {
@@ -409,6 +438,22 @@ mod tests {
         let tag = QueueTag::new(&secret, "q");
         assert!(format!("{tag:?}").contains("redacted"));
         assert_eq!(TicketSecret::new([0xab, 0x01]).to_hex(), "ab01");
+    }
+
+    #[test]
+    fn ids_spread_over_partitions_and_can_be_drawn_into_one() {
+        let tag = QueueTag::of("q");
+        let mut counts = [0u32; 4];
+        for _ in 0..4000 {
+            counts[TicketId::generate(tag).partition(4) as usize] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 800), "{counts:?}");
+        for p in 0..4 {
+            let id = TicketId::generate_in(tag, p, 4);
+            assert_eq!(id.partition(4), p);
+            assert_eq!(id.partition(1), 0);
+            assert!(TicketId::parse(id.as_str()).is_some());
+        }
     }
 
     #[test]

@@ -148,7 +148,7 @@ async fn bad_requests_get_problem_json() {
     assert!(bodies.windows(2).all(|w| w[0] == w[1]), "404 bodies differ");
     assert_eq!(get(&format!("{base}/tickets/{mine}")).await.status, 200);
     problem(
-        &send(&c, "DELETE", &format!("{base}/tickets/{mine}"), &[], "").await,
+        &send(&c, "PUT", &format!("{base}/tickets/{mine}"), &[], "").await,
         405,
         "method_not_allowed",
     );

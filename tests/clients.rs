@@ -198,7 +198,13 @@ async fn a_thousand_long_polls_add_no_redis_load_per_client() {
         || async { (feed.waiting_clients() == CLIENTS).then_some(()) },
     )
     .await;
-    let start_of_wait = redis_commands(&redis).await;
+    // Subscribed first, then one read each (HGETALL + HGET, pipelined):
+    // the window starts once every first read is done.
+    let start_of_wait = eventually(Duration::from_secs(30), "every first read", || async {
+        let n = redis_commands(&redis).await;
+        (n - before_polls >= 2 * CLIENTS as u64).then_some(n)
+    })
+    .await;
     tokio::time::sleep(window).await;
     let waiting = redis_commands(&redis).await - start_of_wait;
     let per_client_setup = (start_of_wait - before_polls) as f64 / CLIENTS as f64;

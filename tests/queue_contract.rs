@@ -424,6 +424,8 @@ fn redis_queue(redis: &RedisServer, consumer: &str) -> RedisQueue {
             queue: "contract".into(),
             consumer: consumer.into(),
             ticket_ttl: Duration::from_secs(3600),
+            partition: 0,
+            partitions: 1,
         },
         BLOCK,
     )

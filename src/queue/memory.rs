@@ -227,6 +227,7 @@ impl QueueBackend for MemoryQueue {
                             fresh: true,
                             request: Ok(request),
                             ahead_at_admission: Some(ahead),
+                            partition: 0,
                         });
                     }
                     return Ok(out);

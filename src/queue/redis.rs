@@ -2,6 +2,7 @@
 //! `flashgate`, a hash per ticket and a counters hash, all under one hash tag
 //! so a queue's keys share a cluster slot (SPEC §7).
 
+mod conn;
 mod reply;
 mod scripts;
 
@@ -11,7 +12,6 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script, Value};
 
 use super::{
@@ -20,6 +20,8 @@ use super::{
 };
 use crate::knobs::{Knobs, KnobsPatch};
 use crate::ticket::{now_ms, StoredResponse, TicketError, TicketId, TicketRecord, TicketStatus};
+use conn::Conn;
+pub use conn::Endpoint;
 use reply::{as_string, as_u64, first_id_ms, group_info, parse_ticket};
 use scripts::{ADMIT_LUA, CANCEL_LUA, RELEASE_LUA, START_ATTEMPT_LUA};
 use tracing::{error, info, warn};
@@ -36,20 +38,27 @@ pub struct RedisQueueConfig {
     /// This instance's stable name in the consumer group.
     pub consumer: String,
     pub ticket_ttl: Duration,
+    /// Which partition of the queue this is, and of how many (`0` of `1`:
+    /// not partitioned). A partition's keys carry `{queue:index}` as their
+    /// hash tag, so partitions spread over a cluster's shards.
+    pub partition: u32,
+    pub partitions: u32,
 }
 
 /// A queue stored in a Redis stream.
 pub struct RedisQueue {
     keys: Keys,
+    partition: u32,
+    partitions: u32,
     consumer: String,
     ttl_secs: u64,
     /// Ordinary commands: multiplexed and reconnecting.
-    conn: ConnectionManager,
+    conn: Conn,
     /// `XREADGROUP BLOCK` only: a blocked read would stall every command
     /// multiplexed behind it, and needs a response timeout above the block.
-    reader: ConnectionManager,
+    reader: Conn,
     /// For the change feed's own pub/sub connection.
-    client: redis::Client,
+    endpoint: Endpoint,
     admit_script: Script,
     start_script: Script,
     release_script: Script,
@@ -86,8 +95,12 @@ struct Keys {
 }
 
 impl Keys {
-    fn new(prefix: &str, queue: &str) -> Self {
-        let base = format!("{prefix}:{{{queue}}}");
+    fn new(prefix: &str, queue: &str, partition: u32, partitions: u32) -> Self {
+        let base = if partitions > 1 {
+            format!("{prefix}:{{{queue}:{partition}}}")
+        } else {
+            format!("{prefix}:{{{queue}}}")
+        };
         Keys {
             stream: format!("{base}:stream"),
             dead: format!("{base}:dead"),
@@ -114,29 +127,23 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 impl RedisQueue {
     /// Connects lazily: the gateway starts (and answers 503) while Redis is down.
     pub fn connect(config: &RedisQueueConfig, max_block: Duration) -> Result<Self, QueueError> {
-        let client = redis::Client::open(config.url.as_str())
-            .map_err(|e| QueueError::Unavailable(format!("bad redis url: {e}")))?;
-        let base = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_lazy_with_config(
-            client.clone(),
-            base.clone().set_response_timeout(Some(RESPONSE_TIMEOUT)),
-        )
-        .map_err(unavailable)?;
-        let reader = ConnectionManager::new_lazy_with_config(
-            client.clone(),
-            base.set_response_timeout(Some(max_block + RESPONSE_TIMEOUT)),
-        )
-        .map_err(unavailable)?;
+        let endpoint = Endpoint::parse(&config.url)?;
+        let conn = Conn::open(&endpoint, CONNECT_TIMEOUT, RESPONSE_TIMEOUT)?;
+        let reader = Conn::open(&endpoint, CONNECT_TIMEOUT, max_block + RESPONSE_TIMEOUT)?;
         Ok(RedisQueue {
-            keys: Keys::new(&config.prefix, &config.queue),
+            keys: Keys::new(
+                &config.prefix,
+                &config.queue,
+                config.partition,
+                config.partitions,
+            ),
+            partition: config.partition,
+            partitions: config.partitions.max(1),
             consumer: config.consumer.clone(),
             ttl_secs: config.ticket_ttl.as_secs().max(1),
             conn,
             reader,
-            client,
+            endpoint,
             admit_script: Script::new(ADMIT_LUA),
             start_script: Script::new(START_ATTEMPT_LUA),
             release_script: Script::new(RELEASE_LUA),
@@ -160,17 +167,9 @@ impl RedisQueue {
         prefix: &str,
         candidate: &str,
     ) -> Result<String, QueueError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| QueueError::Unavailable(format!("bad redis url: {e}")))?;
-        let mut conn = tokio::time::timeout(
-            CONNECT_TIMEOUT + RESPONSE_TIMEOUT,
-            client.get_multiplexed_async_connection(),
-        )
-        .await
-        .map_err(|_| QueueError::Unavailable("connect timed out".into()))?
-        .map_err(unavailable)?;
+        let mut conn = Conn::open(&Endpoint::parse(url)?, CONNECT_TIMEOUT, RESPONSE_TIMEOUT)?;
         let earlier: Option<String> = tokio::time::timeout(
-            RESPONSE_TIMEOUT,
+            CONNECT_TIMEOUT + RESPONSE_TIMEOUT,
             redis::cmd("SET")
                 .arg(format!("{prefix}:ticket-secret"))
                 .arg(candidate)
@@ -206,6 +205,21 @@ impl RedisQueue {
         }
         self.group_ready.store(true, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// A pub/sub connection to one node, subscribed to the change channel.
+    async fn subscribe(&self, node: &str) -> Result<redis::aio::PubSub, QueueError> {
+        let client = redis::Client::open(node)
+            .map_err(|e| QueueError::Unavailable(format!("bad redis url: {e}")))?;
+        let mut pubsub = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
+            .await
+            .map_err(|_| QueueError::Unavailable("pub/sub connect timed out".into()))?
+            .map_err(unavailable)?;
+        tokio::time::timeout(RESPONSE_TIMEOUT, pubsub.subscribe(&self.keys.changes))
+            .await
+            .map_err(|_| QueueError::Unavailable("SUBSCRIBE timed out".into()))?
+            .map_err(unavailable)?;
+        Ok(pubsub)
     }
 
     fn claims(&self) -> std::sync::MutexGuard<'_, Claims> {
@@ -256,7 +270,7 @@ impl RedisQueue {
         })?;
         Ok(reply::entries(&reply)
             .into_iter()
-            .map(|entry| reply::delivery(entry, true))
+            .map(|entry| reply::delivery(entry, true, self.partition))
             .collect())
     }
 
@@ -318,7 +332,9 @@ impl QueueBackend for RedisQueue {
                 }
                 Prequeue::Configured => "-".into(),
                 Prequeue::None => String::new(),
-            });
+            })
+            .arg(self.partitions)
+            .arg(self.partition);
         for (name, value) in Self::entry_fields(request) {
             let value = if name == "a" {
                 admitted_at.as_bytes()
@@ -456,7 +472,9 @@ impl QueueBackend for RedisQueue {
             claims.cursor = next;
             for entry in claimed {
                 if claims.held.insert(entry.0.clone()) {
-                    claims.reclaimed.push_back(reply::delivery(entry, false));
+                    claims
+                        .reclaimed
+                        .push_back(reply::delivery(entry, false, self.partition));
                 }
             }
         }
@@ -542,17 +560,22 @@ impl QueueBackend for RedisQueue {
 
     async fn follow_changes(&self, changed: &OnChange) -> Result<(), QueueError> {
         use futures_util::StreamExt;
-        let mut pubsub = tokio::time::timeout(
-            CONNECT_TIMEOUT + RESPONSE_TIMEOUT,
-            self.client.get_async_pubsub(),
-        )
-        .await
-        .map_err(|_| QueueError::Unavailable("pub/sub connect timed out".into()))?
-        .map_err(unavailable)?;
-        tokio::time::timeout(RESPONSE_TIMEOUT, pubsub.subscribe(&self.keys.changes))
-            .await
-            .map_err(|_| QueueError::Unavailable("SUBSCRIBE timed out".into()))?
-            .map_err(unavailable)?;
+        // Published messages reach every node of a cluster: any one will do.
+        let mut last_error = None;
+        let mut subscribed = None;
+        for node in self.endpoint.nodes() {
+            match self.subscribe(&node).await {
+                Ok(pubsub) => {
+                    subscribed = Some(pubsub);
+                    break;
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        let Some(mut pubsub) = subscribed else {
+            return Err(last_error
+                .unwrap_or_else(|| QueueError::Unavailable("no node to subscribe on".into())));
+        };
         changed(Change::Resync);
         let mut messages = pubsub.on_message();
         while let Some(message) = messages.next().await {

@@ -2,6 +2,7 @@
 //! builder and a tiny HTTP client. Everything listens on loopback only.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod process;
 
 use std::collections::HashMap;

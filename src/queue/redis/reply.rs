@@ -86,7 +86,7 @@ pub fn autoclaim(reply: &Value) -> Option<(String, Vec<Entry>, Vec<String>)> {
 }
 
 /// A delivery from an entry as read back.
-pub fn delivery((entry_id, fields): Entry, fresh: bool) -> Delivery {
+pub fn delivery((entry_id, fields): Entry, fresh: bool, partition: u32) -> Delivery {
     let ahead_at_admission = fields.as_ref().and_then(|f| {
         let (_, v) = f.iter().find(|(k, _)| k == "w")?;
         std::str::from_utf8(v).ok()?.parse().ok()
@@ -100,6 +100,7 @@ pub fn delivery((entry_id, fields): Entry, fresh: bool) -> Delivery {
         fresh,
         request,
         ahead_at_admission,
+        partition,
     }
 }
 

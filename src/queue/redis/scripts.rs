@@ -15,7 +15,9 @@
 /// ARGV: ticket id, ttl seconds, max_queue, admitted-at ms, has-claim (0/1),
 ///       fingerprint, configured stock ('' = unlimited), pre-queue score in
 ///       the window ('-' = a pre-queue is configured but the window is over,
-///       '' = none is), then the entry's field/value pairs.
+///       '' = none is), partitions, this partition's index, then the entry's
+///       field/value pairs. A partition holds its share of the stock and of
+///       the capacity (the first `total % partitions` partitions one more).
 pub const ADMIT_LUA: &str = r#"
 local counters = redis.call('HMGET', KEYS[2], 'dispatched', 'admitted', 'seq')
 local dispatched = tonumber(counters[1] or '0')
@@ -28,11 +30,17 @@ if ARGV[5] == '1' then
 end
 local knobs = redis.call('HMGET', KEYS[5], 'sold_out', 'stock')
 if knobs[1] == '1' then return {'sold_out'} end
+local parts, index = tonumber(ARGV[9]), tonumber(ARGV[10])
+local function share(total)
+  local s = math.floor(total / parts)
+  if index < total % parts then s = s + 1 end
+  return s
+end
 local admitted = tonumber(counters[2] or '0')
 local stock = knobs[2] or ARGV[7]
-if stock ~= '' and admitted >= tonumber(stock) then return {'sold_out'} end
+if stock ~= '' and admitted >= share(tonumber(stock)) then return {'sold_out'} end
 local depth = admitted - dispatched
-if depth >= tonumber(ARGV[3]) then return {'full', depth} end
+if depth >= share(tonumber(ARGV[3])) then return {'full', depth} end
 local n = admitted + 1
 local seq = 0
 local pre = ARGV[8] ~= '' and ARGV[8] ~= '-'
@@ -42,7 +50,7 @@ if pre or (ARGV[8] == '-' and redis.call('ZCARD', KEYS[6]) > 0) then
   local score = ARGV[8]
   if not pre then score = 2 + n end
   local fields = {}
-  for i = 9, #ARGV, 2 do
+  for i = 11, #ARGV, 2 do
     fields[#fields + 1] = 'e:' .. ARGV[i]
     fields[#fields + 1] = ARGV[i + 1]
   end
@@ -52,7 +60,7 @@ if pre or (ARGV[8] == '-' and redis.call('ZCARD', KEYS[6]) > 0) then
 else
   seq = tonumber(counters[3] or '0') + 1
   redis.call('HSET', KEYS[2], 'admitted', n, 'seq', seq)
-  redis.call('XADD', KEYS[1], '*', 's', seq, 'w', depth, unpack(ARGV, 9))
+  redis.call('XADD', KEYS[1], '*', 's', seq, 'w', depth, unpack(ARGV, 11))
 end
 redis.call('HSET', KEYS[3], 'st', 'queued', 'seq', seq, 'att', 0, 'adm', ARGV[4])
 redis.call('EXPIRE', KEYS[3], ARGV[2])

@@ -1,0 +1,210 @@
+//! A queue spread over several partitions, each a complete queue of its own
+//! under its own hash tag (`{checkout:0}`, `{checkout:1}`, …), so that on a
+//! Redis Cluster the partitions land on different shards and one queue's
+//! ingest is not bound by one shard.
+//!
+//! A ticket's partition is a hash of its id, so any instance finds it
+//! without a lookup; admissions with an `Idempotency-Key` draw their id into
+//! the partition of the key, so a retry meets its first attempt. Each
+//! partition holds its share of the stock and of the capacity. The drain
+//! reads the partitions in turn, so FIFO holds within a partition, and
+//! across partitions only as far as their backlogs stay even (they do when
+//! admissions spread evenly); positions and wait estimates are per
+//! partition, at the partition's share of the drain rate.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{
+    Admit, AdmitLimits, AttemptStart, Cancel, Delivery, IdempotencyClaim, OnChange, QueueBackend,
+    QueueError, QueueStats, QueuedRequest,
+};
+use crate::knobs::{Knobs, KnobsPatch};
+use crate::ticket::{fnv1a, StoredResponse, TicketError, TicketId, TicketRecord};
+
+/// Longest a read waits on one partition before looking at the next.
+const READ_SLICE: Duration = Duration::from_millis(50);
+
+/// One queue over several partitions.
+pub struct Partitioned {
+    parts: Vec<Arc<dyn QueueBackend>>,
+    /// The partition the next read starts with.
+    cursor: AtomicUsize,
+}
+
+impl Partitioned {
+    /// Partition `i` of the queue must be `parts[i]`.
+    pub fn new(parts: Vec<Arc<dyn QueueBackend>>) -> Self {
+        assert!(!parts.is_empty(), "a queue has at least one partition");
+        Partitioned {
+            parts,
+            cursor: AtomicUsize::new(0),
+        }
+    }
+
+    fn count(&self) -> u32 {
+        self.parts.len() as u32
+    }
+
+    fn of_ticket(&self, id: &TicketId) -> &Arc<dyn QueueBackend> {
+        &self.parts[id.partition(self.count()) as usize]
+    }
+
+    fn of_delivery(&self, delivery: &Delivery) -> Result<&Arc<dyn QueueBackend>, QueueError> {
+        self.parts
+            .get(delivery.partition as usize)
+            .ok_or_else(|| QueueError::Protocol(format!("no partition {}", delivery.partition)))
+    }
+}
+
+/// The partition an idempotency claim's tickets live in, of `partitions`.
+pub fn partition_of_claim(claim: &IdempotencyClaim, partitions: u32) -> u32 {
+    (fnv1a(claim.key.as_bytes()) % u64::from(partitions.max(1))) as u32
+}
+
+#[async_trait]
+impl QueueBackend for Partitioned {
+    fn kind(&self) -> &'static str {
+        self.parts[0].kind()
+    }
+
+    fn partitions(&self) -> u32 {
+        self.count()
+    }
+
+    async fn admit(
+        &self,
+        request: &QueuedRequest,
+        claim: Option<&IdempotencyClaim>,
+        limits: AdmitLimits,
+    ) -> Result<Admit, QueueError> {
+        // Each partition takes its share of `max_queue` and the stock itself.
+        self.of_ticket(&request.ticket)
+            .admit(request, claim, limits)
+            .await
+    }
+
+    async fn ticket(&self, id: &TicketId) -> Result<Option<(TicketRecord, u64)>, QueueError> {
+        self.of_ticket(id).ticket(id).await
+    }
+
+    async fn next(&self, block: Duration, max: usize) -> Result<Vec<Delivery>, QueueError> {
+        let n = self.parts.len();
+        let deadline = tokio::time::Instant::now() + block;
+        loop {
+            // Each partition in turn, starting after the last one read from:
+            // a short wait on each, so an entry anywhere is found within
+            // one round.
+            let start = self.cursor.fetch_add(1, Ordering::Relaxed) % n;
+            let now = tokio::time::Instant::now();
+            let slice = READ_SLICE.min(deadline.saturating_duration_since(now));
+            let got = self.parts[start]
+                .next(slice.max(Duration::from_millis(1)), max)
+                .await?;
+            if !got.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok(got);
+            }
+        }
+    }
+
+    async fn maintain(&self, claim_idle: Duration) -> Result<(), QueueError> {
+        for part in &self.parts {
+            part.maintain(claim_idle).await?;
+        }
+        Ok(())
+    }
+
+    async fn start_attempt(&self, delivery: &Delivery) -> Result<AttemptStart, QueueError> {
+        self.of_delivery(delivery)?.start_attempt(delivery).await
+    }
+
+    async fn cancel(&self, id: &TicketId) -> Result<Cancel, QueueError> {
+        self.of_ticket(id).cancel(id).await
+    }
+
+    async fn follow_changes(&self, changed: &OnChange) -> Result<(), QueueError> {
+        // One feed per partition; the first to break ends them all, and the
+        // caller starts over (with a resync).
+        let feeds = self.parts.iter().map(|p| p.follow_changes(changed));
+        let (result, _, _) = futures_util::future::select_all(feeds).await;
+        result
+    }
+
+    async fn complete(
+        &self,
+        delivery: &Delivery,
+        response: &StoredResponse,
+    ) -> Result<(), QueueError> {
+        self.of_delivery(delivery)?
+            .complete(delivery, response)
+            .await
+    }
+
+    async fn fail(
+        &self,
+        delivery: &Delivery,
+        error: &TicketError,
+        dead_letter: bool,
+    ) -> Result<(), QueueError> {
+        self.of_delivery(delivery)?
+            .fail(delivery, error, dead_letter)
+            .await
+    }
+
+    async fn release_prequeue(&self, max: usize) -> Result<(usize, usize), QueueError> {
+        let share = max.div_ceil(self.parts.len()).max(1);
+        let (mut moved, mut left) = (0, 0);
+        for part in &self.parts {
+            let (m, l) = part.release_prequeue(share).await?;
+            moved += m;
+            left += l;
+        }
+        Ok((moved, left))
+    }
+
+    async fn knobs(&self) -> Result<Knobs, QueueError> {
+        self.parts[0].knobs().await
+    }
+
+    async fn set_knobs(&self, patch: &KnobsPatch) -> Result<Knobs, QueueError> {
+        // Every partition's admission script reads its own copy (same
+        // slot); partition 0's is the one reported. A change that reached
+        // only some partitions is reported as failed, and repeating it is
+        // harmless.
+        for part in self.parts.iter().skip(1) {
+            part.set_knobs(patch).await?;
+        }
+        self.parts[0].set_knobs(patch).await
+    }
+
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        let mut total = QueueStats::default();
+        for part in &self.parts {
+            let s = part.stats().await?;
+            total.depth += s.depth;
+            total.in_flight += s.in_flight;
+            total.admitted += s.admitted;
+            total.dispatched += s.dispatched;
+            total.oldest_age = total.oldest_age.max(s.oldest_age);
+        }
+        Ok(total)
+    }
+
+    async fn dispatched(&self) -> Result<Vec<u64>, QueueError> {
+        let mut out = Vec::with_capacity(self.parts.len());
+        for part in &self.parts {
+            out.push(part.stats().await?.dispatched);
+        }
+        Ok(out)
+    }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        for part in &self.parts {
+            part.ping().await?;
+        }
+        Ok(())
+    }
+}
