@@ -25,6 +25,7 @@ pub mod queue;
 pub mod server;
 pub mod ticket;
 pub mod upstream;
+pub mod web;
 
 pub use config::Config;
 pub use gateway::Gateway;

@@ -27,7 +27,7 @@ use crate::headers::strip_hop_by_hop;
 use crate::knobs::{KnobsPatch, Phase};
 use crate::problem::{Code, Problem};
 use crate::upstream::UpstreamError;
-use crate::{admission, cors, poll};
+use crate::{admission, cors, poll, web};
 
 /// Deadline for a passthrough request when no queue sets one.
 const PASSTHROUGH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -215,6 +215,9 @@ async fn public(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> Resp
                 .allow(allow);
             ("other", problem.into_response())
         }
+    } else if let Some(resp) = web::route(req.method(), path) {
+        // The waiting room page and the API description.
+        ("other", resp)
     } else if let Some(rest) = path.strip_prefix("/tickets/") {
         let (method, headers, query) = (req.method(), req.headers(), req.uri().query());
         (

@@ -1,0 +1,211 @@
+use http_body_util::BodyExt;
+
+use super::*;
+
+async fn text(resp: Response<Body>) -> String {
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+fn header<'a>(resp: &'a Response<Body>, name: &str) -> &'a str {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
+fn a_ticket() -> String {
+    TicketId::generate(crate::ticket::QueueTag::of("checkout")).to_string()
+}
+
+#[tokio::test]
+async fn the_waiting_room_is_served_with_strict_headers() {
+    let resp = waiting_room(&a_ticket());
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(header(&resp, "content-type"), "text/html; charset=utf-8");
+    assert_eq!(header(&resp, "cache-control"), "no-store");
+    assert_eq!(header(&resp, "x-content-type-options"), "nosniff");
+    assert_eq!(header(&resp, "referrer-policy"), "no-referrer");
+    let csp = header(&resp, "content-security-policy").to_string();
+    assert!(csp.starts_with("default-src 'none';"), "{csp}");
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert!(text(resp).await.contains("Leave the queue"));
+}
+
+#[tokio::test]
+async fn the_csp_pins_exactly_the_page_s_inline_script_and_style() {
+    let csp = waiting_room(&a_ticket())
+        .headers()
+        .get("content-security-policy")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let script = inline(WAITING_ROOM, "script");
+    let style = inline(WAITING_ROOM, "style");
+    assert!(script.contains("EventSource"));
+    assert!(style.contains("prefers-reduced-motion"));
+    assert!(csp.contains(&format!("script-src '{}'", csp_hash(script))));
+    assert!(csp.contains(&format!("style-src '{}'", csp_hash(style))));
+    // One of each: a second inline element would be blocked by the policy.
+    assert_eq!(WAITING_ROOM.matches("<script").count(), 1);
+    assert_eq!(WAITING_ROOM.matches("<style").count(), 1);
+    // No inline handlers or style attributes, which the policy also blocks.
+    assert!(!WAITING_ROOM.contains(" style=\""));
+    assert!(!WAITING_ROOM.contains(" onclick="));
+    // Known vector: the hash is base64 of SHA-256.
+    assert_eq!(
+        csp_hash("abc"),
+        "sha256-ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0="
+    );
+}
+
+#[tokio::test]
+async fn the_page_loads_nothing_from_elsewhere_and_never_writes_markup() {
+    for outside in ["http://", "https://", "//fonts", "@import", "url("] {
+        assert!(
+            !WAITING_ROOM.contains(outside),
+            "the page refers to {outside}"
+        );
+    }
+    // SVG namespaces aside there is no URL at all; upstream data only ever
+    // reaches the page through textContent.
+    for sink in [
+        "innerHTML",
+        "outerHTML",
+        "insertAdjacentHTML",
+        "document.write",
+        "eval(",
+    ] {
+        assert!(!WAITING_ROOM.contains(sink), "the page uses {sink}");
+    }
+}
+
+#[tokio::test]
+async fn the_ticket_in_the_path_is_never_reflected() {
+    let hostile = "%3Cscript%3Ealert(1)%3C%2Fscript%3E";
+    let resp = route(&Method::GET, &format!("/waiting-room/{hostile}")).unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    assert_eq!(header(&resp, "content-type"), "text/html; charset=utf-8");
+    let page = text(resp).await;
+    assert!(!page.contains(hostile));
+    assert!(!page.contains("alert(1)"));
+    let id = a_ticket();
+    let page = text(waiting_room(&id)).await;
+    assert!(!page.contains(&id));
+    assert_eq!(page, WAITING_ROOM);
+}
+
+#[tokio::test]
+async fn routes_cover_the_two_paths_and_nothing_else() {
+    let id = a_ticket();
+    let ok = route(&Method::GET, &format!("/waiting-room/{id}")).unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    let head = route(&Method::HEAD, "/openapi.json").unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+    let post = route(&Method::POST, &format!("/waiting-room/{id}")).unwrap();
+    assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(header(&post, "allow"), "GET, HEAD");
+    assert_eq!(header(&post, "content-type"), "application/problem+json");
+    assert!(route(&Method::GET, "/waiting-room/").is_none());
+    assert!(route(&Method::GET, "/waiting-room/a/b").is_none());
+    assert!(route(&Method::GET, "/waiting-room").is_none());
+    assert!(route(&Method::GET, "/openapi.yaml").is_none());
+    assert!(route(&Method::GET, "/tickets/x").is_none());
+}
+
+#[tokio::test]
+async fn the_served_openapi_document_parses_and_has_every_path() {
+    let resp = openapi();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(header(&resp, "content-type"), "application/json");
+    let doc: serde_json::Value = serde_json::from_str(&text(resp).await).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    for path in [
+        "/checkout",
+        "/tickets/{ticket}",
+        "/tickets/{ticket}/response",
+        "/waiting-room/{ticket}",
+        "/openapi.json",
+    ] {
+        assert!(paths.contains_key(path), "no {path} in {:?}", paths.keys());
+    }
+    // Status codes are keys, and arrive as strings.
+    assert!(doc["paths"]["/checkout"]["post"]["responses"]["202"].is_object());
+    assert_eq!(
+        doc["paths"]["/tickets/{ticket}"]["get"]["parameters"][0]["schema"]["maximum"],
+        60
+    );
+}
+
+/// Every code the public listener can answer with. The match below stops
+/// compiling when a variant is added, so that list is revisited with it.
+const PUBLIC_CODES: &[Code] = &[
+    Code::BadRequest,
+    Code::TicketNotFound,
+    Code::NotFound,
+    Code::MethodNotAllowed,
+    Code::BodyTooLarge,
+    Code::IdempotencyKeyReused,
+    Code::QueueFull,
+    Code::Unavailable,
+    Code::SoldOut,
+    Code::SaleClosed,
+    Code::SaleNotOpen,
+    Code::RateLimited,
+    Code::BadGateway,
+    Code::GatewayTimeout,
+    Code::RequestTimeout,
+    Code::UriTooLong,
+    Code::TicketNotCancellable,
+    Code::TicketPending,
+    Code::TicketHasNoResponse,
+];
+
+fn is_public(code: Code) -> bool {
+    match code {
+        // The admin listener's only.
+        Code::Unauthorized => false,
+        Code::BadRequest
+        | Code::TicketNotFound
+        | Code::NotFound
+        | Code::MethodNotAllowed
+        | Code::BodyTooLarge
+        | Code::IdempotencyKeyReused
+        | Code::QueueFull
+        | Code::Unavailable
+        | Code::SoldOut
+        | Code::SaleClosed
+        | Code::SaleNotOpen
+        | Code::RateLimited
+        | Code::BadGateway
+        | Code::GatewayTimeout
+        | Code::RequestTimeout
+        | Code::UriTooLong
+        | Code::TicketNotCancellable
+        | Code::TicketPending
+        | Code::TicketHasNoResponse => PUBLIC_CODES.contains(&code),
+    }
+}
+
+#[test]
+fn every_problem_code_of_the_public_api_is_documented() {
+    let doc: serde_json::Value = serde_json::from_str(OPENAPI_JSON).unwrap();
+    let documented: Vec<&str> = doc["components"]["schemas"]["Problem"]["properties"]["code"]
+        ["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for &code in PUBLIC_CODES {
+        assert!(is_public(code));
+        assert!(
+            documented.contains(&code.as_str()),
+            "{} is not in docs/openapi.yaml",
+            code.as_str()
+        );
+    }
+    assert!(!is_public(Code::Unauthorized));
+}
