@@ -173,6 +173,16 @@ pub struct ServeArgs {
     /// Streams the queue is spread over, for a Redis Cluster (needs --redis-url) [default: 1].
     #[arg(long, env = "FLASHGATE_PARTITIONS", value_name = "N")]
     pub partitions: Option<u32>,
+    /// Adjust the drain rate from the upstream's latency and overload answers,
+    /// between --adaptive-floor and --adaptive-ceiling, starting at --drain-rate.
+    #[arg(long, env = "FLASHGATE_ADAPTIVE")]
+    pub adaptive: bool,
+    /// Lowest adaptive drain rate [default: a twentieth of the ceiling].
+    #[arg(long, env = "FLASHGATE_ADAPTIVE_FLOOR", value_name = "PER_SEC")]
+    pub adaptive_floor: Option<f64>,
+    /// Highest adaptive drain rate, across all instances [default: --drain-rate].
+    #[arg(long, env = "FLASHGATE_ADAPTIVE_CEILING", value_name = "PER_SEC")]
+    pub adaptive_ceiling: Option<f64>,
     /// Time a client has to send its request headers [default: 10s].
     #[arg(long, env = "FLASHGATE_HEADER_TIMEOUT", value_name = "DUR")]
     pub header_timeout: Option<String>,
@@ -288,6 +298,9 @@ impl ServeArgs {
                 upstream_timeout: self.upstream_timeout.clone(),
                 max_attempts: self.max_attempts,
                 partitions: self.partitions,
+                adaptive: self.adaptive.then_some(true),
+                adaptive_floor: self.adaptive_floor,
+                adaptive_ceiling: self.adaptive_ceiling,
                 stock: self.stock,
                 opens_at: self.opens_at.clone(),
                 closes_at: self.closes_at.clone(),

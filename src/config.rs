@@ -146,6 +146,16 @@ pub struct QueueConfig {
     /// Streams the queue is spread over (Redis only; `{name:i}` hash tags,
     /// so a cluster puts them on different shards).
     pub partitions: u32,
+    /// Bounds of the adaptive drain, when on: the rate then follows the
+    /// upstream's health between them, starting from `drain_rate`.
+    pub adaptive: Option<AdaptiveBounds>,
+}
+
+/// Where the adaptive drain may take a queue's rate.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct AdaptiveBounds {
+    pub floor: f64,
+    pub ceiling: f64,
 }
 
 /// A queued route: a method and an exact path (the query is not matched).
@@ -255,6 +265,12 @@ pub struct QueueSettings {
     pub sold_out_body: Option<String>,
     /// Streams the queue is spread over, for a Redis Cluster (default 1).
     pub partitions: Option<u32>,
+    /// Adjust the drain rate from the upstream's health (default false).
+    pub adaptive: Option<bool>,
+    /// Lowest adaptive rate (default: a twentieth of the ceiling).
+    pub adaptive_floor: Option<f64>,
+    /// Highest adaptive rate (default: drain_rate).
+    pub adaptive_ceiling: Option<f64>,
 }
 
 impl QueueSettings {
@@ -275,6 +291,9 @@ impl QueueSettings {
             sold_out_statuses: pick(&self.sold_out_statuses, &fallback.sold_out_statuses),
             sold_out_body: pick(&self.sold_out_body, &fallback.sold_out_body),
             partitions: self.partitions.or(fallback.partitions),
+            adaptive: self.adaptive.or(fallback.adaptive),
+            adaptive_floor: self.adaptive_floor.or(fallback.adaptive_floor),
+            adaptive_ceiling: self.adaptive_ceiling.or(fallback.adaptive_ceiling),
         }
     }
 }
@@ -421,6 +440,9 @@ struct RawFile {
     sold_out_statuses: Option<Vec<u16>>,
     sold_out_body: Option<String>,
     partitions: Option<u32>,
+    adaptive: Option<bool>,
+    adaptive_floor: Option<f64>,
+    adaptive_ceiling: Option<f64>,
 }
 
 /// A parsed config file, every key optional.
@@ -508,6 +530,9 @@ impl FileConfig {
                 sold_out_statuses: raw.sold_out_statuses,
                 sold_out_body: raw.sold_out_body,
                 partitions: raw.partitions,
+                adaptive: raw.adaptive,
+                adaptive_floor: raw.adaptive_floor,
+                adaptive_ceiling: raw.adaptive_ceiling,
             },
             queue: tables,
         })
@@ -807,6 +832,26 @@ impl QueueConfig {
                 "must be > 0 and <= 1000000 requests/s",
             ));
         }
+        let adaptive = if s.adaptive.unwrap_or(false) {
+            let ceiling = s.adaptive_ceiling.unwrap_or(drain_rate);
+            let floor = s.adaptive_floor.unwrap_or(ceiling / 20.0);
+            let valid = |r: f64| r.is_finite() && r > 0.0 && r <= 1e6;
+            if !valid(ceiling) {
+                return Err(ConfigError::invalid(
+                    key("adaptive_ceiling"),
+                    "must be > 0 and <= 1000000 requests/s",
+                ));
+            }
+            if !valid(floor) || floor > ceiling {
+                return Err(ConfigError::invalid(
+                    key("adaptive_floor"),
+                    "must be > 0 and <= adaptive_ceiling",
+                ));
+            }
+            Some(AdaptiveBounds { floor, ceiling })
+        } else {
+            None
+        };
         let positive = |k: &str, v: u32| {
             if v == 0 {
                 Err(ConfigError::invalid(key(k), "must be at least 1"))
@@ -880,6 +925,7 @@ impl QueueConfig {
                     ))
                 }
             },
+            adaptive,
         })
     }
 }

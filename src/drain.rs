@@ -19,12 +19,14 @@ use crate::knobs::{KnobsPatch, Phase};
 use crate::metrics::code_class;
 use crate::pacer::Pacer;
 
+mod adaptive;
 mod attempt;
 
 use crate::queue::{AttemptStart, Delivery, QueueError, QueuedRequest};
 use crate::ticket::{now_ms, StoredResponse, TicketError};
 use crate::upstream::{Answer, UpstreamError};
-use attempt::{backoff, build_request, is_retryable, retry_after, RETRY_MAX};
+use adaptive::Adaptive;
+use attempt::{backoff, build_request, is_overload, is_retryable, retry_after, RETRY_MAX};
 
 /// Longest wait between tries of a failed queue-backend call.
 const BACKEND_RETRY_MAX: Duration = Duration::from_secs(5);
@@ -40,6 +42,8 @@ struct Drain {
     queue: Arc<Queue>,
     app: Arc<App>,
     pacer: Pacer,
+    /// The adaptive drain's observations, when it is on.
+    adaptive: Option<Arc<Adaptive>>,
     /// In-flight slots: held during an upstream attempt, released while a
     /// retry backs off so fresh entries are not starved.
     slots: Arc<Semaphore>,
@@ -55,8 +59,24 @@ pub async fn run(
 ) {
     let config = &queue.config;
     let slots = Arc::new(Semaphore::new(config.max_in_flight as usize));
+    let adaptive = config
+        .adaptive
+        .map(|bounds| Arc::new(Adaptive::new(bounds)));
+    if let Some(adaptive) = &adaptive {
+        tokio::spawn(adaptive::run(
+            queue.clone(),
+            adaptive.clone(),
+            app.metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
     let drain = Arc::new(Drain {
-        pacer: Pacer::new(config.drain_rate, config.drain_burst),
+        pacer: Pacer::new(
+            queue.backend.clone(),
+            queue.knobs().drain_rate(config),
+            config.drain_burst,
+        ),
+        adaptive,
         slots: slots.clone(),
         queue: queue.clone(),
         app,
@@ -147,7 +167,12 @@ pub async fn run(
                 }
             }
         };
-        drain.pacer.used(permit);
+        // A permit held through a long wait for an entry has passed: a
+        // fresh one keeps the spacing.
+        tokio::select! {
+            _ = drain.pacer.renew(permit) => {}
+            _ = shutdown.cancelled() => break 'run,
+        }
         // 4. Dispatch: the first entry on this slot and permit, the rest each
         //    on its own — unless the knobs changed meanwhile.
         let mut slot = Some(slot);
@@ -165,7 +190,7 @@ pub async fn run(
                         break 'run;
                     };
                     tokio::select! {
-                        permit = drain.pacer.ready() => drain.pacer.used(permit),
+                        _ = drain.pacer.ready() => {}
                         _ = shutdown.cancelled() => break 'run,
                     }
                     slot
@@ -423,7 +448,7 @@ impl Drain {
                         _ = self.shutdown.cancelled() => return,
                     }
                     tokio::select! {
-                        permit = self.pacer.ready() => self.pacer.used(permit),
+                        _ = self.pacer.ready() => {}
                         _ = self.shutdown.cancelled() => return,
                     }
                 }
@@ -476,10 +501,14 @@ impl Drain {
             .upstream
             .call(req, self.queue.config.upstream_timeout)
             .await;
+        let took = started.elapsed();
         metrics
             .upstream_duration
             .with_label_values(&[self.name()])
-            .observe(started.elapsed().as_secs_f64());
+            .observe(took.as_secs_f64());
+        if let Some(adaptive) = &self.adaptive {
+            adaptive.record(took, is_overload(&result));
+        }
         let class = match &result {
             Ok(answer) => code_class(answer.status.as_u16()),
             Err(_) => "error",

@@ -111,6 +111,42 @@ impl KnobsPatch {
     }
 }
 
+/// One step of the adaptive drain (AIMD): an overload multiplies the rate
+/// by [`RateStep::DECREASE`], a healthy spell adds a twentieth of the range;
+/// the result stays within `[floor, ceiling]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateStep {
+    /// Down (an overload) or up (healthy, with a backlog).
+    pub down: bool,
+    pub floor: f64,
+    pub ceiling: f64,
+    /// The configured rate: where the rate starts when no knob is set.
+    pub configured: f64,
+}
+
+impl RateStep {
+    /// The factor an overload applies.
+    pub const DECREASE: f64 = 0.7;
+    /// Steps the same way at most this often, across all instances.
+    pub const SPACING: Duration = Duration::from_secs(1);
+
+    /// Multiplier and addend: `rate · mul + add`, then clamped.
+    pub fn terms(&self) -> (f64, f64) {
+        if self.down {
+            (Self::DECREASE, 0.0)
+        } else {
+            (1.0, (self.ceiling - self.floor) / 20.0)
+        }
+    }
+
+    /// The rate after this step from `current`.
+    pub fn apply(&self, current: f64) -> f64 {
+        let (mul, add) = self.terms();
+        let rate = ((current * mul + add) * 1000.0).round() / 1000.0;
+        rate.clamp(self.floor, self.ceiling)
+    }
+}
+
 /// Where a sale is in its life.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Phase {
@@ -128,7 +164,13 @@ pub enum Phase {
 impl Knobs {
     /// The rate the drain runs at now.
     pub fn drain_rate(&self, config: &QueueConfig) -> f64 {
-        self.drain_rate.unwrap_or(config.drain_rate)
+        let rate = self.drain_rate.unwrap_or(config.drain_rate);
+        match &config.adaptive {
+            // An operator's rate is where the adaptive drain goes on from,
+            // within its bounds.
+            Some(a) => rate.clamp(a.floor, a.ceiling),
+            None => rate,
+        }
     }
 
     /// The stock limit in force.

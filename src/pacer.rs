@@ -1,105 +1,178 @@
-//! The drain's pacer: spaces upstream requests evenly at the governed rate.
+//! The drain's pacer: takes rate permits from the queue's one slot schedule,
+//! shared by every instance through the queue backend, so the upstream sees
+//! the configured rate in total — not once per instance.
 //!
-//! Why not a GCRA limiter (governor) here: with a burst of 1, GCRA drops
-//! whatever time a waiter oversleeps, and tokio's timer oversleeps by up to a
-//! millisecond, so a drain set to 1000/s ran at ~730/s. The pacer keeps an
-//! absolute schedule instead: permit n is due at `start + n·period`, and a
-//! waiter that wakes late is caught up within a small tolerance. After an
-//! idle spell at most `burst` permits are due at once.
+//! Slots are reserved a small block at a time (about [`BLOCK_WINDOW`] of
+//! them, one backend call), each due at an absolute time: permit n of a
+//! block is due at `first + n·period`, and a waiter that wakes a little late
+//! still takes its slot, so timer jitter costs no rate. A slot left unused
+//! past [`CATCH_UP`] (no entry was waiting) is dropped, never sent late in a
+//! bunch: the rate is an upper bound, and idle time banks at most `burst`.
+//!
+//! Why not governor: its limiters live in one process (N instances would
+//! send N times the rate), and with a burst of 1 its GCRA drops whatever
+//! time a waiter oversleeps, so a 1000/s drain ran at ~730/s.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tracing::warn;
 
-/// Lateness the schedule absorbs without losing rate: timer granularity
-/// plus scheduling stalls on a busy machine. Over any window longer than
-/// this the upstream sees at most the configured rate.
-const CATCH_UP: Duration = Duration::from_millis(20);
+use crate::queue::QueueBackend;
 
-/// An evenly spaced permit schedule shared by one queue's drain tasks.
+/// Lateness a slot absorbs without being dropped: timer granularity plus
+/// scheduling stalls on a busy machine. Over any window longer than this the
+/// upstream sees at most the configured rate.
+pub const CATCH_UP: Duration = Duration::from_millis(20);
+/// Slots reserved per backend call: this much time's worth at the current
+/// rate, so the calls per second do not grow with the rate.
+const BLOCK_WINDOW: Duration = Duration::from_millis(15);
+/// Most slots reserved at once.
+const MAX_BLOCK: u32 = 256;
+/// Longest wait between tries when the schedule cannot be reached.
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// One queue's permits, for its drain tasks.
 pub struct Pacer {
-    state: Mutex<State>,
+    schedule: Arc<dyn QueueBackend>,
+    rate: Mutex<Rate>,
+    /// The slots reserved and not yet taken; one taker at a time, in order.
+    block: tokio::sync::Mutex<Block>,
 }
 
-struct State {
+#[derive(Clone, Copy)]
+struct Rate {
     period: Duration,
     burst: u32,
-    /// When the next permit is due.
-    next: Instant,
 }
 
-/// A granted permit: when it was due.
+struct Block {
+    /// When the next reserved slot is due.
+    next: Instant,
+    left: u32,
+    period: Duration,
+    /// When the block arrived: slots due before (a burst after an idle
+    /// spell) count as due then, not as passed.
+    arrived: Instant,
+}
+
+impl Block {
+    fn due(&self) -> Instant {
+        self.next.max(self.arrived)
+    }
+}
+
+/// A granted permit: when its slot was due.
 #[derive(Debug, Clone, Copy)]
 pub struct Permit {
     due: Instant,
 }
 
+impl Permit {
+    /// Whether the slot has passed: sending on it now could bunch requests.
+    pub fn is_stale(&self) -> bool {
+        Instant::now() > self.due + CATCH_UP
+    }
+}
+
 impl Pacer {
-    /// `rate` permits per second, at most `burst` back to back.
-    pub fn new(rate: f64, burst: u32) -> Self {
+    /// `rate` permits per second across every instance sharing `schedule`,
+    /// at most `burst` back to back.
+    pub fn new(schedule: Arc<dyn QueueBackend>, rate: f64, burst: u32) -> Self {
         Pacer {
-            state: Mutex::new(State {
+            schedule,
+            rate: Mutex::new(Rate {
                 period: period(rate),
                 burst: burst.max(1),
+            }),
+            block: tokio::sync::Mutex::new(Block {
                 next: Instant::now(),
+                left: 0,
+                period: period(rate),
+                arrived: Instant::now(),
             }),
         }
     }
 
-    /// Changes the rate from the next permit on.
+    fn rate(&self) -> Rate {
+        // Two numbers; a panic cannot leave them inconsistent.
+        *self.rate.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Changes the rate from the next reserved block on.
     pub fn set_rate(&self, rate: f64, burst: u32) {
-        let mut s = self.lock();
-        s.period = period(rate);
-        s.burst = burst.max(1);
+        let mut r = self.rate.lock().unwrap_or_else(|e| e.into_inner());
+        r.period = period(rate);
+        r.burst = burst.max(1);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // The state is two numbers; a panic cannot leave it inconsistent.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Waits until the next permit is due and takes it.
+    /// Waits until the next slot is due and takes it.
     pub async fn ready(&self) -> Permit {
-        let due = {
-            let mut s = self.lock();
+        let mut block = self.block.lock().await;
+        let mut failures = 0u32;
+        loop {
+            // Slots that passed unused are dropped, not sent late.
             let now = Instant::now();
-            // Behind by more than the tolerance (idle, or stalled): restart
-            // the schedule so that at most `burst` permits are due now.
-            let backlog = s.period * (s.burst - 1);
-            let earliest = now.checked_sub(backlog.max(CATCH_UP)).unwrap_or(now);
-            if s.next < earliest {
-                s.next = now.checked_sub(backlog).unwrap_or(now);
+            while block.left > 0 && block.due() + CATCH_UP < now {
+                let period = block.period;
+                block.next += period;
+                block.left -= 1;
             }
-            let due = s.next;
-            let period = s.period;
-            s.next += period;
-            due
-        };
-        tokio::time::sleep_until(due).await;
-        Permit { due }
+            if block.left > 0 {
+                let due = block.due();
+                let period = block.period;
+                block.next += period;
+                block.left -= 1;
+                drop(block);
+                tokio::time::sleep_until(due).await;
+                return Permit { due };
+            }
+            let rate = self.rate();
+            let count = self.per(BLOCK_WINDOW).min(MAX_BLOCK as usize) as u32;
+            match self
+                .schedule
+                .reserve_slots(rate.period, rate.burst, count)
+                .await
+            {
+                Ok(first_in) => {
+                    let now = Instant::now();
+                    let offset = Duration::from_micros(first_in.unsigned_abs());
+                    block.next = if first_in >= 0 {
+                        now + offset
+                    } else {
+                        now.checked_sub(offset).unwrap_or(now)
+                    };
+                    block.left = count;
+                    block.period = rate.period;
+                    block.arrived = now;
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 {
+                        warn!(error = %e, "cannot reserve drain slots; retrying");
+                    }
+                    let wait = Duration::from_millis(50) * failures.min(40);
+                    tokio::time::sleep(wait.min(RETRY_MAX)).await;
+                }
+            }
+        }
     }
 
-    /// Records that a permit was used now. A permit held long after it was
-    /// due (while waiting for an entry) counts from its use, so the request
-    /// after an idle spell keeps its distance.
-    pub fn used(&self, permit: Permit) {
-        let now = Instant::now();
-        let mut s = self.lock();
-        if now > permit.due + CATCH_UP {
-            // As if this permit had been taken now, after an idle spell.
-            let backlog = s.period * (s.burst - 1);
-            let spaced = (now + s.period).checked_sub(backlog).unwrap_or(now);
-            if s.next < spaced {
-                s.next = spaced;
-            }
+    /// A permit to send on now: `permit` if its slot has not passed (it was
+    /// held while waiting for an entry), else a fresh one.
+    pub async fn renew(&self, permit: Permit) -> Permit {
+        if permit.is_stale() {
+            self.ready().await
+        } else {
+            permit
         }
     }
 
     /// Permits due over `window` at the current rate (at least 1).
     pub fn per(&self, window: Duration) -> usize {
-        let s = self.lock();
-        (window.as_nanos() / s.period.as_nanos().max(1)).max(1) as usize
+        let r = self.rate();
+        (window.as_nanos() / r.period.as_nanos().max(1)).max(1) as usize
     }
 }
 
@@ -110,15 +183,23 @@ fn period(rate: f64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::MemoryQueue;
+
+    fn pacer(rate: f64, burst: u32) -> Pacer {
+        Pacer::new(
+            Arc::new(MemoryQueue::new(Duration::from_secs(60))),
+            rate,
+            burst,
+        )
+    }
 
     /// Time is simulated (paused clock): the schedule is exact.
     #[tokio::test(start_paused = true)]
     async fn spaces_permits_evenly_and_keeps_the_rate() {
-        let pacer = Pacer::new(1000.0, 1);
+        let pacer = pacer(1000.0, 1);
         let start = Instant::now();
         for _ in 0..1000 {
-            let p = pacer.ready().await;
-            pacer.used(p);
+            pacer.ready().await;
         }
         let took = Instant::now() - start;
         assert_eq!(took, Duration::from_millis(999), "1000 permits at 1000/s");
@@ -126,11 +207,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn late_waiters_catch_up_within_the_tolerance() {
-        let pacer = Pacer::new(1000.0, 1);
+        let pacer = pacer(1000.0, 1);
         let start = Instant::now();
         for i in 0..100 {
-            let p = pacer.ready().await;
-            pacer.used(p);
+            pacer.ready().await;
             if i % 10 == 0 {
                 // A stall shorter than the tolerance costs no permits.
                 tokio::time::advance(Duration::from_millis(3)).await;
@@ -141,7 +221,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn after_idle_only_burst_permits_are_due_at_once() {
-        let pacer = Pacer::new(100.0, 3);
+        let pacer = pacer(100.0, 3);
         tokio::time::advance(Duration::from_secs(10)).await;
         let start = Instant::now();
         for _ in 0..3 {
@@ -153,25 +233,54 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_permit_held_while_idle_keeps_its_distance() {
-        let pacer = Pacer::new(10.0, 1);
+    async fn a_permit_held_while_idle_is_renewed_and_keeps_its_distance() {
+        let pacer = pacer(10.0, 1);
         let p = pacer.ready().await;
         // Waiting a second for an entry, then sending it.
         tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(p.is_stale());
+        pacer.renew(p).await;
         let sent = Instant::now();
-        pacer.used(p);
         pacer.ready().await;
         assert_eq!(Instant::now() - sent, Duration::from_millis(100));
     }
 
     #[tokio::test(start_paused = true)]
-    async fn rate_changes_apply_to_the_next_permit() {
-        let pacer = Pacer::new(10.0, 1);
+    async fn rate_changes_apply_to_the_next_block() {
+        let pacer = pacer(10.0, 1);
         pacer.ready().await;
         pacer.set_rate(100.0, 1);
         let t = Instant::now();
-        pacer.ready().await; // due at 100 ms under the old rate
+        pacer.ready().await; // reserved at 100 ms under the old rate
         pacer.ready().await;
         assert_eq!(Instant::now() - t, Duration::from_millis(110));
+    }
+
+    /// Pacers of several instances on one schedule share its rate.
+    #[tokio::test(start_paused = true)]
+    async fn pacers_sharing_a_schedule_share_the_rate() {
+        let schedule: Arc<dyn QueueBackend> = Arc::new(MemoryQueue::new(Duration::from_secs(60)));
+        let pacers: Vec<Arc<Pacer>> = (0..4)
+            .map(|_| Arc::new(Pacer::new(schedule.clone(), 200.0, 1)))
+            .collect();
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs(5);
+        let mut tasks = Vec::new();
+        for p in pacers {
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0u32;
+                while p.ready().await.due < deadline {
+                    n += 1;
+                }
+                n
+            }));
+        }
+        let mut total = 0;
+        for t in tasks {
+            let n = t.await.unwrap();
+            assert!(n > 0, "every instance gets slots");
+            total += n;
+        }
+        assert_eq!(total, 1000, "5 s at 200/s in total, not 4 × 200/s");
     }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::knobs::{Knobs, KnobsPatch};
+use crate::knobs::{Knobs, KnobsPatch, RateStep};
 use crate::ticket::{StoredResponse, TicketError, TicketId, TicketRecord, TicketStatus};
 
 pub use self::memory::MemoryQueue;
@@ -255,6 +255,24 @@ pub trait QueueBackend: Send + Sync + 'static {
 
     /// Changes the shared knobs; returns them as they now are.
     async fn set_knobs(&self, patch: &KnobsPatch) -> Result<Knobs, QueueError>;
+
+    /// Reserves `count` consecutive drain slots, `period` apart, on the
+    /// queue's one schedule, shared by every instance: across instances the
+    /// upstream never gets more than one slot a period (after an idle spell,
+    /// `burst` back to back). Returns when the first slot is due, in
+    /// microseconds from now (negative: already due).
+    async fn reserve_slots(
+        &self,
+        period: Duration,
+        burst: u32,
+        count: u32,
+    ) -> Result<i64, QueueError>;
+
+    /// Moves the adaptive drain rate (the `drain_rate` knob) one step, unless
+    /// a step the same way (or, for an increase, any step) was taken by any
+    /// instance in the last [`RateStep::SPACING`]: N instances judging the
+    /// same overload take one step, not N. The knobs after a step taken.
+    async fn adapt_rate(&self, step: &RateStep) -> Result<Option<Knobs>, QueueError>;
 
     /// Depth, in-flight count and oldest age, cheaply.
     async fn stats(&self) -> Result<QueueStats, QueueError>;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::RedisServer;
-use flashgate::knobs::KnobsPatch;
+use flashgate::knobs::{KnobsPatch, RateStep};
 use flashgate::queue::{
     Admit, AdmitLimits, AttemptStart, Cancel, Change, Delivery, IdempotencyClaim, MemoryQueue,
     Prequeue, QueueBackend, QueuedRequest, RedisQueue, RedisQueueConfig,
@@ -387,6 +387,70 @@ async fn cancel_contract(q: Arc<dyn QueueBackend>) {
     .await;
     assert_eq!(got.len(), 3);
     feed.abort();
+}
+
+/// The drain's shared schedule and the adaptive rate, seen from two
+/// instances (`a`, `b`) of one queue.
+async fn rate_contract(a: Arc<dyn QueueBackend>, b: Arc<dyn QueueBackend>) {
+    const S: i64 = 1_000_000;
+    let second = Duration::from_secs(1);
+    // A fresh schedule: a burst of three is due at once (two already past).
+    let first = a.reserve_slots(second, 3, 1).await.unwrap();
+    assert!((-2 * S..=-2 * S + S / 10).contains(&first), "{first}");
+    // Idle since: the schedule restarts now, whoever asks...
+    let a_first = a.reserve_slots(second, 1, 5).await.unwrap();
+    assert!((-S / 10..=0).contains(&a_first), "{a_first}");
+    // ...and the other instance's slots come after those five, never
+    // alongside them.
+    let b_first = b.reserve_slots(second, 1, 2).await.unwrap();
+    assert!((4 * S..=5 * S).contains(&b_first), "{b_first}");
+
+    // Adaptive steps: one down, then none either way for a second, from
+    // any instance.
+    let step = |down| RateStep {
+        down,
+        floor: 10.0,
+        ceiling: 100.0,
+        configured: 100.0,
+    };
+    let knobs = a.adapt_rate(&step(true)).await.unwrap().expect("a step");
+    assert_eq!(knobs.drain_rate, Some(70.0));
+    assert_eq!(b.adapt_rate(&step(true)).await.unwrap(), None);
+    assert_eq!(b.adapt_rate(&step(false)).await.unwrap(), None);
+    assert_eq!(a.knobs().await.unwrap().drain_rate, Some(70.0));
+    tokio::time::sleep(RateStep::SPACING + Duration::from_millis(100)).await;
+    let knobs = b.adapt_rate(&step(false)).await.unwrap().expect("a step");
+    assert_eq!(knobs.drain_rate, Some(74.5), "70 + (100 - 10) / 20");
+    // An operator's rate is where the next step starts from.
+    let patch = KnobsPatch {
+        drain_rate: Some(50.0),
+        ..KnobsPatch::default()
+    };
+    a.set_knobs(&patch).await.unwrap();
+    let knobs = a.adapt_rate(&step(true)).await.unwrap().expect("a step");
+    assert_eq!(knobs.drain_rate, Some(35.0));
+    // Bounds hold: down from 35 ends at the floor, not below.
+    for _ in 0..4 {
+        tokio::time::sleep(RateStep::SPACING + Duration::from_millis(100)).await;
+        a.adapt_rate(&step(true)).await.unwrap();
+    }
+    assert_eq!(a.knobs().await.unwrap().drain_rate, Some(10.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_queue_rate_contract() {
+    let q: Arc<dyn QueueBackend> = Arc::new(MemoryQueue::new(Duration::from_secs(3600)));
+    rate_contract(q.clone(), q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_queue_rate_contract() {
+    let redis = RedisServer::start();
+    rate_contract(
+        Arc::new(redis_queue(&redis, "r1")),
+        Arc::new(redis_queue(&redis, "r2")),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

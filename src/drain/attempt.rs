@@ -8,6 +8,7 @@ use http::{HeaderName, HeaderValue, Request};
 use crate::body::full;
 use crate::headers;
 use crate::queue::QueuedRequest;
+use crate::upstream::{Answer, UpstreamError};
 
 /// First retry delay; doubled per attempt, with full jitter.
 const RETRY_BASE: Duration = Duration::from_millis(200);
@@ -17,6 +18,16 @@ pub(super) const RETRY_MAX: Duration = Duration::from_secs(30);
 /// 429, 502, 503 and 504 ask to be retried (SPEC §4); any other status is final.
 pub(super) fn is_retryable(status: http::StatusCode) -> bool {
     matches!(status.as_u16(), 429 | 502 | 503 | 504)
+}
+
+/// Whether an attempt's outcome says the upstream is overloaded: the
+/// retryable statuses, a timeout or a failed connection.
+pub(super) fn is_overload(result: &Result<Answer, UpstreamError>) -> bool {
+    match result {
+        Ok(answer) => is_retryable(answer.status),
+        Err(UpstreamError::Timeout(_) | UpstreamError::Connect(_)) => true,
+        Err(UpstreamError::Body(_)) => false,
+    }
 }
 
 /// `Retry-After` in seconds (HTTP dates are rare from APIs and ignored).

@@ -11,7 +11,8 @@ use super::{
     Admit, AdmitLimits, AttemptStart, Cancel, Change, Delivery, IdempotencyClaim, OnChange,
     Prequeue, QueueBackend, QueueError, QueueStats, QueuedRequest,
 };
-use crate::knobs::{Knobs, KnobsPatch};
+use crate::knobs::{Knobs, KnobsPatch, RateStep};
+use crate::pacer::CATCH_UP;
 use crate::ticket::{now_ms, StoredResponse, TicketError, TicketId, TicketRecord, TicketStatus};
 
 /// How often expired tickets are swept out (on the admission path).
@@ -46,6 +47,12 @@ struct State {
     prequeue: Vec<(f64, QueuedRequest)>,
     /// Entries put in the queue: the sequence numbers handed out.
     seq: u64,
+    /// When the drain's next unreserved slot is due (the schedule's
+    /// theoretical arrival time); tokio's clock, so tests can pause it.
+    slots_next: Option<tokio::time::Instant>,
+    /// When the adaptive rate last moved, and last moved down.
+    adapted: Option<tokio::time::Instant>,
+    decreased: Option<tokio::time::Instant>,
 }
 
 struct Claimed {
@@ -398,5 +405,47 @@ impl QueueBackend for MemoryQueue {
         let mut s = self.lock();
         patch.apply(&mut s.knobs);
         Ok(s.knobs.clone())
+    }
+
+    async fn reserve_slots(
+        &self,
+        period: Duration,
+        burst: u32,
+        count: u32,
+    ) -> Result<i64, QueueError> {
+        // The same arithmetic as RESERVE_LUA, on this process's clock.
+        let now = tokio::time::Instant::now();
+        let backlog = period * burst.max(1).saturating_sub(1);
+        let restart = now.checked_sub(backlog).unwrap_or(now);
+        let behind = now.checked_sub(backlog.max(CATCH_UP)).unwrap_or(now);
+        let mut s = self.lock();
+        let first = s.slots_next.filter(|t| *t >= behind).unwrap_or(restart);
+        s.slots_next = Some(first + period * count);
+        Ok(if first >= now {
+            (first - now).as_micros() as i64
+        } else {
+            -((now - first).as_micros() as i64)
+        })
+    }
+
+    async fn adapt_rate(&self, step: &RateStep) -> Result<Option<Knobs>, QueueError> {
+        let now = tokio::time::Instant::now();
+        let mut s = self.lock();
+        let last = if step.down { s.decreased } else { s.adapted };
+        if last.is_some_and(|t| now < t + RateStep::SPACING) {
+            return Ok(None);
+        }
+        let current = s.knobs.drain_rate.unwrap_or(step.configured);
+        let next = step.apply(current);
+        if next == current {
+            return Ok(None);
+        }
+        s.adapted = Some(now);
+        if step.down {
+            s.decreased = Some(now);
+        }
+        s.knobs.drain_rate = Some(next);
+        s.knobs.version += 1;
+        Ok(Some(s.knobs.clone()))
     }
 }

@@ -22,7 +22,7 @@ use super::{
     Admit, AdmitLimits, AttemptStart, Cancel, Delivery, IdempotencyClaim, OnChange, QueueBackend,
     QueueError, QueueStats, QueuedRequest,
 };
-use crate::knobs::{Knobs, KnobsPatch};
+use crate::knobs::{Knobs, KnobsPatch, RateStep};
 use crate::ticket::{fnv1a, StoredResponse, TicketError, TicketId, TicketRecord};
 
 /// Longest a read waits on one partition before looking at the next.
@@ -178,6 +178,22 @@ impl QueueBackend for Partitioned {
             part.set_knobs(patch).await?;
         }
         self.parts[0].set_knobs(patch).await
+    }
+
+    async fn reserve_slots(
+        &self,
+        period: Duration,
+        burst: u32,
+        count: u32,
+    ) -> Result<i64, QueueError> {
+        // One schedule for the whole queue: the partitions share its rate.
+        self.parts[0].reserve_slots(period, burst, count).await
+    }
+
+    async fn adapt_rate(&self, step: &RateStep) -> Result<Option<Knobs>, QueueError> {
+        // The drain rate is read from partition 0 only (admission reads no
+        // rate), so the step needs no copies.
+        self.parts[0].adapt_rate(step).await
     }
 
     async fn stats(&self) -> Result<QueueStats, QueueError> {

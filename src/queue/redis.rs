@@ -18,12 +18,13 @@ use super::{
     Admit, AdmitLimits, AttemptStart, Cancel, Change, Delivery, IdempotencyClaim, OnChange,
     Prequeue, QueueBackend, QueueError, QueueStats, QueuedRequest,
 };
-use crate::knobs::{Knobs, KnobsPatch};
+use crate::knobs::{Knobs, KnobsPatch, RateStep};
+use crate::pacer::CATCH_UP;
 use crate::ticket::{now_ms, StoredResponse, TicketError, TicketId, TicketRecord, TicketStatus};
 use conn::Conn;
 pub use conn::Endpoint;
 use reply::{as_string, as_u64, first_id_ms, group_info, parse_ticket};
-use scripts::{ADMIT_LUA, CANCEL_LUA, RELEASE_LUA, START_ATTEMPT_LUA};
+use scripts::{ADAPT_LUA, ADMIT_LUA, CANCEL_LUA, RELEASE_LUA, RESERVE_LUA, START_ATTEMPT_LUA};
 use tracing::{error, info, warn};
 
 /// The consumer group every instance reads through.
@@ -63,6 +64,8 @@ pub struct RedisQueue {
     start_script: Script,
     release_script: Script,
     cancel_script: Script,
+    reserve_script: Script,
+    adapt_script: Script,
     group_ready: AtomicBool,
     claims: Mutex<Claims>,
 }
@@ -86,6 +89,8 @@ struct Keys {
     dead: String,
     counters: String,
     knobs: String,
+    /// The drain's shared slot schedule (`RESERVE_LUA`).
+    rate: String,
     prequeue: String,
     /// Pub/sub channel of ticket status changes (not a key: channels are
     /// cluster-wide, the hash tag only keeps names apart).
@@ -106,6 +111,7 @@ impl Keys {
             dead: format!("{base}:dead"),
             counters: format!("{base}:counters"),
             knobs: format!("{base}:knobs"),
+            rate: format!("{base}:rate"),
             prequeue: format!("{base}:prequeue"),
             changes: format!("{base}:changes"),
             ticket_prefix: format!("{base}:ticket:"),
@@ -148,6 +154,8 @@ impl RedisQueue {
             start_script: Script::new(START_ATTEMPT_LUA),
             release_script: Script::new(RELEASE_LUA),
             cancel_script: Script::new(CANCEL_LUA),
+            reserve_script: Script::new(RESERVE_LUA),
+            adapt_script: Script::new(ADAPT_LUA),
             group_ready: AtomicBool::new(false),
             claims: Mutex::new(Claims {
                 recovering: Some("0".into()),
@@ -798,6 +806,49 @@ impl QueueBackend for RedisQueue {
         let (fields,): (HashMap<String, String>,) =
             pipe.query_async(&mut conn).await.map_err(unavailable)?;
         Ok(reply::knobs(&fields))
+    }
+
+    async fn reserve_slots(
+        &self,
+        period: Duration,
+        burst: u32,
+        count: u32,
+    ) -> Result<i64, QueueError> {
+        let mut conn = self.conn.clone();
+        self.reserve_script
+            .key(&self.keys.rate)
+            .arg(period.as_micros().max(1) as u64)
+            .arg(burst.max(1))
+            .arg(count.max(1))
+            .arg(CATCH_UP.as_micros() as u64)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn adapt_rate(&self, step: &RateStep) -> Result<Option<Knobs>, QueueError> {
+        let (mul, add) = step.terms();
+        let mut conn = self.conn.clone();
+        let fields: Option<Vec<String>> = self
+            .adapt_script
+            .key(&self.keys.knobs)
+            .arg(if step.down { "1" } else { "0" })
+            .arg(mul)
+            .arg(add)
+            .arg(step.floor)
+            .arg(step.ceiling)
+            .arg(step.configured)
+            .arg(RateStep::SPACING.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(fields.map(|f| {
+            let map: HashMap<String, String> = f
+                .chunks_exact(2)
+                .map(|kv| (kv[0].clone(), kv[1].clone()))
+                .collect();
+            reply::knobs(&map)
+        }))
     }
 
     async fn ping(&self) -> Result<(), QueueError> {

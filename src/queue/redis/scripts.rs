@@ -142,3 +142,50 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return {'ok'}
 "#;
+
+/// Reserves drain slots on the queue's shared schedule (GCRA): the key holds
+/// when the next free slot is due, in microseconds of Redis's clock, which
+/// every instance shares. A slot is never handed out twice, so N instances
+/// together get one slot a period. A schedule behind by less than the
+/// tolerance (a drainer woke late) goes on where it was, so lateness costs
+/// no rate; one further behind (idle) restarts with at most `burst` slots
+/// due at once. Returns the first slot's due time minus now, in microseconds.
+///
+/// KEYS: rate. ARGV: period µs, burst, count, tolerance µs.
+pub const RESERVE_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local period, burst, count = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local first = tonumber(redis.call('GET', KEYS[1]) or '0')
+local backlog = (burst - 1) * period
+if first < now - math.max(backlog, tonumber(ARGV[4])) then first = now - backlog end
+local after = first + count * period
+local ttl = math.floor((after - now) / 1000) + 60000
+redis.call('SET', KEYS[1], string.format('%.0f', after), 'PX', ttl)
+return first - now
+"#;
+
+/// One adaptive-drain step on the `drain_rate` knob, unless the same kind of
+/// step (any step, for an increase) was taken in the last `spacing` ms by
+/// any instance. Mirrors `RateStep::apply`: `rate · mul + add`, rounded to
+/// thousandths, clamped to `[floor, ceiling]`. Returns the knobs after the
+/// step as HGETALL does, or nil when no step was taken.
+///
+/// KEYS: knobs. ARGV: down (0/1), mul, add, floor, ceiling, configured rate,
+/// spacing ms.
+pub const ADAPT_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local k = redis.call('HMGET', KEYS[1], 'drain_rate', 'adapted_at', 'decreased_at')
+local last = k[2]
+if ARGV[1] == '1' then last = k[3] end
+if last and now - tonumber(last) < tonumber(ARGV[7]) then return nil end
+local current = tonumber(k[1] or ARGV[6])
+local rate = math.floor((current * tonumber(ARGV[2]) + tonumber(ARGV[3])) * 1000 + 0.5) / 1000
+rate = math.max(tonumber(ARGV[4]), math.min(tonumber(ARGV[5]), rate))
+if rate == current then return nil end
+redis.call('HSET', KEYS[1], 'drain_rate', string.format('%.3f', rate), 'adapted_at', now)
+if ARGV[1] == '1' then redis.call('HSET', KEYS[1], 'decreased_at', now) end
+redis.call('HINCRBY', KEYS[1], 'version', 1)
+return redis.call('HGETALL', KEYS[1])
+"#;
