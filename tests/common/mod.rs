@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -163,7 +163,14 @@ pub struct Behaviour {
     pub body: Option<Bytes>,
     /// Requests whose body contains this always get `fail_status`.
     pub poison: Option<String>,
+    /// The capacity of an order service that buckles under load: beyond
+    /// this many requests in the last second, each answer is slow
+    /// (`KNEE_PENALTY`) and says 503. Adjustable while running.
+    pub knee: Option<Arc<AtomicU64>>,
 }
+
+/// What a request beyond the knee waits before its 503.
+pub const KNEE_PENALTY: Duration = Duration::from_millis(100);
 
 impl Default for Behaviour {
     fn default() -> Self {
@@ -174,6 +181,7 @@ impl Default for Behaviour {
             fail_status: 503,
             body: None,
             poison: None,
+            knee: None,
         }
     }
 }
@@ -228,24 +236,39 @@ impl MockUpstream {
                             .poison
                             .as_ref()
                             .is_some_and(|p| String::from_utf8_lossy(&body).contains(p.as_str()));
-                        let seen = {
+                        let (seen, last_second) = {
                             let mut r = received.lock().unwrap();
+                            let now = Instant::now();
                             r.push(Received {
                                 method: parts.method.to_string(),
                                 path: parts.uri.to_string(),
                                 headers: parts.headers.clone(),
                                 body,
-                                at: Instant::now(),
+                                at: now,
                             });
-                            r.iter()
+                            let last_second = r
+                                .iter()
+                                .rev()
+                                .take_while(|x| now - x.at < Duration::from_secs(1))
+                                .count() as u64;
+                            let seen = r
+                                .iter()
                                 .filter(|x| x.header("idempotency-key") == key)
-                                .count() as u32
+                                .count() as u32;
+                            (seen, last_second)
                         };
+                        let over_knee = behaviour
+                            .knee
+                            .as_ref()
+                            .is_some_and(|k| last_second > k.load(Ordering::SeqCst));
+                        if over_knee {
+                            tokio::time::sleep(KNEE_PENALTY).await;
+                        }
                         if behaviour.slow_first == 0 || seen <= behaviour.slow_first {
                             tokio::time::sleep(behaviour.latency).await;
                         }
                         in_flight.fetch_sub(1, Ordering::SeqCst);
-                        let resp = if seen <= behaviour.fail_first || poisoned {
+                        let resp = if seen <= behaviour.fail_first || poisoned || over_knee {
                             Response::builder()
                                 .status(behaviour.fail_status)
                                 .header("retry-after", "0")
