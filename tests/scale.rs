@@ -53,17 +53,28 @@ async fn scrape(gw: &GatewayProcess) -> String {
 
 const COMPLETED: &str = r#"flashgate_dispatches_total{outcome="completed",queue="checkout"}"#;
 
-/// Pauses or resumes the queue on every instance (through one of them).
-async fn set_paused(gw: &GatewayProcess, paused: bool) {
+/// Pauses or resumes the queue, and waits until every instance knows.
+async fn set_paused(gws: &[GatewayProcess], paused: bool) {
     let a = send(
         &client(),
         "PATCH",
-        &format!("http://127.0.0.1:{}/admin/queues/checkout", gw.admin),
+        &format!("http://127.0.0.1:{}/admin/queues/checkout", gws[0].admin),
         &[("content-type", "application/json")],
         format!(r#"{{"paused": {paused}}}"#),
     )
     .await;
     assert_eq!(a.status, 200);
+    for gw in gws {
+        let url = format!("http://127.0.0.1:{}/admin/queues", gw.admin);
+        eventually(Duration::from_secs(10), "every instance sees it", || {
+            let url = url.clone();
+            async move {
+                let q = get(&url).await.json()["queues"][0].clone();
+                (q["paused"] == paused).then_some(())
+            }
+        })
+        .await;
+    }
 }
 
 /// `instances` gateways at one `--drain-rate` drain one backlog (admitted
@@ -79,10 +90,10 @@ async fn instances_share_one_rate(instances: usize, rate: f64, tickets: usize) {
     for gw in &gws {
         gw.up().await;
     }
-    set_paused(&gws[0], true).await;
+    set_paused(&gws, true).await;
     let (admitted, refused) = admit(&gws[0].base(), tickets, "n").await;
     assert!(refused.is_empty(), "{refused:?}");
-    set_paused(&gws[0], false).await;
+    set_paused(&gws, false).await;
     let o = outcome(&gws[instances - 1].base(), &admitted, &[&upstream]).await;
     assert_eq!((o.completed, o.lost), (tickets, 0), "{o:?}");
 

@@ -120,6 +120,11 @@ fn bad_values_name_their_key() {
         ("redis_url = \"http://x\"", "redis_url"),
         ("route = [\"POST checkout\"]", "routes"),
         ("drain_rate = 0", "drain_rate"),
+        ("adaptive = true\nadaptive_ceiling = 0", "adaptive_ceiling"),
+        (
+            "adaptive = true\nadaptive_floor = 50\nadaptive_ceiling = 10",
+            "adaptive_floor",
+        ),
     ] {
         let err = resolve(text, with_upstream()).unwrap_err();
         assert!(err.contains(key), "{text}: {err}");
@@ -144,4 +149,28 @@ fn sizes_and_durations_parse_with_units() {
     assert!(parse_size("-1").is_err());
     assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
     assert!(parse_duration("10").is_err());
+}
+
+#[test]
+fn adaptive_bounds_default_from_the_drain_rate() {
+    let q = &resolve("drain_rate = 200", with_upstream()).unwrap().queue[0];
+    assert_eq!(q.adaptive, None, "off unless asked for");
+    let text = "drain_rate = 200\nadaptive = true";
+    let q = &resolve(text, with_upstream()).unwrap().queue[0];
+    assert_eq!(
+        q.adaptive,
+        Some(AdaptiveBounds {
+            floor: 10.0,
+            ceiling: 200.0
+        })
+    );
+    let text = "adaptive = true\n[[queue]]\nname = \"a\"\nroutes = [\"POST /a\"]\nadaptive_floor = 5\nadaptive_ceiling = 400";
+    let q = &resolve(text, with_upstream()).unwrap().queue[0];
+    assert_eq!(
+        q.adaptive,
+        Some(AdaptiveBounds {
+            floor: 5.0,
+            ceiling: 400.0
+        })
+    );
 }

@@ -206,17 +206,21 @@ impl MockUpstream {
         let received = Arc::new(Mutex::new(Vec::new()));
         let in_flight = Arc::new(AtomicUsize::new(0));
         let max_in_flight = Arc::new(AtomicUsize::new(0));
+        // Attempts per Idempotency-Key so far: a map, so a long run does
+        // not slow the mock down (it must not be the bottleneck it measures).
+        let attempts: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
         let state = (
             received.clone(),
             in_flight.clone(),
             max_in_flight.clone(),
             Arc::new(behaviour),
+            attempts,
         );
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let state = state.clone();
                 let service = service_fn(move |req: Request<Incoming>| {
-                    let (received, in_flight, max, behaviour) = state.clone();
+                    let (received, in_flight, max, behaviour, attempts) = state.clone();
                     async move {
                         let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
                         max.fetch_max(now, Ordering::SeqCst);
@@ -246,16 +250,18 @@ impl MockUpstream {
                                 body,
                                 at: now,
                             });
-                            let last_second = r
-                                .iter()
-                                .rev()
-                                .take_while(|x| now - x.at < Duration::from_secs(1))
-                                .count() as u64;
-                            let seen = r
-                                .iter()
-                                .filter(|x| x.header("idempotency-key") == key)
-                                .count() as u32;
-                            (seen, last_second)
+                            let last_second = match behaviour.knee {
+                                Some(_) => r
+                                    .iter()
+                                    .rev()
+                                    .take_while(|x| now - x.at < Duration::from_secs(1))
+                                    .count() as u64,
+                                None => 0,
+                            };
+                            let mut attempts = attempts.lock().unwrap();
+                            let seen = attempts.entry(key.clone()).or_default();
+                            *seen += 1;
+                            (*seen, last_second)
                         };
                         let over_knee = behaviour
                             .knee
