@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::body::{full, json, Body, BoxError};
 use crate::client::Client;
+use crate::config::AdaptiveBounds;
 use crate::gateway::{App, Queue};
 use crate::headers::strip_hop_by_hop;
 use crate::knobs::{KnobsPatch, Phase};
@@ -385,8 +386,13 @@ struct QueueInfo<'a> {
     depth: Option<u64>,
     in_flight: Option<u64>,
     oldest_age_seconds: Option<f64>,
-    /// The governed rate now.
+    /// The governed rate now, across all instances (the adaptive drain's
+    /// current rate when it is on).
     drain_rate: f64,
+    /// The adaptive drain's bounds, `null` when it is off.
+    adaptive: Option<AdaptiveBounds>,
+    /// Streams the queue is spread over.
+    partitions: u32,
     paused: bool,
     /// The stock limit in force (`null` = unlimited).
     stock: Option<u64>,
@@ -408,6 +414,8 @@ async fn queue_info(q: &Queue) -> QueueInfo<'_> {
         in_flight: stats.map(|s| s.in_flight),
         oldest_age_seconds: stats.and_then(|s| s.oldest_age).map(|d| d.as_secs_f64()),
         drain_rate: knobs.drain_rate(&q.config),
+        adaptive: q.config.adaptive,
+        partitions: q.config.partitions,
         paused: knobs.paused,
         stock,
         stock_left: stock

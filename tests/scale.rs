@@ -311,6 +311,9 @@ async fn adaptive_drain_finds_the_knee_and_backs_off() {
         seen.iter().chain(&around).all(|r| *r <= CEILING),
         "never above the ceiling"
     );
+    let q = get(&admin).await.json()["queues"][0].clone();
+    assert_eq!(q["adaptive"]["ceiling"], CEILING);
+    assert_eq!(q["adaptive"]["floor"], 5.0);
     // Both instances follow the one shared rate.
     let metrics = scrape(&gws[0]).await;
     let gauge = metric(&metrics, r#"flashgate_drain_rate_limit{queue="checkout"}"#);
