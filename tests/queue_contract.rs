@@ -394,7 +394,10 @@ async fn cancel_contract(q: Arc<dyn QueueBackend>) {
 async fn rate_contract(a: Arc<dyn QueueBackend>, b: Arc<dyn QueueBackend>) {
     const S: i64 = 1_000_000;
     let second = Duration::from_secs(1);
-    // A fresh schedule: a burst of three is due at once (two already past).
+    // A fresh schedule with a large burst: 200 slots due at once.
+    let first = a.reserve_slots(second, 200, 1).await.unwrap();
+    assert!((-199 * S..=-199 * S + S / 10).contains(&first), "{first}");
+    // A burst of three: the schedule restarts with two already past.
     let first = a.reserve_slots(second, 3, 1).await.unwrap();
     assert!((-2 * S..=-2 * S + S / 10).contains(&first), "{first}");
     // Idle since: the schedule restarts now, whoever asks...

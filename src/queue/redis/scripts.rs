@@ -160,7 +160,7 @@ local first = tonumber(redis.call('GET', KEYS[1]) or '0')
 local backlog = (burst - 1) * period
 if first < now - math.max(backlog, tonumber(ARGV[4])) then first = now - backlog end
 local after = first + count * period
-local ttl = math.floor((after - now) / 1000) + 60000
+local ttl = math.max(0, math.floor((after - now) / 1000)) + 60000
 redis.call('SET', KEYS[1], string.format('%.0f', after), 'PX', ttl)
 return first - now
 "#;
