@@ -235,7 +235,8 @@ impl RedisQueue {
         self.claims.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The entry fields as admission wrote them.
+    /// The entry fields as admission wrote them, in the order `ADMIT_LUA`
+    /// takes their values.
     fn entry_fields(r: &QueuedRequest) -> [(&'static str, &[u8]); 9] {
         [
             ("t", r.ticket.as_str().as_bytes()),
@@ -343,13 +344,14 @@ impl QueueBackend for RedisQueue {
             })
             .arg(self.partitions)
             .arg(self.partition);
+        // Values only: the script writes the field names itself.
         for (name, value) in Self::entry_fields(request) {
             let value = if name == "a" {
                 admitted_at.as_bytes()
             } else {
                 value
             };
-            inv.arg(name).arg(value);
+            inv.arg(value);
         }
         let mut conn = self.conn.clone();
         let reply: Vec<Value> = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
