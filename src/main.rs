@@ -8,12 +8,6 @@ use flashgate::Gateway;
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
-/// Every request allocates and frees small buffers on two or more worker
-/// threads; glibc malloc spent ~20% of the gateway's CPU on them under a
-/// burst (`perf record`), mimalloc's thread-local free lists far less.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = init_logging(&cli.log);
