@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -149,23 +149,39 @@ pub struct Gateway {
     main: JoinHandle<()>,
 }
 
+/// Pending connections a listener holds before the kernel drops SYNs (it
+/// caps this at `net.core.somaxconn`).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds and listens with `LISTEN_BACKLOG`: `TcpListener::bind` asks for
+/// 128, and a flash sale opens hundreds of connections at once. Beyond the
+/// backlog the kernel drops their SYNs (`ListenOverflows` in `nstat`) and
+/// each such client waits out the 1 s SYN retransmission timeout.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind` does: a restart rebinds at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 impl Gateway {
     /// Binds both listeners, connects the backends and starts draining.
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
-        let public = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                what: "public listener",
-                addr: config.listen,
-                source,
-            })?;
-        let admin = TcpListener::bind(config.admin_listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                what: "admin listener",
-                addr: config.admin_listen,
-                source,
-            })?;
+        let public = listen(config.listen).map_err(|source| StartError::Bind {
+            what: "public listener",
+            addr: config.listen,
+            source,
+        })?;
+        let admin = listen(config.admin_listen).map_err(|source| StartError::Bind {
+            what: "admin listener",
+            addr: config.admin_listen,
+            source,
+        })?;
         let public_addr = public.local_addr().map_err(|source| StartError::Bind {
             what: "public listener",
             addr: config.listen,

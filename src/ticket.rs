@@ -136,12 +136,45 @@ fn hmac(key: &[u8]) -> HmacSha256 {
     <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC accepts any key length")
 }
 
+/// Bytes of the OS CSPRNG fetched at once per thread: one `getrandom`
+/// call per ticket was a syscall on every admission. Each byte is handed
+/// out once, then overwritten with the next.
+const RANDOM_POOL: usize = 4096;
+
+struct RandomPool {
+    bytes: [u8; RANDOM_POOL],
+    used: usize,
+}
+
+thread_local! {
+    static POOL: std::cell::RefCell<RandomPool> = const {
+        std::cell::RefCell::new(RandomPool { bytes: [0; RANDOM_POOL], used: RANDOM_POOL })
+    };
+}
+
 fn random_bytes<const N: usize>() -> [u8; N] {
     let mut raw = [0u8; N];
+    if N > RANDOM_POOL {
+        os_random(&mut raw);
+        return raw;
+    }
+    POOL.with_borrow_mut(|pool| {
+        if pool.used + N > RANDOM_POOL {
+            os_random(&mut pool.bytes);
+            pool.used = 0;
+        }
+        let taken = &mut pool.bytes[pool.used..pool.used + N];
+        raw.copy_from_slice(taken);
+        taken.fill(0);
+        pool.used += N;
+    });
+    raw
+}
+
+fn os_random(buf: &mut [u8]) {
     // The OS CSPRNG only fails on a broken system; there is no safe
     // fallback for a secret, so that is a fatal error.
-    getrandom::fill(&mut raw).expect("OS random number generator failed");
-    raw
+    getrandom::fill(buf).expect("OS random number generator failed");
 }
 
 impl TicketId {

@@ -15,7 +15,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -63,14 +63,31 @@ impl Drop for Running {
     }
 }
 
-/// Binds `addr` (port 0 picks a free port).
+/// Binds `addr` (port 0 picks a free port) with a backlog of 4096, as the
+/// gateway does: `TcpListener::bind` asks for 128, and when a burst's
+/// connections overflow it their SYNs are dropped and retried after 1 s,
+/// which caps a burst's measured throughput at its size per second.
 pub async fn bind(addr: &str) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServerError::Bind {
-            addr: addr.to_string(),
-            source,
-        })
+    let bind = || async {
+        let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address");
+        for a in tokio::net::lookup_host(addr).await? {
+            let socket = if a.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            socket.set_reuseaddr(true)?;
+            match socket.bind(a) {
+                Ok(()) => return socket.listen(4096),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    };
+    bind().await.map_err(|source| ServerError::Bind {
+        addr: addr.to_string(),
+        source,
+    })
 }
 
 /// Serves `handler` on `listener` in the background.

@@ -16,8 +16,15 @@
 ///       fingerprint, configured stock ('' = unlimited), pre-queue score in
 ///       the window ('-' = a pre-queue is configured but the window is over,
 ///       '' = none is), partitions, this partition's index, then the entry's
-///       field/value pairs. A partition holds its share of the stock and of
-///       the capacity (the first `total % partitions` partitions one more).
+///       values in the order of `RedisQueue::entry_fields`
+///       (the names are literals here and in `RELEASE_LUA`). A partition holds its share of
+///       the stock and of the capacity (the first `total % partitions`
+///       partitions one more).
+///
+/// Cost, as measured under a burst: each argument becomes a Lua string and
+/// each Lua number written back becomes a string through `printf`, so the
+/// field names are literals here rather than arguments, and the sequence
+/// number is turned into a string once for its four writes.
 pub const ADMIT_LUA: &str = r#"
 local counters = redis.call('HMGET', KEYS[2], 'dispatched', 'admitted', 'seq')
 local dispatched = tonumber(counters[1] or '0')
@@ -31,44 +38,50 @@ end
 local knobs = redis.call('HMGET', KEYS[5], 'sold_out', 'stock')
 if knobs[1] == '1' then return {'sold_out'} end
 local parts, index = tonumber(ARGV[9]), tonumber(ARGV[10])
-local function share(total)
-  local s = math.floor(total / parts)
-  if index < total % parts then s = s + 1 end
-  return s
-end
 local admitted = tonumber(counters[2] or '0')
 local stock = knobs[2] or ARGV[7]
-if stock ~= '' and admitted >= share(tonumber(stock)) then return {'sold_out'} end
+if stock ~= '' then
+  local total = tonumber(stock)
+  local share = math.floor(total / parts)
+  if index < total % parts then share = share + 1 end
+  if admitted >= share then return {'sold_out'} end
+end
 local depth = admitted - dispatched
-if depth >= share(tonumber(ARGV[3])) then return {'full', depth} end
+local total = tonumber(ARGV[3])
+local share = math.floor(total / parts)
+if index < total % parts then share = share + 1 end
+if depth >= share then return {'full', depth} end
 local n = admitted + 1
-local seq = 0
+local seq = '0'
 local pre = ARGV[8] ~= '' and ARGV[8] ~= '-'
 if pre or (ARGV[8] == '-' and redis.call('ZCARD', KEYS[6]) > 0) then
   -- Pre-queued: random score in the window; during the release, after
   -- every pre-queued entry, in arrival order.
   local score = ARGV[8]
   if not pre then score = 2 + n end
+  local names = {'t', 'm', 'p', 'h', 'b', 'c', 'f', 'x', 'a'}
   local fields = {}
-  for i = 11, #ARGV, 2 do
-    fields[#fields + 1] = 'e:' .. ARGV[i]
-    fields[#fields + 1] = ARGV[i + 1]
+  for i, name in ipairs(names) do
+    fields[#fields + 1] = 'e:' .. name
+    fields[#fields + 1] = ARGV[10 + i]
   end
   redis.call('HSET', KEYS[3], unpack(fields))
   redis.call('ZADD', KEYS[6], score, ARGV[1])
   redis.call('HSET', KEYS[2], 'admitted', n)
 else
-  seq = tonumber(counters[3] or '0') + 1
+  seq = tostring(tonumber(counters[3] or '0') + 1)
   redis.call('HSET', KEYS[2], 'admitted', n, 'seq', seq)
-  redis.call('XADD', KEYS[1], '*', 's', seq, 'w', depth, unpack(ARGV, 11))
+  redis.call('XADD', KEYS[1], '*', 's', seq, 'w', depth,
+    't', ARGV[11], 'm', ARGV[12], 'p', ARGV[13], 'h', ARGV[14], 'b', ARGV[15],
+    'c', ARGV[16], 'f', ARGV[17], 'x', ARGV[18], 'a', ARGV[19])
 end
-redis.call('HSET', KEYS[3], 'st', 'queued', 'seq', seq, 'att', 0, 'adm', ARGV[4])
+redis.call('HSET', KEYS[3], 'st', 'queued', 'seq', seq, 'att', '0', 'adm', ARGV[4])
 redis.call('EXPIRE', KEYS[3], ARGV[2])
 if ARGV[5] == '1' then
   redis.call('HSET', KEYS[4], 't', ARGV[1], 'f', ARGV[6], 's', seq)
   redis.call('EXPIRE', KEYS[4], ARGV[2])
 end
-return {'ok', seq, dispatched}
+return {'ok', tonumber(seq), dispatched}
 "#;
 
 /// Moves up to ARGV[1] pre-queued entries, lowest (random) score first, into
