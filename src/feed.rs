@@ -3,19 +3,58 @@
 //! the clients waiting on the changed ticket — long-polls, event streams and
 //! `Prefer: wait` admissions — so a waiting client costs no backend call
 //! until its ticket changes.
+//!
+//! The same feed keeps queued tickets' records as last read, so a client
+//! polling a queued ticket costs no backend call either: an entry goes at the
+//! ticket's next change, and everything goes whenever the feed is not
+//! connected (changes could be missed then). The position comes from the
+//! queue's dispatched count, refreshed every second, not from the entry.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
 use crate::queue::Change;
+use crate::ticket::{TicketRecord, TicketStatus};
 
-/// Waiters by ticket id.
+/// Longest a record is served from memory: bounds what an unforeseen missed
+/// change (or a ticket expiring while queued) could cost.
+const CACHE_FOR: Duration = Duration::from_secs(10);
+/// Most tickets remembered; beyond it, aged entries are swept and new ones
+/// wait for room.
+const CACHE_MAX: usize = 100_000;
+
+/// Waiters by ticket id, and queued tickets' records.
 #[derive(Default)]
 pub struct TicketFeed {
     waiters: Mutex<HashMap<String, watch::Sender<u64>>>,
+    cache: Mutex<HashMap<String, Cached>>,
+    /// The backend feed is connected: a change is reported in time.
+    live: AtomicBool,
+    /// Hands out the tokens of reads in progress.
+    reads: AtomicU64,
 }
+
+/// A cache entry: a read in progress (its token), or its result.
+enum Cached {
+    Reading(u64, Instant),
+    Record(TicketRecord, Instant),
+}
+
+impl Cached {
+    fn since(&self) -> Instant {
+        match self {
+            Cached::Reading(_, at) | Cached::Record(_, at) => *at,
+        }
+    }
+}
+
+/// A read that may fill the cache: [`TicketFeed::reading`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadToken(u64);
 
 /// One client's interest in one ticket; dropping it forgets the interest.
 pub struct Subscription {
@@ -45,8 +84,21 @@ impl TicketFeed {
         }
     }
 
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cached>> {
+        // Entries are independent: a panic cannot leave one half-written.
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Applies one report of the backend's feed.
     pub fn apply(&self, change: Change<'_>) {
+        // The cache first: a woken waiter must not re-read a stale entry.
+        match change {
+            Change::Ticket(id) => _ = self.cache().remove(id),
+            Change::Resync => {
+                self.cache().clear();
+                self.live.store(true, Ordering::SeqCst);
+            }
+        }
         let waiters = self.lock();
         match change {
             Change::Ticket(id) => {
@@ -60,6 +112,78 @@ impl TicketFeed {
                 }
             }
         }
+    }
+
+    /// The backend feed broke: nothing cached can be trusted until it is
+    /// back (its [`Change::Resync`]).
+    pub fn lost(&self) {
+        self.live.store(false, Ordering::SeqCst);
+        self.cache().clear();
+    }
+
+    /// A queued ticket's record as last read, unless it changed since.
+    pub fn cached(&self, ticket: &str) -> Option<TicketRecord> {
+        if !self.live.load(Ordering::SeqCst) {
+            return None;
+        }
+        match self.cache().get(ticket)? {
+            Cached::Record(r, at) if at.elapsed() < CACHE_FOR => Some(r.clone()),
+            _ => None,
+        }
+    }
+
+    /// Starts a backend read of `ticket` whose result may be cached: `None`
+    /// when the feed is down, the cache is full, or another read is under
+    /// way. Call before the read, and [`Self::read_done`] after it.
+    pub fn reading(&self, ticket: &str) -> Option<ReadToken> {
+        if !self.live.load(Ordering::SeqCst) {
+            return None;
+        }
+        let mut cache = self.cache();
+        if cache.len() >= CACHE_MAX {
+            cache.retain(|_, c| c.since().elapsed() < CACHE_FOR);
+            if cache.len() >= CACHE_MAX {
+                return None;
+            }
+        }
+        let fresh = |c: &Cached| c.since().elapsed() < CACHE_FOR;
+        if cache.get(ticket).is_some_and(fresh) {
+            return None;
+        }
+        let token = self.reads.fetch_add(1, Ordering::Relaxed);
+        cache.insert(ticket.to_string(), Cached::Reading(token, Instant::now()));
+        Some(ReadToken(token))
+    }
+
+    /// Ends a read begun with [`Self::reading`]: a queued record is kept
+    /// if no change of the ticket was reported since the read began (the
+    /// report removed the marker), else nothing is.
+    pub fn read_done(&self, ticket: &str, token: ReadToken, record: Option<&TicketRecord>) {
+        let mut cache = self.cache();
+        let ours = matches!(cache.get(ticket), Some(Cached::Reading(t, _)) if *t == token.0);
+        if !ours {
+            return;
+        }
+        match record.filter(|r| r.status == TicketStatus::Queued) {
+            Some(r) => {
+                cache.insert(
+                    ticket.to_string(),
+                    Cached::Record(r.clone(), Instant::now()),
+                );
+            }
+            None => _ = cache.remove(ticket),
+        }
+    }
+
+    /// Drops what is cached of `ticket`: this instance just changed it, and
+    /// its own clients must read their writes before the feed reports it.
+    pub fn forget(&self, ticket: &str) {
+        self.cache().remove(ticket);
+    }
+
+    /// Tickets cached or being read.
+    pub fn cached_len(&self) -> usize {
+        self.cache().len()
     }
 
     /// Clients waiting now, over all tickets.
@@ -136,6 +260,70 @@ mod tests {
         let mut sub = feed.subscribe("a");
         feed.apply(Change::Ticket("a"));
         assert!(woken(&mut sub).await);
+    }
+
+    fn queued() -> TicketRecord {
+        TicketRecord {
+            status: TicketStatus::Queued,
+            seq: 7,
+            attempts: 0,
+            admitted_at_ms: 1,
+            completed_at_ms: None,
+            response: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn queued_records_are_cached_until_their_change() {
+        let feed = TicketFeed::default();
+        assert!(feed.reading("a").is_none(), "nothing before the feed is up");
+        feed.apply(Change::Resync);
+        let t = feed.reading("a").unwrap();
+        assert!(feed.reading("a").is_none(), "one read at a time");
+        assert_eq!(feed.cached("a"), None, "not while reading");
+        feed.read_done("a", t, Some(&queued()));
+        assert_eq!(feed.cached("a"), Some(queued()));
+        feed.apply(Change::Ticket("b"));
+        assert_eq!(feed.cached("a"), Some(queued()), "others' changes");
+        feed.apply(Change::Ticket("a"));
+        assert_eq!(feed.cached("a"), None, "its own change");
+    }
+
+    #[test]
+    fn a_change_during_the_read_keeps_its_result_out() {
+        let feed = TicketFeed::default();
+        feed.apply(Change::Resync);
+        let t = feed.reading("a").unwrap();
+        feed.apply(Change::Ticket("a"));
+        feed.read_done("a", t, Some(&queued()));
+        assert_eq!(feed.cached("a"), None);
+        // Only queued records are kept.
+        let t = feed.reading("a").unwrap();
+        let done = TicketRecord {
+            status: TicketStatus::Completed,
+            ..queued()
+        };
+        feed.read_done("a", t, Some(&done));
+        assert_eq!(feed.cached("a"), None);
+        assert_eq!(feed.cached_len(), 0);
+    }
+
+    #[test]
+    fn a_lost_feed_empties_and_disables_the_cache() {
+        let feed = TicketFeed::default();
+        feed.apply(Change::Resync);
+        let t = feed.reading("a").unwrap();
+        feed.read_done("a", t, Some(&queued()));
+        feed.lost();
+        assert_eq!(feed.cached("a"), None);
+        assert!(feed.reading("a").is_none());
+        feed.apply(Change::Resync);
+        assert_eq!(feed.cached("a"), None, "a resync starts empty");
+        let t = feed.reading("a").unwrap();
+        feed.read_done("a", t, Some(&queued()));
+        feed.forget("a");
+        assert_eq!(feed.cached("a"), None);
     }
 
     #[tokio::test]

@@ -467,6 +467,8 @@ async fn follow_changes(queue: Arc<Queue>, stop: CancellationToken) {
             r = queue.backend.follow_changes(&apply) => r,
             _ = stop.cancelled() => return,
         };
+        // Changes may be missed until the next resync: polls read through.
+        queue.feed.lost();
         // A feed that ran for a while was healthy: its loss is news again.
         if started.elapsed() > Duration::from_secs(10) {
             failures = 0;

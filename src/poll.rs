@@ -107,12 +107,31 @@ fn find<'a>(app: &'a App, id: &str) -> Option<(&'a Arc<Queue>, TicketId)> {
     Some((app.queue_for_tag(tag)?, id))
 }
 
-/// Reads a ticket and remembers the dispatched count it came with.
+/// Reads a ticket — from the feed's cache while it is queued and unchanged,
+/// else from the backend, remembering the dispatched count it came with.
 async fn read(queue: &Queue, id: &TicketId) -> Result<Option<TicketRecord>, QueueError> {
-    Ok(queue.backend.ticket(id).await?.map(|(record, dispatched)| {
-        queue.saw_dispatched(id, dispatched);
-        record
-    }))
+    if let Some(record) = queue.feed.cached(id.as_str()) {
+        return Ok(Some(record));
+    }
+    let token = queue.feed.reading(id.as_str());
+    let read = queue.backend.ticket(id).await;
+    let record = match read {
+        Ok(Some((record, dispatched))) => {
+            queue.saw_dispatched(id, dispatched);
+            Some(record)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            if let Some(token) = token {
+                queue.feed.read_done(id.as_str(), token, None);
+            }
+            return Err(e);
+        }
+    };
+    if let Some(token) = token {
+        queue.feed.read_done(id.as_str(), token, record.as_ref());
+    }
+    Ok(record)
 }
 
 /// Reads the ticket now and again at each change until `done` holds or
@@ -230,7 +249,10 @@ pub async fn cancel(app: &App, id: &str) -> Response<Body> {
     let Some((queue, id)) = find(app, id) else {
         return not_found();
     };
-    match queue.backend.cancel(&id).await {
+    let cancelled = queue.backend.cancel(&id).await;
+    // Read your writes: the feed reports the change a moment later.
+    queue.feed.forget(id.as_str());
+    match cancelled {
         Ok(Cancel::Cancelled(record, dispatched)) => {
             queue.saw_dispatched(&id, dispatched);
             app.metrics
