@@ -4,7 +4,8 @@
 //! `Prefer: wait` admissions — so a waiting client costs no backend call
 //! until its ticket changes.
 //!
-//! The same feed keeps queued tickets' records as last read, so a client
+//! The same feed keeps queued tickets' records as last read (once they have
+//! a place in line), so a client
 //! polling a queued ticket costs no backend call either: an entry goes at the
 //! ticket's next change, and everything goes whenever the feed is not
 //! connected (changes could be missed then). The position comes from the
@@ -164,7 +165,9 @@ impl TicketFeed {
         if !ours {
             return;
         }
-        match record.filter(|r| r.status == TicketStatus::Queued) {
+        // A pre-queued ticket (no place yet, seq 0) gets its place when the
+        // sale opens without a reported change: it is not kept.
+        match record.filter(|r| r.status == TicketStatus::Queued && r.seq > 0) {
             Some(r) => {
                 cache.insert(
                     ticket.to_string(),
@@ -305,6 +308,11 @@ mod tests {
             ..queued()
         };
         feed.read_done("a", t, Some(&done));
+        assert_eq!(feed.cached("a"), None);
+        // Nor pre-queued ones: their place comes without a change report.
+        let t = feed.reading("a").unwrap();
+        let prequeued = TicketRecord { seq: 0, ..queued() };
+        feed.read_done("a", t, Some(&prequeued));
         assert_eq!(feed.cached("a"), None);
         assert_eq!(feed.cached_len(), 0);
     }
