@@ -4,12 +4,12 @@
 //! `Prefer: wait` admissions — so a waiting client costs no backend call
 //! until its ticket changes.
 //!
-//! The same feed keeps queued tickets' records as last read (once they have
-//! a place in line), so a client
-//! polling a queued ticket costs no backend call either: an entry goes at the
-//! ticket's next change, and everything goes whenever the feed is not
-//! connected (changes could be missed then). The position comes from the
-//! queue's dispatched count, refreshed every second, not from the entry.
+//! The same feed keeps the records of queued tickets (once they have a place
+//! in line) as last read, so a client polling a queued ticket costs no
+//! backend call either: an entry goes at the ticket's next change, and
+//! everything goes whenever the feed is not connected (changes could be
+//! missed then). The position comes from the queue's dispatched count,
+//! refreshed every second, not from the entry.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
