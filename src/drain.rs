@@ -17,7 +17,7 @@ use crate::gateway::{App, Queue, READ_BLOCK};
 use crate::headers;
 use crate::knobs::{KnobsPatch, Phase};
 use crate::metrics::code_class;
-use crate::pacer::Pacer;
+use crate::pacer::{Pacer, Permit};
 
 mod adaptive;
 mod attempt;
@@ -169,13 +169,13 @@ pub async fn run(
         };
         // A permit held through a long wait for an entry has passed: a
         // fresh one keeps the spacing.
-        tokio::select! {
-            _ = drain.pacer.renew(permit) => {}
+        let permit = tokio::select! {
+            permit = drain.pacer.renew(permit) => permit,
             _ = shutdown.cancelled() => break 'run,
-        }
+        };
         // 4. Dispatch: the first entry on this slot and permit, the rest each
         //    on its own — unless the knobs changed meanwhile.
-        let mut slot = Some(slot);
+        let mut slot = Some((slot, permit));
         let mut batch = batch.into_iter();
         while let Some(delivery) = batch.next() {
             if drain.mode() != Mode::Drain {
@@ -183,21 +183,21 @@ pub async fn run(
                 carry.extend(batch);
                 continue 'run;
             }
-            let slot = match slot.take() {
-                Some(slot) => slot,
+            let (slot, permit) = match slot.take() {
+                Some(first) => first,
                 None => {
                     let Some(slot) = drain.slot().await else {
                         break 'run;
                     };
-                    tokio::select! {
-                        _ = drain.pacer.ready() => {}
+                    let permit = tokio::select! {
+                        permit = drain.pacer.ready() => permit,
                         _ = shutdown.cancelled() => break 'run,
-                    }
-                    slot
+                    };
+                    (slot, permit)
                 }
             };
             let d = drain.clone();
-            tracker.spawn(async move { d.dispatch(delivery, slot).await });
+            tracker.spawn(async move { d.dispatch(delivery, slot, permit).await });
         }
     }
     info!(queue = %config.name, "drain stopped reading");
@@ -335,7 +335,7 @@ impl Drain {
     /// Delivers one entry: attempts with backoff until a final answer or
     /// `max_attempts`, then records the outcome. On shutdown the entry is left
     /// pending, to be redelivered with the same Idempotency-Key.
-    async fn dispatch(&self, mut delivery: Delivery, slot: OwnedSemaphorePermit) {
+    async fn dispatch(&self, mut delivery: Delivery, slot: OwnedSemaphorePermit, permit: Permit) {
         let mut slot = Some(slot);
         let metrics = &self.app.metrics;
         let request = match &delivery.request {
@@ -343,6 +343,8 @@ impl Drain {
             Err(why) => {
                 error!(queue = %self.name(), entry = %delivery.entry_id, %why,
                     "unreadable queue entry: dead-lettered, not forwarded");
+                // Nothing is sent on its permit.
+                self.pacer.give_back(permit);
                 let err = TicketError {
                     code: "corrupt_entry".into(),
                     detail: why.clone(),
@@ -374,6 +376,8 @@ impl Drain {
                 AttemptStart::Cancelled => {
                     debug!(queue = %self.name(), ticket = %request.ticket,
                         "ticket cancelled while queued: skipped, not sent");
+                    // Its permit goes to the next ticket, not to waste.
+                    self.pacer.give_back(permit);
                     metrics
                         .drain_skipped
                         .with_label_values(&[self.name(), "cancelled"])

@@ -8,6 +8,9 @@
 //! still takes its slot, so timer jitter costs no rate. A slot left unused
 //! past [`CATCH_UP`] (no entry was waiting) is dropped, never sent late in a
 //! bunch: the rate is an upper bound, and idle time banks at most `burst`.
+//! A permit that sent nothing (its ticket had been cancelled) is given back
+//! and taken by the next waiter while its slot is still fresh, so skipped
+//! tickets do not cost the upstream's capacity.
 //!
 //! Why not governor: its limiters live in one process (N instances would
 //! send N times the rate), and with a burst of 1 its GCRA drops whatever
@@ -16,6 +19,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::warn;
 
@@ -39,6 +43,11 @@ pub struct Pacer {
     rate: Mutex<Rate>,
     /// The slots reserved and not yet taken; one taker at a time, in order.
     block: tokio::sync::Mutex<Block>,
+    /// Slots handed out and given back unused, or put back by a waiter that
+    /// took an earlier one: due times, taken before the block's.
+    spare: Mutex<Vec<Instant>>,
+    /// Wakes waiters when a slot is given back.
+    given_back: Notify,
 }
 
 #[derive(Clone, Copy)]
@@ -92,7 +101,38 @@ impl Pacer {
                 period: period(rate),
                 arrived: Instant::now(),
             }),
+            spare: Mutex::default(),
+            given_back: Notify::new(),
         }
+    }
+
+    fn spare(&self) -> std::sync::MutexGuard<'_, Vec<Instant>> {
+        // Instants only; a panic cannot leave them inconsistent.
+        self.spare.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The earliest spare slot due before `before`, if any still fresh
+    /// (passed ones are dropped).
+    fn take_spare(&self, before: Option<Instant>) -> Option<Instant> {
+        let now = Instant::now();
+        let mut spare = self.spare();
+        spare.retain(|due| *due + CATCH_UP >= now);
+        let (i, due) = spare.iter().copied().enumerate().min_by_key(|(_, d)| *d)?;
+        if before.is_some_and(|b| due >= b) {
+            return None;
+        }
+        spare.swap_remove(i);
+        Some(due)
+    }
+
+    /// Gives back a permit that sent nothing: the next waiter takes its
+    /// slot, if that is still fresh.
+    pub fn give_back(&self, permit: Permit) {
+        if permit.is_stale() {
+            return;
+        }
+        self.spare().push(permit.due);
+        self.given_back.notify_waiters();
     }
 
     fn rate(&self) -> Rate {
@@ -107,8 +147,35 @@ impl Pacer {
         r.burst = burst.max(1);
     }
 
-    /// Waits until the next slot is due and takes it.
+    /// Waits until the next slot is due and takes it. A slot given back
+    /// meanwhile is taken instead when it is due earlier.
     pub async fn ready(&self) -> Permit {
+        // Listening before looking: a slot given back in between (while a
+        // block is being reserved, say) is seen by the next look.
+        let mut given_back = std::pin::pin!(self.given_back.notified());
+        given_back.as_mut().enable();
+        let mut due = match self.take_spare(None) {
+            Some(due) => due,
+            None => self.next_reserved().await,
+        };
+        loop {
+            if let Some(earlier) = self.take_spare(Some(due)) {
+                self.spare().push(due);
+                due = earlier;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(due) => return Permit { due },
+                _ = given_back.as_mut() => {
+                    given_back.set(self.given_back.notified());
+                    given_back.as_mut().enable();
+                }
+            }
+        }
+    }
+
+    /// The next slot of the reserved block (reserving one when it is used
+    /// up), not waited for.
+    async fn next_reserved(&self) -> Instant {
         let mut block = self.block.lock().await;
         let mut failures = 0u32;
         loop {
@@ -124,9 +191,7 @@ impl Pacer {
                 let period = block.period;
                 block.next += period;
                 block.left -= 1;
-                drop(block);
-                tokio::time::sleep_until(due).await;
-                return Permit { due };
+                return due;
             }
             let rate = self.rate();
             let count = self.per(BLOCK_WINDOW).min(MAX_BLOCK as usize) as u32;
@@ -254,6 +319,41 @@ mod tests {
         pacer.ready().await; // reserved at 100 ms under the old rate
         pacer.ready().await;
         assert_eq!(Instant::now() - t, Duration::from_millis(110));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_permit_given_back_is_taken_by_the_next_waiter() {
+        let pacer = Arc::new(pacer(10.0, 1));
+        let start = Instant::now();
+        let p = pacer.ready().await;
+        // The next waiter sleeps towards 100 ms...
+        let waiter = {
+            let pacer = pacer.clone();
+            tokio::spawn(async move {
+                pacer.ready().await;
+                Instant::now()
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        // ...until the first permit comes back unused: it goes at once.
+        pacer.give_back(p);
+        assert_eq!(waiter.await.unwrap() - start, Duration::from_millis(1));
+        // The slot it had been waiting for is still there, at 100 ms.
+        pacer.ready().await;
+        assert_eq!(Instant::now() - start, Duration::from_millis(100));
+        pacer.ready().await;
+        assert_eq!(Instant::now() - start, Duration::from_millis(200));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_permit_given_back_late_is_dropped() {
+        let pacer = pacer(10.0, 1);
+        let start = Instant::now();
+        let p = pacer.ready().await;
+        tokio::time::advance(Duration::from_millis(50)).await;
+        pacer.give_back(p);
+        pacer.ready().await;
+        assert_eq!(Instant::now() - start, Duration::from_millis(100));
     }
 
     /// Pacers of several instances on one schedule share its rate.
