@@ -115,23 +115,14 @@ async fn read(queue: &Queue, id: &TicketId) -> Result<Option<TicketRecord>, Queu
     }
     let token = queue.feed.reading(id.as_str());
     let read = queue.backend.ticket(id).await;
-    let record = match read {
-        Ok(Some((record, dispatched))) => {
-            queue.saw_dispatched(id, dispatched);
-            Some(record)
-        }
-        Ok(None) => None,
-        Err(e) => {
-            if let Some(token) = token {
-                queue.feed.read_done(id.as_str(), token, None);
-            }
-            return Err(e);
-        }
-    };
     if let Some(token) = token {
-        queue.feed.read_done(id.as_str(), token, record.as_ref());
+        let record = read.as_ref().ok().and_then(|r| r.as_ref()).map(|(r, _)| r);
+        queue.feed.read_done(id.as_str(), token, record);
     }
-    Ok(record)
+    Ok(read?.map(|(record, dispatched)| {
+        queue.saw_dispatched(id, dispatched);
+        record
+    }))
 }
 
 /// Reads the ticket now and again at each change until `done` holds or
