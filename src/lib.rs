@@ -14,6 +14,7 @@ pub mod cors;
 pub mod demo;
 pub mod drain;
 pub mod feed;
+pub mod framing;
 pub mod gateway;
 pub mod headers;
 pub mod knobs;

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 use crate::body::{full, json, Body, BoxError};
 use crate::client::Client;
 use crate::config::AdaptiveBounds;
+use crate::framing::Strict;
 use crate::gateway::{App, Queue};
 use crate::headers::strip_hop_by_hop;
 use crate::knobs::{KnobsPatch, Phase};
@@ -65,19 +66,36 @@ pub async fn serve_public(app: Arc<App>, listener: TcpListener, shutdown: Cancel
         .header_read_timeout(app.config.header_timeout)
         // The head must fit the buffer; hyper answers 431 beyond it. This
         // also bounds the memory an idle or slow connection can pin.
-        .max_buf_size((app.config.max_header_size.0 as usize).max(8192));
+        .max_buf_size(max_head(&app));
     // Open connections are capped: beyond the cap a new one gets a canned
     // 503 at once, and the ones already open keep their latency.
     let limit = Limits {
         connections: Arc::new(Semaphore::new(app.config.max_connections as usize)),
         lingering: Arc::new(Semaphore::new(SHED_LINGER_MAX)),
     };
-    accept_loop(listener, http, Some(limit), shutdown, move |peer, req| {
-        let app = app.clone();
-        async move { public(app, peer, req).await }
-    })
+    let max_head = max_head(&app);
+    accept_loop(
+        listener,
+        http,
+        max_head,
+        Some(limit),
+        shutdown,
+        move |peer, req| {
+            let app = app.clone();
+            async move { public(app, peer, req).await }
+        },
+    )
     .await;
 }
+
+/// The longest request head the public listener reads: hyper answers 431
+/// beyond it.
+fn max_head(app: &App) -> usize {
+    (app.config.max_header_size.0 as usize).max(8192)
+}
+
+/// The longest request head the admin listener reads.
+const ADMIN_MAX_HEAD: usize = 64 * 1024;
 
 /// The public listener's connection cap.
 #[derive(Clone)]
@@ -112,17 +130,26 @@ fn shed(mut stream: TcpStream, lingering: &Arc<Semaphore>) {
 pub async fn serve_admin(app: Arc<App>, listener: TcpListener, shutdown: CancellationToken) {
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10));
-    accept_loop(listener, http, None, shutdown, move |_peer, req| {
-        let app = app.clone();
-        async move { admin(app, req).await }
-    })
+        .header_read_timeout(Duration::from_secs(10))
+        .max_buf_size(ADMIN_MAX_HEAD);
+    accept_loop(
+        listener,
+        http,
+        ADMIN_MAX_HEAD,
+        None,
+        shutdown,
+        move |_peer, req| {
+            let app = app.clone();
+            async move { admin(app, req).await }
+        },
+    )
     .await;
 }
 
 async fn accept_loop<F, Fut>(
     listener: TcpListener,
     http: http1::Builder,
+    max_head: usize,
     limits: Option<Limits>,
     shutdown: CancellationToken,
     handler: F,
@@ -161,7 +188,8 @@ async fn accept_loop<F, Fut>(
             let handler = handler.clone();
             async move { Ok::<_, Infallible>(handler(peer, req).await) }
         });
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let conn = graceful
+            .watch(http.serve_connection(TokioIo::new(Strict::new(stream, max_head)), service));
         tokio::spawn(async move {
             let _permit = permit;
             if let Err(e) = conn.await {
@@ -186,13 +214,6 @@ async fn public(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> Resp
             format!("the request target is longer than {MAX_URI_LENGTH} bytes"),
         );
         ("other", problem.into_response())
-    } else if let Some(why) = framing_problem(req.headers()) {
-        // 2. Ambiguous framing: refused, and the connection closed so that
-        //    nothing after this request on it is ever read.
-        let mut resp = Problem::new(Code::BadRequest, why).into_response();
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        ("other", resp)
     } else if let Some(resp) = cors::preflight(&app.config, req.method(), req.headers()) {
         ("other", resp)
     } else if let Some(queue) = app.queue_for_path(path) {
@@ -247,25 +268,6 @@ async fn public(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> Resp
         .with_label_values(&[route])
         .observe(started.elapsed().as_secs_f64());
     resp
-}
-
-/// Framing that hyper accepts but an edge proxy must refuse (RFC 9112 §6.1):
-/// `Transfer-Encoding` with any coding but a single `chunked` (a front end
-/// that reads the codings differently would cut the stream elsewhere), and
-/// `Transfer-Encoding` beside `Content-Length`, the classic smuggling pair.
-fn framing_problem(headers: &HeaderMap) -> Option<&'static str> {
-    let mut codings = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(|c| c.trim_ascii());
-    match (codings.next(), codings.next()) {
-        (None, _) => None,
-        (Some(c), None) if c.eq_ignore_ascii_case(b"chunked") => headers
-            .contains_key(header::CONTENT_LENGTH)
-            .then_some("Content-Length and Transfer-Encoding together"),
-        _ => Some("the only transfer coding accepted is a single `chunked`"),
-    }
 }
 
 /// Proxies a non-queued request straight to the upstream, streaming both ways.

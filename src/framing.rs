@@ -1,0 +1,644 @@
+//! Strict HTTP/1.1 message framing, checked on the bytes before hyper sees
+//! them.
+//!
+//! hyper follows RFC 9112 where it lets a server choose leniency: it accepts
+//! bare-LF line endings (§2.2) and, given both `Content-Length` and
+//! `Transfer-Encoding`, frames the body as chunked and closes afterwards
+//! (§6.1). A gateway in front of a shop must be stricter: another hop that
+//! reads such a message differently would see a different request boundary,
+//! which is how requests are smuggled. [`Strict`] wraps a connection, follows
+//! its request boundaries (heads, `Content-Length` and chunked bodies, as
+//! hyper frames them) and holds each head back until it is complete. A head
+//! that is ambiguous never reaches hyper: in its place hyper reads a request
+//! line it cannot parse, so it answers 400 after the responses owed to the
+//! earlier pipelined requests, and closes the connection. Nothing after the
+//! bad head is ever read.
+//!
+//! Refused here: a line ending in a bare LF or containing a bare CR, an
+//! obsolete folded header line, `Transfer-Encoding` beside `Content-Length`,
+//! any transfer coding but a single `chunked`, and a malformed or
+//! conflicting `Content-Length`. What hyper refuses itself (bad chunk
+//! syntax, oversized chunk sizes, invalid tokens) it still refuses: where
+//! this follower and hyper would disagree it stops checking and passes the
+//! bytes through, and hyper closes the connection on the error.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// What hyper reads in place of a refused head: a request line with a NUL
+/// where the method belongs, which it answers with 400 and a close.
+const REFUSED: &[u8] = b"\0 / HTTP/1.1\r\n\r\n";
+
+/// A connection whose requests are framed strictly (module docs).
+pub struct Strict<S> {
+    inner: S,
+    framing: Framing,
+    /// The start of a head not yet complete, read but not handed on.
+    held: Vec<u8>,
+    /// Bytes ready to hand on, from `sent` onwards.
+    ready: Vec<u8>,
+    sent: usize,
+    /// A head was refused: after `ready`, the stream ends.
+    refused: bool,
+}
+
+impl<S> Strict<S> {
+    /// `max_head` is hyper's buffer limit: a head longer than that is left
+    /// to hyper to refuse (431).
+    pub fn new(inner: S, max_head: usize) -> Self {
+        Strict {
+            inner,
+            framing: Framing::new(max_head),
+            held: Vec::new(),
+            ready: Vec::new(),
+            sent: 0,
+            refused: false,
+        }
+    }
+
+    /// Takes the scan's verdict on `data` (the held head and what followed
+    /// it): the passing part goes to `ready`, an unfinished head stays held.
+    fn settle(&mut self, data: Vec<u8>) {
+        match self.framing.scan(&data) {
+            Scan::Pass(n) => {
+                self.ready.extend_from_slice(&data[..n]);
+                self.held.extend_from_slice(&data[n..]);
+            }
+            Scan::Refuse { pass, reason } => {
+                tracing::debug!(reason, "request refused before routing: ambiguous framing");
+                self.ready.extend_from_slice(&data[..pass]);
+                self.ready.extend_from_slice(REFUSED);
+                self.refused = true;
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Strict<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.sent < this.ready.len() {
+                let n = buf.remaining().min(this.ready.len() - this.sent);
+                buf.put_slice(&this.ready[this.sent..this.sent + n]);
+                this.sent += n;
+                if this.sent == this.ready.len() {
+                    this.ready.clear();
+                    this.sent = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if this.refused {
+                return Poll::Ready(Ok(()));
+            }
+            // Read straight into hyper's buffer: in the common case (whole
+            // requests per read) nothing is copied or allocated here.
+            let start = buf.filled().len();
+            ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+            let end = buf.filled().len();
+            if start == end {
+                // End of stream: an unfinished head goes on as it is, for
+                // hyper to judge.
+                if this.held.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+                this.ready = std::mem::take(&mut this.held);
+                continue;
+            }
+            if !this.held.is_empty() {
+                let mut data = std::mem::take(&mut this.held);
+                data.extend_from_slice(&buf.filled()[start..end]);
+                buf.set_filled(start);
+                this.settle(data);
+                continue;
+            }
+            match this.framing.scan(&buf.filled()[start..]) {
+                Scan::Pass(n) => {
+                    this.held.extend_from_slice(&buf.filled()[start + n..end]);
+                    buf.set_filled(start + n);
+                }
+                Scan::Refuse { pass, reason } => {
+                    tracing::debug!(reason, "request refused before routing: ambiguous framing");
+                    buf.set_filled(start + pass);
+                    this.ready.extend_from_slice(REFUSED);
+                    this.refused = true;
+                }
+            }
+            if buf.filled().len() > start {
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Strict<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// The verdict on bytes that continue the stream where the last scan ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Scan {
+    /// The first `n` bytes may go on; the rest starts a head not yet
+    /// complete, to be scanned again with what follows.
+    Pass(usize),
+    /// The first `pass` bytes may go on; the head after them is refused.
+    Refuse { pass: usize, reason: &'static str },
+}
+
+/// Follows request boundaries through the byte stream.
+struct Framing {
+    state: State,
+    max_head: usize,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Expecting (the rest of) a request head.
+    Head,
+    /// Inside a `Content-Length` body: this many bytes left.
+    Body(u64),
+    /// Inside a chunked body.
+    Chunked(Chunked),
+    /// No longer followed: hyper refuses what comes and closes.
+    Through,
+}
+
+impl Framing {
+    fn new(max_head: usize) -> Self {
+        Framing {
+            state: State::Head,
+            max_head,
+        }
+    }
+
+    fn scan(&mut self, data: &[u8]) -> Scan {
+        let mut at = 0;
+        loop {
+            match &mut self.state {
+                State::Through => return Scan::Pass(data.len()),
+                State::Body(left) => {
+                    let n = (*left).min((data.len() - at) as u64);
+                    at += n as usize;
+                    *left -= n;
+                    if *left > 0 {
+                        return Scan::Pass(at);
+                    }
+                    self.state = State::Head;
+                }
+                State::Chunked(chunked) => match chunked.advance(&data[at..]) {
+                    Some(Ok(n)) => {
+                        at += n;
+                        self.state = State::Head;
+                    }
+                    None => return Scan::Pass(data.len()),
+                    Some(Err(())) => {
+                        self.state = State::Through;
+                        return Scan::Pass(data.len());
+                    }
+                },
+                State::Head => match head(&data[at..]) {
+                    Head::Partial if data.len() - at > self.max_head => {
+                        self.state = State::Through;
+                        return Scan::Pass(data.len());
+                    }
+                    Head::Partial => return Scan::Pass(at),
+                    Head::Refused(reason) => return Scan::Refuse { pass: at, reason },
+                    Head::Complete { len, body } => {
+                        at += len;
+                        self.state = match body {
+                            BodyLength::Chunked => State::Chunked(Chunked::default()),
+                            BodyLength::Bytes(0) => State::Head,
+                            BodyLength::Bytes(n) => State::Body(n),
+                        };
+                    }
+                },
+            }
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Head {
+    Partial,
+    Complete { len: usize, body: BodyLength },
+    Refused(&'static str),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum BodyLength {
+    Bytes(u64),
+    Chunked,
+}
+
+/// Reads a request head from the start of `bytes`.
+fn head(bytes: &[u8]) -> Head {
+    let mut at = 0;
+    // Empty lines before a request line are ignored (RFC 9112 §2.2).
+    while bytes[at..].starts_with(b"\r\n") {
+        at += 2;
+    }
+    let mut request_line = true;
+    let mut length: Option<u64> = None;
+    let mut codings = 0;
+    let mut chunked = false;
+    loop {
+        let Some(lf) = bytes[at..].iter().position(|&b| b == b'\n') else {
+            return Head::Partial;
+        };
+        if lf == 0 || bytes[at + lf - 1] != b'\r' {
+            return Head::Refused("a line ends in a bare LF");
+        }
+        let line = &bytes[at..at + lf - 1];
+        at += lf + 1;
+        if line.contains(&b'\r') {
+            return Head::Refused("a bare CR inside a line");
+        }
+        if request_line {
+            request_line = false;
+            continue;
+        }
+        if line.is_empty() {
+            break;
+        }
+        if line[0] == b' ' || line[0] == b'\t' {
+            return Head::Refused("a folded header line");
+        }
+        // A line without a colon is hyper's to refuse.
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        if name.eq_ignore_ascii_case(b"content-length") {
+            for n in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                let Some(n) = decimal(n) else {
+                    return Head::Refused("a malformed Content-Length");
+                };
+                if length.is_some_and(|l| l != n) {
+                    return Head::Refused("conflicting Content-Length values");
+                }
+                length = Some(n);
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            codings += value.split(|&b| b == b',').count();
+            chunked = value.eq_ignore_ascii_case(b"chunked");
+        }
+    }
+    let body = match (codings, length) {
+        (0, n) => BodyLength::Bytes(n.unwrap_or(0)),
+        (_, Some(_)) => return Head::Refused("Content-Length and Transfer-Encoding together"),
+        (1, None) if chunked => BodyLength::Chunked,
+        _ => return Head::Refused("a transfer coding other than a single `chunked`"),
+    };
+    Head::Complete { len: at, body }
+}
+
+/// A non-empty run of ASCII digits that fits a u64: no sign, no spaces.
+fn decimal(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(s).ok()?.parse().ok()
+}
+
+/// Follows a chunked body by hyper's grammar (`proto::h1::decode`): hex
+/// size, optional spaces, `;` extensions, CRLF, data, CRLF, ... then a zero
+/// size, optional trailer lines and an empty line.
+#[derive(Debug, Default)]
+struct Chunked {
+    step: Step,
+    size: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    #[default]
+    Start,
+    Size,
+    SizeSpace,
+    Extension,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    EndCr,
+    EndLf,
+    Trailer,
+    TrailerLf,
+}
+
+impl Chunked {
+    /// Consumes `data`: `None` when the body goes on past it, the length of
+    /// the body's last part when it ends within, an error where hyper's
+    /// decoder fails.
+    fn advance(&mut self, data: &[u8]) -> Option<Result<usize, ()>> {
+        use Step::*;
+        let mut at = 0;
+        while at < data.len() {
+            if self.step == Data {
+                let n = self.size.min((data.len() - at) as u64);
+                at += n as usize;
+                self.size -= n;
+                if self.size == 0 {
+                    self.step = DataCr;
+                }
+                continue;
+            }
+            let b = data[at];
+            at += 1;
+            let digit = (b as char).to_digit(16).map(u64::from);
+            self.step = match (self.step, b, digit) {
+                (Start | Size, _, Some(d)) => {
+                    match self.size.checked_mul(16).and_then(|s| s.checked_add(d)) {
+                        Some(size) => self.size = size,
+                        None => return Some(Err(())),
+                    }
+                    Size
+                }
+                (Size | SizeSpace, b' ' | b'\t', _) => SizeSpace,
+                (Size | SizeSpace | Extension, b';', _) => Extension,
+                (Size | SizeSpace | Extension, b'\r', _) => SizeLf,
+                (Extension, b'\n', _) => return Some(Err(())),
+                (Extension, _, _) => Extension,
+                (SizeLf, b'\n', _) if self.size == 0 => EndCr,
+                (SizeLf, b'\n', _) => Data,
+                (DataCr, b'\r', _) => DataLf,
+                (DataLf, b'\n', _) => Start,
+                (EndCr, b'\r', _) => EndLf,
+                (EndCr | Trailer, _, _) if b != b'\r' => Trailer,
+                (Trailer, b'\r', _) => TrailerLf,
+                (TrailerLf, b'\n', _) => EndCr,
+                (EndLf, b'\n', _) => return Some(Ok(at)),
+                _ => return Some(Err(())),
+            };
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    fn verdict(bytes: &[u8]) -> Head {
+        head(bytes)
+    }
+
+    #[test]
+    fn heads_are_framed_as_hyper_frames_them() {
+        let h = |s: &str| verdict(s.as_bytes());
+        assert_eq!(
+            h("GET / HTTP/1.1\r\nHost: x\r\n\r\nrest"),
+            Head::Complete {
+                len: 27,
+                body: BodyLength::Bytes(0)
+            }
+        );
+        assert_eq!(
+            h("\r\n\r\nPOST / HTTP/1.1\r\ncontent-length:  12 \r\n\r\n"),
+            Head::Complete {
+                len: 45,
+                body: BodyLength::Bytes(12)
+            }
+        );
+        assert_eq!(
+            h("POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\n"),
+            Head::Complete {
+                len: 41,
+                body: BodyLength::Bytes(3)
+            }
+        );
+        assert_eq!(
+            h("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n"),
+            Head::Complete {
+                len: 47,
+                body: BodyLength::Chunked
+            }
+        );
+        assert_eq!(h("GET / HTTP/1.1\r\nHost: x\r\n"), Head::Partial);
+        assert_eq!(h("GET / HTTP/1.1\r"), Head::Partial);
+    }
+
+    #[test]
+    fn ambiguous_heads_are_refused() {
+        for (bytes, why) in [
+            ("GET / HTTP/1.1\nHost: x\r\n\r\n", "bare LF"),
+            ("GET / HTTP/1.1\r\nHost: x\n\n", "bare LF"),
+            ("\nGET / HTTP/1.1\r\n\r\n", "bare LF"),
+            ("GET / HTTP/1.1\r\nHost: x\ry\r\n\r\n", "bare CR"),
+            ("GET / HTTP/1.1\r\nA: 1\r\n B: 2\r\n\r\n", "folded"),
+            (
+                "POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "together",
+            ),
+            (
+                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n",
+                "together",
+            ),
+            (
+                "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                "coding",
+            ),
+            (
+                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "coding",
+            ),
+            (
+                "POST / HTTP/1.1\r\nTransfer-Encoding: identity\r\n\r\n",
+                "coding",
+            ),
+            ("POST / HTTP/1.1\r\nContent-Length: +4\r\n\r\n", "malformed"),
+            ("POST / HTTP/1.1\r\nContent-Length: 4 4\r\n\r\n", "malformed"),
+            ("POST / HTTP/1.1\r\nContent-Length:\r\n\r\n", "malformed"),
+            (
+                "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
+                "malformed",
+            ),
+            (
+                "POST / HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 4\r\n\r\n",
+                "conflicting",
+            ),
+        ] {
+            match verdict(bytes.as_bytes()) {
+                Head::Refused(reason) => assert!(reason.contains(why), "{bytes:?}: {reason}"),
+                other => panic!("{bytes:?} was not refused: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_end_where_hyper_ends_them() {
+        let body = b"5;ext=1\r\nhello\r\nA \r\n0123456789\r\n0\r\nTrailer: x\r\n\r\nNEXT";
+        let mut c = Chunked::default();
+        assert_eq!(c.advance(body), Some(Ok(body.len() - 4)));
+        // Byte by byte, the same end.
+        let mut c = Chunked::default();
+        let mut ended = None;
+        for (i, b) in body.iter().enumerate() {
+            if let Some(r) = c.advance(std::slice::from_ref(b)) {
+                ended = Some((i, r));
+                break;
+            }
+        }
+        assert_eq!(ended, Some((body.len() - 5, Ok(1))));
+        for bad in [
+            &b"2\n{}\r\n0\r\n\r\n"[..],
+            b"2\r\n{}\n0\r\n\r\n",
+            b"fffffffffffffffff1\r\n",
+            b"x\r\n",
+            b"2;a\nb\r\n",
+            b"2 3\r\n",
+        ] {
+            assert_eq!(
+                Chunked::default().advance(bad),
+                Some(Err(())),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    /// Hands out its bytes `step` at a time.
+    struct Trickle {
+        bytes: Vec<u8>,
+        at: usize,
+        step: usize,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let n = self
+                .step
+                .min(self.bytes.len() - self.at)
+                .min(buf.remaining());
+            let at = self.at;
+            buf.put_slice(&self.bytes[at..at + n]);
+            self.at += n;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    async fn through(bytes: &[u8], step: usize) -> Vec<u8> {
+        let trickle = Trickle {
+            bytes: bytes.to_vec(),
+            at: 0,
+            step,
+        };
+        let mut out = Vec::new();
+        Strict::new(trickle, 8192)
+            .read_to_end(&mut out)
+            .await
+            .unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_pass_whole_at_every_split() {
+        let stream = b"POST /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nab\ncd\
+POST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n\n\n\n\r\n0\r\n\r\n\
+GET /c HTTP/1.1\r\n\r\n";
+        for step in 1..=stream.len() {
+            assert_eq!(through(stream, step).await, stream, "step {step}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_head_ends_the_stream_after_the_requests_before_it() {
+        let good = b"POST /a HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}";
+        let bad = b"POST /b HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n";
+        let stream = [&good[..], &bad[..]].concat();
+        let expected = [&good[..], REFUSED].concat();
+        for step in 1..=stream.len() {
+            assert_eq!(through(&stream, step).await, expected, "step {step}");
+        }
+    }
+
+    /// Random mutations of a pipelined stream: whatever the bytes, the
+    /// follower never panics, its verdict does not depend on how the
+    /// stream is split into reads, and it only ever cuts a stream short by
+    /// refusing a head.
+    #[tokio::test]
+    async fn mutated_streams_get_the_same_verdict_at_any_split() {
+        let base = b"POST /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nab\ncd\
+POST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;e\r\nabc\r\n0\r\nT: 1\r\n\r\n\
+GET /c HTTP/1.1\r\n\r\n";
+        let alphabet = b"\r\n :;,\t0123456789abcdefABCDEF-+chunkedContent-LengthTransfer-Encoding";
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as usize
+        };
+        for case in 0..2000 {
+            let mut stream = base.to_vec();
+            for _ in 0..1 + next() % 4 {
+                let at = next() % stream.len();
+                let b = alphabet[next() % alphabet.len()];
+                match next() % 3 {
+                    0 => stream[at] = b,
+                    1 => stream.insert(at, b),
+                    _ => {
+                        stream.remove(at);
+                    }
+                }
+            }
+            let whole = through(&stream, stream.len()).await;
+            let step = 1 + next() % 16;
+            assert_eq!(
+                through(&stream, step).await,
+                whole,
+                "case {case}, step {step}"
+            );
+            match whole.strip_suffix(REFUSED) {
+                Some(passed) => assert!(stream.starts_with(passed), "case {case}"),
+                None => assert_eq!(whole, stream, "case {case}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn heads_longer_than_the_limit_are_left_to_hyper() {
+        let mut stream = b"GET / HTTP/1.1\r\nX-Long: ".to_vec();
+        stream.extend(std::iter::repeat_n(b'a', 20_000));
+        stream.extend_from_slice(b"\nbare\n\n");
+        assert_eq!(through(&stream, 1000).await, stream);
+    }
+}
