@@ -275,16 +275,16 @@ fn head(bytes: &[u8]) -> Head {
     let mut codings = 0;
     let mut chunked = false;
     loop {
-        let Some(lf) = bytes[at..].iter().position(|&b| b == b'\n') else {
+        // A line ends at its first CR, which must be followed by LF.
+        let Some(end) = memchr::memchr2(b'\r', b'\n', &bytes[at..]) else {
             return Head::Partial;
         };
-        if lf == 0 || bytes[at + lf - 1] != b'\r' {
-            return Head::Refused("a line ends in a bare LF");
-        }
-        let line = &bytes[at..at + lf - 1];
-        at += lf + 1;
-        if line.contains(&b'\r') {
-            return Head::Refused("a bare CR inside a line");
+        let line = &bytes[at..at + end];
+        match (bytes[at + end], bytes.get(at + end + 1)) {
+            (b'\n', _) => return Head::Refused("a line ends in a bare LF"),
+            (_, None) => return Head::Partial,
+            (_, Some(b'\n')) => at += end + 2,
+            (_, Some(_)) => return Head::Refused("a bare CR inside a line"),
         }
         if request_line {
             request_line = false;
