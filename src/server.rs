@@ -13,6 +13,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use prometheus::IntCounterVec;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -74,11 +75,12 @@ pub async fn serve_public(app: Arc<App>, listener: TcpListener, shutdown: Cancel
         lingering: Arc::new(Semaphore::new(SHED_LINGER_MAX)),
     };
     let max_head = max_head(&app);
+    let answered = app.metrics.http_requests.clone();
     accept_loop(
         listener,
         http,
         max_head,
-        Some(limit),
+        Some((limit, answered)),
         shutdown,
         move |peer, req| {
             let app = app.clone();
@@ -150,7 +152,9 @@ async fn accept_loop<F, Fut>(
     listener: TcpListener,
     http: http1::Builder,
     max_head: usize,
-    limits: Option<Limits>,
+    // The public listener's limits, and the counter of its answers
+    // (`flashgate_http_requests_total`) for those given before routing.
+    limits: Option<(Limits, IntCounterVec)>,
     shutdown: CancellationToken,
     handler: F,
 ) where
@@ -172,10 +176,11 @@ async fn accept_loop<F, Fut>(
             _ = shutdown.cancelled() => break,
         };
         let permit = match &limits {
-            Some(l) => match l.connections.clone().try_acquire_owned() {
+            Some((l, answered)) => match l.connections.clone().try_acquire_owned() {
                 Ok(permit) => Some(permit),
                 Err(_) => {
                     debug!(%peer, "connection limit reached: answered 503");
+                    answered.with_label_values(&["other", "503"]).inc();
                     shed(stream, &l.lingering);
                     continue;
                 }
@@ -190,15 +195,32 @@ async fn accept_loop<F, Fut>(
         });
         let conn = graceful
             .watch(http.serve_connection(TokioIo::new(Strict::new(stream, max_head)), service));
+        let answered = limits.as_ref().map(|(_, a)| a.clone());
         tokio::spawn(async move {
             let _permit = permit;
             if let Err(e) = conn.await {
                 debug!(%peer, error = %e, "connection ended with an error");
+                if let (Some(answered), Some(code)) = (&answered, parse_error_status(&e)) {
+                    answered.with_label_values(&["other", code]).inc();
+                }
             }
         });
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// The status hyper answered a request with when it could not parse it
+/// (`proto::h1::role::Server::on_error`), a head refused by [`Strict`]
+/// included; `None` when it answered nothing.
+fn parse_error_status(e: &hyper::Error) -> Option<&'static str> {
+    if e.is_parse_too_large() {
+        Some("431")
+    } else if e.is_parse() && !e.is_parse_version_h2() {
+        Some("400")
+    } else {
+        None
+    }
 }
 
 /// The public API's routes.

@@ -76,6 +76,17 @@ impl Edge {
         assert_eq!(a.status, 202, "{}", String::from_utf8_lossy(&a.body));
     }
 
+    /// The public answers with this status in `/metrics`, all routes.
+    async fn answers(&self, code: &str) -> u64 {
+        let metrics = get(&format!("{}/metrics", self.admin_base())).await;
+        let label = format!("code=\"{code}\"");
+        String::from_utf8_lossy(&metrics.body)
+            .lines()
+            .filter(|l| l.starts_with("flashgate_http_requests_total{") && l.contains(&label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
     /// Resident memory of the gateway, in KiB.
     fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
@@ -284,6 +295,13 @@ async fn smuggling_probes_get_400_and_a_closed_connection() {
             .all(|r| !r.path.contains("smuggled")),
         "a smuggled request reached the upstream"
     );
+    // Every 400, whether hyper, the framing check or a route gave it, is
+    // counted: one per probe and one for the pipelined refusal.
+    assert_eq!(
+        edge.answers("400").await,
+        probes.len() as u64 + 1,
+        "flashgate_http_requests_total with code 400"
+    );
     edge.assert_alive().await;
 }
 
@@ -402,6 +420,11 @@ async fn connections_over_the_cap_get_503_and_open_ones_are_still_served() {
     assert_eq!(over.status(), Some(503), "{}", over.text);
     assert!(over.text.contains("retry-after: 1"), "{}", over.text);
     assert!(over.closed);
+    assert_eq!(
+        edge.answers("503").await,
+        1,
+        "the shed connection is counted"
+    );
 
     // The client already connected is still served.
     kept.write_all(ask).await.unwrap();
