@@ -8,6 +8,7 @@ pub mod process;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,6 +33,15 @@ pub struct RedisServer {
     child: Option<Child>,
     dir: tempfile::TempDir,
     args: Vec<String>,
+    tls: Option<RedisTls>,
+}
+
+/// A TLS-only redis-server: its CA (for the test's own client) and the one
+/// ACL user that may log in.
+struct RedisTls {
+    ca_pem: Vec<u8>,
+    user: String,
+    password: String,
 }
 
 impl RedisServer {
@@ -54,6 +64,53 @@ impl RedisServer {
             child: None,
             dir,
             args: args.iter().map(|a| a.to_string()).collect(),
+            tls: None,
+        };
+        server.spawn();
+        server
+    }
+
+    /// TLS only (`--port 0`, the free port is the TLS port), with `cert` and
+    /// `key` (PEM), no client certificates, the `default` user off and one
+    /// ACL user `user` with `password`. Nothing persisted.
+    pub fn start_tls(cert: &Path, key: &Path, ca: &Path, user: &str, password: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let path = |p: &Path| p.to_str().expect("UTF-8 path").to_string();
+        let args = [
+            "--tls-port".to_string(),
+            port.to_string(),
+            "--tls-cert-file".into(),
+            path(cert),
+            "--tls-key-file".into(),
+            path(key),
+            "--tls-ca-cert-file".into(),
+            path(ca),
+            "--tls-auth-clients".into(),
+            "no".into(),
+            "--appendonly".into(),
+            "no".into(),
+            "--user".into(),
+            "default".into(),
+            "off".into(),
+            "--user".into(),
+            user.into(),
+            "on".into(),
+            format!(">{password}"),
+            "~*".into(),
+            "&*".into(),
+            "+@all".into(),
+        ];
+        let mut server = RedisServer {
+            port,
+            child: None,
+            dir,
+            args: args.to_vec(),
+            tls: Some(RedisTls {
+                ca_pem: std::fs::read(ca).expect("CA certificate"),
+                user: user.into(),
+                password: password.into(),
+            }),
         };
         server.spawn();
         server
@@ -64,8 +121,13 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
+        // A TLS server listens on its TLS port only.
+        let plain_port = match self.tls {
+            Some(_) => 0,
+            None => self.port,
+        };
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--port", &plain_port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", ""])
             .args(&self.args)
             .arg("--dir")
@@ -77,7 +139,7 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(client) = redis::Client::open(self.url()) {
+            if let Ok(client) = self.client() {
                 if let Ok(mut c) = client.get_connection() {
                     if redis::cmd("PING").query::<String>(&mut c).is_ok() {
                         return;
@@ -89,8 +151,31 @@ impl RedisServer {
         }
     }
 
+    /// `redis://127.0.0.1:PORT/`, or for a TLS server
+    /// `rediss://USER:PASSWORD@127.0.0.1:PORT/`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        match &self.tls {
+            None => format!("redis://127.0.0.1:{}/", self.port),
+            Some(t) => format!(
+                "rediss://{}:{}@127.0.0.1:{}/",
+                t.user, t.password, self.port
+            ),
+        }
+    }
+
+    /// A client of the test's own; a TLS server's CA is its only root (the
+    /// test process's environment plays no part).
+    pub fn client(&self) -> redis::RedisResult<redis::Client> {
+        match &self.tls {
+            None => redis::Client::open(self.url()),
+            Some(t) => redis::Client::build_with_tls(
+                self.url(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(t.ca_pem.clone()),
+                },
+            ),
+        }
     }
 
     /// Kills the server (SIGKILL): its data is gone, as after a crash.
@@ -108,7 +193,7 @@ impl RedisServer {
     }
 
     pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
+        self.client()
             .unwrap()
             .get_multiplexed_async_connection()
             .await
@@ -192,6 +277,8 @@ pub struct MockUpstream {
     received: Arc<Mutex<Vec<Received>>>,
     in_flight: Arc<AtomicUsize>,
     max_in_flight: Arc<AtomicUsize>,
+    https: bool,
+    tls_failures: Arc<AtomicUsize>,
 }
 
 impl MockUpstream {
@@ -201,6 +288,35 @@ impl MockUpstream {
 
     /// Listens on a given address, e.g. a port the gateway already points at.
     pub async fn start_on(addr: SocketAddr, behaviour: Behaviour) -> MockUpstream {
+        Self::listen(addr, behaviour, None).await
+    }
+
+    /// Speaks HTTPS only, with this certificate chain and key (PEM files);
+    /// its URL is `https://localhost:PORT`.
+    pub async fn start_tls(behaviour: Behaviour, cert: &Path, key: &Path) -> MockUpstream {
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain = CertificateDer::pem_file_iter(cert)
+            .expect("certificate file")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("PEM certificates");
+        let key = PrivateKeyDer::from_pem_file(key).expect("PEM private key");
+        let config = tokio_rustls::rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("server certificate and key match");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        Self::listen("127.0.0.1:0".parse().unwrap(), behaviour, Some(acceptor)).await
+    }
+
+    async fn listen(
+        addr: SocketAddr,
+        behaviour: Behaviour,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> MockUpstream {
+        let https = tls.is_some();
+        let tls_failures = Arc::new(AtomicUsize::new(0));
+        let failures = tls_failures.clone();
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
@@ -296,10 +412,26 @@ impl MockUpstream {
                         Ok::<_, std::convert::Infallible>(resp.unwrap())
                     }
                 });
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service),
-                );
+                let http = hyper::server::conn::http1::Builder::new();
+                match tls.clone() {
+                    None => {
+                        tokio::spawn(http.serve_connection(TokioIo::new(stream), service));
+                    }
+                    Some(acceptor) => {
+                        let failures = failures.clone();
+                        tokio::spawn(async move {
+                            match acceptor.accept(stream).await {
+                                Ok(stream) => {
+                                    let _ =
+                                        http.serve_connection(TokioIo::new(stream), service).await;
+                                }
+                                Err(_) => {
+                                    failures.fetch_add(1, Ordering::SeqCst);
+                                }
+                            }
+                        });
+                    }
+                }
             }
         });
         MockUpstream {
@@ -307,11 +439,22 @@ impl MockUpstream {
             received,
             in_flight,
             max_in_flight,
+            https,
+            tls_failures,
         }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        match self.https {
+            false => format!("http://{}", self.addr),
+            true => format!("https://localhost:{}", self.addr.port()),
+        }
+    }
+
+    /// TLS handshakes that failed (an HTTPS mock only): the client refused
+    /// the certificate, or spoke something else.
+    pub fn tls_failures(&self) -> usize {
+        self.tls_failures.load(Ordering::SeqCst)
     }
 
     pub fn received(&self) -> Vec<Received> {

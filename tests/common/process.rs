@@ -39,7 +39,22 @@ impl GatewayProcess {
         consumer: &str,
         extra: &[&str],
     ) -> Self {
-        let child = flashgate()
+        Self::start_configured(public, admin, upstream, redis, consumer, extra, |_| {})
+    }
+
+    /// As [`start_on`](Self::start_on), with `configure` applied last: it may
+    /// set the environment, the log level or where stdout and stderr go.
+    pub fn start_configured(
+        public: u16,
+        admin: u16,
+        upstream: &str,
+        redis: &str,
+        consumer: &str,
+        extra: &[&str],
+        configure: impl FnOnce(&mut Command),
+    ) -> Self {
+        let mut command = flashgate();
+        command
             .args(["serve", "--upstream", upstream, "--redis-url", redis])
             .args(["--listen", &format!("127.0.0.1:{public}")])
             .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
@@ -47,9 +62,9 @@ impl GatewayProcess {
             .args(extra)
             .env("FLASHGATE_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the flashgate binary starts");
+            .stderr(Stdio::null());
+        configure(&mut command);
+        let child = command.spawn().expect("the flashgate binary starts");
         GatewayProcess {
             child,
             public,

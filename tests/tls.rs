@@ -1,0 +1,341 @@
+//! The gateway's TLS paths end to end, against real parts: a throw-away CA
+//! and server certificates made with the `openssl` CLI, a private
+//! TLS-only redis-server with an ACL user and password (`rediss://`), an
+//! HTTPS mock order service (tokio-rustls) and the built `flashgate` binary,
+//! which trusts the test CA through `SSL_CERT_FILE` only.
+//!
+//! With the CA trusted, orders go through the TLS Redis to the HTTPS
+//! upstream, and the Redis password never appears in logs or `check-config`.
+//! With another CA trusted, a Redis whose certificate does not verify stops
+//! the gateway at start with a clear error, and an upstream whose
+//! certificate does not verify never receives an order.
+
+mod common;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::process::{admit, flashgate, outcome, GatewayProcess};
+use common::{free_port, get, until_terminal, Behaviour, MockUpstream, RedisServer};
+
+const USER: &str = "flash";
+const PASSWORD: &str = "s3cret-pass";
+
+/// A CA and one server certificate it signed, for `localhost` and
+/// `127.0.0.1`, as PEM files.
+struct Pki {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl must be installed (scripts/test installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Makes `NAME-ca.pem` and `NAME-server.{pem,key}` in `dir` (P-256 keys).
+fn pki(dir: &Path, name: &str) -> Pki {
+    let file = |f: &str| format!("{name}-{f}");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &file("ca.key"),
+            "-out",
+            &file("ca.pem"),
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN=flashgate test CA {name}"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &file("server.key"),
+            "-out",
+            &file("server.csr"),
+            "-subj",
+            "/CN=localhost",
+        ],
+    );
+    std::fs::write(
+        dir.join(file("ext.cnf")),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n\
+         basicConstraints=critical,CA:FALSE\n\
+         keyUsage=critical,digitalSignature\n\
+         extendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &file("server.csr"),
+            "-CA",
+            &file("ca.pem"),
+            "-CAkey",
+            &file("ca.key"),
+            "-CAcreateserial",
+            "-out",
+            &file("server.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            &file("ext.cnf"),
+        ],
+    );
+    Pki {
+        ca: dir.join(file("ca.pem")),
+        cert: dir.join(file("server.pem")),
+        key: dir.join(file("server.key")),
+    }
+}
+
+/// `flashgate serve` trusting only the CA in `ca` (`SSL_CERT_FILE`; no
+/// `SSL_CERT_DIR`), logging at info into `log`.
+fn serve(upstream: &str, redis: &str, ca: &Path, log: &Path, extra: &[&str]) -> GatewayProcess {
+    let out = File::create(log).unwrap();
+    let err = out.try_clone().unwrap();
+    GatewayProcess::start_configured(
+        free_port(),
+        free_port(),
+        upstream,
+        redis,
+        &format!("tls-{}", free_port()),
+        extra,
+        |c| {
+            c.env("SSL_CERT_FILE", ca)
+                .env_remove("SSL_CERT_DIR")
+                .env("FLASHGATE_LOG", "info")
+                .stdout(Stdio::from(out))
+                .stderr(Stdio::from(err));
+        },
+    )
+}
+
+fn read(log: &Path) -> String {
+    std::fs::read_to_string(log).unwrap()
+}
+
+fn assert_no_password(what: &str, text: &str) {
+    assert!(
+        !text.contains(PASSWORD),
+        "{what} shows the Redis password:\n{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn orders_go_through_a_tls_redis_to_an_https_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path(), "trusted");
+    let redis = RedisServer::start_tls(&pki.cert, &pki.key, &pki.ca, USER, PASSWORD);
+    let upstream = MockUpstream::start_tls(Behaviour::default(), &pki.cert, &pki.key).await;
+    assert!(upstream.url().starts_with("https://localhost:"));
+    let log = dir.path().join("gateway.log");
+    let mut gw = serve(&upstream.url(), &redis.url(), &pki.ca, &log, &[]);
+    gw.up().await;
+
+    let n = 5;
+    let (tickets, refused) = admit(&gw.base(), n, "tls").await;
+    assert!(refused.is_empty(), "refused: {refused:?}\n{}", read(&log));
+    assert_eq!(tickets.len(), n);
+    let out = outcome(&gw.base(), &tickets, &[&upstream]).await;
+    assert_eq!(out.completed, n, "{out:?}\n{}", read(&log));
+    assert_eq!((out.lost, out.redelivered), (0, 0), "{out:?}");
+    for t in &tickets {
+        let done = until_terminal(&gw.base(), t, Duration::from_secs(10)).await;
+        assert_eq!(done["response"]["status"], 201, "{done}");
+        assert_eq!(done["response"]["headers"]["x-order-service"], "mock");
+    }
+    let by_key = upstream.by_key();
+    assert_eq!(by_key.len(), n, "one key per order");
+    for t in &tickets {
+        let got = &by_key[t];
+        assert_eq!(got.len(), 1, "ticket {t} delivered {} times", got.len());
+        assert_eq!(got[0].path, "/checkout");
+    }
+    assert_eq!(upstream.tls_failures(), 0);
+
+    // The queue lives in the TLS Redis: the shared ticket secret, the
+    // admission counter and every ticket, read over TLS as the ACL user.
+    let mut c = redis.conn().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("flashgate:*")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(
+        keys.contains(&"flashgate:ticket-secret".to_string()),
+        "{keys:?}"
+    );
+    let admitted: Option<u64> = redis::cmd("HGET")
+        .arg("flashgate:{checkout}:counters")
+        .arg("admitted")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(admitted, Some(n as u64), "{keys:?}");
+    for t in &tickets {
+        let key = format!("flashgate:{{checkout}}:ticket:{t}");
+        assert!(keys.contains(&key), "{key} not in {keys:?}");
+    }
+
+    // The URL is shown, its password never.
+    let check = flashgate()
+        .args(["check-config", "--upstream", &upstream.url()])
+        .args(["--redis-url", &redis.url()])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&check.stdout).to_string()
+        + &String::from_utf8_lossy(&check.stderr);
+    assert!(check.status.success(), "{shown}");
+    assert!(
+        shown.contains(&format!(
+            "rediss://{USER}:<redacted>@127.0.0.1:{}",
+            redis.port
+        )),
+        "{shown}"
+    );
+    assert_no_password("check-config", &shown);
+    // A configuration error echoes the offending URL, redacted: here an
+    // https upstream with credentials and a query (refused).
+    let bad = flashgate()
+        .arg("check-config")
+        .arg("--upstream")
+        .arg(format!(
+            "https://{USER}:{PASSWORD}@localhost:{}/?x=1",
+            upstream.addr.port()
+        ))
+        .args(["--redis-url", &redis.url()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains(&format!("https://{USER}:<redacted>@localhost")),
+        "{said}"
+    );
+    assert_no_password("a config error", &said);
+
+    gw.signal("TERM");
+    assert_eq!(gw.wait_exit(Duration::from_secs(20)), Some(0));
+    let logged = read(&log);
+    assert!(
+        logged.contains(&format!(
+            "rediss://{USER}:<redacted>@127.0.0.1:{}",
+            redis.port
+        )),
+        "the backend line names the redacted URL:\n{logged}"
+    );
+    assert_no_password("the gateway's log", &logged);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_certificate_from_an_untrusted_ca_stops_the_gateway_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = pki(dir.path(), "server");
+    let other = pki(dir.path(), "other");
+    let redis = RedisServer::start_tls(&server.cert, &server.key, &server.ca, USER, PASSWORD);
+    let upstream = MockUpstream::start(Behaviour::default()).await;
+    let log = dir.path().join("gateway.log");
+    let mut gw = serve(&upstream.url(), &redis.url(), &other.ca, &log, &[]);
+    // It keeps trying to read the shared ticket secret for a bounded time,
+    // then gives up.
+    let code = gw.wait_exit(Duration::from_secs(30));
+    let logged = read(&log);
+    assert_eq!(code, Some(1), "{logged}");
+    assert!(
+        logged.contains("ticket secret") && logged.to_lowercase().contains("certificate"),
+        "the error says what failed:\n{logged}"
+    );
+    assert_no_password("the gateway's log", &logged);
+    assert!(upstream.received().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_certificate_from_an_untrusted_ca_never_gets_the_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let trusted = pki(dir.path(), "trusted");
+    let rogue = pki(dir.path(), "rogue");
+    let redis = RedisServer::start_tls(&trusted.cert, &trusted.key, &trusted.ca, USER, PASSWORD);
+    let upstream = MockUpstream::start_tls(Behaviour::default(), &rogue.cert, &rogue.key).await;
+    let log = dir.path().join("gateway.log");
+    let attempts = 2;
+    let gw = serve(
+        &upstream.url(),
+        &redis.url(),
+        &trusted.ca,
+        &log,
+        &["--max-attempts", &attempts.to_string()],
+    );
+    gw.up().await;
+
+    let n = 2;
+    let (tickets, refused) = admit(&gw.base(), n, "rogue").await;
+    assert!(refused.is_empty(), "refused: {refused:?}\n{}", read(&log));
+    for t in &tickets {
+        let done = until_terminal(&gw.base(), t, Duration::from_secs(30)).await;
+        assert_eq!(done["status"], "failed", "{done}");
+        let detail = done["error"]["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.contains("certificate"),
+            "the failure names the certificate: {done}"
+        );
+    }
+    assert!(
+        upstream.received().is_empty(),
+        "an unverified server got an order"
+    );
+    // Every attempt reached the server and was refused in the handshake.
+    assert!(
+        upstream.tls_failures() >= n * attempts,
+        "{} failed handshakes",
+        upstream.tls_failures()
+    );
+    let metrics = get(&format!("http://127.0.0.1:{}/metrics", gw.admin)).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    let errors: f64 = text
+        .lines()
+        .find(|l| {
+            l.starts_with("flashgate_upstream_responses_total")
+                && l.contains("code_class=\"error\"")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_default();
+    assert_eq!(errors, (n * attempts) as f64, "{text}");
+    assert_no_password("the gateway's log", &read(&log));
+}
