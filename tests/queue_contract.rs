@@ -54,9 +54,10 @@ async fn next1(q: &dyn QueueBackend) -> Option<Delivery> {
 }
 
 async fn contract(q: Arc<dyn QueueBackend>) {
-    // Empty: nothing to read after the block, zero stats.
-    assert!(next1(&*q).await.is_none());
+    // Empty: zero stats before anything touched the queue (no stream yet),
+    // nothing to read after the block.
     assert_eq!(q.stats().await.unwrap().depth, 0);
+    assert!(next1(&*q).await.is_none());
     q.ping().await.unwrap();
 
     // Admission assigns sequence numbers in order.

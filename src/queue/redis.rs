@@ -741,6 +741,9 @@ impl QueueBackend for RedisQueue {
     }
 
     async fn stats(&self) -> Result<QueueStats, QueueError> {
+        // XINFO fails on a stream not yet made: one with no entries is not
+        // a lost backend.
+        self.ensure_group().await?;
         let mut conn = self.conn.clone();
         let (counters, groups): ((Option<u64>, Option<u64>), Value) = redis::pipe()
             .cmd("HMGET")
