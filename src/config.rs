@@ -578,6 +578,12 @@ impl Config {
                     "must start with redis://, rediss:// or, for a cluster, redis+cluster://",
                 ));
             }
+            if crate::queue::Endpoint::parse(url).is_err() {
+                return Err(ConfigError::invalid(
+                    "redis_url",
+                    "is not a valid address (host, port, database)",
+                ));
+            }
         }
         let redis_prefix =
             pick(&g.redis_prefix, &f.redis_prefix).unwrap_or_else(|| "flashgate".into());

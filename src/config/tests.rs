@@ -118,6 +118,8 @@ fn bad_values_name_their_key() {
         ("listen = \"nowhere\"", "listen"),
         ("client_key = \"cookie\"", "client_key"),
         ("redis_url = \"http://x\"", "redis_url"),
+        ("redis_url = \"rediss://u:pw@h:notaport/\"", "redis_url"),
+        ("redis_url = \"redis+cluster://a:1,b:x\"", "redis_url"),
         ("route = [\"POST checkout\"]", "routes"),
         ("drain_rate = 0", "drain_rate"),
         ("adaptive = true\nadaptive_ceiling = 0", "adaptive_ceiling"),

@@ -34,6 +34,7 @@ impl Endpoint {
         } else if let Some(rest) = url.strip_prefix("rediss+cluster://") {
             ("rediss", rest)
         } else {
+            check(url)?;
             return Ok(Endpoint::Server(url.to_string()));
         };
         let (userinfo, hosts) = match rest.rsplit_once('@') {
@@ -57,6 +58,9 @@ impl Endpoint {
                 "bad redis url: a cluster url names at least one node".into(),
             ));
         }
+        for node in &nodes {
+            check(node)?;
+        }
         Ok(Endpoint::Cluster(nodes))
     }
 
@@ -68,6 +72,15 @@ impl Endpoint {
             Endpoint::Cluster(nodes) => nodes.clone(),
         }
     }
+}
+
+/// Refuses a URL the redis client cannot read (a port that is not a
+/// number, an unknown scheme). The message never repeats the URL, which may
+/// hold a password.
+fn check(url: &str) -> Result<(), QueueError> {
+    redis::IntoConnectionInfo::into_connection_info(url)
+        .map(drop)
+        .map_err(|_| QueueError::Unavailable("bad redis url: not a valid address".into()))
 }
 
 /// A multiplexed, reconnecting connection to a server or a cluster.
@@ -190,5 +203,16 @@ mod tests {
         );
         assert!(Endpoint::parse("redis+cluster://").is_err());
         assert!(Endpoint::parse("redis+cluster://a:7000/3").is_err());
+        for bad in [
+            "rediss://app:s3cret@127.0.0.1:notaport/",
+            "redis+cluster://a:7000,b:port",
+            "redis://[::1/",
+        ] {
+            let e = Endpoint::parse(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("bad redis url") && !e.contains("s3cret"),
+                "{bad}: {e}"
+            );
+        }
     }
 }
