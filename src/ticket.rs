@@ -1,5 +1,7 @@
 //! Tickets: their ids, their states and how they are shown to clients.
 
+use std::sync::Arc;
+
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use bytes::Bytes;
@@ -27,8 +29,11 @@ pub const MIN_SECRET_LEN: usize = 32;
 /// and a MAC over both, base64url-encoded. The tag lets any instance find the
 /// queue of a ticket without a lookup; the MAC lets it refuse a forged id
 /// before any lookup.
+///
+/// Shared, not owned: an id is cloned into the queue, the caches and the
+/// change feed, and a clone is a reference count, not an allocation.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct TicketId(String);
+pub struct TicketId(Arc<str>);
 
 /// The server secret that every ticket MAC key derives from; the same on
 /// every instance that shares a queue.
@@ -180,7 +185,7 @@ fn os_random(buf: &mut [u8]) {
 impl TicketId {
     /// A fresh id for a ticket of the queue with this tag.
     pub fn generate(tag: QueueTag) -> Self {
-        TicketId(URL_SAFE_NO_PAD.encode(tag.seal(&random_bytes())))
+        TicketId(URL_SAFE_NO_PAD.encode(tag.seal(&random_bytes())).into())
     }
 
     /// Decodes a client-supplied or stored id; anything but a canonical
@@ -192,7 +197,7 @@ impl TicketId {
         }
         let mut raw = [0u8; RAW_BYTES];
         let n = URL_SAFE_NO_PAD.decode_slice(s, &mut raw).ok()?;
-        (n == RAW_BYTES).then(|| (TicketId(s.to_string()), TicketClaim { raw }))
+        (n == RAW_BYTES).then(|| (TicketId(s.into()), TicketClaim { raw }))
     }
 
     /// A fresh id whose [`Self::partition`] among `partitions` is
