@@ -484,6 +484,95 @@ async fn embedded_queue_meets_the_contract() {
     contract(Arc::new(MemoryQueue::new(Duration::from_secs(3600)))).await;
 }
 
+/// Admissions that arrive together (the Redis backend sends them to Redis in
+/// one script call) are decided one after the other, as if sent apart: the
+/// capacity is exact, one Idempotency-Key makes at most one ticket, and the
+/// entries come out in sequence order, each with its own request.
+async fn burst_contract(q: Arc<dyn QueueBackend>) {
+    const CAP: u64 = 12;
+    let requests: Vec<QueuedRequest> = (0..30).map(request).collect();
+    let claims: Vec<Option<IdempotencyClaim>> = (0..30)
+        .map(|i| match i {
+            20..25 => Some(claim("same-key", "body-1")),
+            25..30 => Some(claim("same-key", "body-2")),
+            _ => None,
+        })
+        .collect();
+    let answers = futures_util::future::join_all(
+        requests
+            .iter()
+            .zip(&claims)
+            .map(|(r, c)| q.admit(r, c.as_ref(), cap(CAP))),
+    )
+    .await;
+    let answers: Vec<Admit> = answers.into_iter().map(Result::unwrap).collect();
+
+    let admitted: Vec<(usize, u64)> = answers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| match a {
+            Admit::Admitted { seq, .. } => Some((i, *seq)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(admitted.len() as u64, CAP, "{answers:?}");
+    let mut seqs: Vec<u64> = admitted.iter().map(|&(_, s)| s).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=CAP).collect::<Vec<_>>());
+
+    // The key's first request decides: later ones with the same body replay
+    // its ticket, with another body they are refused. Only if the queue was
+    // full when the first came is the key never admitted.
+    let winner = admitted.iter().map(|&(i, _)| i).find(|&i| i >= 20);
+    let same_body = |a: usize, b: usize| (a >= 25) == (b >= 25);
+    for (i, answer) in answers.iter().enumerate() {
+        match answer {
+            Admit::Admitted { .. } => {}
+            Admit::QueueFull { depth } => {
+                assert_eq!(*depth, CAP);
+                if i >= 20 {
+                    assert_eq!(winner, None, "request {i}: full after its key was admitted");
+                }
+            }
+            Admit::Replayed { ticket, .. } => {
+                let w = winner.expect("a replay without an admitted ticket");
+                assert!(i >= 20 && same_body(i, w), "request {i}: {answer:?}");
+                assert_eq!(ticket, &requests[w].ticket);
+            }
+            Admit::KeyReused => {
+                let w = winner.expect("a reused key without an admitted ticket");
+                assert!(i >= 20 && !same_body(i, w), "request {i}: {answer:?}");
+            }
+            other => panic!("request {i}: {other:?}"),
+        }
+    }
+
+    let out = q.next(BLOCK, 64).await.unwrap();
+    assert_eq!(out.len() as u64, CAP);
+    let mut last = 0;
+    for delivery in out {
+        let got = delivery.request.unwrap();
+        let &(i, seq) = admitted
+            .iter()
+            .find(|&&(i, _)| requests[i].ticket == got.ticket)
+            .expect("a delivered entry that was admitted");
+        assert_eq!(got, requests[i]);
+        assert!(seq > last, "entries out of sequence order");
+        last = seq;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_queue_burst_contract() {
+    burst_contract(Arc::new(MemoryQueue::new(Duration::from_secs(3600)))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_queue_burst_contract() {
+    let redis = RedisServer::start();
+    burst_contract(Arc::new(redis_queue(&redis, "b1"))).await;
+}
+
 fn redis_queue(redis: &RedisServer, consumer: &str) -> RedisQueue {
     RedisQueue::connect(
         &RedisQueueConfig {

@@ -2,13 +2,14 @@
 //! `flashgate`, a hash per ticket and a counters hash, all under one hash tag
 //! so a queue's keys share a cluster slot (SPEC §7).
 
+mod admit;
 mod conn;
 mod reply;
 mod scripts;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,14 +17,14 @@ use redis::{Cmd, ErrorKind, FromRedisValue, RedisError, Script, ServerErrorKind,
 
 use super::{
     Admit, AdmitLimits, AttemptStart, Cancel, Change, Delivery, IdempotencyClaim, OnChange,
-    Prequeue, QueueBackend, QueueError, QueueStats, QueuedRequest,
+    QueueBackend, QueueError, QueueStats, QueuedRequest,
 };
 use crate::knobs::{Knobs, KnobsPatch, RateStep};
 use crate::pacer::CATCH_UP;
 use crate::ticket::{now_ms, StoredResponse, TicketError, TicketId, TicketRecord, TicketStatus};
 use conn::Conn;
 pub use conn::Endpoint;
-use reply::{as_string, as_u64, first_id_ms, group_info, parse_ticket};
+use reply::{first_id_ms, group_info, parse_ticket};
 use scripts::{ADAPT_LUA, ADMIT_LUA, CANCEL_LUA, RELEASE_LUA, RESERVE_LUA, START_ATTEMPT_LUA};
 use tracing::{error, info, warn};
 
@@ -61,6 +62,9 @@ pub struct RedisQueue {
     /// For the change feed's own pub/sub connection.
     endpoint: Endpoint,
     admit_script: Script,
+    /// Admissions on their way to [`admit::Batcher`], started on first use
+    /// (inside the runtime).
+    admissions: OnceLock<tokio::sync::mpsc::UnboundedSender<admit::Item>>,
     start_script: Script,
     release_script: Script,
     cancel_script: Script,
@@ -151,6 +155,7 @@ impl RedisQueue {
             reader,
             endpoint,
             admit_script: Script::new(ADMIT_LUA),
+            admissions: OnceLock::new(),
             start_script: Script::new(START_ATTEMPT_LUA),
             release_script: Script::new(RELEASE_LUA),
             cancel_script: Script::new(CANCEL_LUA),
@@ -328,80 +333,38 @@ impl QueueBackend for RedisQueue {
         claim: Option<&IdempotencyClaim>,
         limits: AdmitLimits,
     ) -> Result<Admit, QueueError> {
-        let ticket_key = self.keys.ticket(&request.ticket);
+        let batches = self.admissions.get_or_init(|| {
+            admit::spawn(admit::Batcher {
+                conn: self.conn.clone(),
+                script: self.admit_script.clone(),
+                keys: [
+                    self.keys.stream.clone(),
+                    self.keys.counters.clone(),
+                    self.keys.knobs.clone(),
+                    self.keys.prequeue.clone(),
+                ],
+                ttl_secs: self.ttl_secs,
+                partitions: self.partitions,
+                partition: self.partition,
+            })
+        });
         let idem_key = match claim {
             Some(c) => format!("{}{}", self.keys.idempotency_prefix, c.key),
             None => format!("{}-", self.keys.idempotency_prefix),
         };
-        let admitted_at = request.admitted_at_ms.to_string();
-        let data = request.headers.len() + request.body.len() + request.path.len() + 512;
-        let mut cmd = Cmd::with_capacity(28, data);
-        cmd.arg("EVALSHA")
-            .arg(self.admit_script.get_hash())
-            .arg(6)
-            .arg(&self.keys.stream)
-            .arg(&self.keys.counters)
-            .arg(&ticket_key)
-            .arg(&idem_key)
-            .arg(&self.keys.knobs)
-            .arg(&self.keys.prequeue)
-            .arg(request.ticket.as_str())
-            .arg(self.ttl_secs)
-            .arg(limits.max_queue)
-            .arg(&admitted_at)
-            .arg(if claim.is_some() { "1" } else { "0" })
-            .arg(claim.map_or("", |c| c.fingerprint.as_str()))
-            .arg(limits.stock.map(|s| s.to_string()).unwrap_or_default())
-            .arg(match limits.prequeue {
-                // A random place in line: arrival time inside the window
-                // gives no advantage.
-                Prequeue::Now => {
-                    format!(
-                        "{:.12}",
-                        getrandom::u64().unwrap_or(0) as f64 / u64::MAX as f64
-                    )
-                }
-                Prequeue::Configured => "-".into(),
-                Prequeue::None => String::new(),
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let stopped = || QueueError::Unavailable("the admission batcher has stopped".into());
+        batches
+            .send(admit::Item {
+                ticket_key: self.keys.ticket(&request.ticket),
+                idem_key,
+                request: request.clone(),
+                claim: claim.cloned(),
+                limits,
+                answer,
             })
-            .arg(self.partitions)
-            .arg(self.partition);
-        // Values only: the script writes the field names itself.
-        for (name, value) in Self::entry_fields(request) {
-            let value = if name == "a" {
-                admitted_at.as_bytes()
-            } else {
-                value
-            };
-            cmd.arg(value);
-        }
-        let mut conn = self.conn.clone();
-        let reply: Vec<Value> = evalsha(&mut conn, &self.admit_script, &cmd)
-            .await
-            .map_err(unavailable)?;
-        let word = reply.first().map(as_string).unwrap_or_default();
-        let int = |i: usize| reply.get(i).and_then(as_u64).unwrap_or(0);
-        match word.as_str() {
-            "ok" => Ok(Admit::Admitted {
-                seq: int(1),
-                dispatched: int(2),
-            }),
-            "replayed" => {
-                let id = reply.get(1).map(as_string).unwrap_or_default();
-                let ticket = TicketId::parse(&id)
-                    .ok_or_else(|| QueueError::Protocol(format!("stored ticket id `{id}`")))?
-                    .0;
-                Ok(Admit::Replayed {
-                    ticket,
-                    seq: int(2),
-                    dispatched: int(3),
-                })
-            }
-            "reused" => Ok(Admit::KeyReused),
-            "full" => Ok(Admit::QueueFull { depth: int(1) }),
-            "sold_out" => Ok(Admit::SoldOut),
-            other => Err(QueueError::Protocol(format!("admit script said `{other}`"))),
-        }
+            .map_err(|_| stopped())?;
+        answered.await.map_err(|_| stopped())?
     }
 
     async fn ticket(&self, id: &TicketId) -> Result<Option<(TicketRecord, u64)>, QueueError> {

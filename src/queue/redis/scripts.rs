@@ -1,88 +1,114 @@
 //! The Lua scripts that make each multi-key step one atomic round trip.
 //! Every key a script touches shares the queue's hash tag.
 
-/// Admission in one round trip: idempotency, sold-out flag, stock, capacity,
-/// sequence number, stream entry and ticket hash, atomically — so a burst
-/// never oversells the stock nor overfills the queue, not even by one.
-/// Idempotency comes first: a client retrying an admitted request gets its
-/// ticket even if the stock has run out since.
+/// Admission of a batch of requests in one round trip: for each, in order,
+/// idempotency, sold-out flag, stock, capacity, sequence number, stream
+/// entry and ticket hash, atomically — so a burst never oversells the stock
+/// nor overfills the queue, not even by one. Idempotency comes first: a
+/// client retrying an admitted request gets its ticket even if the stock has
+/// run out since. A later request of the batch sees what an earlier one
+/// wrote (the same Idempotency-Key twice in one batch is a replay).
 ///
 /// During a pre-queue window (and while pre-queued entries are being
 /// released) the entry waits in the ticket hash and a sorted set instead of
 /// the stream; see `RELEASE_LUA`.
 ///
-/// KEYS: stream, counters, ticket, idempotency, knobs, prequeue.
-/// ARGV: ticket id, ttl seconds, max_queue, admitted-at ms, has-claim (0/1),
-///       fingerprint, configured stock ('' = unlimited), pre-queue score in
-///       the window ('-' = a pre-queue is configured but the window is over,
-///       '' = none is), partitions, this partition's index, then the entry's
-///       values in the order of `RedisQueue::entry_fields`
-///       (the names are literals here and in `RELEASE_LUA`). A partition holds its share of
-///       the stock and of the capacity (the first `total % partitions`
-///       partitions one more).
+/// KEYS: stream, counters, knobs, prequeue, then for each request its
+///       ticket and idempotency keys.
+/// ARGV: ttl seconds, partitions, this partition's index, then for each
+///       request `ADMIT_ARGS` values: ticket id, admitted-at ms, has-claim
+///       (0/1), fingerprint, configured stock ('' = unlimited), max_queue,
+///       pre-queue score in the window ('-' = a pre-queue is configured but
+///       the window is over, '' = none is), then the entry's values m, p, h,
+///       b, c, f, x (the names are literals here and in `RELEASE_LUA`). A
+///       partition holds its share of the stock and of the capacity (the
+///       first `total % partitions` partitions one more).
+/// Returns four values per request: {'ok', seq, dispatched, 0},
+/// {'replayed', ticket, seq, dispatched}, {'full', depth, 0, 0},
+/// {'sold_out', 0, 0, 0} or {'reused', 0, 0, 0}.
 ///
-/// Cost, as measured under a burst: each argument becomes a Lua string and
-/// each Lua number written back becomes a string through `printf`, so the
-/// field names are literals here rather than arguments, and the sequence
-/// number is turned into a string once for its four writes.
+/// Cost, as measured under a burst: the counters and knobs are read once and
+/// the counters written once per batch, not per request; each argument
+/// becomes a Lua string, so the field names are literals.
 pub const ADMIT_LUA: &str = r#"
 local counters = redis.call('HMGET', KEYS[2], 'dispatched', 'admitted', 'seq')
 local dispatched = tonumber(counters[1] or '0')
-if ARGV[5] == '1' then
-  local prev = redis.call('HMGET', KEYS[4], 't', 'f', 's')
-  if prev[1] then
-    if prev[2] ~= ARGV[6] then return {'reused'} end
-    return {'replayed', prev[1], tonumber(prev[3]), dispatched}
-  end
-end
-local knobs = redis.call('HMGET', KEYS[5], 'sold_out', 'stock')
-if knobs[1] == '1' then return {'sold_out'} end
-local parts, index = tonumber(ARGV[9]), tonumber(ARGV[10])
 local admitted = tonumber(counters[2] or '0')
-local stock = knobs[2] or ARGV[7]
-if stock ~= '' then
-  local total = tonumber(stock)
-  local share = math.floor(total / parts)
-  if index < total % parts then share = share + 1 end
-  if admitted >= share then return {'sold_out'} end
+local seq = tonumber(counters[3] or '0')
+local knobs = redis.call('HMGET', KEYS[3], 'sold_out', 'stock')
+local ttl, parts, index = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local function share(total)
+  local s = math.floor(total / parts)
+  if index < total % parts then s = s + 1 end
+  return s
 end
-local depth = admitted - dispatched
-local total = tonumber(ARGV[3])
-local share = math.floor(total / parts)
-if index < total % parts then share = share + 1 end
-if depth >= share then return {'full', depth} end
-local n = admitted + 1
-local seq = '0'
-local pre = ARGV[8] ~= '' and ARGV[8] ~= '-'
-if pre or (ARGV[8] == '-' and redis.call('ZCARD', KEYS[6]) > 0) then
-  -- Pre-queued: random score in the window; during the release, after
-  -- every pre-queued entry, in arrival order.
-  local score = ARGV[8]
-  if not pre then score = 2 + n end
-  local names = {'t', 'm', 'p', 'h', 'b', 'c', 'f', 'x', 'a'}
-  local fields = {}
-  for i, name in ipairs(names) do
-    fields[#fields + 1] = 'e:' .. name
-    fields[#fields + 1] = ARGV[10 + i]
+local names = {'m', 'p', 'h', 'b', 'c', 'f', 'x'}
+-- Whether pre-queued entries wait: read when first needed.
+local prequeued = nil
+local out = {}
+local wrote = false
+for i = 0, (#ARGV - 3) / 14 - 1 do
+  local a = 3 + 14 * i
+  local tkey, ikey = KEYS[5 + 2 * i], KEYS[6 + 2 * i]
+  local id, adm, claimed, fp = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3] == '1', ARGV[a + 4]
+  local word, x, y, z = 'ok', 0, 0, 0
+  local prev = claimed and redis.call('HMGET', ikey, 't', 'f', 's')
+  local stock = knobs[2] or ARGV[a + 5]
+  local depth = admitted - dispatched
+  if prev and prev[1] then
+    if prev[2] ~= fp then word = 'reused'
+    else word, x, y, z = 'replayed', prev[1], tonumber(prev[3]), dispatched end
+  elseif knobs[1] == '1' or (stock ~= '' and admitted >= share(tonumber(stock))) then
+    word = 'sold_out'
+  elseif depth >= share(tonumber(ARGV[a + 6])) then
+    word, x = 'full', depth
+  else
+    admitted = admitted + 1
+    wrote = true
+    local s = '0'
+    local score = ARGV[a + 7]
+    local pre = score ~= '' and score ~= '-'
+    if score == '-' and prequeued == nil then
+      prequeued = redis.call('ZCARD', KEYS[4]) > 0
+    end
+    if pre or (score == '-' and prequeued) then
+      -- Pre-queued: random score in the window; during the release, after
+      -- every pre-queued entry, in arrival order.
+      if not pre then score = 2 + admitted end
+      local fields = {'e:t', id, 'e:a', adm}
+      for j, name in ipairs(names) do
+        fields[#fields + 1] = 'e:' .. name
+        fields[#fields + 1] = ARGV[a + 7 + j]
+      end
+      redis.call('HSET', tkey, unpack(fields))
+      redis.call('ZADD', KEYS[4], score, id)
+      prequeued = true
+    else
+      seq = seq + 1
+      s = tostring(seq)
+      redis.call('XADD', KEYS[1], '*', 's', s, 'w', depth, 't', id,
+        'm', ARGV[a + 8], 'p', ARGV[a + 9], 'h', ARGV[a + 10], 'b', ARGV[a + 11],
+        'c', ARGV[a + 12], 'f', ARGV[a + 13], 'x', ARGV[a + 14], 'a', adm)
+    end
+    redis.call('HSET', tkey, 'st', 'queued', 'seq', s, 'att', '0', 'adm', adm)
+    redis.call('EXPIRE', tkey, ttl)
+    if claimed then
+      redis.call('HSET', ikey, 't', id, 'f', fp, 's', s)
+      redis.call('EXPIRE', ikey, ttl)
+    end
+    x, y = tonumber(s), dispatched
   end
-  redis.call('HSET', KEYS[3], unpack(fields))
-  redis.call('ZADD', KEYS[6], score, ARGV[1])
-  redis.call('HSET', KEYS[2], 'admitted', n)
-else
-  seq = tostring(tonumber(counters[3] or '0') + 1)
-  redis.call('HSET', KEYS[2], 'admitted', n, 'seq', seq)
-  redis.call('XADD', KEYS[1], '*', 's', seq, 'w', depth,
-    't', ARGV[11], 'm', ARGV[12], 'p', ARGV[13], 'h', ARGV[14], 'b', ARGV[15],
-    'c', ARGV[16], 'f', ARGV[17], 'x', ARGV[18], 'a', ARGV[19])
+  out[#out + 1] = word
+  out[#out + 1] = x
+  out[#out + 1] = y
+  out[#out + 1] = z
 end
-redis.call('HSET', KEYS[3], 'st', 'queued', 'seq', seq, 'att', '0', 'adm', ARGV[4])
-redis.call('EXPIRE', KEYS[3], ARGV[2])
-if ARGV[5] == '1' then
-  redis.call('HSET', KEYS[4], 't', ARGV[1], 'f', ARGV[6], 's', seq)
-  redis.call('EXPIRE', KEYS[4], ARGV[2])
-end
-return {'ok', tonumber(seq), dispatched}
+if wrote then redis.call('HSET', KEYS[2], 'admitted', admitted, 'seq', seq) end
+return out
 "#;
+
+/// Values `ADMIT_LUA` takes for each request of a batch.
+pub const ADMIT_ARGS: usize = 14;
 
 /// Moves up to ARGV[1] pre-queued entries, lowest (random) score first, into
 /// the stream, giving each its sequence number now. Returns {moved, left}.

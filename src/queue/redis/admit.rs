@@ -1,0 +1,200 @@
+//! Admission in batches: the admissions to one queue that arrive together
+//! go to Redis together, in one `ADMIT_LUA` call.
+//!
+//! Under a burst most of an admission's cost is per call, not per request:
+//! the script call, reading and writing the queue's counters, the command's
+//! trip through the multiplexed connection and its reply. A batcher task
+//! takes whatever admissions wait when one of `IN_FLIGHT` call slots is free:
+//! one at a time while the queue is quiet (no added latency), up to
+//! `MAX_BATCH` under a burst. Each request keeps its own answer: the script
+//! checks them one after the other, exactly as separate calls would.
+
+use std::sync::Arc;
+
+use redis::{Cmd, Script, Value};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::conn::Conn;
+use super::reply::{as_string, as_u64};
+use super::scripts::ADMIT_ARGS;
+use super::{evalsha, unavailable};
+use crate::queue::{Admit, AdmitLimits, IdempotencyClaim, Prequeue, QueueError, QueuedRequest};
+use crate::ticket::TicketId;
+
+/// Requests in one script call at most: a batch holds Redis for well under
+/// a millisecond, so commands from other instances never wait long.
+const MAX_BATCH: usize = 32;
+/// Calls outstanding at once: enough to keep a remote Redis busy while
+/// replies travel, few enough that a burst forms batches.
+const IN_FLIGHT: usize = 4;
+
+/// What every call of one queue (partition) shares.
+pub(super) struct Batcher {
+    pub conn: Conn,
+    pub script: Script,
+    /// KEYS[1..4] of `ADMIT_LUA`: stream, counters, knobs, prequeue.
+    pub keys: [String; 4],
+    pub ttl_secs: u64,
+    pub partitions: u32,
+    pub partition: u32,
+}
+
+/// One admission waiting for its batch.
+pub(super) struct Item {
+    pub ticket_key: String,
+    pub idem_key: String,
+    pub request: QueuedRequest,
+    pub claim: Option<IdempotencyClaim>,
+    pub limits: AdmitLimits,
+    pub answer: oneshot::Sender<Result<Admit, QueueError>>,
+}
+
+/// Starts the batcher task; it ends when the sender is dropped. The channel
+/// needs no bound of its own: each item is a request whose client waits for
+/// the answer, and `--max-connections` bounds those.
+pub(super) fn spawn(batcher: Batcher) -> mpsc::UnboundedSender<Item> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(run(rx, Arc::new(batcher)));
+    tx
+}
+
+async fn run(mut rx: mpsc::UnboundedReceiver<Item>, batcher: Arc<Batcher>) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    loop {
+        // The slot first: while all are taken, arrivals gather into the
+        // next batch.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = rx.recv().await else {
+            return;
+        };
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        let batcher = batcher.clone();
+        tokio::spawn(async move {
+            batcher.call(batch).await;
+            drop(slot);
+        });
+    }
+}
+
+impl Batcher {
+    /// One `ADMIT_LUA` call for `batch`; every item gets its answer, or the
+    /// call's error (a timed-out call may still have been applied: clients
+    /// retry with their Idempotency-Key).
+    async fn call(&self, batch: Vec<Item>) {
+        let data: usize = batch
+            .iter()
+            .map(|i| {
+                let r = &i.request;
+                r.headers.len() + r.body.len() + r.path.len() + i.ticket_key.len() * 2 + 400
+            })
+            .sum();
+        let mut cmd = Cmd::with_capacity(7 + batch.len() * (2 + ADMIT_ARGS), data + 256);
+        cmd.arg("EVALSHA")
+            .arg(self.script.get_hash())
+            .arg(self.keys.len() + 2 * batch.len())
+            .arg(&self.keys[..]);
+        for item in &batch {
+            cmd.arg(&item.ticket_key).arg(&item.idem_key);
+        }
+        cmd.arg(self.ttl_secs)
+            .arg(self.partitions)
+            .arg(self.partition);
+        for item in &batch {
+            item.push_args(&mut cmd);
+        }
+        let mut conn = self.conn.clone();
+        match evalsha::<Vec<Value>>(&mut conn, &self.script, &cmd).await {
+            Ok(reply) => {
+                for (i, item) in batch.into_iter().enumerate() {
+                    let answer = reply
+                        .get(4 * i..4 * i + 4)
+                        .ok_or_else(|| {
+                            QueueError::Protocol(format!(
+                                "admit script answered {} values for {} requests",
+                                reply.len(),
+                                i + 1
+                            ))
+                        })
+                        .and_then(outcome);
+                    // A client that went away does not take its answer.
+                    let _ = item.answer.send(answer);
+                }
+            }
+            Err(e) => {
+                let e = unavailable(e).to_string();
+                for item in batch {
+                    let _ = item.answer.send(Err(QueueError::Unavailable(e.clone())));
+                }
+            }
+        }
+    }
+}
+
+impl Item {
+    /// This request's `ADMIT_ARGS` values, in `ADMIT_LUA`'s order.
+    fn push_args(&self, cmd: &mut Cmd) {
+        let r = &self.request;
+        cmd.arg(r.ticket.as_str())
+            .arg(r.admitted_at_ms)
+            .arg(if self.claim.is_some() { "1" } else { "0" })
+            .arg(self.claim.as_ref().map_or("", |c| c.fingerprint.as_str()));
+        match self.limits.stock {
+            Some(stock) => cmd.arg(stock),
+            None => cmd.arg(""),
+        };
+        cmd.arg(self.limits.max_queue);
+        match self.limits.prequeue {
+            // A random place in line: arrival time inside the window gives
+            // no advantage.
+            Prequeue::Now => cmd.arg(format!(
+                "{:.12}",
+                getrandom::u64().unwrap_or(0) as f64 / u64::MAX as f64
+            )),
+            Prequeue::Configured => cmd.arg("-"),
+            Prequeue::None => cmd.arg(""),
+        };
+        cmd.arg(&r.method)
+            .arg(&r.path)
+            .arg(&r.headers[..])
+            .arg(&r.body[..])
+            .arg(&r.client)
+            .arg(&r.forwarded_for)
+            .arg(&r.forwarded_proto);
+    }
+}
+
+/// One request's four values of the script's answer.
+fn outcome(v: &[Value]) -> Result<Admit, QueueError> {
+    let word = v.first().map(as_string).unwrap_or_default();
+    let int = |i: usize| v.get(i).and_then(as_u64).unwrap_or(0);
+    match word.as_str() {
+        "ok" => Ok(Admit::Admitted {
+            seq: int(1),
+            dispatched: int(2),
+        }),
+        "replayed" => {
+            let id = v.get(1).map(as_string).unwrap_or_default();
+            let ticket = TicketId::parse(&id)
+                .ok_or_else(|| QueueError::Protocol(format!("stored ticket id `{id}`")))?
+                .0;
+            Ok(Admit::Replayed {
+                ticket,
+                seq: int(2),
+                dispatched: int(3),
+            })
+        }
+        "reused" => Ok(Admit::KeyReused),
+        "full" => Ok(Admit::QueueFull { depth: int(1) }),
+        "sold_out" => Ok(Admit::SoldOut),
+        other => Err(QueueError::Protocol(format!("admit script said `{other}`"))),
+    }
+}
