@@ -27,16 +27,47 @@ const CACHE_FOR: Duration = Duration::from_secs(10);
 /// Most tickets remembered; beyond it, aged entries are swept and new ones
 /// wait for room.
 const CACHE_MAX: usize = 100_000;
+/// Least time between two sweeps of a full cache. A sweep visits every
+/// entry: run on each read of a full cache of fresh entries, it held the
+/// lock for milliseconds per poll and starved the drain (10 s stalls of one
+/// busy core in a 1 M ticket burst, until the entries aged out).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Waiters by ticket id, and queued tickets' records.
 #[derive(Default)]
 pub struct TicketFeed {
     waiters: Mutex<HashMap<String, watch::Sender<u64>>>,
-    cache: Mutex<HashMap<String, Cached>>,
+    cache: Mutex<Cache>,
     /// The backend feed is connected: a change is reported in time.
     live: AtomicBool,
     /// Hands out the tokens of reads in progress.
     reads: AtomicU64,
+}
+
+/// Queued tickets' records, and when the cache was last swept.
+#[derive(Default)]
+struct Cache {
+    map: HashMap<String, Cached>,
+    swept: Option<Instant>,
+    /// Sweeps so far (tests).
+    sweeps: u64,
+}
+
+impl Cache {
+    /// Whether there is room for one more entry, sweeping aged ones out at
+    /// most once per [`SWEEP_EVERY`].
+    fn has_room(&mut self) -> bool {
+        if self.map.len() < CACHE_MAX {
+            return true;
+        }
+        if self.swept.is_some_and(|t| t.elapsed() < SWEEP_EVERY) {
+            return false;
+        }
+        self.swept = Some(Instant::now());
+        self.sweeps += 1;
+        self.map.retain(|_, c| c.since().elapsed() < CACHE_FOR);
+        self.map.len() < CACHE_MAX
+    }
 }
 
 /// A cache entry: a read in progress (its token), or its result.
@@ -85,7 +116,7 @@ impl TicketFeed {
         }
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cached>> {
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
         // Entries are independent: a panic cannot leave one half-written.
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -94,9 +125,9 @@ impl TicketFeed {
     pub fn apply(&self, change: Change<'_>) {
         // The cache first: a woken waiter must not re-read a stale entry.
         match change {
-            Change::Ticket(id) => _ = self.cache().remove(id),
+            Change::Ticket(id) => _ = self.cache().map.remove(id),
             Change::Resync => {
-                self.cache().clear();
+                self.cache().map.clear();
                 self.live.store(true, Ordering::SeqCst);
             }
         }
@@ -119,7 +150,7 @@ impl TicketFeed {
     /// back (its [`Change::Resync`]).
     pub fn lost(&self) {
         self.live.store(false, Ordering::SeqCst);
-        self.cache().clear();
+        self.cache().map.clear();
     }
 
     /// A queued ticket's record as last read, unless it changed since.
@@ -127,7 +158,7 @@ impl TicketFeed {
         if !self.live.load(Ordering::SeqCst) {
             return None;
         }
-        match self.cache().get(ticket)? {
+        match self.cache().map.get(ticket)? {
             Cached::Record(r, at) if at.elapsed() < CACHE_FOR => Some(r.clone()),
             _ => None,
         }
@@ -141,18 +172,17 @@ impl TicketFeed {
             return None;
         }
         let mut cache = self.cache();
-        if cache.len() >= CACHE_MAX {
-            cache.retain(|_, c| c.since().elapsed() < CACHE_FOR);
-            if cache.len() >= CACHE_MAX {
-                return None;
-            }
+        if !cache.has_room() {
+            return None;
         }
         let fresh = |c: &Cached| c.since().elapsed() < CACHE_FOR;
-        if cache.get(ticket).is_some_and(fresh) {
+        if cache.map.get(ticket).is_some_and(fresh) {
             return None;
         }
         let token = self.reads.fetch_add(1, Ordering::Relaxed);
-        cache.insert(ticket.to_string(), Cached::Reading(token, Instant::now()));
+        cache
+            .map
+            .insert(ticket.to_string(), Cached::Reading(token, Instant::now()));
         Some(ReadToken(token))
     }
 
@@ -161,7 +191,7 @@ impl TicketFeed {
     /// report removed the marker), else nothing is.
     pub fn read_done(&self, ticket: &str, token: ReadToken, record: Option<&TicketRecord>) {
         let mut cache = self.cache();
-        let ours = matches!(cache.get(ticket), Some(Cached::Reading(t, _)) if *t == token.0);
+        let ours = matches!(cache.map.get(ticket), Some(Cached::Reading(t, _)) if *t == token.0);
         if !ours {
             return;
         }
@@ -169,24 +199,24 @@ impl TicketFeed {
         // sale opens without a reported change: it is not kept.
         match record.filter(|r| r.status == TicketStatus::Queued && r.seq > 0) {
             Some(r) => {
-                cache.insert(
+                cache.map.insert(
                     ticket.to_string(),
                     Cached::Record(r.clone(), Instant::now()),
                 );
             }
-            None => _ = cache.remove(ticket),
+            None => _ = cache.map.remove(ticket),
         }
     }
 
     /// Drops what is cached of `ticket`: this instance just changed it, and
     /// its own clients must read their writes before the feed reports it.
     pub fn forget(&self, ticket: &str) {
-        self.cache().remove(ticket);
+        self.cache().map.remove(ticket);
     }
 
     /// Tickets cached or being read.
     pub fn cached_len(&self) -> usize {
-        self.cache().len()
+        self.cache().map.len()
     }
 
     /// Clients waiting now, over all tickets.
@@ -315,6 +345,27 @@ mod tests {
         feed.read_done("a", t, Some(&prequeued));
         assert_eq!(feed.cached("a"), None);
         assert_eq!(feed.cached_len(), 0);
+    }
+
+    #[test]
+    fn a_full_cache_of_fresh_entries_is_swept_at_most_once_a_second() {
+        let feed = TicketFeed::default();
+        feed.apply(Change::Resync);
+        for i in 0..CACHE_MAX {
+            let id = i.to_string();
+            let token = feed.reading(&id).unwrap();
+            feed.read_done(&id, token, Some(&queued()));
+        }
+        // Full of fresh entries: nothing to sweep out, no room, and only
+        // the first refusal pays for a sweep.
+        for i in 0..1000 {
+            assert_eq!(feed.reading(&format!("new-{i}")), None);
+        }
+        assert_eq!(feed.cache().sweeps, 1);
+        assert_eq!(feed.cached_len(), CACHE_MAX);
+        // A reported change makes room at once.
+        feed.apply(Change::Ticket("7"));
+        assert!(feed.reading("new-0").is_some());
     }
 
     #[test]
