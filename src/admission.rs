@@ -16,7 +16,7 @@ use tracing::debug;
 use crate::body::{json, Body};
 use crate::client::Client;
 use crate::gateway::{App, Queue};
-use crate::headers::{self, strip_hop_by_hop};
+use crate::headers;
 use crate::knobs::Phase;
 use crate::poll;
 use crate::problem::{Code, Problem};
@@ -33,15 +33,15 @@ static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-rep
 
 /// Headers the gateway sets itself towards the upstream, never taken from
 /// the client.
-const GATEWAY_HEADERS: &[&str] = &[
-    "host",
-    "content-length",
-    "expect",
-    "idempotency-key",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-flashgate-ticket",
-    "x-flashgate-attempt",
+static GATEWAY_HEADERS: [HeaderName; 8] = [
+    header::HOST,
+    header::CONTENT_LENGTH,
+    header::EXPECT,
+    HeaderName::from_static("idempotency-key"),
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-flashgate-ticket"),
+    HeaderName::from_static("x-flashgate-attempt"),
 ];
 
 /// Answers a request on one of `queue`'s routes.
@@ -126,11 +126,6 @@ async fn try_admit(
 
     // 6. Store: idempotency, sold-out, stock, capacity and enqueue in one
     //    atomic round trip.
-    let mut stored_headers = parts.headers;
-    strip_hop_by_hop(&mut stored_headers);
-    for name in GATEWAY_HEADERS {
-        stored_headers.remove(*name);
-    }
     let path = parts.uri.path_and_query().map_or_else(
         || parts.uri.path().to_string(),
         |pq| pq.as_str().to_string(),
@@ -152,7 +147,7 @@ async fn try_admit(
         ticket,
         method: parts.method.to_string(),
         path,
-        headers: headers::encode(&stored_headers),
+        headers: headers::encode_end_to_end(&parts.headers, &GATEWAY_HEADERS),
         body,
         client: client.key,
         forwarded_for: client.forwarded_for,

@@ -24,7 +24,11 @@ pub fn empty() -> Body {
 
 /// A JSON response with the given status.
 pub fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Body> {
-    let bytes = serde_json::to_vec(value).unwrap_or_default();
+    // Room for a ticket answer (~200 bytes) without growing.
+    let mut bytes = Vec::with_capacity(256);
+    if serde_json::to_writer(&mut bytes, value).is_err() {
+        bytes.clear();
+    }
     let mut resp = Response::new(full(bytes));
     *resp.status_mut() = status;
     resp.headers_mut().insert(

@@ -17,19 +17,54 @@ const HOP_BY_HOP: &[HeaderName] = &[
 
 /// Removes hop-by-hop headers and every header named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+    for name in connection_named(headers)
+        .iter()
+        .chain(HOP_BY_HOP)
+        .chain(&LEGACY_HOP_BY_HOP)
+    {
+        headers.remove(name);
+    }
+}
+
+/// Not in the IANA list but sent by old clients and proxies.
+static LEGACY_HOP_BY_HOP: [HeaderName; 2] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
+/// The headers that `Connection` names (empty, without allocating, when
+/// there is no `Connection` header).
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP) {
-        headers.remove(name);
+        .collect()
+}
+
+/// [`encode`] of the end-to-end headers — what [`strip_hop_by_hop`] would
+/// leave — less those in `also`, in one pass over `headers` and one
+/// allocation: the admission path's way to store a request's headers
+/// (removing each name from the map hashed and probed it, twenty times a
+/// request).
+pub fn encode_end_to_end(headers: &HeaderMap, also: &[HeaderName]) -> Bytes {
+    let named = connection_named(headers);
+    let kept = || {
+        headers.iter().filter(|(n, _)| {
+            !(HOP_BY_HOP.contains(n)
+                || LEGACY_HOP_BY_HOP.contains(n)
+                || also.contains(n)
+                || named.contains(n))
+        })
+    };
+    let len = kept().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    let mut out = BytesMut::with_capacity(len);
+    for (name, value) in kept() {
+        put_line(&mut out, name.as_str(), value.as_bytes());
     }
-    // Not in the IANA list but sent by old clients and proxies.
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
+    out.freeze()
 }
 
 /// Encodes headers as `name: value\r\n` lines: binary-safe (values never hold
@@ -42,12 +77,16 @@ pub fn encode(headers: &HeaderMap) -> Bytes {
 pub fn encode_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Bytes {
     let mut out = BytesMut::new();
     for (name, value) in pairs {
-        out.put_slice(name.as_bytes());
-        out.put_slice(b": ");
-        out.put_slice(value);
-        out.put_slice(b"\r\n");
+        put_line(&mut out, name, value);
     }
     out.freeze()
+}
+
+fn put_line(out: &mut BytesMut, name: &str, value: &[u8]) {
+    out.put_slice(name.as_bytes());
+    out.put_slice(b": ");
+    out.put_slice(value);
+    out.put_slice(b"\r\n");
 }
 
 /// Decodes what [`encode`] wrote; lines that are not valid headers are skipped.
@@ -92,6 +131,28 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["content-type"]);
+    }
+
+    #[test]
+    fn end_to_end_encoding_is_the_encoding_of_the_stripped_map() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "close, X-Secret-Hop".parse().unwrap());
+        h.insert("proxy-connection", "keep-alive".parse().unwrap());
+        h.insert("x-secret-hop", "1".parse().unwrap());
+        h.insert("transfer-encoding", "chunked".parse().unwrap());
+        h.insert("host", "shop.example".parse().unwrap());
+        h.append("x-a", "1".parse().unwrap());
+        h.append("x-a", "2".parse().unwrap());
+        h.insert("content-type", "application/json".parse().unwrap());
+        let also = [header::HOST];
+        let mut stripped = h.clone();
+        strip_hop_by_hop(&mut stripped);
+        stripped.remove(header::HOST);
+        assert_eq!(encode_end_to_end(&h, &also), encode(&stripped));
+        assert_eq!(
+            &encode_end_to_end(&h, &also)[..],
+            b"x-a: 1\r\nx-a: 2\r\ncontent-type: application/json\r\n"
+        );
     }
 
     #[test]
