@@ -161,10 +161,28 @@ async fn redis_frozen_then_thawed() {
         .unwrap();
     signal(redis.pid(), "STOP");
     let (during, refused) = admit(&gw.base(), 3, "during").await;
+    // A crowd while frozen: every one is answered (503), none waits for
+    // the thaw behind the batches stuck in flight.
+    let crowd: Vec<_> = (0..300)
+        .map(|i| {
+            let url = format!("{}/checkout", gw.base());
+            tokio::spawn(async move {
+                send(&client(), "POST", &url, &[], format!("{{\"crowd\":{i}}}")).await
+            })
+        })
+        .collect();
+    let mut crowd_statuses = Vec::new();
+    for t in crowd {
+        crowd_statuses.push(t.await.unwrap().status.as_u16());
+    }
     signal(redis.pid(), "CONT");
     // Admissions that timed out may still have been stored: they are not
     // promised, but if stored they are delivered too.
     assert!(refused.iter().all(|s| *s == 503), "{refused:?}");
+    assert!(
+        crowd_statuses.iter().all(|s| *s == 503),
+        "{crowd_statuses:?}"
+    );
     tickets.extend(during);
     let (after, _) = admit(&gw.base(), 10, "after").await;
     assert_eq!(after.len(), 10, "admissions work again after the thaw");

@@ -364,7 +364,15 @@ impl QueueBackend for RedisQueue {
                 answer,
             })
             .map_err(|_| stopped())?;
-        answered.await.map_err(|_| stopped())?
+        // The batch call has the same response timeout, but waiting for a
+        // call slot does not: with Redis frozen, every slot waits out its
+        // timeout while later admissions queue behind them.
+        match tokio::time::timeout(RESPONSE_TIMEOUT, answered).await {
+            Ok(answer) => answer.map_err(|_| stopped())?,
+            Err(_) => Err(QueueError::Unavailable(format!(
+                "no answer from Redis within {RESPONSE_TIMEOUT:?}"
+            ))),
+        }
     }
 
     async fn ticket(&self, id: &TicketId) -> Result<Option<(TicketRecord, u64)>, QueueError> {

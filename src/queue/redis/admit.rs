@@ -69,13 +69,20 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Item>, batcher: Arc<Batcher>) {
         let Some(first) = rx.recv().await else {
             return;
         };
+        // An admission whose client was answered already (503 after
+        // `RESPONSE_TIMEOUT` while every slot waited on a frozen Redis) is
+        // not sent: it would store an entry nobody holds a ticket for.
         let mut batch = Vec::with_capacity(MAX_BATCH);
-        batch.push(first);
+        batch.extend(Some(first).filter(Item::waited_for));
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(item) => batch.push(item),
+                Ok(item) if item.waited_for() => batch.push(item),
+                Ok(_) => {}
                 Err(_) => break,
             }
+        }
+        if batch.is_empty() {
+            continue;
         }
         let batcher = batcher.clone();
         tokio::spawn(async move {
@@ -140,6 +147,11 @@ impl Batcher {
 }
 
 impl Item {
+    /// Whether the admission still waits for its answer.
+    fn waited_for(&self) -> bool {
+        !self.answer.is_closed()
+    }
+
     /// This request's `ADMIT_ARGS` values, in `ADMIT_LUA`'s order.
     fn push_args(&self, cmd: &mut Cmd) {
         let r = &self.request;
