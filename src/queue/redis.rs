@@ -240,8 +240,8 @@ impl RedisQueue {
         self.claims.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The entry fields as admission wrote them, in the order `ADMIT_LUA`
-    /// takes their values.
+    /// The entry fields under the names `ADMIT_LUA` gives them in the
+    /// stream, for a dead letter that keeps the whole request.
     fn entry_fields(r: &QueuedRequest) -> [(&'static str, &[u8]); 9] {
         [
             ("t", r.ticket.as_str().as_bytes()),
