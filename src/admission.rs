@@ -155,11 +155,12 @@ async fn try_admit(
         admitted_at_ms: now_ms(),
     };
     let rate = queue.line_rate(&knobs);
+    let ticket = request.ticket.clone();
     let outcome = queue
         .backend
         .admit(
-            &request,
-            claim.as_ref(),
+            request,
+            claim,
             AdmitLimits {
                 max_queue: queue.config.max_queue,
                 stock: queue.config.stock,
@@ -183,16 +184,13 @@ async fn try_admit(
     match outcome {
         Admit::Admitted { seq, dispatched } => {
             if !wait.is_zero() {
-                return Ok((
-                    "admitted",
-                    answer_within(queue, &request.ticket, wait).await,
-                ));
+                return Ok(("admitted", answer_within(queue, &ticket, wait).await));
             }
             let place = Place::of(seq, dispatched, prequeue);
             let resp = ticket_answer(
                 StatusCode::ACCEPTED,
                 queue,
-                &request.ticket,
+                &ticket,
                 TicketStatus::Queued,
                 Some(place),
                 rate,

@@ -195,8 +195,8 @@ pub trait QueueBackend: Send + Sync + 'static {
     /// spent, or it holds `max_queue` — checked in that order.
     async fn admit(
         &self,
-        request: &QueuedRequest,
-        claim: Option<&IdempotencyClaim>,
+        request: QueuedRequest,
+        claim: Option<IdempotencyClaim>,
         limits: AdmitLimits,
     ) -> Result<Admit, QueueError>;
 

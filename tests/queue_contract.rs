@@ -63,14 +63,14 @@ async fn contract(q: Arc<dyn QueueBackend>) {
     // Admission assigns sequence numbers in order.
     let (a, b, c) = (request(1), request(2), request(3));
     assert_eq!(
-        q.admit(&a, None, cap(10)).await.unwrap(),
+        q.admit(a.clone(), None, cap(10)).await.unwrap(),
         Admit::Admitted {
             seq: 1,
             dispatched: 0
         }
     );
     assert_eq!(
-        q.admit(&b, Some(&claim("k1", "f1")), cap(10))
+        q.admit(b.clone(), Some(claim("k1", "f1")), cap(10))
             .await
             .unwrap(),
         Admit::Admitted {
@@ -80,7 +80,7 @@ async fn contract(q: Arc<dyn QueueBackend>) {
     );
     // Same key, same fingerprint: the original ticket; another fingerprint: refused.
     assert_eq!(
-        q.admit(&c, Some(&claim("k1", "f1")), cap(10))
+        q.admit(c.clone(), Some(claim("k1", "f1")), cap(10))
             .await
             .unwrap(),
         Admit::Replayed {
@@ -90,18 +90,18 @@ async fn contract(q: Arc<dyn QueueBackend>) {
         }
     );
     assert_eq!(
-        q.admit(&c, Some(&claim("k1", "f2")), cap(10))
+        q.admit(c.clone(), Some(claim("k1", "f2")), cap(10))
             .await
             .unwrap(),
         Admit::KeyReused
     );
     // Capacity counts undispatched tickets.
     assert_eq!(
-        q.admit(&c, None, cap(2)).await.unwrap(),
+        q.admit(c.clone(), None, cap(2)).await.unwrap(),
         Admit::QueueFull { depth: 2 }
     );
     assert_eq!(
-        q.admit(&c, None, cap(10)).await.unwrap(),
+        q.admit(c.clone(), None, cap(10)).await.unwrap(),
         Admit::Admitted {
             seq: 3,
             dispatched: 0
@@ -184,7 +184,7 @@ async fn contract(q: Arc<dyn QueueBackend>) {
     // Batches come in admission order, no more than asked for.
     let batch: Vec<QueuedRequest> = (10..15).map(request).collect();
     for r in &batch {
-        q.admit(r, None, cap(100)).await.unwrap();
+        q.admit(r.clone(), None, cap(100)).await.unwrap();
     }
     let got = q.next(BLOCK, 3).await.unwrap();
     let tickets: Vec<_> = got
@@ -207,7 +207,7 @@ async fn contract(q: Arc<dyn QueueBackend>) {
         ..cap(100)
     };
     assert_eq!(
-        q.admit(&request(20), None, limited).await.unwrap(),
+        q.admit(request(20), None, limited).await.unwrap(),
         Admit::SoldOut
     );
     let knobs = q
@@ -220,11 +220,11 @@ async fn contract(q: Arc<dyn QueueBackend>) {
         .unwrap();
     assert_eq!((knobs.stock, knobs.drain_rate), (Some(9), Some(7.5)));
     assert!(matches!(
-        q.admit(&request(21), None, limited).await.unwrap(),
+        q.admit(request(21), None, limited).await.unwrap(),
         Admit::Admitted { .. }
     ));
     assert_eq!(
-        q.admit(&request(22), None, limited).await.unwrap(),
+        q.admit(request(22), None, limited).await.unwrap(),
         Admit::SoldOut
     );
     // The sold-out flag refuses everything but replays.
@@ -236,11 +236,11 @@ async fn contract(q: Arc<dyn QueueBackend>) {
     .await
     .unwrap();
     assert_eq!(
-        q.admit(&request(23), None, cap(100)).await.unwrap(),
+        q.admit(request(23), None, cap(100)).await.unwrap(),
         Admit::SoldOut
     );
     assert!(matches!(
-        q.admit(&request(24), Some(&claim("k1", "f1")), cap(100))
+        q.admit(request(24), Some(claim("k1", "f1")), cap(100))
             .await
             .unwrap(),
         Admit::Replayed { .. }
@@ -259,7 +259,7 @@ async fn prequeue_contract(q: Arc<dyn QueueBackend>) {
     let early: Vec<QueuedRequest> = (0..12).map(request).collect();
     for r in &early {
         assert_eq!(
-            q.admit(r, None, pre).await.unwrap(),
+            q.admit(r.clone(), None, pre).await.unwrap(),
             Admit::Admitted {
                 seq: 0,
                 dispatched: 0
@@ -274,7 +274,7 @@ async fn prequeue_contract(q: Arc<dyn QueueBackend>) {
     // Admitted while the release is under way: behind every pre-queued one.
     let late = request(99);
     assert_eq!(
-        q.admit(&late, None, cap(100)).await.unwrap(),
+        q.admit(late.clone(), None, cap(100)).await.unwrap(),
         Admit::Admitted {
             seq: 0,
             dispatched: 0
@@ -300,7 +300,7 @@ async fn prequeue_contract(q: Arc<dyn QueueBackend>) {
     }
     // Once released, admissions go straight into line again.
     assert!(matches!(
-        q.admit(&request(100), None, cap(100)).await.unwrap(),
+        q.admit(request(100), None, cap(100)).await.unwrap(),
         Admit::Admitted { seq: 14, .. }
     ));
 }
@@ -331,7 +331,7 @@ async fn cancel_contract(q: Arc<dyn QueueBackend>) {
 
     let (a, b) = (request(1), request(2));
     for r in [&a, &b] {
-        q.admit(r, None, cap(10)).await.unwrap();
+        q.admit(r.clone(), None, cap(10)).await.unwrap();
     }
     let Cancel::Cancelled(record, _) = q.cancel(&a.ticket).await.unwrap() else {
         panic!("a queued ticket is cancellable");
@@ -502,7 +502,7 @@ async fn burst_contract(q: Arc<dyn QueueBackend>) {
         requests
             .iter()
             .zip(&claims)
-            .map(|(r, c)| q.admit(r, c.as_ref(), cap(CAP))),
+            .map(|(r, c)| q.admit(r.clone(), c.clone(), cap(CAP))),
     )
     .await;
     let answers: Vec<Admit> = answers.into_iter().map(Result::unwrap).collect();
@@ -602,8 +602,8 @@ async fn redis_consumer_recovers_its_pending_entries() {
     let redis = RedisServer::start();
     let q = redis_queue(&redis, "worker-a");
     let (a, b) = (request(1), request(2));
-    q.admit(&a, None, cap(10)).await.unwrap();
-    q.admit(&b, None, cap(10)).await.unwrap();
+    q.admit(a.clone(), None, cap(10)).await.unwrap();
+    q.admit(b.clone(), None, cap(10)).await.unwrap();
     let da = next1(&q).await.unwrap();
     let db = next1(&q).await.unwrap();
     drop(q);

@@ -149,14 +149,14 @@ impl QueueBackend for MemoryQueue {
 
     async fn admit(
         &self,
-        request: &QueuedRequest,
-        claim: Option<&IdempotencyClaim>,
+        request: QueuedRequest,
+        claim: Option<IdempotencyClaim>,
         limits: AdmitLimits,
     ) -> Result<Admit, QueueError> {
         let now = Instant::now();
         let mut s = self.lock();
         s.sweep(now);
-        if let Some(claim) = claim {
+        if let Some(claim) = &claim {
             if let Some(prev) = s.idempotency.get(&claim.key).filter(|c| c.expires > now) {
                 if prev.fingerprint != claim.fingerprint {
                     return Ok(Admit::KeyReused);
@@ -177,6 +177,8 @@ impl QueueBackend for MemoryQueue {
             return Ok(Admit::QueueFull { depth });
         }
         s.admitted += 1;
+        let ticket = request.ticket.clone();
+        let admitted_at_ms = request.admitted_at_ms;
         let early = limits.prequeue == Prequeue::Now;
         let seq = if early || !s.prequeue.is_empty() {
             let place = if early {
@@ -184,28 +186,27 @@ impl QueueBackend for MemoryQueue {
             } else {
                 2.0 + s.admitted as f64
             };
-            s.prequeue.push((place, request.clone()));
+            s.prequeue.push((place, request));
             0
         } else {
-            s.enqueue(request.clone(), depth)
+            s.enqueue(request, depth)
         };
         let record = TicketRecord {
             status: TicketStatus::Queued,
             seq,
             attempts: 0,
-            admitted_at_ms: request.admitted_at_ms,
+            admitted_at_ms,
             completed_at_ms: None,
             response: None,
             error: None,
         };
-        s.tickets
-            .insert(request.ticket.clone(), (record, now + self.ttl));
+        s.tickets.insert(ticket.clone(), (record, now + self.ttl));
         if let Some(claim) = claim {
             s.idempotency.insert(
-                claim.key.clone(),
+                claim.key,
                 Claimed {
-                    ticket: request.ticket.clone(),
-                    fingerprint: claim.fingerprint.clone(),
+                    ticket,
+                    fingerprint: claim.fingerprint,
                     seq,
                     expires: now + self.ttl,
                 },

@@ -77,8 +77,8 @@ impl QueueBackend for Partitioned {
 
     async fn admit(
         &self,
-        request: &QueuedRequest,
-        claim: Option<&IdempotencyClaim>,
+        request: QueuedRequest,
+        claim: Option<IdempotencyClaim>,
         limits: AdmitLimits,
     ) -> Result<Admit, QueueError> {
         // Each partition takes its share of `max_queue` and the stock itself.

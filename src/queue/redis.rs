@@ -329,8 +329,8 @@ impl QueueBackend for RedisQueue {
 
     async fn admit(
         &self,
-        request: &QueuedRequest,
-        claim: Option<&IdempotencyClaim>,
+        request: QueuedRequest,
+        claim: Option<IdempotencyClaim>,
         limits: AdmitLimits,
     ) -> Result<Admit, QueueError> {
         let batches = self.admissions.get_or_init(|| {
@@ -348,7 +348,7 @@ impl QueueBackend for RedisQueue {
                 partition: self.partition,
             })
         });
-        let idem_key = match claim {
+        let idem_key = match &claim {
             Some(c) => format!("{}{}", self.keys.idempotency_prefix, c.key),
             None => format!("{}-", self.keys.idempotency_prefix),
         };
@@ -358,8 +358,8 @@ impl QueueBackend for RedisQueue {
             .send(admit::Item {
                 ticket_key: self.keys.ticket(&request.ticket),
                 idem_key,
-                request: request.clone(),
-                claim: claim.cloned(),
+                request,
+                claim,
                 limits,
                 answer,
             })
