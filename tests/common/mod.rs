@@ -207,12 +207,38 @@ impl Drop for RedisServer {
     }
 }
 
+/// A port for a server a test starts (redis-server, a gateway process) that
+/// nothing else takes before that server binds it: free now, never handed
+/// out twice by this test process, and below the kernel's ephemeral range,
+/// where port-0 binds (the mock upstreams) and outgoing connections draw
+/// theirs. A port from `bind(0)` could be taken meanwhile by either, and the
+/// server then failed to start ("timed out waiting for: gateway up").
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: Mutex<Option<u16>> = Mutex::new(None);
+    // From 10000: clear of the well-known services' ports.
+    let low = ephemeral_low().clamp(20000, 65535);
+    let (first, span) = (10000u16, low - 10000);
+    let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
+    // Each test process starts at its own place, so one left running by an
+    // earlier run is rarely in the way.
+    let mut port = next.unwrap_or(first + (std::process::id() % u32::from(span)) as u16);
+    for _ in 0..span {
+        let candidate = port;
+        port = if port + 1 >= low { first } else { port + 1 };
+        if std::net::TcpListener::bind(("127.0.0.1", candidate)).is_ok() {
+            *next = Some(port);
+            return candidate;
+        }
+    }
+    panic!("no free port below {low}");
+}
+
+/// The first port of the kernel's ephemeral range.
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
 }
 
 /// What the mock upstream received.
