@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
 use tracing::debug;
 
-use crate::body::{json, Body};
+use crate::body::{self, json, Body};
 use crate::client::Client;
 use crate::gateway::{App, Queue};
 use crate::headers;
@@ -23,18 +23,20 @@ use crate::problem::{Code, Problem};
 use crate::queue::{
     partition_of_claim, Admit, AdmitLimits, IdempotencyClaim, Prequeue, QueuedRequest,
 };
-use crate::ticket::{self, now_ms, AdmissionView, TicketId, TicketStatus};
+use crate::ticket::{self, now_ms, AdmissionView, TicketId, TicketRecord, TicketStatus};
 
 /// Longest `Idempotency-Key` accepted (SPEC §3.1).
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+static X_FLASHGATE_TICKET: HeaderName = HeaderName::from_static("x-flashgate-ticket");
 
 /// Headers the gateway sets itself towards the upstream, never taken from
 /// the client.
-static GATEWAY_HEADERS: [HeaderName; 8] = [
+static GATEWAY_HEADERS: [HeaderName; 9] = [
     header::HOST,
+    header::FORWARDED,
     header::CONTENT_LENGTH,
     header::EXPECT,
     HeaderName::from_static("idempotency-key"),
@@ -52,12 +54,13 @@ pub async fn admit(
     req: Request<Incoming>,
 ) -> Response<Body> {
     let name = queue.config.name.as_str();
+    let expects_continue = body::expects_continue(req.headers());
     match try_admit(app, queue, peer, req).await {
         Ok((outcome, resp)) => {
             app.metrics.admission(name, outcome);
             resp
         }
-        Err(problem) => {
+        Err(Refusal { problem, body }) => {
             let outcome = match problem.code {
                 Code::QueueFull => "queue_full",
                 Code::SoldOut | Code::SaleClosed => "sold_out",
@@ -66,7 +69,48 @@ pub async fn admit(
                 _ => "rejected",
             };
             app.metrics.admission(name, outcome);
-            problem.into_response()
+            let mut resp = problem.into_response();
+            match body {
+                Leftover::Unread(body) => body::settle(&mut resp, expects_continue, body).await,
+                Leftover::Read => {}
+                Leftover::Cut => body::close(&mut resp),
+            }
+            resp
+        }
+    }
+}
+
+/// A refused admission, and what is left of its request body: the
+/// connection stays usable only once the body is read to its end.
+struct Refusal {
+    problem: Problem,
+    body: Leftover,
+}
+
+enum Leftover {
+    /// Refused before a byte of the body was read.
+    Unread(Incoming),
+    /// Read whole.
+    Read,
+    /// Read in part (too large, too slow, broken): the connection must close.
+    Cut,
+}
+
+impl Refusal {
+    fn unread(problem: Problem, body: Incoming) -> Self {
+        Refusal {
+            problem,
+            body: Leftover::Unread(body),
+        }
+    }
+}
+
+impl From<Problem> for Refusal {
+    /// A refusal after the body was read whole.
+    fn from(problem: Problem) -> Self {
+        Refusal {
+            problem,
+            body: Leftover::Read,
         }
     }
 }
@@ -76,56 +120,67 @@ async fn try_admit(
     queue: &Queue,
     peer: SocketAddr,
     req: Request<Incoming>,
-) -> Result<(&'static str, Response<Body>), Problem> {
+) -> Result<(&'static str, Response<Body>), Refusal> {
     let max_body = app.config.max_body.0;
+    let (parts, body) = req.into_parts();
 
     // 1. Body size, from Content-Length, before reading a byte of the body.
-    if content_length(req.headers())?.is_some_and(|len| len > max_body) {
-        return Err(too_large(max_body));
+    let declared = match content_length(&parts.headers) {
+        Ok(len) => len,
+        Err(problem) => return Err(Refusal::unread(problem, body)),
+    };
+    if declared.is_some_and(|len| len > max_body) {
+        return Err(Refusal::unread(too_large(max_body), body));
     }
 
     // 2. The sale window, and the sold-out flag as this instance last saw it.
+    //    Like 3., a refusal here waits for step 5 when the request carries an
+    //    Idempotency-Key: a retry of an admitted request gets its ticket
+    //    (its first attempt will still be sent), not the refusal.
     let knobs = queue.knobs();
     let phase = knobs.phase(&queue.config, SystemTime::now());
-    match phase {
-        Phase::NotOpen { opens_in } => {
-            return Err(
-                Problem::new(Code::SaleNotOpen, "the sale has not opened yet")
-                    .retry_after(opens_in.as_secs_f64().ceil() as u64),
-            )
-        }
-        Phase::Closed => return Err(Problem::new(Code::SaleClosed, "the sale is closed")),
-        _ if knobs.sold_out => return Err(sold_out()),
-        Phase::Open | Phase::PreQueue { .. } => {}
-    }
+    let mut refused = match phase {
+        Phase::NotOpen { opens_in } => Some(
+            Problem::new(Code::SaleNotOpen, "the sale has not opened yet")
+                .retry_after(opens_in.as_secs_f64().ceil() as u64),
+        ),
+        Phase::Closed => Some(Problem::new(Code::SaleClosed, "the sale is closed")),
+        _ if knobs.sold_out => Some(sold_out()),
+        Phase::Open | Phase::PreQueue { .. } => None,
+    };
     let prequeue = match phase {
         Phase::PreQueue { opens_in } => Some(opens_in),
         _ => None,
     };
 
     // 3. Per-client rate, in this instance's memory.
-    let client = Client::identify(&app.config, req.headers(), peer);
-    if let Some(limiter) = &app.clients {
+    let client = Client::identify(&app.config, &parts.headers, peer);
+    if let (None, Some(limiter)) = (&refused, &app.clients) {
         if let Err(wait) = limiter.check(&client.key) {
-            return Err(Problem::new(
-                Code::RateLimited,
-                "too many admissions from this client; retry after the given time",
-            )
-            .retry_after(wait.as_secs_f64().ceil() as u64));
+            refused = Some(
+                Problem::new(
+                    Code::RateLimited,
+                    "too many admissions from this client; retry after the given time",
+                )
+                .retry_after(wait.as_secs_f64().ceil() as u64),
+            );
         }
     }
 
     // 4. Idempotency-Key shape: no I/O needed to refuse a bad one.
-    let key = idempotency_key(req.headers())?;
-    let wait = preferred_wait(req.headers()).min(app.config.max_wait);
+    let key = match idempotency_key(&parts.headers) {
+        Ok(key) => key,
+        Err(problem) => return Err(Refusal::unread(problem, body)),
+    };
+    let wait = preferred_wait(&parts.headers).min(app.config.max_wait);
+    if let (Some(problem), None) = (&refused, &key) {
+        return Err(Refusal::unread(problem.clone(), body));
+    }
 
     // 5. The body, read whole but never past the limit (chunked bodies
     //    declare no length).
-    let (parts, body) = req.into_parts();
     let body = read_body(body, max_body, app.config.body_timeout).await?;
 
-    // 6. Store: idempotency, sold-out, stock, capacity and enqueue in one
-    //    atomic round trip.
     let path = parts.uri.path_and_query().map_or_else(
         || parts.uri.path().to_string(),
         |pq| pq.as_str().to_string(),
@@ -134,6 +189,25 @@ async fn try_admit(
         key: hex_digest(&[client.key.as_bytes(), k.as_bytes()]),
         fingerprint: hex_digest(&[parts.method.as_str().as_bytes(), path.as_bytes(), &body]),
     });
+    let rate = queue.line_rate(&knobs);
+
+    // 5b. A refused request with an Idempotency-Key: its ticket, if this is
+    //     a retry of an admitted one; else the refusal. Nothing is stored.
+    if let Some(problem) = refused {
+        let replay = match &claim {
+            Some(claim) => queue.backend.replay(claim).await.ok().flatten(),
+            None => None,
+        };
+        return match replay {
+            Some(Admit::Replayed { ticket, .. }) => {
+                Ok(replayed(queue, &ticket, wait, prequeue, rate).await)
+            }
+            _ => Err(problem.into()),
+        };
+    }
+
+    // 6. Store: idempotency, sold-out, stock, capacity and enqueue in one
+    //    atomic round trip.
     // A partitioned queue finds a ticket by its id: a retry with the same
     // Idempotency-Key must be drawn into the partition that saw the first.
     let partitions = queue.backend.partitions();
@@ -154,7 +228,6 @@ async fn try_admit(
         forwarded_proto: "http".into(),
         admitted_at_ms: now_ms(),
     };
-    let rate = queue.line_rate(&knobs);
     let ticket = request.ticket.clone();
     let outcome = queue
         .backend
@@ -197,48 +270,58 @@ async fn try_admit(
             );
             Ok(("admitted", resp))
         }
-        Admit::Replayed { ticket, .. } if !wait.is_zero() => {
-            let mut resp = answer_within(queue, &ticket, wait).await;
-            if resp.status() == StatusCode::ACCEPTED {
-                *resp.status_mut() = StatusCode::OK;
-            }
-            resp.headers_mut().insert(
-                IDEMPOTENT_REPLAYED.clone(),
-                HeaderValue::from_static("true"),
-            );
-            Ok(("duplicate", resp))
-        }
-        Admit::Replayed { ticket, .. } => {
-            let (status, place) = match queue.backend.ticket(&ticket).await {
-                Ok(Some((record, dispatched))) => (
-                    record.status,
-                    (record.status == TicketStatus::Queued)
-                        .then(|| Place::of(record.seq, dispatched, prequeue)),
-                ),
-                Ok(None) => (TicketStatus::Expired, None),
-                Err(_) => (TicketStatus::Queued, None),
-            };
-            let mut resp = ticket_answer(StatusCode::OK, queue, &ticket, status, place, rate);
-            resp.headers_mut().insert(
-                IDEMPOTENT_REPLAYED.clone(),
-                HeaderValue::from_static("true"),
-            );
-            Ok(("duplicate", resp))
-        }
-        Admit::SoldOut => Err(sold_out()),
+        Admit::Replayed { ticket, .. } => Ok(replayed(queue, &ticket, wait, prequeue, rate).await),
+        Admit::SoldOut => Err(sold_out().into()),
         Admit::KeyReused => Err(Problem::new(
             Code::IdempotencyKeyReused,
             "this Idempotency-Key was used with a different request",
-        )),
+        )
+        .into()),
         Admit::QueueFull { depth } => {
             let wait = ticket::eta_seconds(depth, rate);
             Err(Problem::new(
                 Code::QueueFull,
                 format!("the queue holds {depth} requests, its capacity"),
             )
-            .retry_after(ticket::retry_after(wait)))
+            .retry_after(ticket::retry_after(wait))
+            .into())
         }
     }
+}
+
+/// The answer to a replay of an admitted request: its ticket as it stands
+/// (`200`, `Idempotent-Replayed: true`), or with `Prefer: wait` what
+/// [`answer_within`] gives.
+async fn replayed(
+    queue: &Queue,
+    ticket: &TicketId,
+    wait: Duration,
+    prequeue: Option<Duration>,
+    rate: f64,
+) -> (&'static str, Response<Body>) {
+    let mut resp = if !wait.is_zero() {
+        let mut resp = answer_within(queue, ticket, wait).await;
+        if resp.status() == StatusCode::ACCEPTED {
+            *resp.status_mut() = StatusCode::OK;
+        }
+        resp
+    } else {
+        let (status, place) = match queue.backend.ticket(ticket).await {
+            Ok(Some((record, dispatched))) => (
+                record.status,
+                (record.status == TicketStatus::Queued)
+                    .then(|| Place::of(record.seq, dispatched, prequeue)),
+            ),
+            Ok(None) => (TicketStatus::Expired, None),
+            Err(_) => (TicketStatus::Queued, None),
+        };
+        ticket_answer(StatusCode::OK, queue, ticket, status, place, rate)
+    };
+    resp.headers_mut().insert(
+        IDEMPOTENT_REPLAYED.clone(),
+        HeaderValue::from_static("true"),
+    );
+    ("duplicate", resp)
 }
 
 /// `Prefer: wait=N` (RFC 7240): how long the client would rather wait for
@@ -267,15 +350,17 @@ fn preferred_wait(headers: &HeaderMap) -> Duration {
     wait
 }
 
-/// Holds an admission up to `wait` for its ticket to complete: the
-/// upstream's own answer if it does (the gateway is invisible at low load),
-/// else the usual 202 with the ticket as it stands.
+/// Holds an admission up to `wait` for its ticket to end: the upstream's
+/// own answer if it completes (the gateway is invisible at low load), a
+/// problem that says why if it fails or is cancelled, else the usual 202
+/// with the ticket as it stands.
 async fn answer_within(queue: &Queue, id: &TicketId, wait: Duration) -> Response<Body> {
     let deadline = tokio::time::Instant::now() + wait;
     let rate = queue.line_rate(&queue.knobs());
     match poll::wait_until(queue, id, deadline, |r| r.status.is_terminal()).await {
         Ok(Some(record)) => match (&record.response, record.status) {
             (Some(stored), TicketStatus::Completed) => poll::upstream_answer(id, stored),
+            (_, status) if status.is_terminal() => ended(id, &record),
             (_, status) => {
                 let place = (status == TicketStatus::Queued)
                     .then(|| Place::of(record.seq, queue.dispatched(id), None));
@@ -300,6 +385,36 @@ async fn answer_within(queue: &Queue, id: &TicketId, wait: Duration) -> Response
             rate,
         ),
     }
+}
+
+/// The answer for a ticket that ended without an upstream answer while the
+/// client waited: a problem saying why (sold out: 410; not delivered: 502;
+/// cancelled: 410; expired: 404), with the ticket in `Location` and
+/// `X-Flashgate-Ticket` for the record.
+fn ended(id: &TicketId, record: &TicketRecord) -> Response<Body> {
+    let problem = match (&record.error, record.status) {
+        (Some(e), _) if e.code == "sold_out" => Problem::new(Code::SoldOut, e.detail.clone()),
+        (Some(e), _) => Problem::new(
+            Code::BadGateway,
+            format!("the order could not be delivered: {}", e.detail),
+        ),
+        (None, TicketStatus::Cancelled) => {
+            Problem::new(Code::TicketCancelled, "the ticket was cancelled")
+        }
+        (None, TicketStatus::Expired) => Problem::new(Code::TicketNotFound, "the ticket expired"),
+        (None, status) => Problem::new(
+            Code::BadGateway,
+            format!("the ticket ended {}", status.as_str()),
+        ),
+    };
+    let mut resp = problem.into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("/tickets/{id}")) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(id.as_str()) {
+        resp.headers_mut().insert(X_FLASHGATE_TICKET.clone(), v);
+    }
+    resp
 }
 
 /// The 202/200 answer: ticket JSON, `Location` and `Retry-After`.
@@ -396,7 +511,16 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     }
 }
 
-async fn read_body(body: Incoming, max: u64, timeout: Duration) -> Result<Bytes, Problem> {
+async fn read_body(body: Incoming, max: u64, timeout: Duration) -> Result<Bytes, Refusal> {
+    read_whole(body, max, timeout)
+        .await
+        .map_err(|problem| Refusal {
+            problem,
+            body: Leftover::Cut,
+        })
+}
+
+async fn read_whole(body: Incoming, max: u64, timeout: Duration) -> Result<Bytes, Problem> {
     let limit = usize::try_from(max).unwrap_or(usize::MAX);
     // A client that trickles its body holds a connection and a buffer: it
     // gets `timeout` for all of it, then 408.

@@ -206,6 +206,13 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub cors_origins: Vec<String>,
+    /// Request header names with `_`: `drop`, `reject` (400) or `allow` [default: drop].
+    #[arg(
+        long,
+        env = "FLASHGATE_UNDERSCORE_HEADERS",
+        value_name = "drop|reject|allow"
+    )]
+    pub underscore_headers: Option<crate::config::UnderscoreHeaders>,
     /// Secret for ticket MACs, at least 32 bytes [default: shared through Redis, or random per process].
     #[arg(
         long,
@@ -276,6 +283,7 @@ impl ServeArgs {
                 max_connections: self.max_connections,
                 max_wait: self.max_wait.clone(),
                 cors_origins: (!self.cors_origins.is_empty()).then(|| self.cors_origins.clone()),
+                underscore_headers: self.underscore_headers,
                 ticket_secret: self.ticket_secret.clone(),
                 ticket_ttl: self.ticket_ttl.clone(),
                 shutdown_grace: self.shutdown_grace.clone(),

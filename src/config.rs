@@ -87,6 +87,9 @@ pub struct Config {
     pub max_wait: Duration,
     /// Browser origins allowed to call the public API (`*` = any); empty = no CORS.
     pub cors_origins: Vec<String>,
+    /// What happens to request header names with `_` (nginx's
+    /// `underscores_in_headers`): dropped, refused with 400, or kept.
+    pub underscore_headers: UnderscoreHeaders,
     /// Secret that ticket MACs derive from; `None` = shared through Redis or,
     /// with the embedded queue, random per process.
     #[serde(serialize_with = "units::ser_secret")]
@@ -196,6 +199,32 @@ impl std::fmt::Display for Route {
 impl Serialize for Route {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
+    }
+}
+
+/// Request header names with `_`: CGI and WSGI stacks turn `-` into `_`, so
+/// `X_Forwarded_For` would merge with the real `X-Forwarded-For` there.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnderscoreHeaders {
+    /// Removed before anything reads them (nginx's default).
+    #[default]
+    Drop,
+    /// The request is refused with 400.
+    Reject,
+    /// Kept and forwarded.
+    Allow,
+}
+
+impl std::str::FromStr for UnderscoreHeaders {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "drop" => Ok(UnderscoreHeaders::Drop),
+            "reject" => Ok(UnderscoreHeaders::Reject),
+            "allow" => Ok(UnderscoreHeaders::Allow),
+            _ => Err(format!("`{s}` is not one of drop, reject, allow")),
+        }
     }
 }
 
@@ -337,6 +366,8 @@ pub struct GlobalSettings {
     pub max_wait: Option<String>,
     /// Origins allowed by CORS, e.g. ["https://shop.example"] or ["*"] (default none).
     pub cors_origins: Option<Vec<String>>,
+    /// Header names with `_`: drop, reject or allow (default drop).
+    pub underscore_headers: Option<UnderscoreHeaders>,
     /// Secret for ticket MACs, at least 32 bytes (default: shared through
     /// Redis, or random per process with the embedded queue).
     pub ticket_secret: Option<String>,
@@ -419,6 +450,7 @@ struct RawFile {
     max_connections: Option<u32>,
     max_wait: Option<String>,
     cors_origins: Option<Vec<String>>,
+    underscore_headers: Option<UnderscoreHeaders>,
     ticket_secret: Option<String>,
     ticket_ttl: Option<String>,
     shutdown_grace: Option<String>,
@@ -506,6 +538,7 @@ impl FileConfig {
                 max_connections: raw.max_connections,
                 max_wait: raw.max_wait,
                 cors_origins: raw.cors_origins,
+                underscore_headers: raw.underscore_headers,
                 ticket_secret: raw.ticket_secret,
                 ticket_ttl: raw.ticket_ttl,
                 shutdown_grace: raw.shutdown_grace,
@@ -789,6 +822,8 @@ impl Config {
             max_connections,
             max_wait,
             cors_origins,
+            underscore_headers: pick(&g.underscore_headers, &f.underscore_headers)
+                .unwrap_or_default(),
             ticket_secret,
             ticket_ttl,
             shutdown_grace,

@@ -4,6 +4,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::config::UnderscoreHeaders;
+
 /// Headers that describe one connection, never forwarded.
 const HOP_BY_HOP: &[HeaderName] = &[
     header::CONNECTION,
@@ -24,6 +26,40 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     {
         headers.remove(name);
     }
+}
+
+/// Prefix of the headers the gateway sets towards the upstream
+/// (`X-Flashgate-Ticket`, `X-Flashgate-Attempt`): a client's own would let
+/// it forge a delivery, so they are removed on every route.
+const GATEWAY_PREFIX: &str = "x-flashgate-";
+
+/// What [`sanitize`] found that refuses the request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("header name `{0}` has an underscore")]
+pub struct Underscore(pub HeaderName);
+
+/// Cleans a client's request head before anything reads it: removes the
+/// gateway's own `X-Flashgate-*` headers and, unless `underscores` allows
+/// them, header names with `_` (dropped, or the request refused), which
+/// CGI/WSGI stacks would merge with the real dash-spelled header. One scan of
+/// the names, no allocation when there is nothing to remove.
+pub fn sanitize(headers: &mut HeaderMap, underscores: UnderscoreHeaders) -> Result<(), Underscore> {
+    let unwanted = |name: &HeaderName| {
+        let n = name.as_str();
+        n.starts_with(GATEWAY_PREFIX)
+            || (underscores != UnderscoreHeaders::Allow && n.contains('_'))
+    };
+    if !headers.keys().any(unwanted) {
+        return Ok(());
+    }
+    let names: Vec<HeaderName> = headers.keys().filter(|n| unwanted(n)).cloned().collect();
+    for name in names {
+        if underscores == UnderscoreHeaders::Reject && name.as_str().contains('_') {
+            return Err(Underscore(name));
+        }
+        headers.remove(&name);
+    }
+    Ok(())
 }
 
 /// Not in the IANA list but sent by old clients and proxies.
@@ -153,6 +189,46 @@ mod tests {
             &encode_end_to_end(&h, &also)[..],
             b"x-a: 1\r\nx-a: 2\r\ncontent-type: application/json\r\n"
         );
+    }
+
+    fn head(names: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for n in names {
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                "1".parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn sanitize_drops_gateway_headers_and_underscores_by_default() {
+        let mut h = head(&[
+            "x-flashgate-ticket",
+            "X-Flashgate-Attempt",
+            "x_forwarded_for",
+            "idempotency_key",
+            "content-type",
+            "x-flashgatex",
+        ]);
+        sanitize(&mut h, UnderscoreHeaders::Drop).unwrap();
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-type", "x-flashgatex"]);
+    }
+
+    #[test]
+    fn sanitize_refuses_or_keeps_underscores_as_configured() {
+        let mut h = head(&["x-flashgate-ticket", "transfer_encoding", "accept"]);
+        assert_eq!(
+            sanitize(&mut h.clone(), UnderscoreHeaders::Reject),
+            Err(Underscore(HeaderName::from_static("transfer_encoding")))
+        );
+        sanitize(&mut h, UnderscoreHeaders::Allow).unwrap();
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["accept", "transfer_encoding"]);
     }
 
     #[test]

@@ -64,6 +64,11 @@ pub async fn route(
         Some((id, sub)) => (id, Some(sub)),
         None => (rest, None),
     };
+    // An id that cannot be a ticket is no route at all, whatever the method:
+    // the same 404 as an unknown ticket's.
+    if TicketId::parse(id).is_none() {
+        return not_found();
+    }
     match (sub, method) {
         (None, &Method::GET | &Method::HEAD) => {
             if accepts_event_stream(headers) && method == Method::GET {
@@ -76,12 +81,12 @@ pub async fn route(
         }
         (None, &Method::DELETE) => cancel(app, id).await,
         (None, _) => Problem::new(Code::MethodNotAllowed, "tickets accept GET and DELETE")
-            .allow("GET, HEAD, DELETE".into())
+            .allow("GET, HEAD, DELETE, OPTIONS".into())
             .into_response(),
         (Some("response"), &Method::GET | &Method::HEAD) => response(app, id).await,
         (Some("response"), _) => {
             Problem::new(Code::MethodNotAllowed, "a ticket's response accepts GET")
-                .allow("GET, HEAD".into())
+                .allow("GET, HEAD, OPTIONS".into())
                 .into_response()
         }
         (Some(_), _) => not_found(),
@@ -252,6 +257,11 @@ pub async fn cancel(app: &App, id: &str) -> Response<Body> {
                 .inc();
             ticket_answer(queue, &id, &record)
         }
+        // DELETE is idempotent: the same answer, counted once.
+        Ok(Cancel::AlreadyCancelled(record, dispatched)) => {
+            queue.saw_dispatched(&id, dispatched);
+            ticket_answer(queue, &id, &record)
+        }
         Ok(Cancel::Refused(status)) => Problem::new(
             Code::TicketNotCancellable,
             format!(
@@ -277,17 +287,15 @@ pub async fn response(app: &App, id: &str) -> Response<Body> {
     };
     match (&record.response, record.status) {
         (Some(stored), TicketStatus::Completed) => upstream_answer(&id, stored),
+        // No answer yet: the asynchronous request-reply pattern's 202, the
+        // ticket as it stands, where to follow it and when to come back.
         (_, TicketStatus::Queued | TicketStatus::InFlight) => {
-            let eta = view(queue, &id, &record).eta_seconds.unwrap_or(0.0);
-            Problem::new(
-                Code::TicketPending,
-                format!(
-                    "the ticket is {}: the upstream has not answered yet",
-                    record.status.as_str()
-                ),
-            )
-            .retry_after(ticket::retry_after(eta))
-            .into_response()
+            let mut resp = ticket_answer(queue, &id, &record);
+            *resp.status_mut() = StatusCode::ACCEPTED;
+            if let Ok(location) = HeaderValue::from_str(&format!("/tickets/{id}")) {
+                resp.headers_mut().insert(header::LOCATION, location);
+            }
+            resp
         }
         (_, status) => Problem::new(
             Code::TicketHasNoResponse,

@@ -39,8 +39,8 @@ pub enum Code {
     UriTooLong,
     /// `DELETE` on a ticket in flight or finished.
     TicketNotCancellable,
-    /// `GET /tickets/{id}/response` before the upstream answered.
-    TicketPending,
+    /// `Prefer: wait` on an admission whose ticket was cancelled meanwhile.
+    TicketCancelled,
     /// `GET /tickets/{id}/response` on a ticket that ended without an answer.
     TicketHasNoResponse,
 }
@@ -66,7 +66,7 @@ impl Code {
             Code::RequestTimeout => "request_timeout",
             Code::UriTooLong => "uri_too_long",
             Code::TicketNotCancellable => "ticket_not_cancellable",
-            Code::TicketPending => "ticket_pending",
+            Code::TicketCancelled => "ticket_cancelled",
             Code::TicketHasNoResponse => "ticket_has_no_response",
         }
     }
@@ -81,7 +81,7 @@ impl Code {
             Code::QueueFull | Code::Unavailable | Code::SaleNotOpen => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Code::SoldOut | Code::SaleClosed => StatusCode::GONE,
+            Code::SoldOut | Code::SaleClosed | Code::TicketCancelled => StatusCode::GONE,
             Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Code::BadGateway => StatusCode::BAD_GATEWAY,
             Code::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -89,7 +89,6 @@ impl Code {
             Code::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Code::UriTooLong => StatusCode::URI_TOO_LONG,
             Code::TicketNotCancellable | Code::TicketHasNoResponse => StatusCode::CONFLICT,
-            Code::TicketPending => StatusCode::TOO_EARLY,
         }
     }
 
@@ -113,7 +112,7 @@ impl Code {
             Code::RequestTimeout => "Request body not received in time",
             Code::UriTooLong => "Request target too long",
             Code::TicketNotCancellable => "Ticket can no longer be cancelled",
-            Code::TicketPending => "No answer yet",
+            Code::TicketCancelled => "Ticket cancelled",
             Code::TicketHasNoResponse => "Ticket ended without an answer",
         }
     }

@@ -127,8 +127,10 @@ pub enum AttemptStart {
 /// The answer to a cancel request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cancel {
-    /// Cancelled now (or before): the record and the dispatched count.
+    /// Cancelled now: the record and the dispatched count.
     Cancelled(TicketRecord, u64),
+    /// Cancelled before; nothing changed.
+    AlreadyCancelled(TicketRecord, u64),
     /// Too late: the ticket is in flight or finished.
     Refused(TicketStatus),
     /// Unknown or expired.
@@ -199,6 +201,13 @@ pub trait QueueBackend: Send + Sync + 'static {
         claim: Option<IdempotencyClaim>,
         limits: AdmitLimits,
     ) -> Result<Admit, QueueError>;
+
+    /// What an idempotency claim names, storing nothing: `Replayed` with its
+    /// ticket when the claim was admitted with the same request, `KeyReused`
+    /// with another, `None` when unknown. Asked when the gateway refuses a
+    /// request that carries a key: a retry of an admitted request gets its
+    /// ticket, not a refusal its first attempt did not meet.
+    async fn replay(&self, claim: &IdempotencyClaim) -> Result<Option<Admit>, QueueError>;
 
     /// A ticket's record and the queue's dispatched count, or `None` when
     /// unknown or expired.

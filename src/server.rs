@@ -21,7 +21,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::body::{full, json, Body, BoxError};
+use crate::body::{self, full, json, Body, BoxError};
 use crate::client::Client;
 use crate::config::AdaptiveBounds;
 use crate::framing::Strict;
@@ -29,8 +29,9 @@ use crate::gateway::{App, Queue};
 use crate::headers::strip_hop_by_hop;
 use crate::knobs::{KnobsPatch, Phase};
 use crate::problem::{Code, Problem};
+use crate::ticket::TicketId;
 use crate::upstream::UpstreamError;
-use crate::{admission, cors, poll, web};
+use crate::{admission, cors, headers, poll, web};
 
 /// Deadline for a passthrough request when no queue sets one.
 const PASSTHROUGH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -223,22 +224,103 @@ fn parse_error_status(e: &hyper::Error) -> Option<&'static str> {
     }
 }
 
-/// The public API's routes.
+/// The public API: every request is counted once in
+/// `flashgate_http_requests_total` — when answered, or as `499` (nginx's
+/// "client closed request") when the client leaves first and its handler is
+/// dropped, so a passthrough request that reached the upstream is counted
+/// even then.
 async fn public(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
-    let started = Instant::now();
-    let path = req.uri().path();
-    let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    let mut count = Count {
+        app: &app,
+        started: Instant::now(),
+        route: "other",
+        done: false,
+    };
     let origin = cors::allowed_origin(&app.config, req.headers());
-    let (route, mut resp) = if target_len > MAX_URI_LENGTH {
-        // 1. Target length: refused before routing or any I/O looks at it.
+    let mut resp = route(&app, peer, req, &mut count).await;
+    if !resp
+        .headers()
+        .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+    {
+        cors::grant(&mut resp, origin);
+    }
+    count.answered(resp.status());
+    resp
+}
+
+/// One request's entry in the HTTP metrics.
+struct Count<'a> {
+    app: &'a App,
+    started: Instant,
+    /// The `route` label, set as soon as the request is routed.
+    route: &'static str,
+    done: bool,
+}
+
+impl Count<'_> {
+    fn answered(&mut self, status: StatusCode) {
+        self.record(status.as_str());
+        self.done = true;
+    }
+
+    fn record(&self, code: &str) {
+        let m = &self.app.metrics;
+        m.http_requests.with_label_values(&[self.route, code]).inc();
+        m.http_duration
+            .with_label_values(&[self.route])
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+impl Drop for Count<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.record("499");
+        }
+    }
+}
+
+/// The public API's routes, cheapest checks first.
+async fn route(
+    app: &App,
+    peer: SocketAddr,
+    mut req: Request<Incoming>,
+    count: &mut Count<'_>,
+) -> Response<Body> {
+    // 1. Target length: refused before routing or any I/O looks at it.
+    let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target_len > MAX_URI_LENGTH {
         let problem = Problem::new(
             Code::UriTooLong,
             format!("the request target is longer than {MAX_URI_LENGTH} bytes"),
         );
-        ("other", problem.into_response())
-    } else if let Some(resp) = cors::preflight(&app.config, req.method(), req.headers()) {
-        ("other", resp)
-    } else if let Some(queue) = app.queue_for_path(path) {
+        return early(problem.into_response(), req).await;
+    }
+    // 2. Asterisk-form (`OPTIONS *`) asks about the server, not a resource.
+    if req.uri().path() == "*" {
+        let resp = if req.method() == Method::OPTIONS {
+            cors::options(&app.config, req.headers(), SERVER_METHODS)
+        } else {
+            Problem::new(Code::BadRequest, "only OPTIONS may ask for `*`").into_response()
+        };
+        return early(resp, req).await;
+    }
+    // 3. Header hygiene, before anything reads a header: the gateway's own
+    //    X-Flashgate-* and (by default) names with `_` go.
+    if let Err(e) = headers::sanitize(req.headers_mut(), app.config.underscore_headers) {
+        let problem = Problem::new(Code::BadRequest, e.to_string());
+        return early(problem.into_response(), req).await;
+    }
+    let path = req.uri().path();
+    // 4. OPTIONS on a path the gateway serves: what it allows, and the CORS
+    //    preflight's grant. Other paths' OPTIONS go the way of their path.
+    if req.method() == Method::OPTIONS {
+        if let Some(allow) = allowed_methods(app, path) {
+            let resp = cors::options(&app.config, req.headers(), &allow);
+            return early(resp, req).await;
+        }
+    }
+    if let Some(queue) = app.queue_for_path(path) {
         let allowed: Vec<&Method> = queue
             .config
             .routes
@@ -247,48 +329,69 @@ async fn public(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> Resp
             .map(|r| &r.method)
             .collect();
         if allowed.contains(&req.method()) {
+            count.route = "admission";
             let queue = queue.clone();
-            ("admission", admission::admit(&app, &queue, peer, req).await)
-        } else {
-            let allow = allowed
-                .iter()
-                .map(|m| m.as_str())
-                .collect::<Vec<_>>()
-                .join(", ");
-            let problem = Problem::new(Code::MethodNotAllowed, format!("{path} accepts {allow}"))
-                .allow(allow);
-            ("other", problem.into_response())
+            return admission::admit(app, &queue, peer, req).await;
         }
-    } else if let Some(resp) = web::route(req.method(), path) {
-        // The waiting room page and the API description.
-        ("other", resp)
-    } else if let Some(rest) = path.strip_prefix("/tickets/") {
-        let (method, headers, query) = (req.method(), req.headers(), req.uri().query());
-        (
-            "ticket",
-            poll::route(&app, method, headers, query, rest).await,
-        )
-    } else if app.config.passthrough && app.config.upstream.is_some() {
-        ("passthrough", passthrough(&app, peer, req).await)
-    } else {
-        let problem = Problem::new(Code::NotFound, "nothing is served at this path");
-        ("other", problem.into_response())
-    };
-    if !resp
-        .headers()
-        .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN)
-    {
-        cors::grant(&mut resp, origin);
+        let allow = allowed_methods(app, path).unwrap_or_default();
+        let problem =
+            Problem::new(Code::MethodNotAllowed, format!("{path} accepts {allow}")).allow(allow);
+        return early(problem.into_response(), req).await;
     }
-    let code = resp.status();
-    app.metrics
-        .http_requests
-        .with_label_values(&[route, code.as_str()])
-        .inc();
-    app.metrics
-        .http_duration
-        .with_label_values(&[route])
-        .observe(started.elapsed().as_secs_f64());
+    if let Some(resp) = web::route(req.method(), path) {
+        // The waiting room page and the API description.
+        return early(resp, req).await;
+    }
+    if let Some(rest) = path.strip_prefix("/tickets/") {
+        count.route = "ticket";
+        let (method, headers, query) = (req.method(), req.headers(), req.uri().query());
+        let resp = poll::route(app, method, headers, query, rest).await;
+        return early(resp, req).await;
+    }
+    if app.config.passthrough && app.config.upstream.is_some() {
+        count.route = "passthrough";
+        return passthrough(app, peer, req).await;
+    }
+    let problem = Problem::new(Code::NotFound, "nothing is served at this path");
+    early(problem.into_response(), req).await
+}
+
+/// Methods of `OPTIONS *`: what the public API answers anywhere.
+const SERVER_METHODS: &str = "GET, HEAD, POST, DELETE, OPTIONS";
+
+/// The methods the gateway itself answers at `path` (for `Allow` and CORS
+/// preflights), or `None` when the path is not one of its routes.
+fn allowed_methods(app: &App, path: &str) -> Option<String> {
+    if let Some(queue) = app.queue_for_path(path) {
+        let mut allow: Vec<&str> = queue
+            .config
+            .routes
+            .iter()
+            .filter(|r| r.path == path)
+            .map(|r| r.method.as_str())
+            .collect();
+        allow.push("OPTIONS");
+        return Some(allow.join(", "));
+    }
+    if web::serves(path) {
+        return Some("GET, HEAD, OPTIONS".into());
+    }
+    // A ticket path is a route when the id has a ticket's shape (its MAC is
+    // checked only by the routes themselves: a preflight reveals nothing).
+    let rest = path.strip_prefix("/tickets/")?;
+    let ticket = |id: &str| TicketId::parse(id).is_some();
+    match rest.split_once('/') {
+        None if ticket(rest) => Some("GET, HEAD, DELETE, OPTIONS".into()),
+        Some((id, "response")) if ticket(id) => Some("GET, HEAD, OPTIONS".into()),
+        _ => None,
+    }
+}
+
+/// An answer given without reading the request's body: the body is read
+/// and dropped when small and prompt, so the connection stays usable.
+async fn early(mut resp: Response<Body>, req: Request<Incoming>) -> Response<Body> {
+    let expects_continue = body::expects_continue(req.headers());
+    body::settle(&mut resp, expects_continue, req.into_body()).await;
     resp
 }
 
@@ -333,6 +436,9 @@ async fn passthrough(app: &App, peer: SocketAddr, req: Request<Incoming>) -> Res
     {
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
+            // The gateway speaks its own HTTP/1.1 to the client, whatever
+            // version the upstream answered in.
+            parts.version = http::Version::HTTP_11;
             strip_hop_by_hop(&mut parts.headers);
             Response::from_parts(parts, body.map_err(BoxError::from).boxed())
         }

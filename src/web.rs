@@ -38,6 +38,14 @@ static CSP: LazyLock<HeaderValue> = LazyLock::new(|| {
 });
 
 /// Answers the paths this module serves, or `None` for any other path.
+/// Whether [`route`] serves `path`.
+pub fn serves(path: &str) -> bool {
+    match path.strip_prefix(WAITING_ROOM_PREFIX) {
+        Some(t) => !t.is_empty() && !t.contains('/'),
+        None => path == "/openapi.json",
+    }
+}
+
 pub fn route(method: &Method, path: &str) -> Option<Response<Body>> {
     let ticket = match path.strip_prefix(WAITING_ROOM_PREFIX) {
         Some(t) if !t.is_empty() && !t.contains('/') => Some(t),
@@ -47,7 +55,7 @@ pub fn route(method: &Method, path: &str) -> Option<Response<Body>> {
     };
     if method != Method::GET && method != Method::HEAD {
         let problem = Problem::new(Code::MethodNotAllowed, format!("{path} accepts GET"))
-            .allow("GET, HEAD".into());
+            .allow("GET, HEAD, OPTIONS".into());
         return Some(problem.into_response());
     }
     Some(ticket.map_or_else(openapi, waiting_room))

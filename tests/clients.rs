@@ -369,10 +369,12 @@ async fn cancelled_tickets_never_reach_the_upstream() {
         // Cancelling twice is harmless.
         assert_eq!(delete(t).await.status, 200);
     }
-    // Before the answer exists: 425 with Retry-After.
+    // Before the answer exists: 202 with the ticket, its Location and
+    // Retry-After (the asynchronous request-reply pattern).
     let a = get(&format!("{base}/tickets/{}/response", tickets[0])).await;
-    assert_eq!(a.status, 425);
-    assert_eq!(a.json()["code"], "ticket_pending");
+    assert_eq!(a.status, 202);
+    assert_eq!(a.json()["status"], "queued");
+    assert_eq!(a.header("location"), format!("/tickets/{}", tickets[0]));
     assert!(!a.header("retry-after").is_empty());
 
     patch(&admin, r#"{"paused": false}"#).await;
@@ -424,7 +426,8 @@ async fn cancelled_tickets_never_reach_the_upstream() {
         text.contains(r#"flashgate_drain_skipped_total{queue="checkout",reason="cancelled"} 2"#),
         "{text}"
     );
-    assert!(text.contains(r#"flashgate_tickets_cancelled_total{queue="checkout"} 4"#));
+    // Two tickets, each cancelled twice: counted once each (a state change).
+    assert!(text.contains(r#"flashgate_tickets_cancelled_total{queue="checkout"} 2"#));
     gw.shutdown();
     gw.wait().await;
 }

@@ -339,8 +339,11 @@ async fn cancel_contract(q: Arc<dyn QueueBackend>) {
     assert_eq!(record.status, TicketStatus::Cancelled);
     assert!(record.completed_at_ms.is_some());
     assert!(
-        matches!(q.cancel(&a.ticket).await.unwrap(), Cancel::Cancelled(..)),
-        "cancelling twice is harmless"
+        matches!(
+            q.cancel(&a.ticket).await.unwrap(),
+            Cancel::AlreadyCancelled(..)
+        ),
+        "cancelling twice is harmless, and said to change nothing"
     );
     // The drain reaches a and skips it: removed, counted as dispatched.
     let d = next1(&*q).await.expect("a");

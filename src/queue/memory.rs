@@ -290,6 +290,25 @@ impl QueueBackend for MemoryQueue {
         Ok(AttemptStart::Counted(attempts))
     }
 
+    async fn replay(&self, claim: &IdempotencyClaim) -> Result<Option<Admit>, QueueError> {
+        let s = self.lock();
+        let now = Instant::now();
+        Ok(s.idempotency
+            .get(&claim.key)
+            .filter(|c| c.expires > now)
+            .map(|prev| {
+                if prev.fingerprint != claim.fingerprint {
+                    Admit::KeyReused
+                } else {
+                    Admit::Replayed {
+                        ticket: prev.ticket.clone(),
+                        seq: prev.seq,
+                        dispatched: s.dispatched,
+                    }
+                }
+            }))
+    }
+
     async fn cancel(&self, id: &TicketId) -> Result<Cancel, QueueError> {
         let mut s = self.lock();
         let dispatched = s.dispatched;
@@ -311,7 +330,7 @@ impl QueueBackend for MemoryQueue {
                 self.changed(id);
                 Ok(Cancel::Cancelled(record, dispatched))
             }
-            TicketStatus::Cancelled => Ok(Cancel::Cancelled(record.clone(), dispatched)),
+            TicketStatus::Cancelled => Ok(Cancel::AlreadyCancelled(record.clone(), dispatched)),
             other => Ok(Cancel::Refused(other)),
         }
     }

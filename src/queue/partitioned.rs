@@ -87,6 +87,13 @@ impl QueueBackend for Partitioned {
             .await
     }
 
+    async fn replay(&self, claim: &IdempotencyClaim) -> Result<Option<Admit>, QueueError> {
+        // Admission drew the claim's tickets into this partition.
+        self.parts[partition_of_claim(claim, self.count()) as usize]
+            .replay(claim)
+            .await
+    }
+
     async fn ticket(&self, id: &TicketId) -> Result<Option<(TicketRecord, u64)>, QueueError> {
         self.of_ticket(id).ticket(id).await
     }

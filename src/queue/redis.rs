@@ -375,6 +375,36 @@ impl QueueBackend for RedisQueue {
         }
     }
 
+    async fn replay(&self, claim: &IdempotencyClaim) -> Result<Option<Admit>, QueueError> {
+        let mut conn = self.conn.clone();
+        // The fields ADMIT_LUA writes: ticket, fingerprint, sequence number.
+        let ((ticket, fingerprint, seq), dispatched): (
+            (Option<String>, Option<String>, Option<u64>),
+            Option<u64>,
+        ) = redis::pipe()
+            .cmd("HMGET")
+            .arg(format!("{}{}", self.keys.idempotency_prefix, claim.key))
+            .arg(&["t", "f", "s"])
+            .hget(&self.keys.counters, "dispatched")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let Some(ticket) = ticket else {
+            return Ok(None);
+        };
+        if fingerprint.as_deref() != Some(claim.fingerprint.as_str()) {
+            return Ok(Some(Admit::KeyReused));
+        }
+        let ticket = TicketId::parse(&ticket)
+            .ok_or_else(|| QueueError::Protocol(format!("stored ticket id `{ticket}`")))?
+            .0;
+        Ok(Some(Admit::Replayed {
+            ticket,
+            seq: seq.unwrap_or(0),
+            dispatched: dispatched.unwrap_or(0),
+        }))
+    }
+
     async fn ticket(&self, id: &TicketId) -> Result<Option<(TicketRecord, u64)>, QueueError> {
         let mut conn = self.conn.clone();
         let (fields, dispatched): (HashMap<String, Vec<u8>>, Option<u64>) = redis::pipe()
@@ -553,8 +583,11 @@ impl QueueBackend for RedisQueue {
                     .ok_or_else(|| QueueError::Protocol(format!("cancel script said {reply:?}")))?;
                 Ok(Cancel::Refused(status))
             }
-            Some("ok") => match self.ticket(id).await? {
-                Some((record, dispatched)) => Ok(Cancel::Cancelled(record, dispatched)),
+            Some(word @ ("ok" | "already")) => match self.ticket(id).await? {
+                Some((record, dispatched)) if word == "ok" => {
+                    Ok(Cancel::Cancelled(record, dispatched))
+                }
+                Some((record, dispatched)) => Ok(Cancel::AlreadyCancelled(record, dispatched)),
                 None => Ok(Cancel::NotFound),
             },
             _ => Err(QueueError::Protocol(format!(

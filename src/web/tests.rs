@@ -105,7 +105,7 @@ async fn routes_cover_the_two_paths_and_nothing_else() {
     assert_eq!(head.status(), StatusCode::OK);
     let post = route(&Method::POST, &format!("/waiting-room/{id}")).unwrap();
     assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
-    assert_eq!(header(&post, "allow"), "GET, HEAD");
+    assert_eq!(header(&post, "allow"), "GET, HEAD, OPTIONS");
     assert_eq!(header(&post, "content-type"), "application/problem+json");
     assert!(route(&Method::GET, "/waiting-room/").is_none());
     assert!(route(&Method::GET, "/waiting-room/a/b").is_none());
@@ -159,7 +159,7 @@ const PUBLIC_CODES: &[Code] = &[
     Code::RequestTimeout,
     Code::UriTooLong,
     Code::TicketNotCancellable,
-    Code::TicketPending,
+    Code::TicketCancelled,
     Code::TicketHasNoResponse,
 ];
 
@@ -184,7 +184,7 @@ fn is_public(code: Code) -> bool {
         | Code::RequestTimeout
         | Code::UriTooLong
         | Code::TicketNotCancellable
-        | Code::TicketPending
+        | Code::TicketCancelled
         | Code::TicketHasNoResponse => PUBLIC_CODES.contains(&code),
     }
 }

@@ -174,7 +174,7 @@ return redis.call('HINCRBY', KEYS[1], 'att', 1)
 pub const CANCEL_LUA: &str = r#"
 local st = redis.call('HGET', KEYS[1], 'st')
 if not st then return {'missing'} end
-if st == 'cancelled' then return {'ok'} end
+if st == 'cancelled' then return {'already'} end
 if st ~= 'queued' then return {'refused', st} end
 redis.call('HSET', KEYS[1], 'st', 'cancelled', 'cmp', ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
