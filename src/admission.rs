@@ -32,8 +32,10 @@ static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 /// Headers the gateway sets itself towards the upstream, never taken from
-/// the client.
-static GATEWAY_HEADERS: [HeaderName; 8] = [
+/// the client. `Accept-Encoding`: the delivery asks for `identity`, since
+/// the answer is stored, not streamed to this client.
+static GATEWAY_HEADERS: [HeaderName; 9] = [
+    header::ACCEPT_ENCODING,
     header::HOST,
     header::CONTENT_LENGTH,
     header::EXPECT,
