@@ -33,8 +33,10 @@ static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-rep
 static X_FLASHGATE_TICKET: HeaderName = HeaderName::from_static("x-flashgate-ticket");
 
 /// Headers the gateway sets itself towards the upstream, never taken from
-/// the client.
-static GATEWAY_HEADERS: [HeaderName; 9] = [
+/// the client. `Accept-Encoding`: the delivery asks for `identity`, since
+/// the answer is stored, not streamed to this client.
+static GATEWAY_HEADERS: [HeaderName; 10] = [
+    header::ACCEPT_ENCODING,
     header::HOST,
     header::FORWARDED,
     header::CONTENT_LENGTH,

@@ -4,7 +4,8 @@
 //!   until the status changes (a long-poll); `Accept: text/event-stream`
 //!   streams the state as server-sent events until it is final.
 //! - `DELETE /tickets/{id}`: cancels a queued ticket.
-//! - `GET /tickets/{id}/response`: the upstream's answer, verbatim.
+//! - `GET /tickets/{id}/response`: the upstream's answer, as stored (its
+//!   body decoded, see [`crate::upstream`]).
 //!
 //! Waiting clients cost no backend call until their ticket changes: they
 //! wait on the instance's change feed ([`crate::feed`]), and event streams
@@ -309,7 +310,10 @@ pub async fn response(app: &App, id: &str) -> Response<Body> {
 }
 
 /// The upstream's stored answer as an HTTP response: its status, end-to-end
-/// headers and body, and `X-Flashgate-Ticket`.
+/// headers and body, and `X-Flashgate-Ticket`. The body is stored decoded
+/// (`Content-Encoding` only names a coding the gateway does not know, sent
+/// as stored) and is the same bytes for every client: it does not vary with
+/// `Accept-Encoding`, whatever the upstream's `Vary` said.
 pub fn upstream_answer(id: &TicketId, stored: &StoredResponse) -> Response<Body> {
     let mut resp = Response::new(full(stored.body.clone()));
     *resp.status_mut() = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -319,10 +323,37 @@ pub fn upstream_answer(id: &TicketId, stored: &StoredResponse) -> Response<Body>
     // The body is sent whole from the store: hyper frames it.
     headers.remove(header::CONTENT_LENGTH);
     headers.remove(header::TRANSFER_ENCODING);
+    drop_vary_on_accept_encoding(headers);
     if let Ok(v) = HeaderValue::from_str(id.as_str()) {
         headers.insert(X_FLASHGATE_TICKET.clone(), v);
     }
     resp
+}
+
+/// Removes `Accept-Encoding` from `Vary`, keeping any other names as sent.
+fn drop_vary_on_accept_encoding(headers: &mut HeaderMap) {
+    let names: Vec<&str> = headers
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .collect();
+    if !names
+        .iter()
+        .any(|n| n.eq_ignore_ascii_case("accept-encoding"))
+    {
+        return;
+    }
+    let kept: Vec<&str> = names
+        .into_iter()
+        .filter(|n| !n.eq_ignore_ascii_case("accept-encoding"))
+        .collect();
+    match HeaderValue::from_str(&kept.join(", ")) {
+        Ok(v) if !kept.is_empty() => _ = headers.insert(header::VARY, v),
+        _ => _ = headers.remove(header::VARY),
+    }
 }
 
 fn accepts_event_stream(headers: &HeaderMap) -> bool {
@@ -566,5 +597,27 @@ mod tests {
         assert!(h.get("content-length").is_none());
         assert!(h.get("x-private").is_none());
         assert!(h.get("connection").is_none());
+    }
+
+    #[test]
+    fn stored_answers_do_not_vary_on_accept_encoding() {
+        let id = TicketId::generate(crate::ticket::QueueTag::of("q"));
+        let answer = |vary: &[&'static str]| {
+            let stored = StoredResponse {
+                status: 200,
+                headers: crate::headers::encode_pairs(vary.iter().map(|v| ("vary", v.as_bytes()))),
+                body: Bytes::from_static(b"ok"),
+            };
+            let resp = upstream_answer(&id, &stored);
+            let vary: Vec<_> = resp.headers().get_all("vary").iter().cloned().collect();
+            vary
+        };
+        assert!(answer(&["Accept-Encoding"]).is_empty());
+        assert_eq!(
+            answer(&["Origin, accept-encoding", "Cookie"]),
+            ["Origin, Cookie"]
+        );
+        assert_eq!(answer(&["Origin", "Cookie"]), ["Origin", "Cookie"]);
+        assert!(answer(&[]).is_empty());
     }
 }

@@ -1,5 +1,7 @@
 //! Calls to the order service through one pooled hyper client.
 
+mod coding;
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,9 +15,10 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::body::Body;
 use crate::headers::strip_hop_by_hop;
+use coding::Decoder;
 use tracing::warn;
 
-/// Largest upstream answer kept on a ticket.
+/// Largest upstream answer kept on a ticket, as sent and once decoded.
 pub const MAX_RESPONSE_BODY: usize = 1 << 20;
 
 /// Why an upstream call produced no answer.
@@ -27,12 +30,14 @@ pub enum UpstreamError {
     /// No full answer within the attempt's deadline.
     #[error("upstream did not answer within {0:?}")]
     Timeout(Duration),
-    /// The answer's body was over [`MAX_RESPONSE_BODY`] or broke off.
+    /// The answer's body was over [`MAX_RESPONSE_BODY`], as sent or once
+    /// decoded (a zip bomb ends here), or broke off.
     #[error("upstream answer body unreadable: {0}")]
     Body(String),
 }
 
-/// A buffered upstream answer with hop-by-hop headers removed.
+/// A buffered upstream answer with hop-by-hop headers removed, its body
+/// decoded from the content codings the gateway knows.
 #[derive(Debug)]
 pub struct Answer {
     pub status: StatusCode,
@@ -46,6 +51,7 @@ pub struct Answer {
 #[derive(Clone)]
 pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, Body>,
+    decoder: Decoder,
 }
 
 impl Default for Upstream {
@@ -81,10 +87,14 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(256)
             .build(connector);
-        Upstream { client }
+        Upstream {
+            client,
+            decoder: Decoder::new(MAX_RESPONSE_BODY),
+        }
     }
 
-    /// Sends a request and reads the whole answer, all within `timeout`.
+    /// Sends a request and reads the whole answer, decoded, all within
+    /// `timeout`.
     pub async fn call(
         &self,
         req: Request<Body>,
@@ -103,6 +113,11 @@ impl Upstream {
                 .map_err(|e| UpstreamError::Body(e.to_string()))?
                 .to_bytes();
             strip_hop_by_hop(&mut parts.headers);
+            let body = self
+                .decoder
+                .decode(&mut parts.headers, body)
+                .await
+                .map_err(|e| UpstreamError::Body(e.to_string()))?;
             Ok(Answer {
                 status: parts.status,
                 headers: parts.headers,

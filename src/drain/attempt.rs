@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use http::{HeaderName, HeaderValue, Request};
+use http::{header, HeaderName, HeaderValue, Request};
 
 use crate::body::full;
 use crate::headers;
@@ -78,6 +78,15 @@ pub(super) fn build_request(
     if let Ok(v) = HeaderValue::from_str(&request.forwarded_proto) {
         h.insert(HeaderName::from_static("x-forwarded-proto"), v);
     }
+    // The answer is stored for the ticket, not streamed to the client that
+    // negotiated: ask for it uncompressed, so it is stored readable with no
+    // work on either side (an upstream that compresses anyway is decoded,
+    // see upstream::coding). Also overrides what entries stored before the
+    // gateway stopped keeping the client's Accept-Encoding still carry.
+    h.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
     Ok(req)
 }
 
@@ -95,6 +104,29 @@ mod tests {
                 .min(RETRY_MAX);
             assert!(d >= exp / 2, "{attempt}: {d:?}");
         }
+    }
+
+    #[test]
+    fn deliveries_ask_for_an_uncompressed_answer() {
+        // As an entry stored before admission dropped Accept-Encoding holds it.
+        let request = QueuedRequest {
+            ticket: crate::ticket::TicketId::generate(crate::ticket::QueueTag::of("q")),
+            method: "POST".into(),
+            path: "/checkout".into(),
+            headers: headers::encode_pairs([
+                ("accept-encoding", &b"gzip, br"[..]),
+                ("content-type", b"application/json"),
+            ]),
+            body: bytes::Bytes::from_static(b"{}"),
+            client: "c".into(),
+            forwarded_for: "127.0.0.1".into(),
+            forwarded_proto: "http".into(),
+            admitted_at_ms: 0,
+        };
+        let req = build_request("http://upstream", &request, 1).unwrap();
+        let asked: Vec<_> = req.headers().get_all("accept-encoding").iter().collect();
+        assert_eq!(asked, ["identity"]);
+        assert_eq!(req.headers()["content-type"], "application/json");
     }
 
     #[test]

@@ -272,6 +272,9 @@ pub struct Behaviour {
     pub fail_status: u16,
     /// Answer with these exact bytes instead of the JSON body.
     pub body: Option<Bytes>,
+    /// More headers on the final answer, e.g. a `Content-Encoding` sent
+    /// whatever the request accepted.
+    pub headers: Vec<(&'static str, String)>,
     /// Requests whose body contains this always get `fail_status`.
     pub poison: Option<String>,
     /// The capacity of an order service that buckles under load: beyond
@@ -291,6 +294,7 @@ impl Default for Behaviour {
             fail_first: 0,
             fail_status: 503,
             body: None,
+            headers: Vec::new(),
             poison: None,
             knee: None,
         }
@@ -428,12 +432,15 @@ impl MockUpstream {
                                     parts.uri
                                 ))
                             });
-                            Response::builder()
+                            let mut resp = Response::builder()
                                 .status(201)
                                 .header("content-type", "application/json")
                                 .header("x-order-service", "mock")
-                                .header("connection", "keep-alive")
-                                .body(Full::new(body))
+                                .header("connection", "keep-alive");
+                            for (name, value) in &behaviour.headers {
+                                resp = resp.header(*name, value);
+                            }
+                            resp.body(Full::new(body))
                         };
                         Ok::<_, std::convert::Infallible>(resp.unwrap())
                     }
