@@ -150,7 +150,11 @@ fn flag(key: &'static Key) -> Arg {
         .env(key.env.as_str())
         .value_name(key.value_name.as_str())
         .help(key.help.as_str())
-        .hide_env_values(key.name.contains("secret") || key.name.contains("token"));
+        // `--help` would show a set variable's value: not these.
+        .hide_env_values(matches!(
+            key.name.as_str(),
+            "admin_token" | "ticket_secret" | "redis_url"
+        ));
     match key.kind {
         // A switch; `--adaptive=false` and `FLASHGATE_ADAPTIVE=0` also work.
         Kind::Bool => arg
@@ -168,12 +172,18 @@ impl FromArgMatches for ServeArgs {
         let settings = config::keys()
             .iter()
             .filter_map(|key| {
-                let values = m.get_many::<String>(&key.flag)?.cloned().collect();
+                let values: Vec<String> = m.get_many::<String>(&key.flag)?.cloned().collect();
                 let origin = match m.value_source(&key.flag)? {
                     ValueSource::CommandLine => Origin::Flag(format!("--{}", key.flag)),
                     ValueSource::EnvVariable => Origin::Env(key.env.clone()),
                     _ => return None,
                 };
+                // An empty variable for a number, boolean or list sets
+                // nothing; for a string it is "none" where a key is optional.
+                let empty = values.iter().all(String::is_empty);
+                if empty && key.kind != Kind::Text && matches!(origin, Origin::Env(_)) {
+                    return None;
+                }
                 Some(Setting {
                     key,
                     values,

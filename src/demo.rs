@@ -123,7 +123,7 @@ pub async fn run(args: DemoArgs, stop: impl Future<Output = ()>) -> anyhow::Resu
     let mut config = Config {
         listen: args.listen.parse().context("--listen")?,
         admin_listen: args.admin_listen.parse().context("--admin-listen")?,
-        redis_url: args.redis_url.clone(),
+        redis_url: args.redis_url.clone().filter(|u| !u.is_empty()),
         shutdown_grace: Duration::from_secs(5),
         queue: vec![QueueConfig {
             upstream: format!("http://{}", shop.addr),

@@ -70,6 +70,13 @@ impl Origins {
         }
     }
 
+    /// `to` came from where `from` did.
+    fn copy(&mut self, from: &str, to: String) {
+        if let Some(origin) = self.of(from) {
+            self.0.insert(to, origin);
+        }
+    }
+
     /// Records the line and column of every key (and list item) in `table`.
     fn note(&mut self, table: &DeTable, prefix: &str, at: &impl Fn(usize) -> Origin) {
         for (key, value) in table.iter() {
@@ -123,8 +130,7 @@ fn parse(path: &str, text: &str) -> Result<(Table, Origins), ConfigError> {
 }
 
 fn invalid(key: &str, origin: Option<Origin>, message: impl Into<String>) -> ConfigError {
-    let key = key.to_string();
-    let message = message.into();
+    let (key, message) = (key.to_string(), message.into());
     ConfigError::Invalid {
         key,
         origin,
@@ -132,107 +138,32 @@ fn invalid(key: &str, origin: Option<Origin>, message: impl Into<String>) -> Con
     }
 }
 
-fn layer(
-    mut top: Table,
-    mut origins: Origins,
-    settings: &[Setting],
-) -> Result<Config, ConfigError> {
-    // The queues: `[[queue]]` tables, or one queue from `queue` and `route`.
-    let single = !matches!(top.get("queue"), Some(Value::Array(_)));
-    let mut queues = match top.remove("queue") {
-        Some(Value::Array(tables)) => {
-            if top.contains_key("route") {
-                let message = "top-level `queue`/`route` cannot be combined with [[queue]] tables";
-                return Err(invalid("queue", origins.of("route"), message));
-            }
-            let mut queues = Vec::new();
-            for (i, table) in tables.into_iter().enumerate() {
-                let at = format!("queue[{i}]");
-                let table = table
-                    .try_into::<Table>()
-                    .map_err(|e| invalid(&at, origins.of(&at), e.to_string()))?;
-                if let Some((field, _)) =
-                    QUEUE_IDENTITY.iter().find(|(f, _)| !table.contains_key(*f))
-                {
-                    return Err(invalid(
-                        &at,
-                        origins.of(&at),
-                        format!("missing key `{field}`"),
-                    ));
-                }
-                queues.push(table);
-            }
-            queues
-        }
-        name @ (Some(Value::String(_)) | None) => {
-            let mut queue = Table::new();
-            let given = [("name", name), ("routes", top.remove("route"))];
-            for ((field, top_level), (_, value)) in QUEUE_IDENTITY.iter().zip(given) {
-                if let Some(value) = value {
-                    queue.insert(field.to_string(), value);
-                    let origin = origins.of(top_level);
-                    origins
-                        .0
-                        .extend(origin.map(|o| (format!("queue[0].{field}"), o)));
-                }
-            }
-            vec![queue]
-        }
-        Some(_) => {
-            let message = "must be a name or [[queue]] tables";
-            return Err(invalid("queue", origins.of("queue"), message));
-        }
-    };
+/// The values on their way into the tree: the top-level table, the queues'
+/// tables, and where each value came from.
+struct Layers {
+    top: Table,
+    queues: Vec<Table>,
+    /// Whether the file declared `[[queue]]` tables (else there is one queue).
+    tables: bool,
+    origins: Origins,
+}
 
-    // The file's top-level queue keys are the defaults of every queue.
-    for key in (keys::keys().iter()).filter(|k| k.scope != Scope::Global && !k.names_queue()) {
-        let value = match key.scope {
-            Scope::Both => top.get(&key.name).cloned(),
-            _ => top.remove(&key.name),
-        };
-        for (i, queue) in queues.iter_mut().enumerate() {
-            if let (Some(value), false) = (&value, queue.contains_key(&key.name)) {
-                queue.insert(key.name.clone(), value.clone());
-                let origin = origins.of(&key.name);
-                origins
-                    .0
-                    .extend(origin.map(|o| (format!("queue[{i}].{}", key.name), o)));
-            }
-        }
+fn layer(top: Table, origins: Origins, settings: &[Setting]) -> Result<Config, ConfigError> {
+    let mut layers = Layers::queues(top, origins)?;
+    layers.inherit();
+    for setting in settings {
+        layers.set(setting)?;
     }
-
-    // Flags and variables over everything; a queue flag sets every queue.
-    for Setting {
-        key,
-        values,
-        origin,
-    } in settings
-    {
-        let value =
-            read(&key.kind, values).map_err(|m| invalid(&key.name, Some(origin.clone()), m))?;
-        if !single && key.names_queue() {
-            let message =
-                "--queue/--route cannot be combined with [[queue]] tables in the config file";
-            return Err(invalid("queue", Some(origin.clone()), message));
-        }
-        if key.scope != Scope::Queue {
-            top.insert(key.name.clone(), value.clone());
-            origins.0.insert(key.name.clone(), origin.clone());
-        }
-        for (i, queue) in queues
-            .iter_mut()
-            .enumerate()
-            .filter(|_| key.scope != Scope::Global)
-        {
-            queue.insert(key.name.clone(), value.clone());
-            origins
-                .0
-                .insert(format!("queue[{i}].{}", key.name), origin.clone());
-        }
-    }
-    let queues = queues.into_iter().map(Value::Table).collect();
-    top.insert("queue".into(), Value::Array(queues));
-
+    let Layers {
+        mut top,
+        queues,
+        origins,
+        ..
+    } = layers;
+    top.insert(
+        "queue".into(),
+        Value::Array(queues.into_iter().map(Value::Table).collect()),
+    );
     let mut config: Config =
         serde_path_to_error::deserialize(Value::Table(top)).map_err(|e| refused(e, &origins))?;
     config.validate().map_err(|e| match e {
@@ -244,6 +175,109 @@ fn layer(
         other => other,
     })?;
     Ok(config)
+}
+
+impl Layers {
+    /// The file's `[[queue]]` tables, or one queue from `queue` and `route`.
+    fn queues(mut top: Table, mut origins: Origins) -> Result<Layers, ConfigError> {
+        let queues = match top.remove("queue") {
+            Some(Value::Array(tables)) => {
+                if top.contains_key("route") {
+                    let message =
+                        "top-level `queue`/`route` cannot be combined with [[queue]] tables";
+                    return Err(invalid("queue", origins.of("route"), message));
+                }
+                let mut queues = Vec::new();
+                for (i, table) in tables.into_iter().enumerate() {
+                    let at = format!("queue[{i}]");
+                    let fail = |m: String| invalid(&at, origins.of(&at), m);
+                    let table = table.try_into::<Table>().map_err(|e| fail(e.to_string()))?;
+                    if let Some((f, _)) =
+                        QUEUE_IDENTITY.iter().find(|(f, _)| !table.contains_key(*f))
+                    {
+                        return Err(fail(format!("missing key `{f}`")));
+                    }
+                    queues.push(table);
+                }
+                return Ok(Layers {
+                    top,
+                    queues,
+                    tables: true,
+                    origins,
+                });
+            }
+            name @ (Some(Value::String(_)) | None) => [name, top.remove("route")],
+            Some(_) => {
+                let message = "must be a name or [[queue]] tables";
+                return Err(invalid("queue", origins.of("queue"), message));
+            }
+        };
+        let mut queue = Table::new();
+        for ((field, top_level), value) in QUEUE_IDENTITY.iter().zip(queues) {
+            if let Some(value) = value {
+                queue.insert(field.to_string(), value);
+                origins.copy(top_level, format!("queue[0].{field}"));
+            }
+        }
+        Ok(Layers {
+            top,
+            queues: vec![queue],
+            tables: false,
+            origins,
+        })
+    }
+
+    /// The file's top-level queue keys become the defaults of every queue.
+    fn inherit(&mut self) {
+        for key in keys::keys()
+            .iter()
+            .filter(|k| k.scope != Scope::Global && !k.names_queue())
+        {
+            let value = match key.scope {
+                Scope::Both => self.top.get(&key.name).cloned(),
+                _ => self.top.remove(&key.name),
+            };
+            let Some(value) = value else { continue };
+            for (i, queue) in self.queues.iter_mut().enumerate() {
+                if !queue.contains_key(&key.name) {
+                    queue.insert(key.name.clone(), value.clone());
+                    self.origins
+                        .copy(&key.name, format!("queue[{i}].{}", key.name));
+                }
+            }
+        }
+    }
+
+    /// A flag or variable, over everything; a queue key sets every queue.
+    fn set(
+        &mut self,
+        Setting {
+            key,
+            values,
+            origin,
+        }: &Setting,
+    ) -> Result<(), ConfigError> {
+        let fail = |m: &str| invalid(&key.name, Some(origin.clone()), m);
+        let value = read(&key.kind, values).map_err(|m| fail(&m))?;
+        if self.tables && key.names_queue() {
+            let message =
+                "--queue/--route cannot be combined with [[queue]] tables in the config file";
+            return Err(invalid("queue", Some(origin.clone()), message));
+        }
+        if key.scope != Scope::Queue {
+            self.top.insert(key.name.clone(), value.clone());
+            self.origins.0.insert(key.name.clone(), origin.clone());
+        }
+        if key.scope != Scope::Global {
+            for (i, queue) in self.queues.iter_mut().enumerate() {
+                queue.insert(key.name.clone(), value.clone());
+                self.origins
+                    .0
+                    .insert(format!("queue[{i}].{}", key.name), origin.clone());
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A flag's or variable's text as a value of the key's kind.
