@@ -2,9 +2,10 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{Arg, ArgAction, ArgMatches, Args, FromArgMatches, Parser, Subcommand, ValueEnum};
 
-use crate::config::{DefaultQueue, GlobalSettings, Overrides, QueueSettings};
+use crate::config::{self, Config, ConfigError, Key, Kind, Origin, Scope, Setting};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -100,224 +101,105 @@ pub enum Command {
     Admin(crate::admin::AdminArgs),
 }
 
-/// The `serve` flags (SPEC §2). Absent flags leave the file's value.
-#[derive(Debug, Clone, Args)]
+/// The `serve` flags (SPEC §2): `--config` and one flag per config key, each
+/// with its `FLASHGATE_*` variable, made from the config tree (see
+/// `config::keys`). Absent flags leave the file's value.
+#[derive(Debug, Clone)]
 pub struct ServeArgs {
     /// TOML config file.
-    #[arg(long, env = "FLASHGATE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Public listener [default: 0.0.0.0:8080].
-    #[arg(long, env = "FLASHGATE_LISTEN", value_name = "ADDR")]
-    pub listen: Option<String>,
-    /// Admin listener: metrics, health, admin API [default: 127.0.0.1:9464].
-    #[arg(long, env = "FLASHGATE_ADMIN_LISTEN", value_name = "ADDR")]
-    pub admin_listen: Option<String>,
-    /// Base URL of the order service.
-    #[arg(long, env = "FLASHGATE_UPSTREAM", value_name = "URL")]
-    pub upstream: Option<String>,
-    /// redis:// or rediss:// URL (redis+cluster://host:port,host:port for a cluster); absent = embedded in-process queue.
-    #[arg(long, env = "FLASHGATE_REDIS_URL", value_name = "URL")]
-    pub redis_url: Option<String>,
-    /// Prefix of every Redis key [default: flashgate].
-    #[arg(long, env = "FLASHGATE_REDIS_PREFIX", value_name = "PREFIX")]
-    pub redis_prefix: Option<String>,
-    /// This instance's stable consumer name [default: hostname:port].
-    #[arg(long, env = "FLASHGATE_CONSUMER", value_name = "NAME")]
-    pub consumer: Option<String>,
-    /// A queued route, "METHOD /path" (repeatable) [default: POST /checkout].
-    #[arg(
-        long,
-        env = "FLASHGATE_ROUTE",
-        value_name = "ROUTE",
-        value_delimiter = ','
-    )]
-    pub route: Vec<String>,
-    /// Queue name used in keys, labels and tickets [default: checkout].
-    #[arg(long, env = "FLASHGATE_QUEUE", value_name = "NAME")]
-    pub queue: Option<String>,
-    /// Requests per second sent upstream, across all instances [default: 100].
-    #[arg(long, env = "FLASHGATE_DRAIN_RATE", value_name = "N")]
-    pub drain_rate: Option<f64>,
-    /// Requests that may go out back to back after an idle spell [default: 1].
-    #[arg(long, env = "FLASHGATE_DRAIN_BURST", value_name = "N")]
-    pub drain_burst: Option<u32>,
-    /// Concurrent upstream requests [default: 64].
-    #[arg(long, env = "FLASHGATE_MAX_IN_FLIGHT", value_name = "N")]
-    pub max_in_flight: Option<u32>,
-    /// Queue capacity; admissions beyond it get 503 [default: 1000000].
-    #[arg(long, env = "FLASHGATE_MAX_QUEUE", value_name = "N")]
-    pub max_queue: Option<u64>,
-    /// Proxy non-queued paths straight to the upstream (else 404).
-    #[arg(long, env = "FLASHGATE_PASSTHROUGH")]
-    pub passthrough: bool,
-    /// Bearer token required on /admin/*.
-    #[arg(
-        long,
-        env = "FLASHGATE_ADMIN_TOKEN",
-        value_name = "TOKEN",
-        hide_env_values = true
-    )]
-    pub admin_token: Option<String>,
-    /// Who a client is: `ip` or `header:NAME` [default: ip].
-    #[arg(long, env = "FLASHGATE_CLIENT_KEY", value_name = "KEY")]
-    pub client_key: Option<String>,
-    /// Largest request body admitted [default: 64KiB].
-    #[arg(long, env = "FLASHGATE_MAX_BODY", value_name = "SIZE")]
-    pub max_body: Option<String>,
-    /// One upstream attempt's deadline [default: 10s].
-    #[arg(long, env = "FLASHGATE_UPSTREAM_TIMEOUT", value_name = "DUR")]
-    pub upstream_timeout: Option<String>,
-    /// Upstream attempts before a ticket fails and is dead-lettered [default: 5].
-    #[arg(long, env = "FLASHGATE_MAX_ATTEMPTS", value_name = "N")]
-    pub max_attempts: Option<u32>,
-    /// Streams the queue is spread over, for a Redis Cluster (needs --redis-url) [default: 1].
-    #[arg(long, env = "FLASHGATE_PARTITIONS", value_name = "N")]
-    pub partitions: Option<u32>,
-    /// Adjust the drain rate from the upstream's latency and overload answers,
-    /// between --adaptive-floor and --adaptive-ceiling, starting at --drain-rate.
-    #[arg(long, env = "FLASHGATE_ADAPTIVE")]
-    pub adaptive: bool,
-    /// Lowest adaptive drain rate [default: a twentieth of the ceiling].
-    #[arg(long, env = "FLASHGATE_ADAPTIVE_FLOOR", value_name = "PER_SEC")]
-    pub adaptive_floor: Option<f64>,
-    /// Highest adaptive drain rate, across all instances [default: --drain-rate].
-    #[arg(long, env = "FLASHGATE_ADAPTIVE_CEILING", value_name = "PER_SEC")]
-    pub adaptive_ceiling: Option<f64>,
-    /// Time a client has to send its request headers [default: 10s].
-    #[arg(long, env = "FLASHGATE_HEADER_TIMEOUT", value_name = "DUR")]
-    pub header_timeout: Option<String>,
-    /// Largest request head [default: 16KiB].
-    #[arg(long, env = "FLASHGATE_MAX_HEADER_SIZE", value_name = "SIZE")]
-    pub max_header_size: Option<String>,
-    /// Time a client has to send its body once its head is in; 408 after [default: 10s].
-    #[arg(long, env = "FLASHGATE_BODY_TIMEOUT", value_name = "DUR")]
-    pub body_timeout: Option<String>,
-    /// Open public connections; beyond it new ones get 503 and are closed [default: 10000].
-    #[arg(long, env = "FLASHGATE_MAX_CONNECTIONS", value_name = "N")]
-    pub max_connections: Option<u32>,
-    /// Longest `Prefer: wait` an admission is held for, 0 = never [default: 10s].
-    #[arg(long, env = "FLASHGATE_MAX_WAIT", value_name = "DUR")]
-    pub max_wait: Option<String>,
-    /// Browser origins allowed by CORS, comma-separated, or `*` [default: none].
-    #[arg(
-        long,
-        env = "FLASHGATE_CORS_ORIGINS",
-        value_name = "ORIGINS",
-        value_delimiter = ','
-    )]
-    pub cors_origins: Vec<String>,
-    /// Request header names with `_`: `drop`, `reject` (400) or `allow` [default: drop].
-    #[arg(
-        long,
-        env = "FLASHGATE_UNDERSCORE_HEADERS",
-        value_name = "drop|reject|allow"
-    )]
-    pub underscore_headers: Option<crate::config::UnderscoreHeaders>,
-    /// Secret for ticket MACs, at least 32 bytes [default: shared through Redis, or random per process].
-    #[arg(
-        long,
-        env = "FLASHGATE_TICKET_SECRET",
-        value_name = "SECRET",
-        hide_env_values = true
-    )]
-    pub ticket_secret: Option<String>,
-    /// How long ticket state is kept [default: 24h].
-    #[arg(long, env = "FLASHGATE_TICKET_TTL", value_name = "DUR")]
-    pub ticket_ttl: Option<String>,
-    /// How long shutdown waits for in-flight upstream requests [default: 30s].
-    #[arg(long, env = "FLASHGATE_SHUTDOWN_GRACE", value_name = "DUR")]
-    pub shutdown_grace: Option<String>,
-    /// Take over entries another instance left unfinished this long [default: 60s].
-    #[arg(long, env = "FLASHGATE_CLAIM_IDLE", value_name = "DUR")]
-    pub claim_idle: Option<String>,
-    /// Admissions per second per client; 0 = off [default: 0].
-    #[arg(long, env = "FLASHGATE_CLIENT_RATE", value_name = "N")]
-    pub client_rate: Option<f64>,
-    /// Admissions a client may make back to back [default: 1].
-    #[arg(long, env = "FLASHGATE_CLIENT_BURST", value_name = "N")]
-    pub client_burst: Option<u32>,
-    /// Peers whose X-Forwarded-For is believed, comma-separated CIDRs [default: none].
-    #[arg(
-        long,
-        env = "FLASHGATE_TRUSTED_PROXIES",
-        value_name = "CIDRS",
-        value_delimiter = ','
-    )]
-    pub trusted_proxies: Vec<String>,
-    /// Admissions allowed in total for the queue, then 410 sold_out [default: unlimited].
-    #[arg(long, env = "FLASHGATE_STOCK", value_name = "N")]
-    pub stock: Option<u64>,
-    /// RFC 3339 time the sale opens; before it admissions get 503 sale_not_open.
-    #[arg(long, env = "FLASHGATE_OPENS_AT", value_name = "TIME")]
-    pub opens_at: Option<String>,
-    /// RFC 3339 time the sale closes; after it admissions get 410 sale_closed.
-    #[arg(long, env = "FLASHGATE_CLOSES_AT", value_name = "TIME")]
-    pub closes_at: Option<String>,
-    /// Upstream statuses that mean sold out, comma-separated (e.g. 409,410) [default: none].
-    #[arg(
-        long,
-        env = "FLASHGATE_SOLD_OUT_STATUSES",
-        value_name = "CODES",
-        value_delimiter = ','
-    )]
-    pub sold_out_statuses: Vec<u16>,
+    /// The flags and variables that were set.
+    pub settings: Vec<Setting>,
 }
 
 impl ServeArgs {
-    /// The flags and env vars that were set, as config overrides.
-    pub fn overrides(&self) -> Overrides {
-        Overrides {
-            global: GlobalSettings {
-                listen: self.listen.clone(),
-                admin_listen: self.admin_listen.clone(),
-                redis_url: self.redis_url.clone(),
-                redis_prefix: self.redis_prefix.clone(),
-                consumer: self.consumer.clone(),
-                passthrough: self.passthrough.then_some(true),
-                admin_token: self.admin_token.clone(),
-                client_key: self.client_key.clone(),
-                max_body: self.max_body.clone(),
-                header_timeout: self.header_timeout.clone(),
-                max_header_size: self.max_header_size.clone(),
-                body_timeout: self.body_timeout.clone(),
-                max_connections: self.max_connections,
-                max_wait: self.max_wait.clone(),
-                cors_origins: (!self.cors_origins.is_empty()).then(|| self.cors_origins.clone()),
-                underscore_headers: self.underscore_headers,
-                ticket_secret: self.ticket_secret.clone(),
-                ticket_ttl: self.ticket_ttl.clone(),
-                shutdown_grace: self.shutdown_grace.clone(),
-                claim_idle: self.claim_idle.clone(),
-                client_rate: self.client_rate,
-                client_burst: self.client_burst,
-                trusted_proxies: (!self.trusted_proxies.is_empty())
-                    .then(|| self.trusted_proxies.clone()),
-            },
-            default_queue: DefaultQueue {
-                queue: self.queue.clone(),
-                route: (!self.route.is_empty()).then(|| self.route.clone()),
-            },
-            queue: QueueSettings {
-                upstream: self.upstream.clone(),
-                drain_rate: self.drain_rate,
-                drain_burst: self.drain_burst,
-                max_in_flight: self.max_in_flight,
-                max_queue: self.max_queue,
-                upstream_timeout: self.upstream_timeout.clone(),
-                max_attempts: self.max_attempts,
-                partitions: self.partitions,
-                adaptive: self.adaptive.then_some(true),
-                adaptive_floor: self.adaptive_floor,
-                adaptive_ceiling: self.adaptive_ceiling,
-                stock: self.stock,
-                opens_at: self.opens_at.clone(),
-                closes_at: self.closes_at.clone(),
-                prequeue_from: None,
-                sold_out_statuses: (!self.sold_out_statuses.is_empty())
-                    .then(|| self.sold_out_statuses.clone()),
-                sold_out_body: None,
-            },
-        }
+    /// The effective configuration these flags, their variables and the
+    /// config file describe.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        config::load(self.config.as_deref(), &self.settings)
+    }
+}
+
+impl Args for ServeArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        let file = Arg::new("config")
+            .long("config")
+            .env("FLASHGATE_CONFIG")
+            .value_name("FILE")
+            .value_parser(clap::value_parser!(PathBuf))
+            .help("TOML config file");
+        let (global, queue): (Vec<_>, Vec<_>) =
+            config::keys().iter().partition(|k| k.scope != Scope::Queue);
+        cmd.arg(file)
+            .args(global.into_iter().map(flag))
+            .next_help_heading("Queue (applies to every queue)")
+            .args(queue.into_iter().map(flag))
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+/// The flag of a config key. Values are kept as text: the config reads them
+/// as the key's type, so a bad one is reported like a bad file value, with
+/// the flag or variable it came from.
+fn flag(key: &'static Key) -> Arg {
+    let arg = Arg::new(key.flag.as_str())
+        .long(key.flag.as_str())
+        .env(key.env.as_str())
+        .value_name(key.value_name.as_str())
+        .help(key.help.as_str())
+        // `--help` would show a set variable's value: not these.
+        .hide_env_values(matches!(
+            key.name.as_str(),
+            "admin_token" | "ticket_secret" | "redis_url"
+        ));
+    match key.kind {
+        // A switch; `--adaptive=false` and `FLASHGATE_ADAPTIVE=0` also work.
+        Kind::Bool => arg
+            .num_args(0..=1)
+            .require_equals(true)
+            .default_missing_value("true"),
+        // `--drain-rate -5` is a (bad) value, not an unknown flag.
+        Kind::List(_) => arg.action(ArgAction::Append).allow_negative_numbers(true),
+        _ => arg.allow_negative_numbers(true),
+    }
+}
+
+impl FromArgMatches for ServeArgs {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        let settings = config::keys()
+            .iter()
+            .filter_map(|key| {
+                let values: Vec<String> = m.get_many::<String>(&key.flag)?.cloned().collect();
+                let origin = match m.value_source(&key.flag)? {
+                    ValueSource::CommandLine => Origin::Flag(format!("--{}", key.flag)),
+                    ValueSource::EnvVariable => Origin::Env(key.env.clone()),
+                    _ => return None,
+                };
+                // An empty variable for a number, boolean or list sets
+                // nothing; for a string it is "none" where a key is optional.
+                let empty = values.iter().all(String::is_empty);
+                if empty && key.kind != Kind::Text && matches!(origin, Origin::Env(_)) {
+                    return None;
+                }
+                Some(Setting {
+                    key,
+                    values,
+                    origin,
+                })
+            })
+            .collect();
+        Ok(ServeArgs {
+            config: m.get_one::<PathBuf>("config").cloned(),
+            settings,
+        })
+    }
+
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
     }
 }
 

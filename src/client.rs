@@ -125,11 +125,10 @@ impl ClientLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{FileConfig, Overrides};
 
     fn config(toml: &str) -> Config {
         let text = format!("upstream = \"http://127.0.0.1:1\"\n{toml}");
-        Config::resolve(FileConfig::parse(&text).unwrap(), Overrides::default()).unwrap()
+        Config::from_toml(&text).unwrap()
     }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {

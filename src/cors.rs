@@ -100,15 +100,13 @@ mod tests {
 
     fn config(origins: &[&str]) -> Config {
         let text = format!("upstream = \"http://127.0.0.1:9\"\ncors_origins = {origins:?}\n");
-        let file = crate::config::FileConfig::parse(&text).unwrap();
-        Config::resolve(file, Default::default()).unwrap()
+        Config::from_toml(&text).unwrap()
     }
 
     #[test]
     fn origins_must_be_origins() {
         let text = "upstream = \"http://127.0.0.1:9\"\ncors_origins = [\"shop.example\"]\n";
-        let file = crate::config::FileConfig::parse(text).unwrap();
-        let err = Config::resolve(file, Default::default()).unwrap_err();
+        let err = Config::from_toml(text).unwrap_err();
         assert!(err.to_string().contains("shop.example"), "{err}");
     }
 

@@ -19,7 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 use crate::cli::DemoArgs;
-use crate::config::{Config, FileConfig, GlobalSettings, Overrides, QueueSettings};
+use crate::config::{Config, QueueConfig};
 use crate::knobs::KnobsPatch;
 use crate::Gateway;
 
@@ -120,26 +120,23 @@ impl Shop {
 /// Runs the demo until `stop` resolves (or the burst drains, with `--exit`).
 pub async fn run(args: DemoArgs, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
     let shop = SampleShop::start(args.stock).await?;
-    let over = Overrides {
-        global: GlobalSettings {
-            listen: Some(args.listen.clone()),
-            admin_listen: Some(args.admin_listen.clone()),
-            redis_url: args.redis_url.clone(),
-            shutdown_grace: Some("5s".into()),
-            ..Default::default()
-        },
-        queue: QueueSettings {
-            upstream: Some(format!("http://{}", shop.addr)),
-            drain_rate: Some(args.drain_rate),
-            max_attempts: Some(5),
+    let mut config = Config {
+        listen: args.listen.parse().context("--listen")?,
+        admin_listen: args.admin_listen.parse().context("--admin-listen")?,
+        redis_url: args.redis_url.clone().filter(|u| !u.is_empty()),
+        shutdown_grace: Duration::from_secs(5),
+        queue: vec![QueueConfig {
+            upstream: format!("http://{}", shop.addr),
+            drain_rate: args.drain_rate,
+            max_attempts: 5,
             // The sample shop answers 410 once its stock is gone: the queue
             // then flips to sold out and the tickets still waiting fail fast.
-            sold_out_statuses: Some(vec![410]),
-            ..Default::default()
-        },
-        ..Default::default()
+            sold_out_statuses: vec![410],
+            ..QueueConfig::default()
+        }],
+        ..Config::default()
     };
-    let config = Config::resolve(FileConfig::default(), over)?;
+    config.validate()?;
     let gateway = Gateway::start(config).await.context(
         "cannot start the demo gateway (is another program on its port? try --listen 127.0.0.1:0)",
     )?;

@@ -2,8 +2,8 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use flashgate::cli::{Cli, Command, LogArgs, LogFormat, ServeArgs};
-use flashgate::config::{redact_url, Config, ConfigError, FileConfig};
+use flashgate::cli::{Cli, Command, LogArgs, LogFormat};
+use flashgate::config::{redact_url, Config, ConfigError};
 use flashgate::Gateway;
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
@@ -12,7 +12,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = init_logging(&cli.log);
     match cli.command {
-        Command::CheckConfig(args) => match load(&args) {
+        Command::CheckConfig(args) => match args.load() {
             Ok(config) => {
                 print!("{}", config.to_toml());
                 ExitCode::SUCCESS
@@ -20,7 +20,7 @@ fn main() -> ExitCode {
             Err(e) => bad_config(e),
         },
         Command::Serve(args) => {
-            let config = match load(&args) {
+            let config = match args.load() {
                 Ok(c) => c,
                 Err(e) => return bad_config(e),
             };
@@ -112,14 +112,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("cannot start the tokio runtime")
-}
-
-fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
-    let file = match &args.config {
-        Some(path) => FileConfig::load(path)?,
-        None => FileConfig::default(),
-    };
-    Config::resolve(file, args.overrides())
 }
 
 /// The effective config as one line of JSON for the start-up log: what

@@ -1,28 +1,27 @@
 use super::*;
 
-fn resolve(text: &str, over: Overrides) -> Result<Config, String> {
-    let file = FileConfig::parse(text)?;
-    Config::resolve(file, over).map_err(|e| e.to_string())
+use std::time::Duration;
+
+/// The config from file text and flags (`("drain-rate", "20")`).
+fn resolve(text: &str, flags: &[(&str, &str)]) -> Result<Config, String> {
+    let settings = flags
+        .iter()
+        .map(|(flag, value)| Setting::flag(flag, value).expect("a known flag"))
+        .collect::<Vec<_>>();
+    load::from_toml(text, &settings).map_err(|e| e.to_string())
 }
 
-fn with_upstream() -> Overrides {
-    Overrides {
-        queue: QueueSettings {
-            upstream: Some("http://127.0.0.1:9000".into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-}
+const WITH_UPSTREAM: &[(&str, &str)] = &[("upstream", "http://127.0.0.1:9000")];
 
 #[test]
 fn defaults_make_one_checkout_queue() {
-    let c = resolve("", with_upstream()).unwrap();
+    let c = resolve("", WITH_UPSTREAM).unwrap();
     assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
     assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9464");
     assert!(c.redis_url.is_none());
     assert_eq!(c.max_body, Size(64 * 1024));
     assert_eq!(c.ticket_ttl, Duration::from_secs(24 * 3600));
+    assert_eq!(c.underscore_headers, UnderscoreHeaders::Drop);
     assert_eq!(c.queue.len(), 1);
     let q = &c.queue[0];
     assert_eq!(q.name, "checkout");
@@ -32,38 +31,32 @@ fn defaults_make_one_checkout_queue() {
         (100.0, 1, 64)
     );
     assert_eq!((q.max_queue, q.max_attempts), (1_000_000, 5));
+    assert!(!q.route_case_insensitive);
 }
 
 #[test]
 fn upstream_is_required() {
-    let err = resolve("", Overrides::default()).unwrap_err();
+    let err = resolve("", &[]).unwrap_err();
     assert!(err.contains("`upstream`"), "{err}");
 }
 
 #[test]
 fn unknown_top_level_key_is_named() {
-    let err = FileConfig::parse("drain_rat = 5\n").unwrap_err();
+    let err = resolve("drain_rat = 5\n", &[]).unwrap_err();
     assert!(err.contains("drain_rat"), "{err}");
 }
 
 #[test]
 fn unknown_queue_key_is_named() {
     let text = "[[queue]]\nname = \"a\"\nroutes = [\"POST /a\"]\nmax_inflight = 3\n";
-    let err = FileConfig::parse(text).unwrap_err();
+    let err = resolve(text, &[]).unwrap_err();
     assert!(err.contains("max_inflight"), "{err}");
 }
 
 #[test]
 fn flag_beats_file_beats_default() {
     let text = "drain_rate = 50\nmax_in_flight = 7\nupstream = \"http://127.0.0.1:1\"\n";
-    let over = Overrides {
-        queue: QueueSettings {
-            drain_rate: Some(20.0),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let c = resolve(text, over).unwrap();
+    let c = resolve(text, &[("drain-rate", "20")]).unwrap();
     assert_eq!(c.queue[0].drain_rate, 20.0);
     assert_eq!(c.queue[0].max_in_flight, 7);
     assert_eq!(c.queue[0].max_attempts, 5);
@@ -86,13 +79,31 @@ upstream = "http://127.0.0.1:9001/"
 drain_rate = 2.5
 upstream_timeout = "250ms"
 "#;
-    let c = resolve(text, Overrides::default()).unwrap();
+    let c = resolve(text, &[]).unwrap();
     assert_eq!(c.queue.len(), 2);
     assert_eq!(c.queue[0].drain_rate, 10.0);
     assert_eq!(c.queue[0].routes.len(), 2);
     assert_eq!(c.queue[1].upstream, "http://127.0.0.1:9001");
     assert_eq!(c.queue[1].drain_rate, 2.5);
     assert_eq!(c.queue[1].upstream_timeout, Duration::from_millis(250));
+}
+
+#[test]
+fn a_queue_flag_sets_every_queue_even_one_with_its_own_value() {
+    let text = r#"
+upstream = "http://127.0.0.1:9000"
+[[queue]]
+name = "a"
+routes = ["POST /a"]
+max_attempts = 2
+[[queue]]
+name = "b"
+routes = ["POST /b"]
+"#;
+    let c = resolve(text, &[("max-attempts", "9")]).unwrap();
+    assert_eq!((c.queue[0].max_attempts, c.queue[1].max_attempts), (9, 9));
+    let err = resolve(text, &[("queue", "c")]).unwrap_err();
+    assert!(err.contains("cannot be combined with [[queue]]"), "{err}");
 }
 
 #[test]
@@ -106,7 +117,7 @@ routes = ["POST /x"]
 name = "b"
 routes = ["PUT /x"]
 "#;
-    let err = resolve(text, Overrides::default()).unwrap_err();
+    let err = resolve(text, &[]).unwrap_err();
     assert!(err.contains("queue[1].routes"), "{err}");
 }
 
@@ -127,20 +138,102 @@ fn bad_values_name_their_key() {
             "adaptive = true\nadaptive_floor = 50\nadaptive_ceiling = 10",
             "adaptive_floor",
         ),
+        ("underscore_headers = \"keep\"", "underscore_headers"),
     ] {
-        let err = resolve(text, with_upstream()).unwrap_err();
+        let err = resolve(text, WITH_UPSTREAM).unwrap_err();
         assert!(err.contains(key), "{text}: {err}");
     }
 }
 
 #[test]
+fn errors_say_where_the_value_came_from() {
+    let err = resolve(
+        "max_wait = \"2s\"\nheader_timeout = \"soon\"\n",
+        WITH_UPSTREAM,
+    );
+    let err = err.unwrap_err();
+    assert!(err.contains("`header_timeout` (<toml>:2:1)"), "{err}");
+
+    let text = "[[queue]]\nname = \"a\"\nroutes = [\"POST /a\"]\nupstream = \"http://x\"\ndrain_rate = -1\n";
+    let err = resolve(text, &[]).unwrap_err();
+    assert!(err.contains("`queue[0].drain_rate` (<toml>:5:1)"), "{err}");
+
+    // A top-level queue key that fails in a queue points at the top level.
+    let err = resolve("\n\nmax_attempts = 0", WITH_UPSTREAM).unwrap_err();
+    assert!(
+        err.contains("`queue[0].max_attempts` (<toml>:3:1)"),
+        "{err}"
+    );
+
+    let err = resolve(
+        "drain_rate = 5",
+        &[("upstream", "http://x"), ("drain-rate", "-5")],
+    );
+    let err = err.unwrap_err();
+    assert!(err.contains("(flag --drain-rate)"), "{err}");
+
+    let err = resolve("", &[("upstream", "http://x"), ("stock", "lots")]).unwrap_err();
+    assert!(
+        err.contains("`stock` (flag --stock): `lots` is not a whole number"),
+        "{err}"
+    );
+
+    let err = resolve("listen = \"127.0.0.1:1\"\nmax_inflight = 3", WITH_UPSTREAM).unwrap_err();
+    assert_eq!(
+        err,
+        "unknown key `max_inflight` (<toml>:2:1); did you mean `max_in_flight`?"
+    );
+}
+
+#[test]
+fn boolean_values_read_as_1_0_true_false() {
+    for (text, expected) in [("1", true), ("true", true), ("0", false), ("FALSE", false)] {
+        let c = resolve("", &[("upstream", "http://x"), ("passthrough", text)]).unwrap();
+        assert_eq!(c.passthrough, expected, "{text}");
+    }
+    let err = resolve("", &[("upstream", "http://x"), ("adaptive", "yes please")]).unwrap_err();
+    assert!(err.contains("not a boolean"), "{err}");
+}
+
+#[test]
+fn the_new_keys_parse_and_print() {
+    let text = "underscore_headers = \"reject\"\nroute_case_insensitive = true\n";
+    let c = resolve(text, WITH_UPSTREAM).unwrap();
+    assert_eq!(c.underscore_headers, UnderscoreHeaders::Reject);
+    assert!(c.queue[0].route_case_insensitive);
+    let printed = c.to_toml();
+    assert!(
+        printed.contains("underscore_headers = \"reject\""),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("route_case_insensitive = true"),
+        "{printed}"
+    );
+    let c = resolve(
+        "",
+        &[("upstream", "http://x"), ("underscore-headers", "allow")],
+    )
+    .unwrap();
+    assert_eq!(c.underscore_headers, UnderscoreHeaders::Allow);
+}
+
+#[test]
 fn printed_config_redacts_secrets() {
     let text = "admin_token = \"hunter2\"\nredis_url = \"redis://app:s3cret@127.0.0.1:6379/0\"\n";
-    let c = resolve(text, with_upstream()).unwrap();
+    let c = resolve(text, WITH_UPSTREAM).unwrap();
     let printed = c.to_toml();
     assert!(!printed.contains("hunter2"), "{printed}");
     assert!(!printed.contains("s3cret"), "{printed}");
     assert!(printed.contains("redis://app:<redacted>@127.0.0.1:6379/0"));
+}
+
+#[test]
+fn the_printed_config_reads_back_as_the_same_config() {
+    let text = "drain_rate = 7\nmax_body = \"1MiB\"\nopens_at = \"2030-01-01T00:00:00Z\"\n";
+    let c = resolve(text, WITH_UPSTREAM).unwrap();
+    let again = Config::from_toml(&c.to_toml().replace("[queue.adaptive]", "")).unwrap();
+    assert_eq!(again.to_toml(), c.to_toml());
 }
 
 #[test]
@@ -155,10 +248,10 @@ fn sizes_and_durations_parse_with_units() {
 
 #[test]
 fn adaptive_bounds_default_from_the_drain_rate() {
-    let q = &resolve("drain_rate = 200", with_upstream()).unwrap().queue[0];
+    let q = &resolve("drain_rate = 200", WITH_UPSTREAM).unwrap().queue[0];
     assert_eq!(q.adaptive, None, "off unless asked for");
     let text = "drain_rate = 200\nadaptive = true";
-    let q = &resolve(text, with_upstream()).unwrap().queue[0];
+    let q = &resolve(text, WITH_UPSTREAM).unwrap().queue[0];
     assert_eq!(
         q.adaptive,
         Some(AdaptiveBounds {
@@ -167,7 +260,7 @@ fn adaptive_bounds_default_from_the_drain_rate() {
         })
     );
     let text = "adaptive = true\n[[queue]]\nname = \"a\"\nroutes = [\"POST /a\"]\nadaptive_floor = 5\nadaptive_ceiling = 400";
-    let q = &resolve(text, with_upstream()).unwrap().queue[0];
+    let q = &resolve(text, WITH_UPSTREAM).unwrap().queue[0];
     assert_eq!(
         q.adaptive,
         Some(AdaptiveBounds {
@@ -175,4 +268,77 @@ fn adaptive_bounds_default_from_the_drain_rate() {
             ceiling: 400.0
         })
     );
+}
+
+/// Every key has a flag with help, and a default stated in the doc is the
+/// one `Default` really gives (the doc cannot drift from the code).
+#[test]
+fn every_key_documents_its_real_default() {
+    let defaults = serde_json::to_value(Config::default()).unwrap();
+    let queue_defaults = serde_json::to_value(QueueConfig::default()).unwrap();
+    for key in keys() {
+        assert!(!key.help.is_empty(), "{} has no doc", key.name);
+        assert!(
+            key.help.contains("Default") || key.help.contains("Required"),
+            "{}: the doc says no default: {}",
+            key.name,
+            key.help
+        );
+        let value = match key.scope {
+            Scope::Queue => &queue_defaults[&key.name],
+            _ => &defaults[&key.name],
+        };
+        let shown = match value {
+            serde_json::Value::String(s) if !s.is_empty() => s.clone(),
+            serde_json::Value::Number(n) => n.to_string().trim_end_matches(".0").to_string(),
+            serde_json::Value::Bool(b) => b.to_string(),
+            _ => continue,
+        };
+        // The docs write durations as people do; humantime prints these two
+        // its own way.
+        let shown = match shown.as_str() {
+            "1day" => "24h".to_string(),
+            "1m" => "60s".to_string(),
+            _ => shown,
+        };
+        assert!(
+            key.help.contains(&format!("Default `{shown}`")),
+            "{}: default is {shown}, doc says: {}",
+            key.name,
+            key.help
+        );
+    }
+}
+
+#[test]
+fn flags_and_variables_are_named_after_the_keys() {
+    let k = keys().iter().find(|k| k.name == "drain_rate").unwrap();
+    assert_eq!(
+        (k.flag.as_str(), k.env.as_str()),
+        ("drain-rate", "FLASHGATE_DRAIN_RATE")
+    );
+    assert_eq!((k.kind.clone(), k.scope), (Kind::Float, Scope::Queue));
+    let k = keys().iter().find(|k| k.name == "routes").unwrap();
+    assert_eq!(
+        (k.flag.as_str(), k.env.as_str()),
+        ("route", "FLASHGATE_ROUTE")
+    );
+    let k = keys().iter().find(|k| k.name == "upstream").unwrap();
+    assert_eq!(k.scope, Scope::Both);
+    let k = keys()
+        .iter()
+        .find(|k| k.name == "sold_out_statuses")
+        .unwrap();
+    assert_eq!(k.kind, Kind::List(Box::new(Kind::Integer)));
+    for flag in [
+        "prequeue-from",
+        "sold-out-body",
+        "route-case-insensitive",
+        "underscore-headers",
+    ] {
+        assert!(keys().iter().any(|k| k.flag == flag), "no --{flag}");
+    }
+    assert!(!keys()
+        .iter()
+        .any(|k| k.name == "queue" || k.name.starts_with("log")));
 }

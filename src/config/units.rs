@@ -1,9 +1,12 @@
-//! Sizes ("64KiB") and durations ("250ms") as written in flags and files,
-//! and how secrets are printed.
+//! Sizes ("64KiB"), durations ("250ms"), times and lists as written in flags
+//! and files: how they are read, printed (secrets redacted) and described in
+//! the schema the flags are made from.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
-use serde::Serializer;
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
+use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
 
 /// A byte count written with an optional unit: `B`, `KB`/`KiB`, `MB`/`MiB`, `GB`/`GiB`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,6 +15,12 @@ pub struct Size(pub u64);
 impl serde::Serialize for Size {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&format_size(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parse_size(&String::deserialize(d)?).map_err(D::Error::custom)
     }
 }
 
@@ -54,11 +63,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("`{s}` is not a duration such as 250ms or 10s ({e})"))
 }
 
+/// A `Duration` written with a unit, as `#[serde(with = "units::duration")]`.
 pub mod duration {
     use std::time::Duration;
 
+    use serde::{de::Error as _, Deserialize, Deserializer};
+
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&humantime::format_duration(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        super::parse_duration(&String::deserialize(d)?).map_err(D::Error::custom)
     }
 }
 
@@ -136,8 +152,17 @@ pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
         .map_err(|_| format!("`{s}` is not an address or CIDR block"))
 }
 
+/// An optional RFC 3339 time, as `#[serde(with = "units::time")]`.
 pub mod time {
     use std::time::SystemTime;
+
+    use serde::{de::Error as _, Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|t| super::parse_time(&t).map_err(D::Error::custom))
+            .transpose()
+    }
 
     pub fn serialize<S: serde::Serializer>(
         t: &Option<SystemTime>,
@@ -156,4 +181,73 @@ pub fn ser_display_list<S: Serializer, T: std::fmt::Display>(
     s: S,
 ) -> Result<S::Ok, S::Error> {
     s.collect_seq(items.iter().map(|i| i.to_string()))
+}
+
+/// An `IP:port` socket address.
+pub fn addr<'de, D: Deserializer<'de>>(d: D) -> Result<std::net::SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse()
+        .map_err(|_| D::Error::custom(format!("`{text}` is not an IP:port address")))
+}
+
+/// A string where the empty string means "not set" (as an empty
+/// `FLASHGATE_*` variable does).
+pub fn non_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.filter(|s| !s.is_empty()))
+}
+
+/// A list whose items may themselves be comma-separated (`["a,b", "c"]`, or
+/// one flag value `a,b,c`): trimmed, empty items dropped.
+pub fn comma_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(Vec::<String>::deserialize(d)?
+        .iter()
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect())
+}
+
+/// A [`comma_list`] of CIDR blocks or bare addresses.
+pub fn cidrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    comma_list(d)?
+        .iter()
+        .map(|s| parse_cidr(s).map_err(D::Error::custom))
+        .collect()
+}
+
+/// Schemas of string values with a `format`, which also names a flag's value
+/// (`--max-wait <DUR>`). `Addr`, `Dur`, `Time` and `Url` stand in for types
+/// whose own schema (if any) is not the string written in flags and files.
+macro_rules! string_schema {
+    ($($name:ident => $format:literal),* $(,)?) => {$(
+        #[doc = concat!("Schema of a `", $format, "` string.")]
+        pub struct $name;
+
+        impl JsonSchema for $name {
+            fn schema_name() -> Cow<'static, str> {
+                stringify!($name).into()
+            }
+            fn inline_schema() -> bool {
+                true
+            }
+            fn json_schema(_: &mut SchemaGenerator) -> Schema {
+                json_schema!({ "type": "string", "format": $format })
+            }
+        }
+    )*};
+}
+
+string_schema!(Addr => "addr", Dur => "duration", Time => "time", Url => "url");
+
+impl JsonSchema for Size {
+    fn schema_name() -> Cow<'static, str> {
+        "Size".into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({ "type": "string", "format": "size" })
+    }
 }

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use flashgate::config::{Config, FileConfig, Overrides};
+use flashgate::config::Config;
 use flashgate::Gateway;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -522,8 +522,7 @@ pub fn config(toml: &str, upstream: &str, redis: Option<&str>) -> Config {
         text.push_str(&format!("consumer = \"test-{}\"\n", free_port()));
     }
     text.push_str(toml);
-    let file = FileConfig::parse(&text).expect("test config parses");
-    Config::resolve(file, Overrides::default()).expect("test config is valid")
+    Config::from_toml(&text).expect("test config is valid")
 }
 
 pub async fn gateway(config: Config) -> Gateway {

@@ -1,0 +1,283 @@
+//! The configuration tree. Each key is declared here once: its field (name and
+//! type), its doc comment (meaning, unit, default), its default (the `Default`
+//! impls at the end). The serve flags, their `FLASHGATE_*` variables and their
+//! help are read from this tree's schema (see `keys.rs`); `check-config` prints
+//! it with `Serialize`.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::units::{self, Size};
+use super::values::{ClientKey, Route};
+
+/// The effective configuration of one gateway process.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Public listener address. Default `0.0.0.0:8080`.
+    #[serde(deserialize_with = "units::addr")]
+    #[schemars(with = "units::Addr")]
+    pub listen: SocketAddr,
+    /// Admin listener address: metrics, health, admin API. Default `127.0.0.1:9464`.
+    #[serde(deserialize_with = "units::addr")]
+    #[schemars(with = "units::Addr")]
+    pub admin_listen: SocketAddr,
+    /// `redis[s]://` URL, or `redis[s]+cluster://host:port,host:port` for a
+    /// cluster. Default: none, the embedded in-process queue.
+    #[serde(
+        serialize_with = "units::ser_redacted_url",
+        deserialize_with = "units::non_empty"
+    )]
+    #[schemars(with = "Option<units::Url>")]
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel. Default `flashgate`.
+    pub redis_prefix: String,
+    /// Stable name of this instance in the stream's consumer group. Default:
+    /// `hostname:port` of `listen`.
+    pub consumer: String,
+    /// Proxy non-queued paths to `upstream` (else 404). Default `false`.
+    pub passthrough: bool,
+    /// Base URL for passthrough; at the top level of the file, also the
+    /// default of every queue's `upstream`. Default: the first queue's.
+    #[serde(deserialize_with = "units::non_empty")]
+    #[schemars(with = "Option<units::Url>")]
+    pub upstream: Option<String>,
+    /// Bearer token required on `/admin/*`. Default: none (admin API open).
+    #[serde(
+        serialize_with = "units::ser_secret",
+        deserialize_with = "units::non_empty"
+    )]
+    pub admin_token: Option<String>,
+    /// Who a client is: `ip` (socket peer) or `header:NAME`. Default `ip`.
+    pub client_key: ClientKey,
+    /// Admissions per second per client and instance; 0 = no limit. Default `0`.
+    pub client_rate: f64,
+    /// Admissions a client may make back to back. Default `1`.
+    pub client_burst: u32,
+    /// Peers whose `X-Forwarded-For` is believed, CIDRs or addresses. Default: none.
+    #[serde(
+        serialize_with = "units::ser_display_list",
+        deserialize_with = "units::cidrs"
+    )]
+    #[schemars(with = "Vec<String>")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Largest request body admitted (413 beyond). Default `64KiB`.
+    pub max_body: Size,
+    /// Time a client has to send its request head; also the keep-alive idle
+    /// timeout. Default `10s`.
+    #[serde(with = "units::duration")]
+    #[schemars(with = "units::Dur")]
+    pub header_timeout: Duration,
+    /// Largest request head, at least 1KiB (431 beyond). Default `16KiB`.
+    pub max_header_size: Size,
+    /// Time a client has to send its whole body once its head is in (408
+    /// after). Default `10s`.
+    #[serde(with = "units::duration")]
+    #[schemars(with = "units::Dur")]
+    pub body_timeout: Duration,
+    /// Open public connections; beyond it new ones get a fast 503 and are
+    /// closed. Default `10000`.
+    pub max_connections: u32,
+    /// Longest `Prefer: wait` an admission is held for, at most 60s; 0 = never
+    /// held. Default `10s`.
+    #[serde(with = "units::duration")]
+    #[schemars(with = "units::Dur")]
+    pub max_wait: Duration,
+    /// Browser origins allowed to call the public API (`*` = any). Default:
+    /// none (no CORS).
+    #[serde(deserialize_with = "units::comma_list")]
+    pub cors_origins: Vec<String>,
+    /// Secret that ticket MACs derive from, at least 32 bytes. Default: shared
+    /// through Redis or, with the embedded queue, random per process.
+    #[serde(
+        serialize_with = "units::ser_secret",
+        deserialize_with = "units::non_empty"
+    )]
+    pub ticket_secret: Option<String>,
+    /// How long ticket state and idempotency keys are kept after their last
+    /// change, at least 1s. Default `24h`.
+    #[serde(with = "units::duration")]
+    #[schemars(with = "units::Dur")]
+    pub ticket_ttl: Duration,
+    /// How long shutdown waits for in-flight upstream requests. Default `30s`.
+    #[serde(with = "units::duration")]
+    #[schemars(with = "units::Dur")]
+    pub shutdown_grace: Duration,
+    /// Entries another instance left unfinished this long are taken over, at
+    /// least 1s. Default `60s`.
+    #[serde(with = "units::duration")]
+    #[schemars(with = "units::Dur")]
+    pub claim_idle: Duration,
+    /// Request headers whose name has an underscore: `drop` them, `reject`
+    /// the request (400) or `allow` them through. Default `drop`.
+    pub underscore_headers: UnderscoreHeaders,
+    /// The queues, each with its routes, upstream and limits.
+    pub queue: Vec<QueueConfig>,
+}
+
+/// One queue: its routes, upstream and drain limits. At the top level of the
+/// file these keys are the defaults of every `[[queue]]` table.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Name used in keys, labels and tickets, 1-64 of `[A-Za-z0-9_-]`.
+    /// Default `checkout`.
+    pub name: String,
+    /// Queued routes, `"METHOD /path"` (the query is not matched). Default
+    /// `POST /checkout`.
+    pub routes: Vec<Route>,
+    /// Match the routes' paths without regard to ASCII case. Default `false`.
+    pub route_case_insensitive: bool,
+    /// Base URL of the order service (http or https, no query). Required.
+    #[serde(serialize_with = "units::ser_redacted_url_str")]
+    #[schemars(with = "units::Url")]
+    pub upstream: String,
+    /// Requests per second sent upstream, across all instances. Default `100`.
+    pub drain_rate: f64,
+    /// Requests that may go out back to back after an idle spell; 1 spaces
+    /// them evenly. Default `1`.
+    pub drain_burst: u32,
+    /// Concurrent upstream requests per instance. Default `64`.
+    pub max_in_flight: u32,
+    /// Queue capacity; admissions beyond it get 503. Default `1000000`.
+    pub max_queue: u64,
+    /// One upstream attempt's deadline. Default `10s`.
+    #[serde(with = "units::duration")]
+    #[schemars(with = "units::Dur")]
+    pub upstream_timeout: Duration,
+    /// Upstream attempts before a ticket fails and is dead-lettered. Default `5`.
+    pub max_attempts: u32,
+    /// Admissions allowed in total (then 410 sold_out). Default: unlimited.
+    pub stock: Option<u64>,
+    /// RFC 3339 time the sale opens; before it admissions get 503
+    /// sale_not_open. Default: open.
+    #[serde(with = "units::time")]
+    #[schemars(with = "Option<units::Time>")]
+    pub opens_at: Option<SystemTime>,
+    /// RFC 3339 time the sale closes; after it admissions get 410
+    /// sale_closed. Default: never.
+    #[serde(with = "units::time")]
+    #[schemars(with = "Option<units::Time>")]
+    pub closes_at: Option<SystemTime>,
+    /// RFC 3339 start of the pre-queue window before `opens_at`: early
+    /// arrivals are admitted, and served in random order once the sale opens.
+    /// Default: none.
+    #[serde(with = "units::time")]
+    #[schemars(with = "Option<units::Time>")]
+    pub prequeue_from: Option<SystemTime>,
+    /// Upstream statuses that mean sold out and flip the queue to sold out.
+    /// Default: none.
+    pub sold_out_statuses: Vec<u16>,
+    /// If set, a sold-out status counts only when the body contains this text.
+    /// Default: any body.
+    #[serde(deserialize_with = "units::non_empty")]
+    pub sold_out_body: Option<String>,
+    /// Streams the queue is spread over, 1-256 (Redis only; `{name:i}` hash
+    /// tags put them on different cluster shards). Default `1`.
+    pub partitions: u32,
+    /// Let the drain rate follow the upstream's health between
+    /// `adaptive_floor` and `adaptive_ceiling`, from `drain_rate`. Default `false`.
+    #[serde(rename(deserialize = "adaptive"), skip_serializing)]
+    pub adaptive_on: bool,
+    /// Lowest adaptive drain rate, requests/s. Default: a twentieth of the ceiling.
+    #[serde(skip_serializing)]
+    pub adaptive_floor: Option<f64>,
+    /// Highest adaptive drain rate, requests/s. Default: `drain_rate`.
+    #[serde(skip_serializing)]
+    pub adaptive_ceiling: Option<f64>,
+    /// The adaptive drain's bounds when it is on, worked out by `validate`
+    /// from the three keys above (and printed in their place).
+    #[serde(skip_deserializing)]
+    #[schemars(skip)]
+    pub adaptive: Option<AdaptiveBounds>,
+}
+
+/// Where the adaptive drain may take a queue's rate.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct AdaptiveBounds {
+    pub floor: f64,
+    pub ceiling: f64,
+}
+
+/// What happens to a request header whose name contains `_`. Proxies differ
+/// on whether `X_User` and `X-User` are one header, which lets a client
+/// smuggle a value past a check made on the other spelling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum UnderscoreHeaders {
+    /// Remove the header and serve the request.
+    #[default]
+    Drop,
+    /// Answer 400.
+    Reject,
+    /// Pass it on unchanged.
+    Allow,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            redis_url: None,
+            redis_prefix: "flashgate".into(),
+            // Filled in by `validate`: it depends on `listen`.
+            consumer: String::new(),
+            passthrough: false,
+            upstream: None,
+            admin_token: None,
+            client_key: ClientKey::Ip,
+            client_rate: 0.0,
+            client_burst: 1,
+            trusted_proxies: Vec::new(),
+            max_body: Size(64 << 10),
+            header_timeout: Duration::from_secs(10),
+            max_header_size: Size(16 << 10),
+            body_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
+            max_wait: Duration::from_secs(10),
+            cors_origins: Vec::new(),
+            ticket_secret: None,
+            ticket_ttl: Duration::from_secs(24 * 3600),
+            shutdown_grace: Duration::from_secs(30),
+            claim_idle: Duration::from_secs(60),
+            underscore_headers: UnderscoreHeaders::Drop,
+            queue: vec![QueueConfig::default()],
+        }
+    }
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            name: "checkout".into(),
+            routes: vec![Route {
+                method: http::Method::POST,
+                path: "/checkout".into(),
+            }],
+            route_case_insensitive: false,
+            // Required: `validate` refuses the empty URL.
+            upstream: String::new(),
+            drain_rate: 100.0,
+            drain_burst: 1,
+            max_in_flight: 64,
+            max_queue: 1_000_000,
+            upstream_timeout: Duration::from_secs(10),
+            max_attempts: 5,
+            stock: None,
+            opens_at: None,
+            closes_at: None,
+            prequeue_from: None,
+            sold_out_statuses: Vec::new(),
+            sold_out_body: None,
+            partitions: 1,
+            adaptive_on: false,
+            adaptive_floor: None,
+            adaptive_ceiling: None,
+            adaptive: None,
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! The checks a parsed tree must pass, and the values worked out from others.
+//! Each value was parsed by its type already; what is left are ranges and
+//! rules between keys. Errors name the key; `load` adds where it came from.
+
+use std::time::Duration;
+
+use super::{redact_url, AdaptiveBounds, Config, ConfigError, QueueConfig};
+
+/// Rules checked in order; the first one broken is the error, naming its key.
+struct Rules(Result<(), ConfigError>);
+
+impl Rules {
+    fn check(self, ok: bool, key: impl Into<String>, message: impl Into<String>) -> Self {
+        match self.0 {
+            Ok(()) if !ok => Rules(Err(ConfigError::invalid(key, message))),
+            _ => self,
+        }
+    }
+}
+
+const AT_LEAST_1: &str = "must be at least 1";
+
+impl Config {
+    /// Checks every value and fills in those that default from others
+    /// (`consumer`, `upstream`, each queue's adaptive bounds).
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
+        let redis = self.redis_url.as_deref();
+        let schemes = [
+            "redis://",
+            "rediss://",
+            "redis+cluster://",
+            "rediss+cluster://",
+        ];
+        let secret_len = self.ticket_secret.as_ref().map_or(usize::MAX, String::len);
+        let min_secret = crate::ticket::MIN_SECRET_LEN;
+        let prefix = &self.redis_prefix;
+        let second = Duration::from_secs(1);
+        self.cors_origins = (self.cors_origins.iter())
+            .map(|o| o.trim_end_matches('/').to_string())
+            .filter(|o| !o.is_empty())
+            .collect();
+        let bad_origin = (self.cors_origins.iter())
+            .find(|o| *o != "*" && !o.starts_with("http://") && !o.starts_with("https://"));
+        Rules(Ok(()))
+            .check(
+                redis.is_none_or(|u| schemes.iter().any(|s| u.starts_with(s))),
+                "redis_url",
+                "must start with redis://, rediss:// or, for a cluster, redis+cluster://",
+            )
+            .check(
+                redis.is_none_or(|u| crate::queue::Endpoint::parse(u).is_ok()),
+                "redis_url",
+                "is not a valid address (host, port, database)",
+            )
+            .check(
+                !prefix.is_empty() && !prefix.contains(['{', '}']),
+                "redis_prefix",
+                "must be non-empty and contain no braces",
+            )
+            .check(
+                self.max_header_size.0 >= 1024,
+                "max_header_size",
+                "must be at least 1KiB",
+            )
+            .check(!self.body_timeout.is_zero(), "body_timeout", "must be > 0")
+            .check(self.max_connections > 0, "max_connections", AT_LEAST_1)
+            .check(
+                self.max_wait <= 60 * second,
+                "max_wait",
+                "must be at most 60s",
+            )
+            .check(
+                bad_origin.is_none(),
+                "cors_origins",
+                format!(
+                    "`{}` is not an origin: expected `*` or scheme://host[:port]",
+                    bad_origin.map_or("", String::as_str)
+                ),
+            )
+            .check(
+                secret_len >= min_secret,
+                "ticket_secret",
+                format!("must be at least {min_secret} bytes (e.g. `openssl rand -base64 32`)"),
+            )
+            .check(
+                self.ticket_ttl >= second,
+                "ticket_ttl",
+                "must be at least 1s",
+            )
+            .check(
+                self.client_rate.is_finite() && self.client_rate >= 0.0,
+                "client_rate",
+                "must be >= 0 (0 = off)",
+            )
+            .check(self.client_burst > 0, "client_burst", AT_LEAST_1)
+            .check(
+                self.claim_idle >= second,
+                "claim_idle",
+                "must be at least 1s",
+            )
+            .0?;
+        if self.consumer.is_empty() {
+            self.consumer = format!("{}:{}", hostname(), self.listen.port());
+        }
+        for (i, queue) in self.queue.iter_mut().enumerate() {
+            queue.validate(i)?;
+        }
+        for (i, q) in self.queue.iter().enumerate() {
+            let earlier = &self.queue[..i];
+            let taken = (q.routes.iter()).find(|r| {
+                earlier
+                    .iter()
+                    .any(|p| p.routes.iter().any(|pr| pr.path == r.path))
+            });
+            Rules(Ok(()))
+                .check(
+                    !earlier.iter().any(|p| p.name == q.name),
+                    format!("queue[{i}].name"),
+                    format!("queue `{}` is declared twice", q.name),
+                )
+                .check(
+                    taken.is_none(),
+                    format!("queue[{i}].routes"),
+                    format!(
+                        "path {} is already queued by another queue",
+                        taken.map_or("", |r| r.path.as_str())
+                    ),
+                )
+                .check(
+                    q.partitions == 1 || redis.is_some(),
+                    format!("queue[{i}].partitions"),
+                    format!(
+                        "queue `{}` has {} partitions: partitions need redis_url \
+                         (the embedded queue is one process)",
+                        q.name, q.partitions
+                    ),
+                )
+                .0?;
+        }
+        if self.upstream.is_none() {
+            self.upstream = self.queue.first().map(|q| q.upstream.clone());
+        }
+        Ok(())
+    }
+}
+
+impl QueueConfig {
+    /// Checks the queue that is `queue[i]` and works out its adaptive bounds.
+    fn validate(&mut self, i: usize) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("queue[{i}].{k}");
+        let name = &self.name;
+        let name_ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        Rules(Ok(()))
+            .check(
+                name_ok,
+                key("name"),
+                format!("`{name}` must be 1-64 of [A-Za-z0-9_-]"),
+            )
+            .check(!self.routes.is_empty(), key("routes"), "at least one route")
+            .check(
+                !self.upstream.is_empty(),
+                "upstream",
+                "required: the base URL of the order service",
+            )
+            .0?;
+        check_upstream(&self.upstream).map_err(|m| ConfigError::invalid(key("upstream"), m))?;
+        self.upstream = self.upstream.trim_end_matches('/').to_string();
+        self.max_queue = self.max_queue.max(1);
+        let ceiling = self.adaptive_ceiling.unwrap_or(self.drain_rate);
+        let floor = self.adaptive_floor.unwrap_or(ceiling / 20.0);
+        let adaptive = self.adaptive_on;
+        self.adaptive = adaptive.then_some(AdaptiveBounds { floor, ceiling });
+        let rate_ok = |r: f64| r.is_finite() && r > 0.0 && r <= 1e6;
+        let per_sec = "must be > 0 and <= 1000000 requests/s";
+        let (open, close, pre) = (self.opens_at, self.closes_at, self.prequeue_from);
+        let bad_status = self
+            .sold_out_statuses
+            .iter()
+            .find(|c| !(200..=599).contains(*c));
+        Rules(Ok(()))
+            .check(rate_ok(self.drain_rate), key("drain_rate"), per_sec)
+            .check(self.drain_burst > 0, key("drain_burst"), AT_LEAST_1)
+            .check(self.max_in_flight > 0, key("max_in_flight"), AT_LEAST_1)
+            .check(self.max_attempts > 0, key("max_attempts"), AT_LEAST_1)
+            .check(
+                !self.upstream_timeout.is_zero(),
+                key("upstream_timeout"),
+                "must be > 0",
+            )
+            .check(
+                (1..=256).contains(&self.partitions),
+                key("partitions"),
+                "must be from 1 to 256",
+            )
+            .check(
+                !adaptive || rate_ok(ceiling),
+                key("adaptive_ceiling"),
+                per_sec,
+            )
+            .check(
+                !adaptive || (rate_ok(floor) && floor <= ceiling),
+                key("adaptive_floor"),
+                "must be > 0 and <= adaptive_ceiling",
+            )
+            .check(
+                open.zip(close).is_none_or(|(o, c)| c > o),
+                key("closes_at"),
+                "must be after opens_at",
+            )
+            .check(
+                pre.is_none() || open.is_some(),
+                key("prequeue_from"),
+                "needs opens_at",
+            )
+            .check(
+                pre.zip(open).is_none_or(|(p, o)| p < o),
+                key("prequeue_from"),
+                "must be before opens_at",
+            )
+            .check(
+                bad_status.is_none(),
+                key("sold_out_statuses"),
+                format!("{} is not an HTTP status", bad_status.unwrap_or(&0)),
+            )
+            .0
+    }
+}
+
+fn check_upstream(url: &str) -> Result<(), String> {
+    // Messages echo the URL without its password: they reach logs.
+    let parsed = url.parse::<http::Uri>();
+    let shown = redact_url(url);
+    let uri = parsed.map_err(|e| format!("`{shown}`: {e}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        Some(other) => {
+            return Err(format!(
+                "scheme `{other}` is not supported (use http:// or https://)"
+            ))
+        }
+        None => return Err(format!("`{shown}` needs a scheme, e.g. http://host:port")),
+    }
+    if uri.host().is_none() {
+        return Err(format!("`{shown}` has no host"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("`{shown}` must not have a query"));
+    }
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "flashgate".into())
+}

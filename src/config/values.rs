@@ -1,0 +1,108 @@
+//! The config's own value types, written as strings in flags and files.
+
+use std::borrow::Cow;
+
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
+use serde::{Deserialize, Serialize};
+
+/// A queued route: a method and an exact path (the query is not matched).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub method: http::Method,
+    pub path: String,
+}
+
+impl std::str::FromStr for Route {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (method, path) = s
+            .trim()
+            .split_once(char::is_whitespace)
+            .ok_or_else(|| format!("`{s}` is not \"METHOD /path\""))?;
+        let method = http::Method::from_bytes(method.as_bytes())
+            .map_err(|_| format!("`{method}` is not an HTTP method"))?;
+        let path = path.trim();
+        if !path.starts_with('/') || path.contains('?') || path.contains(char::is_whitespace) {
+            return Err(format!(
+                "`{path}` must be an absolute path without query or spaces"
+            ));
+        }
+        Ok(Route {
+            method,
+            path: path.to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.method, self.path)
+    }
+}
+
+/// How a client is identified for idempotency and per-client limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientKey {
+    /// The socket peer's IP address.
+    Ip,
+    /// The value of a request header (lower-cased name).
+    Header(http::HeaderName),
+}
+
+impl std::str::FromStr for ClientKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "ip" {
+            return Ok(ClientKey::Ip);
+        }
+        match s.strip_prefix("header:") {
+            Some(name) => http::HeaderName::from_bytes(name.trim().as_bytes())
+                .map(ClientKey::Header)
+                .map_err(|_| format!("`{name}` is not a header name")),
+            None => Err(format!("`{s}` is neither `ip` nor `header:NAME`")),
+        }
+    }
+}
+
+impl std::fmt::Display for ClientKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientKey::Ip => f.write_str("ip"),
+            ClientKey::Header(h) => write!(f, "header:{h}"),
+        }
+    }
+}
+
+/// Serde and schema for a type written as a string: `Display` out,
+/// `FromStr` (with a message that says what was expected) in.
+macro_rules! string_value {
+    ($ty:ty, $format:literal) => {
+        impl Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(d)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl JsonSchema for $ty {
+            fn schema_name() -> Cow<'static, str> {
+                stringify!($ty).into()
+            }
+            fn inline_schema() -> bool {
+                true
+            }
+            fn json_schema(_: &mut SchemaGenerator) -> Schema {
+                json_schema!({ "type": "string", "format": $format })
+            }
+        }
+    };
+}
+
+string_value!(Route, "route");
+string_value!(ClientKey, "client-key");
