@@ -147,6 +147,10 @@ pub struct ServeArgs {
     /// Queue capacity; admissions beyond it get 503 [default: 1000000].
     #[arg(long, env = "FLASHGATE_MAX_QUEUE", value_name = "N")]
     pub max_queue: Option<u64>,
+    /// Match the queued routes' paths ignoring ASCII case, for an upstream
+    /// that routes that way (IIS, ASP.NET).
+    #[arg(long, env = "FLASHGATE_ROUTE_CASE_INSENSITIVE")]
+    pub route_case_insensitive: bool,
     /// Proxy non-queued paths straight to the upstream (else 404).
     #[arg(long, env = "FLASHGATE_PASSTHROUGH")]
     pub passthrough: bool,
@@ -301,6 +305,7 @@ impl ServeArgs {
                 adaptive: self.adaptive.then_some(true),
                 adaptive_floor: self.adaptive_floor,
                 adaptive_ceiling: self.adaptive_ceiling,
+                route_case_insensitive: self.route_case_insensitive.then_some(true),
                 stock: self.stock,
                 opens_at: self.opens_at.clone(),
                 closes_at: self.closes_at.clone(),

@@ -111,6 +111,9 @@ pub struct QueueConfig {
     pub name: String,
     /// Queued routes, `"METHOD /path"`.
     pub routes: Vec<Route>,
+    /// Match the routes' paths ignoring ASCII case, for an upstream that
+    /// routes that way (IIS, ASP.NET); default false (RFC 3986: case matters).
+    pub route_case_insensitive: bool,
     /// Base URL of the order service.
     #[serde(serialize_with = "units::ser_redacted_url_str")]
     pub upstream: String,
@@ -158,7 +161,8 @@ pub struct AdaptiveBounds {
     pub ceiling: f64,
 }
 
-/// A queued route: a method and an exact path (the query is not matched).
+/// A queued route: a method and a path in normal form (module `path`); a
+/// request matches it whatever its query, `;` parameters or trailing slash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     pub method: http::Method,
@@ -182,7 +186,7 @@ impl std::str::FromStr for Route {
         }
         Ok(Route {
             method,
-            path: path.to_string(),
+            path: crate::path::route_path(path)?,
         })
     }
 }
@@ -271,6 +275,8 @@ pub struct QueueSettings {
     pub adaptive_floor: Option<f64>,
     /// Highest adaptive rate (default: drain_rate).
     pub adaptive_ceiling: Option<f64>,
+    /// Match routes ignoring ASCII case (default false).
+    pub route_case_insensitive: Option<bool>,
 }
 
 impl QueueSettings {
@@ -294,6 +300,9 @@ impl QueueSettings {
             adaptive: self.adaptive.or(fallback.adaptive),
             adaptive_floor: self.adaptive_floor.or(fallback.adaptive_floor),
             adaptive_ceiling: self.adaptive_ceiling.or(fallback.adaptive_ceiling),
+            route_case_insensitive: self
+                .route_case_insensitive
+                .or(fallback.route_case_insensitive),
         }
     }
 }
@@ -443,6 +452,7 @@ struct RawFile {
     adaptive: Option<bool>,
     adaptive_floor: Option<f64>,
     adaptive_ceiling: Option<f64>,
+    route_case_insensitive: Option<bool>,
 }
 
 /// A parsed config file, every key optional.
@@ -533,6 +543,7 @@ impl FileConfig {
                 adaptive: raw.adaptive,
                 adaptive_floor: raw.adaptive_floor,
                 adaptive_ceiling: raw.adaptive_ceiling,
+                route_case_insensitive: raw.route_case_insensitive,
             },
             queue: tables,
         })
@@ -746,9 +757,13 @@ impl Config {
                 ));
             }
             for r in &q.routes {
-                let taken = queues[..i]
-                    .iter()
-                    .any(|p| p.routes.iter().any(|pr| pr.path == r.path));
+                // Taken when a request could match both queues' routes.
+                let taken = queues[..i].iter().any(|p| {
+                    let fold = p.route_case_insensitive || q.route_case_insensitive;
+                    p.routes
+                        .iter()
+                        .any(|pr| crate::path::matches(&pr.path, &r.path, fold))
+                });
                 if taken {
                     return Err(ConfigError::invalid(
                         format!("queue[{i}].routes"),
@@ -915,6 +930,7 @@ impl QueueConfig {
             sold_out_body: s.sold_out_body.clone().filter(|b| !b.is_empty()),
             name: table.name.clone(),
             routes,
+            route_case_insensitive: s.route_case_insensitive.unwrap_or(false),
             upstream: upstream.trim_end_matches('/').to_string(),
             drain_rate,
             drain_burst: positive("drain_burst", s.drain_burst.unwrap_or(1))?,

@@ -176,3 +176,60 @@ fn adaptive_bounds_default_from_the_drain_rate() {
         })
     );
 }
+
+#[test]
+fn route_case_insensitive_is_a_queue_key_off_by_default() {
+    let q = &resolve("", with_upstream()).unwrap().queue[0];
+    assert!(!q.route_case_insensitive, "RFC 3986: case matters");
+    let text = "route_case_insensitive = true\n[[queue]]\nname = \"a\"\nroutes = [\"POST /a\"]\n[[queue]]\nname = \"b\"\nroutes = [\"POST /b\"]\nroute_case_insensitive = false\n";
+    let c = resolve(text, with_upstream()).unwrap();
+    assert!(c.queue[0].route_case_insensitive, "top-level default");
+    assert!(!c.queue[1].route_case_insensitive, "the table's own");
+    let over = Overrides {
+        queue: QueueSettings {
+            route_case_insensitive: Some(true),
+            ..with_upstream().queue
+        },
+        ..Default::default()
+    };
+    assert!(resolve("", over).unwrap().queue[0].route_case_insensitive);
+}
+
+#[test]
+fn route_paths_are_normalized_and_ambiguous_ones_refused() {
+    let q = &resolve("route = [\"POST //check%6Fut/\"]", with_upstream())
+        .unwrap()
+        .queue[0];
+    assert_eq!(q.routes[0].path, "/checkout/");
+    for route in [
+        "POST /checkout;v=1",
+        "POST /a%2Fb",
+        "POST /../a",
+        "POST /a\\\\b",
+    ] {
+        let err = resolve(&format!("route = [\"{route}\"]"), with_upstream()).unwrap_err();
+        assert!(
+            err.contains("`route`") || err.contains("routes"),
+            "{route}: {err}"
+        );
+    }
+}
+
+#[test]
+fn paths_two_queues_could_both_match_are_refused() {
+    let queues = |second: &str, fold: bool| {
+        format!(
+            "[[queue]]\nname = \"a\"\nroutes = [\"POST /checkout\"]\n\
+             [[queue]]\nname = \"b\"\nroutes = [\"POST {second}\"]\nroute_case_insensitive = {fold}\n"
+        )
+    };
+    for (second, fold) in [
+        ("/checkout/", false),
+        ("/%63heckout", false),
+        ("/Checkout", true),
+    ] {
+        let err = resolve(&queues(second, fold), with_upstream()).unwrap_err();
+        assert!(err.contains("queue[1].routes"), "{second}: {err}");
+    }
+    resolve(&queues("/Checkout", false), with_upstream()).expect("case differs, both exact");
+}
