@@ -30,7 +30,7 @@ use crate::headers::strip_hop_by_hop;
 use crate::knobs::{KnobsPatch, Phase};
 use crate::problem::{Code, Problem};
 use crate::upstream::UpstreamError;
-use crate::{admission, cors, poll, web};
+use crate::{admission, cors, path, poll, web};
 
 /// Deadline for a passthrough request when no queue sets one.
 const PASSTHROUGH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -226,7 +226,11 @@ fn parse_error_status(e: &hyper::Error) -> Option<&'static str> {
 /// The public API's routes.
 async fn public(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
-    let path = req.uri().path();
+    // Routed and forwarded on its normal form; the request is moved on, so
+    // the (shared, cheap to clone) target is kept aside.
+    let uri = req.uri().clone();
+    let normal = path::normalize(uri.path());
+    let path = normal.as_deref().unwrap_or("/");
     let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     let origin = cors::allowed_origin(&app.config, req.headers());
     let (route, mut resp) = if target_len > MAX_URI_LENGTH {
@@ -236,25 +240,28 @@ async fn public(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> Resp
             format!("the request target is longer than {MAX_URI_LENGTH} bytes"),
         );
         ("other", problem.into_response())
+    } else if let Err(why) = &normal {
+        // 2. A path that servers would read differently: no route could be
+        //    trusted to match it, nor the upstream to read it as matched.
+        let problem = Problem::new(Code::BadRequest, format!("ambiguous request path: {why}"));
+        ("other", problem.into_response())
     } else if let Some(resp) = cors::preflight(&app.config, req.method(), req.headers()) {
         ("other", resp)
     } else if let Some(queue) = app.queue_for_path(path) {
-        let allowed: Vec<&Method> = queue
-            .config
-            .routes
-            .iter()
-            .filter(|r| r.path == path)
-            .map(|r| &r.method)
-            .collect();
-        if allowed.contains(&req.method()) {
+        if let Some(route) = queue.routes_at(path).find(|r| r.method == req.method()) {
+            // Stored (and later sent) under the route's own path: what was
+            // matched is what the upstream receives.
             let queue = queue.clone();
-            ("admission", admission::admit(&app, &queue, peer, req).await)
+            let resp = admission::admit(&app, &queue, &route.path, peer, req).await;
+            ("admission", resp)
         } else {
-            let allow = allowed
-                .iter()
-                .map(|m| m.as_str())
-                .collect::<Vec<_>>()
-                .join(", ");
+            let mut allowed: Vec<&str> = Vec::new();
+            for r in queue.routes_at(path) {
+                if !allowed.contains(&r.method.as_str()) {
+                    allowed.push(r.method.as_str());
+                }
+            }
+            let allow = allowed.join(", ");
             let problem = Problem::new(Code::MethodNotAllowed, format!("{path} accepts {allow}"))
                 .allow(allow);
             ("other", problem.into_response())
@@ -269,7 +276,7 @@ async fn public(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> Resp
             poll::route(&app, method, headers, query, rest).await,
         )
     } else if app.config.passthrough && app.config.upstream.is_some() {
-        ("passthrough", passthrough(&app, peer, req).await)
+        ("passthrough", passthrough(&app, peer, req, path).await)
     } else {
         let problem = Problem::new(Code::NotFound, "nothing is served at this path");
         ("other", problem.into_response())
@@ -292,14 +299,23 @@ async fn public(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> Resp
     resp
 }
 
-/// Proxies a non-queued request straight to the upstream, streaming both ways.
-async fn passthrough(app: &App, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+/// Proxies a non-queued request straight to the upstream, streaming both
+/// ways, at its normalized `path` (the one routing saw) and its own query.
+async fn passthrough(
+    app: &App,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    path: &str,
+) -> Response<Body> {
     let base = app.config.upstream.as_deref().unwrap_or_default();
     let (mut parts, body) = req.into_parts();
-    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let target = match parts.uri.query() {
+        Some(query) => format!("{base}{path}?{query}"),
+        None => format!("{base}{path}"),
+    };
     // Only the path is taken from the client: `Host` and absolute-form
     // targets never choose the upstream.
-    parts.uri = match format!("{base}{target}").parse() {
+    parts.uri = match target.parse() {
         Ok(uri) => uri,
         Err(_) => {
             return Problem::new(Code::BadRequest, "request target is not a valid path")

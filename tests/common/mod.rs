@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod process;
+pub mod raw;
 
 use std::collections::HashMap;
 use std::future::Future;
