@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod process;
 pub mod raw;
+pub mod stacks;
 
 use std::collections::HashMap;
 use std::future::Future;
