@@ -48,16 +48,18 @@ static GATEWAY_HEADERS: [HeaderName; 10] = [
     HeaderName::from_static("x-flashgate-attempt"),
 ];
 
-/// Answers a request on one of `queue`'s routes.
+/// Answers a request on one of `queue`'s routes; `path` is the matched
+/// route's own path, which the stored request carries with the query.
 pub async fn admit(
     app: &App,
     queue: &Queue,
+    path: &str,
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Response<Body> {
     let name = queue.config.name.as_str();
     let expects_continue = body::expects_continue(req.headers());
-    match try_admit(app, queue, peer, req).await {
+    match try_admit(app, queue, path, peer, req).await {
         Ok((outcome, resp)) => {
             app.metrics.admission(name, outcome);
             resp
@@ -120,6 +122,7 @@ impl From<Problem> for Refusal {
 async fn try_admit(
     app: &App,
     queue: &Queue,
+    path: &str,
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<(&'static str, Response<Body>), Refusal> {
@@ -183,10 +186,12 @@ async fn try_admit(
     //    declare no length).
     let body = read_body(body, max_body, app.config.body_timeout).await?;
 
-    let path = parts.uri.path_and_query().map_or_else(
-        || parts.uri.path().to_string(),
-        |pq| pq.as_str().to_string(),
-    );
+    // Every spelling of the route is one request: the fingerprint and the
+    // upstream see the route's path, with the client's query.
+    let path = match parts.uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_string(),
+    };
     let claim = key.map(|k| IdempotencyClaim {
         key: hex_digest(&[client.key.as_bytes(), k.as_bytes()]),
         fingerprint: hex_digest(&[parts.method.as_str().as_bytes(), path.as_bytes(), &body]),

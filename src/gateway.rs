@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::client::{ClientLimiter, FORGET_EVERY};
-use crate::config::{redact_url, Config, QueueConfig};
+use crate::config::{redact_url, Config, QueueConfig, Route};
 use crate::feed::TicketFeed;
 use crate::knobs::{Knobs, WATCH_INTERVAL};
 use crate::metrics::Metrics;
@@ -56,6 +56,16 @@ impl Queue {
             feed: Arc::default(),
             dispatched: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
         }
+    }
+
+    /// This queue's routes at a normalized request path (module `path`),
+    /// whatever their method.
+    pub fn routes_at<'a>(&'a self, path: &'a str) -> impl Iterator<Item = &'a Route> + 'a {
+        let fold = self.config.route_case_insensitive;
+        self.config
+            .routes
+            .iter()
+            .filter(move |r| crate::path::matches(&r.path, path, fold))
     }
 
     fn partitions(&self) -> u32 {
@@ -110,11 +120,11 @@ pub struct App {
 }
 
 impl App {
-    /// The queue that owns a path, whatever the method.
+    /// The queue that owns a normalized request path, whatever the method.
     pub fn queue_for_path(&self, path: &str) -> Option<&Arc<Queue>> {
         self.queues
             .iter()
-            .find(|q| q.config.routes.iter().any(|r| r.path == path))
+            .find(|q| q.routes_at(path).next().is_some())
     }
 
     /// The queue that minted a presented ticket id, when its MAC verifies

@@ -20,6 +20,7 @@ pub mod headers;
 pub mod knobs;
 pub mod metrics;
 pub mod pacer;
+pub mod path;
 pub mod poll;
 pub mod problem;
 pub mod queue;

@@ -31,7 +31,7 @@ use crate::knobs::{KnobsPatch, Phase};
 use crate::problem::{Code, Problem};
 use crate::ticket::TicketId;
 use crate::upstream::UpstreamError;
-use crate::{admission, cors, headers, poll, web};
+use crate::{admission, cors, headers, path, poll, web};
 
 /// Deadline for a passthrough request when no queue sets one.
 const PASSTHROUGH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -311,8 +311,21 @@ async fn route(
         let problem = Problem::new(Code::BadRequest, e.to_string());
         return early(problem.into_response(), req).await;
     }
-    let path = req.uri().path();
-    // 4. OPTIONS on a path the gateway serves: what it allows, and the CORS
+    // 4. One normal form of the path, routed and forwarded alike; a path
+    //    that servers would read differently is refused: no route could be
+    //    trusted to match it, nor the upstream to read it as matched.
+    //    The request moves on, so its (shared, cheap to clone) target is
+    //    kept aside.
+    let uri = req.uri().clone();
+    let normal = match path::normalize(uri.path()) {
+        Ok(normal) => normal,
+        Err(why) => {
+            let problem = Problem::new(Code::BadRequest, format!("ambiguous request path: {why}"));
+            return early(problem.into_response(), req).await;
+        }
+    };
+    let path = normal.as_ref();
+    // 5. OPTIONS on a path the gateway serves: what it allows, and the CORS
     //    preflight's grant. Other paths' OPTIONS go the way of their path.
     if req.method() == Method::OPTIONS {
         if let Some(allow) = allowed_methods(app, path) {
@@ -321,17 +334,12 @@ async fn route(
         }
     }
     if let Some(queue) = app.queue_for_path(path) {
-        let allowed: Vec<&Method> = queue
-            .config
-            .routes
-            .iter()
-            .filter(|r| r.path == path)
-            .map(|r| &r.method)
-            .collect();
-        if allowed.contains(&req.method()) {
+        if let Some(route) = queue.routes_at(path).find(|r| r.method == req.method()) {
+            // Stored (and later sent) under the route's own path: what was
+            // matched is what the upstream receives.
             count.route = "admission";
-            let queue = queue.clone();
-            return admission::admit(app, &queue, peer, req).await;
+            let (queue, route_path) = (queue.clone(), route.path.clone());
+            return admission::admit(app, &queue, &route_path, peer, req).await;
         }
         let allow = allowed_methods(app, path).unwrap_or_default();
         let problem =
@@ -350,7 +358,8 @@ async fn route(
     }
     if app.config.passthrough && app.config.upstream.is_some() {
         count.route = "passthrough";
-        return passthrough(app, peer, req).await;
+        let path = path.to_string();
+        return passthrough(app, peer, req, &path).await;
     }
     let problem = Problem::new(Code::NotFound, "nothing is served at this path");
     early(problem.into_response(), req).await
@@ -363,13 +372,12 @@ const SERVER_METHODS: &str = "GET, HEAD, POST, DELETE, OPTIONS";
 /// preflights), or `None` when the path is not one of its routes.
 fn allowed_methods(app: &App, path: &str) -> Option<String> {
     if let Some(queue) = app.queue_for_path(path) {
-        let mut allow: Vec<&str> = queue
-            .config
-            .routes
-            .iter()
-            .filter(|r| r.path == path)
-            .map(|r| r.method.as_str())
-            .collect();
+        let mut allow: Vec<&str> = Vec::new();
+        for r in queue.routes_at(path) {
+            if !allow.contains(&r.method.as_str()) {
+                allow.push(r.method.as_str());
+            }
+        }
         allow.push("OPTIONS");
         return Some(allow.join(", "));
     }
@@ -395,14 +403,23 @@ async fn early(mut resp: Response<Body>, req: Request<Incoming>) -> Response<Bod
     resp
 }
 
-/// Proxies a non-queued request straight to the upstream, streaming both ways.
-async fn passthrough(app: &App, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+/// Proxies a non-queued request straight to the upstream, streaming both
+/// ways, at its normalized `path` (the one routing saw) and its own query.
+async fn passthrough(
+    app: &App,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    path: &str,
+) -> Response<Body> {
     let base = app.config.upstream.as_deref().unwrap_or_default();
     let (mut parts, body) = req.into_parts();
-    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let target = match parts.uri.query() {
+        Some(query) => format!("{base}{path}?{query}"),
+        None => format!("{base}{path}"),
+    };
     // Only the path is taken from the client: `Host` and absolute-form
     // targets never choose the upstream.
-    parts.uri = match format!("{base}{target}").parse() {
+    parts.uri = match target.parse() {
         Ok(uri) => uri,
         Err(_) => {
             return Problem::new(Code::BadRequest, "request target is not a valid path")

@@ -342,3 +342,54 @@ fn flags_and_variables_are_named_after_the_keys() {
         .iter()
         .any(|k| k.name == "queue" || k.name.starts_with("log")));
 }
+
+#[test]
+fn route_case_insensitive_is_a_queue_key_off_by_default() {
+    let q = &resolve("", WITH_UPSTREAM).unwrap().queue[0];
+    assert!(!q.route_case_insensitive, "RFC 3986: case matters");
+    let text = "route_case_insensitive = true\n[[queue]]\nname = \"a\"\nroutes = [\"POST /a\"]\n[[queue]]\nname = \"b\"\nroutes = [\"POST /b\"]\nroute_case_insensitive = false\n";
+    let c = resolve(text, WITH_UPSTREAM).unwrap();
+    assert!(c.queue[0].route_case_insensitive, "top-level default");
+    assert!(!c.queue[1].route_case_insensitive, "the table's own");
+    let flags = [
+        ("upstream", "http://127.0.0.1:9000"),
+        ("route-case-insensitive", "true"),
+    ];
+    assert!(resolve("", &flags).unwrap().queue[0].route_case_insensitive);
+}
+
+#[test]
+fn route_paths_are_normalized_and_ambiguous_ones_refused() {
+    let q = &resolve("route = [\"POST //check%6Fut/\"]", WITH_UPSTREAM)
+        .unwrap()
+        .queue[0];
+    assert_eq!(q.routes[0].path, "/checkout/");
+    for route in [
+        "POST /checkout;v=1",
+        "POST /a%2Fb",
+        "POST /../a",
+        "POST /a\\\\b",
+    ] {
+        let err = resolve(&format!("route = [\"{route}\"]"), WITH_UPSTREAM).unwrap_err();
+        assert!(err.contains("route"), "{route}: {err}");
+    }
+}
+
+#[test]
+fn paths_two_queues_could_both_match_are_refused() {
+    let queues = |second: &str, fold: bool| {
+        format!(
+            "[[queue]]\nname = \"a\"\nroutes = [\"POST /checkout\"]\n\
+             [[queue]]\nname = \"b\"\nroutes = [\"POST {second}\"]\nroute_case_insensitive = {fold}\n"
+        )
+    };
+    for (second, fold) in [
+        ("/checkout/", false),
+        ("/%63heckout", false),
+        ("/Checkout", true),
+    ] {
+        let err = resolve(&queues(second, fold), WITH_UPSTREAM).unwrap_err();
+        assert!(err.contains("queue[1].routes"), "{second}: {err}");
+    }
+    resolve(&queues("/Checkout", false), WITH_UPSTREAM).expect("case differs, both exact");
+}

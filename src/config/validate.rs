@@ -107,10 +107,14 @@ impl Config {
         }
         for (i, q) in self.queue.iter().enumerate() {
             let earlier = &self.queue[..i];
+            // Taken when a request could match both queues' routes.
             let taken = (q.routes.iter()).find(|r| {
-                earlier
-                    .iter()
-                    .any(|p| p.routes.iter().any(|pr| pr.path == r.path))
+                earlier.iter().any(|p| {
+                    let fold = p.route_case_insensitive || q.route_case_insensitive;
+                    p.routes
+                        .iter()
+                        .any(|pr| crate::path::matches(&pr.path, &r.path, fold))
+                })
             });
             Rules(Ok(()))
                 .check(

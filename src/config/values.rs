@@ -29,7 +29,7 @@ impl std::str::FromStr for Route {
         }
         Ok(Route {
             method,
-            path: path.to_string(),
+            path: crate::path::route_path(path)?,
         })
     }
 }

@@ -4,6 +4,8 @@
 
 pub mod cluster;
 pub mod process;
+pub mod raw;
+pub mod stacks;
 
 use std::collections::HashMap;
 use std::future::Future;
