@@ -1,5 +1,7 @@
 //! Command-line flags; each has a `FLASHGATE_*` environment variable.
 
+pub mod admin;
+
 use std::path::PathBuf;
 
 use clap::parser::ValueSource;
@@ -98,7 +100,7 @@ pub enum Command {
     /// Validate the configuration and print the effective config.
     CheckConfig(ServeArgs),
     /// Look at and turn a running gateway's knobs (its admin API).
-    Admin(crate::admin::AdminArgs),
+    Admin(crate::cli::admin::AdminArgs),
 }
 
 /// The `serve` flags (SPEC §2): `--config` and one flag per config key, each

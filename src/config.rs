@@ -9,6 +9,7 @@
 mod keys;
 mod load;
 mod model;
+mod redis_url;
 mod units;
 mod validate;
 mod values;
@@ -16,6 +17,11 @@ mod values;
 pub use keys::{keys, Key, Kind, Scope};
 pub use load::{load, Setting};
 pub use model::{AdaptiveBounds, Config, QueueConfig, UnderscoreHeaders};
+pub use redis_url::RedisEndpoint;
+
+/// Shortest ticket secret accepted, in bytes (HMAC-SHA256 keys below the
+/// hash size weaken it).
+pub const MIN_SECRET_LEN: usize = 32;
 pub use units::{parse_duration, parse_size, redact_url, Size};
 pub use values::{ClientKey, Route};
 

@@ -18,9 +18,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
+use crate::backend::knobs::KnobsPatch;
 use crate::cli::DemoArgs;
 use crate::config::{Config, QueueConfig};
-use crate::knobs::KnobsPatch;
 use crate::Gateway;
 
 /// A stand-in order service: places an order after a few milliseconds while

@@ -13,18 +13,20 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
-use crate::gateway::{App, Queue, READ_BLOCK};
-use crate::headers;
-use crate::knobs::{KnobsPatch, Phase};
+use crate::backend::knobs::{KnobsPatch, Phase};
+use crate::drain::pacer::{Pacer, Permit};
+use crate::http::headers;
 use crate::metrics::code_class;
-use crate::pacer::{Pacer, Permit};
+use crate::metrics::Metrics;
+use crate::queue::Queue;
 
 mod adaptive;
 mod attempt;
+pub mod pacer;
 
-use crate::queue::{AttemptStart, Delivery, QueueError, QueuedRequest};
+use crate::backend::{AttemptStart, Delivery, QueueError, QueuedRequest};
 use crate::ticket::{now_ms, StoredResponse, TicketError};
-use crate::upstream::{Answer, UpstreamError};
+use crate::upstream::{Answer, Upstream, UpstreamError};
 use adaptive::Adaptive;
 use attempt::{backoff, build_request, is_overload, is_retryable, retry_after, RETRY_MAX};
 
@@ -40,7 +42,8 @@ const MAX_BATCH: usize = 64;
 
 struct Drain {
     queue: Arc<Queue>,
-    app: Arc<App>,
+    upstream: Upstream,
+    metrics: Arc<Metrics>,
     pacer: Pacer,
     /// The adaptive drain's observations, when it is on.
     adaptive: Option<Arc<Adaptive>>,
@@ -50,10 +53,15 @@ struct Drain {
     shutdown: CancellationToken,
 }
 
-/// Drains one queue until `shutdown`; dispatches are spawned on `tracker`.
+/// How long one blocking read of the queue waits for an entry.
+pub const READ_BLOCK: Duration = Duration::from_secs(1);
+
+/// Drains one queue to `upstream` until `shutdown`; dispatches are spawned
+/// on `tracker`.
 pub async fn run(
     queue: Arc<Queue>,
-    app: Arc<App>,
+    upstream: Upstream,
+    metrics: Arc<Metrics>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
@@ -66,7 +74,7 @@ pub async fn run(
         tokio::spawn(adaptive::run(
             queue.clone(),
             adaptive.clone(),
-            app.metrics.clone(),
+            metrics.clone(),
             shutdown.clone(),
         ));
     }
@@ -79,7 +87,8 @@ pub async fn run(
         adaptive,
         slots: slots.clone(),
         queue: queue.clone(),
-        app,
+        upstream,
+        metrics,
         shutdown: shutdown.clone(),
     });
     let mut failures = 0u32;
@@ -284,7 +293,7 @@ impl Drain {
             {
                 return false;
             }
-            self.app.metrics.dispatch(self.name(), "failed");
+            self.metrics.dispatch(self.name(), "failed");
         }
         true
     }
@@ -337,7 +346,7 @@ impl Drain {
     /// pending, to be redelivered with the same Idempotency-Key.
     async fn dispatch(&self, mut delivery: Delivery, slot: OwnedSemaphorePermit, permit: Permit) {
         let mut slot = Some(slot);
-        let metrics = &self.app.metrics;
+        let metrics = &self.metrics;
         let request = match &delivery.request {
             Ok(r) => r.clone(),
             Err(why) => {
@@ -478,14 +487,14 @@ impl Drain {
             .persist(|| self.queue.backend.fail(delivery, &err, true))
             .await
         {
-            self.app.metrics.dispatch(self.name(), "failed");
-            self.app.metrics.dispatch(self.name(), "dead_lettered");
+            self.metrics.dispatch(self.name(), "failed");
+            self.metrics.dispatch(self.name(), "dead_lettered");
         }
     }
 
     /// One upstream attempt.
     async fn attempt(&self, request: &QueuedRequest, attempt: u32) -> Attempt {
-        let metrics = &self.app.metrics;
+        let metrics = &self.metrics;
         let req = match build_request(&self.queue.config.upstream, request, attempt) {
             Ok(req) => req,
             Err(why) => {
@@ -501,7 +510,6 @@ impl Drain {
         };
         let started = std::time::Instant::now();
         let result = self
-            .app
             .upstream
             .call(req, self.queue.config.upstream_timeout)
             .await;

@@ -43,7 +43,7 @@ fn main() -> ExitCode {
             }
         }),
         Command::Admin(args) => runtime().block_on(async {
-            match flashgate::admin::run(args).await {
+            match flashgate::cli::admin::run(args).await {
                 Ok(out) => {
                     println!("{out}");
                     ExitCode::SUCCESS

@@ -1,6 +1,7 @@
 //! Tickets: their ids, their states and how they are shown to clients.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
@@ -9,7 +10,7 @@ use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::headers;
+use crate::http::headers;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -22,8 +23,7 @@ const RAW_BYTES: usize = RANDOM_BYTES + TAG_BYTES + MAC_BYTES;
 /// base64url of 36 bytes: a multiple of 3, so no padding and no spare bits
 /// (every 48-character string of the alphabet has exactly one meaning).
 const ENCODED_LEN: usize = 48;
-/// Shortest `--ticket-secret` accepted, in bytes.
-pub const MIN_SECRET_LEN: usize = 32;
+pub use crate::config::MIN_SECRET_LEN;
 
 /// A ticket id: 128 bits from the OS CSPRNG, a 32-bit tag of the queue name
 /// and a MAC over both, base64url-encoded. The tag lets any instance find the
@@ -412,6 +412,34 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Where a queued ticket stands.
+#[derive(Debug, Clone, Copy)]
+pub struct Place {
+    /// Tickets ahead; `None` while pre-queued (its place is drawn at opening).
+    pub position: Option<u64>,
+    /// Time until the sale opens, for a pre-queued ticket.
+    pub opens_in: Option<Duration>,
+}
+
+impl Place {
+    /// From a sequence number (0 = pre-queued, not yet placed).
+    pub fn of(seq: u64, dispatched: u64, opens_in: Option<Duration>) -> Self {
+        Place {
+            position: (seq > 0).then(|| position(seq, dispatched)),
+            opens_in: (seq == 0).then_some(opens_in).flatten(),
+        }
+    }
+
+    /// Expected seconds before dispatch.
+    pub fn eta_seconds(self, rate: f64) -> f64 {
+        match (self.position, self.opens_in) {
+            (Some(p), _) => eta_seconds(p, rate),
+            (None, Some(d)) => (d.as_secs_f64() * 1000.0).round() / 1000.0,
+            (None, None) => 0.0,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -13,8 +13,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::body::Body;
-use crate::headers::strip_hop_by_hop;
+use crate::http::body::Body;
+use crate::http::headers::strip_hop_by_hop;
 use coding::Decoder;
 use tracing::warn;
 

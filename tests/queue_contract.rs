@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::RedisServer;
-use flashgate::knobs::{KnobsPatch, RateStep};
-use flashgate::queue::{
+use flashgate::backend::knobs::{KnobsPatch, RateStep};
+use flashgate::backend::{
     Admit, AdmitLimits, AttemptStart, Cancel, Change, Delivery, IdempotencyClaim, MemoryQueue,
     Prequeue, QueueBackend, QueuedRequest, RedisQueue, RedisQueueConfig,
 };

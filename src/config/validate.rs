@@ -32,7 +32,7 @@ impl Config {
             "rediss+cluster://",
         ];
         let secret_len = self.ticket_secret.as_ref().map_or(usize::MAX, String::len);
-        let min_secret = crate::ticket::MIN_SECRET_LEN;
+        let min_secret = super::MIN_SECRET_LEN;
         let prefix = &self.redis_prefix;
         let second = Duration::from_secs(1);
         self.cors_origins = (self.cors_origins.iter())
@@ -48,7 +48,7 @@ impl Config {
                 "must start with redis://, rediss:// or, for a cluster, redis+cluster://",
             )
             .check(
-                redis.is_none_or(|u| crate::queue::Endpoint::parse(u).is_ok()),
+                redis.is_none_or(|u| super::RedisEndpoint::parse(u).is_ok()),
                 "redis_url",
                 "is not a valid address (host, port, database)",
             )
@@ -113,7 +113,7 @@ impl Config {
                     let fold = p.route_case_insensitive || q.route_case_insensitive;
                     p.routes
                         .iter()
-                        .any(|pr| crate::path::matches(&pr.path, &r.path, fold))
+                        .any(|pr| crate::http::path::matches(&pr.path, &r.path, fold))
                 })
             });
             Rules(Ok(()))

@@ -29,7 +29,7 @@ impl std::str::FromStr for Route {
         }
         Ok(Route {
             method,
-            path: crate::path::route_path(path)?,
+            path: crate::http::path::route_path(path)?,
         })
     }
 }

@@ -17,10 +17,10 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::backend::knobs::RateStep;
 use crate::config::AdaptiveBounds;
-use crate::gateway::Queue;
-use crate::knobs::RateStep;
 use crate::metrics::Metrics;
+use crate::queue::Queue;
 
 /// How often each instance judges its window.
 const WINDOW: Duration = Duration::from_secs(1);

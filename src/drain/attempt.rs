@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use http::{header, HeaderName, HeaderValue, Request};
 
-use crate::body::full;
-use crate::headers;
-use crate::queue::QueuedRequest;
+use crate::backend::QueuedRequest;
+use crate::http::body::full;
+use crate::http::headers;
 use crate::upstream::{Answer, UpstreamError};
 
 /// First retry delay; doubled per attempt, with full jitter.
@@ -55,7 +55,7 @@ pub(super) fn build_request(
     base: &str,
     request: &QueuedRequest,
     attempt: u32,
-) -> Result<Request<crate::body::Body>, String> {
+) -> Result<Request<crate::http::body::Body>, String> {
     let mut req = Request::builder()
         .method(request.method.as_str())
         .uri(format!("{base}{}", request.path))

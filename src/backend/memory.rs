@@ -11,8 +11,8 @@ use super::{
     Admit, AdmitLimits, AttemptStart, Cancel, Change, Delivery, IdempotencyClaim, OnChange,
     Prequeue, QueueBackend, QueueError, QueueStats, QueuedRequest,
 };
-use crate::knobs::{Knobs, KnobsPatch, RateStep};
-use crate::pacer::CATCH_UP;
+use crate::backend::knobs::{Knobs, KnobsPatch, RateStep};
+use crate::backend::CATCH_UP;
 use crate::ticket::{now_ms, StoredResponse, TicketError, TicketId, TicketRecord, TicketStatus};
 
 /// How often expired tickets are swept out (on the admission path).

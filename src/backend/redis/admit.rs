@@ -18,7 +18,7 @@ use super::conn::Conn;
 use super::reply::{as_string, as_u64};
 use super::scripts::ADMIT_ARGS;
 use super::{evalsha, unavailable};
-use crate::queue::{Admit, AdmitLimits, IdempotencyClaim, Prequeue, QueueError, QueuedRequest};
+use crate::backend::{Admit, AdmitLimits, IdempotencyClaim, Prequeue, QueueError, QueuedRequest};
 use crate::ticket::TicketId;
 
 /// Requests in one script call at most: a batch holds Redis for well under

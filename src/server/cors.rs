@@ -4,8 +4,8 @@
 
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 
-use crate::body::{empty, Body};
 use crate::config::Config;
+use crate::http::body::{empty, Body};
 
 /// How long a browser may reuse a preflight answer.
 const MAX_AGE_SECS: u32 = 600;

@@ -13,17 +13,18 @@ use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
 use tracing::debug;
 
-use crate::body::{self, json, Body};
-use crate::client::Client;
-use crate::gateway::{App, Queue};
-use crate::headers;
-use crate::knobs::Phase;
-use crate::poll;
-use crate::problem::{Code, Problem};
-use crate::queue::{
+use crate::api::tickets;
+use crate::api::App;
+use crate::backend::knobs::Phase;
+use crate::backend::{
     partition_of_claim, Admit, AdmitLimits, IdempotencyClaim, Prequeue, QueuedRequest,
 };
-use crate::ticket::{self, now_ms, AdmissionView, TicketId, TicketRecord, TicketStatus};
+use crate::http::body::{self, json, Body};
+use crate::http::client::Client;
+use crate::http::headers;
+use crate::http::problem::{Code, Problem};
+use crate::queue::Queue;
+use crate::ticket::{self, now_ms, AdmissionView, Place, TicketId, TicketRecord, TicketStatus};
 
 /// Longest `Idempotency-Key` accepted (SPEC §3.1).
 const MAX_IDEMPOTENCY_KEY: usize = 255;
@@ -364,9 +365,9 @@ fn preferred_wait(headers: &HeaderMap) -> Duration {
 async fn answer_within(queue: &Queue, id: &TicketId, wait: Duration) -> Response<Body> {
     let deadline = tokio::time::Instant::now() + wait;
     let rate = queue.line_rate(&queue.knobs());
-    match poll::wait_until(queue, id, deadline, |r| r.status.is_terminal()).await {
+    match tickets::wait_until(queue, id, deadline, |r| r.status.is_terminal()).await {
         Ok(Some(record)) => match (&record.response, record.status) {
-            (Some(stored), TicketStatus::Completed) => poll::upstream_answer(id, stored),
+            (Some(stored), TicketStatus::Completed) => tickets::upstream_answer(id, stored),
             (_, status) if status.is_terminal() => ended(id, &record),
             (_, status) => {
                 let place = (status == TicketStatus::Queued)
@@ -456,34 +457,6 @@ fn ticket_answer(
         );
     }
     resp
-}
-
-/// Where a queued ticket stands.
-#[derive(Debug, Clone, Copy)]
-pub struct Place {
-    /// Tickets ahead; `None` while pre-queued (its place is drawn at opening).
-    pub position: Option<u64>,
-    /// Time until the sale opens, for a pre-queued ticket.
-    pub opens_in: Option<Duration>,
-}
-
-impl Place {
-    /// From a sequence number (0 = pre-queued, not yet placed).
-    pub fn of(seq: u64, dispatched: u64, opens_in: Option<Duration>) -> Self {
-        Place {
-            position: (seq > 0).then(|| ticket::position(seq, dispatched)),
-            opens_in: (seq == 0).then_some(opens_in).flatten(),
-        }
-    }
-
-    /// Expected seconds before dispatch.
-    pub fn eta_seconds(self, rate: f64) -> f64 {
-        match (self.position, self.opens_in) {
-            (Some(p), _) => ticket::eta_seconds(p, rate),
-            (None, Some(d)) => (d.as_secs_f64() * 1000.0).round() / 1000.0,
-            (None, None) => 0.0,
-        }
-    }
 }
 
 fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Problem> {

@@ -8,7 +8,7 @@
 //!   body decoded, see [`crate::upstream`]).
 //!
 //! Waiting clients cost no backend call until their ticket changes: they
-//! wait on the instance's change feed ([`crate::feed`]), and event streams
+//! wait on the instance's change feed ([`crate::queue::feed`]), and event streams
 //! compute positions from the queue's dispatched count, read once a second
 //! for the whole instance.
 
@@ -25,17 +25,17 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::warn;
 
-use crate::admission::Place;
-use crate::body::{full, json, Body};
-use crate::feed::Subscription;
-use crate::gateway::{App, Queue};
-use crate::headers::strip_hop_by_hop;
-use crate::knobs::Phase;
-use crate::problem::{Code, Problem};
-use crate::queue::{Cancel, QueueError};
+use crate::api::App;
+use crate::backend::knobs::Phase;
+use crate::backend::{Cancel, QueueError};
+use crate::http::body::{full, json, Body};
+use crate::http::headers::strip_hop_by_hop;
+use crate::http::problem::{Code, Problem};
+use crate::queue::feed::Subscription;
+use crate::queue::Queue;
 use crate::ticket::{
-    self, format_time_ms, ResponseView, StoredResponse, TicketId, TicketRecord, TicketStatus,
-    TicketView,
+    self, format_time_ms, Place, ResponseView, StoredResponse, TicketId, TicketRecord,
+    TicketStatus, TicketView,
 };
 
 /// Longest long-poll (`?wait=`).
@@ -318,7 +318,7 @@ pub fn upstream_answer(id: &TicketId, stored: &StoredResponse) -> Response<Body>
     let mut resp = Response::new(full(stored.body.clone()));
     *resp.status_mut() = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let headers = resp.headers_mut();
-    *headers = crate::headers::decode_map(&stored.headers);
+    *headers = crate::http::headers::decode_map(&stored.headers);
     strip_hop_by_hop(headers);
     // The body is sent whole from the store: hyper frames it.
     headers.remove(header::CONTENT_LENGTH);
@@ -389,7 +389,7 @@ async fn events(app: &App, id: &str, headers: &HeaderMap) -> Response<Body> {
         .and_then(|v| v.to_str().ok())
         .and_then(TicketStatus::parse);
     if record.status.is_terminal() && last_seen == Some(record.status) {
-        let mut resp = Response::new(crate::body::empty());
+        let mut resp = Response::new(crate::http::body::empty());
         *resp.status_mut() = StatusCode::NO_CONTENT;
         return resp;
     }
@@ -428,7 +428,7 @@ struct ChannelBody {
 
 impl hyper::body::Body for ChannelBody {
     type Data = Bytes;
-    type Error = crate::body::BoxError;
+    type Error = crate::http::body::BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
@@ -579,7 +579,7 @@ mod tests {
         let id = TicketId::generate(crate::ticket::QueueTag::of("q"));
         let stored = StoredResponse {
             status: 201,
-            headers: crate::headers::encode_pairs([
+            headers: crate::http::headers::encode_pairs([
                 ("content-type", &b"application/json"[..]),
                 ("content-length", b"999"),
                 ("connection", b"x-private"),
@@ -605,7 +605,9 @@ mod tests {
         let answer = |vary: &[&'static str]| {
             let stored = StoredResponse {
                 status: 200,
-                headers: crate::headers::encode_pairs(vary.iter().map(|v| ("vary", v.as_bytes()))),
+                headers: crate::http::headers::encode_pairs(
+                    vary.iter().map(|v| ("vary", v.as_bytes())),
+                ),
                 body: Bytes::from_static(b"ok"),
             };
             let resp = upstream_answer(&id, &stored);

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use redis::Value;
 
 use super::GROUP;
-use crate::queue::{Delivery, QueueError, QueuedRequest};
+use crate::backend::{Delivery, QueueError, QueuedRequest};
 use crate::ticket::{StoredResponse, TicketError, TicketId, TicketRecord, TicketStatus};
 
 pub fn as_string(v: &Value) -> String {
@@ -211,9 +211,9 @@ pub fn first_id_ms(reply: &Value) -> Option<u64> {
 }
 
 /// The knobs hash as stored by `set_knobs`.
-pub fn knobs(fields: &HashMap<String, String>) -> crate::knobs::Knobs {
+pub fn knobs(fields: &HashMap<String, String>) -> crate::backend::knobs::Knobs {
     let flag = |k: &str| fields.get(k).is_some_and(|v| v == "1");
-    crate::knobs::Knobs {
+    crate::backend::knobs::Knobs {
         drain_rate: fields.get("drain_rate").and_then(|v| v.parse().ok()),
         paused: flag("paused"),
         stock: fields.get("stock").and_then(|v| v.parse().ok()),

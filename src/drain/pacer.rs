@@ -23,12 +23,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::warn;
 
-use crate::queue::QueueBackend;
+use crate::backend::{QueueBackend, CATCH_UP};
 
-/// Lateness a slot absorbs without being dropped: timer granularity plus
-/// scheduling stalls on a busy machine. Over any window longer than this the
-/// upstream sees at most the configured rate.
-pub const CATCH_UP: Duration = Duration::from_millis(20);
 /// Slots reserved per backend call: this much time's worth at the current
 /// rate, so the calls per second do not grow with the rate.
 const BLOCK_WINDOW: Duration = Duration::from_millis(15);
@@ -248,7 +244,7 @@ fn period(rate: f64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::MemoryQueue;
+    use crate::backend::MemoryQueue;
 
     fn pacer(rate: f64, burst: u32) -> Pacer {
         Pacer::new(

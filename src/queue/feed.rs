@@ -1,5 +1,5 @@
 //! The in-process fan-out of ticket changes: one backend feed per queue and
-//! instance ([`crate::queue::QueueBackend::follow_changes`]) wakes exactly
+//! instance ([`crate::backend::QueueBackend::follow_changes`]) wakes exactly
 //! the clients waiting on the changed ticket — long-polls, event streams and
 //! `Prefer: wait` admissions — so a waiting client costs no backend call
 //! until its ticket changes.
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::queue::Change;
+use crate::backend::Change;
 use crate::ticket::{TicketRecord, TicketStatus};
 
 /// Longest a record is served from memory: bounds what an unforeseen missed

@@ -4,7 +4,7 @@
 use http::{header, HeaderValue, Response, StatusCode};
 use serde::Serialize;
 
-use crate::body::{full, Body};
+use crate::http::body::{full, Body};
 
 /// An error answer.
 #[derive(Debug, Clone)]

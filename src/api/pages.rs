@@ -9,13 +9,13 @@ use base64::Engine;
 use http::{header, HeaderValue, Method, Response, StatusCode};
 use sha2::{Digest, Sha256};
 
-use crate::body::{full, Body};
-use crate::problem::{Code, Problem};
+use crate::http::body::{full, Body};
+use crate::http::problem::{Code, Problem};
 use crate::ticket::TicketId;
 
 /// The waiting room: one self-contained HTML file (inline CSS and JS, no
 /// external resources).
-const WAITING_ROOM: &str = include_str!("../assets/waiting-room.html");
+const WAITING_ROOM: &str = include_str!("../../assets/waiting-room.html");
 
 /// `docs/openapi.yaml` as JSON, converted by `build.rs`.
 const OPENAPI_JSON: &str = include_str!(concat!(env!("OUT_DIR"), "/openapi.json"));

@@ -22,7 +22,7 @@ use super::{
     Admit, AdmitLimits, AttemptStart, Cancel, Delivery, IdempotencyClaim, OnChange, QueueBackend,
     QueueError, QueueStats, QueuedRequest,
 };
-use crate::knobs::{Knobs, KnobsPatch, RateStep};
+use crate::backend::knobs::{Knobs, KnobsPatch, RateStep};
 use crate::ticket::{fnv1a, StoredResponse, TicketError, TicketId, TicketRecord};
 
 /// Longest a read waits on one partition before looking at the next.

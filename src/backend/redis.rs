@@ -19,11 +19,12 @@ use super::{
     Admit, AdmitLimits, AttemptStart, Cancel, Change, Delivery, IdempotencyClaim, OnChange,
     QueueBackend, QueueError, QueueStats, QueuedRequest,
 };
-use crate::knobs::{Knobs, KnobsPatch, RateStep};
-use crate::pacer::CATCH_UP;
+use crate::backend::knobs::{Knobs, KnobsPatch, RateStep};
+use crate::backend::CATCH_UP;
+use crate::config::RedisEndpoint as Endpoint;
 use crate::ticket::{now_ms, StoredResponse, TicketError, TicketId, TicketRecord, TicketStatus};
 use conn::Conn;
-pub use conn::Endpoint;
+
 use reply::{first_id_ms, group_info, parse_ticket};
 use scripts::{ADAPT_LUA, ADMIT_LUA, CANCEL_LUA, RELEASE_LUA, RESERVE_LUA, START_ATTEMPT_LUA};
 use tracing::{error, info, warn};
@@ -137,7 +138,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 impl RedisQueue {
     /// Connects lazily: the gateway starts (and answers 503) while Redis is down.
     pub fn connect(config: &RedisQueueConfig, max_block: Duration) -> Result<Self, QueueError> {
-        let endpoint = Endpoint::parse(&config.url)?;
+        let endpoint = Endpoint::parse(&config.url).map_err(QueueError::Unavailable)?;
         let conn = Conn::open(&endpoint, CONNECT_TIMEOUT, RESPONSE_TIMEOUT)?;
         let reader = Conn::open(&endpoint, CONNECT_TIMEOUT, max_block + RESPONSE_TIMEOUT)?;
         Ok(RedisQueue {
@@ -180,7 +181,11 @@ impl RedisQueue {
         prefix: &str,
         candidate: &str,
     ) -> Result<String, QueueError> {
-        let mut conn = Conn::open(&Endpoint::parse(url)?, CONNECT_TIMEOUT, RESPONSE_TIMEOUT)?;
+        let mut conn = Conn::open(
+            &Endpoint::parse(url).map_err(QueueError::Unavailable)?,
+            CONNECT_TIMEOUT,
+            RESPONSE_TIMEOUT,
+        )?;
         let earlier: Option<String> = tokio::time::timeout(
             CONNECT_TIMEOUT + RESPONSE_TIMEOUT,
             redis::cmd("SET")

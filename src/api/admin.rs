@@ -1,0 +1,104 @@
+//! The admin API's verbs: the queues as they stand, and changes to their
+//! shared knobs.
+
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde::Serialize;
+use tracing::info;
+
+use super::App;
+use crate::backend::knobs::{KnobsPatch, Phase};
+use crate::config::AdaptiveBounds;
+use crate::http::body::{json, Body};
+use crate::http::problem::{Code, Problem};
+use crate::queue::Queue;
+
+#[derive(Serialize)]
+struct QueueInfo<'a> {
+    name: &'a str,
+    backend: &'static str,
+    depth: Option<u64>,
+    in_flight: Option<u64>,
+    oldest_age_seconds: Option<f64>,
+    /// The governed rate now, across all instances (the adaptive drain's
+    /// current rate when it is on).
+    drain_rate: f64,
+    /// The adaptive drain's bounds, `null` when it is off.
+    adaptive: Option<AdaptiveBounds>,
+    /// Streams the queue is spread over.
+    partitions: u32,
+    paused: bool,
+    /// The stock limit in force (`null` = unlimited).
+    stock: Option<u64>,
+    /// Stock not yet admitted.
+    stock_left: Option<u64>,
+    sold_out: bool,
+    /// `open`, `not_open` or `closed`.
+    sale: &'static str,
+}
+
+async fn queue_info(q: &Queue) -> QueueInfo<'_> {
+    let stats = q.backend.stats().await.ok();
+    let knobs = q.knobs();
+    let stock = knobs.stock(&q.config);
+    QueueInfo {
+        name: &q.config.name,
+        backend: q.backend.kind(),
+        depth: stats.map(|s| s.depth),
+        in_flight: stats.map(|s| s.in_flight),
+        oldest_age_seconds: stats.and_then(|s| s.oldest_age).map(|d| d.as_secs_f64()),
+        drain_rate: knobs.drain_rate(&q.config),
+        adaptive: q.config.adaptive,
+        partitions: q.config.partitions,
+        paused: knobs.paused,
+        stock,
+        stock_left: stock
+            .zip(stats)
+            .map(|(s, st)| s.saturating_sub(st.admitted)),
+        sold_out: knobs.sold_out,
+        sale: match knobs.phase(&q.config, std::time::SystemTime::now()) {
+            Phase::Open => "open",
+            Phase::NotOpen { .. } => "not_open",
+            Phase::PreQueue { .. } => "prequeue",
+            Phase::Closed => "closed",
+        },
+    }
+}
+
+pub async fn queues(app: &App) -> Response<Body> {
+    let mut out = Vec::new();
+    for q in &app.queues {
+        out.push(queue_info(q).await);
+    }
+    json(StatusCode::OK, &serde_json::json!({ "queues": out }))
+}
+
+/// `PATCH /admin/queues/{name}`: changes the shared knobs; every instance
+/// follows within a second.
+pub async fn patch_queue(app: &App, name: &str, req: Request<Incoming>) -> Response<Body> {
+    let Some(queue) = app.queues.iter().find(|q| q.config.name == name) else {
+        return Problem::new(Code::NotFound, format!("no queue named `{name}`")).into_response();
+    };
+    let body = match Limited::new(req.into_body(), 16 * 1024).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return Problem::new(Code::BadRequest, format!("cannot read the body: {e}"))
+                .into_response()
+        }
+    };
+    let patch = match KnobsPatch::from_json(&body) {
+        Ok(p) => p,
+        Err(why) => return Problem::new(Code::BadRequest, why).into_response(),
+    };
+    match queue.backend.set_knobs(&patch).await {
+        Ok(knobs) => {
+            info!(queue = name, change = ?patch, now = ?knobs, "queue knobs changed by the admin API");
+            queue.update_knobs(knobs);
+            json(StatusCode::OK, &queue_info(queue).await)
+        }
+        Err(e) => Problem::new(Code::Unavailable, format!("the change was not stored: {e}"))
+            .retry_after(1)
+            .into_response(),
+    }
+}

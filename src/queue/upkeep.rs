@@ -1,0 +1,182 @@
+//! A queue's upkeep at run time, one task each until the process stops:
+//! following the shared knobs, the change feed, the queue-wide gauges, and
+//! the backend's own maintenance.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::{Interval, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::Queue;
+use crate::backend::knobs::WATCH_INTERVAL;
+use crate::backend::Change;
+use crate::metrics::Metrics;
+
+/// How often queue-wide gauges are refreshed from the backend.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A periodic task's clock: ticks at once, then every period (a late tick
+/// is delayed, never bunched), until stopped.
+pub struct Every {
+    tick: Interval,
+    stop: CancellationToken,
+}
+
+impl Every {
+    pub fn new(period: Duration, stop: CancellationToken) -> Self {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Every { tick, stop }
+    }
+
+    /// Waits for the next tick; `false` once stopped.
+    pub async fn tick(&mut self) -> bool {
+        tokio::select! {
+            _ = self.tick.tick() => true,
+            _ = self.stop.cancelled() => false,
+        }
+    }
+}
+
+/// Keeps this instance's copy of the shared knobs current (a change made on
+/// any instance shows here within `WATCH_INTERVAL`), and the governed-rate
+/// gauge with it: 0 while paused.
+pub async fn watch_knobs(queue: Arc<Queue>, metrics: Arc<Metrics>, stop: CancellationToken) {
+    let name = queue.config.name.as_str();
+    let mut every = Every::new(WATCH_INTERVAL, stop);
+    while every.tick().await {
+        if let Ok(knobs) = queue.backend.knobs().await {
+            let before = queue.knobs();
+            if queue.update_knobs(knobs.clone()) {
+                info!(queue = name, before = ?before, now = ?knobs, "queue knobs changed");
+            }
+        }
+        let knobs = queue.knobs();
+        let rate = if knobs.paused {
+            0.0
+        } else {
+            knobs.drain_rate(&queue.config)
+        };
+        metrics
+            .drain_rate_limit
+            .with_label_values(&[name])
+            .set(rate);
+    }
+}
+
+/// Heartbeats this instance's entries and takes over abandoned ones, every
+/// third of `claim_idle`, until the process stops.
+pub async fn maintain(queue: Arc<Queue>, claim_idle: Duration, stop: CancellationToken) {
+    let mut every = Every::new(claim_idle / 3, stop);
+    let mut failing = false;
+    while every.tick().await {
+        match queue.backend.maintain(claim_idle).await {
+            Ok(()) if failing => {
+                failing = false;
+                info!(queue = %queue.config.name, "queue upkeep works again");
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                failing = true;
+                warn!(queue = %queue.config.name, error = %e, "queue upkeep failed; retrying");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Follows the backend's feed of ticket changes and wakes the clients
+/// waiting on them; reconnects when the feed breaks (waiters then re-read on
+/// the resync, so a change in the gap is not missed).
+pub async fn follow_changes(queue: Arc<Queue>, stop: CancellationToken) {
+    let name = queue.config.name.as_str();
+    let mut failures = 0u32;
+    loop {
+        let feed = queue.feed.clone();
+        let apply = move |change: Change<'_>| feed.apply(change);
+        let started = tokio::time::Instant::now();
+        let result = tokio::select! {
+            r = queue.backend.follow_changes(&apply) => r,
+            _ = stop.cancelled() => return,
+        };
+        // Changes may be missed until the next resync: polls read through.
+        queue.feed.lost();
+        // A feed that ran for a while was healthy: its loss is news again.
+        if started.elapsed() > Duration::from_secs(10) {
+            failures = 0;
+        }
+        failures += 1;
+        if let Err(e) = result {
+            if failures == 1 {
+                warn!(queue = name, error = %e,
+                    "ticket change feed lost: waiting clients fall back to their timeouts; reconnecting");
+            }
+        }
+        let pause = Duration::from_millis(200 * u64::from(failures.min(10)));
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Keeps the queue-wide gauges current, one cheap backend call per interval.
+pub async fn refresh_gauges(queue: Arc<Queue>, metrics: Arc<Metrics>, stop: CancellationToken) {
+    let name = queue.config.name.as_str();
+    let mut every = Every::new(GAUGE_INTERVAL, stop);
+    let mut up = true;
+    while every.tick().await {
+        let stats = queue.backend.stats().await;
+        // One line when the backend stops answering, one when it is back.
+        match (&stats, up) {
+            (Err(e), true) => {
+                up = false;
+                error!(queue = name, backend = queue.backend.kind(), error = %e,
+                    "queue backend lost: admissions answer 503, the drain waits");
+            }
+            (Ok(_), false) => {
+                up = true;
+                info!(
+                    queue = name,
+                    backend = queue.backend.kind(),
+                    "queue backend regained"
+                );
+            }
+            _ => {}
+        }
+        metrics
+            .queue_up
+            .with_label_values(&[name])
+            .set(i64::from(stats.is_ok()));
+        metrics
+            .waiters
+            .with_label_values(&[name])
+            .set(queue.feed.waiting_clients() as i64);
+        if queue.partitions() > 1 {
+            if let Ok(counts) = queue.backend.dispatched().await {
+                for (seen, n) in queue.dispatched.iter().zip(counts) {
+                    seen.fetch_max(n, Ordering::Relaxed);
+                }
+            }
+        } else if let Ok(stats) = &stats {
+            queue.dispatched[0].fetch_max(stats.dispatched, Ordering::Relaxed);
+        }
+        if let Ok(stats) = stats {
+            metrics
+                .queue_depth
+                .with_label_values(&[name])
+                .set(stats.depth as i64);
+            metrics
+                .queue_in_flight
+                .with_label_values(&[name])
+                .set(stats.in_flight as i64);
+            metrics
+                .queue_oldest_age
+                .with_label_values(&[name])
+                .set(stats.oldest_age.map_or(0.0, |d| d.as_secs_f64()));
+        }
+    }
+}

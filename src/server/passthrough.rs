@@ -1,0 +1,87 @@
+//! Passthrough (`--passthrough`): a non-queued request proxied straight to
+//! the upstream, streaming both ways.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{header, HeaderValue, Request, Response};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use tracing::debug;
+
+use crate::api::App;
+use crate::http::body::{Body, BoxError};
+use crate::http::client::Client;
+use crate::http::headers::strip_hop_by_hop;
+use crate::http::problem::{Code, Problem};
+use crate::upstream::UpstreamError;
+
+/// Deadline for a passthrough request when no queue sets one.
+const PASSTHROUGH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Proxies a non-queued request straight to the upstream, streaming both
+/// ways, at its normalized `path` (the one routing saw) and its own query.
+pub async fn passthrough(
+    app: &App,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    path: &str,
+) -> Response<Body> {
+    let base = app.config.upstream.as_deref().unwrap_or_default();
+    let (mut parts, body) = req.into_parts();
+    let target = match parts.uri.query() {
+        Some(query) => format!("{base}{path}?{query}"),
+        None => format!("{base}{path}"),
+    };
+    // Only the path is taken from the client: `Host` and absolute-form
+    // targets never choose the upstream.
+    parts.uri = match target.parse() {
+        Ok(uri) => uri,
+        Err(_) => {
+            return Problem::new(Code::BadRequest, "request target is not a valid path")
+                .into_response()
+        }
+    };
+    // Forwarding headers are computed before hop-by-hop stripping, which
+    // may remove some; a client's own X-Forwarded-For counts only from a
+    // trusted proxy.
+    let client = Client::identify(&app.config, &parts.headers, peer);
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::HOST);
+    parts.headers.remove("forwarded");
+    match HeaderValue::from_str(&client.forwarded_for) {
+        Ok(v) => parts.headers.insert("x-forwarded-for", v),
+        Err(_) => parts.headers.remove("x-forwarded-for"),
+    };
+    parts
+        .headers
+        .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    let limit = usize::try_from(app.config.max_body.0).unwrap_or(usize::MAX);
+    let body: Body = Limited::new(body, limit).boxed();
+    let timeout = app
+        .queues
+        .first()
+        .map_or(PASSTHROUGH_TIMEOUT, |q| q.config.upstream_timeout);
+    match app
+        .upstream
+        .stream(Request::from_parts(parts, body), timeout)
+        .await
+    {
+        Ok(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            // The gateway speaks its own HTTP/1.1 to the client, whatever
+            // version the upstream answered in.
+            parts.version = http::Version::HTTP_11;
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, body.map_err(BoxError::from).boxed())
+        }
+        Err(UpstreamError::Timeout(_)) => {
+            Problem::new(Code::GatewayTimeout, "the upstream did not answer in time")
+                .into_response()
+        }
+        Err(e) => {
+            debug!(error = %e, "passthrough failed");
+            Problem::new(Code::BadGateway, "the upstream could not be reached").into_response()
+        }
+    }
+}
