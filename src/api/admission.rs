@@ -3,35 +3,32 @@
 //! The checks run cheapest first, each one step; everything that needs shared
 //! state (idempotency, capacity, enqueue) is one atomic backend call.
 
+mod answer;
+mod request;
+
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
-use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http::{header, HeaderName, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use sha2::{Digest, Sha256};
 use tracing::debug;
 
-use crate::api::tickets;
 use crate::api::App;
 use crate::backend::knobs::Phase;
 use crate::backend::{
     partition_of_claim, Admit, AdmitLimits, IdempotencyClaim, Prequeue, QueuedRequest,
 };
-use crate::http::body::{self, json, Body};
+use crate::http::body::{self, Body};
 use crate::http::client::Client;
 use crate::http::headers;
 use crate::http::problem::{Code, Problem};
 use crate::queue::Queue;
-use crate::ticket::{self, now_ms, AdmissionView, Place, TicketId, TicketRecord, TicketStatus};
-
-/// Longest `Idempotency-Key` accepted (SPEC §3.1).
-const MAX_IDEMPOTENCY_KEY: usize = 255;
-
-static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
-static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
-static X_FLASHGATE_TICKET: HeaderName = HeaderName::from_static("x-flashgate-ticket");
+use crate::ticket::{self, now_ms, Place, TicketId, TicketStatus};
+use answer::{answer_within, sold_out, ticket_answer, IDEMPOTENT_REPLAYED};
+use request::{
+    content_length, hex_digest, idempotency_key, preferred_wait, read_body, too_large, Leftover,
+    Refusal,
+};
 
 /// Headers the gateway sets itself towards the upstream, never taken from
 /// the client. `Accept-Encoding`: the delivery asks for `identity`, since
@@ -81,41 +78,6 @@ pub async fn admit(
                 Leftover::Cut => body::close(&mut resp),
             }
             resp
-        }
-    }
-}
-
-/// A refused admission, and what is left of its request body: the
-/// connection stays usable only once the body is read to its end.
-struct Refusal {
-    problem: Problem,
-    body: Leftover,
-}
-
-enum Leftover {
-    /// Refused before a byte of the body was read.
-    Unread(Incoming),
-    /// Read whole.
-    Read,
-    /// Read in part (too large, too slow, broken): the connection must close.
-    Cut,
-}
-
-impl Refusal {
-    fn unread(problem: Problem, body: Incoming) -> Self {
-        Refusal {
-            problem,
-            body: Leftover::Unread(body),
-        }
-    }
-}
-
-impl From<Problem> for Refusal {
-    /// A refusal after the body was read whole.
-    fn from(problem: Problem) -> Self {
-        Refusal {
-            problem,
-            body: Leftover::Read,
         }
     }
 }
@@ -330,223 +292,4 @@ async fn replayed(
         HeaderValue::from_static("true"),
     );
     ("duplicate", resp)
-}
-
-/// `Prefer: wait=N` (RFC 7240): how long the client would rather wait for
-/// the upstream's own answer than get a ticket; zero with `respond-async`,
-/// without a preference, or with a malformed one.
-fn preferred_wait(headers: &HeaderMap) -> Duration {
-    let mut wait = Duration::ZERO;
-    for pref in headers
-        .get_all("prefer")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-    {
-        let token = pref.split(';').next().unwrap_or_default().trim();
-        if token.eq_ignore_ascii_case("respond-async") {
-            return Duration::ZERO;
-        }
-        if let Some((name, value)) = token.split_once('=') {
-            if name.trim().eq_ignore_ascii_case("wait") {
-                if let Ok(secs) = value.trim().trim_matches('"').parse::<u64>() {
-                    wait = Duration::from_secs(secs);
-                }
-            }
-        }
-    }
-    wait
-}
-
-/// Holds an admission up to `wait` for its ticket to end: the upstream's
-/// own answer if it completes (the gateway is invisible at low load), a
-/// problem that says why if it fails or is cancelled, else the usual 202
-/// with the ticket as it stands.
-async fn answer_within(queue: &Queue, id: &TicketId, wait: Duration) -> Response<Body> {
-    let deadline = tokio::time::Instant::now() + wait;
-    let rate = queue.line_rate(&queue.knobs());
-    match tickets::wait_until(queue, id, deadline, |r| r.status.is_terminal()).await {
-        Ok(Some(record)) => match (&record.response, record.status) {
-            (Some(stored), TicketStatus::Completed) => tickets::upstream_answer(id, stored),
-            (_, status) if status.is_terminal() => ended(id, &record),
-            (_, status) => {
-                let place = (status == TicketStatus::Queued)
-                    .then(|| Place::of(record.seq, queue.dispatched(id), None));
-                ticket_answer(StatusCode::ACCEPTED, queue, id, status, place, rate)
-            }
-        },
-        Ok(None) => ticket_answer(
-            StatusCode::ACCEPTED,
-            queue,
-            id,
-            TicketStatus::Expired,
-            None,
-            rate,
-        ),
-        // Stored, but its state cannot be read now: the ticket is the answer.
-        Err(_) => ticket_answer(
-            StatusCode::ACCEPTED,
-            queue,
-            id,
-            TicketStatus::Queued,
-            None,
-            rate,
-        ),
-    }
-}
-
-/// The answer for a ticket that ended without an upstream answer while the
-/// client waited: a problem saying why (sold out: 410; not delivered: 502;
-/// cancelled: 410; expired: 404), with the ticket in `Location` and
-/// `X-Flashgate-Ticket` for the record.
-fn ended(id: &TicketId, record: &TicketRecord) -> Response<Body> {
-    let problem = match (&record.error, record.status) {
-        (Some(e), _) if e.code == "sold_out" => Problem::new(Code::SoldOut, e.detail.clone()),
-        (Some(e), _) => Problem::new(
-            Code::BadGateway,
-            format!("the order could not be delivered: {}", e.detail),
-        ),
-        (None, TicketStatus::Cancelled) => {
-            Problem::new(Code::TicketCancelled, "the ticket was cancelled")
-        }
-        (None, TicketStatus::Expired) => Problem::new(Code::TicketNotFound, "the ticket expired"),
-        (None, status) => Problem::new(
-            Code::BadGateway,
-            format!("the ticket ended {}", status.as_str()),
-        ),
-    };
-    let mut resp = problem.into_response();
-    if let Ok(v) = HeaderValue::from_str(&format!("/tickets/{id}")) {
-        resp.headers_mut().insert(header::LOCATION, v);
-    }
-    if let Ok(v) = HeaderValue::from_str(id.as_str()) {
-        resp.headers_mut().insert(X_FLASHGATE_TICKET.clone(), v);
-    }
-    resp
-}
-
-/// The 202/200 answer: ticket JSON, `Location` and `Retry-After`.
-fn ticket_answer(
-    status: StatusCode,
-    queue: &Queue,
-    ticket: &TicketId,
-    state: TicketStatus,
-    place: Option<Place>,
-    rate: f64,
-) -> Response<Body> {
-    let position = place.and_then(|p| p.position);
-    let eta = place.map(|p| p.eta_seconds(rate));
-    let poll_url = format!("/tickets/{ticket}");
-    let view = AdmissionView {
-        ticket: ticket.as_str(),
-        queue: &queue.config.name,
-        status: state,
-        position,
-        eta_seconds: eta,
-        poll_url: poll_url.clone(),
-    };
-    let mut resp = json(status, &view);
-    let h = resp.headers_mut();
-    if let Ok(location) = HeaderValue::from_str(&poll_url) {
-        h.insert(header::LOCATION, location);
-    }
-    if !state.is_terminal() {
-        h.insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(ticket::retry_after(eta.unwrap_or(0.0))),
-        );
-    }
-    resp
-}
-
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Problem> {
-    let Some(value) = headers.get(header::CONTENT_LENGTH) else {
-        return Ok(None);
-    };
-    value
-        .to_str()
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(Some)
-        .ok_or_else(|| Problem::new(Code::BadRequest, "Content-Length is not a number"))
-}
-
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
-    let mut values = headers.get_all(&IDEMPOTENCY_KEY).iter();
-    let Some(value) = values.next() else {
-        return Ok(None);
-    };
-    if values.next().is_some() {
-        return Err(Problem::new(
-            Code::BadRequest,
-            "more than one Idempotency-Key header",
-        ));
-    }
-    match value.to_str() {
-        Ok(k) if !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY => Ok(Some(k.to_string())),
-        _ => Err(Problem::new(
-            Code::BadRequest,
-            format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
-        )),
-    }
-}
-
-async fn read_body(body: Incoming, max: u64, timeout: Duration) -> Result<Bytes, Refusal> {
-    read_whole(body, max, timeout)
-        .await
-        .map_err(|problem| Refusal {
-            problem,
-            body: Leftover::Cut,
-        })
-}
-
-async fn read_whole(body: Incoming, max: u64, timeout: Duration) -> Result<Bytes, Problem> {
-    let limit = usize::try_from(max).unwrap_or(usize::MAX);
-    // A client that trickles its body holds a connection and a buffer: it
-    // gets `timeout` for all of it, then 408.
-    let read = tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await;
-    let Ok(read) = read else {
-        return Err(Problem::new(
-            Code::RequestTimeout,
-            format!("the request body did not arrive within {timeout:?}"),
-        ));
-    };
-    match read {
-        // A copy: the collected bytes are a slice of hyper's read buffer,
-        // and an entry that waits in the embedded queue would keep that
-        // whole buffer alive (5.5 KiB per queued admission, measured).
-        Ok(collected) => Ok(Bytes::copy_from_slice(&collected.to_bytes())),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(max)),
-        Err(e) => Err(Problem::new(
-            Code::BadRequest,
-            format!("could not read the request body: {e}"),
-        )),
-    }
-}
-
-fn sold_out() -> Problem {
-    Problem::new(Code::SoldOut, "the stock of this sale is exhausted")
-}
-
-fn too_large(max: u64) -> Problem {
-    Problem::new(
-        Code::BodyTooLarge,
-        format!("the request body is larger than {max} bytes"),
-    )
-}
-
-fn hex_digest(parts: &[&[u8]]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut h = Sha256::new();
-    for p in parts {
-        // Length-prefixed, so ("ab", "c") and ("a", "bc") differ.
-        h.update((p.len() as u64).to_be_bytes());
-        h.update(p);
-    }
-    let mut out = String::with_capacity(64);
-    for b in h.finalize() {
-        out.push(HEX[usize::from(b >> 4)] as char);
-        out.push(HEX[usize::from(b & 0xf)] as char);
-    }
-    out
 }

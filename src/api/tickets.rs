@@ -12,16 +12,10 @@
 //! compute positions from the queue's dispatched count, read once a second
 //! for the whole instance.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
-use http_body_util::BodyExt;
-use hyper::body::Frame;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::warn;
 
@@ -31,7 +25,6 @@ use crate::backend::{Cancel, QueueError};
 use crate::http::body::{full, json, Body};
 use crate::http::headers::strip_hop_by_hop;
 use crate::http::problem::{Code, Problem};
-use crate::queue::feed::Subscription;
 use crate::queue::Queue;
 use crate::ticket::{
     self, format_time_ms, Place, ResponseView, StoredResponse, TicketId, TicketRecord,
@@ -40,15 +33,10 @@ use crate::ticket::{
 
 /// Longest long-poll (`?wait=`).
 pub const MAX_LONG_POLL: Duration = Duration::from_secs(60);
-/// How often an event stream repeats a queued ticket's position and ETA.
-const EVENT_EVERY: Duration = Duration::from_secs(2);
-/// Comment lines that keep proxies from closing a quiet event stream.
-const HEARTBEAT_EVERY: Duration = Duration::from_secs(15);
-/// An event stream ends after this long; the browser's `EventSource`
-/// reconnects by itself, so no connection is held forever.
-const STREAM_LIFETIME: Duration = Duration::from_secs(30 * 60);
-/// How long a client's `EventSource` waits before reconnecting.
-const RECONNECT_MS: u64 = 2000;
+
+mod events;
+
+use events::{accepts_event_stream, events};
 
 static X_FLASHGATE_TICKET: header::HeaderName =
     header::HeaderName::from_static("x-flashgate-ticket");
@@ -356,270 +344,5 @@ fn drop_vary_on_accept_encoding(headers: &mut HeaderMap) {
     }
 }
 
-fn accepts_event_stream(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| {
-            t.split(';')
-                .next()
-                .is_some_and(|m| m.trim().eq_ignore_ascii_case("text/event-stream"))
-        })
-}
-
-/// `GET /tickets/{id}` with `Accept: text/event-stream`: a `status` event at
-/// once, at every change, and every few seconds while queued; the stream
-/// ends after the final one. Each event's id is the status, so a browser
-/// that reconnects after the end (sending `Last-Event-ID`) is told 204:
-/// stop.
-async fn events(app: &App, id: &str, headers: &HeaderMap) -> Response<Body> {
-    let Some((queue, id)) = find(app, id) else {
-        return not_found();
-    };
-    let changes = queue.feed.subscribe(id.as_str());
-    let record = match read(queue, &id).await {
-        Ok(Some(record)) => record,
-        Ok(None) => return not_found(),
-        Err(e) => return unavailable(queue, &e),
-    };
-    let last_seen = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(TicketStatus::parse);
-    if record.status.is_terminal() && last_seen == Some(record.status) {
-        let mut resp = Response::new(crate::http::body::empty());
-        *resp.status_mut() = StatusCode::NO_CONTENT;
-        return resp;
-    }
-    let now = Instant::now();
-    let stream = EventStream {
-        queue: queue.clone(),
-        id,
-        changes,
-        record,
-        first: true,
-        finished: false,
-        next_event: now + EVENT_EVERY,
-        next_heartbeat: now + HEARTBEAT_EVERY,
-        ends_at: now + STREAM_LIFETIME,
-    };
-    // The stream runs in its own task, which ends when the stream does or
-    // the client goes away.
-    let (tx, rx) = mpsc::channel(4);
-    tokio::spawn(stream.run(tx));
-    let mut resp = Response::new(ChannelBody { rx }.boxed());
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    // nginx and similar proxies buffer responses unless told not to.
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    resp
-}
-
-/// A response body fed chunk by chunk from a channel.
-struct ChannelBody {
-    rx: mpsc::Receiver<Bytes>,
-}
-
-impl hyper::body::Body for ChannelBody {
-    type Data = Bytes;
-    type Error = crate::http::body::BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        self.rx
-            .poll_recv(cx)
-            .map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
-    }
-}
-
-/// One client's event stream: what it has been sent and when it is due more.
-struct EventStream {
-    queue: Arc<Queue>,
-    id: TicketId,
-    changes: Subscription,
-    record: TicketRecord,
-    first: bool,
-    finished: bool,
-    next_event: Instant,
-    next_heartbeat: Instant,
-    ends_at: Instant,
-}
-
-impl EventStream {
-    async fn run(mut self, tx: mpsc::Sender<Bytes>) {
-        loop {
-            let chunk = tokio::select! {
-                chunk = self.next() => chunk,
-                _ = tx.closed() => return,
-            };
-            let Some(chunk) = chunk else { return };
-            if tx.send(chunk).await.is_err() {
-                return;
-            }
-        }
-    }
-
-    /// The next chunk to send, or `None` when the stream is over.
-    async fn next(&mut self) -> Option<Bytes> {
-        if self.finished {
-            return None;
-        }
-        if self.first {
-            self.first = false;
-            return Some(self.event(true));
-        }
-        loop {
-            let queued = self.record.status == TicketStatus::Queued;
-            tokio::select! {
-                _ = self.changes.changed() => {
-                    match read(&self.queue, &self.id).await {
-                        Ok(Some(record)) => {
-                            let changed = record.status != self.record.status;
-                            self.record = record;
-                            if changed {
-                                return Some(self.event(false));
-                            }
-                        }
-                        Ok(None) => {
-                            // Purged while followed: expired, as a poll would say.
-                            self.record.status = TicketStatus::Expired;
-                            return Some(self.event(false));
-                        }
-                        // The next change or tick tries again.
-                        Err(_) => {}
-                    }
-                }
-                _ = tokio::time::sleep_until(self.next_event), if queued => {
-                    return Some(self.event(false));
-                }
-                _ = tokio::time::sleep_until(self.next_heartbeat) => {
-                    self.next_heartbeat = Instant::now() + HEARTBEAT_EVERY;
-                    return Some(Bytes::from_static(b": keep-alive\n\n"));
-                }
-                _ = tokio::time::sleep_until(self.ends_at) => {
-                    self.finished = true;
-                    return None;
-                }
-            }
-        }
-    }
-
-    /// A `status` event with the ticket's view; the stream finishes after a
-    /// final one.
-    fn event(&mut self, first: bool) -> Bytes {
-        let now = Instant::now();
-        self.next_event = now + EVENT_EVERY;
-        self.next_heartbeat = now + HEARTBEAT_EVERY;
-        self.finished = self.record.status.is_terminal();
-        let data =
-            serde_json::to_string(&view(&self.queue, &self.id, &self.record)).unwrap_or_default();
-        let retry = if first {
-            format!("retry: {RECONNECT_MS}\n")
-        } else {
-            String::new()
-        };
-        Bytes::from(format!(
-            "{retry}id: {}\nevent: status\ndata: {data}\n\n",
-            self.record.status.as_str()
-        ))
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn long_poll_waits_are_bounded_numbers() {
-        assert_eq!(long_poll_wait(None).unwrap(), None);
-        assert_eq!(long_poll_wait(Some("x=1")).unwrap(), None);
-        assert_eq!(
-            long_poll_wait(Some("wait=2.5")).unwrap(),
-            Some(Duration::from_millis(2500))
-        );
-        assert_eq!(
-            long_poll_wait(Some("a=b&wait=60")).unwrap(),
-            Some(Duration::from_secs(60))
-        );
-        for bad in [
-            "wait=61",
-            "wait=-1",
-            "wait=",
-            "wait=soon",
-            "wait=NaN",
-            "wait=inf",
-        ] {
-            assert!(long_poll_wait(Some(bad)).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn event_streams_are_recognised_among_other_types() {
-        let mut h = HeaderMap::new();
-        assert!(!accepts_event_stream(&h));
-        h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
-        assert!(!accepts_event_stream(&h));
-        h.insert(
-            header::ACCEPT,
-            HeaderValue::from_static("application/json, Text/Event-Stream;q=0.9"),
-        );
-        assert!(accepts_event_stream(&h));
-    }
-
-    #[test]
-    fn stored_answers_replay_without_hop_by_hop_headers() {
-        let id = TicketId::generate(crate::ticket::QueueTag::of("q"));
-        let stored = StoredResponse {
-            status: 201,
-            headers: crate::http::headers::encode_pairs([
-                ("content-type", &b"application/json"[..]),
-                ("content-length", b"999"),
-                ("connection", b"x-private"),
-                ("x-private", b"secret"),
-                ("x-order", b"42"),
-            ]),
-            body: Bytes::from_static(b"{\"order\":42}"),
-        };
-        let resp = upstream_answer(&id, &stored);
-        assert_eq!(resp.status(), StatusCode::CREATED);
-        let h = resp.headers();
-        assert_eq!(h["content-type"], "application/json");
-        assert_eq!(h["x-order"], "42");
-        assert_eq!(h["x-flashgate-ticket"], id.as_str());
-        assert!(h.get("content-length").is_none());
-        assert!(h.get("x-private").is_none());
-        assert!(h.get("connection").is_none());
-    }
-
-    #[test]
-    fn stored_answers_do_not_vary_on_accept_encoding() {
-        let id = TicketId::generate(crate::ticket::QueueTag::of("q"));
-        let answer = |vary: &[&'static str]| {
-            let stored = StoredResponse {
-                status: 200,
-                headers: crate::http::headers::encode_pairs(
-                    vary.iter().map(|v| ("vary", v.as_bytes())),
-                ),
-                body: Bytes::from_static(b"ok"),
-            };
-            let resp = upstream_answer(&id, &stored);
-            let vary: Vec<_> = resp.headers().get_all("vary").iter().cloned().collect();
-            vary
-        };
-        assert!(answer(&["Accept-Encoding"]).is_empty());
-        assert_eq!(
-            answer(&["Origin, accept-encoding", "Cookie"]),
-            ["Origin, Cookie"]
-        );
-        assert_eq!(answer(&["Origin", "Cookie"]), ["Origin", "Cookie"]);
-        assert!(answer(&[]).is_empty());
-    }
-}
+mod tests;

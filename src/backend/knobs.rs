@@ -5,7 +5,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::QueueConfig;
 
@@ -34,59 +34,51 @@ pub struct Knobs {
     pub version: u64,
 }
 
-/// A change to the knobs; absent fields stay as they are.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// A change to the knobs (`PATCH /admin/queues/{name}`); absent fields stay
+/// as they are.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct KnobsPatch {
+    /// Requests per second, > 0 and ≤ 1,000,000.
+    #[serde(default, deserialize_with = "present")]
     pub drain_rate: Option<f64>,
+    #[serde(default, deserialize_with = "present")]
     pub paused: Option<bool>,
     /// `Some(None)` returns to the configured stock.
+    #[serde(default, deserialize_with = "present")]
     pub stock: Option<Option<u64>>,
     /// `Some(None)` returns to the schedule.
+    #[serde(default, deserialize_with = "present")]
     pub open: Option<Option<bool>>,
+    #[serde(default, deserialize_with = "present")]
     pub sold_out: Option<bool>,
+}
+
+/// A field that is present: its value, `null` only where the type allows it
+/// (absent fields are `None` by `default`).
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }
 
 impl KnobsPatch {
     /// Parses a `PATCH /admin/queues/{name}` body; errors name the field.
     pub fn from_json(body: &[u8]) -> Result<Self, String> {
-        let value: serde_json::Value =
-            serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
-        let serde_json::Value::Object(fields) = value else {
-            return Err("body must be a JSON object".into());
-        };
-        let mut patch = KnobsPatch::default();
-        for (name, v) in fields {
-            match name.as_str() {
-                "drain_rate" => match v.as_f64() {
-                    Some(r) if r > 0.0 && r <= 1e6 => patch.drain_rate = Some(r),
-                    _ => return Err("`drain_rate` must be a number > 0 and <= 1000000".into()),
-                },
-                "paused" => match v.as_bool() {
-                    Some(p) => patch.paused = Some(p),
-                    None => return Err("`paused` must be true or false".into()),
-                },
-                "stock" => match v {
-                    serde_json::Value::Null => patch.stock = Some(None),
-                    v => match v.as_u64() {
-                        Some(s) => patch.stock = Some(Some(s)),
-                        None => return Err("`stock` must be a non-negative integer or null".into()),
-                    },
-                },
-                "open" => match v {
-                    serde_json::Value::Null => patch.open = Some(None),
-                    serde_json::Value::Bool(o) => patch.open = Some(Some(o)),
-                    _ => return Err("`open` must be true, false or null".into()),
-                },
-                "sold_out" => match v.as_bool() {
-                    Some(s) => patch.sold_out = Some(s),
-                    None => return Err("`sold_out` must be true or false".into()),
-                },
-                other => {
-                    return Err(format!(
-                    "unknown field `{other}` (expected drain_rate, paused, stock, open, sold_out)"
-                ))
-                }
+        // An object, not the sequence form serde would also take for a struct.
+        let fields: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(body).map_err(|e| format!("body must be a JSON object: {e}"))?;
+        let object = serde_json::Value::Object(fields);
+        let patch: KnobsPatch = serde_path_to_error::deserialize(object).map_err(|e| {
+            match e.path().to_string().as_str() {
+                "." => format!("body: {}", e.inner()),
+                field => format!("`{field}`: {}", e.inner()),
             }
+        })?;
+        if patch.drain_rate.is_some_and(|r| !(r > 0.0 && r <= 1e6)) {
+            return Err("`drain_rate` must be a number > 0 and <= 1000000".into());
         }
         Ok(patch)
     }
@@ -224,6 +216,10 @@ mod tests {
             (br#"{"stock": -3}"#, "stock"),
             (br#"{"paused": "yes"}"#, "paused"),
             (br#"{"speed": 3}"#, "speed"),
+            (br#"{"drain_rate": null}"#, "drain_rate"),
+            (br#"{"sold_out": null}"#, "sold_out"),
+            (br#"[1]"#, "body"),
+            (br#"{"open": 1}"#, "open"),
         ] {
             let err = KnobsPatch::from_json(body).unwrap_err();
             assert!(err.contains(field), "{err}");

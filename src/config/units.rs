@@ -119,30 +119,13 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// Parses an RFC 3339 time: `2026-11-27T12:00:00Z` or with an offset such as
-/// `2026-11-27T13:00:00+01:00`.
+/// Parses an RFC 3339 time: `2026-11-27T12:00:00Z`, with an offset such as
+/// `2026-11-27T13:00:00+01:00`, or in the lower case RFC 3339 allows.
 pub fn parse_time(s: &str) -> Result<std::time::SystemTime, String> {
     let s = s.trim();
-    let bad = || format!("`{s}` is not an RFC 3339 time such as 2026-11-27T12:00:00Z");
-    // humantime reads UTC ("Z") only: an offset is applied here.
-    let (base, offset_secs) = match s.len().checked_sub(6).map(|i| s.split_at(i)) {
-        Some((base, off))
-            if (off.starts_with('+') || off.starts_with('-')) && off.as_bytes()[3] == b':' =>
-        {
-            let h: i64 = off[1..3].parse().map_err(|_| bad())?;
-            let m: i64 = off[4..6].parse().map_err(|_| bad())?;
-            let sign = if off.starts_with('-') { -1 } else { 1 };
-            (format!("{base}Z"), sign * (h * 3600 + m * 60))
-        }
-        _ => (s.to_string(), 0),
-    };
-    let t = humantime::parse_rfc3339(&base).map_err(|_| bad())?;
-    let shift = Duration::from_secs(offset_secs.unsigned_abs());
-    Ok(if offset_secs >= 0 {
-        t - shift
-    } else {
-        t + shift
-    })
+    ::time::OffsetDateTime::parse(s, &::time::format_description::well_known::Rfc3339)
+        .map(std::time::SystemTime::from)
+        .map_err(|_| format!("`{s}` is not an RFC 3339 time such as 2026-11-27T12:00:00Z"))
 }
 
 /// Parses `10.0.0.0/8`, `::1/128` or a bare address (a /32 or /128).
@@ -249,5 +232,26 @@ impl JsonSchema for Size {
     }
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({ "type": "string", "format": "size" })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_times_take_offsets_and_lower_case() {
+        let utc = parse_time("2026-11-27T12:00:00Z").unwrap();
+        assert_eq!(parse_time("2026-11-27t12:00:00z").unwrap(), utc);
+        assert_eq!(parse_time("2026-11-27T13:00:00+01:00").unwrap(), utc);
+        assert_eq!(parse_time(" 2026-11-27T10:30:00-01:30 ").unwrap(), utc);
+        for bad in [
+            "2026-11-27",
+            "2026-11-27T12:00:00",
+            "noon",
+            "2026-13-01T00:00:00Z",
+        ] {
+            assert!(parse_time(bad).unwrap_err().contains(bad), "{bad}");
+        }
     }
 }
