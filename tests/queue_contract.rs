@@ -10,8 +10,8 @@ use bytes::Bytes;
 use common::RedisServer;
 use flashgate::backend::knobs::{KnobsPatch, RateStep};
 use flashgate::backend::{
-    Admit, AdmitLimits, AttemptStart, Cancel, Change, Delivery, IdempotencyClaim, MemoryQueue,
-    Prequeue, QueueBackend, QueuedRequest, RedisQueue, RedisQueueConfig,
+    Admit, AdmitLimits, AttemptStart, Cancel, Change, Delivery, IdempotencyClaim, Line,
+    MemoryQueue, Prequeue, QueueBackend, QueuedRequest, RedisQueue, RedisQueueConfig,
 };
 use flashgate::ticket::{QueueTag, StoredResponse, TicketError, TicketId, TicketStatus};
 
