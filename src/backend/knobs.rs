@@ -1,12 +1,14 @@
 //! The knobs operators turn during a sale (SPEC §5): drain rate, pause,
 //! stock, open/closed, and the sold-out flag. They live in the queue backend
-//! so a change on one instance reaches every instance, and each instance
-//! keeps a watched copy.
+//! ([`KnobStore`]) so a change on one instance reaches every instance, and
+//! each instance keeps a watched copy.
 
 use std::time::{Duration, SystemTime};
 
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use super::QueueError;
 use crate::config::QueueConfig;
 
 /// How often each instance re-reads the shared knobs.
@@ -137,6 +139,29 @@ impl RateStep {
         let rate = ((current * mul + add) * 1000.0).round() / 1000.0;
         rate.clamp(self.floor, self.ceiling)
     }
+}
+
+/// The shared knobs of one queue.
+#[async_trait]
+pub trait KnobStore: Send + Sync + 'static {
+    /// Called every [`WATCH_INTERVAL`] by each instance's knob watcher: the
+    /// knobs as stored (all `None`/false and version 0 when never set).
+    async fn knobs(&self) -> Result<Knobs, QueueError>;
+
+    /// Called for `PATCH /admin/queues/{name}`, and by the drain when the
+    /// upstream says sold out: applies `patch` in one step and returns the
+    /// knobs as they now are, their version counted up. Admissions see the
+    /// change at once (their atomic step reads the stored stock and
+    /// sold-out flag).
+    async fn set_knobs(&self, patch: &KnobsPatch) -> Result<Knobs, QueueError>;
+
+    /// Called by the adaptive drain when it judges the upstream overloaded
+    /// (`step.down`) or healthy with a backlog: moves the `drain_rate` knob
+    /// one step, unless a step the same way (or, for an increase, any step)
+    /// was taken by any instance in the last [`RateStep::SPACING`] — N
+    /// instances judging the same overload take one step, not N. Returns the
+    /// knobs after a step taken, `None` when no step was taken.
+    async fn adapt_rate(&self, step: &RateStep) -> Result<Option<Knobs>, QueueError>;
 }
 
 /// Where a sale is in its life.

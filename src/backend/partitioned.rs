@@ -18,11 +18,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use super::knobs::{KnobStore, Knobs, KnobsPatch, RateStep};
 use super::{
-    Admit, AdmitLimits, AttemptStart, Cancel, Delivery, IdempotencyClaim, OnChange, QueueBackend,
-    QueueError, QueueStats, QueuedRequest,
+    Admit, AdmitLimits, AttemptStart, Cancel, ChangeFeed, Delivery, IdempotencyClaim, Line,
+    OnChange, QueueBackend, QueueError, QueueStats, QueuedRequest, SlotSchedule, TicketStore,
 };
-use crate::backend::knobs::{Knobs, KnobsPatch, RateStep};
 use crate::ticket::{fnv1a, StoredResponse, TicketError, TicketId, TicketRecord};
 
 /// Longest a read waits on one partition before looking at the next.
@@ -65,14 +65,23 @@ pub fn partition_of_claim(claim: &IdempotencyClaim, partitions: u32) -> u32 {
     (fnv1a(claim.key.as_bytes()) % u64::from(partitions.max(1))) as u32
 }
 
+/// The line: an admission goes to its ticket's partition, the drain reads
+/// every partition in turn, a delivery ends in the partition it came from.
 #[async_trait]
-impl QueueBackend for Partitioned {
+impl Line for Partitioned {
     fn kind(&self) -> &'static str {
         self.parts[0].kind()
     }
 
     fn partitions(&self) -> u32 {
         self.count()
+    }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        for part in &self.parts {
+            part.ping().await?;
+        }
+        Ok(())
     }
 
     async fn admit(
@@ -94,8 +103,15 @@ impl QueueBackend for Partitioned {
             .await
     }
 
-    async fn ticket(&self, id: &TicketId) -> Result<Option<(TicketRecord, u64)>, QueueError> {
-        self.of_ticket(id).ticket(id).await
+    async fn release_prequeue(&self, max: usize) -> Result<(usize, usize), QueueError> {
+        let share = max.div_ceil(self.parts.len()).max(1);
+        let (mut moved, mut left) = (0, 0);
+        for part in &self.parts {
+            let (m, l) = part.release_prequeue(share).await?;
+            moved += m;
+            left += l;
+        }
+        Ok((moved, left))
     }
 
     async fn next(&self, block: Duration, max: usize) -> Result<Vec<Delivery>, QueueError> {
@@ -104,7 +120,8 @@ impl QueueBackend for Partitioned {
         loop {
             // Each partition in turn, starting after the last one read from:
             // a short wait on each, so an entry anywhere is found within
-            // one round.
+            // one round. (Redis ends a blocked read on its own timer, every
+            // 100 ms at `hz 10`: a round takes up to that per partition.)
             let start = self.cursor.fetch_add(1, Ordering::Relaxed) % n;
             let now = tokio::time::Instant::now();
             let slice = READ_SLICE.min(deadline.saturating_duration_since(now));
@@ -128,18 +145,6 @@ impl QueueBackend for Partitioned {
         self.of_delivery(delivery)?.start_attempt(delivery).await
     }
 
-    async fn cancel(&self, id: &TicketId) -> Result<Cancel, QueueError> {
-        self.of_ticket(id).cancel(id).await
-    }
-
-    async fn follow_changes(&self, changed: &OnChange) -> Result<(), QueueError> {
-        // One feed per partition; the first to break ends them all, and the
-        // caller starts over (with a resync).
-        let feeds = self.parts.iter().map(|p| p.follow_changes(changed));
-        let (result, _, _) = futures_util::future::select_all(feeds).await;
-        result
-    }
-
     async fn complete(
         &self,
         delivery: &Delivery,
@@ -159,48 +164,6 @@ impl QueueBackend for Partitioned {
         self.of_delivery(delivery)?
             .fail(delivery, error, dead_letter)
             .await
-    }
-
-    async fn release_prequeue(&self, max: usize) -> Result<(usize, usize), QueueError> {
-        let share = max.div_ceil(self.parts.len()).max(1);
-        let (mut moved, mut left) = (0, 0);
-        for part in &self.parts {
-            let (m, l) = part.release_prequeue(share).await?;
-            moved += m;
-            left += l;
-        }
-        Ok((moved, left))
-    }
-
-    async fn knobs(&self) -> Result<Knobs, QueueError> {
-        self.parts[0].knobs().await
-    }
-
-    async fn set_knobs(&self, patch: &KnobsPatch) -> Result<Knobs, QueueError> {
-        // Every partition's admission script reads its own copy (same
-        // slot); partition 0's is the one reported. A change that reached
-        // only some partitions is reported as failed, and repeating it is
-        // harmless.
-        for part in self.parts.iter().skip(1) {
-            part.set_knobs(patch).await?;
-        }
-        self.parts[0].set_knobs(patch).await
-    }
-
-    async fn reserve_slots(
-        &self,
-        period: Duration,
-        burst: u32,
-        count: u32,
-    ) -> Result<i64, QueueError> {
-        // One schedule for the whole queue: the partitions share its rate.
-        self.parts[0].reserve_slots(period, burst, count).await
-    }
-
-    async fn adapt_rate(&self, step: &RateStep) -> Result<Option<Knobs>, QueueError> {
-        // The drain rate is read from partition 0 only (admission reads no
-        // rate), so the step needs no copies.
-        self.parts[0].adapt_rate(step).await
     }
 
     async fn stats(&self) -> Result<QueueStats, QueueError> {
@@ -223,11 +186,68 @@ impl QueueBackend for Partitioned {
         }
         Ok(out)
     }
+}
 
-    async fn ping(&self) -> Result<(), QueueError> {
-        for part in &self.parts {
-            part.ping().await?;
+/// Tickets: each in the partition its id names.
+#[async_trait]
+impl TicketStore for Partitioned {
+    async fn ticket(&self, id: &TicketId) -> Result<Option<(TicketRecord, u64)>, QueueError> {
+        self.of_ticket(id).ticket(id).await
+    }
+
+    async fn cancel(&self, id: &TicketId) -> Result<Cancel, QueueError> {
+        self.of_ticket(id).cancel(id).await
+    }
+}
+
+/// Knobs: partition 0's are the queue's; a change is copied to every
+/// partition, whose admissions read their own.
+#[async_trait]
+impl KnobStore for Partitioned {
+    async fn knobs(&self) -> Result<Knobs, QueueError> {
+        self.parts[0].knobs().await
+    }
+
+    async fn set_knobs(&self, patch: &KnobsPatch) -> Result<Knobs, QueueError> {
+        // Every partition's admission script reads its own copy (same
+        // slot); partition 0's is the one reported. A change that reached
+        // only some partitions is reported as failed, and repeating it is
+        // harmless.
+        for part in self.parts.iter().skip(1) {
+            part.set_knobs(patch).await?;
         }
-        Ok(())
+        self.parts[0].set_knobs(patch).await
+    }
+
+    async fn adapt_rate(&self, step: &RateStep) -> Result<Option<Knobs>, QueueError> {
+        // The drain rate is read from partition 0 only (admission reads no
+        // rate), so the step needs no copies.
+        self.parts[0].adapt_rate(step).await
+    }
+}
+
+/// The schedule: one for the whole queue, on partition 0.
+#[async_trait]
+impl SlotSchedule for Partitioned {
+    async fn reserve_slots(
+        &self,
+        period: Duration,
+        burst: u32,
+        count: u32,
+    ) -> Result<i64, QueueError> {
+        // One schedule for the whole queue: the partitions share its rate.
+        self.parts[0].reserve_slots(period, burst, count).await
+    }
+}
+
+/// Changes: every partition's feed, merged.
+#[async_trait]
+impl ChangeFeed for Partitioned {
+    async fn follow_changes(&self, changed: &OnChange) -> Result<(), QueueError> {
+        // One feed per partition; the first to break ends them all, and the
+        // caller starts over (with a resync).
+        let feeds = self.parts.iter().map(|p| p.follow_changes(changed));
+        let (result, _, _) = futures_util::future::select_all(feeds).await;
+        result
     }
 }

@@ -23,7 +23,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::warn;
 
-use crate::backend::{QueueBackend, CATCH_UP};
+use crate::backend::{SlotSchedule, CATCH_UP};
 
 /// Slots reserved per backend call: this much time's worth at the current
 /// rate, so the calls per second do not grow with the rate.
@@ -35,7 +35,7 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// One queue's permits, for its drain tasks.
 pub struct Pacer {
-    schedule: Arc<dyn QueueBackend>,
+    schedule: Arc<dyn SlotSchedule>,
     rate: Mutex<Rate>,
     /// The slots reserved and not yet taken; one taker at a time, in order.
     block: tokio::sync::Mutex<Block>,
@@ -84,7 +84,7 @@ impl Permit {
 impl Pacer {
     /// `rate` permits per second across every instance sharing `schedule`,
     /// at most `burst` back to back.
-    pub fn new(schedule: Arc<dyn QueueBackend>, rate: f64, burst: u32) -> Self {
+    pub fn new(schedule: Arc<dyn SlotSchedule>, rate: f64, burst: u32) -> Self {
         Pacer {
             schedule,
             rate: Mutex::new(Rate {
@@ -355,7 +355,7 @@ mod tests {
     /// Pacers of several instances on one schedule share its rate.
     #[tokio::test(start_paused = true)]
     async fn pacers_sharing_a_schedule_share_the_rate() {
-        let schedule: Arc<dyn QueueBackend> = Arc::new(MemoryQueue::new(Duration::from_secs(60)));
+        let schedule: Arc<dyn SlotSchedule> = Arc::new(MemoryQueue::new(Duration::from_secs(60)));
         let pacers: Vec<Arc<Pacer>> = (0..4)
             .map(|_| Arc::new(Pacer::new(schedule.clone(), 200.0, 1)))
             .collect();

@@ -1,5 +1,7 @@
 //! The Lua scripts that make each multi-key step one atomic round trip.
-//! Every key a script touches shares the queue's hash tag.
+//! Every key a script touches shares the queue's hash tag. The key and
+//! field names they spell as literals are documented in `schema.rs`, whose
+//! test checks that the two agree.
 
 /// Admission of a batch of requests in one round trip: for each, in order,
 /// idempotency, sold-out flag, stock, capacity, sequence number, stream

@@ -1,0 +1,346 @@
+//! The Redis line: admission (batched, `admit.rs`), delivery through the
+//! consumer group (`group.rs`), attempts, and the end of each entry.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::streams::{StreamInfoGroupsReply, StreamRangeReply};
+use tracing::warn;
+
+use super::schema::{ClaimField, CounterField, DeadField, EntryField, TicketField, GROUP};
+use super::{admit, is_oom, reply, unavailable, RedisQueue, RESPONSE_TIMEOUT};
+use crate::backend::{
+    Admit, AdmitLimits, AttemptStart, Delivery, IdempotencyClaim, Line, QueueError, QueueStats,
+    QueuedRequest,
+};
+use crate::ticket::{now_ms, StoredResponse, TicketError, TicketId, TicketStatus};
+
+impl RedisQueue {
+    /// The entry fields under the names `ADMIT_LUA` gives them in the
+    /// stream, for a dead letter that keeps the whole request.
+    fn entry_fields(r: &QueuedRequest) -> [(&'static str, &[u8]); 9] {
+        [
+            (EntryField::TICKET, r.ticket.as_str().as_bytes()),
+            (EntryField::METHOD, r.method.as_bytes()),
+            (EntryField::PATH, r.path.as_bytes()),
+            (EntryField::HEADERS, &r.headers),
+            (EntryField::BODY, &r.body),
+            (EntryField::CLIENT, r.client.as_bytes()),
+            (EntryField::FORWARDED_FOR, r.forwarded_for.as_bytes()),
+            (EntryField::FORWARDED_PROTO, r.forwarded_proto.as_bytes()),
+            (EntryField::ADMITTED_AT, b""), // replaced below: admitted-at is a number
+        ]
+    }
+}
+
+#[async_trait]
+impl Line for RedisQueue {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn admit(
+        &self,
+        request: QueuedRequest,
+        claim: Option<IdempotencyClaim>,
+        limits: AdmitLimits,
+    ) -> Result<Admit, QueueError> {
+        let batches = self.admissions.get_or_init(|| {
+            admit::spawn(admit::Batcher {
+                conn: self.conn.clone(),
+                script: self.admit_script.clone(),
+                keys: [
+                    self.keys.stream.clone(),
+                    self.keys.counters.clone(),
+                    self.keys.knobs.clone(),
+                    self.keys.prequeue.clone(),
+                ],
+                ttl_secs: self.ttl_secs,
+                partitions: self.partitions,
+                partition: self.partition,
+            })
+        });
+        let idem_key = match &claim {
+            Some(c) => self.keys.claim(&c.key),
+            None => self.keys.claim("-"),
+        };
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let stopped = || QueueError::Unavailable("the admission batcher has stopped".into());
+        batches
+            .send(admit::Item {
+                ticket_key: self.keys.ticket(&request.ticket),
+                idem_key,
+                request,
+                claim,
+                limits,
+                answer,
+            })
+            .map_err(|_| stopped())?;
+        // The batch call has the same response timeout, but waiting for a
+        // call slot does not: with Redis frozen, every slot waits out its
+        // timeout while later admissions queue behind them.
+        match tokio::time::timeout(RESPONSE_TIMEOUT, answered).await {
+            Ok(answer) => answer.map_err(|_| stopped())?,
+            Err(_) => Err(QueueError::Unavailable(format!(
+                "no answer from Redis within {RESPONSE_TIMEOUT:?}"
+            ))),
+        }
+    }
+
+    async fn replay(&self, claim: &IdempotencyClaim) -> Result<Option<Admit>, QueueError> {
+        let mut conn = self.conn.clone();
+        let ((ticket, fingerprint, seq), dispatched): (
+            (Option<String>, Option<String>, Option<u64>),
+            Option<u64>,
+        ) = redis::pipe()
+            .cmd("HMGET")
+            .arg(self.keys.claim(&claim.key))
+            .arg(&[ClaimField::TICKET, ClaimField::FINGERPRINT, ClaimField::SEQ])
+            .hget(&self.keys.counters, CounterField::DISPATCHED)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let Some(ticket) = ticket else {
+            return Ok(None);
+        };
+        if fingerprint.as_deref() != Some(claim.fingerprint.as_str()) {
+            return Ok(Some(Admit::KeyReused));
+        }
+        let ticket = TicketId::parse(&ticket)
+            .ok_or_else(|| QueueError::Protocol(format!("stored ticket id `{ticket}`")))?
+            .0;
+        Ok(Some(Admit::Replayed {
+            ticket,
+            seq: seq.unwrap_or(0),
+            dispatched: dispatched.unwrap_or(0),
+        }))
+    }
+
+    async fn release_prequeue(&self, max: usize) -> Result<(usize, usize), QueueError> {
+        let mut conn = self.conn.clone();
+        let (moved, left): (usize, usize) = self
+            .release_script
+            .key(&self.keys.prequeue)
+            .key(&self.keys.stream)
+            .key(&self.keys.counters)
+            .arg(max)
+            .arg(&self.keys.ticket_prefix)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok((moved, left))
+    }
+
+    async fn next(&self, block: Duration, max: usize) -> Result<Vec<Delivery>, QueueError> {
+        self.next_entries(block, max).await
+    }
+
+    async fn maintain(&self, claim_idle: Duration) -> Result<(), QueueError> {
+        self.maintain_claims(claim_idle).await
+    }
+
+    async fn start_attempt(&self, delivery: &Delivery) -> Result<AttemptStart, QueueError> {
+        let (ticket_key, ticket) = match &delivery.request {
+            Ok(r) => (self.keys.ticket(&r.ticket), r.ticket.as_str()),
+            Err(_) => (format!("{}-", self.keys.ticket_prefix), ""),
+        };
+        let mut conn = self.conn.clone();
+        let attempt: i64 = self
+            .start_script
+            .key(ticket_key)
+            .key(&self.keys.counters)
+            .key(&self.keys.stream)
+            .arg(if delivery.fresh { "1" } else { "0" })
+            .arg(&self.keys.changes)
+            .arg(ticket)
+            .arg(&delivery.entry_id)
+            .arg(GROUP)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(match attempt {
+            -2 => {
+                self.release(&delivery.entry_id);
+                AttemptStart::Cancelled
+            }
+            n => u32::try_from(n).map_or(AttemptStart::Untracked, AttemptStart::Counted),
+        })
+    }
+
+    async fn complete(
+        &self,
+        delivery: &Delivery,
+        response: &StoredResponse,
+    ) -> Result<(), QueueError> {
+        let mut record = redis::pipe();
+        if let Ok(request) = &delivery.request {
+            let key = self.keys.ticket(&request.ticket);
+            record
+                .cmd("HSET")
+                .arg(&key)
+                .arg(TicketField::STATUS)
+                .arg(TicketStatus::Completed.as_str())
+                .arg(TicketField::COMPLETED_AT)
+                .arg(now_ms())
+                .arg(TicketField::RESPONSE_STATUS)
+                .arg(response.status)
+                .arg(TicketField::RESPONSE_HEADERS)
+                .arg(response.headers.as_ref())
+                .arg(TicketField::RESPONSE_BODY)
+                .arg(response.body.as_ref())
+                .ignore();
+            record.expire(&key, self.ttl_secs as i64).ignore();
+            record
+                .cmd("PUBLISH")
+                .arg(&self.keys.changes)
+                .arg(request.ticket.as_str())
+                .ignore();
+        }
+        let mut together = record.clone();
+        together.atomic();
+        self.ack_and_delete(&mut together, &delivery.entry_id);
+        let mut conn = self.conn.clone();
+        match together.query_async::<()>(&mut conn).await {
+            Ok(()) => {}
+            Err(e) if is_oom(&e) => {
+                // Out of memory: writes are refused, but XACK and XDEL are
+                // not and they free memory. The request has reached the
+                // upstream: acknowledge first, record the result when Redis can.
+                warn!(stream = %self.keys.stream,
+                    "Redis is out of memory: acknowledging before recording the result");
+                let mut ack = redis::pipe();
+                self.ack_and_delete(&mut ack, &delivery.entry_id);
+                ack.query_async::<()>(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+                self.release(&delivery.entry_id);
+                return record
+                    .query_async::<()>(&mut conn)
+                    .await
+                    .map_err(unavailable);
+            }
+            Err(e) => return Err(unavailable(e)),
+        }
+        self.release(&delivery.entry_id);
+        Ok(())
+    }
+
+    async fn fail(
+        &self,
+        delivery: &Delivery,
+        error: &TicketError,
+        dead_letter: bool,
+    ) -> Result<(), QueueError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        if delivery.fresh {
+            pipe.hincr(&self.keys.counters, CounterField::DISPATCHED, 1)
+                .ignore();
+        }
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg(&self.keys.dead)
+            .arg("*")
+            .arg(DeadField::ENTRY)
+            .arg(&delivery.entry_id)
+            .arg(DeadField::CODE)
+            .arg(&error.code)
+            .arg(DeadField::DETAIL)
+            .arg(&error.detail);
+        if let Ok(request) = &delivery.request {
+            let admitted_at = request.admitted_at_ms.to_string();
+            for (name, value) in Self::entry_fields(request) {
+                let value = if name == EntryField::ADMITTED_AT {
+                    admitted_at.as_bytes()
+                } else {
+                    value
+                };
+                xadd.arg(name).arg(value);
+            }
+            let key = self.keys.ticket(&request.ticket);
+            pipe.cmd("HSET")
+                .arg(&key)
+                .arg(TicketField::STATUS)
+                .arg(TicketStatus::Failed.as_str())
+                .arg(TicketField::COMPLETED_AT)
+                .arg(now_ms())
+                .arg(TicketField::ERROR_CODE)
+                .arg(&error.code)
+                .arg(TicketField::ERROR_DETAIL)
+                .arg(&error.detail)
+                .ignore();
+            pipe.expire(&key, self.ttl_secs as i64).ignore();
+            pipe.cmd("PUBLISH")
+                .arg(&self.keys.changes)
+                .arg(request.ticket.as_str())
+                .ignore();
+        }
+        if dead_letter {
+            pipe.add_command(xadd).ignore();
+        }
+        self.ack_and_delete(&mut pipe, &delivery.entry_id);
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        self.release(&delivery.entry_id);
+        Ok(())
+    }
+
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        // XINFO fails on a stream not yet made: one with no entries is not
+        // a lost backend.
+        self.ensure_group().await?;
+        let mut conn = self.conn.clone();
+        let (counters, groups): ((Option<u64>, Option<u64>), StreamInfoGroupsReply) = redis::pipe()
+            .cmd("HMGET")
+            .arg(&self.keys.counters)
+            .arg(CounterField::ADMITTED)
+            .arg(CounterField::DISPATCHED)
+            .cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&self.keys.stream)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let (admitted, dispatched) = (counters.0.unwrap_or(0), counters.1.unwrap_or(0));
+        let (pending, last_delivered) = groups
+            .groups
+            .into_iter()
+            .find(|g| g.name == GROUP)
+            .map_or((0, "0-0".into()), |g| {
+                (g.pending as u64, g.last_delivered_id)
+            });
+        // The oldest undispatched entry is the first after the group's
+        // last-delivered id; its id holds its admission time in ms.
+        let next: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&self.keys.stream)
+            .arg(format!("({last_delivered}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let oldest_age = next
+            .ids
+            .first()
+            .and_then(|entry| reply::id_ms(&entry.id))
+            .map(|ms| Duration::from_millis(now_ms().saturating_sub(ms)));
+        Ok(QueueStats {
+            depth: admitted.saturating_sub(dispatched),
+            in_flight: pending,
+            oldest_age,
+            admitted,
+            dispatched,
+        })
+    }
+}

@@ -1,0 +1,30 @@
+//! The Redis slot schedule: `RESERVE_LUA` on one string key, on Redis's
+//! clock, which every instance shares.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{unavailable, RedisQueue};
+use crate::backend::{QueueError, SlotSchedule, CATCH_UP};
+
+#[async_trait]
+impl SlotSchedule for RedisQueue {
+    async fn reserve_slots(
+        &self,
+        period: Duration,
+        burst: u32,
+        count: u32,
+    ) -> Result<i64, QueueError> {
+        let mut conn = self.conn.clone();
+        self.reserve_script
+            .key(&self.keys.rate)
+            .arg(period.as_micros().max(1) as u64)
+            .arg(burst.max(1))
+            .arg(count.max(1))
+            .arg(CATCH_UP.as_micros() as u64)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)
+    }
+}

@@ -1,0 +1,302 @@
+//! What a queue looks like in Redis: every key name and every field name,
+//! in one place (SPEC §7).
+//!
+//! The Rust code names fields through these constants. The Lua scripts
+//! (`scripts.rs`) spell the same names as literals — a script is one fixed
+//! text whose hash `EVALSHA` calls, and its literals cost nothing per call —
+//! so the test at the end of this file checks that each script still spells
+//! every name it is documented here to use.
+//!
+//! The keys of one queue (partition) share a hash tag, `{queue}` (or
+//! `{queue:partition}`), so on a Redis Cluster each script and transaction
+//! runs on one node:
+//!
+//! | key                          | type        | holds                                   |
+//! |------------------------------|-------------|-----------------------------------------|
+//! | `<base>:stream`              | stream      | the line: one entry per queued request ([`EntryField`]), read through the consumer group [`GROUP`] |
+//! | `<base>:dead`                | stream      | dead letters ([`DeadField`] + the entry's [`EntryField`]s) |
+//! | `<base>:counters`            | hash        | [`CounterField`]                        |
+//! | `<base>:knobs`               | hash        | [`KnobField`]                           |
+//! | `<base>:rate`                | string      | when the drain's next free slot is due, µs of Redis's clock (`RESERVE_LUA`) |
+//! | `<base>:prequeue`            | sorted set  | pre-queued ticket ids by their random place (`RELEASE_LUA`) |
+//! | `<base>:ticket:<id>`         | hash        | one ticket ([`TicketField`]), expires with the ticket TTL |
+//! | `<base>:idem:<key>`          | hash        | one Idempotency-Key claim ([`ClaimField`]), same TTL |
+//! | `<base>:changes`             | channel     | pub/sub: the id of each ticket whose status changed |
+//! | `<prefix>:ticket-secret`     | string      | the ticket MAC secret shared by every instance, no TTL |
+
+use crate::ticket::TicketId;
+
+/// The consumer group every instance reads the stream through.
+pub const GROUP: &str = "flashgate";
+
+/// The names of one queue's (partition's) keys.
+pub struct Keys {
+    pub stream: String,
+    pub dead: String,
+    pub counters: String,
+    pub knobs: String,
+    /// The drain's shared slot schedule (`RESERVE_LUA`).
+    pub rate: String,
+    pub prequeue: String,
+    /// Pub/sub channel of ticket status changes (not a key: channels are
+    /// cluster-wide, the hash tag only keeps names apart).
+    pub changes: String,
+    pub ticket_prefix: String,
+    pub idempotency_prefix: String,
+}
+
+impl Keys {
+    /// `<prefix>:{<queue>}:…`, or `<prefix>:{<queue>:<partition>}:…` when
+    /// the queue has more than one partition, so partitions spread over a
+    /// cluster's shards.
+    pub fn new(prefix: &str, queue: &str, partition: u32, partitions: u32) -> Self {
+        let base = if partitions > 1 {
+            format!("{prefix}:{{{queue}:{partition}}}")
+        } else {
+            format!("{prefix}:{{{queue}}}")
+        };
+        Keys {
+            stream: format!("{base}:stream"),
+            dead: format!("{base}:dead"),
+            counters: format!("{base}:counters"),
+            knobs: format!("{base}:knobs"),
+            rate: format!("{base}:rate"),
+            prequeue: format!("{base}:prequeue"),
+            changes: format!("{base}:changes"),
+            ticket_prefix: format!("{base}:ticket:"),
+            idempotency_prefix: format!("{base}:idem:"),
+        }
+    }
+
+    /// A ticket's hash.
+    pub fn ticket(&self, id: &TicketId) -> String {
+        format!("{}{}", self.ticket_prefix, id)
+    }
+
+    /// An Idempotency-Key claim's hash (`key` is the claim's digest).
+    pub fn claim(&self, key: &str) -> String {
+        format!("{}{}", self.idempotency_prefix, key)
+    }
+
+    /// The ticket secret shared by every queue and instance on this Redis.
+    pub fn ticket_secret(prefix: &str) -> String {
+        format!("{prefix}:ticket-secret")
+    }
+}
+
+/// Fields of a stream entry: the request, whole, and where it stood.
+/// Written by `ADMIT_LUA` and `RELEASE_LUA`.
+pub enum EntryField {}
+
+impl EntryField {
+    /// The ticket's sequence number.
+    // Spelled by the Lua scripts only; the test below holds them to it.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub const SEQ: &'static str = "s";
+    /// Tickets ahead of it when it entered the line.
+    pub const AHEAD: &'static str = "w";
+    pub const TICKET: &'static str = "t";
+    pub const METHOD: &'static str = "m";
+    pub const PATH: &'static str = "p";
+    /// End-to-end headers, encoded.
+    pub const HEADERS: &'static str = "h";
+    pub const BODY: &'static str = "b";
+    pub const CLIENT: &'static str = "c";
+    pub const FORWARDED_FOR: &'static str = "f";
+    pub const FORWARDED_PROTO: &'static str = "x";
+    /// Admission time, ms since the epoch.
+    pub const ADMITTED_AT: &'static str = "a";
+}
+
+/// Fields of a ticket's hash. Written by `ADMIT_LUA` (queued),
+/// `START_ATTEMPT_LUA` (in flight), `CANCEL_LUA` (cancelled) and the
+/// backend's completion and failure; statuses are `TicketStatus::as_str`.
+pub enum TicketField {}
+
+impl TicketField {
+    pub const STATUS: &'static str = "st";
+    /// Its place in line (`0` while pre-queued).
+    pub const SEQ: &'static str = "seq";
+    /// Attempts started, across every instance.
+    pub const ATTEMPTS: &'static str = "att";
+    pub const ADMITTED_AT: &'static str = "adm";
+    pub const COMPLETED_AT: &'static str = "cmp";
+    /// The upstream's answer: status, encoded headers, body.
+    pub const RESPONSE_STATUS: &'static str = "rs";
+    pub const RESPONSE_HEADERS: &'static str = "rh";
+    pub const RESPONSE_BODY: &'static str = "rb";
+    /// Why it failed: a code and a detail.
+    pub const ERROR_CODE: &'static str = "ec";
+    pub const ERROR_DETAIL: &'static str = "ed";
+    /// While pre-queued, the entry waits in the ticket hash: each
+    /// [`EntryField`] under this prefix (`e:t`, `e:m`, …).
+    // Spelled by the Lua scripts only; the test below holds them to it.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub const PREQUEUED_ENTRY: &'static str = "e:";
+}
+
+/// Fields of the queue's counters hash.
+pub enum CounterField {}
+
+impl CounterField {
+    /// Admissions so far (stock and capacity count these).
+    pub const ADMITTED: &'static str = "admitted";
+    /// Entries whose first attempt started (or that were skipped).
+    pub const DISPATCHED: &'static str = "dispatched";
+    /// The last sequence number handed out.
+    // Spelled by the Lua scripts only; the test below holds them to it.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub const SEQ: &'static str = "seq";
+}
+
+/// Fields of the queue's knobs hash (`set_knobs`, `ADAPT_LUA`). Flags are
+/// `"1"`/`"0"`; an absent field means "as configured".
+pub enum KnobField {}
+
+impl KnobField {
+    pub const DRAIN_RATE: &'static str = "drain_rate";
+    pub const PAUSED: &'static str = "paused";
+    pub const STOCK: &'static str = "stock";
+    pub const OPEN: &'static str = "open";
+    pub const SOLD_OUT: &'static str = "sold_out";
+    pub const VERSION: &'static str = "version";
+    /// When the adaptive rate last moved, and last moved down (ms of
+    /// Redis's clock).
+    // Spelled by the Lua scripts only; the test below holds them to it.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub const ADAPTED_AT: &'static str = "adapted_at";
+    // Spelled by the Lua scripts only; the test below holds them to it.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub const DECREASED_AT: &'static str = "decreased_at";
+}
+
+/// Fields of an Idempotency-Key claim's hash (`ADMIT_LUA`).
+pub enum ClaimField {}
+
+impl ClaimField {
+    pub const TICKET: &'static str = "t";
+    /// What the first request asked for: a retry must ask the same.
+    pub const FINGERPRINT: &'static str = "f";
+    pub const SEQ: &'static str = "s";
+}
+
+/// Fields of a dead letter, before the entry's own [`EntryField`]s.
+pub enum DeadField {}
+
+impl DeadField {
+    /// The work stream's entry id.
+    pub const ENTRY: &'static str = "entry";
+    pub const CODE: &'static str = "code";
+    pub const DETAIL: &'static str = "detail";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::scripts::{
+        ADAPT_LUA, ADMIT_LUA, CANCEL_LUA, RELEASE_LUA, RESERVE_LUA, START_ATTEMPT_LUA,
+    };
+    use super::*;
+    use crate::ticket::TicketStatus;
+
+    const ENTRY: [&str; 11] = [
+        EntryField::SEQ,
+        EntryField::AHEAD,
+        EntryField::TICKET,
+        EntryField::METHOD,
+        EntryField::PATH,
+        EntryField::HEADERS,
+        EntryField::BODY,
+        EntryField::CLIENT,
+        EntryField::FORWARDED_FOR,
+        EntryField::FORWARDED_PROTO,
+        EntryField::ADMITTED_AT,
+    ];
+
+    fn spells(name: &str, script: &str, literals: &[&str]) {
+        for literal in literals {
+            assert!(
+                script.contains(&format!("'{literal}'")),
+                "{name} does not spell '{literal}': schema.rs and scripts.rs disagree"
+            );
+        }
+    }
+
+    #[test]
+    fn the_scripts_spell_the_schema_names() {
+        spells("ADMIT_LUA", ADMIT_LUA, &ENTRY);
+        spells(
+            "ADMIT_LUA",
+            ADMIT_LUA,
+            &[
+                CounterField::ADMITTED,
+                CounterField::DISPATCHED,
+                CounterField::SEQ,
+                KnobField::SOLD_OUT,
+                KnobField::STOCK,
+                ClaimField::TICKET,
+                ClaimField::FINGERPRINT,
+                ClaimField::SEQ,
+                TicketField::STATUS,
+                TicketField::SEQ,
+                TicketField::ATTEMPTS,
+                TicketField::ADMITTED_AT,
+                TicketStatus::Queued.as_str(),
+            ],
+        );
+        spells("RELEASE_LUA", RELEASE_LUA, &ENTRY);
+        spells(
+            "RELEASE_LUA",
+            RELEASE_LUA,
+            &[
+                CounterField::SEQ,
+                CounterField::DISPATCHED,
+                TicketField::SEQ,
+            ],
+        );
+        for script in [ADMIT_LUA, RELEASE_LUA] {
+            assert!(script.contains(&format!("'{}", TicketField::PREQUEUED_ENTRY)));
+        }
+        spells(
+            "START_ATTEMPT_LUA",
+            START_ATTEMPT_LUA,
+            &[
+                CounterField::DISPATCHED,
+                TicketField::STATUS,
+                TicketField::ATTEMPTS,
+                TicketStatus::Cancelled.as_str(),
+                TicketStatus::InFlight.as_str(),
+            ],
+        );
+        spells(
+            "CANCEL_LUA",
+            CANCEL_LUA,
+            &[
+                TicketField::STATUS,
+                TicketField::COMPLETED_AT,
+                TicketStatus::Queued.as_str(),
+                TicketStatus::Cancelled.as_str(),
+            ],
+        );
+        spells(
+            "ADAPT_LUA",
+            ADAPT_LUA,
+            &[
+                KnobField::DRAIN_RATE,
+                KnobField::ADAPTED_AT,
+                KnobField::DECREASED_AT,
+                KnobField::VERSION,
+            ],
+        );
+        // The schedule is one string key: no field names.
+        assert!(!RESERVE_LUA.contains("HSET"));
+    }
+
+    #[test]
+    fn partitions_have_hash_tags_of_their_own() {
+        let one = Keys::new("fg", "checkout", 0, 1);
+        assert_eq!(one.stream, "fg:{checkout}:stream");
+        let third = Keys::new("fg", "checkout", 2, 3);
+        assert_eq!(third.stream, "fg:{checkout:2}:stream");
+        assert_eq!(third.claim("abc"), "fg:{checkout:2}:idem:abc");
+    }
+}

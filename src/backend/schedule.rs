@@ -1,0 +1,33 @@
+//! The slot schedule: the drain's rate as one schedule of send slots per
+//! queue, shared by every instance, so the upstream sees the configured rate
+//! in total — not once per instance.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::QueueError;
+
+/// Lateness a drain slot absorbs without being dropped: timer granularity
+/// plus scheduling stalls on a busy machine. Over any window longer than this
+/// the upstream sees at most the configured rate. Shared by the pacer and
+/// every backend's slot schedule.
+pub const CATCH_UP: Duration = Duration::from_millis(20);
+
+/// The drain slots of one queue.
+#[async_trait]
+pub trait SlotSchedule: Send + Sync + 'static {
+    /// Called by the drain's pacer for each small block of permits:
+    /// reserves `count` consecutive drain slots, `period` apart, on the
+    /// queue's one schedule. Across instances the upstream never gets more
+    /// than one slot a period (after an idle spell, `burst` back to back); a
+    /// schedule behind by less than [`CATCH_UP`] goes on where it was.
+    /// Returns when the first slot is due, in microseconds from now
+    /// (negative: already due).
+    async fn reserve_slots(
+        &self,
+        period: Duration,
+        burst: u32,
+        count: u32,
+    ) -> Result<i64, QueueError>;
+}

@@ -1,0 +1,16 @@
+//! One contract per backend seam, every backend: the embedded queue, Redis
+//! streams and a queue partitioned over Redis must behave the same.
+//!
+//! One module per seam — `line`, `tickets`, `knobs`, `schedule`,
+//! `changes` — each a few suites; `backends` runs every suite over every
+//! backend (`line::burst::memory`, `…::redis`, `…::partitioned`).
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod backends;
+mod changes;
+mod knobs;
+mod line;
+mod schedule;
+mod tickets;
