@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -25,7 +25,7 @@ mod attempt;
 pub mod pacer;
 
 use crate::backend::{AttemptStart, Delivery, QueueError, QueuedRequest};
-use crate::ticket::{now_ms, StoredResponse, TicketError};
+use crate::ticket::{StoredResponse, TicketError};
 use crate::upstream::{Answer, Upstream, UpstreamError};
 use adaptive::Adaptive;
 use attempt::{backoff, build_request, is_overload, is_retryable, retry_after, RETRY_MAX};
@@ -246,7 +246,7 @@ impl Drain {
             Mode::SoldOut
         } else if knobs.paused
             || matches!(
-                knobs.phase(config, SystemTime::now()),
+                knobs.phase(config, self.queue.clock.now()),
                 Phase::NotOpen { .. } | Phase::PreQueue { .. }
             )
         {
@@ -402,7 +402,11 @@ impl Drain {
                 return;
             }
             if fresh {
-                let waited = now_ms().saturating_sub(request.admitted_at_ms);
+                let waited = self
+                    .queue
+                    .clock
+                    .now_ms()
+                    .saturating_sub(request.admitted_at_ms);
                 let waited = waited as f64 / 1000.0;
                 metrics
                     .queue_wait
@@ -508,7 +512,7 @@ impl Drain {
                 });
             }
         };
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let result = self
             .upstream
             .call(req, self.queue.config.upstream_timeout)

@@ -4,7 +4,7 @@
 //! state (idempotency, capacity, enqueue) is one atomic backend call.
 
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
@@ -24,7 +24,7 @@ use crate::http::client::Client;
 use crate::http::headers;
 use crate::http::problem::{Code, Problem};
 use crate::queue::Queue;
-use crate::ticket::{self, now_ms, AdmissionView, Place, TicketId, TicketRecord, TicketStatus};
+use crate::ticket::{self, AdmissionView, Place, TicketId, TicketRecord, TicketStatus};
 
 /// Longest `Idempotency-Key` accepted (SPEC §3.1).
 const MAX_IDEMPOTENCY_KEY: usize = 255;
@@ -144,7 +144,7 @@ async fn try_admit(
     //    Idempotency-Key: a retry of an admitted request gets its ticket
     //    (its first attempt will still be sent), not the refusal.
     let knobs = queue.knobs();
-    let phase = knobs.phase(&queue.config, SystemTime::now());
+    let phase = knobs.phase(&queue.config, queue.clock.now());
     let mut refused = match phase {
         Phase::NotOpen { opens_in } => Some(
             Problem::new(Code::SaleNotOpen, "the sale has not opened yet")
@@ -234,7 +234,7 @@ async fn try_admit(
         client: client.key,
         forwarded_for: client.forwarded_for,
         forwarded_proto: "http".into(),
-        admitted_at_ms: now_ms(),
+        admitted_at_ms: queue.clock.now_ms(),
     };
     let ticket = request.ticket.clone();
     let outcome = queue
