@@ -42,7 +42,7 @@ const MAX_BATCH: usize = 64;
 
 struct Drain {
     queue: Arc<Queue>,
-    upstream: Upstream,
+    upstream: Arc<dyn Upstream>,
     metrics: Arc<Metrics>,
     pacer: Pacer,
     /// The adaptive drain's observations, when it is on.
@@ -60,7 +60,7 @@ pub const READ_BLOCK: Duration = Duration::from_secs(1);
 /// on `tracker`.
 pub async fn run(
     queue: Arc<Queue>,
-    upstream: Upstream,
+    upstream: Arc<dyn Upstream>,
     metrics: Arc<Metrics>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
