@@ -163,7 +163,7 @@ impl Drain {
                 }
             }
             // 1. A free in-flight slot: `max_in_flight` is never exceeded.
-            let Some(slot) = self.slot().await else {
+            let Some(mut slot) = self.slot().await else {
                 break;
             };
             // 2. A rate permit, before reading, so a read entry is sent at once.
@@ -186,8 +186,18 @@ impl Drain {
                     _ = shutdown.cancelled() => break 'run,
                 };
                 match next {
-                    // Nothing came: look at the knobs again before waiting more.
-                    Ok(batch) if batch.is_empty() && self.mode() == Mode::Drain => continue,
+                    // Nothing came: look at the knobs again before waiting
+                    // more, and let a retry that waits for a slot have this
+                    // one first (the semaphore serves in order) — else with
+                    // one slot a retry would wait for the next admission.
+                    Ok(batch) if batch.is_empty() && self.mode() == Mode::Drain => {
+                        drop(slot);
+                        slot = match self.slot().await {
+                            Some(slot) => slot,
+                            None => break 'run,
+                        };
+                        continue;
+                    }
                     Ok(batch) if batch.is_empty() => continue 'run,
                     Ok(batch) => {
                         failures = 0;
@@ -291,3 +301,6 @@ impl Drain {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
