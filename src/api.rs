@@ -14,14 +14,16 @@ use crate::http::client::ClientLimiter;
 use crate::metrics::Metrics;
 use crate::queue::Queue;
 use crate::ticket::TicketClaim;
-use crate::upstream::Upstream;
+use crate::upstream::HttpUpstream;
 
 /// What request handlers share.
 pub struct App {
     pub config: Config,
     pub queues: Vec<Arc<Queue>>,
     pub metrics: Arc<Metrics>,
-    pub upstream: Upstream,
+    /// The order service, for passthrough (which streams); the drains
+    /// send through it as an [`Upstream`](crate::upstream::Upstream).
+    pub upstream: HttpUpstream,
     /// Per-client admission limits; `None` when off.
     pub clients: Option<ClientLimiter>,
 }

@@ -21,7 +21,7 @@ use crate::metrics::Metrics;
 use crate::queue::upkeep::{self, Every};
 use crate::queue::Queue;
 use crate::ticket::{QueueTag, TicketSecret};
-use crate::upstream::Upstream;
+use crate::upstream::{HttpUpstream, Upstream};
 use crate::{drain, server};
 
 /// Why the gateway could not start.
@@ -157,7 +157,7 @@ impl Gateway {
         let names: Vec<String> = queues.iter().map(|q| q.config.name.clone()).collect();
         let app = Arc::new(App {
             metrics: Arc::new(Metrics::new(&names)),
-            upstream: Upstream::new(),
+            upstream: HttpUpstream::new(),
             clients: ClientLimiter::new(config.client_rate, config.client_burst),
             queues,
             config,
@@ -221,10 +221,12 @@ async fn run(app: Arc<App>, public: TcpListener, admin: TcpListener, shutdown: C
     let dispatches = TaskTracker::new();
     let stop_admin = CancellationToken::new();
     let mut drains = Vec::new();
+    // The drains send through the passthrough's pooled client.
+    let upstream: Arc<dyn Upstream> = Arc::new(app.upstream.clone());
     for q in &app.queues {
         drains.push(tokio::spawn(drain::run(
             q.clone(),
-            app.upstream.clone(),
+            upstream.clone(),
             app.metrics.clone(),
             dispatches.clone(),
             shutdown.clone(),

@@ -16,11 +16,12 @@
 //! - [`backend`]: the seams to the store, and the memory, Redis and
 //!   partitioned backends;
 //! - foundation: [`http`] (bodies, problems, headers, paths, client
-//!   identity), [`upstream`], [`ticket`], [`metrics`], [`config`].
+//!   identity), [`upstream`], [`ticket`], [`metrics`], [`config`], [`clock`].
 
 pub mod api;
 pub mod backend;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod drain;

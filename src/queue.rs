@@ -1,7 +1,8 @@
 //! One queue at run time: its settings, its ticket-id tag, its backend, and
 //! what this instance keeps of the shared state — the knobs as last seen,
 //! the change feed that wakes waiting clients, and each partition's
-//! dispatched count — plus the upkeep tasks that keep them current.
+//! dispatched count, and the clock its sale runs on — plus the upkeep tasks
+//! that keep them current.
 
 pub mod feed;
 pub mod upkeep;
@@ -13,6 +14,7 @@ use tokio::sync::watch;
 
 use crate::backend::knobs::Knobs;
 use crate::backend::QueueBackend;
+use crate::clock::{Clock, SystemClock};
 use crate::config::{QueueConfig, Route};
 use crate::ticket::{QueueTag, TicketId};
 use feed::TicketFeed;
@@ -29,6 +31,8 @@ pub struct Queue {
     /// Each partition's dispatched count as last seen (refreshed every
     /// second): positions for event streams without a call per client.
     dispatched: Vec<AtomicU64>,
+    /// Wall time: the sale's phase, ticket timestamps, queue-wait metrics.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Queue {
@@ -42,7 +46,14 @@ impl Queue {
             knobs: watch::Sender::new(Knobs::default()),
             feed: Arc::default(),
             dispatched: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// The same queue on another clock (tests set the time of day).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// This queue's routes at a normalized request path (module `path`),

@@ -406,12 +406,13 @@ pub fn format_time_ms(ms: u64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-/// Milliseconds since the Unix epoch, now.
+/// Milliseconds since the Unix epoch on the system clock (the backends'
+/// timestamps; the verbs and the drain read their queue's [`Clock`]).
+///
+/// [`Clock`]: crate::clock::Clock
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    use crate::clock::Clock;
+    crate::clock::SystemClock.now_ms()
 }
 
 /// Where a queued ticket stands.

@@ -1,9 +1,11 @@
-//! Calls to the order service through one pooled hyper client.
+//! Calls to the order service: the [`Upstream`] seam the drain sends
+//! through, and [`HttpUpstream`], the one pooled hyper client behind it.
 
 mod coding;
 
 use std::time::Duration;
 
+use async_trait::async_trait;
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -20,6 +22,16 @@ use tracing::warn;
 
 /// Largest upstream answer kept on a ticket, as sent and once decoded.
 pub const MAX_RESPONSE_BODY: usize = 1 << 20;
+
+/// Where the drain sends its requests: the order service, or a fake in
+/// tests.
+#[async_trait]
+pub trait Upstream: Send + Sync {
+    /// Sends `req` and reads the whole answer, decoded, all within
+    /// `timeout`. An answer of any status is `Ok`; `Err` means none came,
+    /// and says why (which decides whether the attempt is retried).
+    async fn call(&self, req: Request<Body>, timeout: Duration) -> Result<Answer, UpstreamError>;
+}
 
 /// Why an upstream call produced no answer.
 #[derive(Debug, thiserror::Error)]
@@ -49,18 +61,19 @@ pub struct Answer {
 /// upstreams through rustls, verified against the system's roots (or
 /// `SSL_CERT_FILE` / `SSL_CERT_DIR` when set).
 #[derive(Clone)]
-pub struct Upstream {
+pub struct HttpUpstream {
     client: Client<HttpsConnector<HttpConnector>, Body>,
     decoder: Decoder,
 }
 
-impl Default for Upstream {
+impl Default for HttpUpstream {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl Upstream {
+impl HttpUpstream {
+    /// A client with no connection open yet.
     pub fn new() -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -87,19 +100,28 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(256)
             .build(connector);
-        Upstream {
+        HttpUpstream {
             client,
             decoder: Decoder::new(MAX_RESPONSE_BODY),
         }
     }
 
-    /// Sends a request and reads the whole answer, decoded, all within
-    /// `timeout`.
-    pub async fn call(
+    /// Sends a request and returns the answer as it streams (passthrough).
+    pub async fn stream(
         &self,
         req: Request<Body>,
         timeout: Duration,
-    ) -> Result<Answer, UpstreamError> {
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        tokio::time::timeout(timeout, self.client.request(req))
+            .await
+            .map_err(|_| UpstreamError::Timeout(timeout))?
+            .map_err(|e| UpstreamError::Connect(error_chain(&e)))
+    }
+}
+
+#[async_trait]
+impl Upstream for HttpUpstream {
+    async fn call(&self, req: Request<Body>, timeout: Duration) -> Result<Answer, UpstreamError> {
         let work = async {
             let resp = self
                 .client
@@ -127,18 +149,6 @@ impl Upstream {
         tokio::time::timeout(timeout, work)
             .await
             .map_err(|_| UpstreamError::Timeout(timeout))?
-    }
-
-    /// Sends a request and returns the answer as it streams (passthrough).
-    pub async fn stream(
-        &self,
-        req: Request<Body>,
-        timeout: Duration,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        tokio::time::timeout(timeout, self.client.request(req))
-            .await
-            .map_err(|_| UpstreamError::Timeout(timeout))?
-            .map_err(|e| UpstreamError::Connect(error_chain(&e)))
     }
 }
 

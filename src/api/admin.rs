@@ -57,7 +57,7 @@ async fn queue_info(q: &Queue) -> QueueInfo<'_> {
             .zip(stats)
             .map(|(s, st)| s.saturating_sub(st.admitted)),
         sold_out: knobs.sold_out,
-        sale: match knobs.phase(&q.config, std::time::SystemTime::now()) {
+        sale: match knobs.phase(&q.config, q.clock.now()) {
             Phase::Open => "open",
             Phase::NotOpen { .. } => "not_open",
             Phase::PreQueue { .. } => "prequeue",

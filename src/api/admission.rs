@@ -7,7 +7,7 @@ mod answer;
 mod request;
 
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use http::{header, HeaderName, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -106,7 +106,7 @@ async fn try_admit(
     //    Idempotency-Key: a retry of an admitted request gets its ticket
     //    (its first attempt will still be sent), not the refusal.
     let knobs = queue.knobs();
-    let phase = knobs.phase(&queue.config, SystemTime::now());
+    let phase = knobs.phase(&queue.config, queue.clock.now());
     let mut refused = match phase {
         Phase::NotOpen { opens_in } => Some(
             Problem::new(Code::SaleNotOpen, "the sale has not opened yet")
@@ -196,7 +196,7 @@ async fn try_admit(
         client: client.key,
         forwarded_for: client.forwarded_for,
         forwarded_proto: "http".into(),
-        admitted_at_ms: now_ms(),
+        admitted_at_ms: queue.clock.now_ms(),
     };
     let ticket = request.ticket.clone();
     let outcome = queue

@@ -13,7 +13,7 @@
 //! for the whole instance.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 use tokio::time::Instant;
@@ -145,7 +145,7 @@ pub async fn wait_until(
 /// The ticket's JSON view now, with the position and ETA of a queued one.
 fn view<'a>(queue: &'a Queue, id: &'a TicketId, record: &'a TicketRecord) -> TicketView<'a> {
     let knobs = queue.knobs();
-    let opens_in = match knobs.phase(&queue.config, SystemTime::now()) {
+    let opens_in = match knobs.phase(&queue.config, queue.clock.now()) {
         Phase::PreQueue { opens_in } | Phase::NotOpen { opens_in } => Some(opens_in),
         _ => None,
     };

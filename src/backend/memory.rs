@@ -11,9 +11,10 @@ mod tickets;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{broadcast, Notify};
+use tokio::time::Instant;
 
 use crate::backend::knobs::Knobs;
 use crate::backend::{Delivery, QueuedRequest};
