@@ -89,6 +89,11 @@ impl GatewayProcess {
         Client::new(at(self.public), at(self.admin))
     }
 
+    /// The public listener's address.
+    pub fn public_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.public))
+    }
+
     /// `http://127.0.0.1:PORT` of the public listener.
     pub fn base(&self) -> String {
         format!("http://127.0.0.1:{}", self.public)
