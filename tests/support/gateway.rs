@@ -55,7 +55,8 @@ pub struct GatewayBuilder {
     backend: Option<Backend>,
     // The built binary only:
     pub(super) args: Vec<String>,
-    pub(super) env: Vec<(String, String)>,
+    /// Set (`Some`) or removed (`None`).
+    pub(super) env: Vec<(String, Option<String>)>,
     pub(super) consumer: Option<String>,
     pub(super) ports: Option<(u16, u16)>,
     /// FLASHGATE_LOG, the binary's log filter: `warn` unless set; `None`
@@ -233,7 +234,13 @@ impl GatewayBuilder {
     /// An environment variable of the process.
     pub fn env(mut self, key: &str, value: &(impl AsRef<std::ffi::OsStr> + ?Sized)) -> Self {
         let value = value.as_ref().to_string_lossy().into_owned();
-        self.env.push((key.into(), value));
+        self.env.push((key.into(), Some(value)));
+        self
+    }
+
+    /// Removes an environment variable the test process has.
+    pub fn env_remove(mut self, key: &str) -> Self {
+        self.env.push((key.into(), None));
         self
     }
 

@@ -43,9 +43,13 @@ impl GatewayProcess {
             command.arg("--config").arg(&file);
             dir
         });
-        command
-            .args(&b.args)
-            .envs(b.env.iter().map(|(k, v)| (k, v)));
+        command.args(&b.args);
+        for (key, value) in &b.env {
+            match value {
+                Some(value) => command.env(key, value),
+                None => command.env_remove(key),
+            };
+        }
         if let Some(filter) = b.log.clone().unwrap_or(Some("warn".into())) {
             command.env("FLASHGATE_LOG", filter);
         }
