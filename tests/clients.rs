@@ -11,26 +11,19 @@ use http::StatusCode;
 use http_body_util::BodyExt;
 use support::*;
 
-/// A gateway on `redis` (its drain at `drain_rate`) in front of `upstream`.
-async fn gateway(drain_rate: &str, upstream: &MockUpstream, redis: &Redis) -> Gateway {
-    Gateway::builder()
-        .toml(&format!("drain_rate = {drain_rate}\n"))
-        .upstream(upstream)
-        .redis(redis)
-        .start()
-        .await
-}
-
-/// Total commands the server has processed (the INFO call included).
-async fn redis_commands(redis: &Redis) -> u64 {
-    redis.stat("total_commands_processed").await
-}
+/// Total commands the Redis server has processed (the INFO call included).
+const COMMANDS: &str = "total_commands_processed";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefer_wait_answers_with_the_upstream_response_when_the_drain_is_fast() {
     let redis = Redis::start();
     let upstream = MockUpstream::start().await;
-    let gw = gateway("200", &upstream, &redis).await;
+    let gw = Gateway::builder()
+        .toml("drain_rate = 200\n")
+        .upstream(&upstream)
+        .redis(&redis)
+        .start()
+        .await;
     let c = gw.client();
 
     // Fast drain: the upstream's own 201, as if there were no queue.
@@ -63,7 +56,12 @@ async fn prefer_wait_answers_with_the_upstream_response_when_the_drain_is_fast()
 async fn a_long_poll_returns_when_the_ticket_changes() {
     let redis = Redis::start();
     let upstream = MockUpstream::start().await;
-    let gw = gateway("100", &upstream, &redis).await;
+    let gw = Gateway::builder()
+        .toml("drain_rate = 100\n")
+        .upstream(&upstream)
+        .redis(&redis)
+        .start()
+        .await;
     let c = gw.client();
     c.patch_knobs(r#"{"paused": true}"#).await;
     let ticket = c.ticket("{}").await;
@@ -117,7 +115,12 @@ async fn a_thousand_long_polls_add_no_redis_load_per_client() {
     const CLIENTS: usize = 1000;
     let redis = Redis::start();
     let upstream = MockUpstream::start().await;
-    let gw = gateway("1000", &upstream, &redis).await;
+    let gw = Gateway::builder()
+        .toml("drain_rate = 1000\n")
+        .upstream(&upstream)
+        .redis(&redis)
+        .start()
+        .await;
     let c = gw.client();
     c.patch_knobs(r#"{"paused": true}"#).await;
     let mut tickets = Vec::new();
@@ -126,11 +129,11 @@ async fn a_thousand_long_polls_add_no_redis_load_per_client() {
     }
     // Background load with nobody waiting: gauges, knobs, upkeep, reads.
     let window = Duration::from_secs(3);
-    let before = redis_commands(&redis).await;
+    let before = redis.stat(COMMANDS).await;
     tokio::time::sleep(window).await;
-    let idle = redis_commands(&redis).await - before;
+    let idle = redis.stat(COMMANDS).await - before;
 
-    let before_polls = redis_commands(&redis).await;
+    let before_polls = redis.stat(COMMANDS).await;
     let mut polls = Vec::new();
     for i in 0..CLIENTS {
         let path = format!("/tickets/{}?wait=30", tickets[i % tickets.len()]);
@@ -150,10 +153,10 @@ async fn a_thousand_long_polls_add_no_redis_load_per_client() {
     // Subscribed first, then one read each (HGETALL + HGET, pipelined; or
     // none, once the ticket's queued record is in the feed's cache): the
     // window starts once the first reads are done and the count settles.
-    let mut last = redis_commands(&redis).await;
+    let mut last = redis.stat(COMMANDS).await;
     let start_of_wait = loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let n = redis_commands(&redis).await;
+        let n = redis.stat(COMMANDS).await;
         // Settled: no more than the background's few a second.
         if n - last <= 10 {
             break n;
@@ -161,7 +164,7 @@ async fn a_thousand_long_polls_add_no_redis_load_per_client() {
         last = n;
     };
     tokio::time::sleep(window).await;
-    let waiting = redis_commands(&redis).await - start_of_wait;
+    let waiting = redis.stat(COMMANDS).await - start_of_wait;
     let per_client_setup = (start_of_wait - before_polls) as f64 / CLIENTS as f64;
     println!(
         "redis commands in {window:?}: {idle} with no waiters, {waiting} with {CLIENTS} waiting; \
@@ -227,7 +230,12 @@ async fn an_event_stream_follows_the_ticket_to_its_answer_and_ends() {
         .latency(Duration::from_millis(300))
         .start()
         .await;
-    let gw = gateway("1", &upstream, &redis).await;
+    let gw = Gateway::builder()
+        .toml("drain_rate = 1\n")
+        .upstream(&upstream)
+        .redis(&redis)
+        .start()
+        .await;
     let c = gw.client();
     c.patch_knobs(r#"{"paused": true}"#).await;
     for i in 0..3 {
@@ -281,7 +289,12 @@ async fn an_event_stream_follows_the_ticket_to_its_answer_and_ends() {
 async fn cancelled_tickets_never_reach_the_upstream() {
     let redis = Redis::start();
     let upstream = MockUpstream::start().await;
-    let gw = gateway("100", &upstream, &redis).await;
+    let gw = Gateway::builder()
+        .toml("drain_rate = 100\n")
+        .upstream(&upstream)
+        .redis(&redis)
+        .start()
+        .await;
     let c = gw.client();
     c.patch_knobs(r#"{"paused": true}"#).await;
     let mut tickets = Vec::new();
@@ -430,7 +443,7 @@ async fn polls_of_a_queued_ticket_cost_no_redis_read_and_see_its_change() {
     for i in 0..TICKETS {
         tickets.push(c.ticket(format!("{{\"n\":{i}}}")).await);
     }
-    let before = redis_commands(&redis).await;
+    let before = redis.stat(COMMANDS).await;
     let started = std::time::Instant::now();
     for _ in 0..POLLS {
         for t in &tickets {
@@ -439,7 +452,7 @@ async fn polls_of_a_queued_ticket_cost_no_redis_read_and_see_its_change() {
         }
     }
     let took = started.elapsed();
-    let used = redis_commands(&redis).await - before;
+    let used = redis.stat(COMMANDS).await - before;
     println!(
         "{} polls of {TICKETS} queued tickets in {took:?}: {used} Redis commands \
          (background included)",

@@ -9,17 +9,13 @@ use std::time::Duration;
 
 use support::*;
 
-/// A gateway over `backend` with these settings, in front of `upstream`.
-async fn gateway(backend: Backend, toml: &str, upstream: &MockUpstream) -> Gateway {
-    Gateway::builder()
-        .backend(backend)
-        .toml(toml)
-        .upstream(upstream)
-        .start()
-        .await
-}
-
-async fn admit_many(c: &Client, n: usize, concurrency: usize) -> Vec<(usize, serde_json::Value)> {
+/// Admits `n` checkouts from `concurrency` clients at once, each answered
+/// 202 with its ticket's Location and a Retry-After.
+async fn admit_concurrently(
+    c: &Client,
+    n: usize,
+    concurrency: usize,
+) -> Vec<(usize, serde_json::Value)> {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
@@ -65,10 +61,15 @@ async fn admit_many(c: &Client, n: usize, concurrency: usize) -> Vec<(usize, ser
 async fn burst_is_delivered_exactly_once_intact(backend: Backend) {
     let upstream = MockUpstream::start().await;
     let toml = "drain_rate = 500\nmax_in_flight = 16\n";
-    let gw = gateway(backend, toml, &upstream).await;
+    let gw = Gateway::builder()
+        .backend(backend)
+        .toml(toml)
+        .upstream(&upstream)
+        .start()
+        .await;
     let c = gw.client();
     let n = 120;
-    let admitted = admit_many(&c, n, 24).await;
+    let admitted = admit_concurrently(&c, n, 24).await;
     assert_eq!(admitted.len(), n);
     let tickets: HashSet<&str> = admitted
         .iter()
@@ -140,10 +141,15 @@ async fn drain_respects_rate_and_concurrency(backend: Backend) {
         .start()
         .await;
     let toml = "drain_rate = 40\nmax_in_flight = 2\n";
-    let gw = gateway(backend, toml, &upstream).await;
+    let gw = Gateway::builder()
+        .backend(backend)
+        .toml(toml)
+        .upstream(&upstream)
+        .start()
+        .await;
     let c = gw.client();
     let n = 50;
-    let admitted = admit_many(&c, n, 10).await;
+    let admitted = admit_concurrently(&c, n, 10).await;
     for (_, v) in &admitted {
         c.until_terminal(v["ticket"].as_str().unwrap(), Duration::from_secs(60))
             .await;
@@ -173,9 +179,14 @@ async fn retries_keep_the_idempotency_key(backend: Backend) {
         .fail_status(503)
         .start()
         .await;
-    let gw = gateway(backend, "drain_rate = 200\n", &upstream).await;
+    let gw = Gateway::builder()
+        .backend(backend)
+        .toml("drain_rate = 200\n")
+        .upstream(&upstream)
+        .start()
+        .await;
     let c = gw.client();
-    let admitted = admit_many(&c, 3, 3).await;
+    let admitted = admit_concurrently(&c, 3, 3).await;
     for (_, v) in &admitted {
         let ticket = v["ticket"].as_str().unwrap();
         let done = c.until_terminal(ticket, Duration::from_secs(30)).await;
@@ -210,9 +221,14 @@ async fn exhausted_attempts_fail_and_dead_letter(backend: Backend) {
         .fail_status(502)
         .start()
         .await;
-    let gw = gateway(backend, "drain_rate = 200\nmax_attempts = 2\n", &upstream).await;
+    let gw = Gateway::builder()
+        .backend(backend)
+        .toml("drain_rate = 200\nmax_attempts = 2\n")
+        .upstream(&upstream)
+        .start()
+        .await;
     let c = gw.client();
-    let admitted = admit_many(&c, 1, 1).await;
+    let admitted = admit_concurrently(&c, 1, 1).await;
     let ticket = admitted[0].1["ticket"].as_str().unwrap();
     let done = c.until_terminal(ticket, Duration::from_secs(30)).await;
     assert_eq!(done["status"], "failed", "{done}");
@@ -261,9 +277,13 @@ async fn binary_answers_are_base64_in_the_ticket() {
         .body(bytes::Bytes::from_static(&[0xde, 0xad, 0xbe, 0xef]))
         .start()
         .await;
-    let gw = gateway(Backend::Redis, "", &upstream).await;
+    let gw = Gateway::builder()
+        .backend(Backend::Redis)
+        .upstream(&upstream)
+        .start()
+        .await;
     let c = gw.client();
-    let admitted = admit_many(&c, 1, 1).await;
+    let admitted = admit_concurrently(&c, 1, 1).await;
     let done = c
         .until_terminal(
             admitted[0].1["ticket"].as_str().unwrap(),
@@ -281,14 +301,19 @@ async fn queued_tickets_show_position_and_eta() {
     // One request per 10 s: the first ticket is dispatched at once, the
     // next ones wait for their permits long after this test has looked.
     let upstream = MockUpstream::start().await;
-    let gw = gateway(Backend::Redis, "drain_rate = 0.1\n", &upstream).await;
+    let gw = Gateway::builder()
+        .backend(Backend::Redis)
+        .toml("drain_rate = 0.1\n")
+        .upstream(&upstream)
+        .start()
+        .await;
     let c = gw.client();
-    let first = admit_many(&c, 1, 1).await.remove(0).1;
+    let first = admit_concurrently(&c, 1, 1).await.remove(0).1;
     c.until_terminal(first["ticket"].as_str().unwrap(), Duration::from_secs(20))
         .await;
     let mut tickets = Vec::new();
     for expected in 0..3u64 {
-        let t = admit_many(&c, 1, 1).await.remove(0).1;
+        let t = admit_concurrently(&c, 1, 1).await.remove(0).1;
         assert_eq!(t["position"], expected, "{t}");
         assert_eq!(t["eta_seconds"], expected as f64 * 10.0, "{t}");
         tickets.push(t);
