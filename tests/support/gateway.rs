@@ -128,7 +128,7 @@ impl GatewayBuilder {
             public_addr: gateway.public_addr,
             admin_addr: gateway.admin_addr,
             gateway: Some(gateway),
-            _redis: redis,
+            redis,
         }
     }
 
@@ -151,8 +151,8 @@ pub struct Gateway {
     pub public_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     gateway: Option<flashgate::Gateway>,
-    /// Dropped after the gateway stopped.
-    _redis: Option<Redis>,
+    /// The backend's own Redis, dropped after the gateway stopped.
+    redis: Option<Redis>,
 }
 
 impl Gateway {
@@ -178,7 +178,7 @@ impl Gateway {
 
     /// The private Redis its backend runs on, if it has one.
     pub fn redis(&self) -> Option<&Redis> {
-        self._redis.as_ref()
+        self.redis.as_ref()
     }
 
     /// Shuts down gracefully and waits until everything has stopped.

@@ -10,9 +10,12 @@
 //! - [`Client`]: a typed client of one gateway (`admit`, `poll`,
 //!   `until_terminal`, `patch_knobs`, `metrics`, …);
 //! - [`eventually`]: waits for a condition with a deadline;
-//! - [`backends!`]: one test over the embedded, Redis and partitioned queue.
+//! - [`backends!`]: one test over the embedded, Redis and partitioned queue;
+//! - [`raw`]: HTTP as bytes on a socket; [`stacks`]: the Python order
+//!   services and apps of `target/test-venv`.
 //!
-//! Each test file uses part of it.
+//! Each test file compiles all of it and uses a part: what one file leaves
+//! unused is no defect.
 #![allow(dead_code, unused_imports, unused_macros)]
 
 mod client;
