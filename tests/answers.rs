@@ -6,16 +6,14 @@
 //! mock, and against a real framework that compresses when asked
 //! (Starlette's GZipMiddleware under uvicorn, from the test venv).
 
-mod common;
+mod support;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::*;
-use flashgate::Gateway;
+use support::stacks::AsgiApp;
+use support::*;
 
 /// The order service's answer: JSON with non-ASCII text.
 const ORDER: &str = r#"{"order":"ord-42","note":"café, déjà vu"}"#;
@@ -51,33 +49,28 @@ fn brotli(data: &[u8]) -> Vec<u8> {
 
 /// A gateway in front of a mock that answers `body` with this
 /// `Content-Encoding`, whatever the request accepted.
-async fn compressing(coding: &str, body: Vec<u8>, toml: &str) -> (MockUpstream, Gateway, String) {
-    let upstream = MockUpstream::start(Behaviour {
-        body: Some(Bytes::from(body)),
-        headers: vec![("content-encoding", coding.to_string())],
-        ..Behaviour::default()
-    })
-    .await;
-    let gateway = gateway(config(toml, &upstream.url(), None)).await;
-    let base = format!("http://{}", gateway.public_addr);
-    (upstream, gateway, base)
+async fn compressing(coding: &str, body: Vec<u8>, toml: &str) -> (MockUpstream, Gateway) {
+    let upstream = MockUpstream::builder()
+        .body(body)
+        .header("content-encoding", coding)
+        .start()
+        .await;
+    let gateway = Gateway::builder()
+        .toml(toml)
+        .upstream(&upstream)
+        .start()
+        .await;
+    (upstream, gateway)
 }
 
 /// Admits one checkout from a client that accepts compressed answers.
-async fn checkout(base: &str, extra: &[(&str, &str)]) -> Answer {
+async fn checkout(c: &Client, extra: &[(&str, &str)]) -> Answer {
     let mut headers = vec![
         ("content-type", "application/json"),
         ("accept-encoding", CLIENT_ACCEPTS),
     ];
     headers.extend_from_slice(extra);
-    send(
-        &client(),
-        "POST",
-        &format!("{base}/checkout"),
-        &headers,
-        r#"{"sku":"sneaker"}"#,
-    )
-    .await
+    c.admit_with(&headers, r#"{"sku":"sneaker"}"#).await
 }
 
 /// The upstream got every delivery with `Accept-Encoding: identity` only.
@@ -94,15 +87,10 @@ fn asked_identity(upstream: &MockUpstream) {
     }
 }
 
-async fn response_of(base: &str, ticket: &str) -> Answer {
-    send(
-        &client(),
-        "GET",
-        &format!("{base}/tickets/{ticket}/response"),
-        &[("accept-encoding", CLIENT_ACCEPTS)],
-        Bytes::new(),
-    )
-    .await
+async fn response_of(c: &Client, ticket: &str) -> Answer {
+    let path = format!("/tickets/{ticket}/response");
+    c.send("GET", &path, &[("accept-encoding", CLIENT_ACCEPTS)], "")
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,11 +105,12 @@ async fn compressed_answers_are_stored_and_served_decoded() {
         ("gzip, br", brotli(&gzip(order))),
     ];
     for (coding, body) in cases {
-        let (upstream, gw, base) = compressing(coding, body, "").await;
-        let a = checkout(&base, &[]).await;
+        let (upstream, gw) = compressing(coding, body, "").await;
+        let c = gw.client();
+        let a = checkout(&c, &[]).await;
         assert_eq!(a.status, 202, "{coding}");
-        let ticket = a.json()["ticket"].as_str().unwrap().to_string();
-        let done = until_terminal(&base, &ticket, Duration::from_secs(30)).await;
+        let ticket = a.ticket();
+        let done = c.until_terminal(&ticket, Duration::from_secs(30)).await;
         assert_eq!(done["status"], "completed", "{coding}: {done}");
         let resp = &done["response"];
         assert_eq!(resp["body_encoding"], "utf8", "{coding}: {resp}");
@@ -136,7 +125,7 @@ async fn compressed_answers_are_stored_and_served_decoded() {
         );
         assert_eq!(resp["headers"]["content-type"], "application/json");
 
-        let r = response_of(&base, &ticket).await;
+        let r = response_of(&c, &ticket).await;
         assert_eq!(r.status, 201, "{coding}");
         assert!(r.headers.get("content-encoding").is_none(), "{coding}");
         assert!(!r
@@ -146,62 +135,58 @@ async fn compressed_answers_are_stored_and_served_decoded() {
         assert_eq!(r.header("content-length"), ORDER.len().to_string());
         assert_eq!(&r.body[..], order, "{coding}");
         asked_identity(&upstream);
-        gw.shutdown();
-        gw.wait().await;
+        gw.stop().await;
     }
 }
 
 /// Through Redis, and answered within `Prefer: wait`: the same decoded answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stored_and_prefer_wait_answers_are_decoded() {
-    let redis = RedisServer::start();
-    let upstream = MockUpstream::start(Behaviour {
-        body: Some(Bytes::from(gzip(ORDER.as_bytes()))),
-        headers: vec![
-            ("content-encoding", "gzip".into()),
-            ("vary", "Accept-Encoding".into()),
-            ("etag", "\"o42\"".into()),
-        ],
-        ..Behaviour::default()
-    })
-    .await;
-    let gw = gateway(config("", &upstream.url(), Some(&redis.url()))).await;
-    let base = format!("http://{}", gw.public_addr);
-    let a = checkout(&base, &[("prefer", "wait=20")]).await;
+    let redis = Redis::start();
+    let upstream = MockUpstream::builder()
+        .body(gzip(ORDER.as_bytes()))
+        .header("content-encoding", "gzip")
+        .header("vary", "Accept-Encoding")
+        .header("etag", "\"o42\"")
+        .start()
+        .await;
+    let gw = Gateway::builder()
+        .upstream(&upstream)
+        .redis(&redis)
+        .start()
+        .await;
+    let c = gw.client();
+    let a = checkout(&c, &[("prefer", "wait=20")]).await;
     assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&a.body));
     assert!(a.headers.get("content-encoding").is_none());
     assert!(a.headers.get("vary").is_none(), "{:?}", a.headers);
     assert_eq!(a.header("etag"), "W/\"o42\"");
     assert_eq!(&a.body[..], ORDER.as_bytes());
     let ticket = a.header("x-flashgate-ticket").to_string();
-    let done = until_terminal(&base, &ticket, Duration::from_secs(30)).await;
+    let done = c.until_terminal(&ticket, Duration::from_secs(30)).await;
     assert_eq!(done["response"]["body"], ORDER);
     assert_eq!(done["response"]["body_encoding"], "utf8");
-    let r = response_of(&base, &ticket).await;
+    let r = response_of(&c, &ticket).await;
     assert!(r.headers.get("content-encoding").is_none());
     assert_eq!(&r.body[..], ORDER.as_bytes());
     asked_identity(&upstream);
-    gw.shutdown();
-    gw.wait().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_codings_are_stored_and_served_as_sent() {
     // A zstd frame's magic and bytes that are not UTF-8.
     let sent = b"\x28\xb5\x2f\xfd\x00\xff opaque".to_vec();
-    let (upstream, gw, base) = compressing("zstd", sent.clone(), "").await;
-    let a = checkout(&base, &[]).await;
-    let ticket = a.json()["ticket"].as_str().unwrap().to_string();
-    let done = until_terminal(&base, &ticket, Duration::from_secs(30)).await;
+    let (upstream, gw) = compressing("zstd", sent.clone(), "").await;
+    let c = gw.client();
+    let ticket = checkout(&c, &[]).await.ticket();
+    let done = c.until_terminal(&ticket, Duration::from_secs(30)).await;
     let resp = &done["response"];
     assert_eq!(resp["body_encoding"], "base64", "{resp}");
     assert_eq!(resp["headers"]["content-encoding"], "zstd");
-    let r = response_of(&base, &ticket).await;
+    let r = response_of(&c, &ticket).await;
     assert_eq!(r.header("content-encoding"), "zstd");
     assert_eq!(&r.body[..], &sent[..]);
     asked_identity(&upstream);
-    gw.shutdown();
-    gw.wait().await;
 }
 
 /// A peak of this process's resident memory, from `/proc/self/status`.
@@ -225,14 +210,14 @@ async fn a_zip_bomb_ends_in_bounded_memory_as_an_over_limit_answer() {
     let bomb = e.finish().unwrap();
     drop(chunk);
     assert!(bomb.len() < 100_000, "{}", bomb.len());
-    let (upstream, gw, base) = compressing("gzip", bomb, "max_attempts = 2\n").await;
+    let (upstream, gw) = compressing("gzip", bomb, "max_attempts = 2\n").await;
+    let c = gw.client();
 
     // Resets the peak to the current resident size (Linux's clear_refs).
     std::fs::write("/proc/self/clear_refs", "5").expect("peak RSS can be reset");
     let before = status_kib("VmRSS:");
-    let a = checkout(&base, &[]).await;
-    let ticket = a.json()["ticket"].as_str().unwrap().to_string();
-    let done = until_terminal(&base, &ticket, Duration::from_secs(60)).await;
+    let ticket = checkout(&c, &[]).await.ticket();
+    let done = c.until_terminal(&ticket, Duration::from_secs(60)).await;
     let grew = status_kib("VmHWM:").saturating_sub(before);
 
     // The documented outcome: like an answer sent over the limit, retried,
@@ -247,67 +232,18 @@ async fn a_zip_bomb_ends_in_bounded_memory_as_an_over_limit_answer() {
     assert_eq!(upstream.received().len(), 2, "each attempt reached it");
     // Decoding it whole would take 50 MB; bounded, a decode takes 1 MiB.
     assert!(grew < 24 * 1024, "resident memory grew by {grew} KiB");
-    gw.shutdown();
-    gw.wait().await;
-}
-
-fn manifest_dir() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// uvicorn serving tests/apps/starlette_gzip.py, stopped when dropped.
-struct Starlette {
-    child: Child,
-    port: u16,
-}
-
-impl Starlette {
-    fn start() -> Starlette {
-        let venv = std::env::var_os("FLASHGATE_TEST_VENV")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| manifest_dir().join("target/test-venv"));
-        let python = venv.join("bin/python");
-        assert!(
-            python.exists(),
-            "{} has no python: run scripts/test, which installs tests/requirements.txt \
-             there (or point FLASHGATE_TEST_VENV at such a venv)",
-            venv.display()
-        );
-        let port = free_port();
-        let child = Command::new(python)
-            .args(["-m", "uvicorn", "--app-dir"])
-            .arg(manifest_dir().join("tests/apps"))
-            .args(["starlette_gzip:app", "--host", "127.0.0.1", "--port"])
-            .arg(port.to_string())
-            .args(["--log-level", "warning"])
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("uvicorn starts");
-        Starlette { child, port }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Starlette {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_compressing_framework_is_not_asked_to_compress_deliveries() {
-    let app = Starlette::start();
+    let app = AsgiApp::start("starlette_gzip:app");
     let catalog = format!("{}/catalog", app.url());
     // The framework gzips when asked: what a delivery would get if the
     // client's Accept-Encoding were forwarded.
     let direct = eventually(Duration::from_secs(30), "uvicorn up", || {
         let catalog = catalog.clone();
         async move {
-            let c = client();
+            let c = http_client();
             let req = http::Request::get(&catalog)
                 .header("accept-encoding", "gzip")
                 .body(http_body_util::Full::new(Bytes::new()))
@@ -319,12 +255,16 @@ async fn a_real_compressing_framework_is_not_asked_to_compress_deliveries() {
     .await;
     assert_eq!(direct["content-encoding"], "gzip");
 
-    let gw = gateway(config("passthrough = true\n", &app.url(), None)).await;
-    let base = format!("http://{}", gw.public_addr);
-    let a = checkout(&base, &[]).await;
-    assert_eq!(a.status, 202, "{}", String::from_utf8_lossy(&a.body));
-    let ticket = a.json()["ticket"].as_str().unwrap().to_string();
-    let done = until_terminal(&base, &ticket, Duration::from_secs(30)).await;
+    let gw = Gateway::builder()
+        .toml("passthrough = true\n")
+        .upstream(&app)
+        .start()
+        .await;
+    let c = gw.client();
+    let a = checkout(&c, &[]).await;
+    assert_eq!(a.status, 202, "{}", a.text());
+    let ticket = a.ticket();
+    let done = c.until_terminal(&ticket, Duration::from_secs(30)).await;
     assert_eq!(done["status"], "completed", "{done}");
     let resp = &done["response"];
     assert_eq!(resp["status"], 201);
@@ -337,20 +277,15 @@ async fn a_real_compressing_framework_is_not_asked_to_compress_deliveries() {
     );
     assert_eq!(order["order"], ticket.as_str());
     assert_eq!(order["note"], "café");
-    let r = response_of(&base, &ticket).await;
+    let r = response_of(&c, &ticket).await;
     assert!(r.headers.get("content-encoding").is_none());
     let served: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(served, order);
 
     // Passthrough streams the client's own negotiation, as before.
-    let p = send(
-        &client(),
-        "GET",
-        &format!("{base}/catalog"),
-        &[("accept-encoding", "gzip")],
-        Bytes::new(),
-    )
-    .await;
+    let p = c
+        .send("GET", "/catalog", &[("accept-encoding", "gzip")], "")
+        .await;
     assert_eq!(p.status, 200);
     assert_eq!(p.header("content-encoding"), "gzip");
     let mut text = String::new();
@@ -358,6 +293,4 @@ async fn a_real_compressing_framework_is_not_asked_to_compress_deliveries() {
         .unwrap();
     let catalog: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(catalog["accept_encoding"], "gzip");
-    gw.shutdown();
-    gw.wait().await;
 }

@@ -2,7 +2,7 @@
 //! chromedriver, follows a ticket from its place in line to the order
 //! service's answer. Screenshots go to `target/artefacts/`.
 
-mod common;
+mod support;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -12,7 +12,7 @@ use fantoccini::{Client as Browser, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::json;
 
-use common::*;
+use support::*;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -130,47 +130,28 @@ async fn screenshot(browser: &Browser, name: &str) -> PathBuf {
     path
 }
 
-async fn patch_queue(admin: &str, body: serde_json::Value) {
-    let a = send(
-        &client(),
-        "PATCH",
-        &format!("{admin}/admin/queues/checkout"),
-        &[("content-type", "application/json")],
-        body.to_string(),
-    )
-    .await;
-    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
-}
-
-async fn admit_n(base: &str, n: usize) -> Vec<String> {
-    let c = client();
-    let mut tickets = Vec::new();
-    for i in 0..n {
-        let a = send(
-            &c,
-            "POST",
-            &format!("{base}/checkout"),
-            &[("content-type", "application/json")],
-            format!(r#"{{"sku":"sneaker-42","n":{i}}}"#),
-        )
-        .await;
-        assert_eq!(a.status, 202, "{}", String::from_utf8_lossy(&a.body));
-        tickets.push(a.json()["ticket"].as_str().unwrap().to_string());
-    }
+/// Admits `n` checkouts, which must all get their 202; their tickets.
+async fn admit_n(c: &Client, n: usize) -> Vec<String> {
+    let (tickets, refused) = c.admit_many(n, "n").await;
+    assert!(refused.is_empty(), "refused: {refused:?}");
     tickets
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_waiting_room_follows_a_ticket_to_the_confirmed_order() {
-    let upstream = MockUpstream::start(Behaviour::default()).await;
+    let upstream = MockUpstream::start().await;
     // One a second: slow enough to watch the line move.
-    let gateway = gateway(config("drain_rate = 1\n", &upstream.url(), None)).await;
-    let base = format!("http://{}", gateway.public_addr);
-    let admin = format!("http://{}", gateway.admin_addr);
+    let gateway = Gateway::builder()
+        .toml("drain_rate = 1\n")
+        .upstream(&upstream)
+        .start()
+        .await;
+    let c = gateway.client();
+    let base = gateway.base();
 
     // Paused while the page loads, so the place it must show is known.
-    patch_queue(&admin, json!({"paused": true})).await;
-    let tickets = admit_n(&base, 6).await;
+    c.patch_knobs(json!({"paused": true}).to_string()).await;
+    let tickets = admit_n(&c, 6).await;
     let ours = tickets.last().unwrap();
 
     let driver = Driver::start();
@@ -186,7 +167,7 @@ async fn the_waiting_room_follows_a_ticket_to_the_confirmed_order() {
     let leave = browser.find(Locator::Id("leave")).await.unwrap();
     assert!(leave.is_displayed().await.unwrap(), "leave button shown");
 
-    patch_queue(&admin, json!({"paused": false})).await;
+    c.patch_knobs(json!({"paused": false}).to_string()).await;
     // The line moves: a smaller position, and the bar grows past its floor.
     until_text(&browser, "position", "the position to come down", |t| {
         t.parse::<u64>().is_ok_and(|p| p < 5)
@@ -218,8 +199,8 @@ async fn the_waiting_room_follows_a_ticket_to_the_confirmed_order() {
 
     // Leaving the queue: the button asks first, then the ticket is cancelled
     // and never reaches the upstream.
-    patch_queue(&admin, json!({"paused": true})).await;
-    let leaving = admit_n(&base, 2).await.pop().unwrap();
+    c.patch_knobs(json!({"paused": true}).to_string()).await;
+    let leaving = admit_n(&c, 2).await.pop().unwrap();
     browser
         .goto(&format!("{base}/waiting-room/{leaving}"))
         .await
@@ -240,12 +221,12 @@ async fn the_waiting_room_follows_a_ticket_to_the_confirmed_order() {
         t == "You left the queue"
     })
     .await;
-    let state = get(&format!("{base}/tickets/{leaving}")).await;
+    let state = c.poll(&leaving).await;
     assert_eq!(state.json()["status"], "cancelled");
-    patch_queue(&admin, json!({"paused": false})).await;
+    c.patch_knobs(json!({"paused": false}).to_string()).await;
     // One more behind it: once that one is done, the line has passed ours.
-    let behind = admit_n(&base, 1).await.pop().unwrap();
-    until_terminal(&base, &behind, Duration::from_secs(60)).await;
+    let behind = admit_n(&c, 1).await.pop().unwrap();
+    c.until_terminal(&behind, Duration::from_secs(60)).await;
     assert!(
         !upstream.by_key().contains_key(&leaving),
         "a cancelled ticket reached the upstream"
@@ -269,5 +250,4 @@ async fn the_waiting_room_follows_a_ticket_to_the_confirmed_order() {
     screenshot(&browser, "waiting-room-not-found.png").await;
 
     browser.close().await.unwrap();
-    gateway.shutdown();
 }

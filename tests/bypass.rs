@@ -7,18 +7,18 @@
 //! 202; the ambiguous spellings must get 400.
 //!
 //! Run with `--nocapture` for the table of what each stack saw.
-//! The stacks live in `target/test-venv` (tests/common/stacks.rs).
+//! The stacks live in `target/test-venv` (tests/support/stacks.rs).
 
-mod common;
+mod support;
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use serde_json::Value;
 
-use common::raw::request;
-use common::stacks::{OrderService, Stack};
-use common::*;
+use support::raw::request;
+use support::stacks::{OrderService, Stack};
+use support::*;
 
 /// How a listed spelling must be answered.
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -129,7 +129,13 @@ async fn run(stack: Stack, app_folds: bool, gateway_folds: Option<bool>) -> Vec<
                 "passthrough = true\ndrain_rate = 1000\nmax_in_flight = 8\n\
                  route_case_insensitive = {folds}\n"
             );
-            Some(gateway(config(&toml, &service.url(), None)).await)
+            Some(
+                Gateway::builder()
+                    .toml(&toml)
+                    .upstream(&service)
+                    .start()
+                    .await,
+            )
         }
         None => None,
     };
@@ -169,8 +175,7 @@ async fn run(stack: Stack, app_folds: bool, gateway_folds: Option<bool>) -> Vec<
     )
     .await;
     if let Some(gw) = gw {
-        gw.shutdown();
-        gw.wait().await;
+        gw.stop().await;
     }
     let events = service.events();
     let text = |v: &Value| v.as_str().unwrap_or_default().to_string();

@@ -2,75 +2,32 @@
 //! feed, server-sent events, cancel, the raw response and CORS — against a
 //! private redis-server and a recording mock upstream.
 
-mod common;
+mod support;
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{
-    client, config, eventually, gateway, get, send, Behaviour, MockUpstream, RedisServer,
-};
 use http::StatusCode;
 use http_body_util::BodyExt;
+use support::*;
 
-async fn patch(admin: &str, body: &str) {
-    let a = send(
-        &client(),
-        "PATCH",
-        &format!("{admin}/admin/queues/checkout"),
-        &[],
-        body.to_string(),
-    )
-    .await;
-    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
-}
-
-async fn admit(base: &str, headers: &[(&str, &str)], body: &str) -> common::Answer {
-    send(
-        &client(),
-        "POST",
-        &format!("{base}/checkout"),
-        headers,
-        body.to_string(),
-    )
-    .await
-}
-
-async fn ticket_of(base: &str, body: &str) -> String {
-    let a = admit(base, &[], body).await;
-    assert_eq!(a.status, 202, "{}", String::from_utf8_lossy(&a.body));
-    a.json()["ticket"].as_str().unwrap().to_string()
-}
-
-/// Total commands the server has processed (the INFO call included).
-async fn redis_commands(redis: &RedisServer) -> u64 {
-    let mut conn = redis.conn().await;
-    let info: String = redis::cmd("INFO")
-        .arg("stats")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("total_commands_processed:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("INFO stats has total_commands_processed")
-}
+/// Total commands the Redis server has processed (the INFO call included).
+const COMMANDS: &str = "total_commands_processed";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefer_wait_answers_with_the_upstream_response_when_the_drain_is_fast() {
-    let redis = RedisServer::start();
-    let upstream = MockUpstream::start(Behaviour::default()).await;
-    let gw = gateway(config(
-        "drain_rate = 200\n",
-        &upstream.url(),
-        Some(&redis.url()),
-    ))
-    .await;
-    let base = format!("http://{}", gw.public_addr);
-    let admin = format!("http://{}", gw.admin_addr);
+    let redis = Redis::start();
+    let upstream = MockUpstream::start().await;
+    let gw = Gateway::builder()
+        .toml("drain_rate = 200\n")
+        .upstream(&upstream)
+        .redis(&redis)
+        .start()
+        .await;
+    let c = gw.client();
 
     // Fast drain: the upstream's own 201, as if there were no queue.
-    let a = admit(&base, &[("prefer", "wait=10")], "{\"n\":1}").await;
+    let a = c.admit_with(&[("prefer", "wait=10")], "{\"n\":1}").await;
     assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&a.body));
     let ticket = a.header("x-flashgate-ticket").to_string();
     assert!(!ticket.is_empty());
@@ -80,55 +37,54 @@ async fn prefer_wait_answers_with_the_upstream_response_when_the_drain_is_fast()
     assert_eq!(upstream.received().len(), 1);
 
     // respond-async: always the ticket.
-    let a = admit(&base, &[("prefer", "respond-async, wait=10")], "{}").await;
+    let a = c
+        .admit_with(&[("prefer", "respond-async, wait=10")], "{}")
+        .await;
     assert_eq!(a.status, 202);
 
     // A stopped drain: the wait runs out and the ticket is the answer.
-    patch(&admin, r#"{"paused": true}"#).await;
+    c.patch_knobs(r#"{"paused": true}"#).await;
     let started = Instant::now();
-    let a = admit(&base, &[("prefer", "wait=1")], "{\"n\":2}").await;
+    let a = c.admit_with(&[("prefer", "wait=1")], "{\"n\":2}").await;
     assert_eq!(a.status, 202, "{}", String::from_utf8_lossy(&a.body));
     assert_eq!(a.json()["status"], "queued");
     assert!(a.json()["position"].is_u64());
     assert!(started.elapsed() >= Duration::from_secs(1));
-    gw.shutdown();
-    gw.wait().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_poll_returns_when_the_ticket_changes() {
-    let redis = RedisServer::start();
-    let upstream = MockUpstream::start(Behaviour::default()).await;
-    let gw = gateway(config(
-        "drain_rate = 100\n",
-        &upstream.url(),
-        Some(&redis.url()),
-    ))
-    .await;
-    let base = format!("http://{}", gw.public_addr);
-    let admin = format!("http://{}", gw.admin_addr);
-    patch(&admin, r#"{"paused": true}"#).await;
-    let ticket = ticket_of(&base, "{}").await;
+    let redis = Redis::start();
+    let upstream = MockUpstream::start().await;
+    let gw = Gateway::builder()
+        .toml("drain_rate = 100\n")
+        .upstream(&upstream)
+        .redis(&redis)
+        .start()
+        .await;
+    let c = gw.client();
+    c.patch_knobs(r#"{"paused": true}"#).await;
+    let ticket = c.ticket("{}").await;
 
     // Nothing changes: the long-poll answers at its deadline, still queued.
     let started = Instant::now();
-    let a = get(&format!("{base}/tickets/{ticket}?wait=1")).await;
+    let a = c.get(&format!("/tickets/{ticket}?wait=1")).await;
     assert_eq!(a.json()["status"], "queued");
     assert!(started.elapsed() >= Duration::from_secs(1));
 
     // A change answers it at once.
     let poll = tokio::spawn({
-        let url = format!("{base}/tickets/{ticket}?wait=30");
+        let (c, path) = (c.clone(), format!("/tickets/{ticket}?wait=30"));
         async move {
-            let a = get(&url).await;
+            let a = c.get(&path).await;
             (a, Instant::now())
         }
     });
     eventually(Duration::from_secs(5), "the long-poll to wait", || async {
-        (gw.app.queues[0].feed.waiting_clients() == 1).then_some(())
+        (gw.app().queues[0].feed.waiting_clients() == 1).then_some(())
     })
     .await;
-    patch(&admin, r#"{"paused": false}"#).await;
+    c.patch_knobs(r#"{"paused": false}"#).await;
     let (a, answered) = poll.await.unwrap();
     let sent = eventually(Duration::from_secs(10), "the dispatch", || async {
         upstream.received().first().map(|r| r.at)
@@ -146,52 +102,48 @@ async fn a_long_poll_returns_when_the_ticket_changes() {
     assert!(answered.saturating_duration_since(sent) < Duration::from_secs(5));
 
     // Bad waits are refused, not clamped silently.
-    let a = get(&format!("{base}/tickets/{ticket}?wait=61")).await;
+    let a = c.get(&format!("/tickets/{ticket}?wait=61")).await;
     assert_eq!(a.status, 400);
     assert_eq!(a.json()["code"], "bad_request");
-    gw.shutdown();
-    gw.wait().await;
 }
 
 /// A thousand clients long-polling cost the Redis server nothing while they
 /// wait: they sit on the instance's one change feed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_long_polls_add_no_redis_load_per_client() {
-    raise_open_files_limit(8192);
+    raise_open_files_limit();
     const CLIENTS: usize = 1000;
-    let redis = RedisServer::start();
-    let upstream = MockUpstream::start(Behaviour::default()).await;
-    let gw = gateway(config(
-        "drain_rate = 1000\n",
-        &upstream.url(),
-        Some(&redis.url()),
-    ))
-    .await;
-    let base = format!("http://{}", gw.public_addr);
-    let admin = format!("http://{}", gw.admin_addr);
-    patch(&admin, r#"{"paused": true}"#).await;
+    let redis = Redis::start();
+    let upstream = MockUpstream::start().await;
+    let gw = Gateway::builder()
+        .toml("drain_rate = 1000\n")
+        .upstream(&upstream)
+        .redis(&redis)
+        .start()
+        .await;
+    let c = gw.client();
+    c.patch_knobs(r#"{"paused": true}"#).await;
     let mut tickets = Vec::new();
     for i in 0..10 {
-        tickets.push(ticket_of(&base, &format!("{{\"n\":{i}}}")).await);
+        tickets.push(c.ticket(format!("{{\"n\":{i}}}")).await);
     }
     // Background load with nobody waiting: gauges, knobs, upkeep, reads.
     let window = Duration::from_secs(3);
-    let before = redis_commands(&redis).await;
+    let before = redis.stat(COMMANDS).await;
     tokio::time::sleep(window).await;
-    let idle = redis_commands(&redis).await - before;
+    let idle = redis.stat(COMMANDS).await - before;
 
-    let before_polls = redis_commands(&redis).await;
-    let http = client();
+    let before_polls = redis.stat(COMMANDS).await;
     let mut polls = Vec::new();
     for i in 0..CLIENTS {
-        let url = format!("{base}/tickets/{}?wait=30", tickets[i % tickets.len()]);
-        let http = http.clone();
+        let path = format!("/tickets/{}?wait=30", tickets[i % tickets.len()]);
+        let c = c.clone();
         polls.push(tokio::spawn(async move {
-            let a = common::send(&http, "GET", &url, &[], Bytes::new()).await;
+            let a = c.get(&path).await;
             a.json()["status"].as_str().unwrap().to_string()
         }));
     }
-    let feed = gw.app.queues[0].feed.clone();
+    let feed = gw.app().queues[0].feed.clone();
     eventually(
         Duration::from_secs(30),
         "every long-poll to wait",
@@ -201,10 +153,10 @@ async fn a_thousand_long_polls_add_no_redis_load_per_client() {
     // Subscribed first, then one read each (HGETALL + HGET, pipelined; or
     // none, once the ticket's queued record is in the feed's cache): the
     // window starts once the first reads are done and the count settles.
-    let mut last = redis_commands(&redis).await;
+    let mut last = redis.stat(COMMANDS).await;
     let start_of_wait = loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let n = redis_commands(&redis).await;
+        let n = redis.stat(COMMANDS).await;
         // Settled: no more than the background's few a second.
         if n - last <= 10 {
             break n;
@@ -212,7 +164,7 @@ async fn a_thousand_long_polls_add_no_redis_load_per_client() {
         last = n;
     };
     tokio::time::sleep(window).await;
-    let waiting = redis_commands(&redis).await - start_of_wait;
+    let waiting = redis.stat(COMMANDS).await - start_of_wait;
     let per_client_setup = (start_of_wait - before_polls) as f64 / CLIENTS as f64;
     println!(
         "redis commands in {window:?}: {idle} with no waiters, {waiting} with {CLIENTS} waiting; \
@@ -227,13 +179,11 @@ async fn a_thousand_long_polls_add_no_redis_load_per_client() {
     assert!(per_client_setup < 3.0, "{per_client_setup} per client");
 
     // Resuming answers every one of them.
-    patch(&admin, r#"{"paused": false}"#).await;
+    c.patch_knobs(r#"{"paused": false}"#).await;
     for p in polls {
         let status = p.await.unwrap();
         assert!(status == "in_flight" || status == "completed", "{status}");
     }
-    gw.shutdown();
-    gw.wait().await;
 }
 
 /// Reads a server-sent event stream to its end: each event's `event` name
@@ -243,7 +193,7 @@ async fn read_events(url: &str, limit: Duration) -> Vec<(String, serde_json::Val
         .header("accept", "text/event-stream")
         .body(http_body_util::Full::new(Bytes::new()))
         .unwrap();
-    let resp = client().request(req).await.unwrap();
+    let resp = http_client().request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     let mut body = resp.into_body();
@@ -275,28 +225,27 @@ async fn read_events(url: &str, limit: Duration) -> Vec<(String, serde_json::Val
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_stream_follows_the_ticket_to_its_answer_and_ends() {
-    let redis = RedisServer::start();
-    let upstream = MockUpstream::start(Behaviour {
-        latency: Duration::from_millis(300),
-        ..Behaviour::default()
-    })
-    .await;
-    let gw = gateway(config(
-        "drain_rate = 1\n",
-        &upstream.url(),
-        Some(&redis.url()),
-    ))
-    .await;
-    let base = format!("http://{}", gw.public_addr);
-    let admin = format!("http://{}", gw.admin_addr);
-    patch(&admin, r#"{"paused": true}"#).await;
+    let redis = Redis::start();
+    let upstream = MockUpstream::builder()
+        .latency(Duration::from_millis(300))
+        .start()
+        .await;
+    let gw = Gateway::builder()
+        .toml("drain_rate = 1\n")
+        .upstream(&upstream)
+        .redis(&redis)
+        .start()
+        .await;
+    let c = gw.client();
+    c.patch_knobs(r#"{"paused": true}"#).await;
     for i in 0..3 {
-        ticket_of(&base, &format!("{{\"n\":{i}}}")).await;
+        c.ticket(format!("{{\"n\":{i}}}")).await;
     }
-    let last = ticket_of(&base, "{\"n\":3}").await;
-    patch(&admin, r#"{"paused": false}"#).await;
+    let last = c.ticket("{\"n\":3}").await;
+    c.patch_knobs(r#"{"paused": false}"#).await;
 
-    let events = read_events(&format!("{base}/tickets/{last}"), Duration::from_secs(30)).await;
+    let url = format!("{}/tickets/{last}", c.base());
+    let events = read_events(&url, Duration::from_secs(30)).await;
     let statuses: Vec<&str> = events
         .iter()
         .map(|(_, d)| d["status"].as_str().unwrap())
@@ -322,44 +271,39 @@ async fn an_event_stream_follows_the_ticket_to_its_answer_and_ends() {
     assert_eq!(done["ticket"], last.as_str());
 
     // A browser reconnecting after the end is told to stop.
-    let a = send(
-        &client(),
-        "GET",
-        &format!("{base}/tickets/{last}"),
-        &[
-            ("accept", "text/event-stream"),
-            ("last-event-id", "completed"),
-        ],
-        Bytes::new(),
-    )
-    .await;
+    let a = c
+        .send(
+            "GET",
+            &format!("/tickets/{last}"),
+            &[
+                ("accept", "text/event-stream"),
+                ("last-event-id", "completed"),
+            ],
+            Bytes::new(),
+        )
+        .await;
     assert_eq!(a.status, StatusCode::NO_CONTENT);
-    gw.shutdown();
-    gw.wait().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_tickets_never_reach_the_upstream() {
-    let redis = RedisServer::start();
-    let upstream = MockUpstream::start(Behaviour::default()).await;
-    let gw = gateway(config(
-        "drain_rate = 100\n",
-        &upstream.url(),
-        Some(&redis.url()),
-    ))
-    .await;
-    let base = format!("http://{}", gw.public_addr);
-    let admin = format!("http://{}", gw.admin_addr);
-    patch(&admin, r#"{"paused": true}"#).await;
+    let redis = Redis::start();
+    let upstream = MockUpstream::start().await;
+    let gw = Gateway::builder()
+        .toml("drain_rate = 100\n")
+        .upstream(&upstream)
+        .redis(&redis)
+        .start()
+        .await;
+    let c = gw.client();
+    c.patch_knobs(r#"{"paused": true}"#).await;
     let mut tickets = Vec::new();
     for i in 0..6 {
-        tickets.push(ticket_of(&base, &format!("{{\"n\":{i}}}")).await);
+        tickets.push(c.ticket(format!("{{\"n\":{i}}}")).await);
     }
-    let http = client();
     let delete = |t: &str| {
-        let url = format!("{base}/tickets/{t}");
-        let http = http.clone();
-        async move { send(&http, "DELETE", &url, &[], Bytes::new()).await }
+        let (c, path) = (c.clone(), format!("/tickets/{t}"));
+        async move { c.send("DELETE", &path, &[], Bytes::new()).await }
     };
     let cancelled = [&tickets[1], &tickets[4]];
     for t in cancelled {
@@ -371,15 +315,15 @@ async fn cancelled_tickets_never_reach_the_upstream() {
     }
     // Before the answer exists: 202 with the ticket, its Location and
     // Retry-After (the asynchronous request-reply pattern).
-    let a = get(&format!("{base}/tickets/{}/response", tickets[0])).await;
+    let a = c.get(&format!("/tickets/{}/response", tickets[0])).await;
     assert_eq!(a.status, 202);
     assert_eq!(a.json()["status"], "queued");
     assert_eq!(a.header("location"), format!("/tickets/{}", tickets[0]));
     assert!(!a.header("retry-after").is_empty());
 
-    patch(&admin, r#"{"paused": false}"#).await;
+    c.patch_knobs(r#"{"paused": false}"#).await;
     for t in &tickets {
-        let v = common::until_terminal(&base, t, Duration::from_secs(20)).await;
+        let v = c.until_terminal(t, Duration::from_secs(20)).await;
         let want = if cancelled.contains(&t) {
             "cancelled"
         } else {
@@ -402,11 +346,11 @@ async fn cancelled_tickets_never_reach_the_upstream() {
     assert_eq!(a.json()["code"], "ticket_not_cancellable");
 
     // The raw answer, verbatim; none for a cancelled ticket.
-    let a = get(&format!("{base}/tickets/{}/response", tickets[0])).await;
+    let a = c.get(&format!("/tickets/{}/response", tickets[0])).await;
     assert_eq!(a.status, 201);
     assert_eq!(a.header("x-flashgate-ticket"), tickets[0]);
     assert_eq!(a.json()["order"], tickets[0].as_str());
-    let a = get(&format!("{base}/tickets/{}/response", tickets[1])).await;
+    let a = c.get(&format!("/tickets/{}/response", tickets[1])).await;
     assert_eq!(a.status, 409);
     assert_eq!(a.json()["code"], "ticket_has_no_response");
     // Forged ids: the same 404 on every verb.
@@ -415,49 +359,44 @@ async fn cancelled_tickets_never_reach_the_upstream() {
         ("DELETE", format!("/tickets/{forged}")),
         ("GET", format!("/tickets/{forged}/response")),
     ] {
-        let a = send(&http, method, &format!("{base}{path}"), &[], Bytes::new()).await;
+        let a = c.send(method, &path, &[], Bytes::new()).await;
         assert_eq!(a.status, 404, "{method} {path}");
         assert_eq!(a.json()["code"], "ticket_not_found");
     }
 
-    let metrics = get(&format!("{admin}/metrics")).await;
-    let text = String::from_utf8_lossy(&metrics.body);
+    let text = c.metrics().await;
     assert!(
         text.contains(r#"flashgate_drain_skipped_total{queue="checkout",reason="cancelled"} 2"#),
         "{text}"
     );
     // Two tickets, each cancelled twice: counted once each (a state change).
     assert!(text.contains(r#"flashgate_tickets_cancelled_total{queue="checkout"} 2"#));
-    gw.shutdown();
-    gw.wait().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browsers_on_allowed_origins_get_cors_grants() {
-    let upstream = MockUpstream::start(Behaviour::default()).await;
-    let gw = gateway(config(
-        "cors_origins = [\"https://shop.example\"]\n",
-        &upstream.url(),
-        None,
-    ))
-    .await;
-    let base = format!("http://{}", gw.public_addr);
-    let http = client();
-    let preflight = send(
-        &http,
-        "OPTIONS",
-        &format!("{base}/checkout"),
-        &[
-            ("origin", "https://shop.example"),
-            ("access-control-request-method", "POST"),
-            (
-                "access-control-request-headers",
-                "content-type, idempotency-key",
-            ),
-        ],
-        Bytes::new(),
-    )
-    .await;
+    let upstream = MockUpstream::start().await;
+    let gw = Gateway::builder()
+        .toml("cors_origins = [\"https://shop.example\"]\n")
+        .upstream(&upstream)
+        .start()
+        .await;
+    let c = gw.client();
+    let preflight = c
+        .send(
+            "OPTIONS",
+            "/checkout",
+            &[
+                ("origin", "https://shop.example"),
+                ("access-control-request-method", "POST"),
+                (
+                    "access-control-request-headers",
+                    "content-type, idempotency-key",
+                ),
+            ],
+            Bytes::new(),
+        )
+        .await;
     assert_eq!(preflight.status, 204);
     assert_eq!(
         preflight.header("access-control-allow-origin"),
@@ -467,7 +406,9 @@ async fn browsers_on_allowed_origins_get_cors_grants() {
         preflight.header("access-control-allow-headers"),
         "content-type, idempotency-key"
     );
-    let a = admit(&base, &[("origin", "https://shop.example")], "{}").await;
+    let a = c
+        .admit_with(&[("origin", "https://shop.example")], "{}")
+        .await;
     assert_eq!(a.status, 202);
     assert_eq!(
         a.header("access-control-allow-origin"),
@@ -475,27 +416,11 @@ async fn browsers_on_allowed_origins_get_cors_grants() {
     );
     let exposed = a.header("access-control-expose-headers").to_lowercase();
     assert!(exposed.contains("location") && exposed.contains("retry-after"));
-    let a = admit(&base, &[("origin", "https://evil.example")], "{}").await;
+    let a = c
+        .admit_with(&[("origin", "https://evil.example")], "{}")
+        .await;
     assert_eq!(a.status, 202);
     assert!(a.headers.get("access-control-allow-origin").is_none());
-    gw.shutdown();
-    gw.wait().await;
-}
-
-/// A thousand client connections need more descriptors than the usual
-/// soft limit of 1024.
-fn raise_open_files_limit(want: u64) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < want {
-            lim.rlim_cur = want.min(lim.rlim_max);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
 }
 
 /// Clients polling a queued ticket are answered from the instance's cache
@@ -505,34 +430,29 @@ fn raise_open_files_limit(want: u64) {
 async fn polls_of_a_queued_ticket_cost_no_redis_read_and_see_its_change() {
     const TICKETS: usize = 10;
     const POLLS: usize = 50;
-    let redis = RedisServer::start();
-    let upstream = MockUpstream::start(Behaviour::default()).await;
-    let gw = gateway(config("", &upstream.url(), Some(&redis.url()))).await;
-    let base = format!("http://{}", gw.public_addr);
-    let admin = format!("http://{}", gw.admin_addr);
-    patch(&admin, r#"{"paused": true}"#).await;
+    let redis = Redis::start();
+    let upstream = MockUpstream::start().await;
+    let gw = Gateway::builder()
+        .upstream(&upstream)
+        .redis(&redis)
+        .start()
+        .await;
+    let c = gw.client();
+    c.patch_knobs(r#"{"paused": true}"#).await;
     let mut tickets = Vec::new();
     for i in 0..TICKETS {
-        tickets.push(ticket_of(&base, &format!("{{\"n\":{i}}}")).await);
+        tickets.push(c.ticket(format!("{{\"n\":{i}}}")).await);
     }
-    let http = client();
-    let before = redis_commands(&redis).await;
+    let before = redis.stat(COMMANDS).await;
     let started = std::time::Instant::now();
     for _ in 0..POLLS {
         for t in &tickets {
-            let a = common::send(
-                &http,
-                "GET",
-                &format!("{base}/tickets/{t}"),
-                &[],
-                Bytes::new(),
-            )
-            .await;
+            let a = c.poll(t).await;
             assert_eq!(a.json()["status"], "queued");
         }
     }
     let took = started.elapsed();
-    let used = redis_commands(&redis).await - before;
+    let used = redis.stat(COMMANDS).await - before;
     println!(
         "{} polls of {TICKETS} queued tickets in {took:?}: {used} Redis commands \
          (background included)",
@@ -548,22 +468,15 @@ async fn polls_of_a_queued_ticket_cost_no_redis_read_and_see_its_change() {
     );
     // A cancel on this instance is read back at once; a change made
     // elsewhere (the drain) reaches the pollers through the feed.
-    let cancelled = common::send(
-        &http,
-        "DELETE",
-        &format!("{base}/tickets/{}", tickets[0]),
-        &[],
-        Bytes::new(),
-    )
-    .await;
+    let cancelled = c
+        .send("DELETE", &format!("/tickets/{}", tickets[0]), &[], "")
+        .await;
     assert_eq!(cancelled.status, 200);
-    let a = get(&format!("{base}/tickets/{}", tickets[0])).await;
+    let a = c.get(&format!("/tickets/{}", tickets[0])).await;
     assert_eq!(a.json()["status"], "cancelled");
-    patch(&admin, r#"{"paused": false}"#).await;
+    c.patch_knobs(r#"{"paused": false}"#).await;
     for t in &tickets[1..] {
-        let done = common::until_terminal(&base, t, Duration::from_secs(30)).await;
+        let done = c.until_terminal(t, Duration::from_secs(30)).await;
         assert_eq!(done["status"], "completed");
     }
-    gw.shutdown();
-    gw.wait().await;
 }

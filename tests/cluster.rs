@@ -2,33 +2,30 @@
 //! three-master Redis Cluster of private redis-servers, with one master
 //! restarted mid-drain.
 
-mod common;
+mod support;
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::cluster::RedisCluster;
-use common::process::{admit, outcome};
-use common::{client, config, gateway, send, Behaviour, MockUpstream, RedisServer};
+use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_queue_spreads_tickets_and_never_oversells() {
-    let redis = RedisServer::start();
-    let upstream = MockUpstream::start(Behaviour::default()).await;
-    let gw = gateway(config(
-        "partitions = 3\nstock = 10\ndrain_rate = 200\n",
-        &upstream.url(),
-        Some(&redis.url()),
-    ))
-    .await;
-    let base = format!("http://{}", gw.public_addr);
+    let redis = Redis::start();
+    let upstream = MockUpstream::start().await;
+    let gw = Gateway::builder()
+        .toml("partitions = 3\nstock = 10\ndrain_rate = 200\n")
+        .upstream(&upstream)
+        .redis(&redis)
+        .start()
+        .await;
 
     // A concurrent burst far over the stock: exactly the stock is admitted,
     // whichever partitions the tickets fall in (4 + 3 + 3).
-    let c = client();
+    let c = gw.client();
     let answers = futures_util::future::join_all((0..60).map(|i| {
-        let (c, url) = (c.clone(), format!("{base}/checkout"));
-        async move { send(&c, "POST", &url, &[], format!("{{\"n\":{i}}}")).await }
+        let c = c.clone();
+        async move { c.admit(format!("{{\"n\":{i}}}")).await }
     }))
     .await;
     let tickets: Vec<String> = answers
@@ -40,7 +37,7 @@ async fn a_partitioned_queue_spreads_tickets_and_never_oversells() {
     assert!(answers
         .iter()
         .all(|a| a.status == 202 || (a.status == 410 && a.json()["code"] == "sold_out")));
-    let done = outcome(&base, &tickets, &[&upstream]).await;
+    let done = c.outcome(&tickets, &[&upstream]).await;
     assert_eq!((done.completed, done.lost), (10, 0), "{done:?}");
 
     // Each partition is a stream of its own, under its own hash tag.
@@ -54,34 +51,29 @@ async fn a_partitioned_queue_spreads_tickets_and_never_oversells() {
             .unwrap();
         assert!(exists, "{key}");
     }
-    gw.shutdown();
-    gw.wait().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotent_retry_meets_its_first_attempt_in_a_partitioned_queue() {
-    let redis = RedisServer::start();
-    let upstream = MockUpstream::start(Behaviour::default()).await;
-    let gw = gateway(config(
-        "partitions = 4\n",
-        &upstream.url(),
-        Some(&redis.url()),
-    ))
-    .await;
-    let url = format!("http://{}/checkout", gw.public_addr);
-    let c = client();
+    let redis = Redis::start();
+    let upstream = MockUpstream::start().await;
+    let gw = Gateway::builder()
+        .toml("partitions = 4\n")
+        .upstream(&upstream)
+        .redis(&redis)
+        .start()
+        .await;
+    let c = gw.client();
     for i in 0..8 {
         let key = format!("order-{i}");
         let headers = [("idempotency-key", key.as_str())];
-        let first = send(&c, "POST", &url, &headers, "{}").await;
+        let first = c.admit_with(&headers, "{}").await;
         assert_eq!(first.status, 202);
-        let again = send(&c, "POST", &url, &headers, "{}").await;
+        let again = c.admit_with(&headers, "{}").await;
         assert_eq!(again.status, 200, "{key}");
         assert_eq!(again.header("idempotent-replayed"), "true");
         assert_eq!(again.json()["ticket"], first.json()["ticket"]);
     }
-    gw.shutdown();
-    gw.wait().await;
 }
 
 /// Three masters, a queue in three partitions spread over them; one master
@@ -90,15 +82,15 @@ async fn an_idempotent_retry_meets_its_first_attempt_in_a_partitioned_queue() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_admits_and_drains_through_partitions_and_survives_a_master_restart() {
     let mut cluster = RedisCluster::start(3);
-    let upstream = MockUpstream::start(Behaviour::default()).await;
-    let gw = gateway(config(
-        "partitions = 3\ndrain_rate = 20\nclaim_idle = \"2s\"\n",
-        &upstream.url(),
-        Some(&cluster.url()),
-    ))
-    .await;
-    let base = format!("http://{}", gw.public_addr);
-    let (mut tickets, refused) = admit(&base, 60, "a").await;
+    let upstream = MockUpstream::start().await;
+    let gw = Gateway::builder()
+        .toml("partitions = 3\ndrain_rate = 20\nclaim_idle = \"2s\"\n")
+        .upstream(&upstream)
+        .redis(&cluster)
+        .start()
+        .await;
+    let c = gw.client();
+    let (mut tickets, refused) = c.admit_many(60, "a").await;
     assert!(refused.is_empty(), "refused: {refused:?}");
 
     // The partitions' streams live on more than one master.
@@ -115,7 +107,7 @@ async fn a_cluster_admits_and_drains_through_partitions_and_survives_a_master_re
         .iter()
         .position(|keys| !keys.is_empty())
         .unwrap();
-    common::eventually(Duration::from_secs(20), "some completions", || async {
+    eventually(Duration::from_secs(20), "some completions", || async {
         (upstream.received().len() >= 10).then_some(())
     })
     .await;
@@ -124,22 +116,17 @@ async fn a_cluster_admits_and_drains_through_partitions_and_survives_a_master_re
 
     // Admissions work again after the restart (retrying through the
     // moment the cluster needs to settle).
-    let more = common::eventually(Duration::from_secs(30), "admissions again", || {
-        let base = base.clone();
-        async move {
-            let (t, refused) = admit(&base, 1, "b").await;
-            refused.is_empty().then_some(t)
-        }
+    let more = eventually(Duration::from_secs(30), "admissions again", || async {
+        let (t, refused) = c.admit_many(1, "b").await;
+        refused.is_empty().then_some(t)
     })
     .await;
     tickets.extend(more);
 
-    let done = outcome(&base, &tickets, &[&upstream]).await;
+    let done = c.outcome(&tickets, &[&upstream]).await;
     println!("cluster with one master restarted: {done:?}");
     assert_eq!(done.lost, 0, "{done:?}");
     assert_eq!(done.completed, tickets.len(), "{done:?}");
     let distinct: HashSet<String> = upstream.by_key().into_keys().collect();
     assert!(tickets.iter().all(|t| distinct.contains(t)));
-    gw.shutdown();
-    gw.wait().await;
 }

@@ -8,8 +8,11 @@
 //! - `# stdout: TEXT` / `# not: TEXT`: the run succeeds and the printed
 //!   config contains (does not contain) TEXT.
 
+mod support;
+
 use std::path::Path;
-use std::process::Command;
+
+use support::{flashgate, repo};
 
 #[derive(Default)]
 struct Case {
@@ -41,14 +44,8 @@ fn read_case(text: &str) -> Case {
 }
 
 fn run(dir: &Path, file: &str, case: &Case) -> std::process::Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flashgate"));
-    // The test's own environment must not leak settings in.
-    for (k, _) in std::env::vars() {
-        if k.starts_with("FLASHGATE_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.current_dir(dir)
+    flashgate()
+        .current_dir(dir)
         .args(["check-config", "--config", file])
         .args(&case.args)
         .envs(case.env.iter().map(|(k, v)| (k, v)))
@@ -58,7 +55,7 @@ fn run(dir: &Path, file: &str, case: &Case) -> std::process::Output {
 
 #[test]
 fn every_config_fixture_gives_its_expected_answer() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/config");
+    let dir = repo().join("tests/fixtures/config");
     let mut names: Vec<String> = std::fs::read_dir(&dir)
         .expect("the fixture folder")
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

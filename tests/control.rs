@@ -2,12 +2,11 @@
 //! window, and the runtime knobs of the admin API — against a real
 //! redis-server, in-process gateways and the built binary.
 
-mod common;
+mod support;
 
 use std::time::{Duration, SystemTime};
 
-use common::process::{admit, GatewayProcess};
-use common::*;
+use support::*;
 
 async fn burst(
     urls: &[String],
@@ -18,7 +17,7 @@ async fn burst(
     for i in 0..n {
         let url = urls[i % urls.len()].clone();
         tasks.push(tokio::spawn(async move {
-            send(&client(), "POST", &url, headers, format!("{{\"n\":{i}}}")).await
+            send("POST", &url, headers, format!("{{\"n\":{i}}}")).await
         }));
     }
     let mut out = Vec::new();
@@ -35,49 +34,33 @@ fn count(answers: &[Answer], status: u16, code: Option<&str>) -> usize {
         .count()
 }
 
-async fn patch(admin: &str, queue: &str, body: &str) -> Answer {
-    send(
-        &client(),
-        "PATCH",
-        &format!("{admin}/admin/queues/{queue}"),
-        &[],
-        body.to_string(),
-    )
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capacity_is_exact_under_a_concurrent_burst() {
-    let redis = RedisServer::start();
-    let upstream = MockUpstream::start(Behaviour::default()).await;
-    let gw = gateway(config(
-        "max_queue = 25\n",
-        &upstream.url(),
-        Some(&redis.url()),
-    ))
-    .await;
-    let admin = format!("http://{}", gw.admin_addr);
-    assert_eq!(
-        patch(&admin, "checkout", r#"{"paused": true}"#)
-            .await
-            .status,
-        200
-    );
-    let answers = burst(&[format!("http://{}/checkout", gw.public_addr)], 80, &[]).await;
+    let redis = Redis::start();
+    let upstream = MockUpstream::start().await;
+    let gw = Gateway::builder()
+        .toml("max_queue = 25\n")
+        .upstream(&upstream)
+        .redis(&redis)
+        .start()
+        .await;
+    gw.client().patch_knobs(r#"{"paused": true}"#).await;
+    let answers = burst(&[format!("{}/checkout", gw.base())], 80, &[]).await;
     assert_eq!(count(&answers, 202, None), 25);
     assert_eq!(count(&answers, 503, Some("queue_full")), 55);
-    gw.shutdown();
-    gw.wait().await;
 }
 
 /// Two instances, one Redis, one stock: never one admission more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stock_is_never_oversold_across_two_instances() {
-    let redis = RedisServer::start();
-    let upstream = MockUpstream::start(Behaviour::default()).await;
-    let flags = ["--stock", "30"];
-    let a = GatewayProcess::start(&upstream.url(), &redis.url(), "a", &flags);
-    let b = GatewayProcess::start(&upstream.url(), &redis.url(), "b", &flags);
+    let redis = Redis::start();
+    let upstream = MockUpstream::start().await;
+    let instance = Gateway::builder()
+        .upstream(&upstream)
+        .redis(&redis)
+        .args(&["--stock", "30"]);
+    let a = instance.clone().consumer("a").spawn();
+    let b = instance.consumer("b").spawn();
     a.up().await;
     b.up().await;
     let urls = [
@@ -91,76 +74,59 @@ async fn stock_is_never_oversold_across_two_instances() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_client_rate_is_enforced_and_refills() {
-    let upstream = MockUpstream::start(Behaviour::default()).await;
+    let upstream = MockUpstream::start().await;
     let toml = "client_key = \"header:x-user\"\nclient_rate = 2\nclient_burst = 3\n";
-    let gw = gateway(config(toml, &upstream.url(), None)).await;
-    let url = format!("http://{}/checkout", gw.public_addr);
-    let c = client();
+    let gw = Gateway::builder()
+        .toml(toml)
+        .upstream(&upstream)
+        .start()
+        .await;
+    let c = gw.client();
+    let alice = [("x-user", "alice")];
     for _ in 0..3 {
-        assert_eq!(
-            send(&c, "POST", &url, &[("x-user", "alice")], "{}")
-                .await
-                .status,
-            202
-        );
+        assert_eq!(c.admit_with(&alice, "{}").await.status, 202);
     }
-    let limited = send(&c, "POST", &url, &[("x-user", "alice")], "{}").await;
+    let limited = c.admit_with(&alice, "{}").await;
     assert_eq!(limited.status, 429);
     assert_eq!(limited.json()["code"], "rate_limited");
     assert_eq!(limited.header("retry-after"), "1");
-    assert_eq!(
-        send(&c, "POST", &url, &[("x-user", "bob")], "{}")
-            .await
-            .status,
-        202
-    );
-    eventually(Duration::from_secs(5), "alice's limit refills", || {
-        let (c, url) = (c.clone(), url.clone());
-        async move {
-            let a = send(&c, "POST", &url, &[("x-user", "alice")], "{}").await;
-            (a.status == 202).then_some(())
-        }
+    assert_eq!(c.admit_with(&[("x-user", "bob")], "{}").await.status, 202);
+    eventually(Duration::from_secs(5), "alice's limit refills", || async {
+        let a = c.admit_with(&alice, "{}").await;
+        (a.status == 202).then_some(())
     })
     .await;
-    let metrics =
-        String::from_utf8_lossy(&get(&format!("http://{}/metrics", gw.admin_addr)).await.body)
-            .into_owned();
+    let metrics = c.metrics().await;
     assert!(
         metrics.contains(r#"flashgate_admissions_total{outcome="rate_limited",queue="checkout"}"#)
     );
-    gw.shutdown();
-    gw.wait().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sale_window_answers_503_then_opens_on_time() {
-    let upstream = MockUpstream::start(Behaviour::default()).await;
+    let upstream = MockUpstream::start().await;
     let opens = SystemTime::now() + Duration::from_secs(2);
     let toml = format!("opens_at = \"{}\"\n", humantime::format_rfc3339(opens));
-    let gw = gateway(config(&toml, &upstream.url(), None)).await;
-    let url = format!("http://{}/checkout", gw.public_addr);
-    let early = send(&client(), "POST", &url, &[], "{}").await;
+    let gw = Gateway::builder()
+        .toml(&toml)
+        .upstream(&upstream)
+        .start()
+        .await;
+    let c = gw.client();
+    let early = c.admit("{}").await;
     assert_eq!(early.status, 503);
     assert_eq!(early.json()["code"], "sale_not_open");
     let wait: u64 = early.header("retry-after").parse().unwrap();
     assert!((1..=2).contains(&wait), "Retry-After {wait}");
-    let a = eventually(Duration::from_secs(10), "the sale opens", || {
-        let url = url.clone();
-        async move {
-            let a = send(&client(), "POST", &url, &[], "{}").await;
-            (a.status == 202).then_some(a)
-        }
+    let a = eventually(Duration::from_secs(10), "the sale opens", || async {
+        let a = c.admit("{}").await;
+        (a.status == 202).then_some(a)
     })
     .await;
     assert!(SystemTime::now() >= opens, "admitted before opening");
-    let done = until_terminal(
-        &format!("http://{}", gw.public_addr),
-        a.json()["ticket"].as_str().unwrap(),
-        Duration::from_secs(10),
-    )
-    .await;
+    let done = c.until_terminal(&a.ticket(), Duration::from_secs(10)).await;
     assert_eq!(done["status"], "completed");
-    gw.shutdown();
+    gw.stop().await;
 
     let closed = SystemTime::now() - Duration::from_secs(1);
     let toml = format!(
@@ -168,53 +134,44 @@ async fn the_sale_window_answers_503_then_opens_on_time() {
         humantime::format_rfc3339(closed - Duration::from_secs(60)),
         humantime::format_rfc3339(closed)
     );
-    let gw = gateway(config(&toml, &upstream.url(), None)).await;
-    let late = send(
-        &client(),
-        "POST",
-        &format!("http://{}/checkout", gw.public_addr),
-        &[],
-        "{}",
-    )
-    .await;
+    let gw = Gateway::builder()
+        .toml(&toml)
+        .upstream(&upstream)
+        .start()
+        .await;
+    let late = gw.client().admit("{}").await;
     assert_eq!(late.status, 410);
     assert_eq!(late.json()["code"], "sale_closed");
-    gw.shutdown();
 }
 
 /// A PATCH on one instance reaches the other through Redis: both drain at
 /// the new rate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn patch_on_one_instance_changes_every_instance() {
-    let redis = RedisServer::start();
-    let upstream = MockUpstream::start(Behaviour::default()).await;
+    let redis = Redis::start();
+    let upstream = MockUpstream::start().await;
     // One request every 2 s per instance: 40 tickets would take 40 s.
-    let flags = ["--drain-rate", "0.5"];
-    let a = GatewayProcess::start(&upstream.url(), &redis.url(), "a", &flags);
-    let b = GatewayProcess::start(&upstream.url(), &redis.url(), "b", &flags);
+    let instance = Gateway::builder()
+        .upstream(&upstream)
+        .redis(&redis)
+        .args(&["--drain-rate", "0.5"]);
+    let a = instance.clone().consumer("a").spawn();
+    let b = instance.consumer("b").spawn();
     a.up().await;
     b.up().await;
-    let (tickets, _) = admit(&a.base(), 40, "n").await;
-    let admin_a = format!("http://127.0.0.1:{}", a.admin);
-    let admin_b = format!("http://127.0.0.1:{}", b.admin);
-    let changed = patch(&admin_a, "checkout", r#"{"drain_rate": 40, "stock": 1000}"#).await;
-    assert_eq!(
-        changed.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&changed.body)
-    );
+    let (a, b) = (a.client(), b.client());
+    let (tickets, _) = a.admit_many(40, "n").await;
+    let changed = a
+        .patch_queue("checkout", r#"{"drain_rate": 40, "stock": 1000}"#)
+        .await;
+    assert_eq!(changed.status, 200, "{}", changed.text());
     assert_eq!(changed.json()["drain_rate"], 40.0);
-    eventually(Duration::from_secs(5), "instance b follows", || {
-        let url = format!("{admin_b}/admin/queues");
-        async move {
-            let q = get(&url).await.json()["queues"][0].clone();
-            (q["drain_rate"] == 40.0 && q["stock"] == 1000).then_some(())
-        }
+    eventually(Duration::from_secs(5), "instance b follows", || async {
+        let q = b.queue().await;
+        (q["drain_rate"] == 40.0 && q["stock"] == 1000).then_some(())
     })
     .await;
-    let metrics =
-        String::from_utf8_lossy(&get(&format!("{admin_b}/metrics")).await.body).into_owned();
+    let metrics = b.metrics().await;
     assert!(
         metrics.contains(r#"flashgate_drain_rate_limit{queue="checkout"} 40"#),
         "{metrics}"
@@ -226,100 +183,79 @@ async fn patch_on_one_instance_changes_every_instance() {
         || async { (upstream.by_key().len() == tickets.len()).then_some(()) },
     )
     .await;
-    let by_instance = |admin: String| async move {
-        let m = String::from_utf8_lossy(&get(&format!("{admin}/metrics")).await.body).into_owned();
-        m.lines()
-            .find(|l| l.starts_with(r#"flashgate_dispatches_total{outcome="completed""#))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    let (from_a, from_b) = (
-        by_instance(admin_a.clone()).await,
-        by_instance(admin_b).await,
-    );
+    let completed =
+        |m: Metrics| m.sum("flashgate_dispatches_total", &[r#"outcome="completed""#]) as u64;
+    let (from_a, from_b) = (completed(a.metrics().await), completed(b.metrics().await));
     assert_eq!(from_a + from_b, 40);
     assert!(
         from_a > 0 && from_b > 0,
         "both instances drained: {from_a} + {from_b}"
     );
 
-    let bad = patch(&admin_a, "checkout", r#"{"drain_rate": -3}"#).await;
+    let bad = a.patch_queue("checkout", r#"{"drain_rate": -3}"#).await;
     assert_eq!(bad.status, 400);
     assert!(bad.json()["detail"]
         .as_str()
         .unwrap()
         .contains("drain_rate"));
-    let bad = patch(&admin_a, "checkout", r#"{"stock": "lots"}"#).await;
+    let bad = a.patch_queue("checkout", r#"{"stock": "lots"}"#).await;
     assert!(bad.json()["detail"].as_str().unwrap().contains("stock"));
     assert_eq!(
-        patch(&admin_a, "nope", r#"{"paused": true}"#).await.status,
+        a.patch_queue("nope", r#"{"paused": true}"#).await.status,
         404
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_stops_dispatch_and_resume_restarts_it() {
-    let redis = RedisServer::start();
-    let upstream = MockUpstream::start(Behaviour::default()).await;
-    let gw = gateway(config(
-        "drain_rate = 100\n",
-        &upstream.url(),
-        Some(&redis.url()),
-    ))
-    .await;
-    let admin = format!("http://{}", gw.admin_addr);
-    let base = format!("http://{}", gw.public_addr);
-    assert_eq!(
-        patch(&admin, "checkout", r#"{"paused": true}"#)
-            .await
-            .status,
-        200
-    );
-    let (tickets, _) = admit(&base, 5, "n").await;
+    let redis = Redis::start();
+    let upstream = MockUpstream::start().await;
+    let gw = Gateway::builder()
+        .toml("drain_rate = 100\n")
+        .upstream(&upstream)
+        .redis(&redis)
+        .start()
+        .await;
+    let c = gw.client();
+    c.patch_knobs(r#"{"paused": true}"#).await;
+    let (tickets, _) = c.admit_many(5, "n").await;
     // Nothing may go out while paused: give the drain ample time to misbehave.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(upstream.received().len(), 0, "dispatched while paused");
-    let q = get(&format!("{admin}/admin/queues")).await.json()["queues"][0].clone();
+    let q = c.queue().await;
     assert_eq!(
         (q["paused"].as_bool(), q["depth"].as_u64()),
         (Some(true), Some(5))
     );
-    let m = String::from_utf8_lossy(&get(&format!("{admin}/metrics")).await.body).into_owned();
+    let m = c.metrics().await;
     assert!(m.contains(r#"flashgate_drain_rate_limit{queue="checkout"} 0"#));
-    assert_eq!(
-        patch(&admin, "checkout", r#"{"paused": false}"#)
-            .await
-            .status,
-        200
-    );
+    c.patch_knobs(r#"{"paused": false}"#).await;
     for t in &tickets {
         assert_eq!(
-            until_terminal(&base, t, Duration::from_secs(10)).await["status"],
+            c.until_terminal(t, Duration::from_secs(10)).await["status"],
             "completed"
         );
     }
-    gw.shutdown();
-    gw.wait().await;
 }
 
 /// When the upstream answers sold out, the waiting tickets fail at once
 /// instead of each being sent, and new admissions get 410.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_sold_out_fails_the_waiting_tickets_fast() {
-    let redis = RedisServer::start();
+    let redis = Redis::start();
     let shop = flashgate::demo::SampleShop::start(4).await.unwrap();
     let toml = "drain_rate = 20\nmax_in_flight = 1\nsold_out_statuses = [410]\n";
-    let gw = gateway(config(
-        toml,
-        &format!("http://{}", shop.addr),
-        Some(&redis.url()),
-    ))
-    .await;
-    let base = format!("http://{}", gw.public_addr);
-    let (tickets, _) = admit(&base, 40, "n").await;
+    let gw = Gateway::builder()
+        .toml(toml)
+        .upstream(&format!("http://{}", shop.addr))
+        .redis(&redis)
+        .start()
+        .await;
+    let c = gw.client();
+    let (tickets, _) = c.admit_many(40, "n").await;
     let mut statuses = Vec::new();
     for t in &tickets {
-        let done = until_terminal(&base, t, Duration::from_secs(20)).await;
+        let done = c.until_terminal(t, Duration::from_secs(20)).await;
         statuses.push((
             done["status"].as_str().unwrap().to_string(),
             done["response"]["status"].as_u64(),
@@ -345,11 +281,9 @@ async fn upstream_sold_out_fails_the_waiting_tickets_fast() {
         failed >= 30,
         "waiting tickets should fail without being sent: {statuses:?}"
     );
-    let late = send(&client(), "POST", &format!("{base}/checkout"), &[], "{}").await;
+    let late = c.admit("{}").await;
     assert_eq!(late.status, 410);
     assert_eq!(late.json()["code"], "sold_out");
-    gw.shutdown();
-    gw.wait().await;
 }
 
 /// Early arrivals in the pre-queue window are admitted, nothing is sent
@@ -357,8 +291,8 @@ async fn upstream_sold_out_fails_the_waiting_tickets_fast() {
 /// of anyone who arrived after the opening.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prequeued_tickets_are_served_in_a_shuffled_order() {
-    let redis = RedisServer::start();
-    let upstream = MockUpstream::start(Behaviour::default()).await;
+    let redis = Redis::start();
+    let upstream = MockUpstream::start().await;
     let now = SystemTime::now();
     let opens = now + Duration::from_secs(3);
     let toml = format!(
@@ -366,20 +300,17 @@ async fn prequeued_tickets_are_served_in_a_shuffled_order() {
         humantime::format_rfc3339(now - Duration::from_secs(60)),
         humantime::format_rfc3339(opens)
     );
-    let gw = gateway(config(&toml, &upstream.url(), Some(&redis.url()))).await;
-    let base = format!("http://{}", gw.public_addr);
-    let c = client();
+    let gw = Gateway::builder()
+        .toml(&toml)
+        .upstream(&upstream)
+        .redis(&redis)
+        .start()
+        .await;
+    let c = gw.client();
     let mut early = Vec::new();
     for i in 0..30 {
-        let a = send(
-            &c,
-            "POST",
-            &format!("{base}/checkout"),
-            &[],
-            format!("{{\"n\":{i}}}"),
-        )
-        .await;
-        assert_eq!(a.status, 202, "{}", String::from_utf8_lossy(&a.body));
+        let a = c.admit(format!("{{\"n\":{i}}}")).await;
+        assert_eq!(a.status, 202, "{}", a.text());
         let v = a.json();
         assert!(
             v.get("position").is_none(),
@@ -397,12 +328,12 @@ async fn prequeued_tickets_are_served_in_a_shuffled_order() {
     if let Ok(left) = opens.duration_since(SystemTime::now()) {
         tokio::time::sleep(left + Duration::from_millis(50)).await;
     }
-    let a = send(&c, "POST", &format!("{base}/checkout"), &[], "{\"late\":1}").await;
+    let a = c.admit("{\"late\":1}").await;
     assert_eq!(a.status, 202);
-    let late = a.json()["ticket"].as_str().unwrap().to_string();
+    let late = a.ticket();
     for t in early.iter().chain([&late]) {
         assert_eq!(
-            until_terminal(&base, t, Duration::from_secs(20)).await["status"],
+            c.until_terminal(t, Duration::from_secs(20)).await["status"],
             "completed"
         );
     }
@@ -423,18 +354,20 @@ async fn prequeued_tickets_are_served_in_a_shuffled_order() {
         late_at >= 30,
         "a ticket admitted after the opening went ahead of pre-queued ones"
     );
-    gw.shutdown();
-    gw.wait().await;
 }
 
 /// `flashgate admin` drives the same API from a terminal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_subcommand_turns_the_knobs() {
-    let upstream = MockUpstream::start(Behaviour::default()).await;
-    let gw = gateway(config("admin_token = \"t0ken\"\n", &upstream.url(), None)).await;
+    let upstream = MockUpstream::start().await;
+    let gw = Gateway::builder()
+        .toml("admin_token = \"t0ken\"\n")
+        .upstream(&upstream)
+        .start()
+        .await;
     let url = format!("http://{}", gw.admin_addr);
     let admin = move |args: &[&str]| {
-        let out = common::process::flashgate()
+        let out = flashgate()
             .args(["admin", "--url", &url, "--token", "t0ken"])
             .args(args)
             .output()
@@ -474,6 +407,4 @@ async fn the_admin_subcommand_turns_the_knobs() {
         .unwrap();
     assert_eq!(code, Some(1));
     assert!(err.contains("nothing to change"), "{err}");
-    gw.shutdown();
-    gw.wait().await;
 }

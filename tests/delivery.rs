@@ -1,48 +1,25 @@
 //! End to end: admission → ticket → governed drain → upstream → completed,
-//! on both queue backends, with a real redis-server and real HTTP.
+//! on every queue backend, with a real redis-server and real HTTP.
 
-mod common;
+mod support;
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
-use flashgate::Gateway;
+use support::*;
 
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Redis,
-    Embedded,
-}
-
-struct Setup {
-    redis: Option<RedisServer>,
-    upstream: MockUpstream,
-    gateway: Gateway,
-    base: String,
-}
-
-async fn setup(backend: Backend, toml: &str, behaviour: Behaviour) -> Setup {
-    let redis = matches!(backend, Backend::Redis).then(RedisServer::start);
-    let upstream = MockUpstream::start(behaviour).await;
-    let url = redis.as_ref().map(|r| r.url());
-    let gateway = gateway(config(toml, &upstream.url(), url.as_deref())).await;
-    let base = format!("http://{}", gateway.public_addr);
-    Setup {
-        redis,
-        upstream,
-        gateway,
-        base,
-    }
-}
-
-async fn admit_many(base: &str, n: usize, concurrency: usize) -> Vec<(usize, serde_json::Value)> {
-    let client = client();
+/// Admits `n` checkouts from `concurrency` clients at once, each answered
+/// 202 with its ticket's Location and a Retry-After.
+async fn admit_concurrently(
+    c: &Client,
+    n: usize,
+    concurrency: usize,
+) -> Vec<(usize, serde_json::Value)> {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
-        let (client, next, base) = (client.clone(), next.clone(), base.to_string());
+        let (c, next) = (c.clone(), next.clone());
         tasks.push(tokio::spawn(async move {
             let mut out = Vec::new();
             loop {
@@ -50,20 +27,20 @@ async fn admit_many(base: &str, n: usize, concurrency: usize) -> Vec<(usize, ser
                 if i >= n {
                     return out;
                 }
-                let a = send(
-                    &client,
-                    "POST",
-                    &format!("{base}/checkout?item={i}&src=test"),
-                    &[
-                        ("content-type", "application/json"),
-                        ("x-customer", &format!("c{i}")),
-                        ("connection", "keep-alive, x-hop"),
-                        ("x-hop", "must not reach the upstream"),
-                    ],
-                    format!(r#"{{"sku":"sneaker","n":{i}}}"#),
-                )
-                .await;
-                assert_eq!(a.status, 202, "{}", String::from_utf8_lossy(&a.body));
+                let a = c
+                    .send(
+                        "POST",
+                        &format!("/checkout?item={i}&src=test"),
+                        &[
+                            ("content-type", "application/json"),
+                            ("x-customer", &format!("c{i}")),
+                            ("connection", "keep-alive, x-hop"),
+                            ("x-hop", "must not reach the upstream"),
+                        ],
+                        format!(r#"{{"sku":"sneaker","n":{i}}}"#),
+                    )
+                    .await;
+                assert_eq!(a.status, 202, "{}", a.text());
                 let v = a.json();
                 assert_eq!(
                     a.header("location"),
@@ -82,14 +59,17 @@ async fn admit_many(base: &str, n: usize, concurrency: usize) -> Vec<(usize, ser
 }
 
 async fn burst_is_delivered_exactly_once_intact(backend: Backend) {
-    let s = setup(
-        backend,
-        "drain_rate = 500\nmax_in_flight = 16\n",
-        Behaviour::default(),
-    )
-    .await;
+    let upstream = MockUpstream::start().await;
+    let toml = "drain_rate = 500\nmax_in_flight = 16\n";
+    let gw = Gateway::builder()
+        .backend(backend)
+        .toml(toml)
+        .upstream(&upstream)
+        .start()
+        .await;
+    let c = gw.client();
     let n = 120;
-    let admitted = admit_many(&s.base, n, 24).await;
+    let admitted = admit_concurrently(&c, n, 24).await;
     assert_eq!(admitted.len(), n);
     let tickets: HashSet<&str> = admitted
         .iter()
@@ -104,7 +84,7 @@ async fn burst_is_delivered_exactly_once_intact(backend: Backend) {
 
     for (i, v) in &admitted {
         let ticket = v["ticket"].as_str().unwrap();
-        let done = until_terminal(&s.base, ticket, Duration::from_secs(30)).await;
+        let done = c.until_terminal(ticket, Duration::from_secs(30)).await;
         assert_eq!(done["status"], "completed", "{done}");
         assert_eq!(done["attempts"], 1);
         assert!(done["completed_at"].as_str().unwrap().ends_with('Z'));
@@ -121,7 +101,7 @@ async fn burst_is_delivered_exactly_once_intact(backend: Backend) {
         assert_eq!(body["path"], format!("/checkout?item={i}&src=test"));
     }
 
-    let by_key = s.upstream.by_key();
+    let by_key = upstream.by_key();
     assert_eq!(by_key.len(), n, "each ticket reached the upstream");
     for (i, v) in &admitted {
         let ticket = v["ticket"].as_str().unwrap();
@@ -147,41 +127,34 @@ async fn burst_is_delivered_exactly_once_intact(backend: Backend) {
             "Connection-named header forwarded"
         );
     }
-    s.gateway.shutdown();
-    s.gateway.wait().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_burst_is_delivered_exactly_once_intact() {
-    burst_is_delivered_exactly_once_intact(Backend::Redis).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn embedded_burst_is_delivered_exactly_once_intact() {
-    burst_is_delivered_exactly_once_intact(Backend::Embedded).await;
-}
+backends!(burst_is_delivered_exactly_once_intact);
 
 /// The upstream never sees more than the drain rate nor more than
 /// max-in-flight at once. Only upper bounds are asserted: a slow machine can
 /// make the drain slower, never faster.
 async fn drain_respects_rate_and_concurrency(backend: Backend) {
     let rate = 40.0;
-    let behaviour = Behaviour {
-        latency: Duration::from_millis(60),
-        ..Behaviour::default()
-    };
-    let s = setup(backend, "drain_rate = 40\nmax_in_flight = 2\n", behaviour).await;
-    let n = 50;
-    let admitted = admit_many(&s.base, n, 10).await;
-    for (_, v) in &admitted {
-        until_terminal(
-            &s.base,
-            v["ticket"].as_str().unwrap(),
-            Duration::from_secs(60),
-        )
+    let upstream = MockUpstream::builder()
+        .latency(Duration::from_millis(60))
+        .start()
         .await;
+    let toml = "drain_rate = 40\nmax_in_flight = 2\n";
+    let gw = Gateway::builder()
+        .backend(backend)
+        .toml(toml)
+        .upstream(&upstream)
+        .start()
+        .await;
+    let c = gw.client();
+    let n = 50;
+    let admitted = admit_concurrently(&c, n, 10).await;
+    for (_, v) in &admitted {
+        c.until_terminal(v["ticket"].as_str().unwrap(), Duration::from_secs(60))
+            .await;
     }
-    let mut times: Vec<_> = s.upstream.received().iter().map(|r| r.at).collect();
+    let mut times: Vec<_> = upstream.received().iter().map(|r| r.at).collect();
     times.sort();
     assert_eq!(times.len(), n);
     let span = times[n - 1].duration_since(times[0]).as_secs_f64();
@@ -192,38 +165,34 @@ async fn drain_respects_rate_and_concurrency(backend: Backend) {
         "observed {observed:.1}/s over a limit of {rate}/s"
     );
     assert!(
-        s.upstream.max_in_flight() <= 2,
+        upstream.max_in_flight() <= 2,
         "max in flight {}",
-        s.upstream.max_in_flight()
+        upstream.max_in_flight()
     );
-    s.gateway.shutdown();
-    s.gateway.wait().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_drain_respects_rate_and_concurrency() {
-    drain_respects_rate_and_concurrency(Backend::Redis).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn embedded_drain_respects_rate_and_concurrency() {
-    drain_respects_rate_and_concurrency(Backend::Embedded).await;
-}
+backends!(drain_respects_rate_and_concurrency);
 
 async fn retries_keep_the_idempotency_key(backend: Backend) {
-    let behaviour = Behaviour {
-        fail_first: 2,
-        fail_status: 503,
-        ..Behaviour::default()
-    };
-    let s = setup(backend, "drain_rate = 200\n", behaviour).await;
-    let admitted = admit_many(&s.base, 3, 3).await;
+    let upstream = MockUpstream::builder()
+        .fail_first(2)
+        .fail_status(503)
+        .start()
+        .await;
+    let gw = Gateway::builder()
+        .backend(backend)
+        .toml("drain_rate = 200\n")
+        .upstream(&upstream)
+        .start()
+        .await;
+    let c = gw.client();
+    let admitted = admit_concurrently(&c, 3, 3).await;
     for (_, v) in &admitted {
         let ticket = v["ticket"].as_str().unwrap();
-        let done = until_terminal(&s.base, ticket, Duration::from_secs(30)).await;
+        let done = c.until_terminal(ticket, Duration::from_secs(30)).await;
         assert_eq!(done["status"], "completed", "{done}");
         assert_eq!(done["attempts"], 3);
-        let got = &s.upstream.by_key()[ticket];
+        let got = &upstream.by_key()[ticket];
         let attempts: Vec<&str> = got
             .iter()
             .map(|r| r.header("x-flashgate-attempt"))
@@ -231,91 +200,98 @@ async fn retries_keep_the_idempotency_key(backend: Backend) {
         assert_eq!(attempts, ["1", "2", "3"]);
         assert!(got.iter().all(|r| r.header("x-flashgate-ticket") == ticket));
     }
-    s.gateway.shutdown();
-    s.gateway.wait().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_retries_keep_the_idempotency_key() {
-    retries_keep_the_idempotency_key(Backend::Redis).await;
-}
+backends!(retries_keep_the_idempotency_key);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn embedded_retries_keep_the_idempotency_key() {
-    retries_keep_the_idempotency_key(Backend::Embedded).await;
+/// The Redis keys of the checkout queue's `what` (`stream`, `dead`): one,
+/// or one per partition.
+fn keys(backend: Backend, what: &str) -> Vec<String> {
+    match backend {
+        Backend::Partitioned => (0..3)
+            .map(|p| format!("flashgate:{{checkout:{p}}}:{what}"))
+            .collect(),
+        _ => vec![format!("flashgate:{{checkout}}:{what}")],
+    }
 }
 
 async fn exhausted_attempts_fail_and_dead_letter(backend: Backend) {
-    let behaviour = Behaviour {
-        fail_first: u32::MAX,
-        fail_status: 502,
-        ..Behaviour::default()
-    };
-    let s = setup(backend, "drain_rate = 200\nmax_attempts = 2\n", behaviour).await;
-    let admitted = admit_many(&s.base, 1, 1).await;
+    let upstream = MockUpstream::builder()
+        .fail_always()
+        .fail_status(502)
+        .start()
+        .await;
+    let gw = Gateway::builder()
+        .backend(backend)
+        .toml("drain_rate = 200\nmax_attempts = 2\n")
+        .upstream(&upstream)
+        .start()
+        .await;
+    let c = gw.client();
+    let admitted = admit_concurrently(&c, 1, 1).await;
     let ticket = admitted[0].1["ticket"].as_str().unwrap();
-    let done = until_terminal(&s.base, ticket, Duration::from_secs(30)).await;
+    let done = c.until_terminal(ticket, Duration::from_secs(30)).await;
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(done["error"]["code"], "upstream_unavailable");
     assert!(done.get("response").is_none());
-    assert_eq!(s.upstream.by_key()[ticket].len(), 2);
-    if let Some(redis) = &s.redis {
-        let mut c = redis.conn().await;
-        let dead: Vec<redis::Value> = redis::cmd("XRANGE")
-            .arg("flashgate:{checkout}:dead")
-            .arg("-")
-            .arg("+")
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        assert_eq!(dead.len(), 1);
-        let len: u64 = redis::cmd("XLEN")
-            .arg("flashgate:{checkout}:stream")
-            .query_async(&mut c)
-            .await
-            .unwrap();
+    assert_eq!(upstream.by_key()[ticket].len(), 2);
+    if let Some(redis) = gw.redis() {
+        let mut conn = redis.conn().await;
+        let mut dead = 0;
+        for key in keys(backend, "dead") {
+            let entries: Vec<redis::Value> = redis::cmd("XRANGE")
+                .arg(key)
+                .arg("-")
+                .arg("+")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            dead += entries.len();
+        }
+        assert_eq!(dead, 1);
+        let mut len = 0;
+        for key in keys(backend, "stream") {
+            let n: u64 = redis::cmd("XLEN")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            len += n;
+        }
         assert_eq!(len, 0, "dead-lettered entry left in the work stream");
     }
-    let metrics = get(&format!("http://{}/metrics", s.gateway.admin_addr)).await;
-    let text = String::from_utf8_lossy(&metrics.body);
+    let text = c.metrics().await;
     assert!(
         text.contains(r#"flashgate_dispatches_total{outcome="dead_lettered",queue="checkout"} 1"#),
         "{text}"
     );
-    s.gateway.shutdown();
-    s.gateway.wait().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_exhausted_attempts_fail_and_dead_letter() {
-    exhausted_attempts_fail_and_dead_letter(Backend::Redis).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn embedded_exhausted_attempts_fail_and_dead_letter() {
-    exhausted_attempts_fail_and_dead_letter(Backend::Embedded).await;
-}
+backends!(exhausted_attempts_fail_and_dead_letter);
 
 /// A final non-2xx answer is the ticket's response, not a failure, and a
 /// binary body comes back base64-encoded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_answers_are_base64_in_the_ticket() {
-    let behaviour = Behaviour {
-        body: Some(bytes::Bytes::from_static(&[0xde, 0xad, 0xbe, 0xef])),
-        ..Behaviour::default()
-    };
-    let s = setup(Backend::Redis, "", behaviour).await;
-    let admitted = admit_many(&s.base, 1, 1).await;
-    let done = until_terminal(
-        &s.base,
-        admitted[0].1["ticket"].as_str().unwrap(),
-        Duration::from_secs(20),
-    )
-    .await;
+    let upstream = MockUpstream::builder()
+        .body(bytes::Bytes::from_static(&[0xde, 0xad, 0xbe, 0xef]))
+        .start()
+        .await;
+    let gw = Gateway::builder()
+        .backend(Backend::Redis)
+        .upstream(&upstream)
+        .start()
+        .await;
+    let c = gw.client();
+    let admitted = admit_concurrently(&c, 1, 1).await;
+    let done = c
+        .until_terminal(
+            admitted[0].1["ticket"].as_str().unwrap(),
+            Duration::from_secs(20),
+        )
+        .await;
     assert_eq!(done["response"]["body_encoding"], "base64");
     assert_eq!(done["response"]["body"], "3q2+7w==");
-    s.gateway.shutdown();
-    s.gateway.wait().await;
 }
 
 /// Position and ETA count the tickets ahead, from counters; polls while
@@ -324,23 +300,26 @@ async fn binary_answers_are_base64_in_the_ticket() {
 async fn queued_tickets_show_position_and_eta() {
     // One request per 10 s: the first ticket is dispatched at once, the
     // next ones wait for their permits long after this test has looked.
-    let s = setup(Backend::Redis, "drain_rate = 0.1\n", Behaviour::default()).await;
-    let first = admit_many(&s.base, 1, 1).await.remove(0).1;
-    until_terminal(
-        &s.base,
-        first["ticket"].as_str().unwrap(),
-        Duration::from_secs(20),
-    )
-    .await;
+    let upstream = MockUpstream::start().await;
+    let gw = Gateway::builder()
+        .backend(Backend::Redis)
+        .toml("drain_rate = 0.1\n")
+        .upstream(&upstream)
+        .start()
+        .await;
+    let c = gw.client();
+    let first = admit_concurrently(&c, 1, 1).await.remove(0).1;
+    c.until_terminal(first["ticket"].as_str().unwrap(), Duration::from_secs(20))
+        .await;
     let mut tickets = Vec::new();
     for expected in 0..3u64 {
-        let t = admit_many(&s.base, 1, 1).await.remove(0).1;
+        let t = admit_concurrently(&c, 1, 1).await.remove(0).1;
         assert_eq!(t["position"], expected, "{t}");
         assert_eq!(t["eta_seconds"], expected as f64 * 10.0, "{t}");
         tickets.push(t);
     }
     let last = tickets[2]["ticket"].as_str().unwrap();
-    let poll = get(&format!("{}/tickets/{last}", s.base)).await;
+    let poll = c.poll(last).await;
     assert_eq!(poll.status, 200);
     let v = poll.json();
     assert_eq!(v["status"], "queued");
@@ -351,7 +330,7 @@ async fn queued_tickets_show_position_and_eta() {
     assert!(v["completed_at"].is_null());
     assert!(v.get("response").is_none() && v.get("error").is_none());
 
-    let redis = s.redis.as_ref().unwrap();
+    let redis = gw.redis().unwrap();
     let mut c = redis.conn().await;
     let ty: String = redis::cmd("TYPE")
         .arg("flashgate:{checkout}:stream")
@@ -378,6 +357,4 @@ async fn queued_tickets_show_position_and_eta() {
         .await
         .unwrap();
     assert_eq!(groups.len(), 1);
-    s.gateway.shutdown();
-    s.gateway.wait().await;
 }

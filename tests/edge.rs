@@ -4,114 +4,19 @@
 //! ticket whatever would refuse a new request, and `OPTIONS` says exactly
 //! what a path allows.
 
-mod common;
+mod support;
 
 use std::time::{Duration, SystemTime};
 
-use common::{config, gateway, Behaviour, MockUpstream};
+use support::raw::Conn;
+use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const WAIT: Duration = Duration::from_secs(10);
 
 /// A path with a ticket's shape (48 base64url characters), not a real one.
 static SHAPED: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| format!("/tickets/{}", "A".repeat(48)));
-
-/// One HTTP/1.1 connection, used request after request.
-struct Conn {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-/// One answer read off a [`Conn`].
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    head: String,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().skip(1).find_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-        })
-    }
-
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_default()
-    }
-}
-
-impl Conn {
-    async fn open(addr: std::net::SocketAddr) -> Conn {
-        Conn {
-            stream: TcpStream::connect(addr).await.unwrap(),
-            buf: Vec::new(),
-        }
-    }
-
-    /// Sends `request` and reads one answer (Content-Length framed, as
-    /// every answer of these routes is).
-    async fn ask(&mut self, request: &str) -> std::io::Result<Reply> {
-        self.stream.write_all(request.as_bytes()).await?;
-        tokio::time::timeout(WAIT, self.read_reply())
-            .await
-            .map_err(|_| std::io::Error::other("no answer in time"))?
-    }
-
-    async fn read_reply(&mut self) -> std::io::Result<Reply> {
-        let end = loop {
-            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            self.fill().await?;
-        };
-        let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let mut reply = Reply {
-            status,
-            head,
-            body: Vec::new(),
-        };
-        let len: usize = reply
-            .header("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        while self.buf.len() < end + len {
-            self.fill().await?;
-        }
-        reply.body = self.buf[end..end + len].to_vec();
-        self.buf.drain(..end + len);
-        Ok(reply)
-    }
-
-    async fn fill(&mut self) -> std::io::Result<()> {
-        let mut chunk = [0u8; 4096];
-        match self.stream.read(&mut chunk).await? {
-            0 => Err(std::io::ErrorKind::UnexpectedEof.into()),
-            n => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                Ok(())
-            }
-        }
-    }
-
-    /// Whether the server closed the connection (EOF within the wait).
-    async fn closed(&mut self) -> bool {
-        let mut byte = [0u8; 1];
-        matches!(
-            tokio::time::timeout(WAIT, self.stream.read(&mut byte)).await,
-            Ok(Ok(0) | Err(_))
-        )
-    }
-}
 
 fn post(path: &str, headers: &str, body: &str) -> String {
     format!(
@@ -126,7 +31,7 @@ fn rfc3339(t: SystemTime) -> String {
 
 /// Three queues whose refusals differ: `/checkout` (client rate 1, burst 2,
 /// body limit 1 KiB), `/later` (opens in an hour), `/over` (closed).
-fn three_queues(upstream: &str) -> flashgate::Config {
+async fn three_queues(upstream: &MockUpstream) -> Gateway {
     let now = SystemTime::now();
     let toml = format!(
         "client_key = \"header:x-client\"\nclient_rate = 1\nclient_burst = 2\nmax_body = \"1KiB\"\n\
@@ -138,14 +43,18 @@ fn three_queues(upstream: &str) -> flashgate::Config {
         rfc3339(now - Duration::from_secs(7200)),
         rfc3339(now - Duration::from_secs(3600)),
     );
-    config(&toml, upstream, None)
+    Gateway::builder()
+        .toml(&toml)
+        .upstream(upstream)
+        .start()
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_early_refusal_leaves_a_keep_alive_connection_usable() {
-    let upstream = MockUpstream::start(Behaviour::default()).await;
-    let gw = gateway(three_queues(&upstream.url())).await;
-    let mut conn = Conn::open(gw.public_addr).await;
+    let upstream = MockUpstream::start().await;
+    let gw = three_queues(&upstream).await;
+    let mut conn = Conn::open(gw.public_addr, WAIT).await;
     let body = r#"{"sku":"sneaker-42"}"#;
     let mine = "X-Client: a\r\n";
     // The client's two admissions of its burst.
@@ -211,16 +120,14 @@ async fn every_early_refusal_leaves_a_keep_alive_connection_usable() {
         ));
     }
     println!("{}", table.join("\n"));
-    gw.shutdown();
-    gw.wait().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_that_cannot_read_the_body_say_connection_close() {
-    let upstream = MockUpstream::start(Behaviour::default()).await;
-    let gw = gateway(three_queues(&upstream.url())).await;
+    let upstream = MockUpstream::start().await;
+    let gw = three_queues(&upstream).await;
     // Declared far over the limit: not read, and the answer says so.
-    let mut conn = Conn::open(gw.public_addr).await;
+    let mut conn = Conn::open(gw.public_addr, WAIT).await;
     let big =
         "POST /checkout HTTP/1.1\r\nHost: shop\r\nX-Client: a\r\nContent-Length: 10000000\r\n\r\n";
     let r = conn.ask(big).await.unwrap();
@@ -231,24 +138,26 @@ async fn refusals_that_cannot_read_the_body_say_connection_close() {
         "the connection is closed after the 413"
     );
     // Expect: 100-continue on a refused request: the body is never asked for.
-    let mut conn = Conn::open(gw.public_addr).await;
+    let mut conn = Conn::open(gw.public_addr, WAIT).await;
     let expect =
         "POST /over HTTP/1.1\r\nHost: shop\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n";
     let r = conn.ask(expect).await.unwrap();
     assert_eq!(r.status, 410);
     assert_eq!(r.header("connection"), Some("close"));
     assert!(conn.closed().await);
-    gw.shutdown();
-    gw.wait().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotent_retry_meets_its_ticket_whatever_would_refuse_a_new_request() {
-    let upstream = MockUpstream::start(Behaviour::default()).await;
+    let upstream = MockUpstream::start().await;
     let toml =
         "client_key = \"header:x-client\"\nclient_rate = 1\nclient_burst = 1\ndrain_rate = 1000\n";
-    let gw = gateway(config(toml, &upstream.url(), None)).await;
-    let mut conn = Conn::open(gw.public_addr).await;
+    let gw = Gateway::builder()
+        .toml(toml)
+        .upstream(&upstream)
+        .start()
+        .await;
+    let mut conn = Conn::open(gw.public_addr, WAIT).await;
     let keyed = "X-Client: a\r\nIdempotency-Key: order-1\r\n";
     let first = conn.ask(&post("/checkout", keyed, "{}")).await.unwrap();
     assert_eq!(first.status, 202);
@@ -264,16 +173,7 @@ async fn an_idempotent_retry_meets_its_ticket_whatever_would_refuse_a_new_reques
     assert_eq!(retry.json()["ticket"], ticket.as_str());
     assert_eq!(retry.header("idempotent-replayed"), Some("true"));
     // The sale closes: the retry still meets its ticket, a new key does not.
-    let admin = format!("http://{}/admin/queues/checkout", gw.admin_addr);
-    let answer = common::send(
-        &common::client(),
-        "PATCH",
-        &admin,
-        &[("content-type", "application/json")],
-        r#"{"open": false}"#,
-    )
-    .await;
-    assert_eq!(answer.status, 200);
+    gw.client().patch_knobs(r#"{"open": false}"#).await;
     let retry = conn.ask(&post("/checkout", keyed, "{}")).await.unwrap();
     assert_eq!(retry.status, 200, "{}", retry.head);
     assert_eq!(retry.json()["ticket"], ticket.as_str());
@@ -291,27 +191,24 @@ async fn an_idempotent_retry_meets_its_ticket_whatever_would_refuse_a_new_reques
         .await
         .unwrap();
     assert_eq!(changed.status, 410);
-    gw.shutdown();
-    gw.wait().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_cannot_forge_gateway_headers_or_smuggle_underscores() {
-    let upstream = MockUpstream::start(Behaviour::default()).await;
-    let gw = gateway(config(
-        "drain_rate = 1000\npassthrough = true\n",
-        &upstream.url(),
-        None,
-    ))
-    .await;
-    let mut conn = Conn::open(gw.public_addr).await;
+    let upstream = MockUpstream::start().await;
+    let gw = Gateway::builder()
+        .toml("drain_rate = 1000\npassthrough = true\n")
+        .upstream(&upstream)
+        .start()
+        .await;
+    let mut conn = Conn::open(gw.public_addr, WAIT).await;
     let forged = "X-Flashgate-Ticket: forged\r\nX-Flashgate-Attempt: 9\r\nX_Forwarded_For: 6.6.6.6\r\n\
                   Idempotency_Key: k\r\nTransfer_Encoding: chunked\r\nForwarded: for=6.6.6.6\r\nX-Kept: 1\r\n";
     let queued = conn.ask(&post("/checkout", forged, "{}")).await.unwrap();
     assert_eq!(queued.status, 202);
     let passed = conn.ask(&post("/elsewhere", forged, "{}")).await.unwrap();
     assert_eq!(passed.status, 201);
-    let got = common::eventually(WAIT, "both requests upstream", || async {
+    let got = eventually(WAIT, "both requests upstream", || async {
         let got = upstream.received();
         (got.len() == 2).then_some(got)
     })
@@ -337,17 +234,15 @@ async fn clients_cannot_forge_gateway_headers_or_smuggle_underscores() {
     let proxied = got.iter().find(|r| r.path == "/elsewhere").unwrap();
     assert!(proxied.headers.get("x-flashgate-ticket").is_none());
     assert!(proxied.headers.get("x-flashgate-attempt").is_none());
-    gw.shutdown();
-    gw.wait().await;
+    gw.stop().await;
 
     // With `underscore_headers = "reject"` such a request is refused.
-    let gw = gateway(config(
-        "underscore_headers = \"reject\"\n",
-        &upstream.url(),
-        None,
-    ))
-    .await;
-    let mut conn = Conn::open(gw.public_addr).await;
+    let gw = Gateway::builder()
+        .toml("underscore_headers = \"reject\"\n")
+        .upstream(&upstream)
+        .start()
+        .await;
+    let mut conn = Conn::open(gw.public_addr, WAIT).await;
     let r = conn
         .ask(&post("/checkout", "X_Client: a\r\n", "{}"))
         .await
@@ -358,16 +253,18 @@ async fn clients_cannot_forge_gateway_headers_or_smuggle_underscores() {
         conn.ask(&post("/checkout", "", "{}")).await.unwrap().status,
         202
     );
-    gw.shutdown();
-    gw.wait().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn options_says_what_a_path_allows_and_asterisk_form_is_answered_by_the_gateway() {
-    let upstream = MockUpstream::start(Behaviour::default()).await;
+    let upstream = MockUpstream::start().await;
     let toml = "cors_origins = [\"https://shop.example\"]\n";
-    let gw = gateway(config(toml, &upstream.url(), None)).await;
-    let mut conn = Conn::open(gw.public_addr).await;
+    let gw = Gateway::builder()
+        .toml(toml)
+        .upstream(&upstream)
+        .start()
+        .await;
+    let mut conn = Conn::open(gw.public_addr, WAIT).await;
     let options =
         |path: &str, extra: &str| format!("OPTIONS {path} HTTP/1.1\r\nHost: shop\r\n{extra}\r\n");
     let cases = [
@@ -410,50 +307,37 @@ async fn options_says_what_a_path_allows_and_asterisk_form_is_answered_by_the_ga
         .unwrap();
     assert_eq!(r.status, 400);
     assert!(upstream.received().is_empty());
-    gw.shutdown();
-    gw.wait().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wait_that_ends_in_failure_says_why_instead_of_202() {
     // Sold out upstream: every order answered 410, which the queue treats
     // as sold out; and one that is never delivered (503, one attempt).
-    let sold = MockUpstream::start(Behaviour {
-        fail_first: 100,
-        fail_status: 410,
-        ..Behaviour::default()
-    })
-    .await;
+    let sold = MockUpstream::builder()
+        .fail_first(100)
+        .fail_status(410)
+        .start()
+        .await;
     // The first order is answered 410 and flips the queue to sold out; the
     // second, waiting behind it, then fails unsent while its client waits.
     let toml = "drain_rate = 5\nmax_in_flight = 1\nsold_out_statuses = [410]\n";
-    let gw = gateway(config(toml, &sold.url(), None)).await;
-    let admin = format!("http://{}/admin/queues", gw.admin_addr);
-    let http = common::client();
-    let patch = |body: &'static str| {
-        let (http, url) = (http.clone(), format!("{admin}/checkout"));
-        async move {
-            let json = [("content-type", "application/json")];
-            let answer = common::send(&http, "PATCH", &url, &json, body).await;
-            assert_eq!(answer.status, 200);
-        }
-    };
-    patch(r#"{"paused": true}"#).await;
-    let mut first = Conn::open(gw.public_addr).await;
+    let gw = Gateway::builder().toml(toml).upstream(&sold).start().await;
+    let c = gw.client();
+    c.patch_knobs(r#"{"paused": true}"#).await;
+    let mut first = Conn::open(gw.public_addr, WAIT).await;
     let r = first.ask(&post("/checkout", "", "{}")).await.unwrap();
     assert_eq!(r.status, 202);
     let public = gw.public_addr;
     let waiting = tokio::spawn(async move {
-        let mut conn = Conn::open(public).await;
+        let mut conn = Conn::open(public, WAIT).await;
         let wait = post("/checkout", "Prefer: wait=10\r\n", "{}");
         conn.ask(&wait).await.unwrap()
     });
-    common::eventually(WAIT, "two queued", || async {
-        let q = common::get(&admin).await.json();
-        (q["queues"][0]["depth"] == 2).then_some(())
+    eventually(WAIT, "two queued", || async {
+        (c.queue().await["depth"] == 2).then_some(())
     })
     .await;
-    patch(r#"{"paused": false}"#).await;
+    c.patch_knobs(r#"{"paused": false}"#).await;
     let r = waiting.await.unwrap();
     assert_eq!(r.status, 410, "{}", r.head);
     assert_eq!(r.json()["code"], "sold_out");
@@ -462,26 +346,22 @@ async fn a_wait_that_ends_in_failure_says_why_instead_of_202() {
     let ticket = r.header("x-flashgate-ticket").unwrap().to_string();
     let location = format!("/tickets/{ticket}");
     assert_eq!(r.header("location"), Some(location.as_str()));
-    gw.shutdown();
-    gw.wait().await;
+    gw.stop().await;
 
-    let down = MockUpstream::start(Behaviour {
-        fail_first: 100,
-        fail_status: 503,
-        ..Behaviour::default()
-    })
-    .await;
+    let down = MockUpstream::builder()
+        .fail_first(100)
+        .fail_status(503)
+        .start()
+        .await;
     let toml = "drain_rate = 1000\nmax_attempts = 1\n";
-    let gw = gateway(config(toml, &down.url(), None)).await;
-    let mut conn = Conn::open(gw.public_addr).await;
+    let gw = Gateway::builder().toml(toml).upstream(&down).start().await;
+    let mut conn = Conn::open(gw.public_addr, WAIT).await;
     let r = conn
         .ask(&post("/checkout", "Prefer: wait=5\r\n", "{}"))
         .await
         .unwrap();
     assert_eq!(r.status, 502, "{}", r.head);
     assert_eq!(r.json()["code"], "bad_gateway");
-    gw.shutdown();
-    gw.wait().await;
 }
 
 /// An upstream that answers every request in HTTP/1.0 and closes.
@@ -512,8 +392,12 @@ async fn http10_upstream() -> std::net::SocketAddr {
 async fn passthrough_answers_in_its_own_http_version() {
     let upstream = http10_upstream().await;
     let toml = "passthrough = true\n";
-    let gw = gateway(config(toml, &format!("http://{upstream}"), None)).await;
-    let mut conn = Conn::open(gw.public_addr).await;
+    let gw = Gateway::builder()
+        .toml(toml)
+        .upstream(&format!("http://{upstream}"))
+        .start()
+        .await;
+    let mut conn = Conn::open(gw.public_addr, WAIT).await;
     for _ in 0..2 {
         let r = conn
             .ask("GET /catalogue HTTP/1.1\r\nHost: shop\r\n\r\n")
@@ -523,37 +407,33 @@ async fn passthrough_answers_in_its_own_http_version() {
         assert!(r.head.starts_with("HTTP/1.1 200"), "{}", r.head);
         assert_eq!(r.body, b"ok");
     }
-    gw.shutdown();
-    gw.wait().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_passthrough_request_whose_client_left_is_still_counted() {
-    let upstream = MockUpstream::start(Behaviour {
-        latency: Duration::from_secs(2),
-        ..Behaviour::default()
-    })
-    .await;
-    let gw = gateway(config("passthrough = true\n", &upstream.url(), None)).await;
-    let mut conn = Conn::open(gw.public_addr).await;
+    let upstream = MockUpstream::builder()
+        .latency(Duration::from_secs(2))
+        .start()
+        .await;
+    let gw = Gateway::builder()
+        .toml("passthrough = true\n")
+        .upstream(&upstream)
+        .start()
+        .await;
+    let mut conn = Conn::open(gw.public_addr, WAIT).await;
     conn.stream
         .write_all(b"GET /slow HTTP/1.1\r\nHost: shop\r\n\r\n")
         .await
         .unwrap();
-    common::eventually(WAIT, "the request upstream", || async {
+    eventually(WAIT, "the request upstream", || async {
         (!upstream.received().is_empty()).then_some(())
     })
     .await;
     drop(conn);
-    let metrics = format!("http://{}/metrics", gw.admin_addr);
+    let c = gw.client();
     let line = r#"flashgate_http_requests_total{code="499",route="passthrough"} 1"#;
-    common::eventually(WAIT, "the 499 counted", || async {
-        let text = common::get(&metrics).await;
-        String::from_utf8_lossy(&text.body)
-            .contains(line)
-            .then_some(())
+    eventually(WAIT, "the 499 counted", || async {
+        c.metrics().await.contains(line).then_some(())
     })
     .await;
-    gw.shutdown();
-    gw.wait().await;
 }

@@ -2,14 +2,13 @@
 //! redis-server with AOF, a recording mock upstream. Every test ends by
 //! checking that each ticket answered 202 reached the upstream and finished.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::process::{admit, outcome, signal, GatewayProcess};
-use common::*;
+use support::*;
 
-fn report(fault: &str, o: &process::Outcome) {
+fn report(fault: &str, o: &Outcome) {
     println!(
         "fault report: {fault}: admitted {}, completed {}, failed {}, lost {}, redelivered {}",
         o.admitted, o.completed, o.failed, o.lost, o.redelivered
@@ -20,16 +19,18 @@ fn report(fault: &str, o: &process::Outcome) {
 /// entries it held are redelivered, the rest drained.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_killed_mid_drain_then_restarted() {
-    let redis = RedisServer::start_durable();
-    let upstream = MockUpstream::start(Behaviour {
-        latency: Duration::from_millis(300),
-        ..Behaviour::default()
-    })
-    .await;
-    let flags = ["--drain-rate", "50", "--max-in-flight", "4"];
-    let mut gw = GatewayProcess::start(&upstream.url(), &redis.url(), "node-a", &flags);
-    gw.up().await;
-    let (tickets, _) = admit(&gw.base(), 40, "n").await;
+    let redis = Redis::builder().durable().start();
+    let upstream = MockUpstream::builder()
+        .latency(Duration::from_millis(300))
+        .start()
+        .await;
+    let node = Gateway::builder()
+        .upstream(&upstream)
+        .redis(&redis)
+        .consumer("node-a")
+        .args(&["--drain-rate", "50", "--max-in-flight", "4"]);
+    let mut gw = node.clone().process().await;
+    let (tickets, _) = gw.client().admit_many(40, "n").await;
     eventually(Duration::from_secs(20), "deliveries under way", || async {
         (upstream.received().len() >= 6).then_some(())
     })
@@ -38,16 +39,8 @@ async fn gateway_killed_mid_drain_then_restarted() {
     let before = upstream.received().len();
     assert!(before < 40, "the crash should interrupt the drain");
 
-    let gw = GatewayProcess::start_on(
-        gw.public,
-        gw.admin,
-        &upstream.url(),
-        &redis.url(),
-        "node-a",
-        &flags,
-    );
-    gw.up().await;
-    let o = outcome(&gw.base(), &tickets, &[&upstream]).await;
+    let gw = node.ports(gw.public, gw.admin).process().await;
+    let o = gw.client().outcome(&tickets, &[&upstream]).await;
     report("kill -9 gateway, restart", &o);
     assert_eq!((o.lost, o.completed), (0, 40));
 }
@@ -56,31 +49,25 @@ async fn gateway_killed_mid_drain_then_restarted() {
 /// dead one's pending entries once they have been idle for --claim-idle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn survivor_takes_over_a_dead_instances_entries() {
-    let redis = RedisServer::start_durable();
-    let upstream = MockUpstream::start(Behaviour {
-        latency: Duration::from_millis(400),
-        ..Behaviour::default()
-    })
-    .await;
-    let flags = [
-        "--drain-rate",
-        "40",
-        "--max-in-flight",
-        "4",
-        "--claim-idle",
-        "2s",
-    ];
-    let mut a = GatewayProcess::start(&upstream.url(), &redis.url(), "node-a", &flags);
-    a.up().await;
-    let (tickets, _) = admit(&a.base(), 30, "n").await;
+    let redis = Redis::builder().durable().start();
+    let upstream = MockUpstream::builder()
+        .latency(Duration::from_millis(400))
+        .start()
+        .await;
+    let instance = Gateway::builder()
+        .upstream(&upstream)
+        .redis(&redis)
+        .args(&["--drain-rate", "40", "--max-in-flight", "4"])
+        .args(&["--claim-idle", "2s"]);
+    let mut a = instance.clone().consumer("node-a").process().await;
+    let (tickets, _) = a.client().admit_many(30, "n").await;
     eventually(Duration::from_secs(20), "node-a delivering", || async {
         (upstream.received().len() >= 4).then_some(())
     })
     .await;
     a.crash();
-    let b = GatewayProcess::start(&upstream.url(), &redis.url(), "node-b", &flags);
-    b.up().await;
-    let o = outcome(&b.base(), &tickets, &[&upstream]).await;
+    let b = instance.consumer("node-b").process().await;
+    let o = b.client().outcome(&tickets, &[&upstream]).await;
     report("kill -9 one of two instances", &o);
     assert_eq!((o.lost, o.completed), (0, 30));
     let mut c = redis.conn().await;
@@ -101,33 +88,31 @@ async fn survivor_takes_over_a_dead_instances_entries() {
 /// during the outage get 503, every 202 survives the restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_mid_burst_loses_no_admission() {
-    let mut redis = RedisServer::start_durable();
-    let upstream = MockUpstream::start(Behaviour::default()).await;
-    let gw = GatewayProcess::start(
-        &upstream.url(),
-        &redis.url(),
-        "node-a",
-        &["--drain-rate", "30"],
-    );
-    gw.up().await;
-    let (mut tickets, _) = admit(&gw.base(), 30, "before").await;
+    let mut redis = Redis::builder().durable().start();
+    let upstream = MockUpstream::start().await;
+    let gw = Gateway::builder()
+        .upstream(&upstream)
+        .redis(&redis)
+        .consumer("node-a")
+        .args(&["--drain-rate", "30"])
+        .process()
+        .await;
+    let c = gw.client();
+    let (mut tickets, _) = c.admit_many(30, "before").await;
     redis.kill();
-    let (during, refused) = admit(&gw.base(), 5, "during").await;
+    let (during, refused) = c.admit_many(5, "during").await;
     assert!(during.is_empty(), "202 while Redis was down");
     assert!(refused.iter().all(|s| *s == 503), "{refused:?}");
     redis.restart();
-    let after = eventually(Duration::from_secs(20), "admissions again", || {
-        let base = gw.base();
-        async move {
-            let (t, _) = admit(&base, 1, "probe").await;
-            (!t.is_empty()).then_some(t)
-        }
+    let after = eventually(Duration::from_secs(20), "admissions again", || async {
+        let (t, _) = c.admit_many(1, "probe").await;
+        (!t.is_empty()).then_some(t)
     })
     .await;
     tickets.extend(after);
-    let (more, _) = admit(&gw.base(), 10, "after").await;
+    let (more, _) = c.admit_many(10, "after").await;
     tickets.extend(more);
-    let o = outcome(&gw.base(), &tickets, &[&upstream]).await;
+    let o = c.outcome(&tickets, &[&upstream]).await;
     report("kill -9 redis-server (AOF always), restart", &o);
     assert_eq!(o.lost, 0);
     assert_eq!(o.completed, tickets.len());
@@ -137,38 +122,28 @@ async fn redis_killed_mid_burst_loses_no_admission() {
 /// entry, and recovery without a storm of reconnections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_frozen_then_thawed() {
-    let redis = RedisServer::start_durable();
-    let upstream = MockUpstream::start(Behaviour::default()).await;
-    let gw = GatewayProcess::start(
-        &upstream.url(),
-        &redis.url(),
-        "node-a",
-        &["--drain-rate", "50"],
-    );
-    gw.up().await;
-    let (mut tickets, _) = admit(&gw.base(), 10, "before").await;
-    let connections = |info: String| -> u64 {
-        info.lines()
-            .find_map(|l| l.strip_prefix("total_connections_received:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
-    };
-    let mut c = redis.conn().await;
-    let before: String = redis::cmd("INFO")
-        .arg("stats")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    let redis = Redis::builder().durable().start();
+    let upstream = MockUpstream::start().await;
+    let gw = Gateway::builder()
+        .upstream(&upstream)
+        .redis(&redis)
+        .consumer("node-a")
+        .args(&["--drain-rate", "50"])
+        .process()
+        .await;
+    let c = gw.client();
+    let (mut tickets, _) = c.admit_many(10, "before").await;
+    const CONNECTIONS: &str = "total_connections_received";
+    let mut conn = redis.conn().await;
+    let before = info_stat(&mut conn, CONNECTIONS).await;
     signal(redis.pid(), "STOP");
-    let (during, refused) = admit(&gw.base(), 3, "during").await;
+    let (during, refused) = c.admit_many(3, "during").await;
     // A crowd while frozen: every one is answered (503), none waits for
     // the thaw behind the batches stuck in flight.
     let crowd: Vec<_> = (0..300)
         .map(|i| {
             let url = format!("{}/checkout", gw.base());
-            tokio::spawn(async move {
-                send(&client(), "POST", &url, &[], format!("{{\"crowd\":{i}}}")).await
-            })
+            tokio::spawn(async move { send("POST", &url, &[], format!("{{\"crowd\":{i}}}")).await })
         })
         .collect();
     let mut crowd_statuses = Vec::new();
@@ -184,18 +159,13 @@ async fn redis_frozen_then_thawed() {
         "{crowd_statuses:?}"
     );
     tickets.extend(during);
-    let (after, _) = admit(&gw.base(), 10, "after").await;
+    let (after, _) = c.admit_many(10, "after").await;
     assert_eq!(after.len(), 10, "admissions work again after the thaw");
     tickets.extend(after);
-    let o = outcome(&gw.base(), &tickets, &[&upstream]).await;
+    let o = c.outcome(&tickets, &[&upstream]).await;
     report("SIGSTOP/SIGCONT redis-server", &o);
     assert_eq!(o.lost, 0);
-    let after: String = redis::cmd("INFO")
-        .arg("stats")
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    let new_connections = connections(after) - connections(before);
+    let new_connections = info_stat(&mut conn, CONNECTIONS).await - before;
     assert!(
         new_connections <= 20,
         "{new_connections} reconnections after a freeze"
@@ -208,80 +178,79 @@ async fn redis_frozen_then_thawed() {
 /// forever is dead-lettered while the others flow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_faults_are_retried_or_dead_lettered() {
-    let redis = RedisServer::start_durable();
-    let flags = [
-        "--drain-rate",
-        "100",
-        "--max-attempts",
-        "4",
-        "--upstream-timeout",
-        "300ms",
-    ];
+    let redis = Redis::builder().durable().start();
+    let instance = Gateway::builder()
+        .redis(&redis)
+        .args(&["--drain-rate", "100", "--max-attempts", "4"])
+        .args(&["--upstream-timeout", "300ms"]);
 
     // 429 twice (with Retry-After: 0), then success.
-    let limited = MockUpstream::start(Behaviour {
-        fail_first: 2,
-        fail_status: 429,
-        ..Behaviour::default()
-    })
-    .await;
-    let gw = GatewayProcess::start(&limited.url(), &redis.url(), "a", &flags);
-    gw.up().await;
-    let (tickets, _) = admit(&gw.base(), 5, "n").await;
-    let o = outcome(&gw.base(), &tickets, &[&limited]).await;
+    let limited = MockUpstream::builder()
+        .fail_first(2)
+        .fail_status(429)
+        .start()
+        .await;
+    let gw = instance
+        .clone()
+        .upstream(&limited)
+        .consumer("a")
+        .process()
+        .await;
+    let c = gw.client();
+    let (tickets, _) = c.admit_many(5, "n").await;
+    let o = c.outcome(&tickets, &[&limited]).await;
     report("upstream 429 twice", &o);
     assert_eq!((o.lost, o.completed, o.redelivered), (0, 5, 10));
     drop(gw);
 
     // The first attempt of each order takes longer than the timeout.
-    let slow = MockUpstream::start(Behaviour {
-        latency: Duration::from_secs(2),
-        slow_first: 1,
-        ..Behaviour::default()
-    })
-    .await;
-    let gw = GatewayProcess::start(&slow.url(), &redis.url(), "b", &flags);
-    gw.up().await;
-    let (tickets, _) = admit(&gw.base(), 5, "n").await;
-    let o = outcome(&gw.base(), &tickets, &[&slow]).await;
+    let slow = MockUpstream::builder()
+        .latency(Duration::from_secs(2))
+        .slow_first(1)
+        .start()
+        .await;
+    let gw = instance
+        .clone()
+        .upstream(&slow)
+        .consumer("b")
+        .process()
+        .await;
+    let c = gw.client();
+    let (tickets, _) = c.admit_many(5, "n").await;
+    let o = c.outcome(&tickets, &[&slow]).await;
     report("upstream times out once", &o);
     assert_eq!((o.lost, o.completed, o.redelivered), (0, 5, 5));
     drop(gw);
 
     // Connections refused until the upstream comes up a little later.
     let port = free_port();
-    let gw = GatewayProcess::start(
-        &format!("http://127.0.0.1:{port}"),
-        &redis.url(),
-        "c",
-        &flags,
-    );
-    gw.up().await;
-    let (tickets, _) = admit(&gw.base(), 5, "n").await;
+    let gw = instance
+        .clone()
+        .upstream(&format!("http://127.0.0.1:{port}"))
+        .consumer("c")
+        .process()
+        .await;
+    let c = gw.client();
+    let (tickets, _) = c.admit_many(5, "n").await;
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let late = MockUpstream::start_on(
-        format!("127.0.0.1:{port}").parse().unwrap(),
-        Behaviour::default(),
-    )
-    .await;
-    let o = outcome(&gw.base(), &tickets, &[&late]).await;
+    let late = MockUpstream::builder()
+        .on(format!("127.0.0.1:{port}").parse().unwrap())
+        .start()
+        .await;
+    let o = c.outcome(&tickets, &[&late]).await;
     report("upstream refuses connections for a while", &o);
     assert_eq!((o.lost, o.completed), (0, 5));
     drop(gw);
 
     // One order the upstream never accepts.
-    let picky = MockUpstream::start(Behaviour {
-        poison: Some("\"n\":2}".into()),
-        ..Behaviour::default()
-    })
-    .await;
-    let gw = GatewayProcess::start(&picky.url(), &redis.url(), "d", &flags);
-    gw.up().await;
-    let (tickets, _) = admit(&gw.base(), 6, "n").await;
-    let o = outcome(&gw.base(), &tickets, &[&picky]).await;
+    let picky = MockUpstream::builder().poison("\"n\":2}").start().await;
+    let gw = instance.upstream(&picky).consumer("d").process().await;
+    let c = gw.client();
+    let (tickets, _) = c.admit_many(6, "n").await;
+    let o = c.outcome(&tickets, &[&picky]).await;
     report("upstream rejects one order forever", &o);
     assert_eq!((o.lost, o.completed, o.failed), (0, 5, 1));
-    let poisoned = until_terminal(&gw.base(), &tickets[2], Duration::from_secs(5)).await;
+    let poisoned = c.until_terminal(&tickets[2], Duration::from_secs(5)).await;
     assert_eq!(poisoned["status"], "failed");
     assert_eq!(poisoned["attempts"], 4);
     let mut c = redis.conn().await;
@@ -298,17 +267,19 @@ async fn upstream_faults_are_retried_or_dead_lettered() {
 /// never forwarded, never a panic — and new work still flows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn externally_trimmed_stream_is_survived() {
-    let redis = RedisServer::start_durable();
-    let upstream = MockUpstream::start(Behaviour {
-        latency: Duration::from_secs(2),
-        slow_first: 1,
-        ..Behaviour::default()
-    })
-    .await;
-    let flags = ["--drain-rate", "100", "--max-in-flight", "2"];
-    let mut gw = GatewayProcess::start(&upstream.url(), &redis.url(), "a", &flags);
-    gw.up().await;
-    let (tickets, _) = admit(&gw.base(), 6, "n").await;
+    let redis = Redis::builder().durable().start();
+    let upstream = MockUpstream::builder()
+        .latency(Duration::from_secs(2))
+        .slow_first(1)
+        .start()
+        .await;
+    let node = Gateway::builder()
+        .upstream(&upstream)
+        .redis(&redis)
+        .consumer("a")
+        .args(&["--drain-rate", "100", "--max-in-flight", "2"]);
+    let mut gw = node.clone().process().await;
+    let (tickets, _) = gw.client().admit_many(6, "n").await;
     eventually(Duration::from_secs(20), "two in flight", || async {
         (upstream.received().len() == 2).then_some(())
     })
@@ -336,15 +307,7 @@ async fn externally_trimmed_stream_is_survived() {
         .await
         .unwrap();
 
-    let gw = GatewayProcess::start_on(
-        gw.public,
-        gw.admin,
-        &upstream.url(),
-        &redis.url(),
-        "a",
-        &flags,
-    );
-    gw.up().await;
+    let gw = node.ports(gw.public, gw.admin).process().await;
     let dead = eventually(
         Duration::from_secs(20),
         "trimmed pending entries dead-lettered",
@@ -363,8 +326,9 @@ async fn externally_trimmed_stream_is_survived() {
     .await;
     assert_eq!(dead, pending, "the pending entries, and only they");
     // The gateway still works: new orders go through.
-    let (fresh, _) = admit(&gw.base(), 3, "fresh").await;
-    let o = outcome(&gw.base(), &fresh, &[&upstream]).await;
+    let c = gw.client();
+    let (fresh, _) = c.admit_many(3, "fresh").await;
+    let o = c.outcome(&fresh, &[&upstream]).await;
     assert_eq!((o.lost, o.completed), (0, 3));
     // Nothing trimmed was forwarded: every upstream request belongs to a ticket.
     let known: std::collections::HashSet<&String> = tickets.iter().chain(&fresh).collect();
@@ -378,17 +342,20 @@ async fn externally_trimmed_stream_is_survived() {
 /// key with another body is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_duplicates_make_one_ticket() {
-    let redis = RedisServer::start_durable();
-    let upstream = MockUpstream::start(Behaviour::default()).await;
-    let gw = GatewayProcess::start(&upstream.url(), &redis.url(), "a", &[]);
-    gw.up().await;
+    let redis = Redis::builder().durable().start();
+    let upstream = MockUpstream::start().await;
+    let gw = Gateway::builder()
+        .upstream(&upstream)
+        .redis(&redis)
+        .consumer("a")
+        .process()
+        .await;
     let url = format!("{}/checkout", gw.base());
     let mut tasks = Vec::new();
     for _ in 0..20 {
         let url = url.clone();
         tasks.push(tokio::spawn(async move {
             send(
-                &client(),
                 "POST",
                 &url,
                 &[("idempotency-key", "cart-77")],
@@ -410,7 +377,6 @@ async fn concurrent_duplicates_make_one_ticket() {
         .collect();
     assert_eq!(tickets.len(), 1);
     let other = send(
-        &client(),
         "POST",
         &url,
         &[("idempotency-key", "cart-77")],
@@ -419,7 +385,7 @@ async fn concurrent_duplicates_make_one_ticket() {
     .await;
     assert_eq!(other.status, 422);
     let tickets: Vec<String> = tickets.into_iter().collect();
-    let o = outcome(&gw.base(), &tickets, &[&upstream]).await;
+    let o = gw.client().outcome(&tickets, &[&upstream]).await;
     report("20 concurrent duplicates", &o);
     assert_eq!((o.lost, o.completed, o.redelivered), (0, 1, 0));
     assert_eq!(upstream.received().len(), 1);
@@ -430,35 +396,23 @@ async fn concurrent_duplicates_make_one_ticket() {
 /// the memory — until every admitted ticket is done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_out_of_memory_refuses_admissions_and_keeps_draining() {
-    let redis = RedisServer::start_with(&[
-        "--appendonly",
-        "no",
-        "--maxmemory",
-        "3mb",
-        "--maxmemory-policy",
-        "noeviction",
-    ]);
-    let upstream = MockUpstream::start(Behaviour::default()).await;
-    let gw = gateway(config(
+    let redis = Redis::builder()
+        .args(&["--maxmemory", "3mb", "--maxmemory-policy", "noeviction"])
+        .start();
+    let upstream = MockUpstream::start().await;
+    let gw = Gateway::builder()
         // Admissions outpace the drain, so memory fills.
-        "max_body = \"64KiB\"\ndrain_rate = 20\n",
-        &upstream.url(),
-        Some(&redis.url()),
-    ))
-    .await;
-    let base = format!("http://{}", gw.public_addr);
+        .toml("max_body = \"64KiB\"\ndrain_rate = 20\n")
+        .upstream(&upstream)
+        .redis(&redis)
+        .start()
+        .await;
+    let c = gw.client();
     let body = "x".repeat(32 * 1024);
     let mut tickets = Vec::new();
     let mut refused = None;
     for _ in 0..400 {
-        let a = send(
-            &client(),
-            "POST",
-            &format!("{base}/checkout"),
-            &[],
-            body.clone(),
-        )
-        .await;
+        let a = c.admit(body.clone()).await;
         match a.status.as_u16() {
             202 => tickets.push(a.json()["ticket"].as_str().unwrap().to_string()),
             503 => {
@@ -474,9 +428,7 @@ async fn redis_out_of_memory_refuses_admissions_and_keeps_draining() {
         "Redis never ran out of memory"
     );
     assert!(!tickets.is_empty());
-    let o = process::outcome(&base, &tickets, &[&upstream]).await;
+    let o = c.outcome(&tickets, &[&upstream]).await;
     report("Redis out of memory", &o);
     assert_eq!((o.lost, o.completed), (0, tickets.len()));
-    gw.shutdown();
-    gw.wait().await;
 }

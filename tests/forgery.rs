@@ -1,61 +1,41 @@
 //! Forged tickets of every kind get the one identical 404, before any
 //! backend look-up; instances sharing Redis agree on the ticket secret.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
-use common::process::GatewayProcess;
-use common::{config, gateway, get, send, Behaviour, MockUpstream, RedisServer};
-
-async fn admit(base: &str) -> String {
-    let a = send(
-        &common::client(),
-        "POST",
-        &format!("{base}/checkout"),
-        &[],
-        "{}",
-    )
-    .await;
-    assert_eq!(a.status, 202);
-    a.json()["ticket"].as_str().unwrap().to_string()
-}
+use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_tickets_of_every_kind_get_the_identical_404() {
-    let upstream = MockUpstream::start(Behaviour::default()).await;
+    let upstream = MockUpstream::start().await;
     let secret = "a-test-secret-that-is-long-enough-0123456789";
-    let gw = gateway(config(
-        &format!("ticket_secret = \"{secret}\"\ndrain_rate = 0.001\n"),
-        &upstream.url(),
-        None,
-    ))
-    .await;
-    let base = format!("http://{}", gw.public_addr);
-    let mine = admit(&base).await;
-    assert_eq!(get(&format!("{base}/tickets/{mine}")).await.status, 200);
+    let gateway = || Gateway::builder().upstream(&upstream);
+    let gw = gateway()
+        .toml(&format!(
+            "ticket_secret = \"{secret}\"\ndrain_rate = 0.001\n"
+        ))
+        .start()
+        .await;
+    let c = gw.client();
+    let mine = c.ticket("{}").await;
+    assert_eq!(c.poll(&mine).await.status, 200);
 
     // Minted elsewhere: another queue under the same secret, the same queue
     // under another secret (the embedded default: random per process).
-    let other_queue = {
-        let g = gateway(config(
-            &format!("ticket_secret = \"{secret}\"\nqueue = \"other\"\n"),
-            &upstream.url(),
-            None,
+    let other_queue = gateway()
+        .toml(&format!(
+            "ticket_secret = \"{secret}\"\nqueue = \"other\"\n"
         ))
+        .start()
+        .await
+        .client()
+        .ticket("{}")
         .await;
-        let t = admit(&format!("http://{}", g.public_addr)).await;
-        g.shutdown();
-        t
-    };
-    let other_secret = {
-        let g = gateway(config("", &upstream.url(), None)).await;
-        let t = admit(&format!("http://{}", g.public_addr)).await;
-        g.shutdown();
-        t
-    };
+    let other_secret = gateway().start().await.client().ticket("{}").await;
     let raw = URL_SAFE_NO_PAD.decode(&mine).unwrap();
     let mut forged: Vec<String> = vec![other_queue, other_secret];
     // Every single-character change, truncations and extensions.
@@ -84,47 +64,46 @@ async fn forged_tickets_of_every_kind_get_the_identical_404() {
     forged.push("A".repeat(48));
     forged.push(String::new());
 
-    let reference = get(&format!("{base}/tickets/{}", "A".repeat(48))).await;
+    let reference = c.poll(&"A".repeat(48)).await;
     assert_eq!(reference.status, 404);
     assert_eq!(reference.json()["code"], "ticket_not_found");
     // Escapes of unreserved characters are the same characters (RFC 3986
     // §6.2.2.2): an escaped spelling of a ticket is that ticket, not a
     // forgery; an escaped `/` is refused before routing.
     let escaped: String = mine.chars().map(|c| format!("%{:02X}", c as u8)).collect();
-    let same = get(&format!("{base}/tickets/{escaped}")).await;
+    let same = c.poll(&escaped).await;
     assert_eq!(same.status, 200);
     assert_eq!(same.json()["ticket"], mine.as_str());
-    let climb = get(&format!("{base}/tickets/..%2f..%2fadmin%2fqueues")).await;
+    let climb = c.poll("..%2f..%2fadmin%2fqueues").await;
     assert_eq!(climb.status, 400);
     assert_eq!(climb.json()["code"], "bad_request");
     for id in &forged {
         if id == &mine {
             continue;
         }
-        let a = get(&format!("{base}/tickets/{id}")).await;
+        let a = c.poll(id).await;
         assert_eq!(a.status, 404, "`{id}` was accepted");
         assert_eq!(a.body, reference.body, "`{id}` got a different 404 body");
     }
-    gw.shutdown();
-    gw.wait().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_sharing_redis_agree_on_the_ticket_secret() {
-    let redis = RedisServer::start();
-    let upstream = MockUpstream::start(Behaviour::default()).await;
-    let flags = ["--drain-rate", "0.001"];
-    let a = GatewayProcess::start(&upstream.url(), &redis.url(), "a", &flags);
-    let b = GatewayProcess::start(&upstream.url(), &redis.url(), "b", &flags);
+    let redis = Redis::start();
+    let upstream = MockUpstream::start().await;
+    let instance = Gateway::builder()
+        .upstream(&upstream)
+        .redis(&redis)
+        .args(&["--drain-rate", "0.001"]);
+    let a = instance.clone().consumer("a").spawn();
+    let b = instance.consumer("b").spawn();
     a.up().await;
     b.up().await;
-    let t = admit(&a.base()).await;
-    let on_b = common::eventually(Duration::from_secs(10), "b knows a's ticket", || {
-        let url = format!("{}/tickets/{t}", b.base());
-        async move {
-            let r = get(&url).await;
-            (r.status == 200).then_some(r)
-        }
+    let t = a.client().ticket("{}").await;
+    let b = b.client();
+    let on_b = eventually(Duration::from_secs(10), "b knows a's ticket", || async {
+        let r = b.poll(&t).await;
+        (r.status == 200).then_some(r)
     })
     .await;
     assert_eq!(on_b.json()["ticket"], t.as_str());

@@ -4,153 +4,36 @@
 //! and the admin API on both listeners. After every probe the process must
 //! still be alive and serving.
 
-mod common;
+mod support;
 
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::process::flashgate;
-use common::{free_port, get, send, Behaviour, MockUpstream};
+use support::raw::{read_to_close, until_close};
+use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// A `flashgate serve` process with the embedded queue, killed when dropped.
-struct Edge {
-    child: Child,
-    public: u16,
-    admin: u16,
+/// `flashgate serve` with the embedded queue in front of `upstream`.
+async fn serve(upstream: &MockUpstream, extra: &[&str]) -> GatewayProcess {
+    Gateway::builder()
+        .upstream(upstream)
+        .args(extra)
+        .process()
+        .await
 }
 
-impl Edge {
-    async fn start(upstream: &str, extra: &[&str]) -> Edge {
-        let (public, admin) = (free_port(), free_port());
-        let child = flashgate()
-            .args(["serve", "--upstream", upstream])
-            .args(["--listen", &format!("127.0.0.1:{public}")])
-            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-            .args(extra)
-            .env("FLASHGATE_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the flashgate binary starts");
-        let edge = Edge {
-            child,
-            public,
-            admin,
-        };
-        let url = format!("{}/healthz", edge.admin_base());
-        common::eventually(Duration::from_secs(20), "gateway up", || {
-            let url = url.clone();
-            async move {
-                let c = common::client();
-                let req = http::Request::get(url)
-                    .body(http_body_util::Full::new(bytes::Bytes::new()))
-                    .unwrap();
-                c.request(req).await.ok().map(|_| ())
-            }
-        })
-        .await;
-        edge
-    }
-
-    fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.public)
-    }
-
-    fn admin_base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.admin)
-    }
-
-    /// The process has not crashed, and still answers a normal request.
-    async fn assert_alive(&mut self) {
-        assert!(self.child.try_wait().unwrap().is_none(), "the gateway died");
-        let a = send(
-            &common::client(),
-            "POST",
-            &format!("{}/checkout", self.base()),
-            &[],
-            "{}",
-        )
-        .await;
-        assert_eq!(a.status, 202, "{}", String::from_utf8_lossy(&a.body));
-    }
-
-    /// The public answers with this status in `/metrics`, all routes.
-    async fn answers(&self, code: &str) -> u64 {
-        let metrics = get(&format!("{}/metrics", self.admin_base())).await;
-        let label = format!("code=\"{code}\"");
-        String::from_utf8_lossy(&metrics.body)
-            .lines()
-            .filter(|l| l.starts_with("flashgate_http_requests_total{") && l.contains(&label))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
-    }
-
-    /// Resident memory of the gateway, in KiB.
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("/proc is readable");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in /proc status")
-    }
+/// The process has not crashed, and still answers a normal request.
+async fn assert_alive(gw: &mut GatewayProcess) {
+    assert!(gw.running(), "the gateway died");
+    let a = gw.client().admit("{}").await;
+    assert_eq!(a.status, 202, "{}", a.text());
 }
 
-impl Drop for Edge {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// What came back on one raw connection.
-#[derive(Debug)]
-struct Reply {
-    text: String,
-    /// The gateway closed the connection (EOF or reset) before the deadline.
-    closed: bool,
-}
-
-impl Reply {
-    fn status(&self) -> Option<u16> {
-        self.text
-            .strip_prefix("HTTP/1.1 ")
-            .and_then(|r| r.get(..3))
-            .and_then(|c| c.parse().ok())
-    }
-
-    /// How many responses the gateway wrote.
-    fn responses(&self) -> usize {
-        self.text.matches("HTTP/1.1 ").count()
-    }
-}
-
-/// Writes `bytes` in one go, then reads until the gateway closes or `limit`.
-async fn raw(port: u16, bytes: &[u8], limit: Duration) -> Reply {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    // The gateway may close before reading everything: that is fine.
-    let _ = s.write_all(bytes).await;
-    read_to_close(&mut s, limit).await
-}
-
-async fn read_to_close(s: &mut TcpStream, limit: Duration) -> Reply {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + limit;
-    let closed = loop {
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break true,
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-            Err(_) => break false,
-        }
-    };
-    Reply {
-        text: String::from_utf8_lossy(&out).into_owned(),
-        closed,
-    }
+/// The public answers with this status in `/metrics`, all routes.
+async fn answers(gw: &GatewayProcess, code: &str) -> u64 {
+    let label = format!("code=\"{code}\"");
+    let metrics = gw.client().metrics().await;
+    metrics.sum("flashgate_http_requests_total", &[&label]) as u64
 }
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -161,8 +44,8 @@ const SMUGGLED: &str = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smuggling_probes_get_400_and_a_closed_connection() {
-    let upstream = MockUpstream::start(Behaviour::default()).await;
-    let mut edge = Edge::start(&upstream.url(), &["--passthrough"]).await;
+    let upstream = MockUpstream::start().await;
+    let mut edge = serve(&upstream, &["--passthrough"]).await;
     let probes: Vec<(&str, String)> = vec![
         (
             "CL + TE",
@@ -248,7 +131,7 @@ async fn smuggling_probes_get_400_and_a_closed_connection() {
     let mut report = Vec::new();
     let mut wrong = Vec::new();
     for (name, bytes) in &probes {
-        let r = raw(edge.public, bytes.as_bytes(), WAIT).await;
+        let r = until_close(edge.public_addr(), bytes.as_bytes(), WAIT).await;
         let line = format!(
             "{name}: {:?}, {} answer(s), closed: {}",
             r.status(),
@@ -269,7 +152,7 @@ async fn smuggling_probes_get_400_and_a_closed_connection() {
     ]
     .concat();
     let bad = format!("POST /checkout HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{SMUGGLED}");
-    let r = raw(edge.public, format!("{good}{bad}").as_bytes(), WAIT).await;
+    let r = until_close(edge.public_addr(), format!("{good}{bad}").as_bytes(), WAIT).await;
     let statuses: Vec<&str> = r
         .text
         .match_indices("HTTP/1.1 ")
@@ -298,18 +181,18 @@ async fn smuggling_probes_get_400_and_a_closed_connection() {
     // Every 400, whether hyper, the framing check or a route gave it, is
     // counted: one per probe and one for the pipelined refusal.
     assert_eq!(
-        edge.answers("400").await,
+        answers(&edge, "400").await,
         probes.len() as u64 + 1,
         "flashgate_http_requests_total with code 400"
     );
-    edge.assert_alive().await;
+    assert_alive(&mut edge).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn size_and_time_limits_answer_with_the_right_status() {
-    let upstream = MockUpstream::start(Behaviour::default()).await;
-    let mut edge = Edge::start(
-        &upstream.url(),
+    let upstream = MockUpstream::start().await;
+    let mut edge = serve(
+        &upstream,
         &[
             "--max-body",
             "1KiB",
@@ -322,10 +205,10 @@ async fn size_and_time_limits_answer_with_the_right_status() {
         ],
     )
     .await;
-    let port = edge.public;
+    let port = edge.public_addr();
 
     // 413 from Content-Length, before the body is sent.
-    let r = raw(
+    let r = until_close(
         port,
         b"POST /checkout HTTP/1.1\r\nHost: x\r\nContent-Length: 999999\r\n\r\n",
         WAIT,
@@ -342,7 +225,7 @@ async fn size_and_time_limits_answer_with_the_right_status() {
         chunked.extend_from_slice(b"\r\n");
     }
     chunked.extend_from_slice(b"0\r\n\r\n");
-    let r = raw(port, &chunked, WAIT).await;
+    let r = until_close(port, &chunked, WAIT).await;
     assert_eq!(r.status(), Some(413), "{}", r.text);
 
     // 431 for a head over the limit.
@@ -350,25 +233,25 @@ async fn size_and_time_limits_answer_with_the_right_status() {
         "GET /tickets/x HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
         "a".repeat(8 * 1024)
     );
-    let r = raw(port, big.as_bytes(), WAIT).await;
+    let r = until_close(port, big.as_bytes(), WAIT).await;
     assert_eq!(r.status(), Some(431), "{}", r.text);
 
     // 414 for a target over 8KiB that still fits the head limit.
-    let edge_wide = Edge::start(&upstream.url(), &["--max-header-size", "64KiB"]).await;
+    let edge_wide = serve(&upstream, &["--max-header-size", "64KiB"]).await;
     let long = format!(
         "GET /tickets/{} HTTP/1.1\r\nHost: x\r\n\r\n",
         "a".repeat(9000)
     );
-    let r = raw(edge_wide.public, long.as_bytes(), WAIT).await;
+    let r = until_close(edge_wide.public_addr(), long.as_bytes(), WAIT).await;
     assert_eq!(r.status(), Some(414), "{}", r.text);
     assert!(r.text.contains("uri_too_long"), "{}", r.text);
 
     // A head that never finishes is cut off after --header-timeout.
-    let r = raw(port, b"POST /checkout HTTP/1.1\r\nHost: x\r\n", WAIT).await;
+    let r = until_close(port, b"POST /checkout HTTP/1.1\r\nHost: x\r\n", WAIT).await;
     assert!(r.closed, "a slow head kept its connection: {r:?}");
 
     // A body that never finishes gets 408 after --body-timeout.
-    let r = raw(
+    let r = until_close(
         port,
         b"POST /checkout HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{\"a\"",
         WAIT,
@@ -379,21 +262,21 @@ async fn size_and_time_limits_answer_with_the_right_status() {
     assert!(r.closed, "a slow body kept its connection");
 
     // An idle kept-alive connection is closed after the same timeout.
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut s = TcpStream::connect(port).await.unwrap();
     s.write_all(b"GET /tickets/x HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
     let r = read_to_close(&mut s, WAIT).await;
     assert_eq!(r.status(), Some(404), "{}", r.text);
     assert!(r.closed, "an idle keep-alive connection stayed open");
-    edge.assert_alive().await;
+    assert_alive(&mut edge).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_cap_get_503_and_open_ones_are_still_served() {
-    let upstream = MockUpstream::start(Behaviour::default()).await;
-    let mut edge = Edge::start(
-        &upstream.url(),
+    let upstream = MockUpstream::start().await;
+    let mut edge = serve(
+        &upstream,
         &["--max-connections", "4", "--header-timeout", "30s"],
     )
     .await;
@@ -416,12 +299,12 @@ async fn connections_over_the_cap_get_503_and_open_ones_are_still_served() {
     assert!(buf[..n].starts_with(b"HTTP/1.1 404"));
 
     // The next connection is refused with a canned 503 and closed.
-    let over = raw(edge.public, ask, WAIT).await;
+    let over = until_close(edge.public_addr(), ask, WAIT).await;
     assert_eq!(over.status(), Some(503), "{}", over.text);
     assert!(over.text.contains("retry-after: 1"), "{}", over.text);
     assert!(over.closed);
     assert_eq!(
-        edge.answers("503").await,
+        answers(&edge, "503").await,
         1,
         "the shed connection is counted"
     );
@@ -434,42 +317,25 @@ async fn connections_over_the_cap_get_503_and_open_ones_are_still_served() {
     // Freed slots are usable again.
     drop(idle);
     drop(kept);
-    common::eventually(Duration::from_secs(10), "a slot frees up", || async {
-        let r = raw(edge.public, ask, WAIT).await;
+    eventually(Duration::from_secs(10), "a slot frees up", || async {
+        let r = until_close(edge.public_addr(), ask, WAIT).await;
         (r.status() == Some(404)).then_some(())
     })
     .await;
-    edge.assert_alive().await;
-}
-
-/// Raises this process's open-files limit to its hard limit (the gateway
-/// child inherits it) and returns the new soft limit.
-fn raise_nofile() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain syscalls on a stack value.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        lim.rlim_cur = lim.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-    }
-    lim.rlim_cur
+    assert_alive(&mut edge).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_idle_connections_leave_normal_clients_served() {
     const IDLE: usize = 10_000;
-    let limit = raise_nofile();
+    let limit = raise_open_files_limit();
     assert!(
         limit >= IDLE as u64 + 512,
         "open-files hard limit {limit} is too low for this test; raise it (ulimit -Hn)"
     );
-    let upstream = MockUpstream::start(Behaviour::default()).await;
-    let mut edge = Edge::start(
-        &upstream.url(),
+    let upstream = MockUpstream::start().await;
+    let mut edge = serve(
+        &upstream,
         &["--max-connections", "10100", "--header-timeout", "120s"],
     )
     .await;
@@ -484,7 +350,7 @@ async fn ten_thousand_idle_connections_leave_normal_clients_served() {
         );
     }
     // A normal client is served while they are all open.
-    edge.assert_alive().await;
+    assert_alive(&mut edge).await;
     let after = edge.rss_kib();
     let per_conn = (after.saturating_sub(before)) * 1024 / IDLE as u64;
     println!(
@@ -503,13 +369,13 @@ async fn ten_thousand_idle_connections_leave_normal_clients_served() {
         }
     }
     drop(idle);
-    edge.assert_alive().await;
+    assert_alive(&mut edge).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_headers_are_rebuilt_and_host_never_picks_the_upstream() {
-    let upstream = MockUpstream::start(Behaviour::default()).await;
-    let mut edge = Edge::start(&upstream.url(), &["--passthrough"]).await;
+    let upstream = MockUpstream::start().await;
+    let mut edge = serve(&upstream, &["--passthrough"]).await;
     let probes = [
         // Absolute-form target naming another host.
         "GET http://evil.example/abs?q=1 HTTP/1.1\r\nHost: evil.example\r\n\r\n",
@@ -519,7 +385,7 @@ async fn forwarding_headers_are_rebuilt_and_host_never_picks_the_upstream() {
         "GET /hop HTTP/1.1\r\nHost: x\r\nConnection: close, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Authorization: Basic Zm9vOmJhcg==\r\nUpgrade: h2c\r\nX-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\nX-Forwarded-Proto: https\r\n\r\n",
     ];
     for p in probes {
-        let r = raw(edge.public, p.as_bytes(), WAIT).await;
+        let r = until_close(edge.public_addr(), p.as_bytes(), WAIT).await;
         assert_eq!(r.status(), Some(201), "{p}: {}", r.text);
     }
     let got = upstream.received();
@@ -545,31 +411,29 @@ async fn forwarding_headers_are_rebuilt_and_host_never_picks_the_upstream() {
             "{name} reached the upstream"
         );
     }
-    edge.assert_alive().await;
+    assert_alive(&mut edge).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_is_only_on_the_admin_listener_and_needs_the_token() {
-    let upstream = MockUpstream::start(Behaviour::default()).await;
+    let upstream = MockUpstream::start().await;
     let token = "t0ken-for-the-admin-api";
-    let mut edge = Edge::start(&upstream.url(), &["--admin-token", token]).await;
-    let c = common::client();
+    let mut edge = serve(&upstream, &["--admin-token", token]).await;
+    let c = edge.client();
     for path in ["/admin/queues", "/metrics", "/healthz", "/readyz"] {
-        let a = get(&format!("{}{path}", edge.base())).await;
+        let a = c.get(path).await;
         assert_eq!(a.status, 404, "{path} answered on the public listener");
     }
-    let patch = format!("{}/admin/queues/checkout", edge.base());
-    let a = send(
-        &c,
-        "PATCH",
-        &patch,
-        &[("authorization", &format!("Bearer {token}"))],
-        r#"{"paused":true}"#,
-    )
-    .await;
+    let a = c
+        .send(
+            "PATCH",
+            "/admin/queues/checkout",
+            &[("authorization", &format!("Bearer {token}"))],
+            r#"{"paused":true}"#,
+        )
+        .await;
     assert_eq!(a.status, 404, "PATCH answered on the public listener");
 
-    let queues = format!("{}/admin/queues", edge.admin_base());
     for auth in [
         "",
         "Bearer",
@@ -583,24 +447,21 @@ async fn admin_is_only_on_the_admin_listener_and_needs_the_token() {
         } else {
             vec![("authorization", auth)]
         };
-        let a = send(&c, "GET", &queues, &headers, "").await;
+        let a = c.admin("GET", "/admin/queues", &headers, "").await;
         assert_eq!(a.status, 401, "`{auth}` was let in");
         assert_eq!(a.header("www-authenticate"), "Bearer");
     }
-    let a = send(
-        &c,
-        "GET",
-        &queues,
-        &[("authorization", &format!("Bearer {token}"))],
-        "",
-    )
-    .await;
+    let a = c
+        .admin(
+            "GET",
+            "/admin/queues",
+            &[("authorization", &format!("Bearer {token}"))],
+            "",
+        )
+        .await;
     assert_eq!(a.status, 200);
-    assert_eq!(
-        get(&format!("{}/metrics", edge.admin_base())).await.status,
-        200
-    );
-    edge.assert_alive().await;
+    assert_eq!(c.admin_get("/metrics").await.status, 200);
+    assert_alive(&mut edge).await;
 }
 
 /// A small deterministic generator: failures reproduce from the seed.
@@ -641,9 +502,9 @@ async fn status_of(port: u16, bytes: &[u8]) -> Option<u16> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mangled_admissions_and_ticket_ids_never_crash_the_gateway() {
-    let upstream = MockUpstream::start(Behaviour::default()).await;
-    let mut gw = Edge::start(
-        &upstream.url(),
+    let upstream = MockUpstream::start().await;
+    let mut gw = serve(
+        &upstream,
         &[
             "--max-body",
             "1KiB",
@@ -695,5 +556,5 @@ async fn mangled_admissions_and_ticket_ids_never_crash_the_gateway() {
         assert!(matches!(s, Some(404 | 400)), "ticket `{id}`: {s:?}");
     }
     println!("statuses over 300 mangled admissions: {seen:?}");
-    gw.assert_alive().await;
+    assert_alive(&mut gw).await;
 }

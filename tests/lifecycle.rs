@@ -1,13 +1,12 @@
 //! The binary as operators run it: configuration errors, check-config, and a
 //! SIGTERM in the middle of a drain that loses nothing.
 
-mod common;
+mod support;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::process::{admit, flashgate, GatewayProcess};
-use common::*;
+use support::*;
 
 #[test]
 fn bad_config_exits_2_naming_the_key() {
@@ -89,23 +88,19 @@ fn check_config_prints_the_effective_config() {
 /// nothing that finished is sent twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_drain_exits_0_and_loses_nothing() {
-    let redis = RedisServer::start();
-    let upstream = MockUpstream::start(Behaviour {
-        latency: Duration::from_millis(200),
-        ..Behaviour::default()
-    })
-    .await;
-    let flags = [
-        "--drain-rate",
-        "20",
-        "--max-in-flight",
-        "4",
-        "--shutdown-grace",
-        "10s",
-    ];
-    let mut gw = GatewayProcess::start(&upstream.url(), &redis.url(), "node-a", &flags);
-    gw.up().await;
-    let (tickets, _) = admit(&gw.base(), 40, "n").await;
+    let redis = Redis::start();
+    let upstream = MockUpstream::builder()
+        .latency(Duration::from_millis(200))
+        .start()
+        .await;
+    let node = Gateway::builder()
+        .upstream(&upstream)
+        .redis(&redis)
+        .consumer("node-a")
+        .args(&["--drain-rate", "20", "--max-in-flight", "4"])
+        .args(&["--shutdown-grace", "10s"]);
+    let mut gw = node.clone().process().await;
+    let (tickets, _) = gw.client().admit_many(40, "n").await;
     assert_eq!(tickets.len(), 40);
     eventually(Duration::from_secs(20), "some deliveries", || async {
         (upstream.received().len() >= 5).then_some(())
@@ -119,17 +114,10 @@ async fn sigterm_mid_drain_exits_0_and_loses_nothing() {
         "the drain should have been interrupted"
     );
 
-    let gw = GatewayProcess::start_on(
-        gw.public,
-        gw.admin,
-        &upstream.url(),
-        &redis.url(),
-        "node-a",
-        &flags,
-    );
-    gw.up().await;
+    let gw = node.ports(gw.public, gw.admin).process().await;
+    let c = gw.client();
     for t in &tickets {
-        let done = until_terminal(&gw.base(), t, Duration::from_secs(30)).await;
+        let done = c.until_terminal(t, Duration::from_secs(30)).await;
         assert_eq!(done["status"], "completed", "{done}");
     }
     let by_key: HashMap<_, _> = upstream.by_key();
@@ -143,23 +131,18 @@ async fn sigterm_mid_drain_exits_0_and_loses_nothing() {
 /// same Idempotency-Key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unfinished_work_is_redelivered_after_restart() {
-    let redis = RedisServer::start();
-    let slow = MockUpstream::start(Behaviour {
-        latency: Duration::from_secs(3),
-        ..Behaviour::default()
-    })
-    .await;
-    let flags = [
-        "--drain-rate",
-        "100",
-        "--max-in-flight",
-        "3",
-        "--shutdown-grace",
-        "100ms",
-    ];
-    let mut gw = GatewayProcess::start(&slow.url(), &redis.url(), "node-a", &flags);
-    gw.up().await;
-    let (tickets, _) = admit(&gw.base(), 3, "n").await;
+    let redis = Redis::start();
+    let slow = MockUpstream::builder()
+        .latency(Duration::from_secs(3))
+        .start()
+        .await;
+    let node = Gateway::builder()
+        .redis(&redis)
+        .consumer("node-a")
+        .args(&["--drain-rate", "100", "--max-in-flight", "3"])
+        .args(&["--shutdown-grace", "100ms"]);
+    let mut gw = node.clone().upstream(&slow).process().await;
+    let (tickets, _) = gw.client().admit_many(3, "n").await;
     eventually(Duration::from_secs(20), "three in flight", || async {
         (slow.received().len() == 3).then_some(())
     })
@@ -167,18 +150,15 @@ async fn unfinished_work_is_redelivered_after_restart() {
     gw.signal("TERM");
     assert_eq!(gw.wait_exit(Duration::from_secs(15)), Some(0));
 
-    let fast = MockUpstream::start(Behaviour::default()).await;
-    let gw = GatewayProcess::start_on(
-        gw.public,
-        gw.admin,
-        &fast.url(),
-        &redis.url(),
-        "node-a",
-        &flags,
-    );
-    gw.up().await;
+    let fast = MockUpstream::start().await;
+    let gw = node
+        .upstream(&fast)
+        .ports(gw.public, gw.admin)
+        .process()
+        .await;
+    let c = gw.client();
     for t in &tickets {
-        let done = until_terminal(&gw.base(), t, Duration::from_secs(30)).await;
+        let done = c.until_terminal(t, Duration::from_secs(30)).await;
         assert_eq!(done["status"], "completed", "{done}");
         assert_eq!(done["attempts"], 2, "{done}");
         let got = &fast.by_key()[t];

@@ -3,38 +3,14 @@
 //! (`dashboards/check.py`); alerts fire on their conditions; the log flags
 //! shape what the binary writes.
 
-mod common;
+mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use common::*;
+use support::*;
 use tokio_util::sync::CancellationToken;
-
-/// The repository root; CI puts a copy of `shared/` beside it.
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A GET that may fail (the server may not be up yet).
-async fn try_get(url: &str) -> Option<Answer> {
-    let resp = client().get(url.parse().ok()?).await.ok()?;
-    let (parts, body) = resp.into_parts();
-    let body = http_body_util::BodyExt::collect(body)
-        .await
-        .ok()?
-        .to_bytes();
-    Some(Answer {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    })
-}
 
 /// Percent-encodes a query-string value.
 fn encode(s: &str) -> String {
@@ -48,22 +24,9 @@ fn encode(s: &str) -> String {
         .collect()
 }
 
-/// Polls `check` every 250 ms (Prometheus evaluates every second; no need to
-/// hammer it) until it returns `Some`, up to `limit`.
-async fn until<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
+/// How often Prometheus is asked: it evaluates every second, no need to
+/// hammer it.
+const EVERY: Duration = Duration::from_millis(250);
 
 /// A `prometheus` of the test's own: temp storage, a free loopback port, a 1 s
 /// scrape of one gateway's admin listener and the repository's alert rules,
@@ -158,8 +121,9 @@ impl Prometheus {
 
     /// Waits until this expression has a sample: the scrape has happened.
     async fn until_scraped(&self, expr: &str) {
-        until(
+        eventually_every(
             Duration::from_secs(30),
+            EVERY,
             &format!("prometheus to have {expr}"),
             || async { (!self.query(expr).await.is_empty()).then_some(()) },
         )
@@ -183,7 +147,7 @@ impl Prometheus {
 
     /// Waits for an alert to fire for a queue.
     async fn until_firing(&self, alert: &str, queue: &str, limit: Duration) {
-        until(limit, &format!("alert {alert} to fire"), || async {
+        eventually_every(limit, EVERY, &format!("alert {alert} to fire"), || async {
             let firing = self.firing().await;
             firing
                 .iter()
@@ -216,10 +180,7 @@ struct Tally {
 /// A small steady load until `stop`: every 100 ms four admissions, a replay and
 /// a reuse of an idempotency key, an oversized body, an unknown path and polls
 /// of recent tickets.
-async fn load(public: SocketAddr, stop: CancellationToken) -> Tally {
-    let c = client();
-    let base = format!("http://{public}");
-    let checkout = format!("{base}/checkout");
+async fn load(c: Client, stop: CancellationToken) -> Tally {
     let mut tally = Tally::default();
     let mut recent: Vec<(String, String)> = Vec::new();
     let mut n = 0u64;
@@ -229,7 +190,7 @@ async fn load(public: SocketAddr, stop: CancellationToken) -> Tally {
         for _ in 0..4 {
             n += 1;
             let key = format!("order-{n}");
-            let a = send(&c, "POST", &checkout, &[("idempotency-key", &key)], body(n)).await;
+            let a = c.admit_with(&[("idempotency-key", &key)], body(n)).await;
             match a.status.as_u16() {
                 202 => {
                     tally.admitted += 1;
@@ -248,31 +209,17 @@ async fn load(public: SocketAddr, stop: CancellationToken) -> Tally {
         }
         if let Some((key, _)) = recent.last() {
             let seq: u64 = key.trim_start_matches("order-").parse().unwrap_or(0);
-            let again = send(
-                &c,
-                "POST",
-                &checkout,
-                &[("idempotency-key", key)],
-                body(seq),
-            )
-            .await;
+            let again = c.admit_with(&[("idempotency-key", key)], body(seq)).await;
             tally.duplicate += u32::from(again.status == 200);
-            let reused = send(&c, "POST", &checkout, &[("idempotency-key", key)], "{}").await;
+            let reused = c.admit_with(&[("idempotency-key", key)], "{}").await;
             tally.reused_key += u32::from(reused.status == 422);
         }
-        let big = send(&c, "POST", &checkout, &[], vec![b'x'; 1024]).await;
+        let big = c.admit(vec![b'x'; 1024]).await;
         tally.too_large += u32::from(big.status == 413);
-        let lost = send(&c, "GET", &format!("{base}/nope"), &[], Bytes::new()).await;
+        let lost = c.get("/nope").await;
         tally.not_found += u32::from(lost.status == 404);
         for (_, ticket) in recent.iter().rev().take(4) {
-            let poll = send(
-                &c,
-                "GET",
-                &format!("{base}/tickets/{ticket}"),
-                &[],
-                Bytes::new(),
-            )
-            .await;
+            let poll = c.poll(ticket).await;
             tally.polls += u32::from(poll.status == 200);
         }
     }
@@ -301,27 +248,24 @@ async fn every_dashboard_query_works_against_a_real_prometheus() {
         "promtool",
         "it checks /metrics and the rules (scripts/test installs prometheus)",
     );
-    let redis = RedisServer::start();
+    let redis = Redis::start();
     // Every ticket's first attempt gets a 503: retries, 5xx and completions.
-    let upstream = MockUpstream::start(Behaviour {
-        fail_first: 1,
-        ..Behaviour::default()
-    })
-    .await;
+    let upstream = MockUpstream::builder().fail_first(1).start().await;
     // Arrivals (40/s) outrun the drain (20/s) into a small queue: admissions
     // and queue_full side by side, a backlog with an age, a steady drain.
-    let gw = gateway(config(
-        "max_body = \"256B\"\ndrain_rate = 20\nmax_queue = 25\n",
-        &upstream.url(),
-        Some(&redis.url()),
-    ))
-    .await;
+    let gw = Gateway::builder()
+        .toml("max_body = \"256B\"\ndrain_rate = 20\nmax_queue = 25\n")
+        .upstream(&upstream)
+        .redis(&redis)
+        .start()
+        .await;
     let prometheus = Prometheus::start(gw.admin_addr).await;
     prometheus.until_scraped("flashgate_build_info").await;
 
     let stop = CancellationToken::new();
-    let traffic = tokio::spawn(load(gw.public_addr, stop.clone()));
+    let traffic = tokio::spawn(load(gw.client(), stop.clone()));
 
+    // CI puts a copy of `shared/` beside the repository.
     let schema = repo().join("../shared/grafana/dashboard.jsonschema.json");
     let check = tokio::process::Command::new("python3")
         .arg(repo().join("dashboards/check.py"))
@@ -388,27 +332,23 @@ async fn every_dashboard_query_works_against_a_real_prometheus() {
     ] {
         assert!(names.contains(&alert), "{alert} not loaded: {names:?}");
     }
-
-    gw.shutdown();
-    gw.wait().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_and_a_lost_redis_fire_their_alerts() {
-    let mut redis = RedisServer::start();
+    let mut redis = Redis::start();
     // The order service is down for good, and one attempt is all a ticket gets.
-    let upstream = MockUpstream::start(Behaviour {
-        fail_first: u32::MAX,
-        fail_status: 503,
-        ..Behaviour::default()
-    })
-    .await;
-    let gw = gateway(config(
-        "max_attempts = 1\n",
-        &upstream.url(),
-        Some(&redis.url()),
-    ))
-    .await;
+    let upstream = MockUpstream::builder()
+        .fail_always()
+        .fail_status(503)
+        .start()
+        .await;
+    let gw = Gateway::builder()
+        .toml("max_attempts = 1\n")
+        .upstream(&upstream)
+        .redis(&redis)
+        .start()
+        .await;
     let prometheus = Prometheus::start(gw.admin_addr).await;
     // The dead-letter counter must be scraped at 0 before it moves: increase()
     // cannot see a counter that is already 1 in its first sample.
@@ -416,13 +356,11 @@ async fn dead_letters_and_a_lost_redis_fire_their_alerts() {
         .until_scraped("flashgate_dispatches_total{outcome=\"dead_lettered\"}")
         .await;
 
-    let base = format!("http://{}", gw.public_addr);
-    let c = client();
+    let c = gw.client();
     for n in 0..3 {
-        let a = send(&c, "POST", &format!("{base}/checkout"), &[], body(n)).await;
-        assert_eq!(a.status, 202, "{}", String::from_utf8_lossy(&a.body));
-        let ticket = a.json()["ticket"].as_str().unwrap().to_string();
-        let done = until_terminal(&base, &ticket, Duration::from_secs(20)).await;
+        let a = c.admit(body(n)).await;
+        assert_eq!(a.status, 202, "{}", a.text());
+        let done = c.until_terminal(&a.ticket(), Duration::from_secs(20)).await;
         assert_eq!(done["status"], "failed", "{done}");
     }
     prometheus
@@ -442,118 +380,23 @@ async fn dead_letters_and_a_lost_redis_fire_their_alerts() {
     let firing = prometheus.firing().await;
     println!("alerts seen firing: {firing:?}");
 
-    gw.shutdown();
-    tokio::time::timeout(Duration::from_secs(30), gw.wait())
+    tokio::time::timeout(Duration::from_secs(30), gw.stop())
         .await
         .expect("the gateway stops without its Redis");
 }
 
-/// A `flashgate` child process with piped stderr, killed by PID when dropped.
-struct Flashgate {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Flashgate {
-    fn start(args: &[&str], env: &[(&str, &str)]) -> Flashgate {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_flashgate"));
-        // The test's own environment must not choose the logging.
-        for (k, _) in std::env::vars() {
-            if k.starts_with("FLASHGATE_") || k == "RUST_LOG" {
-                cmd.env_remove(k);
-            }
-        }
-        let mut child = cmd
-            .args(args)
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the flashgate binary runs");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Flashgate { child, lines }
+/// `flashgate serve` on free ports with its stderr piped to the test and
+/// no log filter of the harness's: the flags and `env` choose the logging.
+fn serve(extra: &[&str], env: &[(&str, &str)]) -> GatewayProcess {
+    let mut gw = Gateway::builder()
+        .upstream("http://127.0.0.1:1")
+        .args(extra)
+        .log(None)
+        .capture_stderr();
+    for (k, v) in env {
+        gw = gw.env(k, v);
     }
-
-    fn serve(extra: &[&str], env: &[(&str, &str)]) -> (Flashgate, u16) {
-        let admin = free_port();
-        let listen = format!("127.0.0.1:{}", free_port());
-        let admin_listen = format!("127.0.0.1:{admin}");
-        let mut args = vec![
-            "serve",
-            "--listen",
-            &listen,
-            "--admin-listen",
-            &admin_listen,
-        ];
-        if !extra.contains(&"--upstream") {
-            args.extend(["--upstream", "http://127.0.0.1:1"]);
-        }
-        args.extend_from_slice(extra);
-        (Flashgate::start(&args, env), admin)
-    }
-
-    /// Lines until one satisfies `stop` (included), within 20 s.
-    fn read_until(&mut self, stop: impl Fn(&str) -> bool) -> Vec<String> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut out = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    let done = stop(&line);
-                    out.push(line);
-                    if done {
-                        return out;
-                    }
-                }
-                Err(e) => panic!("stderr ended or stalled ({e}) after:\n{}", out.join("\n")),
-            }
-        }
-    }
-
-    /// SIGTERM, then every remaining line and the exit status.
-    fn terminate(&mut self) -> (Vec<String>, std::process::ExitStatus) {
-        let sent = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(sent.success());
-        let mut out = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while let Ok(line) = self
-            .lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        {
-            out.push(line);
-        }
-        let status = self.child.wait().expect("flashgate exits");
-        (out, status)
-    }
-}
-
-impl Drop for Flashgate {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn until_healthy(admin: u16) {
-    let url = format!("http://127.0.0.1:{admin}/healthz");
-    until(
-        Duration::from_secs(20),
-        "flashgate to answer /healthz",
-        || async { try_get(&url).await.filter(|a| a.status == 200).map(|_| ()) },
-    )
-    .await;
+    gw.spawn()
 }
 
 fn json_line(line: &str) -> serde_json::Value {
@@ -567,17 +410,12 @@ fn json_line(line: &str) -> serde_json::Value {
 
 #[test]
 fn json_logs_carry_the_lifecycle_and_the_effective_config() {
-    let (mut gw, _) = Flashgate::serve(
-        &[
-            "--log-format",
-            "json",
-            "--drain-rate",
-            "7",
-            "--upstream",
-            "http://orders:hunter2@127.0.0.1:1",
-        ],
-        &[],
-    );
+    let mut gw = Gateway::builder()
+        .upstream("http://orders:hunter2@127.0.0.1:1")
+        .args(&["--log-format", "json", "--drain-rate", "7"])
+        .log(None)
+        .capture_stderr()
+        .spawn();
     let start = gw.read_until(|l| l.contains("flashgate listening"));
     let events: Vec<serde_json::Value> = start.iter().map(|l| json_line(l)).collect();
     let find = |msg: &str| {
@@ -610,8 +448,8 @@ fn json_logs_carry_the_lifecycle_and_the_effective_config() {
 #[tokio::test]
 async fn log_level_and_filter_env_choose_what_is_logged() {
     // --log-level warn: the embedded-queue warning, none of the info lines.
-    let (mut quiet, admin) = Flashgate::serve(&["--log-level", "warn"], &[]);
-    until_healthy(admin).await;
+    let mut quiet = serve(&["--log-level", "warn"], &[]);
+    quiet.up().await;
     let (lines, status) = quiet.terminate();
     assert!(status.success(), "{status}");
     let text = lines.join("\n");
@@ -620,14 +458,14 @@ async fn log_level_and_filter_env_choose_what_is_logged() {
     assert!(!text.contains('\u{1b}'), "colour codes on a pipe: {text}");
 
     // A filter in RUST_LOG wins over the flag; the env var sets the flag.
-    let (mut loud, admin) = Flashgate::serve(
+    let mut loud = serve(
         &[],
         &[
             ("FLASHGATE_LOG_LEVEL", "error"),
             ("RUST_LOG", "flashgate=info"),
         ],
     );
-    until_healthy(admin).await;
+    loud.up().await;
     let (lines, _) = loud.terminate();
     assert!(
         lines.iter().any(|l| l.contains("flashgate listening")),
@@ -635,8 +473,8 @@ async fn log_level_and_filter_env_choose_what_is_logged() {
     );
 
     // Without it, FLASHGATE_LOG_LEVEL=error keeps even the warning out.
-    let (mut silent, admin) = Flashgate::serve(&[], &[("FLASHGATE_LOG_LEVEL", "error")]);
-    until_healthy(admin).await;
+    let mut silent = serve(&[], &[("FLASHGATE_LOG_LEVEL", "error")]);
+    silent.up().await;
     let (lines, _) = silent.terminate();
     assert!(lines.is_empty(), "{lines:?}");
 }
@@ -647,13 +485,9 @@ fn bad_log_flags_exit_2_naming_the_flag() {
         ["serve", "--log-level", "loud"],
         ["check-config", "--log-format", "xml"],
     ] {
-        let mut gw = Flashgate::start(&args, &[]);
-        let status = gw.child.wait().expect("exits");
-        let text: Vec<String> = gw.lines.iter().collect();
-        assert_eq!(status.code(), Some(2), "{args:?}: {text:?}");
-        assert!(
-            text.join("\n").contains(args[1]),
-            "{args:?} not named: {text:?}"
-        );
+        let out = flashgate().args(args).output().expect("flashgate runs");
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {text:?}");
+        assert!(text.contains(args[1]), "{args:?} not named: {text:?}");
     }
 }

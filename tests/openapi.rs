@@ -6,15 +6,15 @@
 //! The Python tools live in `target/test-venv`, which `scripts/test` makes
 //! from the pins in `tests/requirements.txt`.
 
-mod common;
+mod support;
 
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::process::Command;
 
-use common::*;
+use support::stacks::venv_bin;
+use support::*;
 
 /// How long schemathesis may run at most before the test gives up on it.
 const SCHEMATHESIS_DEADLINE: Duration = Duration::from_secs(600);
@@ -23,27 +23,8 @@ const MAX_EXAMPLES: &str = "25";
 /// Fixed so that a failure reproduces; `FLASHGATE_SCHEMATHESIS_SEED` overrides.
 const SEED: &str = "20261128";
 
-fn manifest_dir() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The venv's `bin/` directory; fails, naming `scripts/test`, when it is not
-/// there (say, `cargo test` was run on its own on a fresh checkout).
-fn venv_bin() -> PathBuf {
-    let venv = std::env::var_os("FLASHGATE_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| manifest_dir().join("target/test-venv"));
-    let bin = venv.join("bin");
-    for tool in ["python", "openapi-spec-validator", "schemathesis"] {
-        assert!(
-            bin.join(tool).exists(),
-            "{} has no {tool}: run scripts/test, which installs the pinned tools of \
-             tests/requirements.txt there (or point FLASHGATE_TEST_VENV at such a venv)",
-            venv.display()
-        );
-    }
-    bin
-}
+/// The venv's tools this file runs.
+const TOOLS: &[&str] = &["python", "openapi-spec-validator", "schemathesis"];
 
 /// Runs a tool to completion with a deadline; returns (success, stdout + stderr).
 async fn run(cmd: &mut Command, deadline: Duration) -> (bool, String) {
@@ -62,8 +43,8 @@ async fn run(cmd: &mut Command, deadline: Duration) -> (bool, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_document_is_valid_and_is_what_the_gateway_serves() {
-    let bin = venv_bin();
-    let yaml = manifest_dir().join("docs/openapi.yaml");
+    let bin = venv_bin(TOOLS);
+    let yaml = repo().join("docs/openapi.yaml");
     let (ok, out) = run(
         Command::new(bin.join("openapi-spec-validator"))
             .args(["--schema", "3.1"])
@@ -73,9 +54,9 @@ async fn the_document_is_valid_and_is_what_the_gateway_serves() {
     .await;
     assert!(ok, "docs/openapi.yaml is not valid OpenAPI 3.1:\n{out}");
 
-    let upstream = MockUpstream::start(Behaviour::default()).await;
-    let gateway = gateway(config("", &upstream.url(), None)).await;
-    let served = get(&format!("http://{}/openapi.json", gateway.public_addr)).await;
+    let upstream = MockUpstream::start().await;
+    let gateway = Gateway::builder().upstream(&upstream).start().await;
+    let served = gateway.client().get("/openapi.json").await;
     assert_eq!(served.status, 200);
     assert_eq!(served.header("content-type"), "application/json");
     let dir = tempfile::tempdir().unwrap();
@@ -96,19 +77,22 @@ async fn the_document_is_valid_and_is_what_the_gateway_serves() {
     )
     .await;
     assert!(ok, "{out}");
-    gateway.shutdown();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_no_server_error_and_no_undocumented_answer() {
-    let bin = venv_bin();
-    let upstream = MockUpstream::start(Behaviour::default()).await;
+    let bin = venv_bin(TOOLS);
+    let upstream = MockUpstream::start().await;
     // A fast drain, so tickets complete while the run follows them, and room
     // for every admission (the default capacity is a million).
     // Preflights from one allowed origin; Prefer: wait held 2 s at most.
     let toml = "drain_rate = 500\nmax_wait = \"2s\"\ncors_origins = [\"https://shop.example\"]\n";
-    let gateway = gateway(config(toml, &upstream.url(), None)).await;
-    let base = format!("http://{}", gateway.public_addr);
+    let gateway = Gateway::builder()
+        .toml(toml)
+        .upstream(&upstream)
+        .start()
+        .await;
+    let base = gateway.base();
     let work = tempfile::tempdir().unwrap();
     let seed = std::env::var("FLASHGATE_SCHEMATHESIS_SEED").unwrap_or_else(|_| SEED.into());
     let mut cmd = Command::new(bin.join("schemathesis"));
@@ -170,5 +154,4 @@ async fn schemathesis_finds_no_server_error_and_no_undocumented_answer() {
         assert!(r.path.starts_with("/checkout"), "{}", r.path);
         assert!(!r.header("idempotency-key").is_empty());
     }
-    gateway.shutdown();
 }

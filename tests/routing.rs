@@ -3,12 +3,12 @@
 //! ambiguous paths get 400, passthrough forwards the normal form.
 //! (tests/bypass.rs does the same against real web frameworks.)
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::raw::{request, RawAnswer};
-use common::*;
+use support::raw::{request, RawAnswer};
+use support::*;
 
 fn refused(a: &RawAnswer, what: &str) {
     assert_eq!(
@@ -39,9 +39,13 @@ async fn paths_received(upstream: &MockUpstream, n: usize) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_spelling_of_a_queued_route_is_stored_as_the_route() {
-    let upstream = MockUpstream::start(Behaviour::default()).await;
+    let upstream = MockUpstream::start().await;
     let toml = "passthrough = true\ndrain_rate = 1000\n";
-    let gw = gateway(config(toml, &upstream.url(), None)).await;
+    let gw = Gateway::builder()
+        .toml(toml)
+        .upstream(&upstream)
+        .start()
+        .await;
     let spellings = [
         ("/checkout/", "/checkout"),
         ("//checkout", "/checkout"),
@@ -68,14 +72,16 @@ async fn every_spelling_of_a_queued_route_is_stored_as_the_route() {
     got.sort();
     want.sort();
     assert_eq!(got, want);
-    gw.shutdown();
-    gw.wait().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ambiguous_paths_get_400_and_reach_nothing() {
-    let upstream = MockUpstream::start(Behaviour::default()).await;
-    let gw = gateway(config("passthrough = true\n", &upstream.url(), None)).await;
+    let upstream = MockUpstream::start().await;
+    let gw = Gateway::builder()
+        .toml("passthrough = true\n")
+        .upstream(&upstream)
+        .start()
+        .await;
     for spelling in [
         "/checkout%2f",
         "/checkout%2F",
@@ -97,14 +103,16 @@ async fn ambiguous_paths_get_400_and_reach_nothing() {
         }
     }
     assert!(upstream.received().is_empty());
-    gw.shutdown();
-    gw.wait().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passthrough_forwards_the_normal_form_and_the_query_as_sent() {
-    let upstream = MockUpstream::start(Behaviour::default()).await;
-    let gw = gateway(config("passthrough = true\n", &upstream.url(), None)).await;
+    let upstream = MockUpstream::start().await;
+    let gw = Gateway::builder()
+        .toml("passthrough = true\n")
+        .upstream(&upstream)
+        .start()
+        .await;
     let cases = [
         (
             "//products/./42/%7eitem?color=red%2Fblue",
@@ -122,15 +130,17 @@ async fn passthrough_forwards_the_normal_form_and_the_query_as_sent() {
         assert_eq!(got.len(), i + 1);
         assert_eq!(&got[i].path, forwarded, "{spelling}");
     }
-    gw.shutdown();
-    gw.wait().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_case_insensitive_queue_stores_its_own_spelling_of_the_route() {
-    let upstream = MockUpstream::start(Behaviour::default()).await;
+    let upstream = MockUpstream::start().await;
     let toml = "passthrough = true\ndrain_rate = 1000\nroute_case_insensitive = true\n";
-    let gw = gateway(config(toml, &upstream.url(), None)).await;
+    let gw = Gateway::builder()
+        .toml(toml)
+        .upstream(&upstream)
+        .start()
+        .await;
     for spelling in ["/Checkout/;a=b?x=1", "/CHECKOUT", "//cHeCk%4Fut/"] {
         let a = request(gw.public_addr, "POST", spelling, &[], "{}").await;
         assert_eq!(a.status, 202, "{spelling}");
@@ -138,14 +148,16 @@ async fn a_case_insensitive_queue_stores_its_own_spelling_of_the_route() {
     let mut got = paths_received(&upstream, 3).await;
     got.sort();
     assert_eq!(got, ["/checkout", "/checkout", "/checkout?x=1"]);
-    gw.shutdown();
-    gw.wait().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spellings_of_one_request_are_one_idempotent_request() {
-    let upstream = MockUpstream::start(Behaviour::default()).await;
-    let gw = gateway(config("drain_rate = 0.001\n", &upstream.url(), None)).await;
+    let upstream = MockUpstream::start().await;
+    let gw = Gateway::builder()
+        .toml("drain_rate = 0.001\n")
+        .upstream(&upstream)
+        .start()
+        .await;
     let key = [("idempotency-key", "order-7")];
     let first = request(gw.public_addr, "POST", "/checkout?x=1", &key, "{}").await;
     assert_eq!(first.status, 202);
@@ -161,15 +173,17 @@ async fn spellings_of_one_request_are_one_idempotent_request() {
     // Another query is another request.
     let other = request(gw.public_addr, "POST", "/checkout?x=2", &key, "{}").await;
     assert_eq!(other.status, 422);
-    gw.shutdown();
-    gw.wait().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_methods_on_any_spelling_get_405_with_the_route_methods() {
-    let upstream = MockUpstream::start(Behaviour::default()).await;
+    let upstream = MockUpstream::start().await;
     let toml = "passthrough = true\nroute = [\"POST /checkout\", \"PUT /checkout/\"]\n";
-    let gw = gateway(config(toml, &upstream.url(), None)).await;
+    let gw = Gateway::builder()
+        .toml(toml)
+        .upstream(&upstream)
+        .start()
+        .await;
     for spelling in ["/checkout", "/checkout/", "/%63heckout;a=b"] {
         let a = request(gw.public_addr, "DELETE", spelling, &[], "").await;
         assert_eq!(a.status, 405, "{spelling}");
@@ -177,14 +191,16 @@ async fn other_methods_on_any_spelling_get_405_with_the_route_methods() {
         assert_eq!(a.json()["code"], "method_not_allowed");
     }
     assert!(upstream.received().is_empty(), "never passed through");
-    gw.shutdown();
-    gw.wait().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ticket_and_page_routes_follow_the_normal_form() {
-    let upstream = MockUpstream::start(Behaviour::default()).await;
-    let gw = gateway(config("drain_rate = 0.001\n", &upstream.url(), None)).await;
+    let upstream = MockUpstream::start().await;
+    let gw = Gateway::builder()
+        .toml("drain_rate = 0.001\n")
+        .upstream(&upstream)
+        .start()
+        .await;
     let a = request(gw.public_addr, "POST", "/checkout", &[], "{}").await;
     let ticket = a.json()["ticket"].as_str().unwrap().to_string();
     for spelling in [
@@ -205,6 +221,4 @@ async fn ticket_and_page_routes_follow_the_normal_form() {
     let doc = request(gw.public_addr, "GET", "/%6fpenapi.json", &[], "").await;
     assert_eq!(doc.status, 200);
     assert_eq!(doc.json()["openapi"].as_str().map(|v| &v[..2]), Some("3."));
-    gw.shutdown();
-    gw.wait().await;
 }

@@ -3,14 +3,13 @@
 //! across all instances (never N times it), survives the loss of an
 //! instance, and the adaptive drain finds an upstream's knee.
 
-mod common;
+mod support;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::process::{admit, outcome, GatewayProcess};
-use common::*;
+use support::*;
 
 /// The rate the upstream saw: the least-squares slope of arrival count over
 /// arrival time. Unlike (n - 1) / (last - first) it does not swing when the
@@ -48,42 +47,24 @@ fn busiest_second(arrivals: &[Instant]) -> usize {
     most
 }
 
-/// A counter's value in a Prometheus exposition (0 when absent).
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
+/// The dispatches an instance completed, from its `/metrics`.
+async fn completed(gw: &GatewayProcess) -> f64 {
+    let metrics = gw.client().metrics().await;
+    let labels = [r#"outcome="completed""#, r#"queue="checkout""#];
+    metrics.sum("flashgate_dispatches_total", &labels)
 }
-
-async fn scrape(gw: &GatewayProcess) -> String {
-    let body = get(&format!("http://127.0.0.1:{}/metrics", gw.admin))
-        .await
-        .body;
-    String::from_utf8_lossy(&body).into_owned()
-}
-
-const COMPLETED: &str = r#"flashgate_dispatches_total{outcome="completed",queue="checkout"}"#;
 
 /// Pauses or resumes the queue, and waits until every instance knows.
 async fn set_paused(gws: &[GatewayProcess], paused: bool) {
-    let a = send(
-        &client(),
-        "PATCH",
-        &format!("http://127.0.0.1:{}/admin/queues/checkout", gws[0].admin),
-        &[("content-type", "application/json")],
-        format!(r#"{{"paused": {paused}}}"#),
-    )
-    .await;
-    assert_eq!(a.status, 200);
+    let knobs = format!(r#"{{"paused": {paused}}}"#);
+    gws[0].client().patch_knobs(knobs).await;
     for gw in gws {
-        let url = format!("http://127.0.0.1:{}/admin/queues", gw.admin);
-        eventually(Duration::from_secs(10), "every instance sees it", || {
-            let url = url.clone();
-            async move {
-                let q = get(&url).await.json()["queues"][0].clone();
-                (q["paused"] == paused).then_some(())
-            }
-        })
+        let c = gw.client();
+        eventually(
+            Duration::from_secs(10),
+            "every instance sees it",
+            || async { (c.queue().await["paused"] == paused).then_some(()) },
+        )
         .await;
     }
 }
@@ -92,20 +73,26 @@ async fn set_paused(gws: &[GatewayProcess], paused: bool) {
 /// while paused): the upstream sees that rate in total, and every instance
 /// takes a share of the work.
 async fn instances_share_one_rate(instances: usize, rate: f64, tickets: usize) {
-    let redis = RedisServer::start();
-    let upstream = MockUpstream::start(Behaviour::default()).await;
-    let flags = ["--drain-rate", &rate.to_string(), "--max-in-flight", "64"];
+    let redis = Redis::start();
+    let upstream = MockUpstream::start().await;
+    let instance = Gateway::builder().upstream(&upstream).redis(&redis).args(&[
+        "--drain-rate",
+        &rate.to_string(),
+        "--max-in-flight",
+        "64",
+    ]);
     let gws: Vec<GatewayProcess> = (0..instances)
-        .map(|i| GatewayProcess::start(&upstream.url(), &redis.url(), &format!("n{i}"), &flags))
+        .map(|i| instance.clone().consumer(&format!("n{i}")).spawn())
         .collect();
     for gw in &gws {
         gw.up().await;
     }
     set_paused(&gws, true).await;
-    let (admitted, refused) = admit(&gws[0].base(), tickets, "n").await;
+    let (admitted, refused) = gws[0].client().admit_many(tickets, "n").await;
     assert!(refused.is_empty(), "{refused:?}");
     set_paused(&gws, false).await;
-    let o = outcome(&gws[instances - 1].base(), &admitted, &[&upstream]).await;
+    let last = gws[instances - 1].client();
+    let o = last.outcome(&admitted, &[&upstream]).await;
     assert_eq!((o.completed, o.lost), (tickets, 0), "{o:?}");
 
     let at = arrivals(&upstream);
@@ -113,7 +100,7 @@ async fn instances_share_one_rate(instances: usize, rate: f64, tickets: usize) {
     let busiest = busiest_second(&at);
     let mut shares = Vec::new();
     for gw in &gws {
-        shares.push(metric(&scrape(gw).await, COMPLETED) as u64);
+        shares.push(completed(gw).await as u64);
     }
     println!(
         "scale report: {instances} instances at {rate}/s: upstream saw {observed:.2}/s \
@@ -167,34 +154,31 @@ async fn measure_combined_rates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_draining_instance_loses_nothing() {
     const TICKETS: usize = 150;
-    let redis = RedisServer::start_durable();
-    let upstream = MockUpstream::start(Behaviour {
-        latency: Duration::from_millis(50),
-        ..Behaviour::default()
-    })
-    .await;
-    let flags = [
-        "--drain-rate",
-        "50",
-        "--max-in-flight",
-        "8",
-        "--claim-idle",
-        "2s",
-    ];
-    let mut a = GatewayProcess::start(&upstream.url(), &redis.url(), "node-a", &flags);
-    let b = GatewayProcess::start(&upstream.url(), &redis.url(), "node-b", &flags);
+    let redis = Redis::builder().durable().start();
+    let upstream = MockUpstream::builder()
+        .latency(Duration::from_millis(50))
+        .start()
+        .await;
+    let instance = Gateway::builder()
+        .upstream(&upstream)
+        .redis(&redis)
+        .args(&["--drain-rate", "50", "--max-in-flight", "8"])
+        .args(&["--claim-idle", "2s"]);
+    let mut a = instance.clone().consumer("node-a").spawn();
+    let b = instance.consumer("node-b").spawn();
     a.up().await;
     b.up().await;
-    let (tickets, refused) = admit(&b.base(), TICKETS, "k").await;
+    let (tickets, refused) = b.client().admit_many(TICKETS, "k").await;
     assert!(refused.is_empty(), "{refused:?}");
-    eventually(Duration::from_secs(30), "both instances draining", || {
-        let a = &a;
-        async move { (metric(&scrape(a).await, COMPLETED) >= 10.0).then_some(()) }
-    })
+    eventually(
+        Duration::from_secs(30),
+        "both instances draining",
+        || async { (completed(&a).await >= 10.0).then_some(()) },
+    )
     .await;
     a.crash();
     let killed = Instant::now();
-    let o = outcome(&b.base(), &tickets, &[&upstream]).await;
+    let o = b.client().outcome(&tickets, &[&upstream]).await;
     let after: Vec<Instant> = arrivals(&upstream)
         .into_iter()
         .filter(|t| *t > killed)
@@ -216,51 +200,34 @@ async fn killing_a_draining_instance_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adaptive_drain_finds_the_knee_and_backs_off() {
     const CEILING: f64 = 100.0;
-    let redis = RedisServer::start();
+    let redis = Redis::start();
     let knee = Arc::new(AtomicU64::new(40));
-    let upstream = MockUpstream::start(Behaviour {
-        latency: Duration::from_millis(5),
-        knee: Some(knee.clone()),
-        ..Behaviour::default()
-    })
-    .await;
-    let flags = [
-        "--drain-rate",
-        "20",
-        "--adaptive",
-        "--adaptive-floor",
-        "5",
-        "--adaptive-ceiling",
-        "100",
-        "--max-in-flight",
-        "32",
-    ];
+    let upstream = MockUpstream::builder()
+        .latency(Duration::from_millis(5))
+        .knee(knee.clone())
+        .start()
+        .await;
+    let instance = Gateway::builder()
+        .upstream(&upstream)
+        .redis(&redis)
+        .args(&["--drain-rate", "20", "--adaptive"])
+        .args(&["--adaptive-floor", "5", "--adaptive-ceiling", "100"])
+        .args(&["--max-in-flight", "32"]);
     let gws = [
-        GatewayProcess::start(&upstream.url(), &redis.url(), "a", &flags),
-        GatewayProcess::start(&upstream.url(), &redis.url(), "b", &flags),
+        instance.clone().consumer("a").spawn(),
+        instance.consumer("b").spawn(),
     ];
     for gw in &gws {
         gw.up().await;
     }
+    let clients = [gws[0].client(), gws[1].client()];
     // A backlog that outlasts the test: 3000 tickets at under 45/s.
     let started = Instant::now();
-    let c = client();
     for i in 0..3000 {
-        let a = send(
-            &c,
-            "POST",
-            &format!("{}/checkout", gws[i % 2].base()),
-            &[],
-            format!("{{\"n\":{i}}}"),
-        )
-        .await;
+        let a = clients[i % 2].admit(format!("{{\"n\":{i}}}")).await;
         assert_eq!(a.status, 202);
     }
-    let admin = format!("http://127.0.0.1:{}/admin/queues", gws[1].admin);
-    let rate_now = || {
-        let admin = admin.clone();
-        async move { get(&admin).await.json()["queues"][0]["drain_rate"].as_f64() }
-    };
+    let rate_now = || async { clients[1].queue().await["drain_rate"].as_f64() };
     let mut seen = Vec::new();
     // Converges: reaches 80% of the knee.
     loop {
@@ -311,11 +278,11 @@ async fn adaptive_drain_finds_the_knee_and_backs_off() {
         seen.iter().chain(&around).all(|r| *r <= CEILING),
         "never above the ceiling"
     );
-    let q = get(&admin).await.json()["queues"][0].clone();
+    let q = clients[1].queue().await;
     assert_eq!(q["adaptive"]["ceiling"], CEILING);
     assert_eq!(q["adaptive"]["floor"], 5.0);
     // Both instances follow the one shared rate.
-    let metrics = scrape(&gws[0]).await;
-    let gauge = metric(&metrics, r#"flashgate_drain_rate_limit{queue="checkout"}"#);
+    let metrics = clients[0].metrics().await;
+    let gauge = metrics.sum("flashgate_drain_rate_limit", &[r#"queue="checkout""#]);
     assert!(gauge > 0.0 && gauge <= CEILING, "{gauge}");
 }

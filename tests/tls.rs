@@ -10,15 +10,13 @@
 //! the gateway at start with a clear error, and an upstream whose
 //! certificate does not verify never receives an order.
 
-mod common;
+mod support;
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::process::{admit, flashgate, outcome, GatewayProcess};
-use common::{free_port, get, until_terminal, Behaviour, MockUpstream, RedisServer};
+use support::*;
 
 const USER: &str = "flash";
 const PASSWORD: &str = "s3cret-pass";
@@ -124,26 +122,25 @@ fn pki(dir: &Path, name: &str) -> Pki {
     }
 }
 
+/// A TLS-only redis-server with this PKI's certificate, whose one user is
+/// `USER`.
+fn tls_redis(pki: &Pki) -> Redis {
+    Redis::builder()
+        .tls(&pki.cert, &pki.key, &pki.ca)
+        .user(USER, PASSWORD)
+        .start()
+}
+
 /// `flashgate serve` trusting only the CA in `ca` (`SSL_CERT_FILE`; no
 /// `SSL_CERT_DIR`), logging at info into `log`.
-fn serve(upstream: &str, redis: &str, ca: &Path, log: &Path, extra: &[&str]) -> GatewayProcess {
-    let out = File::create(log).unwrap();
-    let err = out.try_clone().unwrap();
-    GatewayProcess::start_configured(
-        free_port(),
-        free_port(),
-        upstream,
-        redis,
-        &format!("tls-{}", free_port()),
-        extra,
-        |c| {
-            c.env("SSL_CERT_FILE", ca)
-                .env_remove("SSL_CERT_DIR")
-                .env("FLASHGATE_LOG", "info")
-                .stdout(Stdio::from(out))
-                .stderr(Stdio::from(err));
-        },
-    )
+fn serve(upstream: &MockUpstream, redis: &Redis, ca: &Path, log: &Path) -> GatewayBuilder {
+    Gateway::builder()
+        .upstream(upstream)
+        .redis(redis)
+        .env("SSL_CERT_FILE", ca)
+        .env_remove("SSL_CERT_DIR")
+        .log(Some("info"))
+        .log_file(log)
 }
 
 fn read(log: &Path) -> String {
@@ -161,22 +158,25 @@ fn assert_no_password(what: &str, text: &str) {
 async fn orders_go_through_a_tls_redis_to_an_https_upstream() {
     let dir = tempfile::tempdir().unwrap();
     let pki = pki(dir.path(), "trusted");
-    let redis = RedisServer::start_tls(&pki.cert, &pki.key, &pki.ca, USER, PASSWORD);
-    let upstream = MockUpstream::start_tls(Behaviour::default(), &pki.cert, &pki.key).await;
+    let redis = tls_redis(&pki);
+    let upstream = MockUpstream::builder()
+        .tls(&pki.cert, &pki.key)
+        .start()
+        .await;
     assert!(upstream.url().starts_with("https://localhost:"));
     let log = dir.path().join("gateway.log");
-    let mut gw = serve(&upstream.url(), &redis.url(), &pki.ca, &log, &[]);
-    gw.up().await;
+    let mut gw = serve(&upstream, &redis, &pki.ca, &log).process().await;
+    let c = gw.client();
 
     let n = 5;
-    let (tickets, refused) = admit(&gw.base(), n, "tls").await;
+    let (tickets, refused) = c.admit_many(n, "tls").await;
     assert!(refused.is_empty(), "refused: {refused:?}\n{}", read(&log));
     assert_eq!(tickets.len(), n);
-    let out = outcome(&gw.base(), &tickets, &[&upstream]).await;
+    let out = c.outcome(&tickets, &[&upstream]).await;
     assert_eq!(out.completed, n, "{out:?}\n{}", read(&log));
     assert_eq!((out.lost, out.redelivered), (0, 0), "{out:?}");
     for t in &tickets {
-        let done = until_terminal(&gw.base(), t, Duration::from_secs(10)).await;
+        let done = c.until_terminal(t, Duration::from_secs(10)).await;
         assert_eq!(done["response"]["status"], 201, "{done}");
         assert_eq!(done["response"]["headers"]["x-order-service"], "mock");
     }
@@ -268,10 +268,10 @@ async fn a_redis_certificate_from_an_untrusted_ca_stops_the_gateway_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let server = pki(dir.path(), "server");
     let other = pki(dir.path(), "other");
-    let redis = RedisServer::start_tls(&server.cert, &server.key, &server.ca, USER, PASSWORD);
-    let upstream = MockUpstream::start(Behaviour::default()).await;
+    let redis = tls_redis(&server);
+    let upstream = MockUpstream::start().await;
     let log = dir.path().join("gateway.log");
-    let mut gw = serve(&upstream.url(), &redis.url(), &other.ca, &log, &[]);
+    let mut gw = serve(&upstream, &redis, &other.ca, &log).spawn();
     // It keeps trying to read the shared ticket secret for a bounded time,
     // then gives up.
     let code = gw.wait_exit(Duration::from_secs(30));
@@ -290,24 +290,24 @@ async fn an_upstream_certificate_from_an_untrusted_ca_never_gets_the_order() {
     let dir = tempfile::tempdir().unwrap();
     let trusted = pki(dir.path(), "trusted");
     let rogue = pki(dir.path(), "rogue");
-    let redis = RedisServer::start_tls(&trusted.cert, &trusted.key, &trusted.ca, USER, PASSWORD);
-    let upstream = MockUpstream::start_tls(Behaviour::default(), &rogue.cert, &rogue.key).await;
+    let redis = tls_redis(&trusted);
+    let upstream = MockUpstream::builder()
+        .tls(&rogue.cert, &rogue.key)
+        .start()
+        .await;
     let log = dir.path().join("gateway.log");
     let attempts = 2;
-    let gw = serve(
-        &upstream.url(),
-        &redis.url(),
-        &trusted.ca,
-        &log,
-        &["--max-attempts", &attempts.to_string()],
-    );
-    gw.up().await;
+    let gw = serve(&upstream, &redis, &trusted.ca, &log)
+        .args(&["--max-attempts", &attempts.to_string()])
+        .process()
+        .await;
+    let c = gw.client();
 
     let n = 2;
-    let (tickets, refused) = admit(&gw.base(), n, "rogue").await;
+    let (tickets, refused) = c.admit_many(n, "rogue").await;
     assert!(refused.is_empty(), "refused: {refused:?}\n{}", read(&log));
     for t in &tickets {
-        let done = until_terminal(&gw.base(), t, Duration::from_secs(30)).await;
+        let done = c.until_terminal(t, Duration::from_secs(30)).await;
         assert_eq!(done["status"], "failed", "{done}");
         let detail = done["error"]["detail"].as_str().unwrap_or_default();
         assert!(
@@ -325,17 +325,11 @@ async fn an_upstream_certificate_from_an_untrusted_ca_never_gets_the_order() {
         "{} failed handshakes",
         upstream.tls_failures()
     );
-    let metrics = get(&format!("http://127.0.0.1:{}/metrics", gw.admin)).await;
-    let text = String::from_utf8_lossy(&metrics.body);
-    let errors: f64 = text
-        .lines()
-        .find(|l| {
-            l.starts_with("flashgate_upstream_responses_total")
-                && l.contains("code_class=\"error\"")
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_default();
+    let text = c.metrics().await;
+    let errors = text.sum(
+        "flashgate_upstream_responses_total",
+        &["code_class=\"error\""],
+    );
     assert_eq!(errors, (n * attempts) as f64, "{text}");
     assert_no_password("the gateway's log", &read(&log));
 }

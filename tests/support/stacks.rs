@@ -1,17 +1,18 @@
-//! Real order services on real web stacks for tests/bypass.rs: Flask
-//! under gunicorn (WSGI) and Starlette under uvicorn (ASGI), the apps in
-//! `tests/stacks/`, run from `target/test-venv` (made by `scripts/test` from
-//! the pins in `tests/requirements.txt`).
+//! Python parts from `target/test-venv` (made by `scripts/test` from the
+//! pins in `tests/requirements.txt`): real order services on real web
+//! stacks for tests/bypass.rs — Flask under gunicorn (WSGI) and Starlette
+//! under uvicorn (ASGI), the apps in `tests/stacks/` — and the ASGI apps of
+//! `tests/apps/`.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use super::raw::request;
-use super::{eventually, free_port, process};
+use super::{eventually, free_port, repo, signal, Url};
 
 /// A web stack the order service runs on.
 #[derive(Clone, Copy)]
@@ -31,17 +32,15 @@ impl Stack {
     }
 }
 
-fn manifest_dir() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The venv's `bin/`; fails, naming `scripts/test`, when it is not there.
-fn venv_bin() -> PathBuf {
+/// The venv's `bin/`, which must hold `tools`; fails, naming
+/// `scripts/test`, when they are not there (say, `cargo test` was run on
+/// its own on a fresh checkout).
+pub fn venv_bin(tools: &[&str]) -> PathBuf {
     let venv = std::env::var_os("FLASHGATE_TEST_VENV")
         .map(PathBuf::from)
-        .unwrap_or_else(|| manifest_dir().join("target/test-venv"));
+        .unwrap_or_else(|| repo().join("target/test-venv"));
     let bin = venv.join("bin");
-    for tool in ["gunicorn", "uvicorn"] {
+    for tool in tools {
         assert!(
             bin.join(tool).exists(),
             "{} has no {tool}: run scripts/test, which installs the pinned packages of \
@@ -67,8 +66,8 @@ impl OrderService {
         let log = dir.path().join("orders.jsonl");
         std::fs::write(&log, "").expect("order log");
         let port = free_port();
-        let bin = venv_bin();
-        let apps = manifest_dir().join("tests/stacks");
+        let bin = venv_bin(&["gunicorn", "uvicorn"]);
+        let apps = repo().join("tests/stacks");
         let mut cmd = match stack {
             Stack::Wsgi => {
                 let mut c = Command::new(bin.join("gunicorn"));
@@ -146,7 +145,7 @@ impl OrderService {
 
 impl Drop for OrderService {
     fn drop(&mut self) {
-        process::signal(self.child.id(), "TERM");
+        signal(self.child.id(), "TERM");
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -154,6 +153,53 @@ impl Drop for OrderService {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Url for OrderService {
+    fn url(&self) -> String {
+        OrderService::url(self)
+    }
+}
+
+/// uvicorn serving an ASGI app of `tests/apps/` (`module:app`), killed
+/// when dropped. It is not waited for: the test's first request does.
+pub struct AsgiApp {
+    child: Child,
+    port: u16,
+}
+
+impl AsgiApp {
+    pub fn start(app: &str) -> AsgiApp {
+        let python = venv_bin(&["python"]).join("python");
+        let port = free_port();
+        let child = Command::new(python)
+            .args(["-m", "uvicorn", "--app-dir"])
+            .arg(repo().join("tests/apps"))
+            .args([app, "--host", "127.0.0.1", "--port"])
+            .arg(port.to_string())
+            .args(["--log-level", "warning"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("uvicorn starts");
+        AsgiApp { child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Url for AsgiApp {
+    fn url(&self) -> String {
+        AsgiApp::url(self)
+    }
+}
+
+impl Drop for AsgiApp {
+    fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
