@@ -23,7 +23,7 @@ use crate::http::client::Client;
 use crate::http::headers;
 use crate::http::problem::{Code, Problem};
 use crate::queue::Queue;
-use crate::ticket::{self, now_ms, Place, TicketId, TicketStatus};
+use crate::ticket::{self, Place, TicketId, TicketStatus};
 use answer::{answer_within, sold_out, ticket_answer, IDEMPOTENT_REPLAYED};
 use request::{
     content_length, hex_digest, idempotency_key, preferred_wait, read_body, too_large, Leftover,

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::retry::RETRY_MAX;
-use crate::backend::QueueBackend;
+use crate::backend::{KnobStore, TicketStore};
 use crate::config::QueueConfig;
 use crate::ticket::TicketStatus;
 use harness::{config, sale_day, Harness, Reply};

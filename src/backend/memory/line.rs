@@ -1,6 +1,8 @@
 //! The embedded line: admission, delivery and the end of each entry.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 

@@ -1,6 +1,6 @@
 //! The embedded ticket store.
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 

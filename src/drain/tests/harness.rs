@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::backend::{Admit, AdmitLimits, MemoryQueue, Prequeue, QueueBackend, QueuedRequest};
+use crate::backend::{Admit, AdmitLimits, Line, MemoryQueue, Prequeue, QueuedRequest, TicketStore};
 use crate::clock::TestClock;
 use crate::config::QueueConfig;
 use crate::http::body::Body;
