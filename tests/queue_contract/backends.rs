@@ -21,7 +21,7 @@ use flashgate::backend::{
 };
 use flashgate::ticket::{QueueTag, TicketId};
 
-use crate::common::RedisServer;
+use crate::support::Redis;
 
 /// How long `next` waits for an entry in the suites.
 pub const BLOCK: Duration = Duration::from_millis(200);
@@ -46,7 +46,7 @@ pub struct Backend {
     /// How long `next` may take to find an entry that is there.
     block: Duration,
     /// The Redis server behind it, stopped when the backend is dropped.
-    redis: Option<RedisServer>,
+    redis: Option<Redis>,
 }
 
 impl Backend {
@@ -63,7 +63,7 @@ impl Backend {
 
     /// Redis streams on a private redis-server.
     pub fn redis() -> Self {
-        let server = RedisServer::start();
+        let server = Redis::start();
         Backend {
             q: Arc::new(redis_queue(&server, "c1", 0, 1)),
             parts: 1,
@@ -75,7 +75,7 @@ impl Backend {
 
     /// One queue over three Redis partitions on a private redis-server.
     pub fn partitioned() -> Self {
-        let server = RedisServer::start();
+        let server = Redis::start();
         Backend {
             q: partitioned(&server, "c1"),
             parts: PARTS,
@@ -170,7 +170,7 @@ impl Backend {
     }
 
     /// The Redis server, for the suites that look behind the backend.
-    pub fn redis_server(&self) -> Option<&RedisServer> {
+    pub fn redis_server(&self) -> Option<&Redis> {
         self.redis.as_ref()
     }
 }
@@ -183,12 +183,7 @@ pub async fn next1(q: &dyn Line, block: Duration) -> Option<Delivery> {
 }
 
 /// Partition `partition` of `partitions` of the queue `contract`.
-pub fn redis_queue(
-    redis: &RedisServer,
-    consumer: &str,
-    partition: u32,
-    partitions: u32,
-) -> RedisQueue {
+pub fn redis_queue(redis: &Redis, consumer: &str, partition: u32, partitions: u32) -> RedisQueue {
     RedisQueue::connect(
         &RedisQueueConfig {
             url: redis.url(),
@@ -204,7 +199,7 @@ pub fn redis_queue(
     .unwrap()
 }
 
-fn partitioned(redis: &RedisServer, consumer: &str) -> Arc<dyn QueueBackend> {
+fn partitioned(redis: &Redis, consumer: &str) -> Arc<dyn QueueBackend> {
     let parts = (0..PARTS)
         .map(|i| Arc::new(redis_queue(redis, consumer, i, PARTS)) as Arc<dyn QueueBackend>)
         .collect();

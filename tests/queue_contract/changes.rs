@@ -9,7 +9,7 @@ use flashgate::backend::{AttemptStart, Change};
 use flashgate::ticket::{StoredResponse, TicketError};
 
 use crate::backends::{over_every_backend, Backend};
-use crate::common;
+use crate::support;
 
 over_every_backend!(reports_every_status_change);
 
@@ -33,7 +33,7 @@ async fn reports_every_status_change(backend: Backend) {
         })
     };
     let changes = || seen.lock().unwrap().clone();
-    common::eventually(Duration::from_secs(5), "the feed to start", || async {
+    support::eventually(Duration::from_secs(5), "the feed to start", || async {
         changes().contains(&"resync".to_string()).then_some(())
     })
     .await;
@@ -74,7 +74,7 @@ async fn reports_every_status_change(backend: Backend) {
         ids[1].clone(),
         ids[2].clone(),
     ];
-    let got = common::eventually(Duration::from_secs(5), "the changes", || async {
+    let got = support::eventually(Duration::from_secs(5), "the changes", || async {
         let got: Vec<String> = changes().into_iter().filter(|c| ids.contains(c)).collect();
         (got == want).then_some(got)
     })

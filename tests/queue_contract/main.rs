@@ -5,8 +5,8 @@
 //! `changes` — each a few suites; `backends` runs every suite over every
 //! backend (`line::burst::memory`, `…::redis`, `…::partitioned`).
 
-#[path = "../common/mod.rs"]
-mod common;
+#[path = "../support/mod.rs"]
+mod support;
 
 mod backends;
 mod changes;
