@@ -1,16 +1,19 @@
 //! Tickets: their ids, their states and how they are shown to clients.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::http::headers;
+mod view;
+pub use view::{
+    eta_seconds, format_time_ms, now_ms, position, retry_after, AdmissionView, Place, ResponseView,
+    TicketView,
+};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -308,139 +311,6 @@ pub struct TicketRecord {
     pub completed_at_ms: Option<u64>,
     pub response: Option<StoredResponse>,
     pub error: Option<TicketError>,
-}
-
-/// Tickets ahead of the ticket with sequence number `seq`, given how many of
-/// the queue's tickets have been dispatched: admission and dispatch are both
-/// in stream order, so this is exact without scanning the stream.
-pub fn position(seq: u64, dispatched: u64) -> u64 {
-    seq.saturating_sub(1).saturating_sub(dispatched)
-}
-
-/// Expected seconds before dispatch for a ticket with `position` tickets ahead.
-pub fn eta_seconds(position: u64, drain_rate: f64) -> f64 {
-    let eta = position as f64 / drain_rate;
-    (eta * 1000.0).round() / 1000.0
-}
-
-/// Whole seconds a client should wait before polling again: scaled to its
-/// wait, so a hundred thousand waiting clients do not poll every second,
-/// and bounded so none waits much past its turn.
-pub fn retry_after(eta_seconds: f64) -> u64 {
-    (eta_seconds.ceil() as u64).clamp(1, 30)
-}
-
-/// The JSON body of an admission answer (202, or 200 for a replay).
-#[derive(Debug, Serialize)]
-pub struct AdmissionView<'a> {
-    pub ticket: &'a str,
-    pub queue: &'a str,
-    pub status: TicketStatus,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub position: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub eta_seconds: Option<f64>,
-    pub poll_url: String,
-}
-
-/// The JSON body of `GET /tickets/{id}`.
-#[derive(Debug, Serialize)]
-pub struct TicketView<'a> {
-    pub ticket: &'a str,
-    pub queue: &'a str,
-    pub status: TicketStatus,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub position: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub eta_seconds: Option<f64>,
-    pub attempts: u32,
-    pub admitted_at: String,
-    pub completed_at: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub response: Option<ResponseView>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<&'a TicketError>,
-}
-
-/// The upstream's answer as shown in a ticket.
-#[derive(Debug, Serialize)]
-pub struct ResponseView {
-    pub status: u16,
-    pub headers: serde_json::Map<String, serde_json::Value>,
-    pub body: String,
-    pub body_encoding: &'static str,
-}
-
-impl ResponseView {
-    pub fn new(r: &StoredResponse) -> Self {
-        let mut map = serde_json::Map::new();
-        for (name, value) in headers::decode(&r.headers) {
-            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
-            // Repeated headers are joined as RFC 9110 §5.3 allows.
-            match map.get_mut(name.as_str()) {
-                Some(serde_json::Value::String(prev)) => {
-                    prev.push_str(", ");
-                    prev.push_str(&value);
-                }
-                _ => {
-                    map.insert(name.to_string(), value.into());
-                }
-            }
-        }
-        let (body, body_encoding) = match std::str::from_utf8(&r.body) {
-            Ok(text) => (text.to_string(), "utf8"),
-            Err(_) => (STANDARD.encode(&r.body), "base64"),
-        };
-        ResponseView {
-            status: r.status,
-            headers: map,
-            body,
-            body_encoding,
-        }
-    }
-}
-
-/// RFC 3339 UTC with milliseconds, e.g. `2026-11-27T12:00:00.000Z`.
-pub fn format_time_ms(ms: u64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
-/// Milliseconds since the Unix epoch on the system clock (the backends'
-/// timestamps; the verbs and the drain read their queue's [`Clock`]).
-///
-/// [`Clock`]: crate::clock::Clock
-pub fn now_ms() -> u64 {
-    use crate::clock::Clock;
-    crate::clock::SystemClock.now_ms()
-}
-
-/// Where a queued ticket stands.
-#[derive(Debug, Clone, Copy)]
-pub struct Place {
-    /// Tickets ahead; `None` while pre-queued (its place is drawn at opening).
-    pub position: Option<u64>,
-    /// Time until the sale opens, for a pre-queued ticket.
-    pub opens_in: Option<Duration>,
-}
-
-impl Place {
-    /// From a sequence number (0 = pre-queued, not yet placed).
-    pub fn of(seq: u64, dispatched: u64, opens_in: Option<Duration>) -> Self {
-        Place {
-            position: (seq > 0).then(|| position(seq, dispatched)),
-            opens_in: (seq == 0).then_some(opens_in).flatten(),
-        }
-    }
-
-    /// Expected seconds before dispatch.
-    pub fn eta_seconds(self, rate: f64) -> f64 {
-        match (self.position, self.opens_in) {
-            (Some(p), _) => eta_seconds(p, rate),
-            (None, Some(d)) => (d.as_secs_f64() * 1000.0).round() / 1000.0,
-            (None, None) => 0.0,
-        }
-    }
 }
 
 #[cfg(test)]

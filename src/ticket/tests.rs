@@ -1,4 +1,5 @@
 use super::*;
+use crate::http::headers;
 
 #[test]
 fn ids_are_url_safe_unique_and_verify_for_their_queue_only() {
