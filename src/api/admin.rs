@@ -36,6 +36,29 @@ struct QueueInfo<'a> {
     sold_out: bool,
     /// `open`, `not_open` or `closed`.
     sale: &'static str,
+    /// The knobs as the configuration sets them.
+    configured: Configured,
+    /// The runtime overrides stored in the backend (`null` = as configured),
+    /// which win over `configured`; a PATCH with `null` clears one.
+    overrides: Overrides,
+}
+
+#[derive(Serialize)]
+struct Configured {
+    drain_rate: f64,
+    stock: Option<u64>,
+    #[serde(with = "crate::config::time_format")]
+    opens_at: Option<std::time::SystemTime>,
+    #[serde(with = "crate::config::time_format")]
+    closes_at: Option<std::time::SystemTime>,
+}
+
+#[derive(Serialize)]
+struct Overrides {
+    drain_rate: Option<f64>,
+    stock: Option<u64>,
+    /// `true` opened, `false` closed by an operator; `null` follows the schedule.
+    open: Option<bool>,
 }
 
 async fn queue_info(q: &Queue) -> QueueInfo<'_> {
@@ -62,6 +85,17 @@ async fn queue_info(q: &Queue) -> QueueInfo<'_> {
             Phase::NotOpen { .. } => "not_open",
             Phase::PreQueue { .. } => "prequeue",
             Phase::Closed => "closed",
+        },
+        configured: Configured {
+            drain_rate: q.config.drain_rate,
+            stock: q.config.stock,
+            opens_at: q.config.opens_at,
+            closes_at: q.config.closes_at,
+        },
+        overrides: Overrides {
+            drain_rate: knobs.drain_rate,
+            stock: knobs.stock,
+            open: knobs.open,
         },
     }
 }

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::Queue;
-use crate::backend::knobs::WATCH_INTERVAL;
+use crate::backend::knobs::{Knobs, WATCH_INTERVAL};
 use crate::backend::Change;
 use crate::metrics::Metrics;
 
@@ -47,10 +47,14 @@ impl Every {
 pub async fn watch_knobs(queue: Arc<Queue>, metrics: Arc<Metrics>, stop: CancellationToken) {
     let name = queue.config.name.as_str();
     let mut every = Every::new(WATCH_INTERVAL, stop);
+    let mut first = true;
     while every.tick().await {
         if let Ok(knobs) = queue.backend.knobs().await {
             let before = queue.knobs();
-            if queue.update_knobs(knobs.clone()) {
+            if std::mem::take(&mut first) {
+                say_overrides(&queue, &knobs);
+                queue.update_knobs(knobs);
+            } else if queue.update_knobs(knobs.clone()) {
                 info!(queue = name, before = ?before, now = ?knobs, "queue knobs changed");
             }
         }
@@ -64,6 +68,32 @@ pub async fn watch_knobs(queue: Arc<Queue>, metrics: Arc<Metrics>, stop: Cancell
             .drain_rate_limit
             .with_label_values(&[name])
             .set(rate);
+    }
+}
+
+/// Says, on the first read of the shared knobs, which runtime overrides
+/// (stored by an earlier PATCH, on any instance) win over the configuration:
+/// a restart with a new `--drain-rate` does not undo them.
+pub fn say_overrides(queue: &Queue, knobs: &Knobs) {
+    let config = &queue.config;
+    let name = config.name.as_str();
+    if let Some(rate) = knobs.drain_rate.filter(|r| *r != config.drain_rate) {
+        warn!(queue = name, configured = config.drain_rate, stored = rate,
+            "drain_rate: the runtime override stored in the queue backend wins over the configuration; clear it with PATCH {{\"drain_rate\": null}} or `flashgate admin set {name} --clear drain_rate`");
+    }
+    if let Some(stock) = knobs.stock.filter(|s| Some(*s) != config.stock) {
+        warn!(queue = name, configured = ?config.stock, stored = stock,
+            "stock: the runtime override stored in the queue backend wins over the configuration; clear it with PATCH {{\"stock\": null}}");
+    }
+    if let Some(open) = knobs.open {
+        warn!(queue = name, open,
+            "sale opened or closed by an operator: the override stored in the queue backend wins over opens_at/closes_at; clear it with PATCH {{\"open\": null}}");
+    }
+    if knobs.paused {
+        warn!(
+            queue = name,
+            "queue paused by an operator (stored in the queue backend)"
+        );
     }
 }
 
