@@ -54,6 +54,8 @@ struct Drain {
     /// In-flight slots: held during an upstream attempt, released while a
     /// retry backs off so fresh entries are not starved.
     slots: Arc<Semaphore>,
+    /// The slots there are to be (`max_in_flight` as last applied).
+    slots_target: std::sync::Mutex<u32>,
     shutdown: CancellationToken,
 }
 
@@ -95,17 +97,18 @@ impl Drain {
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
-        let config = &queue.config;
+        let config = queue.config();
         Arc::new(Drain {
             pacer: Pacer::new(
                 queue.backend.clone(),
-                queue.knobs().drain_rate(config),
+                queue.knobs().drain_rate(&config),
                 config.drain_burst,
             ),
             adaptive: config
                 .adaptive
                 .map(|bounds| Arc::new(Adaptive::new(bounds))),
             slots: Arc::new(Semaphore::new(config.max_in_flight as usize)),
+            slots_target: std::sync::Mutex::new(config.max_in_flight),
             queue,
             upstream,
             metrics,
@@ -117,7 +120,7 @@ impl Drain {
     /// each on `tracker`, until shutdown.
     async fn read(self: &Arc<Self>, tracker: &TaskTracker) {
         let queue = &self.queue;
-        let config = &queue.config;
+        let config = queue.config();
         let shutdown = &self.shutdown;
         let mut failures = 0u32;
         // Entries read but not yet dispatched when the knobs changed (a pause
@@ -251,20 +254,21 @@ impl Drain {
     }
 
     fn name(&self) -> &str {
-        &self.queue.config.name
+        &self.queue.name
     }
 
     /// What the drain should do now, from this instance's view of the knobs.
     fn mode(&self) -> Mode {
         let knobs = self.queue.knobs();
-        let config = &self.queue.config;
+        let config = self.queue.config();
         self.pacer
-            .set_rate(knobs.drain_rate(config), config.drain_burst);
+            .set_rate(knobs.drain_rate(&config), config.drain_burst);
+        self.resize_slots(config.max_in_flight);
         if knobs.sold_out {
             Mode::SoldOut
         } else if knobs.paused
             || matches!(
-                knobs.phase(config, self.queue.clock.now()),
+                knobs.phase(&config, self.queue.clock.now()),
                 Phase::NotOpen { .. } | Phase::PreQueue { .. }
             )
         {
@@ -272,6 +276,27 @@ impl Drain {
         } else {
             Mode::Drain
         }
+    }
+
+    /// Follows a reloaded `max_in_flight`: more slots at once; fewer as
+    /// dispatches in flight finish (their slots are taken and forgotten), so
+    /// nothing in flight is cut short.
+    fn resize_slots(&self, want: u32) {
+        let mut target = self.slots_target.lock().unwrap_or_else(|e| e.into_inner());
+        if *target == want {
+            return;
+        }
+        if want > *target {
+            self.slots.add_permits((want - *target) as usize);
+        } else {
+            let (slots, fewer) = (self.slots.clone(), *target - want);
+            tokio::spawn(async move {
+                if let Ok(taken) = slots.acquire_many_owned(fewer).await {
+                    taken.forget();
+                }
+            });
+        }
+        *target = want;
     }
 
     /// Waits for the knobs to change (or a while, for the opening time to

@@ -57,7 +57,7 @@ impl Drain {
                 return;
             }
         };
-        let max_attempts = self.queue.config.max_attempts;
+        let max_attempts = self.queue.config().max_attempts;
         let mut local_attempt = 0u32;
         loop {
             local_attempt += 1;
@@ -192,7 +192,7 @@ impl Drain {
     /// One upstream attempt.
     async fn attempt(&self, request: &QueuedRequest, attempt: u32) -> Attempt {
         let metrics = &self.metrics;
-        let req = match build_request(&self.queue.config.upstream, request, attempt) {
+        let req = match build_request(&self.queue.config().upstream, request, attempt) {
             Ok(req) => req,
             Err(why) => {
                 // Cannot happen for entries this version wrote; a final
@@ -208,7 +208,7 @@ impl Drain {
         let started = tokio::time::Instant::now();
         let result = self
             .upstream
-            .call(req, self.queue.config.upstream_timeout)
+            .call(req, self.queue.config().upstream_timeout)
             .await;
         let took = started.elapsed();
         metrics
