@@ -54,8 +54,8 @@ struct Drain {
     /// In-flight slots: held during an upstream attempt, released while a
     /// retry backs off so fresh entries are not starved.
     slots: Arc<Semaphore>,
-    /// The slots there are to be (`max_in_flight` as last applied).
-    slots_target: std::sync::Mutex<u32>,
+    /// `max_in_flight` as last applied, and the slots still to forget.
+    slots_size: std::sync::Mutex<SlotsSize>,
     shutdown: CancellationToken,
 }
 
@@ -78,6 +78,14 @@ pub async fn run(
         ));
     }
     drain.read(&tracker).await;
+}
+
+/// The in-flight slots there are to be, and how many the semaphore holds
+/// beyond that (a lowered `max_in_flight` while they were taken): each is
+/// forgotten when next acquired.
+struct SlotsSize {
+    target: u32,
+    debt: u32,
 }
 
 /// What the drain loop does next.
@@ -108,7 +116,10 @@ impl Drain {
                 .adaptive
                 .map(|bounds| Arc::new(Adaptive::new(bounds))),
             slots: Arc::new(Semaphore::new(config.max_in_flight as usize)),
-            slots_target: std::sync::Mutex::new(config.max_in_flight),
+            slots_size: std::sync::Mutex::new(SlotsSize {
+                target: config.max_in_flight,
+                debt: 0,
+            }),
             queue,
             upstream,
             metrics,
@@ -129,6 +140,7 @@ impl Drain {
         // Pre-queued tickets may wait to be placed in line (any instance places
         // them; a release that finds none left ends the check).
         let mut prequeued = config.prequeue_from.is_some();
+        let mut prequeue_window = config.prequeue_from;
         'run: loop {
             // 0. The knobs: paused, or not open yet, means no dispatch; sold out
             //    means the waiting tickets fail without reaching the upstream.
@@ -148,6 +160,12 @@ impl Drain {
                 Mode::Drain => {}
             }
             // Open: first the pre-queued tickets go into line, in their random order.
+            // A reload that sets or moves the window: look again.
+            let window = queue.config().prequeue_from;
+            if window != prequeue_window {
+                prequeue_window = window;
+                prequeued |= window.is_some();
+            }
             if prequeued {
                 match queue.backend.release_prequeue(RELEASE_BATCH).await {
                     Ok((moved, left)) => {
@@ -282,21 +300,26 @@ impl Drain {
     /// dispatches in flight finish (their slots are taken and forgotten), so
     /// nothing in flight is cut short.
     fn resize_slots(&self, want: u32) {
-        let mut target = self.slots_target.lock().unwrap_or_else(|e| e.into_inner());
-        if *target == want {
-            return;
+        let mut size = self.slots_size.lock().unwrap_or_else(|e| e.into_inner());
+        if want > size.target {
+            let more = want - size.target;
+            let owed = more.min(size.debt);
+            size.debt -= owed;
+            self.slots.add_permits((more - owed) as usize);
+        } else if want < size.target {
+            let fewer = size.target - want;
+            let forgotten = self.slots.forget_permits(fewer as usize) as u32;
+            size.debt += fewer - forgotten;
         }
-        if want > *target {
-            self.slots.add_permits((want - *target) as usize);
-        } else {
-            let (slots, fewer) = (self.slots.clone(), *target - want);
-            tokio::spawn(async move {
-                if let Ok(taken) = slots.acquire_many_owned(fewer).await {
-                    taken.forget();
-                }
-            });
-        }
-        *target = want;
+        size.target = want;
+    }
+
+    /// Whether an acquired slot is one too many (a lowered `max_in_flight`).
+    fn slot_owed(&self) -> bool {
+        let mut size = self.slots_size.lock().unwrap_or_else(|e| e.into_inner());
+        let owed = size.debt > 0;
+        size.debt = size.debt.saturating_sub(1);
+        owed
     }
 
     /// Waits for the knobs to change (or a while, for the opening time to
@@ -312,9 +335,21 @@ impl Drain {
 
     /// An in-flight slot, unless shutdown comes first.
     async fn slot(&self) -> Option<OwnedSemaphorePermit> {
-        tokio::select! {
-            slot = self.slots.clone().acquire_owned() => slot.ok(),
-            _ = self.shutdown.cancelled() => None,
+        loop {
+            // A reload that raises `max_in_flight` frees a waiter at once.
+            let reloaded = self.queue.reloaded.notified();
+            tokio::select! {
+                slot = self.slots.clone().acquire_owned() => {
+                    let slot = slot.ok()?;
+                    if self.slot_owed() {
+                        slot.forget();
+                        continue;
+                    }
+                    return Some(slot);
+                }
+                _ = reloaded => self.resize_slots(self.queue.config().max_in_flight),
+                _ = self.shutdown.cancelled() => return None,
+            }
         }
     }
 

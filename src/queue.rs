@@ -27,6 +27,8 @@ pub struct Queue {
     /// Its settings, swapped whole on a reload: read them per use
     /// ([`Queue::config`]), never keep them across a wait.
     config: ArcSwap<QueueConfig>,
+    /// Wakes the tasks waiting under the old settings when new ones come.
+    pub reloaded: tokio::sync::Notify,
     pub tag: QueueTag,
     pub backend: Arc<dyn QueueBackend>,
     /// This instance's copy of the shared knobs, kept current by a watcher.
@@ -47,6 +49,7 @@ impl Queue {
         Queue {
             name: config.name.clone(),
             config: ArcSwap::from_pointee(config),
+            reloaded: tokio::sync::Notify::new(),
             tag,
             backend,
             knobs: watch::Sender::new(Knobs::default()),
@@ -65,6 +68,7 @@ impl Queue {
     pub fn set_config(&self, config: QueueConfig) {
         debug_assert_eq!(config.name, self.name);
         self.config.store(Arc::new(config));
+        self.reloaded.notify_waiters();
     }
 
     /// The same queue on another clock (tests set the time of day).

@@ -126,12 +126,9 @@ impl Drain {
                     }
                     // A retry waits for a slot and spends a permit like any
                     // request: the upstream never sees more than either limit.
-                    tokio::select! {
-                        s = self.slots.clone().acquire_owned() => match s {
-                            Ok(s) => _ = slot.replace(s),
-                            Err(_) => return,
-                        },
-                        _ = self.shutdown.cancelled() => return,
+                    match self.slot().await {
+                        Some(s) => _ = slot.replace(s),
+                        None => return,
                     }
                     tokio::select! {
                         _ = self.pacer.ready() => {}
