@@ -137,3 +137,48 @@ async fn sighup_applies_a_new_file_under_load_and_refuses_an_invalid_one() {
     assert_eq!(gw.pid(), pid);
     assert!(gw.running());
 }
+
+/// What handlers read per request changes for the next request: routes,
+/// CORS origins, per-client limits — over connections already open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_routes_cors_and_client_limits_to_the_next_request() {
+    let upstream = MockUpstream::start().await;
+    let builder = Gateway::builder().upstream(&upstream);
+    let gw = builder
+        .clone()
+        .toml("cors_origins = [\"https://a.example\"]\n")
+        .start()
+        .await;
+    let c = gw.client();
+    let from = |origin: &'static str| [("origin", origin)];
+    let a = c.admit_with(&from("https://a.example"), "{}").await;
+    assert_eq!(a.status, 202);
+    assert_eq!(a.header("access-control-allow-origin"), "https://a.example");
+    let a = c.admit_with(&from("https://a.example"), "{}").await;
+    assert_eq!(a.status, 202, "no client limit yet");
+
+    let new = builder
+        .toml(
+            "cors_origins = [\"https://b.example\"]\nroute = [\"POST /buy\"]\nclient_rate = 0.01\n",
+        )
+        .config();
+    assert!(gw.reload(new));
+
+    let a = c
+        .send("POST", "/buy", &from("https://b.example"), "{}")
+        .await;
+    assert_eq!(a.status, 202, "{}", a.text());
+    assert_eq!(a.header("access-control-allow-origin"), "https://b.example");
+    let a = c
+        .send("POST", "/buy", &from("https://a.example"), "{}")
+        .await;
+    assert_eq!(a.status, 429, "one admission per 100 s now: {}", a.text());
+    assert!(a.headers.get("access-control-allow-origin").is_none());
+    let a = c.send("POST", "/checkout", &[], "{}").await;
+    assert_eq!(a.status, 404, "{}", a.text());
+    let m = c.metrics().await;
+    assert_eq!(
+        m.sum("flashgate_config_reloads_total", &["result=\"success\""]),
+        1.0
+    );
+}
