@@ -1,6 +1,7 @@
 //! Command-line flags; each has a `FLASHGATE_*` environment variable.
 
 pub mod admin;
+pub mod reload;
 
 use std::path::PathBuf;
 
@@ -101,6 +102,8 @@ pub enum Command {
     CheckConfig(ServeArgs),
     /// Look at and turn a running gateway's knobs (its admin API).
     Admin(crate::cli::admin::AdminArgs),
+    /// Make a running gateway reload its configuration (sends it SIGHUP).
+    Reload(crate::cli::reload::ReloadArgs),
 }
 
 /// The `serve` flags (SPEC §2): `--config` and one flag per config key, each

@@ -54,6 +54,8 @@ struct Drain {
     /// In-flight slots: held during an upstream attempt, released while a
     /// retry backs off so fresh entries are not starved.
     slots: Arc<Semaphore>,
+    /// `max_in_flight` as last applied, and the slots still to forget.
+    slots_size: std::sync::Mutex<SlotsSize>,
     shutdown: CancellationToken,
 }
 
@@ -78,6 +80,14 @@ pub async fn run(
     drain.read(&tracker).await;
 }
 
+/// The in-flight slots there are to be, and how many the semaphore holds
+/// beyond that (a lowered `max_in_flight` while they were taken): each is
+/// forgotten when next acquired.
+struct SlotsSize {
+    target: u32,
+    debt: u32,
+}
+
 /// What the drain loop does next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -95,17 +105,21 @@ impl Drain {
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
-        let config = &queue.config;
+        let config = queue.config();
         Arc::new(Drain {
             pacer: Pacer::new(
                 queue.backend.clone(),
-                queue.knobs().drain_rate(config),
+                queue.knobs().drain_rate(&config),
                 config.drain_burst,
             ),
             adaptive: config
                 .adaptive
                 .map(|bounds| Arc::new(Adaptive::new(bounds))),
             slots: Arc::new(Semaphore::new(config.max_in_flight as usize)),
+            slots_size: std::sync::Mutex::new(SlotsSize {
+                target: config.max_in_flight,
+                debt: 0,
+            }),
             queue,
             upstream,
             metrics,
@@ -117,7 +131,7 @@ impl Drain {
     /// each on `tracker`, until shutdown.
     async fn read(self: &Arc<Self>, tracker: &TaskTracker) {
         let queue = &self.queue;
-        let config = &queue.config;
+        let config = queue.config();
         let shutdown = &self.shutdown;
         let mut failures = 0u32;
         // Entries read but not yet dispatched when the knobs changed (a pause
@@ -126,6 +140,7 @@ impl Drain {
         // Pre-queued tickets may wait to be placed in line (any instance places
         // them; a release that finds none left ends the check).
         let mut prequeued = config.prequeue_from.is_some();
+        let mut prequeue_window = config.prequeue_from;
         'run: loop {
             // 0. The knobs: paused, or not open yet, means no dispatch; sold out
             //    means the waiting tickets fail without reaching the upstream.
@@ -145,6 +160,12 @@ impl Drain {
                 Mode::Drain => {}
             }
             // Open: first the pre-queued tickets go into line, in their random order.
+            // A reload that sets or moves the window: look again.
+            let window = queue.config().prequeue_from;
+            if window != prequeue_window {
+                prequeue_window = window;
+                prequeued |= window.is_some();
+            }
             if prequeued {
                 match queue.backend.release_prequeue(RELEASE_BATCH).await {
                     Ok((moved, left)) => {
@@ -251,20 +272,21 @@ impl Drain {
     }
 
     fn name(&self) -> &str {
-        &self.queue.config.name
+        &self.queue.name
     }
 
     /// What the drain should do now, from this instance's view of the knobs.
     fn mode(&self) -> Mode {
         let knobs = self.queue.knobs();
-        let config = &self.queue.config;
+        let config = self.queue.config();
         self.pacer
-            .set_rate(knobs.drain_rate(config), config.drain_burst);
+            .set_rate(knobs.drain_rate(&config), config.drain_burst);
+        self.resize_slots(config.max_in_flight);
         if knobs.sold_out {
             Mode::SoldOut
         } else if knobs.paused
             || matches!(
-                knobs.phase(config, self.queue.clock.now()),
+                knobs.phase(&config, self.queue.clock.now()),
                 Phase::NotOpen { .. } | Phase::PreQueue { .. }
             )
         {
@@ -272,6 +294,32 @@ impl Drain {
         } else {
             Mode::Drain
         }
+    }
+
+    /// Follows a reloaded `max_in_flight`: more slots at once; fewer as
+    /// dispatches in flight finish (their slots are taken and forgotten), so
+    /// nothing in flight is cut short.
+    fn resize_slots(&self, want: u32) {
+        let mut size = self.slots_size.lock().unwrap_or_else(|e| e.into_inner());
+        if want > size.target {
+            let more = want - size.target;
+            let owed = more.min(size.debt);
+            size.debt -= owed;
+            self.slots.add_permits((more - owed) as usize);
+        } else if want < size.target {
+            let fewer = size.target - want;
+            let forgotten = self.slots.forget_permits(fewer as usize) as u32;
+            size.debt += fewer - forgotten;
+        }
+        size.target = want;
+    }
+
+    /// Whether an acquired slot is one too many (a lowered `max_in_flight`).
+    fn slot_owed(&self) -> bool {
+        let mut size = self.slots_size.lock().unwrap_or_else(|e| e.into_inner());
+        let owed = size.debt > 0;
+        size.debt = size.debt.saturating_sub(1);
+        owed
     }
 
     /// Waits for the knobs to change (or a while, for the opening time to
@@ -287,9 +335,21 @@ impl Drain {
 
     /// An in-flight slot, unless shutdown comes first.
     async fn slot(&self) -> Option<OwnedSemaphorePermit> {
-        tokio::select! {
-            slot = self.slots.clone().acquire_owned() => slot.ok(),
-            _ = self.shutdown.cancelled() => None,
+        loop {
+            // A reload that raises `max_in_flight` frees a waiter at once.
+            let reloaded = self.queue.reloaded.notified();
+            tokio::select! {
+                slot = self.slots.clone().acquire_owned() => {
+                    let slot = slot.ok()?;
+                    if self.slot_owed() {
+                        slot.forget();
+                        continue;
+                    }
+                    return Some(slot);
+                }
+                _ = reloaded => self.resize_slots(self.queue.config().max_in_flight),
+                _ = self.shutdown.cancelled() => return None,
+            }
         }
     }
 

@@ -1,6 +1,8 @@
 //! Assembles a running gateway from a [`Config`]: backends, drains, listeners,
 //! gauges, and the order in which they stop.
 
+mod reload;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +18,7 @@ use crate::backend::{
     MemoryQueue, Partitioned, QueueBackend, QueueError, RedisQueue, RedisQueueConfig,
 };
 use crate::config::{redact_url, Config};
-use crate::http::client::{ClientLimiter, FORGET_EVERY};
+use crate::http::client::FORGET_EVERY;
 use crate::metrics::Metrics;
 use crate::queue::upkeep::{self, Every};
 use crate::queue::Queue;
@@ -154,14 +156,13 @@ impl Gateway {
                 backend,
             )));
         }
-        let names: Vec<String> = queues.iter().map(|q| q.config.name.clone()).collect();
-        let app = Arc::new(App {
-            metrics: Arc::new(Metrics::new(&names)),
-            upstream: HttpUpstream::new(),
-            clients: ClientLimiter::new(config.client_rate, config.client_burst),
-            queues,
+        let names: Vec<String> = queues.iter().map(|q| q.name.clone()).collect();
+        let app = Arc::new(App::new(
             config,
-        });
+            queues,
+            Arc::new(Metrics::new(&names)),
+            HttpUpstream::new(),
+        ));
 
         let shutdown = CancellationToken::new();
         let main = tokio::spawn(run(app.clone(), public, admin, shutdown.clone()));
@@ -243,14 +244,13 @@ async fn run(app: Arc<App>, public: TcpListener, admin: TcpListener, shutdown: C
         ));
         tokio::spawn(upkeep::maintain(
             q.clone(),
-            app.config.claim_idle,
+            app.config().claim_idle,
             stop_admin.clone(),
         ));
         tokio::spawn(upkeep::follow_changes(q.clone(), stop_admin.clone()));
     }
-    if app.clients.is_some() {
-        tokio::spawn(forget_idle_clients(app.clone(), stop_admin.clone()));
-    }
+    // Also when off: a reload may turn the limits on.
+    tokio::spawn(forget_idle_clients(app.clone(), stop_admin.clone()));
     let public_server = tokio::spawn(server::serve_public(app.clone(), public, shutdown.clone()));
     let admin_server = tokio::spawn(server::serve_admin(app.clone(), admin, stop_admin.clone()));
 
@@ -260,7 +260,7 @@ async fn run(app: Arc<App>, public: TcpListener, admin: TcpListener, shutdown: C
         let _ = d.await;
     }
     dispatches.close();
-    let grace = app.config.shutdown_grace;
+    let grace = app.config().shutdown_grace;
     if tokio::time::timeout(grace, dispatches.wait())
         .await
         .is_err()
@@ -281,7 +281,7 @@ async fn run(app: Arc<App>, public: TcpListener, admin: TcpListener, shutdown: C
 async fn forget_idle_clients(app: Arc<App>, stop: CancellationToken) {
     let mut every = Every::new(FORGET_EVERY, stop);
     while every.tick().await {
-        if let Some(clients) = &app.clients {
+        if let Some(clients) = &*app.clients.load() {
             clients.forget_idle();
         }
     }

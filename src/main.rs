@@ -2,7 +2,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use flashgate::cli::{Cli, Command, LogArgs, LogFormat};
+use flashgate::cli::{Cli, Command, LogArgs, LogFormat, ServeArgs};
 use flashgate::config::{redact_url, Config, ConfigError};
 use flashgate::Gateway;
 use tracing::{error, info};
@@ -31,7 +31,7 @@ fn main() -> ExitCode {
                 config = %summary(&config),
                 "effective config (secrets redacted)"
             );
-            runtime().block_on(serve(config))
+            runtime().block_on(serve(args, config))
         }
         Command::Demo(args) => runtime().block_on(async {
             match flashgate::demo::run(args, shutdown_signal()).await {
@@ -42,6 +42,16 @@ fn main() -> ExitCode {
                 }
             }
         }),
+        Command::Reload(args) => match flashgate::cli::reload::run(&args) {
+            Ok(pid) => {
+                println!("SIGHUP sent to {pid}: the gateway logs whether the reload was applied");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("flashgate reload: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Admin(args) => runtime().block_on(async {
             match flashgate::cli::admin::run(args).await {
                 Ok(out) => {
@@ -137,8 +147,9 @@ fn bad_config(e: ConfigError) -> ExitCode {
     ExitCode::from(2)
 }
 
-async fn serve(config: Config) -> ExitCode {
+async fn serve(args: ServeArgs, config: Config) -> ExitCode {
     let stop = shutdown_signal();
+    let mut reload = reload_signal();
     let gateway = match Gateway::start(config).await {
         Ok(g) => g,
         Err(e) => {
@@ -146,11 +157,42 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    stop.await;
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            Some(()) = reload.recv() => {
+                info!("SIGHUP received: reloading the configuration");
+                // The file again, and the flags and variables the process
+                // was started with (they still win over the file).
+                gateway.reload(|| args.load());
+            }
+        }
+    }
     info!("signal received: stopping gracefully");
     gateway.shutdown();
     gateway.wait().await;
     ExitCode::SUCCESS
+}
+
+/// Yields once per SIGHUP: reload, as nginx does. Installed before the
+/// gateway starts, so an early SIGHUP does not kill it (the default action).
+fn reload_signal() -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = signal(SignalKind::hangup()).expect("cannot install a SIGHUP handler");
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                // One reload pending is enough: it reads the latest file.
+                let _ = tx.try_send(());
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    drop(tx);
+    rx
 }
 
 /// Resolves on SIGTERM or SIGINT. The handlers are installed when this is

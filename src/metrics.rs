@@ -40,6 +40,11 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
     pub build_info: IntGaugeVec,
+    /// Reloads (SIGHUP) by `result` = success, failure.
+    pub config_reloads: IntCounterVec,
+    /// When the configuration was last loaded whole: start-up, then each
+    /// successful reload (Unix seconds).
+    pub config_last_reload_success: GaugeVec,
 }
 
 /// Upstream calls: a few ms to the 10 s default timeout and beyond.
@@ -183,6 +188,16 @@ impl Metrics {
                 "Always 1; the version in a label.",
                 &["version"],
             ),
+            config_reloads: counter(
+                "flashgate_config_reloads_total",
+                "Configuration reloads (SIGHUP) by result.",
+                &["result"],
+            ),
+            config_last_reload_success: gauge(
+                "flashgate_config_last_reload_success_timestamp_seconds",
+                "When the configuration in force was loaded (start-up or the last successful reload), Unix seconds.",
+                &[],
+            ),
             registry,
         };
         // CPU, memory and file descriptors of this process.
@@ -213,6 +228,10 @@ impl Metrics {
             m.queue_in_flight.with_label_values(&[q]);
             m.queue_oldest_age.with_label_values(&[q]);
         }
+        for result in ["success", "failure"] {
+            m.config_reloads.with_label_values(&[result]);
+        }
+        m.config_loaded();
         for route in ["admission", "ticket", "passthrough", "other"] {
             m.http_duration.with_label_values(&[route]);
         }
@@ -227,6 +246,16 @@ impl Metrics {
     /// Counts one dispatch result.
     pub fn dispatch(&self, queue: &str, outcome: &str) {
         self.dispatches.with_label_values(&[queue, outcome]).inc();
+    }
+
+    /// Sets the last-successful-load time to now.
+    pub fn config_loaded(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.config_last_reload_success
+            .with_label_values::<&str>(&[])
+            .set(now.as_secs_f64());
     }
 
     /// The Prometheus text exposition (format 0.0.4).

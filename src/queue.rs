@@ -10,6 +10,7 @@ pub mod upkeep;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::backend::knobs::Knobs;
@@ -21,7 +22,13 @@ use feed::TicketFeed;
 
 /// One queue at run time: its settings, its id tag and its backend.
 pub struct Queue {
-    pub config: QueueConfig,
+    /// The queue's name (fixed for the life of the process).
+    pub name: String,
+    /// Its settings, swapped whole on a reload: read them per use
+    /// ([`Queue::config`]), never keep them across a wait.
+    config: ArcSwap<QueueConfig>,
+    /// Wakes the tasks waiting under the old settings when new ones come.
+    pub reloaded: tokio::sync::Notify,
     pub tag: QueueTag,
     pub backend: Arc<dyn QueueBackend>,
     /// This instance's copy of the shared knobs, kept current by a watcher.
@@ -40,7 +47,9 @@ impl Queue {
     pub fn new(config: QueueConfig, tag: QueueTag, backend: Arc<dyn QueueBackend>) -> Self {
         let partitions = backend.partitions().max(1);
         Queue {
-            config,
+            name: config.name.clone(),
+            config: ArcSwap::from_pointee(config),
+            reloaded: tokio::sync::Notify::new(),
             tag,
             backend,
             knobs: watch::Sender::new(Knobs::default()),
@@ -50,20 +59,52 @@ impl Queue {
         }
     }
 
+    /// The queue's settings as they are now.
+    pub fn config(&self) -> Arc<QueueConfig> {
+        self.config.load_full()
+    }
+
+    /// Takes new settings (a reload); the name must be this queue's.
+    pub fn set_config(&self, config: QueueConfig) {
+        debug_assert_eq!(config.name, self.name);
+        self.config.store(Arc::new(config));
+        self.reloaded.notify_waiters();
+    }
+
     /// The same queue on another clock (tests set the time of day).
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self
     }
 
-    /// This queue's routes at a normalized request path (module `path`),
-    /// whatever their method.
-    pub fn routes_at<'a>(&'a self, path: &'a str) -> impl Iterator<Item = &'a Route> + 'a {
-        let fold = self.config.route_case_insensitive;
-        self.config
+    /// Whether any of this queue's routes is at a normalized request path
+    /// (module `path`), whatever its method.
+    pub fn serves(&self, path: &str) -> bool {
+        let config = self.config.load();
+        let fold = config.route_case_insensitive;
+        let at = |r: &Route| crate::http::path::matches(&r.path, path, fold);
+        config.routes.iter().any(at)
+    }
+
+    /// The path of this queue's route for `method` at a normalized request
+    /// path, if it has one.
+    pub fn route(&self, path: &str, method: &http::Method) -> Option<String> {
+        let config = self.config.load();
+        let fold = config.route_case_insensitive;
+        let at = |r: &&Route| r.method == method && crate::http::path::matches(&r.path, path, fold);
+        config.routes.iter().find(at).map(|r| r.path.clone())
+    }
+
+    /// This queue's routes at a normalized request path, whatever their method.
+    pub fn routes_at(&self, path: &str) -> Vec<Route> {
+        let config = self.config.load();
+        let fold = config.route_case_insensitive;
+        config
             .routes
             .iter()
-            .filter(move |r| crate::http::path::matches(&r.path, path, fold))
+            .filter(|r| crate::http::path::matches(&r.path, path, fold))
+            .cloned()
+            .collect()
     }
 
     pub fn partitions(&self) -> u32 {
@@ -86,7 +127,7 @@ impl Queue {
     /// The rate a ticket's line moves at: the drain rate, shared evenly by
     /// the partitions.
     pub fn line_rate(&self, knobs: &Knobs) -> f64 {
-        knobs.drain_rate(&self.config) / f64::from(self.partitions())
+        knobs.drain_rate(&self.config.load()) / f64::from(self.partitions())
     }
 
     /// The knobs as this instance last saw them.

@@ -61,14 +61,14 @@ pub async fn serve_public(app: Arc<App>, listener: TcpListener, shutdown: Cancel
         // runs the same clock while a kept-alive connection waits for its
         // next request, so this is the keep-alive idle timeout as well: an
         // idle connection costs at most this long.
-        .header_read_timeout(app.config.header_timeout)
+        .header_read_timeout(app.config().header_timeout)
         // The head must fit the buffer; hyper answers 431 beyond it. This
         // also bounds the memory an idle or slow connection can pin.
         .max_buf_size(max_head(&app));
     // Open connections are capped: beyond the cap a new one gets a canned
     // 503 at once, and the ones already open keep their latency.
     let limit = Limits {
-        connections: Arc::new(Semaphore::new(app.config.max_connections as usize)),
+        connections: Arc::new(Semaphore::new(app.config().max_connections as usize)),
         lingering: Arc::new(Semaphore::new(SHED_LINGER_MAX)),
     };
     let max_head = max_head(&app);
@@ -90,7 +90,7 @@ pub async fn serve_public(app: Arc<App>, listener: TcpListener, shutdown: Cancel
 /// The longest request head the public listener reads: hyper answers 431
 /// beyond it.
 fn max_head(app: &App) -> usize {
-    (app.config.max_header_size.0 as usize).max(8192)
+    (app.config().max_header_size.0 as usize).max(8192)
 }
 
 /// The longest request head the admin listener reads.

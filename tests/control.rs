@@ -413,3 +413,92 @@ async fn the_admin_subcommand_turns_the_knobs() {
     assert_eq!(code, Some(1));
     assert!(err.contains("nothing to change"), "{err}");
 }
+
+/// `GET /admin/queues` shows the configured knobs and the runtime overrides
+/// apart; `null` clears an override back to the configured value, through
+/// the API and through `flashgate admin set --clear`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_override_shows_beside_the_configuration_and_clears_back_to_it() {
+    let upstream = MockUpstream::start().await;
+    let gw = Gateway::builder()
+        .toml("drain_rate = 100\nstock = 50\n")
+        .upstream(&upstream)
+        .start()
+        .await;
+    let c = gw.client();
+    let q = c.queue().await;
+    assert_eq!(q["drain_rate"], 100.0);
+    assert_eq!(q["configured"]["drain_rate"], 100.0);
+    assert_eq!(q["configured"]["stock"], 50);
+    assert_eq!(q["overrides"]["drain_rate"], serde_json::Value::Null);
+
+    let q = c
+        .patch_knobs(r#"{"drain_rate": 40, "stock": 10, "open": true}"#)
+        .await;
+    assert_eq!(
+        (&q["drain_rate"], &q["stock"]),
+        (&serde_json::json!(40.0), &serde_json::json!(10))
+    );
+    assert_eq!(q["configured"]["drain_rate"], 100.0);
+    assert_eq!(q["configured"]["stock"], 50);
+    assert_eq!(
+        q["overrides"],
+        serde_json::json!({"drain_rate": 40.0, "stock": 10, "open": true})
+    );
+
+    let q = c.patch_knobs(r#"{"drain_rate": null}"#).await;
+    assert_eq!(q["drain_rate"], 100.0);
+    assert_eq!(q["overrides"]["drain_rate"], serde_json::Value::Null);
+    assert_eq!(q["overrides"]["stock"], 10, "only the rate was cleared");
+
+    let url = format!("http://{}", gw.admin_addr);
+    let out = tokio::task::spawn_blocking(move || {
+        flashgate()
+            .args(["admin", "--url", &url, "set", "checkout"])
+            .args(["--clear", "stock", "--clear", "open"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["stock"], 50);
+    assert_eq!(
+        v["overrides"],
+        serde_json::json!({"drain_rate": null, "stock": null, "open": null})
+    );
+    assert_eq!(
+        c.queue().await["overrides"]["stock"],
+        serde_json::Value::Null
+    );
+}
+
+/// A restart with a new rate keeps an override stored in Redis, and its
+/// start-up log says so (and how to clear it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_start_up_log_says_when_a_stored_override_wins() {
+    let redis = Redis::start();
+    let upstream = MockUpstream::start().await;
+    let first = Gateway::builder()
+        .upstream(&upstream)
+        .redis(&redis)
+        .start()
+        .await;
+    first.client().patch_knobs(r#"{"drain_rate": 40}"#).await;
+    first.stop().await;
+
+    let mut second = Gateway::builder()
+        .upstream(&upstream)
+        .redis(&redis)
+        .args(&["--drain-rate", "100"])
+        .capture_stderr()
+        .spawn();
+    let lines = second.read_until(|l| l.contains("wins over the configuration"));
+    let line = lines.last().unwrap();
+    assert!(line.contains("drain_rate"), "{line}");
+    assert!(line.contains("configured=100"), "{line}");
+    assert!(line.contains("stored=40"), "{line}");
+    second.up().await;
+    assert_eq!(second.client().queue().await["drain_rate"], 40.0);
+}

@@ -36,32 +36,66 @@ struct QueueInfo<'a> {
     sold_out: bool,
     /// `open`, `not_open` or `closed`.
     sale: &'static str,
+    /// The knobs as the configuration sets them.
+    configured: Configured,
+    /// The runtime overrides stored in the backend (`null` = as configured),
+    /// which win over `configured`; a PATCH with `null` clears one.
+    overrides: Overrides,
+}
+
+#[derive(Serialize)]
+struct Configured {
+    drain_rate: f64,
+    stock: Option<u64>,
+    #[serde(with = "crate::config::time_format")]
+    opens_at: Option<std::time::SystemTime>,
+    #[serde(with = "crate::config::time_format")]
+    closes_at: Option<std::time::SystemTime>,
+}
+
+#[derive(Serialize)]
+struct Overrides {
+    drain_rate: Option<f64>,
+    stock: Option<u64>,
+    /// `true` opened, `false` closed by an operator; `null` follows the schedule.
+    open: Option<bool>,
 }
 
 async fn queue_info(q: &Queue) -> QueueInfo<'_> {
     let stats = q.backend.stats().await.ok();
     let knobs = q.knobs();
-    let stock = knobs.stock(&q.config);
+    let stock = knobs.stock(&q.config());
     QueueInfo {
-        name: &q.config.name,
+        name: &q.name,
         backend: q.backend.kind(),
         depth: stats.map(|s| s.depth),
         in_flight: stats.map(|s| s.in_flight),
         oldest_age_seconds: stats.and_then(|s| s.oldest_age).map(|d| d.as_secs_f64()),
-        drain_rate: knobs.drain_rate(&q.config),
-        adaptive: q.config.adaptive,
-        partitions: q.config.partitions,
+        drain_rate: knobs.drain_rate(&q.config()),
+        adaptive: q.config().adaptive,
+        partitions: q.config().partitions,
         paused: knobs.paused,
         stock,
         stock_left: stock
             .zip(stats)
             .map(|(s, st)| s.saturating_sub(st.admitted)),
         sold_out: knobs.sold_out,
-        sale: match knobs.phase(&q.config, q.clock.now()) {
+        sale: match knobs.phase(&q.config(), q.clock.now()) {
             Phase::Open => "open",
             Phase::NotOpen { .. } => "not_open",
             Phase::PreQueue { .. } => "prequeue",
             Phase::Closed => "closed",
+        },
+        configured: Configured {
+            drain_rate: q.config().drain_rate,
+            stock: q.config().stock,
+            opens_at: q.config().opens_at,
+            closes_at: q.config().closes_at,
+        },
+        overrides: Overrides {
+            drain_rate: knobs.drain_rate,
+            stock: knobs.stock,
+            open: knobs.open,
         },
     }
 }
@@ -77,7 +111,7 @@ pub async fn queues(app: &App) -> Response<Body> {
 /// `PATCH /admin/queues/{name}`: changes the shared knobs; every instance
 /// follows within a second.
 pub async fn patch_queue(app: &App, name: &str, req: Request<Incoming>) -> Response<Body> {
-    let Some(queue) = app.queues.iter().find(|q| q.config.name == name) else {
+    let Some(queue) = app.queues.iter().find(|q| q.name == name) else {
         return Problem::new(Code::NotFound, format!("no queue named `{name}`")).into_response();
     };
     let body = match Limited::new(req.into_body(), 16 * 1024).collect().await {

@@ -55,7 +55,7 @@ pub async fn admit(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    let name = queue.config.name.as_str();
+    let name = queue.name.as_str();
     let expects_continue = body::expects_continue(req.headers());
     match try_admit(app, queue, path, peer, req).await {
         Ok((outcome, resp)) => {
@@ -89,7 +89,7 @@ async fn try_admit(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<(&'static str, Response<Body>), Refusal> {
-    let max_body = app.config.max_body.0;
+    let max_body = app.config().max_body.0;
     let (parts, body) = req.into_parts();
 
     // 1. Body size, from Content-Length, before reading a byte of the body.
@@ -106,7 +106,7 @@ async fn try_admit(
     //    Idempotency-Key: a retry of an admitted request gets its ticket
     //    (its first attempt will still be sent), not the refusal.
     let knobs = queue.knobs();
-    let phase = knobs.phase(&queue.config, queue.clock.now());
+    let phase = knobs.phase(&queue.config(), queue.clock.now());
     let mut refused = match phase {
         Phase::NotOpen { opens_in } => Some(
             Problem::new(Code::SaleNotOpen, "the sale has not opened yet")
@@ -122,8 +122,8 @@ async fn try_admit(
     };
 
     // 3. Per-client rate, in this instance's memory.
-    let client = Client::identify(&app.config, &parts.headers, peer);
-    if let (None, Some(limiter)) = (&refused, &app.clients) {
+    let client = Client::identify(&app.config(), &parts.headers, peer);
+    if let (None, Some(limiter)) = (&refused, &*app.clients.load()) {
         if let Err(wait) = limiter.check(&client.key) {
             refused = Some(
                 Problem::new(
@@ -140,14 +140,14 @@ async fn try_admit(
         Ok(key) => key,
         Err(problem) => return Err(Refusal::unread(problem, body)),
     };
-    let wait = preferred_wait(&parts.headers).min(app.config.max_wait);
+    let wait = preferred_wait(&parts.headers).min(app.config().max_wait);
     if let (Some(problem), None) = (&refused, &key) {
         return Err(Refusal::unread(problem.clone(), body));
     }
 
     // 5. The body, read whole but never past the limit (chunked bodies
     //    declare no length).
-    let body = read_body(body, max_body, app.config.body_timeout).await?;
+    let body = read_body(body, max_body, app.config().body_timeout).await?;
 
     // Every spelling of the route is one request: the fingerprint and the
     // upstream see the route's path, with the client's query.
@@ -205,9 +205,9 @@ async fn try_admit(
             request,
             claim,
             AdmitLimits {
-                max_queue: queue.config.max_queue,
-                stock: queue.config.stock,
-                prequeue: match (prequeue, queue.config.prequeue_from) {
+                max_queue: queue.config().max_queue,
+                stock: queue.config().stock,
+                prequeue: match (prequeue, queue.config().prequeue_from) {
                     (Some(_), _) => Prequeue::Now,
                     (None, Some(_)) => Prequeue::Configured,
                     (None, None) => Prequeue::None,
@@ -217,7 +217,7 @@ async fn try_admit(
         .await
         .map_err(|e| {
             // Outages are logged once by the gauge refresher, not per request.
-            debug!(queue = %queue.config.name, error = %e, "admission not stored");
+            debug!(queue = %queue.name, error = %e, "admission not stored");
             Problem::new(
                 Code::Unavailable,
                 "the queue cannot take requests right now; retry with the same Idempotency-Key",

@@ -87,7 +87,7 @@ fn not_found() -> Response<Body> {
 }
 
 fn unavailable(queue: &Queue, e: &QueueError) -> Response<Body> {
-    warn!(queue = %queue.config.name, error = %e, "ticket lookup failed");
+    warn!(queue = %queue.name, error = %e, "ticket lookup failed");
     Problem::new(Code::Unavailable, "ticket state cannot be read right now")
         .retry_after(1)
         .into_response()
@@ -145,7 +145,7 @@ pub async fn wait_until(
 /// The ticket's JSON view now, with the position and ETA of a queued one.
 fn view<'a>(queue: &'a Queue, id: &'a TicketId, record: &'a TicketRecord) -> TicketView<'a> {
     let knobs = queue.knobs();
-    let opens_in = match knobs.phase(&queue.config, queue.clock.now()) {
+    let opens_in = match knobs.phase(&queue.config(), queue.clock.now()) {
         Phase::PreQueue { opens_in } | Phase::NotOpen { opens_in } => Some(opens_in),
         _ => None,
     };
@@ -153,7 +153,7 @@ fn view<'a>(queue: &'a Queue, id: &'a TicketId, record: &'a TicketRecord) -> Tic
         .then(|| Place::of(record.seq, queue.dispatched(id), opens_in));
     TicketView {
         ticket: id.as_str(),
-        queue: &queue.config.name,
+        queue: &queue.name,
         status: record.status,
         position: place.and_then(|p| p.position),
         eta_seconds: place.map(|p| p.eta_seconds(queue.line_rate(&knobs))),
@@ -242,7 +242,7 @@ pub async fn cancel(app: &App, id: &str) -> Response<Body> {
             queue.saw_dispatched(&id, dispatched);
             app.metrics
                 .cancelled
-                .with_label_values(&[&queue.config.name])
+                .with_label_values(&[&queue.name])
                 .inc();
             ticket_answer(queue, &id, &record)
         }

@@ -41,9 +41,10 @@ pub struct Knobs {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KnobsPatch {
-    /// Requests per second, > 0 and ≤ 1,000,000.
+    /// Requests per second, > 0 and ≤ 1,000,000; `Some(None)` returns to
+    /// the configured rate.
     #[serde(default, deserialize_with = "present")]
-    pub drain_rate: Option<f64>,
+    pub drain_rate: Option<Option<f64>>,
     #[serde(default, deserialize_with = "present")]
     pub paused: Option<bool>,
     /// `Some(None)` returns to the configured stock.
@@ -79,7 +80,11 @@ impl KnobsPatch {
                 field => format!("`{field}`: {}", e.inner()),
             }
         })?;
-        if patch.drain_rate.is_some_and(|r| !(r > 0.0 && r <= 1e6)) {
+        if patch
+            .drain_rate
+            .flatten()
+            .is_some_and(|r| !(r > 0.0 && r <= 1e6))
+        {
             return Err("`drain_rate` must be a number > 0 and <= 1000000".into());
         }
         Ok(patch)
@@ -88,7 +93,7 @@ impl KnobsPatch {
     pub fn apply(&self, k: &mut Knobs) {
         k.version += 1;
         if let Some(r) = self.drain_rate {
-            k.drain_rate = Some(r);
+            k.drain_rate = r;
         }
         if let Some(p) = self.paused {
             k.paused = p;
@@ -231,7 +236,9 @@ mod tests {
             br#"{"drain_rate": 50, "paused": true, "stock": null, "open": false}"#,
         )
         .unwrap();
-        assert_eq!(p.drain_rate, Some(50.0));
+        assert_eq!(p.drain_rate, Some(Some(50.0)));
+        let clear = KnobsPatch::from_json(br#"{"drain_rate": null}"#).unwrap();
+        assert_eq!(clear.drain_rate, Some(None));
         assert_eq!(p.paused, Some(true));
         assert_eq!(p.stock, Some(None));
         assert_eq!(p.open, Some(Some(false)));
@@ -241,7 +248,6 @@ mod tests {
             (br#"{"stock": -3}"#, "stock"),
             (br#"{"paused": "yes"}"#, "paused"),
             (br#"{"speed": 3}"#, "speed"),
-            (br#"{"drain_rate": null}"#, "drain_rate"),
             (br#"{"sold_out": null}"#, "sold_out"),
             (br#"[1]"#, "body"),
             (br#"{"open": 1}"#, "open"),

@@ -41,6 +41,10 @@ pub struct SetArgs {
     /// New drain rate, requests per second.
     #[arg(long)]
     pub drain_rate: Option<f64>,
+    /// Clear a runtime override, back to the configured value:
+    /// `drain_rate`, `stock` or `open` (the schedule); repeatable.
+    #[arg(long, value_name = "KNOB", value_parser = ["drain_rate", "stock", "open"])]
+    pub clear: Vec<String>,
     /// Stop dispatching (admission goes on).
     #[arg(long, conflicts_with = "resume")]
     pub pause: bool,
@@ -86,6 +90,9 @@ impl SetArgs {
         if self.schedule {
             body.insert("open".into(), serde_json::Value::Null);
         }
+        for knob in &self.clear {
+            body.insert(knob.clone(), serde_json::Value::Null);
+        }
         body.into()
     }
 }
@@ -93,7 +100,7 @@ impl SetArgs {
 /// Why an admin call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    #[error("nothing to change: give at least one of --drain-rate, --pause, --resume, --stock, --configured-stock, --open, --close, --schedule")]
+    #[error("nothing to change: give at least one of --drain-rate, --pause, --resume, --stock, --configured-stock, --open, --close, --schedule, --clear")]
     NothingToChange,
     #[error("bad admin URL `{0}`")]
     Url(String),

@@ -134,7 +134,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
-    let name = queue.config.name.as_str();
+    let name = queue.name.as_str();
     let mut tick = tokio::time::interval(WINDOW);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -150,12 +150,12 @@ pub async fn run(
             Verdict::Overloaded(why) => (true, why),
             Verdict::Healthy => (false, "healthy with a backlog".to_string()),
         };
-        let before = queue.knobs().drain_rate(&queue.config);
-        let step = adaptive.step(down, queue.config.drain_rate);
+        let before = queue.knobs().drain_rate(&queue.config());
+        let step = adaptive.step(down, queue.config().drain_rate);
         match queue.backend.adapt_rate(&step).await {
             Ok(Some(knobs)) => {
                 failing = false;
-                let after = knobs.drain_rate(&queue.config);
+                let after = knobs.drain_rate(&queue.config());
                 queue.update_knobs(knobs);
                 info!(queue = name, from = before, to = after, %why, "adaptive drain rate changed");
             }

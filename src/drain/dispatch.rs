@@ -57,7 +57,7 @@ impl Drain {
                 return;
             }
         };
-        let max_attempts = self.queue.config.max_attempts;
+        let max_attempts = self.queue.config().max_attempts;
         let mut local_attempt = 0u32;
         loop {
             local_attempt += 1;
@@ -126,12 +126,9 @@ impl Drain {
                     }
                     // A retry waits for a slot and spends a permit like any
                     // request: the upstream never sees more than either limit.
-                    tokio::select! {
-                        s = self.slots.clone().acquire_owned() => match s {
-                            Ok(s) => _ = slot.replace(s),
-                            Err(_) => return,
-                        },
-                        _ = self.shutdown.cancelled() => return,
+                    match self.slot().await {
+                        Some(s) => _ = slot.replace(s),
+                        None => return,
                     }
                     tokio::select! {
                         _ = self.pacer.ready() => {}
@@ -192,7 +189,7 @@ impl Drain {
     /// One upstream attempt.
     async fn attempt(&self, request: &QueuedRequest, attempt: u32) -> Attempt {
         let metrics = &self.metrics;
-        let req = match build_request(&self.queue.config.upstream, request, attempt) {
+        let req = match build_request(&self.queue.config().upstream, request, attempt) {
             Ok(req) => req,
             Err(why) => {
                 // Cannot happen for entries this version wrote; a final
@@ -208,7 +205,7 @@ impl Drain {
         let started = tokio::time::Instant::now();
         let result = self
             .upstream
-            .call(req, self.queue.config.upstream_timeout)
+            .call(req, self.queue.config().upstream_timeout)
             .await;
         let took = started.elapsed();
         metrics

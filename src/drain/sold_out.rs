@@ -14,7 +14,7 @@ use crate::upstream::Answer;
 impl Drain {
     /// Whether an upstream answer means the sale is sold out.
     pub(super) fn says_sold_out(&self, answer: &Answer) -> bool {
-        let config = &self.queue.config;
+        let config = self.queue.config();
         config.sold_out_statuses.contains(&answer.status.as_u16())
             && config.sold_out_body.as_ref().is_none_or(|needle| {
                 String::from_utf8_lossy(&answer.body).contains(needle.as_str())

@@ -74,6 +74,35 @@ async fn never_more_calls_at_once_than_max_in_flight() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_reloaded_max_in_flight_holds_from_then_on() {
+    let config = QueueConfig {
+        drain_rate: 1000.0,
+        max_in_flight: 1,
+        ..config()
+    };
+    let slow = Reply::status(200).taking(Duration::from_secs(1));
+    let mut h = Harness::new(config.clone(), vec![], slow);
+    let tickets = h.admit(8).await;
+    h.start();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Up while the first call is out: two more go at once.
+    h.queue.set_config(QueueConfig {
+        max_in_flight: 3,
+        ..config.clone()
+    });
+    tokio::time::sleep(Duration::from_millis(750)).await;
+    // Down while three are out: none goes until the last of them is back.
+    h.queue.set_config(config);
+    h.settled(&tickets).await;
+    assert_eq!(
+        h.upstream.arrivals_ms(),
+        [0, 500, 501, 1000, 2000, 3000, 4000, 5000]
+    );
+    assert_eq!(h.upstream.most_in_flight.load(Ordering::SeqCst), 3);
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_retry_waits_as_long_as_retry_after_asks() {
     let busy = Reply::status(503).retry_after(2);
     let mut h = Harness::new(config(), vec![busy], Reply::status(200));

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::Queue;
-use crate::backend::knobs::WATCH_INTERVAL;
+use crate::backend::knobs::{Knobs, WATCH_INTERVAL};
 use crate::backend::Change;
 use crate::metrics::Metrics;
 
@@ -45,12 +45,16 @@ impl Every {
 /// any instance shows here within `WATCH_INTERVAL`), and the governed-rate
 /// gauge with it: 0 while paused.
 pub async fn watch_knobs(queue: Arc<Queue>, metrics: Arc<Metrics>, stop: CancellationToken) {
-    let name = queue.config.name.as_str();
+    let name = queue.name.as_str();
     let mut every = Every::new(WATCH_INTERVAL, stop);
+    let mut first = true;
     while every.tick().await {
         if let Ok(knobs) = queue.backend.knobs().await {
             let before = queue.knobs();
-            if queue.update_knobs(knobs.clone()) {
+            if std::mem::take(&mut first) {
+                say_overrides(&queue, &knobs);
+                queue.update_knobs(knobs);
+            } else if queue.update_knobs(knobs.clone()) {
                 info!(queue = name, before = ?before, now = ?knobs, "queue knobs changed");
             }
         }
@@ -58,12 +62,38 @@ pub async fn watch_knobs(queue: Arc<Queue>, metrics: Arc<Metrics>, stop: Cancell
         let rate = if knobs.paused {
             0.0
         } else {
-            knobs.drain_rate(&queue.config)
+            knobs.drain_rate(&queue.config())
         };
         metrics
             .drain_rate_limit
             .with_label_values(&[name])
             .set(rate);
+    }
+}
+
+/// Says, on the first read of the shared knobs, which runtime overrides
+/// (stored by an earlier PATCH, on any instance) win over the configuration:
+/// a restart with a new `--drain-rate` does not undo them.
+pub fn say_overrides(queue: &Queue, knobs: &Knobs) {
+    let config = queue.config();
+    let name = config.name.as_str();
+    if let Some(rate) = knobs.drain_rate.filter(|r| *r != config.drain_rate) {
+        warn!(queue = name, configured = config.drain_rate, stored = rate,
+            "drain_rate: the runtime override stored in the queue backend wins over the configuration; clear it with PATCH {{\"drain_rate\": null}} or `flashgate admin set {name} --clear drain_rate`");
+    }
+    if let Some(stock) = knobs.stock.filter(|s| Some(*s) != config.stock) {
+        warn!(queue = name, configured = ?config.stock, stored = stock,
+            "stock: the runtime override stored in the queue backend wins over the configuration; clear it with PATCH {{\"stock\": null}}");
+    }
+    if let Some(open) = knobs.open {
+        warn!(queue = name, open,
+            "sale opened or closed by an operator: the override stored in the queue backend wins over opens_at/closes_at; clear it with PATCH {{\"open\": null}}");
+    }
+    if knobs.paused {
+        warn!(
+            queue = name,
+            "queue paused by an operator (stored in the queue backend)"
+        );
     }
 }
 
@@ -76,12 +106,12 @@ pub async fn maintain(queue: Arc<Queue>, claim_idle: Duration, stop: Cancellatio
         match queue.backend.maintain(claim_idle).await {
             Ok(()) if failing => {
                 failing = false;
-                info!(queue = %queue.config.name, "queue upkeep works again");
+                info!(queue = %queue.name, "queue upkeep works again");
             }
             Ok(()) => {}
             Err(e) if !failing => {
                 failing = true;
-                warn!(queue = %queue.config.name, error = %e, "queue upkeep failed; retrying");
+                warn!(queue = %queue.name, error = %e, "queue upkeep failed; retrying");
             }
             Err(_) => {}
         }
@@ -92,7 +122,7 @@ pub async fn maintain(queue: Arc<Queue>, claim_idle: Duration, stop: Cancellatio
 /// waiting on them; reconnects when the feed breaks (waiters then re-read on
 /// the resync, so a change in the gap is not missed).
 pub async fn follow_changes(queue: Arc<Queue>, stop: CancellationToken) {
-    let name = queue.config.name.as_str();
+    let name = queue.name.as_str();
     let mut failures = 0u32;
     loop {
         let feed = queue.feed.clone();
@@ -125,7 +155,7 @@ pub async fn follow_changes(queue: Arc<Queue>, stop: CancellationToken) {
 
 /// Keeps the queue-wide gauges current, one cheap backend call per interval.
 pub async fn refresh_gauges(queue: Arc<Queue>, metrics: Arc<Metrics>, stop: CancellationToken) {
-    let name = queue.config.name.as_str();
+    let name = queue.name.as_str();
     let mut every = Every::new(GAUGE_INTERVAL, stop);
     let mut up = true;
     while every.tick().await {

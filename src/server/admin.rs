@@ -55,7 +55,7 @@ async fn readyz(app: &App) -> Response<Body> {
             Ok(Ok(()))
         );
         if !ok {
-            failing.push(q.config.name.clone());
+            failing.push(q.name.clone());
         }
     }
     if failing.is_empty() {
@@ -69,7 +69,7 @@ async fn readyz(app: &App) -> Response<Body> {
 }
 
 fn authorized(app: &App, req: &Request<Incoming>) -> bool {
-    let Some(token) = &app.config.admin_token else {
+    let Some(token) = &app.config().admin_token else {
         return true;
     };
     let presented = req

@@ -27,7 +27,8 @@ pub async fn passthrough(
     req: Request<Incoming>,
     path: &str,
 ) -> Response<Body> {
-    let base = app.config.upstream.as_deref().unwrap_or_default();
+    let config = app.config();
+    let base = config.upstream.as_deref().unwrap_or_default();
     let (mut parts, body) = req.into_parts();
     let target = match parts.uri.query() {
         Some(query) => format!("{base}{path}?{query}"),
@@ -45,7 +46,7 @@ pub async fn passthrough(
     // Forwarding headers are computed before hop-by-hop stripping, which
     // may remove some; a client's own X-Forwarded-For counts only from a
     // trusted proxy.
-    let client = Client::identify(&app.config, &parts.headers, peer);
+    let client = Client::identify(&app.config(), &parts.headers, peer);
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::HOST);
     parts.headers.remove("forwarded");
@@ -56,12 +57,12 @@ pub async fn passthrough(
     parts
         .headers
         .insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    let limit = usize::try_from(app.config.max_body.0).unwrap_or(usize::MAX);
+    let limit = usize::try_from(app.config().max_body.0).unwrap_or(usize::MAX);
     let body: Body = Limited::new(body, limit).boxed();
     let timeout = app
         .queues
         .first()
-        .map_or(PASSTHROUGH_TIMEOUT, |q| q.config.upstream_timeout);
+        .map_or(PASSTHROUGH_TIMEOUT, |q| q.config().upstream_timeout);
     match app
         .upstream
         .stream(Request::from_parts(parts, body), timeout)

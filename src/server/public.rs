@@ -33,7 +33,7 @@ pub async fn public(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> 
         route: "other",
         done: false,
     };
-    let origin = cors::allowed_origin(&app.config, req.headers());
+    let origin = cors::allowed_origin(&app.config(), req.headers());
     let mut resp = route(&app, peer, req, &mut count).await;
     if !resp
         .headers()
@@ -96,7 +96,7 @@ async fn route(
     // 2. Asterisk-form (`OPTIONS *`) asks about the server, not a resource.
     if req.uri().path() == "*" {
         let resp = if req.method() == Method::OPTIONS {
-            cors::options(&app.config, req.headers(), SERVER_METHODS)
+            cors::options(&app.config(), req.headers(), SERVER_METHODS)
         } else {
             Problem::new(Code::BadRequest, "only OPTIONS may ask for `*`").into_response()
         };
@@ -104,7 +104,7 @@ async fn route(
     }
     // 3. Header hygiene, before anything reads a header: the gateway's own
     //    X-Flashgate-* and (by default) names with `_` go.
-    if let Err(e) = headers::sanitize(req.headers_mut(), app.config.underscore_headers) {
+    if let Err(e) = headers::sanitize(req.headers_mut(), app.config().underscore_headers) {
         let problem = Problem::new(Code::BadRequest, e.to_string());
         return early(problem.into_response(), req).await;
     }
@@ -126,16 +126,16 @@ async fn route(
     //    preflight's grant. Other paths' OPTIONS go the way of their path.
     if req.method() == Method::OPTIONS {
         if let Some(allow) = allowed_methods(app, path) {
-            let resp = cors::options(&app.config, req.headers(), &allow);
+            let resp = cors::options(&app.config(), req.headers(), &allow);
             return early(resp, req).await;
         }
     }
     if let Some(queue) = app.queue_for_path(path) {
-        if let Some(route) = queue.routes_at(path).find(|r| r.method == req.method()) {
+        if let Some(route_path) = queue.route(path, req.method()) {
             // Stored (and later sent) under the route's own path: what was
             // matched is what the upstream receives.
             count.route = "admission";
-            let (queue, route_path) = (queue.clone(), route.path.clone());
+            let queue = queue.clone();
             return admission::admit(app, &queue, &route_path, peer, req).await;
         }
         let allow = allowed_methods(app, path).unwrap_or_default();
@@ -153,7 +153,7 @@ async fn route(
         let resp = tickets::route(app, method, headers, query, rest).await;
         return early(resp, req).await;
     }
-    if app.config.passthrough && app.config.upstream.is_some() {
+    if app.config().passthrough && app.config().upstream.is_some() {
         count.route = "passthrough";
         let path = path.to_string();
         return passthrough(app, peer, req, &path).await;
@@ -170,7 +170,8 @@ const SERVER_METHODS: &str = "GET, HEAD, POST, DELETE, OPTIONS";
 fn allowed_methods(app: &App, path: &str) -> Option<String> {
     if let Some(queue) = app.queue_for_path(path) {
         let mut allow: Vec<&str> = Vec::new();
-        for r in queue.routes_at(path) {
+        let routes = queue.routes_at(path);
+        for r in &routes {
             if !allow.contains(&r.method.as_str()) {
                 allow.push(r.method.as_str());
             }

@@ -79,7 +79,7 @@ async fn stock_and_sold_out(backend: Backend) {
     let knobs = q
         .set_knobs(&KnobsPatch {
             stock: Some(Some(backend.limit(9))),
-            drain_rate: Some(7.5),
+            drain_rate: Some(Some(7.5)),
             ..Default::default()
         })
         .await
@@ -96,14 +96,19 @@ async fn stock_and_sold_out(backend: Backend) {
         q.admit(backend.request(22), None, limited).await.unwrap(),
         Admit::SoldOut
     );
-    // The sold-out flag refuses everything but replays.
-    q.set_knobs(&KnobsPatch {
-        stock: Some(None),
-        sold_out: Some(true),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    // The sold-out flag refuses everything but replays; `null` clears the
+    // rate override (back to the configured rate).
+    let knobs = q
+        .set_knobs(&KnobsPatch {
+            stock: Some(None),
+            drain_rate: Some(None),
+            sold_out: Some(true),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!((knobs.stock, knobs.drain_rate), (None, None));
+    assert_eq!(q.knobs().await.unwrap().drain_rate, None);
     assert_eq!(
         q.admit(backend.request(23), None, backend.cap(100))
             .await
@@ -145,7 +150,7 @@ async fn adaptive_rate(backend: Backend) {
     assert_eq!(knobs.drain_rate, Some(74.5), "70 + (100 - 10) / 20");
     // An operator's rate is where the next step starts from.
     let patch = KnobsPatch {
-        drain_rate: Some(50.0),
+        drain_rate: Some(Some(50.0)),
         ..KnobsPatch::default()
     };
     a.set_knobs(&patch).await.unwrap();

@@ -176,6 +176,13 @@ impl Gateway {
         &self.gateway.as_ref().expect("running").app
     }
 
+    /// Reloads it with `config`, as a SIGHUP with a changed file would;
+    /// true when applied.
+    pub fn reload(&self, config: Config) -> bool {
+        let gateway = self.gateway.as_ref().expect("running");
+        gateway.reload(|| Ok(config))
+    }
+
     /// The private Redis its backend runs on, if it has one.
     pub fn redis(&self) -> Option<&Redis> {
         self.redis.as_ref()

@@ -112,6 +112,13 @@ impl GatewayProcess {
         .await;
     }
 
+    /// The config file the builder's TOML was written to (rewrite it, then
+    /// SIGHUP, to reload).
+    pub fn config_file(&self) -> std::path::PathBuf {
+        let dir = self._dir.as_ref().expect("a builder with .toml()");
+        dir.path().join("flashgate.toml")
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -97,7 +97,7 @@ pub(super) fn ticket_answer(
     let poll_url = format!("/tickets/{ticket}");
     let view = AdmissionView {
         ticket: ticket.as_str(),
-        queue: &queue.config.name,
+        queue: &queue.name,
         status: state,
         position,
         eta_seconds: eta,

@@ -27,10 +27,13 @@ impl KnobStore for RedisQueue {
         pipe.atomic();
         let key = &self.keys.knobs;
         let flag = |b: bool| if b { "1" } else { "0" };
-        if let Some(r) = patch.drain_rate {
-            pipe.hset(key, KnobField::DRAIN_RATE, r.to_string())
-                .ignore();
-        }
+        match patch.drain_rate {
+            Some(Some(r)) => pipe
+                .hset(key, KnobField::DRAIN_RATE, r.to_string())
+                .ignore(),
+            Some(None) => pipe.hdel(key, KnobField::DRAIN_RATE).ignore(),
+            None => &mut pipe,
+        };
         if let Some(p) = patch.paused {
             pipe.hset(key, KnobField::PAUSED, flag(p)).ignore();
         }
