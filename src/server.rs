@@ -34,6 +34,7 @@ use tracing::{debug, warn};
 
 use crate::api::App;
 use crate::http::body::Body;
+use crate::http::forwarded::Scheme;
 use framing::Strict;
 
 /// Connections over `--max-connections` that may linger after their 503
@@ -186,7 +187,9 @@ async fn accept_loop<F, Fut>(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        let service = service_fn(move |req| {
+        let service = service_fn(move |mut req: Request<Incoming>| {
+            // What `X-Forwarded-Proto` says when no trusted proxy does.
+            req.extensions_mut().insert(Scheme::Http);
             let handler = handler.clone();
             async move { Ok::<_, Infallible>(handler(peer, req).await) }
         });

@@ -57,7 +57,8 @@ pub struct Config {
     pub client_rate: f64,
     /// Admissions a client may make back to back. Default `1`.
     pub client_burst: u32,
-    /// Peers whose `X-Forwarded-For` is believed, CIDRs or addresses. Default: none.
+    /// Peers whose `X-Forwarded-For`/`-Proto` or `Forwarded` is believed,
+    /// CIDRs or addresses. Default: none.
     #[serde(
         serialize_with = "units::ser_display_list",
         deserialize_with = "units::cidrs"

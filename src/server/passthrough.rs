@@ -12,6 +12,7 @@ use tracing::debug;
 use crate::api::App;
 use crate::http::body::{Body, BoxError};
 use crate::http::client::Client;
+use crate::http::forwarded::Scheme;
 use crate::http::headers::strip_hop_by_hop;
 use crate::http::problem::{Code, Problem};
 use crate::upstream::UpstreamError;
@@ -45,7 +46,8 @@ pub async fn passthrough(
     // Forwarding headers are computed before hop-by-hop stripping, which
     // may remove some; a client's own X-Forwarded-For counts only from a
     // trusted proxy.
-    let client = Client::identify(&app.config, &parts.headers, peer);
+    let scheme = Scheme::of(&parts.extensions);
+    let client = Client::identify(&app.config, &parts.headers, peer, scheme);
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::HOST);
     parts.headers.remove("forwarded");
@@ -53,9 +55,10 @@ pub async fn passthrough(
         Ok(v) => parts.headers.insert("x-forwarded-for", v),
         Err(_) => parts.headers.remove("x-forwarded-for"),
     };
-    parts
-        .headers
-        .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    parts.headers.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(client.proto.as_str()),
+    );
     let limit = usize::try_from(app.config.max_body.0).unwrap_or(usize::MAX);
     let body: Body = Limited::new(body, limit).boxed();
     let timeout = app
