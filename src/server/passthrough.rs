@@ -50,6 +50,9 @@ pub async fn passthrough(
     let client = Client::identify(&app.config, &parts.headers, peer, scheme);
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::HOST);
+    // The upstream client speaks HTTP/1.1, whichever HTTP the client used.
+    let client_version = parts.version;
+    parts.version = http::Version::HTTP_11;
     parts.headers.remove("forwarded");
     match HeaderValue::from_str(&client.forwarded_for) {
         Ok(v) => parts.headers.insert("x-forwarded-for", v),
@@ -72,9 +75,12 @@ pub async fn passthrough(
     {
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
-            // The gateway speaks its own HTTP/1.1 to the client, whatever
-            // version the upstream answered in.
-            parts.version = http::Version::HTTP_11;
+            // The gateway answers in the client's own HTTP (its HTTP/1.1
+            // for HTTP/1.x), whatever version the upstream answered in.
+            parts.version = match client_version {
+                http::Version::HTTP_2 => http::Version::HTTP_2,
+                _ => http::Version::HTTP_11,
+            };
             strip_hop_by_hop(&mut parts.headers);
             Response::from_parts(parts, body.map_err(BoxError::from).boxed())
         }
