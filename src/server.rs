@@ -95,10 +95,10 @@ pub async fn serve_public(
         // limit. Beyond this many at once, or this many streams the
         // gateway had to reset for errors, the connection gets a GOAWAY.
         .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
-        .max_local_error_reset_streams(H2_MAX_ERROR_RESETS)
-        // A peer that stops answering PINGs is gone: close its connection.
-        .keep_alive_interval(app.config.header_timeout)
-        .keep_alive_timeout(app.config.header_timeout);
+        .max_local_error_reset_streams(H2_MAX_ERROR_RESETS);
+    // No keep-alive PINGs: their answers would count as the client's
+    // activity and keep an idle connection open forever. A connection
+    // that sends nothing for `first_bytes` is sent away instead (below).
     // Open connections are capped: beyond the cap a new one gets a canned
     // 503 at once, and the ones already open keep their latency. An
     // HTTP/2 connection counts once, whatever its streams.

@@ -316,3 +316,20 @@ async fn rapid_resets_end_the_connection_with_enhance_your_calm() {
     gw.client().ticket("{}").await;
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_h2_connection_is_sent_away_after_the_header_timeout() {
+    let upstream = MockUpstream::start().await;
+    let gw = Gateway::builder()
+        .toml("header_timeout = \"1s\"\n")
+        .upstream(&upstream)
+        .start()
+        .await;
+    let mut s = h2_conn(gw.public_addr).await;
+    let goaway = read_until(&mut s, |f| f.kind == GOAWAY)
+        .await
+        .expect("a GOAWAY before the close");
+    assert_eq!(error_code(&goaway, 4), 0, "NO_ERROR: a graceful close");
+    drop(s);
+    gw.stop().await;
+}
