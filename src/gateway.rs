@@ -22,6 +22,7 @@ use crate::http::client::FORGET_EVERY;
 use crate::metrics::Metrics;
 use crate::queue::upkeep::{self, Every};
 use crate::queue::Queue;
+use crate::server::tls::{Tls, TlsError};
 use crate::ticket::{QueueTag, TicketSecret};
 use crate::upstream::{HttpUpstream, Upstream};
 use crate::{drain, server};
@@ -37,6 +38,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Queue(#[from] QueueError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("cannot agree on the ticket secret through Redis ({0}); pass --ticket-secret to start without it")]
     TicketSecret(QueueError),
 }
@@ -46,6 +49,9 @@ pub struct Gateway {
     pub public_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub app: Arc<App>,
+    /// The public listener's certificate with `--tls-cert`: `reload()`
+    /// reads its files again for the next handshakes.
+    pub tls: Option<Arc<Tls>>,
     shutdown: CancellationToken,
     main: JoinHandle<()>,
 }
@@ -93,6 +99,13 @@ impl Gateway {
             addr: config.admin_listen,
             source,
         })?;
+
+        // The certificate is read before anything connects: a bad one stops
+        // the start with the file's name.
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(Arc::new(Tls::load(cert.as_ref(), key.as_ref())?)),
+            _ => None,
+        };
 
         match &config.redis_url {
             Some(url) => info!(
@@ -165,12 +178,20 @@ impl Gateway {
         ));
 
         let shutdown = CancellationToken::new();
-        let main = tokio::spawn(run(app.clone(), public, admin, shutdown.clone()));
-        info!(%public_addr, %admin_addr, "flashgate listening");
+        let main = tokio::spawn(run(
+            app.clone(),
+            public,
+            admin,
+            tls.clone(),
+            shutdown.clone(),
+        ));
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        info!(%public_addr, %admin_addr, scheme, "flashgate listening");
         Ok(Gateway {
             public_addr,
             admin_addr,
             app,
+            tls,
             shutdown,
             main,
         })
@@ -218,7 +239,13 @@ async fn ticket_secret(config: &Config) -> Result<TicketSecret, StartError> {
     }
 }
 
-async fn run(app: Arc<App>, public: TcpListener, admin: TcpListener, shutdown: CancellationToken) {
+async fn run(
+    app: Arc<App>,
+    public: TcpListener,
+    admin: TcpListener,
+    tls: Option<Arc<Tls>>,
+    shutdown: CancellationToken,
+) {
     let dispatches = TaskTracker::new();
     let stop_admin = CancellationToken::new();
     let mut drains = Vec::new();
@@ -251,7 +278,12 @@ async fn run(app: Arc<App>, public: TcpListener, admin: TcpListener, shutdown: C
     }
     // Also when off: a reload may turn the limits on.
     tokio::spawn(forget_idle_clients(app.clone(), stop_admin.clone()));
-    let public_server = tokio::spawn(server::serve_public(app.clone(), public, shutdown.clone()));
+    let public_server = tokio::spawn(server::serve_public(
+        app.clone(),
+        public,
+        tls,
+        shutdown.clone(),
+    ));
     let admin_server = tokio::spawn(server::serve_admin(app.clone(), admin, stop_admin.clone()));
 
     shutdown.cancelled().await;

@@ -4,6 +4,7 @@
 
 pub mod body;
 pub mod client;
+pub mod forwarded;
 pub mod headers;
 pub mod path;
 pub mod problem;

@@ -5,14 +5,18 @@
 //!   counted once;
 //! - [`passthrough`]: non-queued paths straight to the upstream;
 //! - [`admin`]: metrics, health and the admin API, behind the token;
-//! - [`framing`]: request heads checked on the raw bytes before hyper;
+//! - [`framing`]: HTTP/1 request heads checked on the raw bytes before hyper;
+//! - [`conn`]: HTTP/1 or HTTP/2 on a connection, and its idleness;
+//! - [`tls`]: the public listener's certificate, swappable while serving;
 //! - [`cors`]: grants for browsers on other origins.
 
 pub mod admin;
+pub mod conn;
 pub mod cors;
 pub mod framing;
 pub mod passthrough;
 pub mod public;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,20 +25,25 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulConnection;
 use prometheus::IntCounterVec;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::api::App;
 use crate::http::body::Body;
+use crate::http::forwarded::Scheme;
+use conn::{Activity, Watched};
 use framing::Strict;
+use tls::Tls;
 
 /// Connections over `--max-connections` that may linger after their 503
 /// (so the client reads it before the close); more are dropped at once.
@@ -53,10 +62,17 @@ content-length: 164\r\n\
 {\"type\":\"urn:flashgate:problem:unavailable\",\"title\":\"Temporarily unavailable\",\"status\":503,\"detail\":\"too many open connections; retry shortly\",\"code\":\"unavailable\"}";
 
 /// Serves the public API until `shutdown`, then lets open connections finish
-/// their current request. The limits, cheapest first:
-pub async fn serve_public(app: Arc<App>, listener: TcpListener, shutdown: CancellationToken) {
-    let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
+/// their current requests; over TLS when `tls` is given. The limits,
+/// cheapest first:
+pub async fn serve_public(
+    app: Arc<App>,
+    listener: TcpListener,
+    tls: Option<Arc<Tls>>,
+    shutdown: CancellationToken,
+) {
+    let mut http1 = http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
         // A client that does not finish its head in time is cut off. hyper
         // runs the same clock while a kept-alive connection waits for its
         // next request, so this is the keep-alive idle timeout as well: an
@@ -65,18 +81,45 @@ pub async fn serve_public(app: Arc<App>, listener: TcpListener, shutdown: Cancel
         // The head must fit the buffer; hyper answers 431 beyond it. This
         // also bounds the memory an idle or slow connection can pin.
         .max_buf_size(max_head(&app));
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2
+        .timer(TokioTimer::new())
+        // The same bound on a request's header block (name, value and 32
+        // bytes each, RFC 9113 §6.5.2), answered with 431.
+        .max_header_list_size(u32::try_from(max_head(&app)).unwrap_or(u32::MAX))
+        // Streams one connection may have open at once; the one beyond is
+        // refused (RST_STREAM REFUSED_STREAM) before it reaches a handler.
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        // "Rapid reset" (CVE-2023-44487): streams a client opens and resets
+        // before they are served cost work but count against no stream
+        // limit. Beyond this many at once, or this many streams the
+        // gateway had to reset for errors, the connection gets a GOAWAY.
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(H2_MAX_ERROR_RESETS);
+    // No keep-alive PINGs: their answers would count as the client's
+    // activity and keep an idle connection open forever. A connection
+    // that sends nothing for `first_bytes` is sent away instead (below).
     // Open connections are capped: beyond the cap a new one gets a canned
-    // 503 at once, and the ones already open keep their latency.
+    // 503 at once, and the ones already open keep their latency. An
+    // HTTP/2 connection counts once, whatever its streams.
     let limit = Limits {
         connections: Arc::new(Semaphore::new(app.config().max_connections as usize)),
         lingering: Arc::new(Semaphore::new(SHED_LINGER_MAX)),
     };
-    let max_head = max_head(&app);
+    let protocols = Protocols {
+        http1,
+        http2: Some(http2),
+        tls,
+        max_head: max_head(&app),
+        // The TLS handshake and the first bytes must come as fast as a head.
+        // On HTTP/2 it is also the idle timeout: a connection that sends
+        // nothing this long is sent a GOAWAY (its open streams finish).
+        first_bytes: app.config().header_timeout,
+    };
     let answered = app.metrics.http_requests.clone();
     accept_loop(
         listener,
-        http,
-        max_head,
+        Arc::new(protocols),
         Some((limit, answered)),
         shutdown,
         move |peer, req| {
@@ -87,6 +130,28 @@ pub async fn serve_public(app: Arc<App>, listener: TcpListener, shutdown: Cancel
     .await;
 }
 
+/// Streams open at once on one HTTP/2 connection (RFC 9113 suggests no
+/// fewer than 100).
+pub const H2_MAX_STREAMS: u32 = 100;
+/// Streams reset by the client before they were served, pending at once.
+pub const H2_MAX_PENDING_RESETS: usize = 20;
+/// Streams the gateway resets for a client's protocol errors, per
+/// connection.
+pub const H2_MAX_ERROR_RESETS: usize = 256;
+
+/// How a listener speaks on its connections.
+struct Protocols {
+    http1: http1::Builder,
+    /// `None`: HTTP/1 only, without looking for the HTTP/2 preface.
+    http2: Option<http2::Builder<TokioExecutor>>,
+    tls: Option<Arc<Tls>>,
+    /// [`Strict`]'s head limit.
+    max_head: usize,
+    /// Time for the TLS handshake and the first bytes; the HTTP/2 idle
+    /// timeout.
+    first_bytes: Duration,
+}
+
 /// The longest request head the public listener reads: hyper answers 431
 /// beyond it.
 fn max_head(app: &App) -> usize {
@@ -95,6 +160,8 @@ fn max_head(app: &App) -> usize {
 
 /// The longest request head the admin listener reads.
 const ADMIN_MAX_HEAD: usize = 64 * 1024;
+/// Time the admin listener gives a client for its request head.
+const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The public listener's connection cap.
 #[derive(Clone)]
@@ -127,14 +194,21 @@ fn shed(mut stream: TcpStream, lingering: &Arc<Semaphore>) {
 
 /// Serves the admin API until `shutdown`.
 pub async fn serve_admin(app: Arc<App>, listener: TcpListener, shutdown: CancellationToken) {
-    let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
+    let mut http1 = http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(ADMIN_HEADER_TIMEOUT)
         .max_buf_size(ADMIN_MAX_HEAD);
+    let protocols = Protocols {
+        http1,
+        http2: None,
+        tls: None,
+        max_head: ADMIN_MAX_HEAD,
+        first_bytes: ADMIN_HEADER_TIMEOUT,
+    };
     accept_loop(
         listener,
-        http,
-        ADMIN_MAX_HEAD,
+        Arc::new(protocols),
         None,
         shutdown,
         move |_peer, req| {
@@ -147,8 +221,7 @@ pub async fn serve_admin(app: Arc<App>, listener: TcpListener, shutdown: Cancell
 
 async fn accept_loop<F, Fut>(
     listener: TcpListener,
-    http: http1::Builder,
-    max_head: usize,
+    protocols: Arc<Protocols>,
     // The public listener's limits, and the counter of its answers
     // (`flashgate_http_requests_total`) for those given before routing.
     limits: Option<(Limits, IntCounterVec)>,
@@ -158,7 +231,7 @@ async fn accept_loop<F, Fut>(
     F: Fn(SocketAddr, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
 {
-    let graceful = GracefulShutdown::new();
+    let connections = TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -185,26 +258,130 @@ async fn accept_loop<F, Fut>(
             None => None,
         };
         let _ = stream.set_nodelay(true);
+        let connection = Connection {
+            peer,
+            protocols: protocols.clone(),
+            answered: limits.as_ref().map(|(_, a)| a.clone()),
+            shutdown: shutdown.clone(),
+        };
         let handler = handler.clone();
-        let service = service_fn(move |req| {
-            let handler = handler.clone();
-            async move { Ok::<_, Infallible>(handler(peer, req).await) }
-        });
-        let conn = graceful
-            .watch(http.serve_connection(TokioIo::new(Strict::new(stream, max_head)), service));
-        let answered = limits.as_ref().map(|(_, a)| a.clone());
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let _permit = permit;
-            if let Err(e) = conn.await {
-                debug!(%peer, error = %e, "connection ended with an error");
-                if let (Some(answered), Some(code)) = (&answered, parse_error_status(&e)) {
-                    answered.with_label_values(&["other", code]).inc();
-                }
-            }
+            connection.serve(stream, handler).await;
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    // Each connection finishes its requests in flight and closes.
+    connections.close();
+    connections.wait().await;
+}
+
+/// One accepted connection.
+struct Connection {
+    peer: SocketAddr,
+    protocols: Arc<Protocols>,
+    answered: Option<IntCounterVec>,
+    shutdown: CancellationToken,
+}
+
+impl Connection {
+    async fn serve<F, Fut>(self, stream: TcpStream, handler: F)
+    where
+        F: Fn(SocketAddr, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
+    {
+        let Some(tls) = &self.protocols.tls else {
+            return self.speak(stream, Scheme::Http, handler).await;
+        };
+        let handshake = tls.acceptor().accept(stream);
+        match tokio::time::timeout(self.protocols.first_bytes, handshake).await {
+            Ok(Ok(stream)) => self.speak(stream, Scheme::Https, handler).await,
+            Ok(Err(e)) => debug!(peer = %self.peer, error = %e, "TLS handshake failed"),
+            Err(_) => debug!(peer = %self.peer, "TLS handshake timed out"),
+        }
+    }
+
+    /// Serves HTTP/2 or HTTP/1 on `io`, whichever the client speaks.
+    async fn speak<S, F, Fut>(self, io: S, scheme: Scheme, handler: F)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        F: Fn(SocketAddr, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
+    {
+        let peer = self.peer;
+        let service = service_fn(move |mut req: Request<Incoming>| {
+            // What `X-Forwarded-Proto` says when no trusted proxy does.
+            req.extensions_mut().insert(scheme);
+            let handler = handler.clone();
+            async move { Ok::<_, Infallible>(handler(peer, req).await) }
+        });
+        let p = &self.protocols;
+        let Some(http2) = &p.http2 else {
+            let conn = p
+                .http1
+                .serve_connection(TokioIo::new(Strict::new(io, p.max_head)), service);
+            return self.finish(conn, None).await;
+        };
+        let (io, is_h2) = match tokio::time::timeout(p.first_bytes, conn::sniff(io)).await {
+            Ok(Ok(sniffed)) => sniffed,
+            Ok(Err(e)) => return debug!(%peer, error = %e, "connection failed before a request"),
+            Err(_) => return debug!(%peer, "no request before the header timeout"),
+        };
+        if is_h2 {
+            let activity = Activity::from_now();
+            let io = TokioIo::new(Watched::new(io, activity.clone()));
+            let conn = http2.serve_connection(io, service);
+            self.finish(conn, Some(activity)).await
+        } else {
+            let io = TokioIo::new(Strict::new(io, p.max_head));
+            let conn = p.http1.serve_connection(io, service);
+            self.finish(conn, None).await
+        }
+    }
+
+    /// Drives `conn` to its end. On shutdown, or on HTTP/2 after
+    /// `first_bytes` without a byte from the client, it finishes the requests
+    /// in flight and closes.
+    async fn finish<C>(self, conn: C, activity: Option<Activity>)
+    where
+        C: GracefulConnection<Error = hyper::Error>,
+    {
+        let peer = self.peer;
+        let idle = self.protocols.first_bytes;
+        let mut conn = std::pin::pin!(conn);
+        let mut closing = false;
+        let ended = loop {
+            let idle_at = activity.as_ref().map(|a| a.idle_at(idle));
+            tokio::select! {
+                ended = conn.as_mut() => break ended,
+                _ = self.shutdown.cancelled(), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                _ = sleep_until_some(idle_at), if !closing => {
+                    if activity.as_ref().is_some_and(|a| a.idle_at(idle) <= Instant::now()) {
+                        debug!(%peer, "HTTP/2 connection idle: GOAWAY");
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        };
+        if let Err(e) = ended {
+            debug!(%peer, error = %e, "connection ended with an error");
+            if let (Some(answered), Some(code)) = (&self.answered, parse_error_status(&e)) {
+                answered.with_label_values(&["other", code]).inc();
+            }
+        }
+    }
+}
+
+/// Sleeps until `at`, or forever.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The status hyper answered a request with when it could not parse it

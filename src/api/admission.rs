@@ -20,6 +20,7 @@ use crate::backend::{
 };
 use crate::http::body::{self, Body};
 use crate::http::client::Client;
+use crate::http::forwarded::Scheme;
 use crate::http::headers;
 use crate::http::problem::{Code, Problem};
 use crate::queue::Queue;
@@ -122,7 +123,12 @@ async fn try_admit(
     };
 
     // 3. Per-client rate, in this instance's memory.
-    let client = Client::identify(&app.config(), &parts.headers, peer);
+    let client = Client::identify(
+        &app.config(),
+        &parts.headers,
+        peer,
+        Scheme::of(&parts.extensions),
+    );
     if let (None, Some(limiter)) = (&refused, &*app.clients.load()) {
         if let Err(wait) = limiter.check(&client.key) {
             refused = Some(
@@ -195,7 +201,7 @@ async fn try_admit(
         body,
         client: client.key,
         forwarded_for: client.forwarded_for,
-        forwarded_proto: "http".into(),
+        forwarded_proto: client.proto.as_str().into(),
         admitted_at_ms: queue.clock.now_ms(),
     };
     let ticket = request.ticket.clone();

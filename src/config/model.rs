@@ -21,6 +21,14 @@ pub struct Config {
     #[serde(deserialize_with = "units::addr")]
     #[schemars(with = "units::Addr")]
     pub listen: SocketAddr,
+    /// PEM certificate chain (leaf first) for TLS on the public listener,
+    /// with `tls_key`; it then speaks HTTPS (HTTP/2 or HTTP/1.1 by ALPN).
+    /// Default: none (plaintext, HTTP/1.1 or h2c).
+    #[serde(deserialize_with = "units::non_empty")]
+    pub tls_cert: Option<String>,
+    /// PEM private key of `tls_cert`. Default: none.
+    #[serde(deserialize_with = "units::non_empty")]
+    pub tls_key: Option<String>,
     /// Admin listener address: metrics, health, admin API. Default `127.0.0.1:9464`.
     #[serde(deserialize_with = "units::addr")]
     #[schemars(with = "units::Addr")]
@@ -57,7 +65,8 @@ pub struct Config {
     pub client_rate: f64,
     /// Admissions a client may make back to back. Default `1`.
     pub client_burst: u32,
-    /// Peers whose `X-Forwarded-For` is believed, CIDRs or addresses. Default: none.
+    /// Peers whose `X-Forwarded-For`/`-Proto` or `Forwarded` is believed,
+    /// CIDRs or addresses. Default: none.
     #[serde(
         serialize_with = "units::ser_display_list",
         deserialize_with = "units::cidrs"
@@ -228,6 +237,8 @@ impl Default for Config {
             consumer: String::new(),
             passthrough: false,
             upstream: None,
+            tls_cert: None,
+            tls_key: None,
             admin_token: None,
             client_key: ClientKey::Ip,
             client_rate: 0.0,

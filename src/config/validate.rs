@@ -65,6 +65,15 @@ impl Config {
             .check(!self.body_timeout.is_zero(), "body_timeout", "must be > 0")
             .check(self.max_connections > 0, "max_connections", AT_LEAST_1)
             .check(
+                self.tls_cert.is_some() == self.tls_key.is_some(),
+                if self.tls_cert.is_some() {
+                    "tls_key"
+                } else {
+                    "tls_cert"
+                },
+                "tls_cert and tls_key go together",
+            )
+            .check(
                 self.max_wait <= 60 * second,
                 "max_wait",
                 "must be at most 60s",

@@ -35,6 +35,16 @@ impl Gateway {
             );
         }
         self.app.set_config(new);
+        // The certificate files are read again for the next handshakes (the
+        // paths themselves are fixed at start).
+        if let Some(tls) = &self.tls {
+            match tls.reload() {
+                Ok(()) => info!("TLS certificate reloaded"),
+                Err(e) => {
+                    warn!(error = %e, "TLS certificate not reloaded: the previous one stays in use")
+                }
+            }
+        }
         // A new configured value does not undo an operator's override.
         for q in &self.app.queues {
             super::upkeep::say_overrides(q, &q.knobs());
@@ -64,6 +74,8 @@ fn keep_fixed(old: &Config, new: &mut Config) -> Vec<String> {
     // Bound, connected or handed to long-lived tasks at start.
     keep!(
         listen,
+        tls_cert,
+        tls_key,
         admin_listen,
         redis_url,
         redis_prefix,

@@ -11,6 +11,7 @@ use governor::{Quota, RateLimiter};
 use http::HeaderMap;
 use ipnet::IpNet;
 
+use super::forwarded::{self, Scheme};
 use crate::config::{ClientKey, Config};
 
 /// The client behind a request.
@@ -20,16 +21,26 @@ pub struct Client {
     pub ip: IpAddr,
     /// `X-Forwarded-For` to send upstream: the believed chain plus the peer.
     pub forwarded_for: String,
+    /// `X-Forwarded-Proto` to send upstream: the scheme the client used.
+    pub proto: Scheme,
     /// The identity used for idempotency and rate limits.
     pub key: String,
 }
 
 impl Client {
-    /// Identifies the client of a request from `peer`. A client's own
-    /// `X-Forwarded-For` counts only when `peer` is a trusted proxy; then the
-    /// client is the right-most address that is not itself a trusted proxy.
+    /// Identifies the client of a request from `peer`, which reached the
+    /// gateway over `scheme`. What proxies say (`X-Forwarded-For` and
+    /// `X-Forwarded-Proto`, or `Forwarded`: see [`forwarded::hops`]) counts
+    /// only when `peer` is a trusted proxy; then the client is the right-most
+    /// address that is not itself a trusted proxy, and the scheme is the one
+    /// the proxies report for it, `scheme` when they say none.
     /// With `header:NAME` and the header missing, the address is the key.
-    pub fn identify(config: &Config, headers: &HeaderMap, peer: SocketAddr) -> Client {
+    pub fn identify(
+        config: &Config,
+        headers: &HeaderMap,
+        peer: SocketAddr,
+        scheme: Scheme,
+    ) -> Client {
         let peer_ip = peer.ip();
         let trusted = |ip: &IpAddr| {
             config
@@ -37,29 +48,24 @@ impl Client {
                 .iter()
                 .any(|n: &IpNet| n.contains(ip))
         };
-        let (ip, forwarded_for) = if trusted(&peer_ip) {
-            let chain: Vec<&str> = headers
-                .get_all("x-forwarded-for")
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .collect();
-            let client = chain
+        let (ip, forwarded_for, proto) = if trusted(&peer_ip) {
+            let (hops, nearest_proto) = forwarded::hops(headers);
+            let client = hops
                 .iter()
                 .rev()
-                .filter_map(|s| s.parse::<IpAddr>().ok())
-                .find(|ip| !trusted(ip))
-                .unwrap_or(peer_ip);
-            let mut forwarded = chain.join(", ");
-            if !forwarded.is_empty() {
-                forwarded.push_str(", ");
-            }
-            forwarded.push_str(&peer_ip.to_string());
-            (client, forwarded)
+                .find(|h| h.ip.is_some_and(|ip| !trusted(&ip)));
+            let proto = nearest_proto
+                .or(client.and_then(|h| h.proto))
+                .unwrap_or(scheme);
+            let mut chain: Vec<String> = hops
+                .iter()
+                .map(|h| h.ip.map_or_else(|| h.node.clone(), |ip| ip.to_string()))
+                .collect();
+            chain.push(peer_ip.to_string());
+            let ip = client.and_then(|h| h.ip).unwrap_or(peer_ip);
+            (ip, chain.join(", "), proto)
         } else {
-            (peer_ip, peer_ip.to_string())
+            (peer_ip, peer_ip.to_string(), scheme)
         };
         let key = match &config.client_key {
             ClientKey::Header(name) => match headers.get(name).and_then(|v| v.to_str().ok()) {
@@ -71,6 +77,7 @@ impl Client {
         Client {
             ip,
             forwarded_for,
+            proto,
             key,
         }
     }
@@ -146,16 +153,60 @@ mod tests {
     fn forwarded_for_is_only_believed_from_trusted_proxies() {
         let c = config("trusted_proxies = [\"10.0.0.0/8\"]\n");
         let xff = headers(&[("x-forwarded-for", "6.6.6.6, 203.0.113.9, 10.1.1.1")]);
-        let via_proxy = Client::identify(&c, &xff, "10.0.0.2:5000".parse().unwrap());
+        let via_proxy = Client::identify(&c, &xff, "10.0.0.2:5000".parse().unwrap(), Scheme::Http);
         assert_eq!(via_proxy.ip.to_string(), "203.0.113.9");
         assert_eq!(
             via_proxy.forwarded_for,
             "6.6.6.6, 203.0.113.9, 10.1.1.1, 10.0.0.2"
         );
-        let direct = Client::identify(&c, &xff, "198.51.100.7:5000".parse().unwrap());
+        let direct = Client::identify(&c, &xff, "198.51.100.7:5000".parse().unwrap(), Scheme::Http);
         assert_eq!(direct.ip.to_string(), "198.51.100.7");
         assert_eq!(direct.forwarded_for, "198.51.100.7");
         assert_eq!(direct.key, "ip:198.51.100.7");
+    }
+
+    #[test]
+    fn the_scheme_is_the_trusted_proxys_word_or_the_gateways_own() {
+        let c = config("trusted_proxies = [\"10.0.0.0/8\"]\n");
+        let proxy = "10.0.0.2:5000".parse().unwrap();
+        let stranger = "198.51.100.7:5000".parse().unwrap();
+        let xfp = headers(&[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        assert_eq!(
+            Client::identify(&c, &xfp, proxy, Scheme::Http).proto,
+            Scheme::Https
+        );
+        assert_eq!(
+            Client::identify(&c, &xfp, stranger, Scheme::Http).proto,
+            Scheme::Http
+        );
+        assert_eq!(
+            Client::identify(&c, &xfp, stranger, Scheme::Https).proto,
+            Scheme::Https
+        );
+        let silent = headers(&[("x-forwarded-for", "203.0.113.9")]);
+        assert_eq!(
+            Client::identify(&c, &silent, proxy, Scheme::Https).proto,
+            Scheme::Https
+        );
+
+        // RFC 7239: the element naming the client says how it connected.
+        let fwd = headers(&[(
+            "forwarded",
+            "for=6.6.6.6;proto=http, for=203.0.113.9;proto=https, for=\"10.1.1.1:80\";proto=http",
+        )]);
+        let via_proxy = Client::identify(&c, &fwd, proxy, Scheme::Http);
+        assert_eq!(via_proxy.ip.to_string(), "203.0.113.9");
+        assert_eq!(via_proxy.proto, Scheme::Https);
+        assert_eq!(
+            via_proxy.forwarded_for,
+            "6.6.6.6, 203.0.113.9, 10.1.1.1, 10.0.0.2"
+        );
+        let direct = Client::identify(&c, &fwd, stranger, Scheme::Http);
+        assert_eq!(direct.ip.to_string(), "198.51.100.7");
+        assert_eq!(direct.proto, Scheme::Http);
     }
 
     #[test]
@@ -163,11 +214,11 @@ mod tests {
         let c = config("client_key = \"header:x-user\"\n");
         let peer = "192.0.2.1:1".parse().unwrap();
         assert_eq!(
-            Client::identify(&c, &headers(&[("x-user", "u42")]), peer).key,
+            Client::identify(&c, &headers(&[("x-user", "u42")]), peer, Scheme::Http).key,
             "h:u42"
         );
         assert_eq!(
-            Client::identify(&c, &HeaderMap::new(), peer).key,
+            Client::identify(&c, &HeaderMap::new(), peer, Scheme::Http).key,
             "ip:192.0.2.1"
         );
     }

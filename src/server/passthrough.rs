@@ -12,6 +12,7 @@ use tracing::debug;
 use crate::api::App;
 use crate::http::body::{Body, BoxError};
 use crate::http::client::Client;
+use crate::http::forwarded::Scheme;
 use crate::http::headers::strip_hop_by_hop;
 use crate::http::problem::{Code, Problem};
 use crate::upstream::UpstreamError;
@@ -46,17 +47,22 @@ pub async fn passthrough(
     // Forwarding headers are computed before hop-by-hop stripping, which
     // may remove some; a client's own X-Forwarded-For counts only from a
     // trusted proxy.
-    let client = Client::identify(&app.config(), &parts.headers, peer);
+    let scheme = Scheme::of(&parts.extensions);
+    let client = Client::identify(&app.config(), &parts.headers, peer, scheme);
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::HOST);
+    // The upstream client speaks HTTP/1.1, whichever HTTP the client used.
+    let client_version = parts.version;
+    parts.version = http::Version::HTTP_11;
     parts.headers.remove("forwarded");
     match HeaderValue::from_str(&client.forwarded_for) {
         Ok(v) => parts.headers.insert("x-forwarded-for", v),
         Err(_) => parts.headers.remove("x-forwarded-for"),
     };
-    parts
-        .headers
-        .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    parts.headers.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(client.proto.as_str()),
+    );
     let limit = usize::try_from(app.config().max_body.0).unwrap_or(usize::MAX);
     let body: Body = Limited::new(body, limit).boxed();
     let timeout = app
@@ -70,9 +76,12 @@ pub async fn passthrough(
     {
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
-            // The gateway speaks its own HTTP/1.1 to the client, whatever
-            // version the upstream answered in.
-            parts.version = http::Version::HTTP_11;
+            // The gateway answers in the client's own HTTP (its HTTP/1.1
+            // for HTTP/1.x), whatever version the upstream answered in.
+            parts.version = match client_version {
+                http::Version::HTTP_2 => http::Version::HTTP_2,
+                _ => http::Version::HTTP_11,
+            };
             strip_hop_by_hop(&mut parts.headers);
             Response::from_parts(parts, body.map_err(BoxError::from).boxed())
         }

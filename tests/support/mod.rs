@@ -11,6 +11,7 @@
 //!   `until_terminal`, `patch_knobs`, `metrics`, …);
 //! - [`eventually`]: waits for a condition with a deadline;
 //! - [`backends!`]: one test over the embedded, Redis and partitioned queue;
+//! - [`pki`]: throw-away CAs and server certificates (openssl CLI);
 //! - [`raw`]: HTTP as bytes on a socket; [`stacks`]: the Python order
 //!   services and apps of `target/test-venv`.
 //!
@@ -20,6 +21,7 @@
 
 mod client;
 mod gateway;
+pub mod pki;
 mod process;
 pub mod raw;
 mod redis;
