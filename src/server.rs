@@ -145,6 +145,27 @@ pub async fn serve_admin(app: Arc<App>, listener: TcpListener, shutdown: Cancell
     .await;
 }
 
+/// Serves the health listener (`health_listen`: health and metrics only)
+/// until `shutdown`.
+pub async fn serve_health(app: Arc<App>, listener: TcpListener, shutdown: CancellationToken) {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .max_buf_size(ADMIN_MAX_HEAD);
+    accept_loop(
+        listener,
+        http,
+        ADMIN_MAX_HEAD,
+        None,
+        shutdown,
+        move |_peer, req| {
+            let app = app.clone();
+            async move { admin::health(app, req).await }
+        },
+    )
+    .await;
+}
+
 async fn accept_loop<F, Fut>(
     listener: TcpListener,
     http: http1::Builder,
