@@ -318,3 +318,187 @@ fn license_is_the_apache_2_0_text_cargo_toml_names() {
     );
     assert!(license.contains("END OF TERMS AND CONDITIONS"));
 }
+
+/// Runs `podman` (installed by `scripts/test` with mmdebstrap and runc),
+/// asserting success; its stdout.
+fn podman(args: &[&str]) -> String {
+    let out = Command::new("podman")
+        .args(args)
+        .output()
+        .expect("podman runs (apt-get install podman; scripts/test does)");
+    assert!(
+        out.status.success(),
+        "podman {args:?}: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout).trim().to_string()
+}
+
+/// The run-time base the image is built on here: glibc and libgcc from
+/// Debian packages (mmdebstrap, no maintainer scripts, no shell), in place
+/// of the Containerfile's default public base, which no registry serves here.
+/// Made once per machine (about 20 s), then reused.
+fn debian_base() -> &'static str {
+    const BASE: &str = "localhost/flashgate-base:bookworm";
+    let exists = Command::new("podman")
+        .args(["image", "exists", BASE])
+        .status()
+        .expect("podman runs (apt-get install podman; scripts/test does)");
+    if !exists.success() {
+        let dir = tempfile::tempdir().unwrap();
+        let tar = dir.path().join("base.tar");
+        let out = Command::new("mmdebstrap")
+            .args([
+                "--variant=extract",
+                "--include=libc6,libgcc-s1",
+                "--format=tar",
+            ])
+            .args(["bookworm".as_ref(), tar.as_os_str()])
+            .output()
+            .expect("mmdebstrap runs (apt-get install mmdebstrap; scripts/test does)");
+        assert!(out.status.success(), "mmdebstrap: {}", text(&out.stderr));
+        podman(&["import", tar.to_str().unwrap(), BASE]);
+    }
+    BASE
+}
+
+/// A container that is removed when the test ends, passed or not.
+struct Container(String);
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("podman").args(["rm", "-f", &self.0]).output();
+    }
+}
+
+/// The image of `deploy/container/Containerfile`, built with podman from the
+/// binary this test run built (stripped; `BINARY=prebuilt`), on a base made
+/// from Debian packages; then run: non-root, no shell, its health check
+/// passes, an order is admitted, polled and completed through it, and
+/// `podman stop` (SIGTERM) ends it cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_image_builds_runs_an_order_and_stops_on_sigterm() {
+    let base = debian_base();
+    let context = tempfile::tempdir().unwrap();
+    let binary = context.path().join("flashgate");
+    std::fs::copy(env!("CARGO_BIN_EXE_flashgate"), &binary).unwrap();
+    let strip = Command::new("strip")
+        .arg(&binary)
+        .status()
+        .expect("strip runs");
+    assert!(strip.success());
+    let image = format!("localhost/flashgate-test:{}", std::process::id());
+    let containerfile = repo().join("deploy/container/Containerfile");
+    podman(&[
+        "build",
+        "--quiet",
+        // HEALTHCHECK is a Docker-format field: OCI images drop it.
+        "--format=docker",
+        "--build-arg",
+        &format!("BASE={base}"),
+        "--build-arg",
+        "BINARY=prebuilt",
+        "-f",
+        containerfile.to_str().unwrap(),
+        "-t",
+        &image,
+        context.path().to_str().unwrap(),
+    ]);
+    let _image = ImageGuard(image.clone());
+    let config = podman(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{.Config.User}} {{.Config.StopSignal}} {{json .Config.Healthcheck.Test}} {{.Size}}",
+        &image,
+    ]);
+    let fields: Vec<&str> = config.split(' ').collect();
+    assert_eq!(fields[..2], ["65532:65532", "SIGTERM"], "{config}");
+    assert!(fields[2].contains("flashgate"), "{config}");
+    let size: u64 = fields[3].parse().unwrap();
+    eprintln!("image size: {size} bytes");
+
+    // This machine's cgroups are a v1/v2 hybrid, which crun refuses; runc
+    // runs there. Raising limits is not allowed here, so they are lowered.
+    let run_flags = [
+        "--runtime=runc",
+        "--ulimit=nofile=4096:4096",
+        "--ulimit=nproc=4096:4096",
+    ];
+    let mut sh = Command::new("podman");
+    sh.arg("run").arg("--rm").args(run_flags);
+    let sh = sh
+        .args(["--entrypoint", "/bin/sh", &image, "-c", "true"])
+        .output()
+        .unwrap();
+    assert!(!sh.status.success(), "the image has no shell");
+
+    let upstream = MockUpstream::start().await;
+    let (public, admin, health) = (free_port(), free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "listen = \"127.0.0.1:{public}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
+         health_listen = \"127.0.0.1:{health}\"\nupstream = \"{}\"\nshutdown_grace = \"5s\"\n",
+        support::Url::url(&upstream)
+    );
+    std::fs::write(dir.path().join("flashgate.toml"), toml).unwrap();
+    // Readable by the image's user.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        dir.path().join("flashgate.toml"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let name = format!("flashgate-test-{}", std::process::id());
+    let mut run = vec!["run", "-d", "--name", &name, "--network=host"];
+    run.extend(run_flags);
+    let admin_url = format!("FLASHGATE_ADMIN_URL=http://127.0.0.1:{admin}");
+    let volume = format!("{}:/etc/flashgate:ro", dir.path().display());
+    run.extend(["-e", &admin_url, "-v", &volume, &image]);
+    podman(&run);
+    let container = Container(name.clone());
+
+    let url = format!("http://127.0.0.1:{health}/readyz");
+    support::eventually(Duration::from_secs(20), "the container ready", || async {
+        support::try_get(&url)
+            .await
+            .filter(|a| a.status == 200)
+            .map(|_| ())
+    })
+    .await;
+    podman(&["healthcheck", "run", &name]);
+    let at = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let c = support::Client::new(at(public), at(admin));
+    let ticket = c.ticket(r#"{"sku":"container"}"#).await;
+    let done = c.until_terminal(&ticket, Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(upstream.received().len(), 1);
+
+    podman(&["stop", "--time=20", &name]);
+    let exit = podman(&["inspect", "--format", "{{.State.ExitCode}}", &name]);
+    let logs = Command::new("podman")
+        .args(["logs", &name])
+        .output()
+        .unwrap();
+    let logs = format!("{}{}", text(&logs.stdout), text(&logs.stderr));
+    assert_eq!(exit, "0", "{logs}");
+    assert!(logs.contains("stopped"), "{logs}");
+    drop(container);
+}
+
+/// An image that is removed when the test ends.
+struct ImageGuard(String);
+
+impl Drop for ImageGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("podman").args(["rmi", "-f", &self.0]).output();
+        // And the `prebuilt` stage's intermediate image (`--layers=false`,
+        // which would leave none, fails on podman 4.3's multi-stage builds).
+        let prebuilt = "label=flashgate.stage=prebuilt";
+        let _ = (Command::new("podman"))
+            .args(["image", "prune", "-f", "--filter", prebuilt])
+            .output();
+    }
+}
