@@ -48,6 +48,8 @@ pub enum StartError {
 pub struct Gateway {
     pub public_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The health listener's address, when `health_listen` is set.
+    pub health_addr: Option<SocketAddr>,
     pub app: Arc<App>,
     /// The public listener's certificate with `--tls-cert`: `reload()`
     /// reads its files again for the next handshakes.
@@ -89,6 +91,20 @@ impl Gateway {
             addr: config.admin_listen,
             source,
         })?;
+        let health = match config.health_listen {
+            Some(addr) => {
+                let bind = |source| StartError::Bind {
+                    what: "health listener",
+                    addr,
+                    source,
+                };
+                let listener = listen(addr).map_err(bind)?;
+                let bound = listener.local_addr().map_err(bind)?;
+                Some((listener, bound))
+            }
+            None => None,
+        };
+        let health_addr = health.as_ref().map(|(_, addr)| *addr);
         let public_addr = public.local_addr().map_err(|source| StartError::Bind {
             what: "public listener",
             addr: config.listen,
@@ -178,18 +194,23 @@ impl Gateway {
         ));
 
         let shutdown = CancellationToken::new();
-        let main = tokio::spawn(run(
-            app.clone(),
+        let listeners = Listeners {
             public,
             admin,
-            tls.clone(),
-            shutdown.clone(),
-        ));
+            health: health.map(|(listener, _)| listener),
+        };
+        let main = tokio::spawn(run(app.clone(), listeners, tls.clone(), shutdown.clone()));
         let scheme = if tls.is_some() { "https" } else { "http" };
-        info!(%public_addr, %admin_addr, scheme, "flashgate listening");
+        match health_addr {
+            Some(health_addr) => {
+                info!(%public_addr, %admin_addr, %health_addr, scheme, "flashgate listening")
+            }
+            None => info!(%public_addr, %admin_addr, scheme, "flashgate listening"),
+        }
         Ok(Gateway {
             public_addr,
             admin_addr,
+            health_addr,
             app,
             tls,
             shutdown,
@@ -239,13 +260,24 @@ async fn ticket_secret(config: &Config) -> Result<TicketSecret, StartError> {
     }
 }
 
-async fn run(
-    app: Arc<App>,
+/// The bound listeners a gateway serves.
+struct Listeners {
     public: TcpListener,
     admin: TcpListener,
+    health: Option<TcpListener>,
+}
+
+async fn run(
+    app: Arc<App>,
+    listeners: Listeners,
     tls: Option<Arc<Tls>>,
     shutdown: CancellationToken,
 ) {
+    let Listeners {
+        public,
+        admin,
+        health,
+    } = listeners;
     let dispatches = TaskTracker::new();
     let stop_admin = CancellationToken::new();
     let mut drains = Vec::new();
@@ -285,6 +317,13 @@ async fn run(
         shutdown.clone(),
     ));
     let admin_server = tokio::spawn(server::serve_admin(app.clone(), admin, stop_admin.clone()));
+    let health_server = health.map(|health| {
+        tokio::spawn(server::serve_health(
+            app.clone(),
+            health,
+            stop_admin.clone(),
+        ))
+    });
 
     shutdown.cancelled().await;
     info!("shutting down: no new connections, no new reads from the queue");
@@ -306,6 +345,9 @@ async fn run(
     let _ = tokio::time::timeout(grace, public_server).await;
     stop_admin.cancel();
     let _ = admin_server.await;
+    if let Some(health_server) = health_server {
+        let _ = health_server.await;
+    }
     info!("stopped");
 }
 

@@ -219,6 +219,34 @@ pub async fn serve_admin(app: Arc<App>, listener: TcpListener, shutdown: Cancell
     .await;
 }
 
+/// Serves the health listener (`health_listen`: health and metrics only)
+/// until `shutdown`.
+pub async fn serve_health(app: Arc<App>, listener: TcpListener, shutdown: CancellationToken) {
+    let mut http1 = http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(ADMIN_HEADER_TIMEOUT)
+        .max_buf_size(ADMIN_MAX_HEAD);
+    let protocols = Protocols {
+        http1,
+        http2: None,
+        tls: None,
+        max_head: ADMIN_MAX_HEAD,
+        first_bytes: ADMIN_HEADER_TIMEOUT,
+    };
+    accept_loop(
+        listener,
+        Arc::new(protocols),
+        None,
+        shutdown,
+        move |_peer, req| {
+            let app = app.clone();
+            async move { admin::health(app, req).await }
+        },
+    )
+    .await;
+}
+
 async fn accept_loop<F, Fut>(
     listener: TcpListener,
     protocols: Arc<Protocols>,

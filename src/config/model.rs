@@ -33,6 +33,12 @@ pub struct Config {
     #[serde(deserialize_with = "units::addr")]
     #[schemars(with = "units::Addr")]
     pub admin_listen: SocketAddr,
+    /// Health listener address: only `/healthz`, `/readyz` and `/metrics`,
+    /// for probes and scrapers that must reach the gateway while the admin
+    /// listener stays private. Default: none (they are on the admin listener).
+    #[serde(deserialize_with = "units::opt_addr")]
+    #[schemars(with = "Option<units::Addr>")]
+    pub health_listen: Option<SocketAddr>,
     /// `redis[s]://` URL, or `redis[s]+cluster://host:port,host:port` for a
     /// cluster. Default: none, the embedded in-process queue.
     #[serde(
@@ -231,6 +237,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            health_listen: None,
             redis_url: None,
             redis_prefix: "flashgate".into(),
             // Filled in by `validate`: it depends on `listen`.

@@ -393,3 +393,33 @@ fn paths_two_queues_could_both_match_are_refused() {
     }
     resolve(&queues("/Checkout", false), WITH_UPSTREAM).expect("case differs, both exact");
 }
+
+#[test]
+fn admin_listener_beyond_loopback_needs_the_token() {
+    let err = resolve("admin_listen = \"0.0.0.0:9464\"\n", WITH_UPSTREAM).unwrap_err();
+    assert!(err.contains("`admin_listen`"), "{err}");
+    assert!(err.contains("admin_token"), "{err}");
+    let with_token = "admin_listen = \"0.0.0.0:9464\"\nadmin_token = \"t0ken\"\n";
+    let c = resolve(with_token, WITH_UPSTREAM).unwrap();
+    assert_eq!(c.admin_listen.to_string(), "0.0.0.0:9464");
+    let c = resolve("admin_listen = \"[::1]:9464\"\n", WITH_UPSTREAM).unwrap();
+    assert!(c.admin_listen.ip().is_loopback());
+}
+
+#[test]
+fn health_listener_is_optional_and_has_its_own_address() {
+    assert_eq!(resolve("", WITH_UPSTREAM).unwrap().health_listen, None);
+    let c = resolve(
+        "",
+        &[
+            ("upstream", "http://127.0.0.1:9000"),
+            ("health-listen", "0.0.0.0:9465"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.health_listen.unwrap().to_string(), "0.0.0.0:9465");
+    let err = resolve("health_listen = \"127.0.0.1:9464\"\n", WITH_UPSTREAM).unwrap_err();
+    assert!(err.contains("`health_listen`"), "{err}");
+    let err = resolve("health_listen = \"nowhere\"\n", WITH_UPSTREAM).unwrap_err();
+    assert!(err.contains("health_listen"), "{err}");
+}

@@ -173,6 +173,17 @@ pub fn addr<'de, D: Deserializer<'de>>(d: D) -> Result<std::net::SocketAddr, D::
         .map_err(|_| D::Error::custom(format!("`{text}` is not an IP:port address")))
 }
 
+/// An optional `IP:port`; the empty string means "not set".
+pub fn opt_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<std::net::SocketAddr>, D::Error> {
+    match Option::<String>::deserialize(d)?.filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(text) => text
+            .parse()
+            .map(Some)
+            .map_err(|_| D::Error::custom(format!("`{text}` is not an IP:port address"))),
+    }
+}
+
 /// A string where the empty string means "not set" (as an empty
 /// `FLASHGATE_*` variable does).
 pub fn non_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {

@@ -107,6 +107,22 @@ impl Config {
                 "claim_idle",
                 "must be at least 1s",
             )
+            .check(
+                self.admin_listen.ip().is_loopback() || self.admin_token.is_some(),
+                "admin_listen",
+                format!(
+                    "`{}` is beyond loopback, which would open the admin API (/admin/*) \
+                     to the network: set admin_token too, or keep admin_listen on \
+                     loopback and serve probes and metrics on health_listen",
+                    self.admin_listen
+                ),
+            )
+            .check(
+                self.health_listen
+                    .is_none_or(|h| h.port() == 0 || (h != self.listen && h != self.admin_listen)),
+                "health_listen",
+                "must differ from listen and admin_listen",
+            )
             .0?;
         if self.consumer.is_empty() {
             self.consumer = format!("{}:{}", hostname(), self.listen.port());

@@ -77,6 +77,7 @@ fn keep_fixed(old: &Config, new: &mut Config) -> Vec<String> {
         tls_cert,
         tls_key,
         admin_listen,
+        health_listen,
         redis_url,
         redis_prefix,
         consumer,

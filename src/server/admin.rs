@@ -1,5 +1,6 @@
 //! The admin listener's router: metrics, health, and the admin API behind
-//! the bearer token.
+//! the bearer token; and the health listener's (`health_listen`), which
+//! serves only metrics and health.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,10 +13,18 @@ use crate::api::App;
 use crate::http::body::{full, json, Body};
 use crate::http::problem::{Code, Problem};
 
-/// The admin API's routes.
-pub async fn admin(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
-    let path = req.uri().path();
-    match (req.method(), path) {
+/// The health listener's routes: `/healthz`, `/readyz` and `/metrics`, and
+/// nothing of the admin API.
+pub async fn health(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    match probe(&app, &req).await {
+        Some(resp) => resp,
+        None => Problem::new(Code::NotFound, "no such health endpoint").into_response(),
+    }
+}
+
+/// `/healthz`, `/readyz` and `/metrics`, or `None` for any other request.
+async fn probe(app: &App, req: &Request<Incoming>) -> Option<Response<Body>> {
+    Some(match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
             let mut resp = Response::new(full(app.metrics.encode()));
             resp.headers_mut().insert(
@@ -25,7 +34,18 @@ pub async fn admin(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             resp
         }
         (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
-        (&Method::GET, "/readyz") => readyz(&app).await,
+        (&Method::GET, "/readyz") => readyz(app).await,
+        _ => return None,
+    })
+}
+
+/// The admin API's routes.
+pub async fn admin(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    if let Some(resp) = probe(&app, &req).await {
+        return resp;
+    }
+    let path = req.uri().path();
+    match (req.method(), path) {
         (_, p) if p == "/admin" || p.starts_with("/admin/") => {
             if !authorized(&app, &req) {
                 let mut resp = Problem::new(Code::Unauthorized, "a valid bearer token is required")
