@@ -182,3 +182,72 @@ async fn a_reload_applies_routes_cors_and_client_limits_to_the_next_request() {
         1.0
     );
 }
+
+/// curl over TLS to the gateway's public port, trusting `ca`; whether the
+/// handshake and request succeeded.
+fn curl_trusting(ca: &std::path::Path, port: u16) -> bool {
+    let resolve = format!("localhost:{port}:127.0.0.1");
+    std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            "10",
+            "--resolve",
+            &resolve,
+        ])
+        .arg("--cacert")
+        .arg(ca)
+        .arg(format!("https://localhost:{port}/openapi.json"))
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_serves_the_renewed_certificate_to_new_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = support::pki::pki(dir.path(), "old");
+    let new = support::pki::pki(dir.path(), "new");
+    // The files the gateway is configured with: the old pair for now.
+    let (cert, key) = (dir.path().join("edge.pem"), dir.path().join("edge.key"));
+    std::fs::copy(&old.cert, &cert).unwrap();
+    std::fs::copy(&old.key, &key).unwrap();
+    let upstream = MockUpstream::start().await;
+    let mut gw = Gateway::builder()
+        .toml(&format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ))
+        .upstream(&upstream)
+        .log(Some("info"))
+        .capture_stderr()
+        .process()
+        .await;
+    let port = gw.public_addr().port();
+    let trusts =
+        |ca: std::path::PathBuf| tokio::task::spawn_blocking(move || curl_trusting(&ca, port));
+    assert!(
+        trusts(old.ca.clone()).await.unwrap(),
+        "the old CA's certificate is served"
+    );
+    assert!(!trusts(new.ca.clone()).await.unwrap());
+
+    // Renewed in place, as certbot or cert-manager would, then SIGHUP.
+    std::fs::copy(&new.cert, &cert).unwrap();
+    std::fs::copy(&new.key, &key).unwrap();
+    flashgate_reload(vec!["--pid".into(), gw.pid().to_string()]).await;
+    let log =
+        tokio::task::block_in_place(|| gw.read_until(|l| l.contains("TLS certificate reloaded")));
+    assert!(
+        log.last()
+            .is_some_and(|l| l.contains("TLS certificate reloaded")),
+        "{log:?}"
+    );
+    assert!(
+        trusts(new.ca.clone()).await.unwrap(),
+        "new connections get the renewed certificate"
+    );
+    assert!(!trusts(old.ca.clone()).await.unwrap());
+}
