@@ -194,21 +194,9 @@ fn shed(mut stream: TcpStream, lingering: &Arc<Semaphore>) {
 
 /// Serves the admin API until `shutdown`.
 pub async fn serve_admin(app: Arc<App>, listener: TcpListener, shutdown: CancellationToken) {
-    let mut http1 = http1::Builder::new();
-    http1
-        .timer(TokioTimer::new())
-        .header_read_timeout(ADMIN_HEADER_TIMEOUT)
-        .max_buf_size(ADMIN_MAX_HEAD);
-    let protocols = Protocols {
-        http1,
-        http2: None,
-        tls: None,
-        max_head: ADMIN_MAX_HEAD,
-        first_bytes: ADMIN_HEADER_TIMEOUT,
-    };
     accept_loop(
         listener,
-        Arc::new(protocols),
+        private_protocols(),
         None,
         shutdown,
         move |_peer, req| {
@@ -222,21 +210,9 @@ pub async fn serve_admin(app: Arc<App>, listener: TcpListener, shutdown: Cancell
 /// Serves the health listener (`health_listen`: health and metrics only)
 /// until `shutdown`.
 pub async fn serve_health(app: Arc<App>, listener: TcpListener, shutdown: CancellationToken) {
-    let mut http1 = http1::Builder::new();
-    http1
-        .timer(TokioTimer::new())
-        .header_read_timeout(ADMIN_HEADER_TIMEOUT)
-        .max_buf_size(ADMIN_MAX_HEAD);
-    let protocols = Protocols {
-        http1,
-        http2: None,
-        tls: None,
-        max_head: ADMIN_MAX_HEAD,
-        first_bytes: ADMIN_HEADER_TIMEOUT,
-    };
     accept_loop(
         listener,
-        Arc::new(protocols),
+        private_protocols(),
         None,
         shutdown,
         move |_peer, req| {
@@ -245,6 +221,23 @@ pub async fn serve_health(app: Arc<App>, listener: TcpListener, shutdown: Cancel
         },
     )
     .await;
+}
+
+/// The admin and health listeners' HTTP: plaintext HTTP/1.1 for operators'
+/// tools and probes, with their own head limits.
+fn private_protocols() -> Arc<Protocols> {
+    let mut http1 = http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(ADMIN_HEADER_TIMEOUT)
+        .max_buf_size(ADMIN_MAX_HEAD);
+    Arc::new(Protocols {
+        http1,
+        http2: None,
+        tls: None,
+        max_head: ADMIN_MAX_HEAD,
+        first_bytes: ADMIN_HEADER_TIMEOUT,
+    })
 }
 
 async fn accept_loop<F, Fut>(
