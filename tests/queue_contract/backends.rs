@@ -104,6 +104,7 @@ impl Backend {
             path: format!("/checkout?n={n}"),
             headers: Bytes::from_static(b"content-type: application/json\r\nx-bin: caf\xe9\r\n"),
             body: Bytes::from(vec![n, 0, 255]),
+            idempotency_key: Some(format!("cart-{n}")),
             client: "ip:127.0.0.1".into(),
             forwarded_for: "127.0.0.1".into(),
             forwarded_proto: "http".into(),
