@@ -326,3 +326,64 @@ async fn alone_the_gateway_empties_the_stream_after_the_drain() {
     assert_eq!(xlen(&mut conn).await, 0);
     until_lag(&c, "flashgate", 0).await;
 }
+
+/// An entry stored by a version before the schema was versioned (no `v`,
+/// no `k`, headers as CRLF lines), as a rolling upgrade leaves them, is
+/// delivered by this one with its headers, and trimmed once finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_of_the_previous_format_are_still_delivered() {
+    let redis = Redis::start();
+    let upstream = MockUpstream::start().await;
+    let gw = Gateway::builder()
+        .toml("drain_rate = 1000\n")
+        .upstream(&upstream)
+        .redis(&redis)
+        .start()
+        .await;
+    let mut conn = redis.conn().await;
+    let ticket = "OldFormatTicket0".repeat(3);
+    let _: String = redis::cmd("XADD")
+        .arg(STREAM)
+        .arg("*")
+        .arg(&[
+            ("s", "1"),
+            ("w", "0"),
+            ("t", ticket.as_str()),
+            ("m", "POST"),
+            ("p", "/checkout?old=1"),
+            (
+                "h",
+                "content-type: application/json\r\nx-old: kept\r\nx-a: 1\r\nx-a: 2\r\n",
+            ),
+            ("b", "{}"),
+            ("c", "ip:127.0.0.1"),
+            ("f", "127.0.0.1"),
+            ("x", "http"),
+            ("a", "1764504000000"),
+        ])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let got = eventually(
+        Duration::from_secs(15),
+        "the old entry delivered",
+        || async {
+            upstream
+                .by_key()
+                .get(&ticket)
+                .and_then(|r| r.first().cloned())
+        },
+    )
+    .await;
+    assert_eq!(got.path, "/checkout?old=1");
+    assert_eq!(got.header("content-type"), "application/json");
+    assert_eq!(got.header("x-old"), "kept");
+    let repeated: Vec<_> = got.headers.get_all("x-a").iter().collect();
+    assert_eq!(repeated, ["1", "2"]);
+    eventually(Duration::from_secs(15), "the stream empties", || {
+        let mut conn = conn.clone();
+        async move { (xlen(&mut conn).await == 0).then_some(()) }
+    })
+    .await;
+    drop(gw);
+}
