@@ -387,3 +387,59 @@ async fn entries_of_the_previous_format_are_still_delivered() {
     .await;
     drop(gw);
 }
+
+/// A partitioned queue has one stream per partition, each trimmed on its
+/// own: a group made on every partition reads every entry, and its lag is
+/// the sum over the partitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_partition_stream_is_shared_on_its_own() {
+    const N: usize = 30;
+    let redis = Redis::start();
+    let mut conn = redis.conn().await;
+    let streams: Vec<String> = (0..3)
+        .map(|p| format!("flashgate:{{checkout:{p}}}:stream"))
+        .collect();
+    for s in &streams {
+        let _: () = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(s)
+            .arg("inventory")
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let upstream = MockUpstream::start().await;
+    let gw = Gateway::builder()
+        .toml("drain_rate = 1000\npartitions = 3\n")
+        .upstream(&upstream)
+        .redis(&redis)
+        .start()
+        .await;
+    let c = gw.client();
+    let (tickets, _) = c.admit_many(N, "n").await;
+    let o = c.outcome(&tickets, &[&upstream]).await;
+    assert_eq!((o.lost, o.completed), (0, N));
+    until_lag(&c, "inventory", N as u64).await;
+    until_lag(&c, "flashgate", 0).await;
+    let mut read_back = HashSet::new();
+    for s in &streams {
+        let reply: StreamReadReply = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("inventory")
+            .arg("w")
+            .arg("COUNT")
+            .arg(1000)
+            .arg("STREAMS")
+            .arg(s)
+            .arg(">")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        for e in reply.keys.into_iter().flat_map(|k| k.ids) {
+            read_back.insert(text(&e, "t"));
+        }
+    }
+    assert_eq!(read_back, tickets.into_iter().collect::<HashSet<_>>());
+}
