@@ -313,7 +313,14 @@ async fn alone_the_gateway_empties_the_stream_after_the_drain() {
         .await;
     let c = gw.client();
     let (mut tickets, _) = c.admit_many(30, "n").await;
-    tickets.push(c.ticket("poison").await);
+    let poisoned = c
+        .admit_with(
+            &[("idempotency-key", "cart-poison"), ("x-note", "café")],
+            "poison",
+        )
+        .await;
+    assert_eq!(poisoned.status, 202);
+    tickets.push(poisoned.ticket());
     for t in &tickets {
         c.until_terminal(t, Duration::from_secs(30)).await;
     }
@@ -325,6 +332,25 @@ async fn alone_the_gateway_empties_the_stream_after_the_drain() {
     .await;
     assert_eq!(xlen(&mut conn).await, 0);
     until_lag(&c, "flashgate", 0).await;
+    // The dead letter keeps the entry's fields, in the same schema.
+    let dead: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg("flashgate:{checkout}:dead")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(dead.ids.len(), 1);
+    let letter = &dead.ids[0];
+    assert_eq!(text(letter, "v"), "1");
+    assert_eq!(text(letter, "k"), "cart-poison");
+    assert_eq!(text(letter, "t"), poisoned.ticket());
+    assert_eq!(field(letter, "b"), b"poison");
+    let h = headers(letter);
+    assert!(
+        h.contains(&("x-note".to_string(), "café".as_bytes().to_vec())),
+        "{h:?}"
+    );
 }
 
 /// An entry stored by a version before the schema was versioned (no `v`,
