@@ -308,6 +308,18 @@ def build() -> dict:
          target(f'sum by (queue) (rate(flashgate_queue_wait_seconds_count{{{Q}}}{RI}))',
                 "dispatched {{queue}}", "B")],
         "reqps"), 8, 8)
+    L.add(timeseries(
+        "Work stream: consumer group lag",
+        "Entries of the queue's work stream each consumer group has not read yet: flashgate "
+        "(the gateway's own drain) and the groups of other services reading the admitted "
+        "requests. Finished entries are kept for them up to stream_retention; \"trimmed "
+        "unread\" counts entries trimmed by the retention before every group had finished them "
+        "(lost to a lagging group).",
+        [target(f'max by (queue, group) (flashgate_stream_group_lag{{{Q}}})',
+                "{{group}} {{queue}}", "A"),
+         target(f'sum by (queue) (increase(flashgate_stream_retention_trimmed_total{{{Q}}}{RI}))',
+                "trimmed unread {{queue}}", "B")],
+        "short", [(1000, "yellow")]), 8, 8)
 
     # ---- Drain & upstream ---------------------------------------------------
     L.row("Drain & upstream")

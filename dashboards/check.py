@@ -74,6 +74,7 @@ DEFAULT_EXPECT_DATA = (
     "Queue wait percentiles",
     "ETA accuracy (actual − promised wait)",
     "Arrivals vs departures",
+    "Work stream: consumer group lag",
     "Dispatch outcomes",
     "Observed vs governed drain rate",
     "Upstream response classes",

@@ -37,8 +37,8 @@ mod tickets;
 pub use self::changes::{Change, ChangeFeed, OnChange};
 pub use self::knobs::KnobStore;
 pub use self::line::{
-    Admit, AdmitLimits, AttemptStart, Delivery, IdempotencyClaim, Line, Prequeue, QueueStats,
-    QueuedRequest,
+    Admit, AdmitLimits, AttemptStart, Delivery, GroupLag, IdempotencyClaim, Line, Prequeue,
+    QueueStats, QueuedRequest, StreamReport, MAX_REPORTED_GROUPS,
 };
 pub use self::memory::MemoryQueue;
 pub use self::partitioned::{partition_of_claim, Partitioned};

@@ -307,6 +307,11 @@ async fn run(
             stop_admin.clone(),
         ));
         tokio::spawn(upkeep::follow_changes(q.clone(), stop_admin.clone()));
+        tokio::spawn(upkeep::tend_stream(
+            q.clone(),
+            app.metrics.clone(),
+            stop_admin.clone(),
+        ));
     }
     // Also when off: a reload may turn the limits on.
     tokio::spawn(forget_idle_clients(app.clone(), stop_admin.clone()));

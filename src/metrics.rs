@@ -37,6 +37,12 @@ pub struct Metrics {
     pub cancelled: IntCounterVec,
     pub drain_skipped: IntCounterVec,
     pub waiters: IntGaugeVec,
+    /// Entries of the work stream each consumer group has not read yet
+    /// (`queue`, `group`; a bounded number of groups per queue).
+    pub stream_group_lag: IntGaugeVec,
+    /// Entries trimmed by `stream_retention` before every group had
+    /// finished them.
+    pub stream_retention_trimmed: IntCounterVec,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
     pub build_info: IntGaugeVec,
@@ -172,6 +178,16 @@ impl Metrics {
                 "Clients waiting on a ticket change now (long-poll, event stream, Prefer: wait).",
                 &["queue"],
             ),
+            stream_group_lag: int_gauge(
+                "flashgate_stream_group_lag",
+                "Entries of the queue's work stream a consumer group has not read yet (ours is `flashgate`).",
+                &["queue", "group"],
+            ),
+            stream_retention_trimmed: counter(
+                "flashgate_stream_retention_trimmed_total",
+                "Work-stream entries trimmed by stream_retention before every consumer group had finished them.",
+                &["queue"],
+            ),
             http_requests: counter(
                 "flashgate_http_requests_total",
                 "Answers on the public listener by route and status code.",
@@ -223,6 +239,7 @@ impl Metrics {
             m.cancelled.with_label_values(&[q]);
             m.drain_skipped.with_label_values(&[q, "cancelled"]);
             m.waiters.with_label_values(&[q]);
+            m.stream_retention_trimmed.with_label_values(&[q]);
             m.drain_rate_limit.with_label_values(&[q]);
             m.queue_depth.with_label_values(&[q]);
             m.queue_in_flight.with_label_values(&[q]);

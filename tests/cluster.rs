@@ -129,4 +129,30 @@ async fn a_cluster_admits_and_drains_through_partitions_and_survives_a_master_re
     assert_eq!(done.completed, tickets.len(), "{done:?}");
     let distinct: HashSet<String> = upstream.by_key().into_keys().collect();
     assert!(tickets.iter().all(|t| distinct.contains(t)));
+    // Finished entries are trimmed on every master (the trim's commands
+    // stay on the stream's own slot).
+    eventually(
+        Duration::from_secs(20),
+        "every partition's stream empties",
+        || async {
+            let mut left = 0u64;
+            for (node, keys) in cluster
+                .keys_by_node("flashgate:{checkout:*}:stream")
+                .iter()
+                .enumerate()
+            {
+                let mut conn = cluster.nodes[node].conn().await;
+                for key in keys {
+                    let n: u64 = redis::cmd("XLEN")
+                        .arg(key)
+                        .query_async(&mut conn)
+                        .await
+                        .ok()?;
+                    left += n;
+                }
+            }
+            (left == 0).then_some(())
+        },
+    )
+    .await;
 }

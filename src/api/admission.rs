@@ -161,7 +161,7 @@ async fn try_admit(
         Some(query) => format!("{path}?{query}"),
         None => path.to_string(),
     };
-    let claim = key.map(|k| IdempotencyClaim {
+    let claim = key.as_ref().map(|k| IdempotencyClaim {
         key: hex_digest(&[client.key.as_bytes(), k.as_bytes()]),
         fingerprint: hex_digest(&[parts.method.as_str().as_bytes(), path.as_bytes(), &body]),
     });
@@ -199,6 +199,7 @@ async fn try_admit(
         path,
         headers: headers::encode_end_to_end(&parts.headers, &GATEWAY_HEADERS),
         body,
+        idempotency_key: key,
         client: client.key,
         forwarded_for: client.forwarded_for,
         forwarded_proto: client.proto.as_str().into(),

@@ -22,6 +22,10 @@ pub struct QueuedRequest {
     /// End-to-end headers ([`crate::http::headers::encode`]).
     pub headers: Bytes,
     pub body: Bytes,
+    /// The client's own `Idempotency-Key`, if it sent one (the upstream
+    /// gets the ticket as its key; this one is kept for other consumers of
+    /// the stream and the dead letters).
+    pub idempotency_key: Option<String>,
     /// Who the client is (`--client-key`).
     pub client: String,
     /// `X-Forwarded-For` to send upstream.
@@ -126,6 +130,30 @@ pub struct QueueStats {
     pub dispatched: u64,
 }
 
+/// What tending the work stream found ([`Line::tend_stream`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamReport {
+    /// The consumer groups on the stream (ours first, the others by name,
+    /// a bounded number) and the entries each has not read yet.
+    pub groups: Vec<GroupLag>,
+    /// Entries trimmed because of the retention before every group had
+    /// finished them.
+    pub trimmed_unfinished: u64,
+}
+
+/// Groups a [`StreamReport`] names at most (ours included): the lag
+/// metric's labels stay bounded whatever is created on the stream. Every
+/// group still counts for the trim.
+pub const MAX_REPORTED_GROUPS: usize = 20;
+
+/// One consumer group's lag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupLag {
+    pub group: String,
+    /// Entries of the stream the group has not read yet.
+    pub lag: u64,
+}
+
 /// The line of one queue. An entry's life: [`admit`](Line::admit) (or, in
 /// a pre-queue window, admit then [`release_prequeue`](Line::release_prequeue)),
 /// [`next`](Line::next), one [`start_attempt`](Line::start_attempt) per
@@ -185,6 +213,15 @@ pub trait Line: Send + Sync + 'static {
     /// (handed out by the next [`Line::next`]).
     async fn maintain(&self, claim_idle: Duration) -> Result<(), QueueError>;
 
+    /// Called every second by the queue's upkeep: removes the entries every
+    /// consumer group on the queue's stream is done with, and those older
+    /// than `retention` that this gateway is done with, whatever other
+    /// groups did with them; reports each group's lag. Backends without a
+    /// stream others can read (the embedded one) report nothing.
+    async fn tend_stream(&self, _retention: Duration) -> Result<StreamReport, QueueError> {
+        Ok(StreamReport::default())
+    }
+
     /// Called by the drain before each attempt: marks the ticket in flight
     /// and counts the attempt (and, for a fresh delivery, the dispatch),
     /// unless it was cancelled — then the entry is removed in the same step
@@ -192,7 +229,8 @@ pub trait Line: Send + Sync + 'static {
     async fn start_attempt(&self, delivery: &Delivery) -> Result<AttemptStart, QueueError>;
 
     /// Called when the upstream gave its final answer: records it on the
-    /// ticket and removes the entry.
+    /// ticket and finishes the entry (it leaves the stream once every
+    /// consumer group is done with it, see [`Line::tend_stream`]).
     async fn complete(
         &self,
         delivery: &Delivery,
@@ -201,7 +239,7 @@ pub trait Line: Send + Sync + 'static {
 
     /// Called when the drain gives up on an entry (attempts exhausted, an
     /// unreadable entry, the sale sold out): fails its ticket with `error`
-    /// and removes the entry, moving it to the dead letters when
+    /// and finishes the entry, copying it to the dead letters when
     /// `dead_letter`, in one step.
     async fn fail(
         &self,

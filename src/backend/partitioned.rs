@@ -21,7 +21,8 @@ use async_trait::async_trait;
 use super::knobs::{KnobStore, Knobs, KnobsPatch, RateStep};
 use super::{
     Admit, AdmitLimits, AttemptStart, Cancel, ChangeFeed, Delivery, IdempotencyClaim, Line,
-    OnChange, QueueBackend, QueueError, QueueStats, QueuedRequest, SlotSchedule, TicketStore,
+    OnChange, QueueBackend, QueueError, QueueStats, QueuedRequest, SlotSchedule, StreamReport,
+    TicketStore, MAX_REPORTED_GROUPS,
 };
 use crate::ticket::{fnv1a, StoredResponse, TicketError, TicketId, TicketRecord};
 
@@ -139,6 +140,25 @@ impl Line for Partitioned {
             part.maintain(claim_idle).await?;
         }
         Ok(())
+    }
+
+    async fn tend_stream(&self, retention: Duration) -> Result<StreamReport, QueueError> {
+        // Each partition's stream is its own, with its own groups; a group
+        // on every partition (as a consumer of the whole queue makes them)
+        // lags by the sum.
+        let mut total = StreamReport::default();
+        for part in &self.parts {
+            let report = part.tend_stream(retention).await?;
+            total.trimmed_unfinished += report.trimmed_unfinished;
+            for g in report.groups {
+                match total.groups.iter_mut().find(|t| t.group == g.group) {
+                    Some(t) => t.lag += g.lag,
+                    None => total.groups.push(g),
+                }
+            }
+        }
+        total.groups.truncate(MAX_REPORTED_GROUPS);
+        Ok(total)
     }
 
     async fn start_attempt(&self, delivery: &Delivery) -> Result<AttemptStart, QueueError> {

@@ -19,6 +19,7 @@ mod schedule;
 mod schema;
 mod scripts;
 mod tickets;
+mod trim;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Mutex, OnceLock};

@@ -193,6 +193,15 @@ pub struct QueueConfig {
     /// Streams the queue is spread over, 1-256 (Redis only; `{name:i}` hash
     /// tags put them on different cluster shards). Default `1`.
     pub partitions: u32,
+    /// How long finished entries are kept in the work stream (Redis) for
+    /// other consumer groups: an entry every group is done with leaves at
+    /// once; one older than this leaves once this gateway is done with it,
+    /// even if another group has not read it, so a lagging group cannot
+    /// make the stream grow without bound (age by the entry id's time).
+    /// `0s` keeps nothing for others. Default `1h`.
+    #[serde(with = "units::duration")]
+    #[schemars(with = "units::Dur")]
+    pub stream_retention: Duration,
     /// Let the drain rate follow the upstream's health between
     /// `adaptive_floor` and `adaptive_ceiling`, from `drain_rate`. Default `false`.
     #[serde(rename(deserialize = "adaptive"), skip_serializing)]
@@ -292,6 +301,7 @@ impl Default for QueueConfig {
             sold_out_statuses: Vec::new(),
             sold_out_body: None,
             partitions: 1,
+            stream_retention: Duration::from_secs(3600),
             adaptive_on: false,
             adaptive_floor: None,
             adaptive_ceiling: None,

@@ -32,6 +32,7 @@ fn defaults_make_one_checkout_queue() {
     );
     assert_eq!((q.max_queue, q.max_attempts), (1_000_000, 5));
     assert!(!q.route_case_insensitive);
+    assert_eq!(q.stream_retention, Duration::from_secs(3600));
 }
 
 #[test]

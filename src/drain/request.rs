@@ -62,6 +62,7 @@ mod tests {
                 ("content-type", b"application/json"),
             ]),
             body: bytes::Bytes::from_static(b"{}"),
+            idempotency_key: None,
             client: "c".into(),
             forwarded_for: "127.0.0.1".into(),
             forwarded_proto: "http".into(),

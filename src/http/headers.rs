@@ -1,5 +1,5 @@
-//! Header hygiene (RFC 9110 §7.6.1) and the compact encoding that stores a
-//! header block in the queue.
+//! Header hygiene (RFC 9110 §7.6.1) and the encoding that stores a header
+//! block in the queue: a JSON array of `[name, value]` pairs.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -95,38 +95,79 @@ pub fn encode_end_to_end(headers: &HeaderMap, also: &[HeaderName]) -> Bytes {
                 || named.contains(n))
         })
     };
-    let len = kept().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
-    let mut out = BytesMut::with_capacity(len);
-    for (name, value) in kept() {
-        put_line(&mut out, name.as_str(), value.as_bytes());
-    }
-    out.freeze()
+    let len = kept().map(|(n, v)| n.as_str().len() + v.len() + 7).sum();
+    write_pairs(len, kept().map(|(n, v)| (n.as_str(), v.as_bytes())))
 }
 
-/// Encodes headers as `name: value\r\n` lines: binary-safe (values never hold
-/// CR or LF) and cheaper than JSON.
+/// Encodes headers as a JSON array of `[name, value]` pairs, in order
+/// (repeated names repeat), e.g. `[["content-type","application/json"]]`:
+/// readable by any consumer of the stream without a parser of ours. JSON
+/// strings are Unicode and a header value is bytes, so each byte is written
+/// as the character of the same number (Latin-1, ISO-8859-1): ASCII stays
+/// ASCII, and an obs-text byte 0x80–0xFF becomes U+0080–U+00FF; a consumer
+/// gets the exact bytes back by encoding the string as Latin-1. Written
+/// directly, without building JSON values.
 pub fn encode(headers: &HeaderMap) -> Bytes {
-    encode_pairs(headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())))
+    let len = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 7)
+        .sum();
+    write_pairs(len, headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())))
 }
 
 /// Encodes `(name, value)` pairs; see [`encode`].
 pub fn encode_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Bytes {
-    let mut out = BytesMut::new();
-    for (name, value) in pairs {
-        put_line(&mut out, name, value);
+    write_pairs(0, pairs)
+}
+
+/// The pairs' JSON, in a buffer made for `len` bytes: names and values
+/// plus 7 per pair (escapes and obs-text make it longer, rarely: one
+/// allocation mostly).
+fn write_pairs<'a>(len: usize, pairs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Bytes {
+    let mut out = BytesMut::with_capacity(len + 2);
+    out.put_u8(b'[');
+    for (i, (name, value)) in pairs.into_iter().enumerate() {
+        if i > 0 {
+            out.put_u8(b',');
+        }
+        out.put_slice(b"[\"");
+        put_latin1(&mut out, name.as_bytes());
+        out.put_slice(b"\",\"");
+        put_latin1(&mut out, value);
+        out.put_slice(b"\"]");
     }
+    out.put_u8(b']');
     out.freeze()
 }
 
-fn put_line(out: &mut BytesMut, name: &str, value: &[u8]) {
-    out.put_slice(name.as_bytes());
-    out.put_slice(b": ");
-    out.put_slice(value);
-    out.put_slice(b"\r\n");
+/// `bytes` as the inside of a JSON string, one character per byte.
+fn put_latin1(out: &mut BytesMut, bytes: &[u8]) {
+    let plain = |b: u8| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\';
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let run = rest.iter().position(|&b| !plain(b)).unwrap_or(rest.len());
+        out.put_slice(&rest[..run]);
+        let Some(&b) = rest.get(run) else { break };
+        match b {
+            b'"' => out.put_slice(b"\\\""),
+            b'\\' => out.put_slice(b"\\\\"),
+            b'\t' => out.put_slice(b"\\t"),
+            0x80.. => out.put_slice(&[0xc0 | (b >> 6), 0x80 | (b & 0x3f)]),
+            _ => out.put_slice(format!("\\u{b:04x}").as_bytes()),
+        }
+        rest = &rest[run + 1..];
+    }
 }
 
-/// Decodes what [`encode`] wrote; lines that are not valid headers are skipped.
+/// Decodes what [`encode`] wrote, or the `name: value\r\n` lines that
+/// versions before the JSON form stored (an entry admitted by one of them
+/// may be delivered by this one); pairs that are not valid headers are
+/// skipped. A header name never starts with `[`, so the first byte tells
+/// the two forms apart.
 pub fn decode(block: &[u8]) -> Vec<(HeaderName, HeaderValue)> {
+    if block.first() == Some(&b'[') {
+        return decode_json(block);
+    }
     block
         .split(|&b| b == b'\n')
         .filter_map(|line| {
@@ -139,6 +180,28 @@ pub fn decode(block: &[u8]) -> Vec<(HeaderName, HeaderValue)> {
             Some((name, HeaderValue::from_bytes(value).ok()?))
         })
         .collect()
+}
+
+fn decode_json(block: &[u8]) -> Vec<(HeaderName, HeaderValue)> {
+    let pairs: Vec<(String, String)> = serde_json::from_slice(block).unwrap_or_default();
+    let bytes = |s: &str| -> Option<Vec<u8>> { s.chars().map(|c| u8::try_from(c).ok()).collect() };
+    pairs
+        .iter()
+        .filter_map(|(name, value)| {
+            let name = HeaderName::from_bytes(&bytes(name)?).ok()?;
+            Some((name, HeaderValue::from_bytes(&bytes(value)?).ok()?))
+        })
+        .collect()
+}
+
+/// A stored header block in the form [`encode`] writes now (a block in the
+/// older form is decoded and encoded again).
+pub fn upgrade(block: Bytes) -> Bytes {
+    if block.first() == Some(&b'[') {
+        return block;
+    }
+    let pairs = decode(&block);
+    encode_pairs(pairs.iter().map(|(n, v)| (n.as_str(), v.as_bytes())))
 }
 
 /// Decodes into a map.
@@ -187,7 +250,7 @@ mod tests {
         assert_eq!(encode_end_to_end(&h, &also), encode(&stripped));
         assert_eq!(
             &encode_end_to_end(&h, &also)[..],
-            b"x-a: 1\r\nx-a: 2\r\ncontent-type: application/json\r\n"
+            br#"[["x-a","1"],["x-a","2"],["content-type","application/json"]]"#
         );
     }
 
@@ -238,10 +301,46 @@ mod tests {
         h.append("x-a", "2".parse().unwrap());
         h.append(
             "x-bin",
-            HeaderValue::from_bytes(b"caf\xe9 au lait").unwrap(),
+            HeaderValue::from_bytes(b"caf\xe9 au lait \x80\xff").unwrap(),
         );
+        h.append("x-quote", HeaderValue::from_static(r#"a "b" \c\	d"#));
         h.append("x-empty", HeaderValue::from_static(""));
-        let back = decode_map(&encode(&h));
-        assert_eq!(back, h);
+        let block = encode(&h);
+        assert_eq!(decode_map(&block), h);
+        // Standard JSON; each byte one character (Latin-1).
+        let json: Vec<(String, String)> = serde_json::from_slice(&block).unwrap();
+        assert_eq!(
+            json[2],
+            ("x-bin".into(), "caf\u{e9} au lait \u{80}\u{ff}".into())
+        );
+        assert_eq!(json[3].1, "a \"b\" \\c\\\td");
+        assert_eq!(&encode(&HeaderMap::new())[..], b"[]");
+    }
+
+    #[test]
+    fn the_crlf_form_of_earlier_versions_still_decodes() {
+        let old = b"content-type: application/json\r\nx-bin: caf\xe9\r\nx-a: 1\r\n";
+        let mut h = HeaderMap::new();
+        h.append("content-type", "application/json".parse().unwrap());
+        h.append("x-bin", HeaderValue::from_bytes(b"caf\xe9").unwrap());
+        h.append("x-a", "1".parse().unwrap());
+        assert_eq!(decode_map(old), h);
+        assert!(decode(b"").is_empty());
+        let upgraded = upgrade(Bytes::from_static(old));
+        assert_eq!(
+            &upgraded[..],
+            "[[\"content-type\",\"application/json\"],[\"x-bin\",\"caf\u{e9}\"],[\"x-a\",\"1\"]]"
+                .as_bytes()
+        );
+        assert_eq!(upgrade(upgraded.clone()), upgraded);
+    }
+
+    #[test]
+    fn malformed_json_blocks_decode_to_nothing_and_bad_pairs_are_skipped() {
+        assert!(decode(b"[[\"x-a\"").is_empty());
+        let block = "[[\"x a\",\"1\"],[\"x-b\",\"\u{100}\"],[\"x-c\",\"ok\"]]";
+        let pairs = decode(block.as_bytes());
+        assert_eq!(pairs.len(), 1);
+        assert_eq!(pairs[0].0, "x-c");
     }
 }

@@ -1,7 +1,8 @@
 //! A queue's upkeep at run time, one task each until the process stops:
-//! following the shared knobs, the change feed, the queue-wide gauges, and
-//! the backend's own maintenance.
+//! following the shared knobs, the change feed, the queue-wide gauges, the
+//! backend's own maintenance and the trim of the work stream.
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,9 @@ use crate::metrics::Metrics;
 
 /// How often queue-wide gauges are refreshed from the backend.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the work stream is trimmed: finished entries wait at most
+/// this long, so a fast drain holds about a second of them.
+const TRIM_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A periodic task's clock: ticks at once, then every period (a late tick
 /// is delayed, never bunched), until stopped.
@@ -115,6 +119,44 @@ pub async fn maintain(queue: Arc<Queue>, claim_idle: Duration, stop: Cancellatio
             }
             Err(_) => {}
         }
+    }
+}
+
+/// Trims the work stream of what every consumer group is done with (and of
+/// what is past `stream_retention` and finished by this gateway), and keeps
+/// each group's lag gauge current; a group that is gone loses its series.
+pub async fn tend_stream(queue: Arc<Queue>, metrics: Arc<Metrics>, stop: CancellationToken) {
+    let name = queue.name.as_str();
+    let mut every = Every::new(TRIM_INTERVAL, stop);
+    let mut reported: HashSet<String> = HashSet::new();
+    while every.tick().await {
+        // Failures show in `flashgate_queue_up` and the gauge refresher's log.
+        let Ok(report) = queue
+            .backend
+            .tend_stream(queue.config().stream_retention)
+            .await
+        else {
+            continue;
+        };
+        if report.trimmed_unfinished > 0 {
+            metrics
+                .stream_retention_trimmed
+                .with_label_values(&[name])
+                .inc_by(report.trimmed_unfinished);
+        }
+        let now: HashSet<String> = report.groups.iter().map(|g| g.group.clone()).collect();
+        for gone in reported.difference(&now) {
+            let _ = metrics
+                .stream_group_lag
+                .remove_label_values(&[name, gone.as_str()]);
+        }
+        for g in &report.groups {
+            metrics
+                .stream_group_lag
+                .with_label_values(&[name, g.group.as_str()])
+                .set(i64::try_from(g.lag).unwrap_or(i64::MAX));
+        }
+        reported = now;
     }
 }
 

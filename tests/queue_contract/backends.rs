@@ -102,8 +102,13 @@ impl Backend {
             ticket: self.ticket(),
             method: "POST".into(),
             path: format!("/checkout?n={n}"),
-            headers: Bytes::from_static(b"content-type: application/json\r\nx-bin: caf\xe9\r\n"),
+            // As admission stores them: JSON `[name, value]` pairs, a byte
+            // per character (0xe9 is `\xc3\xa9` in the JSON's UTF-8).
+            headers: Bytes::from_static(
+                b"[[\"content-type\",\"application/json\"],[\"x-bin\",\"caf\xc3\xa9\"]]",
+            ),
             body: Bytes::from(vec![n, 0, 255]),
+            idempotency_key: Some(format!("cart-{n}")),
             client: "ip:127.0.0.1".into(),
             forwarded_for: "127.0.0.1".into(),
             forwarded_proto: "http".into(),

@@ -180,7 +180,8 @@ impl Item {
             .arg(&r.body[..])
             .arg(&r.client)
             .arg(&r.forwarded_for)
-            .arg(&r.forwarded_proto);
+            .arg(&r.forwarded_proto)
+            .arg(r.idempotency_key.as_deref().unwrap_or(""));
     }
 }
 

@@ -229,17 +229,13 @@ impl RedisQueue {
         Ok(())
     }
 
-    /// Adds the end of an entry to `pipe`: acknowledged, and deleted so the
-    /// stream does not grow without bound (unacknowledged entries are never
-    /// trimmed).
-    pub(super) fn ack_and_delete(&self, pipe: &mut redis::Pipeline, entry_id: &str) {
+    /// Adds the end of an entry to `pipe`: acknowledged. It stays in the
+    /// stream for the other consumer groups until the trim (`trim.rs`)
+    /// finds every group done with it, or it is past the retention.
+    pub(super) fn ack(&self, pipe: &mut redis::Pipeline, entry_id: &str) {
         pipe.cmd("XACK")
             .arg(&self.keys.stream)
             .arg(GROUP)
-            .arg(entry_id)
-            .ignore();
-        pipe.cmd("XDEL")
-            .arg(&self.keys.stream)
             .arg(entry_id)
             .ignore();
     }

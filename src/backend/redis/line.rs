@@ -7,19 +7,22 @@ use async_trait::async_trait;
 use redis::streams::{StreamInfoGroupsReply, StreamRangeReply};
 use tracing::warn;
 
-use super::schema::{ClaimField, CounterField, DeadField, EntryField, TicketField, GROUP};
+use super::schema::{
+    ClaimField, CounterField, DeadField, EntryField, TicketField, ENTRY_VERSION, GROUP,
+};
 use super::{admit, is_oom, reply, unavailable, RedisQueue, RESPONSE_TIMEOUT};
 use crate::backend::{
     Admit, AdmitLimits, AttemptStart, Delivery, IdempotencyClaim, Line, QueueError, QueueStats,
-    QueuedRequest,
+    QueuedRequest, StreamReport,
 };
 use crate::ticket::{now_ms, StoredResponse, TicketError, TicketId, TicketStatus};
 
 impl RedisQueue {
     /// The entry fields under the names `ADMIT_LUA` gives them in the
     /// stream, for a dead letter that keeps the whole request.
-    fn entry_fields(r: &QueuedRequest) -> [(&'static str, &[u8]); 9] {
+    fn entry_fields(r: &QueuedRequest) -> [(&'static str, &[u8]); 11] {
         [
+            (EntryField::VERSION, ENTRY_VERSION.as_bytes()),
             (EntryField::TICKET, r.ticket.as_str().as_bytes()),
             (EntryField::METHOD, r.method.as_bytes()),
             (EntryField::PATH, r.path.as_bytes()),
@@ -29,6 +32,10 @@ impl RedisQueue {
             (EntryField::FORWARDED_FOR, r.forwarded_for.as_bytes()),
             (EntryField::FORWARDED_PROTO, r.forwarded_proto.as_bytes()),
             (EntryField::ADMITTED_AT, b""), // replaced below: admitted-at is a number
+            (
+                EntryField::IDEMPOTENCY_KEY,
+                r.idempotency_key.as_deref().unwrap_or("").as_bytes(),
+            ),
         ]
     }
 }
@@ -148,6 +155,10 @@ impl Line for RedisQueue {
         self.maintain_claims(claim_idle).await
     }
 
+    async fn tend_stream(&self, retention: Duration) -> Result<StreamReport, QueueError> {
+        self.trim_stream(Some(retention)).await
+    }
+
     async fn start_attempt(&self, delivery: &Delivery) -> Result<AttemptStart, QueueError> {
         let (ticket_key, ticket) = match &delivery.request {
             Ok(r) => (self.keys.ticket(&r.ticket), r.ticket.as_str()),
@@ -207,22 +218,25 @@ impl Line for RedisQueue {
         }
         let mut together = record.clone();
         together.atomic();
-        self.ack_and_delete(&mut together, &delivery.entry_id);
+        self.ack(&mut together, &delivery.entry_id);
         let mut conn = self.conn.clone();
         match together.query_async::<()>(&mut conn).await {
             Ok(()) => {}
             Err(e) if is_oom(&e) => {
-                // Out of memory: writes are refused, but XACK and XDEL are
-                // not and they free memory. The request has reached the
-                // upstream: acknowledge first, record the result when Redis can.
+                // Out of memory: writes are refused, but XACK and XTRIM are
+                // not, and the trim frees the entries every consumer group
+                // is done with. The request has reached the upstream:
+                // acknowledge and trim first, record the result when Redis
+                // can (the drain retries until it can).
                 warn!(stream = %self.keys.stream,
                     "Redis is out of memory: acknowledging before recording the result");
                 let mut ack = redis::pipe();
-                self.ack_and_delete(&mut ack, &delivery.entry_id);
+                self.ack(&mut ack, &delivery.entry_id);
                 ack.query_async::<()>(&mut conn)
                     .await
                     .map_err(unavailable)?;
                 self.release(&delivery.entry_id);
+                self.trim_stream(None).await?;
                 return record
                     .query_async::<()>(&mut conn)
                     .await
@@ -286,7 +300,7 @@ impl Line for RedisQueue {
         if dead_letter {
             pipe.add_command(xadd).ignore();
         }
-        self.ack_and_delete(&mut pipe, &delivery.entry_id);
+        self.ack(&mut pipe, &delivery.entry_id);
         let mut conn = self.conn.clone();
         pipe.query_async::<()>(&mut conn)
             .await

@@ -11,6 +11,7 @@ use redis::Value;
 use super::schema::{EntryField, KnobField, TicketField};
 use crate::backend::knobs::Knobs;
 use crate::backend::{Delivery, QueueError, QueuedRequest};
+use crate::http::headers;
 use crate::ticket::{StoredResponse, TicketError, TicketId, TicketRecord, TicketStatus};
 
 pub fn as_string(v: &Value) -> String {
@@ -70,8 +71,14 @@ fn parse_entry(fields: &HashMap<String, Value>) -> Result<QueuedRequest, String>
         ticket,
         method: text(EntryField::METHOD)?,
         path: text(EntryField::PATH)?,
-        headers: Bytes::copy_from_slice(get(EntryField::HEADERS)?),
+        // An entry stored before the JSON form (no `v`) is read as if
+        // stored now, so a dead letter copies it in the current form.
+        headers: headers::upgrade(Bytes::copy_from_slice(get(EntryField::HEADERS)?)),
         body: Bytes::copy_from_slice(get(EntryField::BODY)?),
+        // Absent from entries stored before it was kept; empty: none sent.
+        idempotency_key: text(EntryField::IDEMPOTENCY_KEY)
+            .ok()
+            .filter(|k| !k.is_empty()),
         client: text(EntryField::CLIENT)?,
         forwarded_for: text(EntryField::FORWARDED_FOR)?,
         forwarded_proto: text(EntryField::FORWARDED_PROTO)?,

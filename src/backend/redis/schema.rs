@@ -13,7 +13,7 @@
 //!
 //! | key                          | type        | holds                                   |
 //! |------------------------------|-------------|-----------------------------------------|
-//! | `<base>:stream`              | stream      | the line: one entry per queued request ([`EntryField`]), read through the consumer group [`GROUP`] |
+//! | `<base>:stream`              | stream      | the line: one entry per queued request ([`EntryField`]), read through the consumer group [`GROUP`]; other services may add groups of their own. A finished entry is acknowledged, and trimmed once every group is done with it or it is past `stream_retention` (`trim.rs`) |
 //! | `<base>:dead`                | stream      | dead letters ([`DeadField`] + the entry's [`EntryField`]s) |
 //! | `<base>:counters`            | hash        | [`CounterField`]                        |
 //! | `<base>:knobs`               | hash        | [`KnobField`]                           |
@@ -85,10 +85,21 @@ impl Keys {
 }
 
 /// Fields of a stream entry: the request, whole, and where it stood.
-/// Written by `ADMIT_LUA` and `RELEASE_LUA`.
+/// Written by `ADMIT_LUA` and `RELEASE_LUA`. Other services read these
+/// entries with consumer groups of their own: the README's "Consuming the
+/// sale from other services" documents each field for them, and
+/// [`ENTRY_VERSION`] says which version of that table an entry follows.
 pub enum EntryField {}
 
+/// The entry schema version `ADMIT_LUA` and `RELEASE_LUA` write in
+/// [`EntryField::VERSION`]. Adding a field keeps it; changing or removing one
+/// bumps it. Entries without the field were stored before versioning: their
+/// headers are `name: value` CRLF lines and they have no `k`.
+pub const ENTRY_VERSION: &str = "1";
+
 impl EntryField {
+    /// The schema version, [`ENTRY_VERSION`].
+    pub const VERSION: &'static str = "v";
     /// The ticket's sequence number.
     // Spelled by the Lua scripts only; the test below holds them to it.
     #[cfg_attr(not(test), allow(dead_code))]
@@ -98,9 +109,12 @@ impl EntryField {
     pub const TICKET: &'static str = "t";
     pub const METHOD: &'static str = "m";
     pub const PATH: &'static str = "p";
-    /// End-to-end headers, encoded.
+    /// End-to-end headers, a JSON array of `[name, value]` pairs
+    /// (`crate::http::headers::encode`).
     pub const HEADERS: &'static str = "h";
     pub const BODY: &'static str = "b";
+    /// The client's own `Idempotency-Key`, empty when it sent none.
+    pub const IDEMPOTENCY_KEY: &'static str = "k";
     pub const CLIENT: &'static str = "c";
     pub const FORWARDED_FOR: &'static str = "f";
     pub const FORWARDED_PROTO: &'static str = "x";
@@ -198,7 +212,9 @@ mod tests {
     use super::*;
     use crate::ticket::TicketStatus;
 
-    const ENTRY: [&str; 11] = [
+    const ENTRY: [&str; 13] = [
+        EntryField::VERSION,
+        EntryField::IDEMPOTENCY_KEY,
         EntryField::SEQ,
         EntryField::AHEAD,
         EntryField::TICKET,
@@ -256,6 +272,10 @@ mod tests {
         for script in [ADMIT_LUA, RELEASE_LUA] {
             assert!(script.contains(&format!("'{}", TicketField::PREQUEUED_ENTRY)));
         }
+        // The version is written as a literal, into the stream and the
+        // pre-queued entry.
+        assert!(ADMIT_LUA.contains(&format!("'v', '{ENTRY_VERSION}'")));
+        assert!(ADMIT_LUA.contains(&format!("'e:v', '{ENTRY_VERSION}'")));
         spells(
             "START_ATTEMPT_LUA",
             START_ATTEMPT_LUA,

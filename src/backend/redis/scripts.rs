@@ -22,7 +22,8 @@
 ///       (0/1), fingerprint, configured stock ('' = unlimited), max_queue,
 ///       pre-queue score in the window ('-' = a pre-queue is configured but
 ///       the window is over, '' = none is), then the entry's values m, p, h,
-///       b, c, f, x (the names are literals here and in `RELEASE_LUA`). A
+///       b, c, f, x, k (the names are literals here and in `RELEASE_LUA`;
+///       the schema version `v` is a literal too). A
 ///       partition holds its share of the stock and of the capacity (the
 ///       first `total % partitions` partitions one more).
 /// Returns four values per request: {'ok', seq, dispatched, 0},
@@ -44,13 +45,13 @@ local function share(total)
   if index < total % parts then s = s + 1 end
   return s
 end
-local names = {'m', 'p', 'h', 'b', 'c', 'f', 'x'}
+local names = {'m', 'p', 'h', 'b', 'c', 'f', 'x', 'k'}
 -- Whether pre-queued entries wait: read when first needed.
 local prequeued = nil
 local out = {}
 local wrote = false
-for i = 0, (#ARGV - 3) / 14 - 1 do
-  local a = 3 + 14 * i
+for i = 0, (#ARGV - 3) / 15 - 1 do
+  local a = 3 + 15 * i
   local tkey, ikey = KEYS[5 + 2 * i], KEYS[6 + 2 * i]
   local id, adm, claimed, fp = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3] == '1', ARGV[a + 4]
   local word, x, y, z = 'ok', 0, 0, 0
@@ -77,7 +78,7 @@ for i = 0, (#ARGV - 3) / 14 - 1 do
       -- Pre-queued: random score in the window; during the release, after
       -- every pre-queued entry, in arrival order.
       if not pre then score = 2 + admitted end
-      local fields = {'e:t', id, 'e:a', adm}
+      local fields = {'e:v', '1', 'e:t', id, 'e:a', adm}
       for j, name in ipairs(names) do
         fields[#fields + 1] = 'e:' .. name
         fields[#fields + 1] = ARGV[a + 7 + j]
@@ -88,9 +89,10 @@ for i = 0, (#ARGV - 3) / 14 - 1 do
     else
       seq = seq + 1
       s = tostring(seq)
-      redis.call('XADD', KEYS[1], '*', 's', s, 'w', depth, 't', id,
+      redis.call('XADD', KEYS[1], '*', 'v', '1', 's', s, 'w', depth, 't', id,
         'm', ARGV[a + 8], 'p', ARGV[a + 9], 'h', ARGV[a + 10], 'b', ARGV[a + 11],
-        'c', ARGV[a + 12], 'f', ARGV[a + 13], 'x', ARGV[a + 14], 'a', adm)
+        'c', ARGV[a + 12], 'f', ARGV[a + 13], 'x', ARGV[a + 14], 'a', adm,
+        'k', ARGV[a + 15])
     end
     redis.call('HSET', tkey, 'st', 'queued', 'seq', s, 'att', '0', 'adm', adm)
     redis.call('EXPIRE', tkey, ttl)
@@ -110,17 +112,19 @@ return out
 "#;
 
 /// Values `ADMIT_LUA` takes for each request of a batch.
-pub const ADMIT_ARGS: usize = 14;
+pub const ADMIT_ARGS: usize = 15;
 
 /// Moves up to ARGV[1] pre-queued entries, lowest (random) score first, into
 /// the stream, giving each its sequence number now. Returns {moved, left}.
+/// A field the pre-queued entry lacks (`v` and `k` of one pre-queued by an
+/// older version) stays absent from the stream entry.
 ///
 /// KEYS: prequeue, stream, counters. ARGV: batch, ticket key prefix.
 /// The ticket keys are built here: they share the queue's hash tag, so the
 /// script stays on one cluster slot.
 pub const RELEASE_LUA: &str = r#"
 local popped = redis.call('ZPOPMIN', KEYS[1], ARGV[1])
-local names = {'t', 'm', 'p', 'h', 'b', 'c', 'f', 'x', 'a'}
+local names = {'t', 'm', 'p', 'h', 'b', 'c', 'f', 'x', 'a', 'v', 'k'}
 local moved = 0
 for i = 1, #popped, 2 do
   local key = ARGV[2] .. popped[i]
@@ -132,8 +136,10 @@ for i = 1, #popped, 2 do
     local dispatched = tonumber(redis.call('HGET', KEYS[3], 'dispatched') or '0')
     local entry = {'s', seq, 'w', math.max(0, seq - 1 - dispatched)}
     for j, name in ipairs(names) do
-      entry[#entry + 1] = name
-      entry[#entry + 1] = values[j]
+      if values[j] then
+        entry[#entry + 1] = name
+        entry[#entry + 1] = values[j]
+      end
     end
     redis.call('XADD', KEYS[2], '*', unpack(entry))
     redis.call('HSET', key, 'seq', seq)
@@ -147,7 +153,7 @@ return {moved, redis.call('ZCARD', KEYS[1])}
 /// Starts an attempt: counts the dispatch once, marks the ticket in flight and
 /// counts the attempt on the ticket, so attempts add up across instances.
 /// Never recreates an expired ticket hash (-1). A cancelled ticket's entry is
-/// acknowledged and deleted instead, unsent (-2). A change of status is
+/// acknowledged instead, unsent (-2); the trim removes it (`trim.rs`). A change of status is
 /// published on the change channel.
 ///
 /// KEYS: ticket, counters, stream. ARGV: fresh (0/1), change channel, ticket
@@ -158,7 +164,6 @@ local st = redis.call('HGET', KEYS[1], 'st')
 if not st then return -1 end
 if st == 'cancelled' then
   redis.call('XACK', KEYS[3], ARGV[5], ARGV[4])
-  redis.call('XDEL', KEYS[3], ARGV[4])
   return -2
 end
 if st ~= 'in_flight' then

@@ -199,6 +199,7 @@ impl Harness {
                 path: "/checkout".into(),
                 headers: Bytes::new(),
                 body: Bytes::from_static(b"{}"),
+                idempotency_key: None,
                 client: "c".into(),
                 forwarded_for: "127.0.0.1".into(),
                 forwarded_proto: "http".into(),
