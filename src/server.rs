@@ -1,6 +1,8 @@
 //! The HTTP edge: the public and admin listeners, their connection limits,
 //! and the routers behind them.
 //!
+//! - [`exchange`]: every request's id, echoed, and its access log line;
+//! - [`access_log`]: the lines' writer, which never holds a request up;
 //! - [`public`]: admission, tickets, pages, passthrough, each request
 //!   counted once;
 //! - [`passthrough`]: non-queued paths straight to the upstream;
@@ -10,9 +12,11 @@
 //! - [`tls`]: the public listener's certificate, swappable while serving;
 //! - [`cors`]: grants for browsers on other origins.
 
+pub mod access_log;
 pub mod admin;
 pub mod conn;
 pub mod cors;
+pub mod exchange;
 pub mod framing;
 pub mod passthrough;
 pub mod public;
@@ -41,7 +45,9 @@ use tracing::{debug, warn};
 use crate::api::App;
 use crate::http::body::Body;
 use crate::http::forwarded::Scheme;
+use access_log::AccessLog;
 use conn::{Activity, Watched};
+use exchange::Edge;
 use framing::Strict;
 use tls::Tls;
 
@@ -68,6 +74,7 @@ pub async fn serve_public(
     app: Arc<App>,
     listener: TcpListener,
     tls: Option<Arc<Tls>>,
+    access_log: Option<Arc<AccessLog>>,
     shutdown: CancellationToken,
 ) {
     let mut http1 = http1::Builder::new();
@@ -117,14 +124,21 @@ pub async fn serve_public(
         first_bytes: app.config().header_timeout,
     };
     let answered = app.metrics.http_requests.clone();
+    let edge = Edge {
+        listener: "public",
+        access_log,
+    };
     accept_loop(
         listener,
         Arc::new(protocols),
         Some((limit, answered)),
         shutdown,
         move |peer, req| {
-            let app = app.clone();
-            async move { public::public(app, peer, req).await }
+            let (app, edge) = (app.clone(), edge.clone());
+            async move {
+                let public = |req| public::public(app.clone(), peer, req);
+                edge.serve(&app, peer, req, public).await
+            }
         },
     )
     .await;
@@ -193,15 +207,27 @@ fn shed(mut stream: TcpStream, lingering: &Arc<Semaphore>) {
 }
 
 /// Serves the admin API until `shutdown`.
-pub async fn serve_admin(app: Arc<App>, listener: TcpListener, shutdown: CancellationToken) {
+pub async fn serve_admin(
+    app: Arc<App>,
+    listener: TcpListener,
+    access_log: Option<Arc<AccessLog>>,
+    shutdown: CancellationToken,
+) {
+    let edge = Edge {
+        listener: "admin",
+        access_log,
+    };
     accept_loop(
         listener,
         private_protocols(),
         None,
         shutdown,
-        move |_peer, req| {
-            let app = app.clone();
-            async move { admin::admin(app, req).await }
+        move |peer, req| {
+            let (app, edge) = (app.clone(), edge.clone());
+            async move {
+                let admin = |req| admin::admin(app.clone(), req);
+                edge.serve(&app, peer, req, admin).await
+            }
         },
     )
     .await;
@@ -209,15 +235,27 @@ pub async fn serve_admin(app: Arc<App>, listener: TcpListener, shutdown: Cancell
 
 /// Serves the health listener (`health_listen`: health and metrics only)
 /// until `shutdown`.
-pub async fn serve_health(app: Arc<App>, listener: TcpListener, shutdown: CancellationToken) {
+pub async fn serve_health(
+    app: Arc<App>,
+    listener: TcpListener,
+    access_log: Option<Arc<AccessLog>>,
+    shutdown: CancellationToken,
+) {
+    let edge = Edge {
+        listener: "health",
+        access_log,
+    };
     accept_loop(
         listener,
         private_protocols(),
         None,
         shutdown,
-        move |_peer, req| {
-            let app = app.clone();
-            async move { admin::health(app, req).await }
+        move |peer, req| {
+            let (app, edge) = (app.clone(), edge.clone());
+            async move {
+                let health = |req| admin::health(app.clone(), req);
+                edge.serve(&app, peer, req, health).await
+            }
         },
     )
     .await;

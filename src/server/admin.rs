@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use crate::api::admin::{patch_queue, queues};
 use crate::api::App;
 use crate::http::body::{full, json, Body};
+use crate::http::exchange;
 use crate::http::problem::{Code, Problem};
 
 /// The health listener's routes: `/healthz`, `/readyz` and `/metrics`, and
@@ -18,7 +19,7 @@ use crate::http::problem::{Code, Problem};
 pub async fn health(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     match probe(&app, &req).await {
         Some(resp) => resp,
-        None => Problem::new(Code::NotFound, "no such health endpoint").into_response(),
+        None => not_found("no such health endpoint"),
     }
 }
 
@@ -26,6 +27,7 @@ pub async fn health(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
 async fn probe(app: &App, req: &Request<Incoming>) -> Option<Response<Body>> {
     Some(match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
+            exchange::note(|n| n.route = Some("metrics"));
             let mut resp = Response::new(full(app.metrics.encode()));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -33,8 +35,14 @@ async fn probe(app: &App, req: &Request<Incoming>) -> Option<Response<Body>> {
             );
             resp
         }
-        (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
-        (&Method::GET, "/readyz") => readyz(app).await,
+        (&Method::GET, "/healthz") => {
+            exchange::note(|n| n.route = Some("health"));
+            json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+        }
+        (&Method::GET, "/readyz") => {
+            exchange::note(|n| n.route = Some("health"));
+            readyz(app).await
+        }
         _ => return None,
     })
 }
@@ -47,6 +55,7 @@ pub async fn admin(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
     match (req.method(), path) {
         (_, p) if p == "/admin" || p.starts_with("/admin/") => {
+            exchange::note(|n| n.route = Some("admin"));
             if !authorized(&app, &req) {
                 let mut resp = Problem::new(Code::Unauthorized, "a valid bearer token is required")
                     .into_response();
@@ -63,8 +72,14 @@ pub async fn admin(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
                 _ => Problem::new(Code::NotFound, "no such admin endpoint").into_response(),
             }
         }
-        _ => Problem::new(Code::NotFound, "no such admin endpoint").into_response(),
+        _ => not_found("no such admin endpoint"),
     }
+}
+
+/// A path the listener does not serve.
+fn not_found(detail: &str) -> Response<Body> {
+    exchange::note(|n| n.route = Some("not_found"));
+    Problem::new(Code::NotFound, detail).into_response()
 }
 
 async fn readyz(app: &App) -> Response<Body> {
