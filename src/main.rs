@@ -192,10 +192,7 @@ fn reload_signal() -> tokio::sync::mpsc::Receiver<()> {
 /// (logrotate's `postrotate` sends it).
 fn reopen_signal() -> tokio::sync::mpsc::Receiver<()> {
     #[cfg(unix)]
-    return each_signal(
-        tokio::signal::unix::SignalKind::user_defined1(),
-        "SIGUSR1",
-    );
+    return each_signal(tokio::signal::unix::SignalKind::user_defined1(), "SIGUSR1");
     #[cfg(not(unix))]
     return tokio::sync::mpsc::channel(1).1;
 }

@@ -64,7 +64,11 @@ pub async fn admit(
             app.metrics.admission(name, outcome);
             // A problem given while the client waited (`Prefer: wait`)
             // says more than the admission did.
-            let code = if outcome == "duplicate" { "replayed" } else { outcome };
+            let code = if outcome == "duplicate" {
+                "replayed"
+            } else {
+                outcome
+            };
             exchange::note(|n| _ = n.code.get_or_insert(code));
             resp
         }
@@ -212,7 +216,6 @@ async fn try_admit(
         admitted_at_ms: queue.clock.now_ms(),
     };
     let ticket = request.ticket.clone();
-    exchange::note(|n| n.ticket = Some(ticket.as_str().to_string()));
     let outcome = queue
         .backend
         .admit(
@@ -240,6 +243,7 @@ async fn try_admit(
         })?;
     match outcome {
         Admit::Admitted { seq, dispatched } => {
+            exchange::note(|n| n.ticket = Some(ticket.as_str().to_string()));
             if !wait.is_zero() {
                 return Ok(("admitted", answer_within(queue, &ticket, wait).await));
             }

@@ -172,8 +172,8 @@ impl Problem {
         let status = self.code.status();
         let code = self.code.as_str();
         exchange::note(|n| n.code = Some(code));
-        let body = exchange::with_id(|id| self.document(Some(id)))
-            .unwrap_or_else(|| self.document(None));
+        let body =
+            exchange::with_id(|id| self.document(Some(id))).unwrap_or_else(|| self.document(None));
         let mut resp = Response::new(full(body));
         *resp.status_mut() = status;
         let h = resp.headers_mut();

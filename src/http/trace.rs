@@ -132,7 +132,10 @@ mod tests {
     fn head(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
         h
     }
@@ -177,7 +180,10 @@ mod tests {
         }
         let mut two = head(&[("x-request-id", "a"), ("x-request-id", "b")]);
         let id = adopt(&mut two, true);
-        assert_eq!(two.get_all("x-request-id").iter().collect::<Vec<_>>(), [&id]);
+        assert_eq!(
+            two.get_all("x-request-id").iter().collect::<Vec<_>>(),
+            [&id]
+        );
         assert_eq!(id.len(), 32);
     }
 
@@ -188,13 +194,19 @@ mod tests {
         assert_eq!(h["traceparent"], PARENT);
         assert_eq!(h["tracestate"], "congo=t61rcWkgMzE");
 
-        let mut h = head(&[("traceparent", "00-xyz-01"), ("tracestate", "congo=t61rcWkgMzE")]);
+        let mut h = head(&[
+            ("traceparent", "00-xyz-01"),
+            ("tracestate", "congo=t61rcWkgMzE"),
+        ]);
         adopt(&mut h, false);
         assert!(!h.contains_key("traceparent") && !h.contains_key("tracestate"));
 
         let mut h = head(&[("tracestate", "congo=t61rcWkgMzE")]);
         adopt(&mut h, false);
-        assert!(!h.contains_key("tracestate"), "no trace state without a parent");
+        assert!(
+            !h.contains_key("tracestate"),
+            "no trace state without a parent"
+        );
 
         let mut h = head(&[("traceparent", PARENT), ("traceparent", PARENT)]);
         adopt(&mut h, false);
@@ -207,7 +219,10 @@ mod tests {
         assert_eq!(ids.len(), 10_000);
         let one = generate();
         assert_eq!(one.len(), 32);
-        assert!(one.as_bytes().iter().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert!(one
+            .as_bytes()
+            .iter()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
         assert!(valid_request_id(&one));
     }
 }

@@ -57,7 +57,12 @@ impl Edge {
             return resp;
         };
         let record = Arc::new(Record::default());
-        let line = Line::begin(log.clone(), (self.listener, peer, id.clone()), &req, &record);
+        let line = Line::begin(
+            log.clone(),
+            (self.listener, peer, id.clone()),
+            &req,
+            &record,
+        );
         let exchange = Exchange::new(id.clone(), Some(record));
         let mut resp = exchange::scope(exchange, handler(req)).await;
         resp.headers_mut().insert(X_REQUEST_ID.clone(), id);

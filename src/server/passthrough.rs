@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Limited};
-use bytes::Bytes;
 use hyper::body::{Frame, Incoming, SizeHint};
 use tracing::debug;
 
