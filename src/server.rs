@@ -6,7 +6,8 @@
 //! - [`public`]: admission, tickets, pages, passthrough, each request
 //!   counted once;
 //! - [`passthrough`]: non-queued paths straight to the upstream;
-//! - [`admin`]: metrics, health and the admin API, behind the token;
+//! - [`admin`]: the admin and health listeners: metrics, health and the
+//!   admin API, behind the token;
 //! - [`framing`]: HTTP/1 request heads checked on the raw bytes before hyper;
 //! - [`conn`]: HTTP/1 or HTTP/2 on a connection, and its idleness;
 //! - [`tls`]: the public listener's certificate, swappable while serving;
@@ -21,6 +22,8 @@ pub mod framing;
 pub mod passthrough;
 pub mod public;
 pub mod tls;
+
+pub use admin::{serve_admin, serve_health};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -172,11 +175,6 @@ fn max_head(app: &App) -> usize {
     (app.config().max_header_size.0 as usize).max(8192)
 }
 
-/// The longest request head the admin listener reads.
-const ADMIN_MAX_HEAD: usize = 64 * 1024;
-/// Time the admin listener gives a client for its request head.
-const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// The public listener's connection cap.
 #[derive(Clone)]
 struct Limits {
@@ -204,78 +202,6 @@ fn shed(mut stream: TcpStream, lingering: &Arc<Semaphore>) {
         })
         .await;
     });
-}
-
-/// Serves the admin API until `shutdown`.
-pub async fn serve_admin(
-    app: Arc<App>,
-    listener: TcpListener,
-    access_log: Option<Arc<AccessLog>>,
-    shutdown: CancellationToken,
-) {
-    let edge = Edge {
-        listener: "admin",
-        access_log,
-    };
-    accept_loop(
-        listener,
-        private_protocols(),
-        None,
-        shutdown,
-        move |peer, req| {
-            let (app, edge) = (app.clone(), edge.clone());
-            async move {
-                let admin = |req| admin::admin(app.clone(), req);
-                edge.serve(&app, peer, req, admin).await
-            }
-        },
-    )
-    .await;
-}
-
-/// Serves the health listener (`health_listen`: health and metrics only)
-/// until `shutdown`.
-pub async fn serve_health(
-    app: Arc<App>,
-    listener: TcpListener,
-    access_log: Option<Arc<AccessLog>>,
-    shutdown: CancellationToken,
-) {
-    let edge = Edge {
-        listener: "health",
-        access_log,
-    };
-    accept_loop(
-        listener,
-        private_protocols(),
-        None,
-        shutdown,
-        move |peer, req| {
-            let (app, edge) = (app.clone(), edge.clone());
-            async move {
-                let health = |req| admin::health(app.clone(), req);
-                edge.serve(&app, peer, req, health).await
-            }
-        },
-    )
-    .await;
-}
-
-/// The admin and health listeners' HTTP: plaintext HTTP/1.1 for operators'
-/// tools and probes, with their own head limits.
-fn private_protocols() -> Arc<Protocols> {
-    let mut http1 = http1::Builder::new();
-    http1
-        .timer(TokioTimer::new())
-        .header_read_timeout(ADMIN_HEADER_TIMEOUT)
-        .max_buf_size(ADMIN_MAX_HEAD);
-    Arc::new(Protocols {
-        http1,
-        http2: None,
-        tls: None,
-        max_head: ADMIN_MAX_HEAD,
-        first_bytes: ADMIN_HEADER_TIMEOUT,
-    })
 }
 
 async fn accept_loop<F, Fut>(

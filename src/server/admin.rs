@@ -1,18 +1,103 @@
-//! The admin listener's router: metrics, health, and the admin API behind
-//! the bearer token; and the health listener's (`health_listen`), which
-//! serves only metrics and health.
+//! The admin listener: metrics, health, and the admin API behind the
+//! bearer token; and the health listener (`health_listen`), which serves
+//! only metrics and health. Their HTTP and their routers.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioTimer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::access_log::AccessLog;
+use super::exchange::Edge;
+use super::{accept_loop, Protocols};
 
 use crate::api::admin::{patch_queue, queues};
 use crate::api::App;
 use crate::http::body::{full, json, Body};
 use crate::http::exchange;
 use crate::http::problem::{Code, Problem};
+
+/// The longest request head the admin listener reads.
+const ADMIN_MAX_HEAD: usize = 64 * 1024;
+/// Time the admin listener gives a client for its request head.
+const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the admin API until `shutdown`.
+pub async fn serve_admin(
+    app: Arc<App>,
+    listener: TcpListener,
+    access_log: Option<Arc<AccessLog>>,
+    shutdown: CancellationToken,
+) {
+    let edge = Edge {
+        listener: "admin",
+        access_log,
+    };
+    accept_loop(
+        listener,
+        private_protocols(),
+        None,
+        shutdown,
+        move |peer, req| {
+            let (app, edge) = (app.clone(), edge.clone());
+            async move {
+                let admin = |req| admin(app.clone(), req);
+                edge.serve(&app, peer, req, admin).await
+            }
+        },
+    )
+    .await;
+}
+
+/// Serves the health listener (`health_listen`: health and metrics only)
+/// until `shutdown`.
+pub async fn serve_health(
+    app: Arc<App>,
+    listener: TcpListener,
+    access_log: Option<Arc<AccessLog>>,
+    shutdown: CancellationToken,
+) {
+    let edge = Edge {
+        listener: "health",
+        access_log,
+    };
+    accept_loop(
+        listener,
+        private_protocols(),
+        None,
+        shutdown,
+        move |peer, req| {
+            let (app, edge) = (app.clone(), edge.clone());
+            async move {
+                let health = |req| health(app.clone(), req);
+                edge.serve(&app, peer, req, health).await
+            }
+        },
+    )
+    .await;
+}
+
+/// The admin and health listeners' HTTP: plaintext HTTP/1.1 for operators'
+/// tools and probes, with their own head limits.
+fn private_protocols() -> Arc<Protocols> {
+    let mut http1 = http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(ADMIN_HEADER_TIMEOUT)
+        .max_buf_size(ADMIN_MAX_HEAD);
+    Arc::new(Protocols {
+        http1,
+        http2: None,
+        tls: None,
+        max_head: ADMIN_MAX_HEAD,
+        first_bytes: ADMIN_HEADER_TIMEOUT,
+    })
+}
 
 /// The health listener's routes: `/healthz`, `/readyz` and `/metrics`, and
 /// nothing of the admin API.
