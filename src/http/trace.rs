@@ -112,7 +112,11 @@ pub fn generate() -> HeaderValue {
         out[2 * i] = digits[usize::from(byte >> 4)];
         out[2 * i + 1] = digits[usize::from(byte & 0xf)];
     }
-    HeaderValue::from_bytes(&out).expect("hex digits are a valid header value")
+    // One allocation, shared by every clone of the value (the request's
+    // header, the answer's, the exchange's): a copied slice would be
+    // copied again on its first clone.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(out))
+        .expect("hex digits are a valid header value")
 }
 
 /// SplitMix64's output function over a Weyl sequence step.
