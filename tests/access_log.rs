@@ -282,6 +282,43 @@ async fn every_request_is_one_line_with_every_field_right() {
     gw.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_before_its_answer_is_a_499_line() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let upstream = MockUpstream::builder()
+        .latency(Duration::from_secs(2))
+        .start()
+        .await;
+    let toml = format!("access_log = {}\npassthrough = true\n", toml_path(&log));
+    let gw = Gateway::builder()
+        .toml(&toml)
+        .upstream(&upstream)
+        .start()
+        .await;
+    let mut conn = raw::Conn::open(gw.public_addr, WAIT).await;
+    let slow = b"GET /slow HTTP/1.1\r\nHost: shop\r\nX-Request-Id: mine\r\n\r\n";
+    conn.stream.write_all(slow).await.unwrap();
+    eventually(WAIT, "the request upstream", || async {
+        (!upstream.received().is_empty()).then_some(())
+    })
+    .await;
+    drop(conn);
+    let lines = until_lines(&log, 1).await;
+    let line: Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(line["status"], 499, "{line}");
+    assert_eq!(line["route"], "passthrough", "{line}");
+    assert_eq!(line["path"], "/slow", "{line}");
+    assert_eq!(line["bytes_out"], 0, "{line}");
+    // Not a trusted proxy's: the client's own id is not the request's.
+    assert_ne!(line["request_id"], "mine", "{line}");
+    assert_eq!(
+        upstream.received()[0].header("x-request-id"),
+        line["request_id"]
+    );
+}
+
 /// `combined`'s fields: address, time, request line, status, bytes,
 /// referer, user agent, request id.
 fn parse_combined(line: &str) -> Option<(String, String, String, u16, u64, Vec<String>)> {
