@@ -16,14 +16,14 @@ mod values;
 
 pub use keys::{keys, Key, Kind, Scope};
 pub use load::{load, Setting};
-pub use model::{AdaptiveBounds, Config, QueueConfig, UnderscoreHeaders};
+pub use model::{AccessLogFormat, AdaptiveBounds, Config, QueueConfig, UnderscoreHeaders};
 pub use redis_url::RedisEndpoint;
 
 /// Shortest ticket secret accepted, in bytes (HMAC-SHA256 keys below the
 /// hash size weaken it).
 pub const MIN_SECRET_LEN: usize = 32;
 pub use units::{parse_duration, parse_size, redact_url, time as time_format, Size};
-pub use values::{ClientKey, Route};
+pub use values::{AccessLog, ClientKey, Route};
 
 /// Where a value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -22,6 +22,7 @@ use crate::http::client::FORGET_EVERY;
 use crate::metrics::Metrics;
 use crate::queue::upkeep::{self, Every};
 use crate::queue::Queue;
+use crate::server::access_log::AccessLog;
 use crate::server::tls::{Tls, TlsError};
 use crate::ticket::{QueueTag, TicketSecret};
 use crate::upstream::{HttpUpstream, Upstream};
@@ -42,6 +43,8 @@ pub enum StartError {
     Tls(#[from] TlsError),
     #[error("cannot agree on the ticket secret through Redis ({0}); pass --ticket-secret to start without it")]
     TicketSecret(QueueError),
+    #[error("cannot open the access log: {0}")]
+    AccessLog(std::io::Error),
 }
 
 /// A running gateway.
@@ -54,6 +57,8 @@ pub struct Gateway {
     /// The public listener's certificate with `--tls-cert`: `reload()`
     /// reads its files again for the next handshakes.
     pub tls: Option<Arc<Tls>>,
+    /// The access log, when on: `reopen_access_log()` opens its file again.
+    access_log: Option<Arc<AccessLog>>,
     shutdown: CancellationToken,
     main: JoinHandle<()>,
 }
@@ -186,12 +191,15 @@ impl Gateway {
             )));
         }
         let names: Vec<String> = queues.iter().map(|q| q.name.clone()).collect();
-        let app = Arc::new(App::new(
-            config,
-            queues,
-            Arc::new(Metrics::new(&names)),
-            HttpUpstream::new(),
-        ));
+        let metrics = Arc::new(Metrics::new(&names));
+        let access_log = AccessLog::start(
+            &config.access_log,
+            config.access_log_format,
+            config.access_log_buffer,
+            metrics.access_log_dropped.clone(),
+        )
+        .map_err(StartError::AccessLog)?;
+        let app = Arc::new(App::new(config, queues, metrics, HttpUpstream::new()));
 
         let shutdown = CancellationToken::new();
         let listeners = Listeners {
@@ -199,7 +207,13 @@ impl Gateway {
             admin,
             health: health.map(|(listener, _)| listener),
         };
-        let main = tokio::spawn(run(app.clone(), listeners, tls.clone(), shutdown.clone()));
+        let main = tokio::spawn(run(
+            app.clone(),
+            listeners,
+            tls.clone(),
+            access_log.clone(),
+            shutdown.clone(),
+        ));
         let scheme = if tls.is_some() { "https" } else { "http" };
         match health_addr {
             Some(health_addr) => {
@@ -213,9 +227,18 @@ impl Gateway {
             health_addr,
             app,
             tls,
+            access_log,
             shutdown,
             main,
         })
+    }
+
+    /// Opens the access log file again, for the lines from now on (SIGUSR1,
+    /// after logrotate moved the file away).
+    pub fn reopen_access_log(&self) {
+        if let Some(log) = &self.access_log {
+            log.reopen();
+        }
     }
 
     /// Starts a graceful shutdown: stop accepting, stop reading the queue,
@@ -271,6 +294,7 @@ async fn run(
     app: Arc<App>,
     listeners: Listeners,
     tls: Option<Arc<Tls>>,
+    access_log: Option<Arc<AccessLog>>,
     shutdown: CancellationToken,
 ) {
     let Listeners {
@@ -319,13 +343,20 @@ async fn run(
         app.clone(),
         public,
         tls,
+        access_log.clone(),
         shutdown.clone(),
     ));
-    let admin_server = tokio::spawn(server::serve_admin(app.clone(), admin, stop_admin.clone()));
+    let admin_server = tokio::spawn(server::serve_admin(
+        app.clone(),
+        admin,
+        access_log.clone(),
+        stop_admin.clone(),
+    ));
     let health_server = health.map(|health| {
         tokio::spawn(server::serve_health(
             app.clone(),
             health,
+            access_log,
             stop_admin.clone(),
         ))
     });

@@ -150,6 +150,7 @@ fn bad_config(e: ConfigError) -> ExitCode {
 async fn serve(args: ServeArgs, config: Config) -> ExitCode {
     let stop = shutdown_signal();
     let mut reload = reload_signal();
+    let mut reopen = reopen_signal();
     let gateway = match Gateway::start(config).await {
         Ok(g) => g,
         Err(e) => {
@@ -167,6 +168,10 @@ async fn serve(args: ServeArgs, config: Config) -> ExitCode {
                 // was started with (they still win over the file).
                 gateway.reload(|| args.load());
             }
+            Some(()) = reopen.recv() => {
+                info!("SIGUSR1 received: reopening the access log");
+                gateway.reopen_access_log();
+            }
         }
     }
     info!("signal received: stopping gracefully");
@@ -175,23 +180,39 @@ async fn serve(args: ServeArgs, config: Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Yields once per SIGHUP: reload, as nginx does. Installed before the
-/// gateway starts, so an early SIGHUP does not kill it (the default action).
+/// Yields once per SIGHUP: reload, as nginx does.
 fn reload_signal() -> tokio::sync::mpsc::Receiver<()> {
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut hup = signal(SignalKind::hangup()).expect("cannot install a SIGHUP handler");
-        tokio::spawn(async move {
-            while hup.recv().await.is_some() {
-                // One reload pending is enough: it reads the latest file.
-                let _ = tx.try_send(());
-            }
-        });
-    }
+    return each_signal(tokio::signal::unix::SignalKind::hangup(), "SIGHUP");
     #[cfg(not(unix))]
-    drop(tx);
+    return tokio::sync::mpsc::channel(1).1;
+}
+
+/// Yields once per SIGUSR1: reopen the access log file, as nginx does
+/// (logrotate's `postrotate` sends it).
+fn reopen_signal() -> tokio::sync::mpsc::Receiver<()> {
+    #[cfg(unix)]
+    return each_signal(tokio::signal::unix::SignalKind::user_defined1(), "SIGUSR1");
+    #[cfg(not(unix))]
+    return tokio::sync::mpsc::channel(1).1;
+}
+
+/// Yields once per `kind` of signal, one pending at most (the next
+/// reload or reopen does it all). Installed before the gateway starts, so
+/// an early signal does not kill it (the default action of both).
+#[cfg(unix)]
+fn each_signal(
+    kind: tokio::signal::unix::SignalKind,
+    name: &str,
+) -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut signals = tokio::signal::unix::signal(kind)
+        .unwrap_or_else(|e| panic!("cannot install a {name} handler: {e}"));
+    tokio::spawn(async move {
+        while signals.recv().await.is_some() {
+            let _ = tx.try_send(());
+        }
+    });
     rx
 }
 

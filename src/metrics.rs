@@ -1,8 +1,8 @@
 //! Every metric of SPEC §6, owned by one struct with its own registry.
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Admission outcomes (`flashgate_admissions_total{outcome}`).
@@ -51,6 +51,9 @@ pub struct Metrics {
     /// When the configuration was last loaded whole: start-up, then each
     /// successful reload (Unix seconds).
     pub config_last_reload_success: GaugeVec,
+    /// Access log lines dropped because the sink fell behind and the
+    /// buffer was full (or a write failed).
+    pub access_log_dropped: IntCounter,
 }
 
 /// Upstream calls: a few ms to the 10 s default timeout and beyond.
@@ -214,6 +217,17 @@ impl Metrics {
                 "When the configuration in force was loaded (start-up or the last successful reload), Unix seconds.",
                 &[],
             ),
+            access_log_dropped: {
+                let c = IntCounter::new(
+                    "flashgate_access_log_dropped_total",
+                    "Access log lines dropped: the sink fell behind and the buffer was full, or a write failed.",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("unique metric");
+                c
+            },
             registry,
         };
         // CPU, memory and file descriptors of this process.

@@ -1,22 +1,29 @@
 //! The HTTP edge: the public and admin listeners, their connection limits,
 //! and the routers behind them.
 //!
+//! - [`exchange`]: every request's id, echoed, and its access log line;
+//! - [`access_log`]: the lines' writer, which never holds a request up;
 //! - [`public`]: admission, tickets, pages, passthrough, each request
 //!   counted once;
 //! - [`passthrough`]: non-queued paths straight to the upstream;
-//! - [`admin`]: metrics, health and the admin API, behind the token;
+//! - [`admin`]: the admin and health listeners: metrics, health and the
+//!   admin API, behind the token;
 //! - [`framing`]: HTTP/1 request heads checked on the raw bytes before hyper;
 //! - [`conn`]: HTTP/1 or HTTP/2 on a connection, and its idleness;
 //! - [`tls`]: the public listener's certificate, swappable while serving;
 //! - [`cors`]: grants for browsers on other origins.
 
+pub mod access_log;
 pub mod admin;
 pub mod conn;
 pub mod cors;
+pub mod exchange;
 pub mod framing;
 pub mod passthrough;
 pub mod public;
 pub mod tls;
+
+pub use admin::{serve_admin, serve_health};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -41,7 +48,9 @@ use tracing::{debug, warn};
 use crate::api::App;
 use crate::http::body::Body;
 use crate::http::forwarded::Scheme;
+use access_log::AccessLog;
 use conn::{Activity, Watched};
+use exchange::Edge;
 use framing::Strict;
 use tls::Tls;
 
@@ -68,6 +77,7 @@ pub async fn serve_public(
     app: Arc<App>,
     listener: TcpListener,
     tls: Option<Arc<Tls>>,
+    access_log: Option<Arc<AccessLog>>,
     shutdown: CancellationToken,
 ) {
     let mut http1 = http1::Builder::new();
@@ -117,14 +127,21 @@ pub async fn serve_public(
         first_bytes: app.config().header_timeout,
     };
     let answered = app.metrics.http_requests.clone();
+    let edge = Edge {
+        listener: "public",
+        access_log,
+    };
     accept_loop(
         listener,
         Arc::new(protocols),
         Some((limit, answered)),
         shutdown,
         move |peer, req| {
-            let app = app.clone();
-            async move { public::public(app, peer, req).await }
+            let (app, edge) = (app.clone(), edge.clone());
+            async move {
+                let public = |req| public::public(app.clone(), peer, req);
+                edge.serve(&app, peer, req, public).await
+            }
         },
     )
     .await;
@@ -158,11 +175,6 @@ fn max_head(app: &App) -> usize {
     (app.config().max_header_size.0 as usize).max(8192)
 }
 
-/// The longest request head the admin listener reads.
-const ADMIN_MAX_HEAD: usize = 64 * 1024;
-/// Time the admin listener gives a client for its request head.
-const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// The public listener's connection cap.
 #[derive(Clone)]
 struct Limits {
@@ -190,54 +202,6 @@ fn shed(mut stream: TcpStream, lingering: &Arc<Semaphore>) {
         })
         .await;
     });
-}
-
-/// Serves the admin API until `shutdown`.
-pub async fn serve_admin(app: Arc<App>, listener: TcpListener, shutdown: CancellationToken) {
-    accept_loop(
-        listener,
-        private_protocols(),
-        None,
-        shutdown,
-        move |_peer, req| {
-            let app = app.clone();
-            async move { admin::admin(app, req).await }
-        },
-    )
-    .await;
-}
-
-/// Serves the health listener (`health_listen`: health and metrics only)
-/// until `shutdown`.
-pub async fn serve_health(app: Arc<App>, listener: TcpListener, shutdown: CancellationToken) {
-    accept_loop(
-        listener,
-        private_protocols(),
-        None,
-        shutdown,
-        move |_peer, req| {
-            let app = app.clone();
-            async move { admin::health(app, req).await }
-        },
-    )
-    .await;
-}
-
-/// The admin and health listeners' HTTP: plaintext HTTP/1.1 for operators'
-/// tools and probes, with their own head limits.
-fn private_protocols() -> Arc<Protocols> {
-    let mut http1 = http1::Builder::new();
-    http1
-        .timer(TokioTimer::new())
-        .header_read_timeout(ADMIN_HEADER_TIMEOUT)
-        .max_buf_size(ADMIN_MAX_HEAD);
-    Arc::new(Protocols {
-        http1,
-        http2: None,
-        tls: None,
-        max_head: ADMIN_MAX_HEAD,
-        first_bytes: ADMIN_HEADER_TIMEOUT,
-    })
 }
 
 async fn accept_loop<F, Fut>(

@@ -11,6 +11,7 @@ use super::App;
 use crate::backend::knobs::{KnobsPatch, Phase};
 use crate::config::AdaptiveBounds;
 use crate::http::body::{json, Body};
+use crate::http::exchange;
 use crate::http::problem::{Code, Problem};
 use crate::queue::Queue;
 
@@ -114,6 +115,7 @@ pub async fn patch_queue(app: &App, name: &str, req: Request<Incoming>) -> Respo
     let Some(queue) = app.queues.iter().find(|q| q.name == name) else {
         return Problem::new(Code::NotFound, format!("no queue named `{name}`")).into_response();
     };
+    exchange::note(|n| n.queue = Some(queue.name.clone()));
     let body = match Limited::new(req.into_body(), 16 * 1024).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
@@ -121,6 +123,7 @@ pub async fn patch_queue(app: &App, name: &str, req: Request<Incoming>) -> Respo
                 .into_response()
         }
     };
+    exchange::read(body.len() as u64);
     let patch = match KnobsPatch::from_json(&body) {
         Ok(p) => p,
         Err(why) => return Problem::new(Code::BadRequest, why).into_response(),

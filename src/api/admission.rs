@@ -20,6 +20,7 @@ use crate::backend::{
 };
 use crate::http::body::{self, Body};
 use crate::http::client::Client;
+use crate::http::exchange;
 use crate::http::forwarded::Scheme;
 use crate::http::headers;
 use crate::http::problem::{Code, Problem};
@@ -61,6 +62,14 @@ pub async fn admit(
     match try_admit(app, queue, path, peer, req).await {
         Ok((outcome, resp)) => {
             app.metrics.admission(name, outcome);
+            // A problem given while the client waited (`Prefer: wait`)
+            // says more than the admission did.
+            let code = if outcome == "duplicate" {
+                "replayed"
+            } else {
+                outcome
+            };
+            exchange::note(|n| _ = n.code.get_or_insert(code));
             resp
         }
         Err(Refusal { problem, body }) => {
@@ -129,6 +138,7 @@ async fn try_admit(
         peer,
         Scheme::of(&parts.extensions),
     );
+    exchange::note(|n| n.client = Some(client.key.clone()));
     if let (None, Some(limiter)) = (&refused, &*app.clients.load()) {
         if let Err(wait) = limiter.check(&client.key) {
             refused = Some(
@@ -154,6 +164,7 @@ async fn try_admit(
     // 5. The body, read whole but never past the limit (chunked bodies
     //    declare no length).
     let body = read_body(body, max_body, app.config().body_timeout).await?;
+    exchange::read(body.len() as u64);
 
     // Every spelling of the route is one request: the fingerprint and the
     // upstream see the route's path, with the client's query.
@@ -233,6 +244,7 @@ async fn try_admit(
         })?;
     match outcome {
         Admit::Admitted { seq, dispatched } => {
+            exchange::note(|n| n.ticket = Some(ticket.as_str().to_string()));
             if !wait.is_zero() {
                 return Ok(("admitted", answer_within(queue, &ticket, wait).await));
             }
@@ -276,6 +288,7 @@ async fn replayed(
     prequeue: Option<Duration>,
     rate: f64,
 ) -> (&'static str, Response<Body>) {
+    exchange::note(|n| n.ticket = Some(ticket.as_str().to_string()));
     let mut resp = if !wait.is_zero() {
         let mut resp = answer_within(queue, ticket, wait).await;
         if resp.status() == StatusCode::ACCEPTED {

@@ -23,6 +23,7 @@ use crate::api::App;
 use crate::backend::knobs::Phase;
 use crate::backend::{Cancel, QueueError};
 use crate::http::body::{full, json, Body};
+use crate::http::exchange;
 use crate::http::headers::strip_hop_by_hop;
 use crate::http::problem::{Code, Problem};
 use crate::queue::Queue;
@@ -98,7 +99,12 @@ fn unavailable(queue: &Queue, e: &QueueError) -> Response<Body> {
 /// nothing about others.
 fn find<'a>(app: &'a App, id: &str) -> Option<(&'a Arc<Queue>, TicketId)> {
     let (id, tag) = TicketId::parse(id)?;
-    Some((app.queue_for_tag(tag)?, id))
+    let queue = app.queue_for_tag(tag)?;
+    exchange::note(|n| {
+        n.queue = Some(queue.name.clone());
+        n.ticket = Some(id.as_str().to_string());
+    });
+    Some((queue, id))
 }
 
 /// Reads a ticket — from the feed's cache while it is queued and unchanged,

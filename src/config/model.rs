@@ -11,7 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::units::{self, Size};
-use super::values::{ClientKey, Route};
+use super::values::{AccessLog, ClientKey, Route};
 
 /// The effective configuration of one gateway process.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -129,6 +129,17 @@ pub struct Config {
     /// Request headers whose name has an underscore: `drop` them, `reject`
     /// the request (400) or `allow` them through. Default `drop`.
     pub underscore_headers: UnderscoreHeaders,
+    /// Access log, one line per request on every listener: `off`,
+    /// `stdout`, `stderr` or a file PATH (appended to, opened again on
+    /// SIGUSR1). Default `off`.
+    pub access_log: AccessLog,
+    /// Access log lines as `json` (one object a line) or nginx's `combined`
+    /// (with the request id appended). Default `json`.
+    pub access_log_format: AccessLogFormat,
+    /// Access log lines held for the writer, at least 1; when the sink is
+    /// slower and they are all taken, lines are dropped and counted
+    /// (`flashgate_access_log_dropped_total`), never waited for. Default `8192`.
+    pub access_log_buffer: u32,
     /// The queues, each with its routes, upstream and limits.
     pub queue: Vec<QueueConfig>,
 }
@@ -241,6 +252,17 @@ pub enum UnderscoreHeaders {
     Allow,
 }
 
+/// How an access log line is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    /// One JSON object a line, every field present (`null` when unknown).
+    #[default]
+    Json,
+    /// nginx's `combined`, then the request id in quotes.
+    Combined,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -272,6 +294,9 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(30),
             claim_idle: Duration::from_secs(60),
             underscore_headers: UnderscoreHeaders::Drop,
+            access_log: AccessLog::Off,
+            access_log_format: AccessLogFormat::Json,
+            access_log_buffer: 8192,
             queue: vec![QueueConfig::default()],
         }
     }

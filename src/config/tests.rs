@@ -220,6 +220,27 @@ fn the_new_keys_parse_and_print() {
 }
 
 #[test]
+fn access_log_keys_parse_print_and_check() {
+    let c = resolve("", WITH_UPSTREAM).unwrap();
+    assert_eq!(c.access_log, AccessLog::Off);
+    assert_eq!(c.access_log_format, AccessLogFormat::Json);
+    let text = "access_log = \"/var/log/flashgate/access.log\"\naccess_log_format = \"combined\"\n";
+    let c = resolve(text, WITH_UPSTREAM).unwrap();
+    assert_eq!(
+        c.access_log,
+        AccessLog::Path("/var/log/flashgate/access.log".into())
+    );
+    assert_eq!(c.access_log_format, AccessLogFormat::Combined);
+    assert!(c
+        .to_toml()
+        .contains("access_log = \"/var/log/flashgate/access.log\""));
+    let c = resolve("", &[("upstream", "http://x"), ("access-log", "stdout")]).unwrap();
+    assert_eq!(c.access_log, AccessLog::Stdout);
+    let err = resolve("access_log_buffer = 0\n", WITH_UPSTREAM).unwrap_err();
+    assert!(err.contains("access_log_buffer"), "{err}");
+}
+
+#[test]
 fn printed_config_redacts_secrets() {
     let text = "admin_token = \"hunter2\"\nredis_url = \"redis://app:s3cret@127.0.0.1:6379/0\"\n";
     let c = resolve(text, WITH_UPSTREAM).unwrap();

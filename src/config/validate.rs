@@ -102,6 +102,7 @@ impl Config {
                 "must be >= 0 (0 = off)",
             )
             .check(self.client_burst > 0, "client_burst", AT_LEAST_1)
+            .check(self.access_log_buffer > 0, "access_log_buffer", AT_LEAST_1)
             .check(
                 self.claim_idle >= second,
                 "claim_idle",

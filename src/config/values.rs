@@ -73,6 +73,44 @@ impl std::fmt::Display for ClientKey {
     }
 }
 
+/// Where the access log goes (`access_log`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AccessLog {
+    /// No access log.
+    #[default]
+    Off,
+    /// Standard output.
+    Stdout,
+    /// Standard error, with the process's own log lines.
+    Stderr,
+    /// A file, appended to; opened again on SIGUSR1 (log rotation).
+    Path(std::path::PathBuf),
+}
+
+impl std::str::FromStr for AccessLog {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s.trim() {
+            "" => return Err("must be `off`, `stdout`, `stderr` or a file path".into()),
+            "off" => AccessLog::Off,
+            "stdout" => AccessLog::Stdout,
+            "stderr" => AccessLog::Stderr,
+            path => AccessLog::Path(path.into()),
+        })
+    }
+}
+
+impl std::fmt::Display for AccessLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AccessLog::Off => f.write_str("off"),
+            AccessLog::Stdout => f.write_str("stdout"),
+            AccessLog::Stderr => f.write_str("stderr"),
+            AccessLog::Path(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
 /// Serde and schema for a type written as a string: `Display` out,
 /// `FromStr` (with a message that says what was expected) in.
 macro_rules! string_value {
@@ -106,3 +144,4 @@ macro_rules! string_value {
 
 string_value!(Route, "route");
 string_value!(ClientKey, "client-key");
+string_value!(AccessLog, "sink");

@@ -10,6 +10,7 @@ use super::retry::{is_overload, is_retryable, retry_after, retry_wait};
 use super::Drain;
 use crate::backend::{AttemptStart, Delivery, QueuedRequest};
 use crate::http::headers;
+use crate::http::trace::X_REQUEST_ID;
 use crate::metrics::code_class;
 use crate::ticket::{StoredResponse, TicketError};
 use crate::upstream::{Answer, UpstreamError};
@@ -23,6 +24,17 @@ enum Attempt {
         why: String,
         after: Option<std::time::Duration>,
     },
+}
+
+/// The `X-Request-Id` stored with a request (`-` for entries stored
+/// before admission kept one), for the log lines that follow a delivery;
+/// read only when a line is written.
+fn request_id(request: &QueuedRequest) -> String {
+    headers::decode(&request.headers)
+        .into_iter()
+        .find(|(name, _)| name == X_REQUEST_ID)
+        .and_then(|(_, v)| v.to_str().ok().map(str::to_string))
+        .unwrap_or_else(|| "-".into())
 }
 
 impl Drain {
@@ -96,6 +108,9 @@ impl Drain {
             }
             match self.attempt(&request, attempt).await {
                 Attempt::Final(answer) => {
+                    debug!(queue = %self.name(), ticket = %request.ticket, attempt,
+                        status = answer.status.as_u16(), request_id = %request_id(&request),
+                        "delivered: a final answer");
                     if self.says_sold_out(&answer) {
                         self.flip_sold_out().await;
                     }
@@ -118,7 +133,8 @@ impl Drain {
                         self.give_up(&delivery, &request, attempt, why).await;
                         return;
                     }
-                    debug!(queue = %self.name(), ticket = %request.ticket, attempt, %why, "retrying");
+                    debug!(queue = %self.name(), ticket = %request.ticket, attempt, %why,
+                        request_id = %request_id(&request), "retrying");
                     metrics.dispatch(self.name(), "retried");
                     drop(slot.take());
                     if !self.pause(retry_wait(attempt, after)).await {
@@ -172,6 +188,7 @@ impl Drain {
         why: String,
     ) {
         warn!(queue = %self.name(), ticket = %request.ticket, attempt, %why,
+            request_id = %request_id(request),
             "attempts exhausted: ticket failed and dead-lettered");
         let err = TicketError {
             code: "upstream_unavailable".into(),

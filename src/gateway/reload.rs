@@ -86,7 +86,10 @@ fn keep_fixed(old: &Config, new: &mut Config) -> Vec<String> {
         claim_idle,
         header_timeout,
         max_header_size,
-        max_connections
+        max_connections,
+        access_log,
+        access_log_format,
+        access_log_buffer
     );
     // The queues: their set, and per queue what its backend and its
     // adaptive drain were built with.

@@ -79,6 +79,7 @@ async fn discard(mut body: hyper::body::Incoming) -> bool {
         let Ok(frame) = frame else { return false };
         if let Some(data) = frame.data_ref() {
             read += data.len() as u64;
+            super::exchange::read(data.len() as u64);
             if read > DISCARD_MAX {
                 return false;
             }

@@ -42,12 +42,7 @@ impl Client {
         scheme: Scheme,
     ) -> Client {
         let peer_ip = peer.ip();
-        let trusted = |ip: &IpAddr| {
-            config
-                .trusted_proxies
-                .iter()
-                .any(|n: &IpNet| n.contains(ip))
-        };
+        let trusted = |ip: &IpAddr| trusted_proxy(&config.trusted_proxies, *ip);
         let (ip, forwarded_for, proto) = if trusted(&peer_ip) {
             let (hops, nearest_proto) = forwarded::hops(headers);
             let client = hops
@@ -81,6 +76,12 @@ impl Client {
             key,
         }
     }
+}
+
+/// Whether `ip` is one of the `trusted_proxies`, whose forwarding headers
+/// and `X-Request-Id` are believed.
+pub fn trusted_proxy(trusted_proxies: &[IpNet], ip: IpAddr) -> bool {
+    trusted_proxies.iter().any(|n| n.contains(&ip))
 }
 
 /// How often idle clients are forgotten, so memory stays bounded however

@@ -5,6 +5,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 use serde::Serialize;
 
 use crate::http::body::{full, Body};
+use crate::http::exchange;
 
 /// An error answer.
 #[derive(Debug, Clone)]
@@ -126,6 +127,9 @@ struct Document<'a> {
     status: u16,
     detail: &'a str,
     code: &'static str,
+    /// The request's `X-Request-Id`, to quote when reporting the problem.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a str>,
 }
 
 impl Problem {
@@ -148,16 +152,29 @@ impl Problem {
         self
     }
 
+    /// The problem+json body, naming the request when there is one.
+    fn document(&self, request_id: Option<&str>) -> Vec<u8> {
+        let code = self.code.as_str();
+        let doc = Document {
+            kind: format!("urn:flashgate:problem:{code}"),
+            title: self.code.title(),
+            status: self.code.status().as_u16(),
+            detail: &self.detail,
+            code,
+            request_id,
+        };
+        serde_json::to_vec(&doc).unwrap_or_default()
+    }
+
+    /// The answer: its status, the problem+json body (with the request's
+    /// `request_id`), `Retry-After` and `Allow` when set.
     pub fn into_response(self) -> Response<Body> {
         let status = self.code.status();
-        let doc = Document {
-            kind: format!("urn:flashgate:problem:{}", self.code.as_str()),
-            title: self.code.title(),
-            status: status.as_u16(),
-            detail: &self.detail,
-            code: self.code.as_str(),
-        };
-        let mut resp = Response::new(full(serde_json::to_vec(&doc).unwrap_or_default()));
+        let code = self.code.as_str();
+        exchange::note(|n| n.code = Some(code));
+        let body =
+            exchange::with_id(|id| self.document(Some(id))).unwrap_or_else(|| self.document(None));
+        let mut resp = Response::new(full(body));
         *resp.status_mut() = status;
         let h = resp.headers_mut();
         h.insert(

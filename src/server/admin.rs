@@ -1,24 +1,110 @@
-//! The admin listener's router: metrics, health, and the admin API behind
-//! the bearer token; and the health listener's (`health_listen`), which
-//! serves only metrics and health.
+//! The admin listener: metrics, health, and the admin API behind the
+//! bearer token; and the health listener (`health_listen`), which serves
+//! only metrics and health. Their HTTP and their routers.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioTimer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::access_log::AccessLog;
+use super::exchange::Edge;
+use super::{accept_loop, Protocols};
 
 use crate::api::admin::{patch_queue, queues};
 use crate::api::App;
 use crate::http::body::{full, json, Body};
+use crate::http::exchange;
 use crate::http::problem::{Code, Problem};
+
+/// The longest request head the admin listener reads.
+const ADMIN_MAX_HEAD: usize = 64 * 1024;
+/// Time the admin listener gives a client for its request head.
+const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the admin API until `shutdown`.
+pub async fn serve_admin(
+    app: Arc<App>,
+    listener: TcpListener,
+    access_log: Option<Arc<AccessLog>>,
+    shutdown: CancellationToken,
+) {
+    let edge = Edge {
+        listener: "admin",
+        access_log,
+    };
+    accept_loop(
+        listener,
+        private_protocols(),
+        None,
+        shutdown,
+        move |peer, req| {
+            let (app, edge) = (app.clone(), edge.clone());
+            async move {
+                let admin = |req| admin(app.clone(), req);
+                edge.serve(&app, peer, req, admin).await
+            }
+        },
+    )
+    .await;
+}
+
+/// Serves the health listener (`health_listen`: health and metrics only)
+/// until `shutdown`.
+pub async fn serve_health(
+    app: Arc<App>,
+    listener: TcpListener,
+    access_log: Option<Arc<AccessLog>>,
+    shutdown: CancellationToken,
+) {
+    let edge = Edge {
+        listener: "health",
+        access_log,
+    };
+    accept_loop(
+        listener,
+        private_protocols(),
+        None,
+        shutdown,
+        move |peer, req| {
+            let (app, edge) = (app.clone(), edge.clone());
+            async move {
+                let health = |req| health(app.clone(), req);
+                edge.serve(&app, peer, req, health).await
+            }
+        },
+    )
+    .await;
+}
+
+/// The admin and health listeners' HTTP: plaintext HTTP/1.1 for operators'
+/// tools and probes, with their own head limits.
+fn private_protocols() -> Arc<Protocols> {
+    let mut http1 = http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(ADMIN_HEADER_TIMEOUT)
+        .max_buf_size(ADMIN_MAX_HEAD);
+    Arc::new(Protocols {
+        http1,
+        http2: None,
+        tls: None,
+        max_head: ADMIN_MAX_HEAD,
+        first_bytes: ADMIN_HEADER_TIMEOUT,
+    })
+}
 
 /// The health listener's routes: `/healthz`, `/readyz` and `/metrics`, and
 /// nothing of the admin API.
 pub async fn health(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     match probe(&app, &req).await {
         Some(resp) => resp,
-        None => Problem::new(Code::NotFound, "no such health endpoint").into_response(),
+        None => not_found("no such health endpoint"),
     }
 }
 
@@ -26,6 +112,7 @@ pub async fn health(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
 async fn probe(app: &App, req: &Request<Incoming>) -> Option<Response<Body>> {
     Some(match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
+            exchange::note(|n| n.route = Some("metrics"));
             let mut resp = Response::new(full(app.metrics.encode()));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -33,8 +120,14 @@ async fn probe(app: &App, req: &Request<Incoming>) -> Option<Response<Body>> {
             );
             resp
         }
-        (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
-        (&Method::GET, "/readyz") => readyz(app).await,
+        (&Method::GET, "/healthz") => {
+            exchange::note(|n| n.route = Some("health"));
+            json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+        }
+        (&Method::GET, "/readyz") => {
+            exchange::note(|n| n.route = Some("health"));
+            readyz(app).await
+        }
         _ => return None,
     })
 }
@@ -47,6 +140,7 @@ pub async fn admin(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
     match (req.method(), path) {
         (_, p) if p == "/admin" || p.starts_with("/admin/") => {
+            exchange::note(|n| n.route = Some("admin"));
             if !authorized(&app, &req) {
                 let mut resp = Problem::new(Code::Unauthorized, "a valid bearer token is required")
                     .into_response();
@@ -63,8 +157,14 @@ pub async fn admin(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
                 _ => Problem::new(Code::NotFound, "no such admin endpoint").into_response(),
             }
         }
-        _ => Problem::new(Code::NotFound, "no such admin endpoint").into_response(),
+        _ => not_found("no such admin endpoint"),
     }
+}
+
+/// A path the listener does not serve.
+fn not_found(detail: &str) -> Response<Body> {
+    exchange::note(|n| n.route = Some("not_found"));
+    Problem::new(Code::NotFound, detail).into_response()
 }
 
 async fn readyz(app: &App) -> Response<Body> {

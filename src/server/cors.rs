@@ -10,7 +10,8 @@ use crate::http::body::{empty, Body};
 /// How long a browser may reuse a preflight answer.
 const MAX_AGE_SECS: u32 = 600;
 /// Response headers a page's script may read.
-const EXPOSED: &str = "Location, Retry-After, X-Flashgate-Ticket, Idempotent-Replayed";
+const EXPOSED: &str =
+    "Location, Retry-After, X-Flashgate-Ticket, Idempotent-Replayed, X-Request-Id";
 
 /// The `Access-Control-Allow-Origin` value for a request, when its `Origin`
 /// is allowed.

@@ -2,16 +2,21 @@
 //! the upstream, streaming both ways.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming, SizeHint};
 use tracing::debug;
 
 use crate::api::App;
 use crate::http::body::{Body, BoxError};
 use crate::http::client::Client;
+use crate::http::exchange::{self, Record};
 use crate::http::forwarded::Scheme;
 use crate::http::headers::strip_hop_by_hop;
 use crate::http::problem::{Code, Problem};
@@ -49,6 +54,7 @@ pub async fn passthrough(
     // trusted proxy.
     let scheme = Scheme::of(&parts.extensions);
     let client = Client::identify(&app.config(), &parts.headers, peer, scheme);
+    exchange::note(|n| n.client = Some(client.key.clone()));
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::HOST);
     // The upstream client speaks HTTP/1.1, whichever HTTP the client used.
@@ -64,7 +70,15 @@ pub async fn passthrough(
         HeaderValue::from_static(client.proto.as_str()),
     );
     let limit = usize::try_from(app.config().max_body.0).unwrap_or(usize::MAX);
-    let body: Body = Limited::new(body, limit).boxed();
+    let body: Body = match exchange::record() {
+        // The upstream client reads the body on its own task: counted there.
+        Some(record) => Counted {
+            body: Limited::new(body, limit),
+            record,
+        }
+        .boxed(),
+        None => Limited::new(body, limit).boxed(),
+    };
     let timeout = app
         .queues
         .first()
@@ -76,6 +90,10 @@ pub async fn passthrough(
     {
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
+            exchange::note(|n| {
+                n.upstream_status = Some(parts.status.as_u16());
+                n.attempt = Some(1);
+            });
             // The gateway answers in the client's own HTTP (its HTTP/1.1
             // for HTTP/1.x), whatever version the upstream answered in.
             parts.version = match client_version {
@@ -86,12 +104,48 @@ pub async fn passthrough(
             Response::from_parts(parts, body.map_err(BoxError::from).boxed())
         }
         Err(UpstreamError::Timeout(_)) => {
+            exchange::note(|n| n.attempt = Some(1));
             Problem::new(Code::GatewayTimeout, "the upstream did not answer in time")
                 .into_response()
         }
         Err(e) => {
+            exchange::note(|n| n.attempt = Some(1));
             debug!(error = %e, "passthrough failed");
             Problem::new(Code::BadGateway, "the upstream could not be reached").into_response()
         }
+    }
+}
+
+/// A request body that counts the bytes the upstream client reads of it
+/// into the request's access log record.
+struct Counted {
+    body: Limited<Incoming>,
+    record: Arc<Record>,
+}
+
+impl hyper::body::Body for Counted {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.record.read(data.len() as u64);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }

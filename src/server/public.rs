@@ -12,6 +12,7 @@ use super::cors;
 use super::passthrough::passthrough;
 use crate::api::{admission, pages, tickets, App};
 use crate::http::body::{self, Body};
+use crate::http::exchange;
 use crate::http::headers;
 use crate::http::path;
 use crate::http::problem::{Code, Problem};
@@ -84,6 +85,8 @@ async fn route(
     mut req: Request<Incoming>,
     count: &mut Count<'_>,
 ) -> Response<Body> {
+    // Until routed: refused before routing.
+    exchange::note(|n| n.route = Some("refused"));
     // 1. Target length: refused before routing or any I/O looks at it.
     let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     if target_len > MAX_URI_LENGTH {
@@ -96,6 +99,7 @@ async fn route(
     // 2. Asterisk-form (`OPTIONS *`) asks about the server, not a resource.
     if req.uri().path() == "*" {
         let resp = if req.method() == Method::OPTIONS {
+            exchange::note(|n| n.route = Some("options"));
             cors::options(&app.config(), req.headers(), SERVER_METHODS)
         } else {
             Problem::new(Code::BadRequest, "only OPTIONS may ask for `*`").into_response()
@@ -126,11 +130,16 @@ async fn route(
     //    preflight's grant. Other paths' OPTIONS go the way of their path.
     if req.method() == Method::OPTIONS {
         if let Some(allow) = allowed_methods(app, path) {
+            exchange::note(|n| n.route = Some("options"));
             let resp = cors::options(&app.config(), req.headers(), &allow);
             return early(resp, req).await;
         }
     }
     if let Some(queue) = app.queue_for_path(path) {
+        exchange::note(|n| {
+            n.route = Some("admission");
+            n.queue = Some(queue.name.clone());
+        });
         if let Some(route_path) = queue.route(path, req.method()) {
             // Stored (and later sent) under the route's own path: what was
             // matched is what the upstream receives.
@@ -145,19 +154,23 @@ async fn route(
     }
     if let Some(resp) = pages::route(req.method(), path) {
         // The waiting room page and the API description.
+        exchange::note(|n| n.route = Some("page"));
         return early(resp, req).await;
     }
     if let Some(rest) = path.strip_prefix("/tickets/") {
         count.route = "ticket";
+        exchange::note(|n| n.route = Some("ticket"));
         let (method, headers, query) = (req.method(), req.headers(), req.uri().query());
         let resp = tickets::route(app, method, headers, query, rest).await;
         return early(resp, req).await;
     }
     if app.config().passthrough && app.config().upstream.is_some() {
         count.route = "passthrough";
+        exchange::note(|n| n.route = Some("passthrough"));
         let path = path.to_string();
         return passthrough(app, peer, req, &path).await;
     }
+    exchange::note(|n| n.route = Some("not_found"));
     let problem = Problem::new(Code::NotFound, "nothing is served at this path");
     early(problem.into_response(), req).await
 }
