@@ -199,9 +199,9 @@ pub async fn serve_admin(app: Arc<App>, listener: TcpListener, shutdown: Cancell
         private_protocols(),
         None,
         shutdown,
-        move |_peer, req| {
+        move |peer, req| {
             let app = app.clone();
-            async move { admin::admin(app, req).await }
+            async move { admin::admin(app, peer, req).await }
         },
     )
     .await;

@@ -193,6 +193,15 @@ pub struct QueueConfig {
     /// Streams the queue is spread over, 1-256 (Redis only; `{name:i}` hash
     /// tags put them on different cluster shards). Default `1`.
     pub partitions: u32,
+    /// Write the queue's lifecycle events (`admitted`, `dispatched`,
+    /// `completed`, …) to its events stream, each in the same atomic step
+    /// as the change it reports, for other services to follow. Default `true`.
+    pub events: bool,
+    /// How long events are kept, at least 1s: older ones are trimmed as new
+    /// ones are written (`XADD … MINID ~`, never a separate pass). Default `24h`.
+    #[serde(with = "units::duration")]
+    #[schemars(with = "units::Dur")]
+    pub events_retention: Duration,
     /// Let the drain rate follow the upstream's health between
     /// `adaptive_floor` and `adaptive_ceiling`, from `drain_rate`. Default `false`.
     #[serde(rename(deserialize = "adaptive"), skip_serializing)]
@@ -292,6 +301,8 @@ impl Default for QueueConfig {
             sold_out_statuses: Vec::new(),
             sold_out_body: None,
             partitions: 1,
+            events: true,
+            events_retention: Duration::from_secs(24 * 3600),
             adaptive_on: false,
             adaptive_floor: None,
             adaptive_ceiling: None,

@@ -6,6 +6,7 @@ use std::time::Duration;
 use tracing::warn;
 
 use super::{Drain, MAX_BATCH};
+use crate::backend::events::UPSTREAM_ACTOR;
 use crate::backend::knobs::KnobsPatch;
 use crate::backend::Delivery;
 use crate::ticket::TicketError;
@@ -32,7 +33,7 @@ impl Drain {
             ..KnobsPatch::default()
         };
         if let Some(knobs) = self
-            .persist_value(|| self.queue.backend.set_knobs(&patch))
+            .persist_value(|| self.queue.backend.set_knobs(&patch, Some(UPSTREAM_ACTOR)))
             .await
         {
             self.queue.update_knobs(knobs);

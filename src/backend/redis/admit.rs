@@ -34,6 +34,10 @@ pub(super) struct Batcher {
     pub script: Script,
     /// KEYS[1..4] of `ADMIT_LUA`: stream, counters, knobs, prequeue.
     pub keys: [String; 4],
+    /// Its last key: the events stream.
+    pub events_key: String,
+    /// The queue's name in events; `None`: events are off.
+    pub events: Option<crate::backend::EventSettings>,
     pub ttl_secs: u64,
     pub partitions: u32,
     pub partition: u32,
@@ -107,17 +111,23 @@ impl Batcher {
         let mut cmd = Cmd::with_capacity(7 + batch.len() * (2 + ADMIT_ARGS), data + 256);
         cmd.arg("EVALSHA")
             .arg(self.script.get_hash())
-            .arg(self.keys.len() + 2 * batch.len())
+            .arg(self.keys.len() + 2 * batch.len() + 1)
             .arg(&self.keys[..]);
         for item in &batch {
             cmd.arg(&item.ticket_key).arg(&item.idem_key);
         }
+        cmd.arg(&self.events_key);
         cmd.arg(self.ttl_secs)
             .arg(self.partitions)
             .arg(self.partition);
         for item in &batch {
             item.push_args(&mut cmd);
         }
+        // The events' queue and MINID threshold ('' = off), last.
+        match &self.events {
+            Some(e) => cmd.arg(&e.queue).arg(e.min_ms(crate::ticket::now_ms())),
+            None => cmd.arg("").arg(""),
+        };
         let mut conn = self.conn.clone();
         match evalsha::<Vec<Value>>(&mut conn, &self.script, &cmd).await {
             Ok(reply) => {
