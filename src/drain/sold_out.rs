@@ -27,7 +27,7 @@ impl Drain {
         if self.queue.knobs().sold_out {
             return;
         }
-        warn!(queue = %self.name(), "the upstream says sold out: waiting tickets fail, admissions get 410");
+        warn!(queue = %self.name(), actor = UPSTREAM_ACTOR, "the upstream says sold out: waiting tickets fail, admissions get 410");
         let patch = KnobsPatch {
             sold_out: Some(true),
             ..KnobsPatch::default()
