@@ -294,3 +294,46 @@ async fn the_events_command_prints_and_follows() {
     follow.kill().unwrap();
     follow.wait().unwrap();
 }
+
+/// An upstream's sold-out answer flips the queue: a `sold_out` event with
+/// reason `upstream` and a `knobs_changed` by `upstream`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_sold_out_is_an_event() {
+    let upstream = MockUpstream::builder()
+        .fail_status(410)
+        .poison("gone")
+        .start()
+        .await;
+    let gw = Gateway::builder()
+        .toml("sold_out_statuses = [410]\n")
+        .upstream(&upstream)
+        .start()
+        .await;
+    let c = gw.client();
+    let ticket = c.ticket(r#"{"sku":"gone"}"#).await;
+    c.until_terminal(&ticket, Duration::from_secs(20)).await;
+    let page = eventually(Duration::from_secs(20), "the sold-out event", || async {
+        let page = c
+            .admin_get("/admin/queues/checkout/events?type=sold_out,knobs_changed")
+            .await
+            .json();
+        (page["events"].as_array().unwrap().len() == 2).then_some(page)
+    })
+    .await;
+    let kinds: Vec<(&str, &str)> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let f = &e["fields"];
+            (
+                e["type"].as_str().unwrap(),
+                f["reason"].as_str().or(f["actor"].as_str()).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [("knobs_changed", "upstream"), ("sold_out", "upstream")]
+    );
+}
