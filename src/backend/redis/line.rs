@@ -200,6 +200,7 @@ impl Line for RedisQueue {
             .key(&self.keys.counters)
             .key(&self.keys.stream)
             .key(&self.keys.events)
+            .key(format!("{}{ticket}", self.keys.expired_prefix))
             .arg(if delivery.fresh { "1" } else { "0" })
             .arg(&self.keys.changes)
             .arg(ticket)
@@ -208,6 +209,7 @@ impl Line for RedisQueue {
             .arg(queue)
             .arg(min_id)
             .arg(now_ms())
+            .arg(self.ttl_secs)
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;

@@ -23,6 +23,7 @@
 //! | `<base>:idem:<key>`          | hash        | one Idempotency-Key claim ([`ClaimField`]), same TTL |
 //! | `<base>:changes`             | channel     | pub/sub: the id of each ticket whose status changed |
 //! | `<base>:events`              | stream      | lifecycle events ([`EventField`]), trimmed by age with `MINID ~` as they are written |
+//! | `<base>:expired:<id>`        | string      | the `expired` event of a ticket was written (`START_ATTEMPT_LUA`), ticket TTL |
 //! | `<prefix>:ticket-secret`     | string      | the ticket MAC secret shared by every instance, no TTL |
 
 use crate::ticket::TicketId;
@@ -46,6 +47,8 @@ pub struct Keys {
     pub changes: String,
     pub ticket_prefix: String,
     pub idempotency_prefix: String,
+    /// Markers of the tickets whose `expired` event was written.
+    pub expired_prefix: String,
 }
 
 impl Keys {
@@ -69,6 +72,7 @@ impl Keys {
             changes: format!("{base}:changes"),
             ticket_prefix: format!("{base}:ticket:"),
             idempotency_prefix: format!("{base}:idem:"),
+            expired_prefix: format!("{base}:expired:"),
         }
     }
 
@@ -197,7 +201,7 @@ impl ClaimField {
 /// | `completed`     | the upstream gave its final answer (`FINISH_LUA`)     | `status`: the upstream's status |
 /// | `failed`        | the ticket failed (`FINISH_LUA`)                      | `code`, `detail` (as the ticket's `error`) |
 /// | `cancelled`     | the client cancelled it while queued (`CANCEL_LUA`)   | — |
-/// | `expired`       | the drain reached an entry whose ticket had expired under `ticket_ttl`; the request is still sent (`START_ATTEMPT_LUA`, first attempt) | — |
+/// | `expired`       | the drain reached an entry whose ticket had expired under `ticket_ttl`; the request is still sent (`START_ATTEMPT_LUA`, once per ticket) | — |
 /// | `sold_out`      | the sale sold out (no `ticket`)                       | `reason`: `stock` (the last unit was admitted; per partition), `upstream` (a sold-out status), `operator` (the admin API) |
 /// | `knobs_changed` | a knob moved (`KNOBS_LUA`, `ADAPT_LUA`; no `ticket`)   | `actor`: `admin` (the admin token), `peer:<ip:port>` (admin API without a token), `adaptive`, `upstream`; `changes`: JSON, `{"drain_rate":{"old":100,"new":40}}`, `null` = as configured |
 ///

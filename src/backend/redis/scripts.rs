@@ -166,12 +166,13 @@ return {moved, redis.call('ZCARD', KEYS[1])}
 /// acknowledged and deleted instead, unsent (-2). A change of status is
 /// published on the change channel.
 ///
-/// Events: `dispatched` with the attempt number, or `expired` on a fresh
-/// delivery whose ticket has gone.
+/// Events: `dispatched` with the attempt number, or `expired` for a ticket
+/// that has gone — once per ticket, also across a crash that redelivers the
+/// entry: a marker key set with `NX` says it was written.
 ///
-/// KEYS: ticket, counters, stream, events. ARGV: fresh (0/1), change channel,
-/// ticket id, entry id, consumer group, queue, `MINID` threshold ('' = events
-/// off), now ms.
+/// KEYS: ticket, counters, stream, events, expired marker. ARGV: fresh (0/1),
+/// change channel, ticket id, entry id, consumer group, queue, `MINID`
+/// threshold ('' = events off), now ms, ticket TTL seconds.
 pub const START_ATTEMPT_LUA: &str = r#"
 local function event(...)
   if ARGV[7] ~= '' then
@@ -180,7 +181,7 @@ local function event(...)
 end
 if ARGV[1] == '1' then redis.call('HINCRBY', KEYS[2], 'dispatched', 1) end
 local st = redis.call('HGET', KEYS[1], 'st')
-if not st and ARGV[1] == '1' and ARGV[3] ~= '' then event('type', 'expired') end
+if not st and ARGV[3] ~= '' and ARGV[7] ~= '' and redis.call('SET', KEYS[5], '1', 'NX', 'EX', ARGV[9]) then event('type', 'expired') end
 if not st then return -1 end
 if st == 'cancelled' then
   redis.call('XACK', KEYS[3], ARGV[5], ARGV[4])
