@@ -50,6 +50,8 @@ local function share(total)
   return s
 end
 local names = {'m', 'p', 'h', 'b', 'c', 'f', 'x'}
+-- Whether pre-queued entries wait: read when first needed.
+local prequeued = nil
 -- Events: the last key and the last two arguments. Two trailing values, fewer
 -- than one request's, leave a fraction in the loop's bound below, which `for`
 -- ignores.
@@ -59,8 +61,6 @@ local function event(...)
     redis.call('XADD', ev_key, 'MINID', '~', ev_min, '*', 'v', '1', 'queue', ev_queue, ...)
   end
 end
--- Whether pre-queued entries wait: read when first needed.
-local prequeued = nil
 local out = {}
 local wrote = false
 for i = 0, (#ARGV - 3) / 14 - 1 do
