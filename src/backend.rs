@@ -12,8 +12,10 @@
 //! - [`SlotSchedule`] (`schedule.rs`): the drain's rate slots, one schedule
 //!   shared by every instance.
 //! - [`ChangeFeed`] (`changes.rs`): ticket status changes made by any instance.
+//! - [`EventLog`] (`events.rs`): the queue's lifecycle events, each written
+//!   by the other seams in the same step as the change it reports.
 //!
-//! [`QueueBackend`] is the five together, what a queue at run time holds;
+//! [`QueueBackend`] is the six together, what a queue at run time holds;
 //! a user that needs one seam takes only that one (the pacer holds an
 //! `Arc<dyn SlotSchedule>`). The backends implement every seam:
 //!
@@ -26,6 +28,7 @@
 //! admission sequence number per ticket and a dispatched count per queue.
 
 mod changes;
+pub mod events;
 pub mod knobs;
 mod line;
 mod memory;
@@ -35,6 +38,7 @@ mod schedule;
 mod tickets;
 
 pub use self::changes::{Change, ChangeFeed, OnChange};
+pub use self::events::{read_events, Event, EventLog, EventPage, EventQuery, EventSettings};
 pub use self::knobs::KnobStore;
 pub use self::line::{
     Admit, AdmitLimits, AttemptStart, Delivery, GroupLag, IdempotencyClaim, Line, Prequeue,
@@ -47,11 +51,17 @@ pub use self::schedule::{SlotSchedule, CATCH_UP};
 pub use self::tickets::{Cancel, TicketStore};
 
 /// A queue backend for one named queue: every seam at once. Implemented for
-/// whatever implements the five, so a backend implements the seams and
+/// whatever implements the six, so a backend implements the seams and
 /// nothing else.
-pub trait QueueBackend: Line + TicketStore + KnobStore + SlotSchedule + ChangeFeed {}
+pub trait QueueBackend:
+    Line + TicketStore + KnobStore + SlotSchedule + ChangeFeed + EventLog
+{
+}
 
-impl<T> QueueBackend for T where T: Line + TicketStore + KnobStore + SlotSchedule + ChangeFeed {}
+impl<T> QueueBackend for T where
+    T: Line + TicketStore + KnobStore + SlotSchedule + ChangeFeed + EventLog
+{
+}
 
 /// Why the backend could not do what was asked.
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,7 @@
 //! Command-line flags; each has a `FLASHGATE_*` environment variable.
 
 pub mod admin;
+pub mod events;
 pub mod reload;
 
 use std::path::PathBuf;
@@ -104,6 +105,9 @@ pub enum Command {
     Admin(crate::cli::admin::AdminArgs),
     /// Make a running gateway reload its configuration (sends it SIGHUP).
     Reload(crate::cli::reload::ReloadArgs),
+    /// Print a running gateway's queue events (admitted, dispatched,
+    /// completed, ...); `--follow` for new ones as they come.
+    Events(crate::cli::events::EventsArgs),
 }
 
 /// The `serve` flags (SPEC §2): `--config` and one flag per config key, each

@@ -227,7 +227,7 @@ pub async fn run(args: DemoArgs, stop: impl Future<Output = ()>) -> anyhow::Resu
         sold_out: Some(false),
         ..KnobsPatch::default()
     };
-    if let Ok(knobs) = queue.backend.set_knobs(&reopen).await {
+    if let Ok(knobs) = queue.backend.set_knobs(&reopen, Some("demo")).await {
         queue.update_knobs(knobs);
     }
     println!(

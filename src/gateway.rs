@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use crate::api::App;
 use crate::backend::{
-    MemoryQueue, Partitioned, QueueBackend, QueueError, RedisQueue, RedisQueueConfig,
+    EventSettings, MemoryQueue, Partitioned, QueueBackend, QueueError, RedisQueue, RedisQueueConfig,
 };
 use crate::config::{redact_url, Config};
 use crate::http::client::FORGET_EVERY;
@@ -156,6 +156,7 @@ impl Gateway {
                                 ticket_ttl: config.ticket_ttl,
                                 partition,
                                 partitions: q.partitions,
+                                events: q.events.then_some(q.events_retention),
                             },
                             drain::READ_BLOCK,
                         )?));
@@ -173,7 +174,16 @@ impl Gateway {
                         Arc::new(Partitioned::new(parts))
                     }
                 }
-                None => Arc::new(MemoryQueue::new(config.ticket_ttl)),
+                None => {
+                    let memory = MemoryQueue::new(config.ticket_ttl);
+                    Arc::new(match q.events {
+                        true => memory.with_events(EventSettings {
+                            queue: q.name.clone(),
+                            retention: q.events_retention,
+                        }),
+                        false => memory,
+                    })
+                }
             };
             info!(
                 queue = %q.name,

@@ -52,6 +52,15 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Events(args) => runtime().block_on(async {
+            match flashgate::cli::events::run(args).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("flashgate events: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }),
         Command::Admin(args) => runtime().block_on(async {
             match flashgate::cli::admin::run(args).await {
                 Ok(out) => {

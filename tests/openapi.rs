@@ -109,6 +109,8 @@ async fn schemathesis_finds_no_server_error_and_no_undocumented_answer() {
         // and headers as documented, and the negative/positive data, missing
         // header, unsupported method and resource checks.
         .args(["--checks", "all", "--exclude-checks", "use_after_free"])
+        // The admin paths are served on the admin listener, not on `base`.
+        .args(["--exclude-tag", "admin"])
         .args(["--max-examples", MAX_EXAMPLES, "--seed", &seed])
         // One worker: Hypothesis is not thread-safe, and two workers now and
         // then die on a KeyError in its shared strategy caches (a

@@ -1,5 +1,7 @@
-//! The admin API's verbs: the queues as they stand, and changes to their
-//! shared knobs.
+//! The admin API's verbs: the queues as they stand, changes to their
+//! shared knobs, and their events (`events.rs`).
+
+pub mod events;
 
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -8,6 +10,7 @@ use serde::Serialize;
 use tracing::info;
 
 use super::App;
+use crate::backend::events::knob_changes;
 use crate::backend::knobs::{KnobsPatch, Phase};
 use crate::config::AdaptiveBounds;
 use crate::http::body::{json, Body};
@@ -111,7 +114,14 @@ pub async fn queues(app: &App) -> Response<Body> {
 
 /// `PATCH /admin/queues/{name}`: changes the shared knobs; every instance
 /// follows within a second.
-pub async fn patch_queue(app: &App, name: &str, req: Request<Incoming>) -> Response<Body> {
+/// `actor` names who asks, for the `knobs_changed` event and the log:
+/// `admin` (the admin token) or `peer:<ip:port>`.
+pub async fn patch_queue(
+    app: &App,
+    name: &str,
+    actor: &str,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let Some(queue) = app.queues.iter().find(|q| q.name == name) else {
         return Problem::new(Code::NotFound, format!("no queue named `{name}`")).into_response();
     };
@@ -128,9 +138,11 @@ pub async fn patch_queue(app: &App, name: &str, req: Request<Incoming>) -> Respo
         Ok(p) => p,
         Err(why) => return Problem::new(Code::BadRequest, why).into_response(),
     };
-    match queue.backend.set_knobs(&patch).await {
+    let before = queue.knobs();
+    match queue.backend.set_knobs(&patch, Some(actor)).await {
         Ok(knobs) => {
-            info!(queue = name, change = ?patch, now = ?knobs, "queue knobs changed by the admin API");
+            let changes = knob_changes(&before, &knobs).unwrap_or_else(|| "{}".into());
+            info!(queue = name, actor, %changes, change = ?patch, now = ?knobs, "queue knobs changed by the admin API");
             queue.update_knobs(knobs);
             json(StatusCode::OK, &queue_info(queue).await)
         }

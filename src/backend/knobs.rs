@@ -157,15 +157,21 @@ pub trait KnobStore: Send + Sync + 'static {
     /// upstream says sold out: applies `patch` in one step and returns the
     /// knobs as they now are, their version counted up. Admissions see the
     /// change at once (their atomic step reads the stored stock and
-    /// sold-out flag).
-    async fn set_knobs(&self, patch: &KnobsPatch) -> Result<Knobs, QueueError>;
+    /// sold-out flag). In the same step, a `knobs_changed` event names
+    /// `actor` and each knob whose value moved, and a flip to sold out
+    /// writes a `sold_out` event (reason `upstream` for
+    /// [`super::events::UPSTREAM_ACTOR`], else `operator`); `actor` `None`
+    /// writes no event (a copy of a change recorded elsewhere).
+    async fn set_knobs(&self, patch: &KnobsPatch, actor: Option<&str>)
+        -> Result<Knobs, QueueError>;
 
     /// Called by the adaptive drain when it judges the upstream overloaded
     /// (`step.down`) or healthy with a backlog: moves the `drain_rate` knob
     /// one step, unless a step the same way (or, for an increase, any step)
     /// was taken by any instance in the last [`RateStep::SPACING`] — N
     /// instances judging the same overload take one step, not N. Returns the
-    /// knobs after a step taken, `None` when no step was taken.
+    /// knobs after a step taken, `None` when no step was taken. A step
+    /// writes a `knobs_changed` event by [`super::events::ADAPTIVE_ACTOR`].
     async fn adapt_rate(&self, step: &RateStep) -> Result<Option<Knobs>, QueueError>;
 }
 

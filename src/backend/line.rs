@@ -178,6 +178,8 @@ pub trait Line: Send + Sync + 'static {
     /// request and its ticket in one atomic step, unless the idempotency
     /// claim was seen before, the queue is sold out or its stock spent, or it
     /// holds `max_queue` — checked in that order; the answer says which.
+    /// The same step writes the `admitted` event, and `sold_out` (reason
+    /// `stock`) when it took the last unit.
     /// An error means the request may or may not be stored (a timed-out
     /// write may have been applied): the client retries with its key.
     async fn admit(
@@ -226,11 +228,15 @@ pub trait Line: Send + Sync + 'static {
     /// and counts the attempt (and, for a fresh delivery, the dispatch),
     /// unless it was cancelled — then the entry is removed in the same step
     /// and must not be sent. The caller clears `fresh` once this succeeds.
+    /// Writes `dispatched` (the attempt number), or `expired` when the
+    /// ticket has gone, in the same step.
     async fn start_attempt(&self, delivery: &Delivery) -> Result<AttemptStart, QueueError>;
 
     /// Called when the upstream gave its final answer: records it on the
-    /// ticket and finishes the entry (it leaves the stream once every
-    /// consumer group is done with it, see [`Line::tend_stream`]).
+    /// ticket, with its `completed` event, and finishes the entry (it
+    /// leaves the stream once every consumer group is done with it, see
+    /// [`Line::tend_stream`]) — in one step. A ticket already final (a
+    /// repeated call) keeps its state and gets no second event.
     async fn complete(
         &self,
         delivery: &Delivery,
@@ -240,7 +246,8 @@ pub trait Line: Send + Sync + 'static {
     /// Called when the drain gives up on an entry (attempts exhausted, an
     /// unreadable entry, the sale sold out): fails its ticket with `error`
     /// and finishes the entry, copying it to the dead letters when
-    /// `dead_letter`, in one step.
+    /// `dead_letter`, in one step, with its `failed` event (none for a
+    /// ticket already final, nor for an entry with no readable ticket).
     async fn fail(
         &self,
         delivery: &Delivery,

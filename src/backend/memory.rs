@@ -4,6 +4,7 @@
 //! share is here.
 
 mod changes;
+mod events;
 mod knobs;
 mod line;
 mod schedule;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, Notify};
 use tokio::time::Instant;
 
+use crate::backend::events::EventSettings;
 use crate::backend::knobs::Knobs;
 use crate::backend::{Delivery, QueuedRequest};
 use crate::ticket::{now_ms, TicketError, TicketId, TicketRecord};
@@ -64,6 +66,8 @@ struct State {
     /// When the adaptive rate last moved, and last moved down.
     adapted: Option<tokio::time::Instant>,
     decreased: Option<tokio::time::Instant>,
+    /// The event log, written under this lock with each change.
+    events: events::EventBuf,
 }
 
 struct Claimed {
@@ -82,6 +86,12 @@ impl MemoryQueue {
             arrived: Notify::new(),
             changes: broadcast::Sender::new(CHANGES_BUFFER),
         }
+    }
+
+    /// The same queue, writing lifecycle events ([`crate::backend::EventLog`]).
+    pub fn with_events(self, settings: EventSettings) -> Self {
+        self.lock().events.settings = Some(settings);
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -120,14 +130,18 @@ impl State {
         self.idempotency.retain(|_, c| c.expires > now);
     }
 
+    /// Ends a delivery: the ticket takes its final state through `update`,
+    /// unless it has one already (terminal states are final). Returns the
+    /// ticket that ended now, whose event the caller writes: one terminal
+    /// event per ticket, also when an end is repeated.
     fn finish(
         &mut self,
         delivery: &Delivery,
         ttl: Duration,
         update: impl FnOnce(&mut TicketRecord),
-    ) {
+    ) -> Option<TicketId> {
         let Ok(id) = delivery.entry_id.parse::<u64>() else {
-            return;
+            return None;
         };
         let removed = self.pending.remove(&id);
         if delivery.fresh {
@@ -138,10 +152,17 @@ impl State {
             .as_ref()
             .ok()
             .map(|r| &r.ticket));
-        if let Some((record, expires)) = ticket.and_then(|t| self.tickets.get_mut(t)) {
-            update(record);
-            record.completed_at_ms = Some(now_ms());
-            *expires = Instant::now() + ttl;
+        let ticket = ticket.cloned()?;
+        match self.tickets.get_mut(&ticket) {
+            Some((record, _)) if record.status.is_terminal() => None,
+            Some((record, expires)) => {
+                update(record);
+                record.completed_at_ms = Some(now_ms());
+                *expires = Instant::now() + ttl;
+                Some(ticket)
+            }
+            // Expired while queued: it ended all the same, once.
+            None => removed.is_some().then_some(ticket),
         }
     }
 }

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use super::events::{EventId, EventLog, EventPage, EventQuery};
 use super::knobs::{KnobStore, Knobs, KnobsPatch, RateStep};
 use super::{
     Admit, AdmitLimits, AttemptStart, Cancel, ChangeFeed, Delivery, IdempotencyClaim, Line,
@@ -228,15 +229,19 @@ impl KnobStore for Partitioned {
         self.parts[0].knobs().await
     }
 
-    async fn set_knobs(&self, patch: &KnobsPatch) -> Result<Knobs, QueueError> {
+    async fn set_knobs(
+        &self,
+        patch: &KnobsPatch,
+        actor: Option<&str>,
+    ) -> Result<Knobs, QueueError> {
         // Every partition's admission script reads its own copy (same
-        // slot); partition 0's is the one reported. A change that reached
-        // only some partitions is reported as failed, and repeating it is
-        // harmless.
+        // slot); partition 0's is the one reported, and the one whose
+        // events record the change. A change that reached only some
+        // partitions is reported as failed, and repeating it is harmless.
         for part in self.parts.iter().skip(1) {
-            part.set_knobs(patch).await?;
+            part.set_knobs(patch, None).await?;
         }
-        self.parts[0].set_knobs(patch).await
+        self.parts[0].set_knobs(patch, actor).await
     }
 
     async fn adapt_rate(&self, step: &RateStep) -> Result<Option<Knobs>, QueueError> {
@@ -269,5 +274,91 @@ impl ChangeFeed for Partitioned {
         let feeds = self.parts.iter().map(|p| p.follow_changes(changed));
         let (result, _, _) = futures_util::future::select_all(feeds).await;
         result
+    }
+}
+
+/// Events: each partition writes its own (in the same step as its
+/// changes); reads merge them by time. A cursor is every partition's,
+/// comma-separated, and an event's id is `<partition>:<stream id>`.
+#[async_trait]
+impl EventLog for Partitioned {
+    async fn events(&self, query: &EventQuery) -> Result<EventPage, QueueError> {
+        let cursors = self.cursors(query)?;
+        let mut pages = Vec::with_capacity(self.parts.len());
+        for (part, cursor) in self.parts.iter().zip(&cursors) {
+            let q = EventQuery {
+                after: Some(cursor.clone()),
+                since_ms: None,
+                ..query.clone()
+            };
+            pages.push(part.events(&q).await?);
+        }
+        // The oldest `limit` of every partition's oldest `limit`.
+        let mut all: Vec<(EventId, usize, usize)> = Vec::new();
+        for (i, page) in pages.iter().enumerate() {
+            for (j, event) in page.events.iter().enumerate() {
+                all.push((EventId::parse(&event.id).unwrap_or_default(), i, j));
+            }
+        }
+        all.sort();
+        all.truncate(query.limit.max(1));
+        let mut taken = vec![None; pages.len()];
+        for &(_, i, j) in &all {
+            taken[i] = Some(j);
+        }
+        let mut next = Vec::with_capacity(pages.len());
+        for (i, page) in pages.iter().enumerate() {
+            next.push(match taken[i] {
+                // Every event it gave went out: on from where it stopped.
+                Some(j) if j + 1 == page.events.len() => page.next.clone(),
+                Some(j) => page.events[j].id.clone(),
+                None if page.events.is_empty() => page.next.clone(),
+                None => cursors[i].clone(),
+            });
+        }
+        let events = all
+            .into_iter()
+            .map(|(_, i, j)| {
+                let mut event = pages[i].events[j].clone();
+                event.id = format!("{i}:{}", event.id);
+                event
+            })
+            .collect();
+        Ok(EventPage {
+            events,
+            next: next.join(","),
+        })
+    }
+
+    async fn await_events(&self, cursor: &str, wait: Duration) -> Result<(), QueueError> {
+        let cursors = self.cursors(&EventQuery {
+            after: Some(cursor.to_string()),
+            ..EventQuery::default()
+        })?;
+        let waits = self
+            .parts
+            .iter()
+            .zip(&cursors)
+            .map(|(part, cursor)| part.await_events(cursor, wait));
+        let (result, _, _) = futures_util::future::select_all(waits).await;
+        result
+    }
+}
+
+impl Partitioned {
+    /// Each partition's cursor: from `after`, or where `since` starts.
+    fn cursors(&self, query: &EventQuery) -> Result<Vec<String>, QueueError> {
+        let Some(after) = &query.after else {
+            let start = EventId::start_of(query)?.to_string();
+            return Ok(vec![start; self.parts.len()]);
+        };
+        let cursors: Vec<String> = after.split(',').map(str::to_string).collect();
+        if cursors.len() != self.parts.len() {
+            return Err(QueueError::Protocol(format!(
+                "bad event cursor `{after}`: {} partitions",
+                self.parts.len()
+            )));
+        }
+        Ok(cursors)
     }
 }

@@ -11,6 +11,7 @@ mod admit;
 mod changes;
 mod conn;
 mod durability;
+mod events;
 mod group;
 mod knobs;
 mod line;
@@ -27,12 +28,14 @@ use std::time::Duration;
 
 use redis::{Cmd, ErrorKind, FromRedisValue, RedisError, Script, ServerErrorKind};
 
-use crate::backend::QueueError;
+use crate::backend::{EventSettings, QueueError};
 use crate::config::RedisEndpoint as Endpoint;
 use conn::Conn;
 use group::Claims;
 use schema::Keys;
-use scripts::{ADAPT_LUA, ADMIT_LUA, CANCEL_LUA, RELEASE_LUA, RESERVE_LUA, START_ATTEMPT_LUA};
+use scripts::{
+    ADAPT_LUA, ADMIT_LUA, CANCEL_LUA, KNOBS_LUA, RELEASE_LUA, RESERVE_LUA, START_ATTEMPT_LUA,
+};
 
 /// How the Redis backend connects and names its keys.
 #[derive(Debug, Clone)]
@@ -48,6 +51,8 @@ pub struct RedisQueueConfig {
     /// hash tag, so partitions spread over a cluster's shards.
     pub partition: u32,
     pub partitions: u32,
+    /// How long lifecycle events are kept; `None`: none are written.
+    pub events: Option<Duration>,
 }
 
 /// A queue stored in a Redis stream.
@@ -57,12 +62,15 @@ pub struct RedisQueue {
     partitions: u32,
     consumer: String,
     ttl_secs: u64,
+    /// The queue's name and event retention, when it writes events.
+    events: Option<EventSettings>,
     /// Ordinary commands: multiplexed and reconnecting.
     conn: Conn,
     /// `XREADGROUP BLOCK` only: a blocked read would stall every command
     /// multiplexed behind it, and needs a response timeout above the block.
     reader: Conn,
-    /// For the change feed's own pub/sub connection.
+    /// For the change feed's own pub/sub connection, and the event log's
+    /// waiting reads, each on a connection of its own.
     endpoint: Endpoint,
     admit_script: Script,
     /// Admissions on their way to [`admit::Batcher`], started on first use
@@ -73,6 +81,7 @@ pub struct RedisQueue {
     cancel_script: Script,
     reserve_script: Script,
     adapt_script: Script,
+    knobs_script: Script,
     group_ready: AtomicBool,
     claims: Mutex<Claims>,
 }
@@ -100,6 +109,10 @@ impl RedisQueue {
             partitions: config.partitions.max(1),
             consumer: config.consumer.clone(),
             ttl_secs: config.ticket_ttl.as_secs().max(1),
+            events: config.events.map(|retention| EventSettings {
+                queue: config.queue.clone(),
+                retention,
+            }),
             conn,
             reader,
             endpoint,
@@ -110,9 +123,19 @@ impl RedisQueue {
             cancel_script: Script::new(CANCEL_LUA),
             reserve_script: Script::new(RESERVE_LUA),
             adapt_script: Script::new(ADAPT_LUA),
+            knobs_script: Script::new(KNOBS_LUA),
             group_ready: AtomicBool::new(false),
             claims: Mutex::new(Claims::new()),
         })
+    }
+
+    /// The arguments every event-writing script takes: the queue's name and
+    /// the `MINID` threshold of its retention, '' when events are off.
+    fn event_args(&self) -> (&str, String) {
+        match &self.events {
+            Some(e) => (&e.queue, e.min_ms(crate::ticket::now_ms()).to_string()),
+            None => ("", String::new()),
+        }
     }
 
     /// The ticket secret shared by every instance on this Redis: this

@@ -33,6 +33,6 @@ pub trait TicketStore: Send + Sync + 'static {
     /// atomically against [`super::Line::start_attempt`] — one of the two
     /// wins, so a cancelled ticket is never sent and a started one is never
     /// cancelled. The entry stays in line until the drain reaches and skips
-    /// it.
+    /// it. A cancel writes the `cancelled` event in the same step.
     async fn cancel(&self, id: &TicketId) -> Result<Cancel, QueueError>;
 }

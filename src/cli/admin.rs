@@ -127,36 +127,46 @@ pub async fn run(args: AdminArgs) -> Result<String, AdminError> {
             )
         }
     };
-    let url = format!("{base}{path}");
+    let value = call(base, args.token.as_deref(), method, &path, body).await?;
+    Ok(serde_json::to_string_pretty(&value).unwrap_or_default())
+}
+
+/// One admin API call: its JSON answer, or why it failed.
+pub async fn call(
+    base: &str,
+    token: Option<&str>,
+    method: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<serde_json::Value, AdminError> {
+    let url = format!("{}{path}", base.trim_end_matches('/'));
     let mut req = Request::builder()
         .method(method)
         .uri(&url)
         .header("content-type", "application/json");
-    if let Some(token) = &args.token {
+    if let Some(token) = token {
         req = req.header("authorization", format!("Bearer {token}"));
     }
     let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
     let req = req
         .body(Full::new(bytes))
-        .map_err(|_| AdminError::Url(args.url.clone()))?;
+        .map_err(|_| AdminError::Url(base.to_string()))?;
     let client: Client<_, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let unreachable = |why: String| AdminError::Unreachable {
+        url: url.clone(),
+        why,
+    };
     let resp = client
         .request(req)
         .await
-        .map_err(|e| AdminError::Unreachable {
-            url: url.clone(),
-            why: e.to_string(),
-        })?;
+        .map_err(|e| unreachable(e.to_string()))?;
     let status = resp.status();
     let body = resp
         .into_body()
         .collect()
         .await
-        .map_err(|e| AdminError::Unreachable {
-            url: url.clone(),
-            why: e.to_string(),
-        })?
+        .map_err(|e| unreachable(e.to_string()))?
         .to_bytes();
     let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     if !status.is_success() {
@@ -169,5 +179,5 @@ pub async fn run(args: AdminArgs) -> Result<String, AdminError> {
             detail,
         });
     }
-    Ok(serde_json::to_string_pretty(&value).unwrap_or_default())
+    Ok(value)
 }

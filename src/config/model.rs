@@ -213,6 +213,15 @@ pub struct QueueConfig {
     #[serde(with = "units::duration")]
     #[schemars(with = "units::Dur")]
     pub stream_retention: Duration,
+    /// Write the queue's lifecycle events (`admitted`, `dispatched`,
+    /// `completed`, …) to its events stream, each in the same atomic step
+    /// as the change it reports, for other services to follow. Default `true`.
+    pub events: bool,
+    /// How long events are kept, at least 1s: older ones are trimmed as new
+    /// ones are written (`XADD … MINID ~`, never a separate pass). Default `24h`.
+    #[serde(with = "units::duration")]
+    #[schemars(with = "units::Dur")]
+    pub events_retention: Duration,
     /// Let the drain rate follow the upstream's health between
     /// `adaptive_floor` and `adaptive_ceiling`, from `drain_rate`. Default `false`.
     #[serde(rename(deserialize = "adaptive"), skip_serializing)]
@@ -327,6 +336,8 @@ impl Default for QueueConfig {
             sold_out_body: None,
             partitions: 1,
             stream_retention: Duration::from_secs(3600),
+            events: true,
+            events_retention: Duration::from_secs(24 * 3600),
             adaptive_on: false,
             adaptive_floor: None,
             adaptive_ceiling: None,

@@ -227,6 +227,11 @@ impl QueueConfig {
                 "must be from 1 to 256",
             )
             .check(
+                self.events_retention >= std::time::Duration::from_secs(1),
+                key("events_retention"),
+                "must be at least 1s",
+            )
+            .check(
                 !adaptive || rate_ok(ceiling),
                 key("adaptive_ceiling"),
                 per_sec,

@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::backend::events::ADAPTIVE_ACTOR;
 use crate::backend::knobs::RateStep;
 use crate::config::AdaptiveBounds;
 use crate::metrics::Metrics;
@@ -157,7 +158,7 @@ pub async fn run(
                 failing = false;
                 let after = knobs.drain_rate(&queue.config());
                 queue.update_knobs(knobs);
-                info!(queue = name, from = before, to = after, %why, "adaptive drain rate changed");
+                info!(queue = name, actor = ADAPTIVE_ACTOR, from = before, to = after, %why, "adaptive drain rate changed");
             }
             // Another instance stepped within the last second.
             Ok(None) => failing = false,

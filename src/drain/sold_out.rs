@@ -6,6 +6,7 @@ use std::time::Duration;
 use tracing::warn;
 
 use super::{Drain, MAX_BATCH};
+use crate::backend::events::UPSTREAM_ACTOR;
 use crate::backend::knobs::KnobsPatch;
 use crate::backend::Delivery;
 use crate::ticket::TicketError;
@@ -26,13 +27,13 @@ impl Drain {
         if self.queue.knobs().sold_out {
             return;
         }
-        warn!(queue = %self.name(), "the upstream says sold out: waiting tickets fail, admissions get 410");
+        warn!(queue = %self.name(), actor = UPSTREAM_ACTOR, "the upstream says sold out: waiting tickets fail, admissions get 410");
         let patch = KnobsPatch {
             sold_out: Some(true),
             ..KnobsPatch::default()
         };
         if let Some(knobs) = self
-            .persist_value(|| self.queue.backend.set_knobs(&patch))
+            .persist_value(|| self.queue.backend.set_knobs(&patch, Some(UPSTREAM_ACTOR)))
             .await
         {
             self.queue.update_knobs(knobs);

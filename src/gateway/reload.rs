@@ -119,6 +119,12 @@ fn keep_fixed_queue(old: &QueueConfig, new: &mut QueueConfig, fixed: &mut Vec<St
         fixed.push(format!("partitions ({name})"));
         new.partitions = old.partitions;
     }
+    // The backend writes events as it was built to.
+    if (old.events, old.events_retention) != (new.events, new.events_retention) {
+        fixed.push(format!("events, events_retention ({name})"));
+        new.events = old.events;
+        new.events_retention = old.events_retention;
+    }
     if old.adaptive != new.adaptive {
         fixed.push(format!(
             "adaptive, adaptive_floor, adaptive_ceiling ({name})"

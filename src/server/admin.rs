@@ -2,6 +2,7 @@
 //! bearer token; and the health listener (`health_listen`), which serves
 //! only metrics and health. Their HTTP and their routers.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use super::access_log::AccessLog;
 use super::exchange::Edge;
 use super::{accept_loop, Protocols};
 
+use crate::api::admin::events::events;
 use crate::api::admin::{patch_queue, queues};
 use crate::api::App;
 use crate::http::body::{full, json, Body};
@@ -46,7 +48,7 @@ pub async fn serve_admin(
         move |peer, req| {
             let (app, edge) = (app.clone(), edge.clone());
             async move {
-                let admin = |req| admin(app.clone(), req);
+                let admin = |req| admin(app.clone(), peer, req);
                 edge.serve(&app, peer, req, admin).await
             }
         },
@@ -132,8 +134,8 @@ async fn probe(app: &App, req: &Request<Incoming>) -> Option<Response<Body>> {
     })
 }
 
-/// The admin API's routes.
-pub async fn admin(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+/// The admin API's routes; `peer` is who connected.
+pub async fn admin(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
     if let Some(resp) = probe(&app, &req).await {
         return resp;
     }
@@ -150,9 +152,14 @@ pub async fn admin(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             }
             match (req.method().clone(), p.strip_prefix("/admin/queues")) {
                 (Method::GET, Some("" | "/")) => queues(&app).await,
+                (Method::GET, Some(rest)) if rest.len() > 8 && rest.ends_with("/events") => {
+                    let name = &rest[1..rest.len() - "/events".len()];
+                    events(&app, name, req.uri().query()).await
+                }
                 (Method::PATCH, Some(name)) if name.len() > 1 => {
                     let name = name[1..].to_string();
-                    patch_queue(&app, &name, req).await
+                    let actor = actor(&app, peer);
+                    patch_queue(&app, &name, &actor, req).await
                 }
                 _ => Problem::new(Code::NotFound, "no such admin endpoint").into_response(),
             }
@@ -185,6 +192,15 @@ async fn readyz(app: &App) -> Response<Body> {
             StatusCode::SERVICE_UNAVAILABLE,
             &serde_json::json!({"status": "unavailable", "queues": failing}),
         )
+    }
+}
+
+/// Who makes an admin change: the admin token's holder, `admin` (there is
+/// one token), or without a token the connection's peer.
+fn actor(app: &App, peer: SocketAddr) -> String {
+    match &app.config().admin_token {
+        Some(_) => "admin".into(),
+        None => format!("peer:{peer}"),
     }
 }
 

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use flashgate::backend::{
-    partition_of_claim, AdmitLimits, Delivery, IdempotencyClaim, Line, MemoryQueue, Partitioned,
-    Prequeue, QueueBackend, QueuedRequest, RedisQueue, RedisQueueConfig,
+    partition_of_claim, AdmitLimits, Delivery, EventSettings, IdempotencyClaim, Line, MemoryQueue,
+    Partitioned, Prequeue, QueueBackend, QueuedRequest, RedisQueue, RedisQueueConfig,
 };
 use flashgate::ticket::{QueueTag, TicketId};
 
@@ -53,7 +53,7 @@ impl Backend {
     /// The embedded queue.
     pub fn memory() -> Self {
         Backend {
-            q: Arc::new(MemoryQueue::new(Duration::from_secs(3600))),
+            q: memory_queue(Some(EVENTS_RETENTION)),
             parts: 1,
             home: 0,
             block: BLOCK,
@@ -93,6 +93,22 @@ impl Backend {
             None => self.q.clone(),
             Some(server) if self.parts == 1 => Arc::new(redis_queue(server, consumer, 0, 1)),
             Some(server) => partitioned(server, consumer),
+        }
+    }
+
+    /// Another instance of the same queue that writes events with this
+    /// retention (`None`: none). The embedded queue's is a new queue.
+    pub fn instance_with_events(
+        &self,
+        consumer: &str,
+        events: Option<Duration>,
+    ) -> Arc<dyn QueueBackend> {
+        match &self.redis {
+            None => memory_queue(events),
+            Some(server) if self.parts == 1 => {
+                Arc::new(redis_queue_with(server, consumer, 0, 1, events))
+            }
+            Some(server) => partitioned_with(server, consumer, events),
         }
     }
 
@@ -187,8 +203,39 @@ pub async fn next1(q: &dyn Line, block: Duration) -> Option<Delivery> {
     got.pop()
 }
 
+/// How long the suites' queues keep their events.
+pub const EVENTS_RETENTION: Duration = Duration::from_secs(3600);
+
+/// The embedded queue `contract`, writing events with this retention.
+fn memory_queue(events: Option<Duration>) -> Arc<dyn QueueBackend> {
+    let q = MemoryQueue::new(Duration::from_secs(3600));
+    Arc::new(match events {
+        Some(retention) => q.with_events(EventSettings {
+            queue: "contract".into(),
+            retention,
+        }),
+        None => q,
+    })
+}
+
 /// Partition `partition` of `partitions` of the queue `contract`.
 pub fn redis_queue(redis: &Redis, consumer: &str, partition: u32, partitions: u32) -> RedisQueue {
+    redis_queue_with(
+        redis,
+        consumer,
+        partition,
+        partitions,
+        Some(EVENTS_RETENTION),
+    )
+}
+
+fn redis_queue_with(
+    redis: &Redis,
+    consumer: &str,
+    partition: u32,
+    partitions: u32,
+    events: Option<Duration>,
+) -> RedisQueue {
     RedisQueue::connect(
         &RedisQueueConfig {
             url: redis.url(),
@@ -198,6 +245,7 @@ pub fn redis_queue(redis: &Redis, consumer: &str, partition: u32, partitions: u3
             ticket_ttl: Duration::from_secs(3600),
             partition,
             partitions,
+            events,
         },
         PARTITIONED_BLOCK,
     )
@@ -205,8 +253,18 @@ pub fn redis_queue(redis: &Redis, consumer: &str, partition: u32, partitions: u3
 }
 
 fn partitioned(redis: &Redis, consumer: &str) -> Arc<dyn QueueBackend> {
+    partitioned_with(redis, consumer, Some(EVENTS_RETENTION))
+}
+
+fn partitioned_with(
+    redis: &Redis,
+    consumer: &str,
+    events: Option<Duration>,
+) -> Arc<dyn QueueBackend> {
     let parts = (0..PARTS)
-        .map(|i| Arc::new(redis_queue(redis, consumer, i, PARTS)) as Arc<dyn QueueBackend>)
+        .map(|i| {
+            Arc::new(redis_queue_with(redis, consumer, i, PARTS, events)) as Arc<dyn QueueBackend>
+        })
         .collect();
     Arc::new(Partitioned::new(parts))
 }

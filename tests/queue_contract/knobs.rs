@@ -22,11 +22,14 @@ async fn patches_are_shared(backend: Backend) {
     assert!(!before.paused && !before.sold_out);
     assert_eq!((before.stock, before.open), (None, None));
     let after = q
-        .set_knobs(&KnobsPatch {
-            paused: Some(true),
-            open: Some(Some(false)),
-            ..KnobsPatch::default()
-        })
+        .set_knobs(
+            &KnobsPatch {
+                paused: Some(true),
+                open: Some(Some(false)),
+                ..KnobsPatch::default()
+            },
+            Some("admin"),
+        )
         .await
         .unwrap();
     assert!(after.paused && after.open == Some(false));
@@ -35,10 +38,13 @@ async fn patches_are_shared(backend: Backend) {
     assert_eq!(other.knobs().await.unwrap(), after);
     // `Some(None)` returns a knob to its configuration.
     let back = other
-        .set_knobs(&KnobsPatch {
-            open: Some(None),
-            ..KnobsPatch::default()
-        })
+        .set_knobs(
+            &KnobsPatch {
+                open: Some(None),
+                ..KnobsPatch::default()
+            },
+            Some("admin"),
+        )
         .await
         .unwrap();
     assert_eq!(back.open, None);
@@ -77,11 +83,14 @@ async fn stock_and_sold_out(backend: Backend) {
         Admit::SoldOut
     );
     let knobs = q
-        .set_knobs(&KnobsPatch {
-            stock: Some(Some(backend.limit(9))),
-            drain_rate: Some(Some(7.5)),
-            ..Default::default()
-        })
+        .set_knobs(
+            &KnobsPatch {
+                stock: Some(Some(backend.limit(9))),
+                drain_rate: Some(Some(7.5)),
+                ..Default::default()
+            },
+            Some("admin"),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -99,12 +108,15 @@ async fn stock_and_sold_out(backend: Backend) {
     // The sold-out flag refuses everything but replays; `null` clears the
     // rate override (back to the configured rate).
     let knobs = q
-        .set_knobs(&KnobsPatch {
-            stock: Some(None),
-            drain_rate: Some(None),
-            sold_out: Some(true),
-            ..Default::default()
-        })
+        .set_knobs(
+            &KnobsPatch {
+                stock: Some(None),
+                drain_rate: Some(None),
+                sold_out: Some(true),
+                ..Default::default()
+            },
+            Some("admin"),
+        )
         .await
         .unwrap();
     assert_eq!((knobs.stock, knobs.drain_rate), (None, None));
@@ -153,7 +165,7 @@ async fn adaptive_rate(backend: Backend) {
         drain_rate: Some(Some(50.0)),
         ..KnobsPatch::default()
     };
-    a.set_knobs(&patch).await.unwrap();
+    a.set_knobs(&patch, Some("admin")).await.unwrap();
     let knobs = a.adapt_rate(&step(true)).await.unwrap().expect("a step");
     assert_eq!(knobs.drain_rate, Some(35.0));
     // Bounds hold: down from 35 ends at the floor, not below.

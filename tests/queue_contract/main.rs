@@ -10,6 +10,7 @@ mod support;
 
 mod backends;
 mod changes;
+mod events;
 mod knobs;
 mod line;
 mod schedule;

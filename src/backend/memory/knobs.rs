@@ -3,8 +3,10 @@
 use async_trait::async_trait;
 
 use super::MemoryQueue;
+use crate::backend::events::{knob_changes, ADAPTIVE_ACTOR, UPSTREAM_ACTOR};
 use crate::backend::knobs::{KnobStore, Knobs, KnobsPatch, RateStep};
 use crate::backend::QueueError;
+use crate::ticket::now_ms;
 
 #[async_trait]
 impl KnobStore for MemoryQueue {
@@ -12,10 +14,32 @@ impl KnobStore for MemoryQueue {
         Ok(self.lock().knobs.clone())
     }
 
-    async fn set_knobs(&self, patch: &KnobsPatch) -> Result<Knobs, QueueError> {
+    async fn set_knobs(
+        &self,
+        patch: &KnobsPatch,
+        actor: Option<&str>,
+    ) -> Result<Knobs, QueueError> {
         let mut s = self.lock();
+        let old = s.knobs.clone();
         patch.apply(&mut s.knobs);
-        Ok(s.knobs.clone())
+        let new = s.knobs.clone();
+        if let Some(actor) = actor {
+            let now = now_ms();
+            if let Some(changes) = knob_changes(&old, &new) {
+                let fields = [("actor", actor.to_string()), ("changes", changes)];
+                s.events.record("knobs_changed", now, None, &fields);
+            }
+            if new.sold_out && !old.sold_out {
+                let reason = if actor == UPSTREAM_ACTOR {
+                    "upstream"
+                } else {
+                    "operator"
+                };
+                s.events
+                    .record("sold_out", now, None, &[("reason", reason.to_string())]);
+            }
+        }
+        Ok(new)
     }
 
     async fn adapt_rate(&self, step: &RateStep) -> Result<Option<Knobs>, QueueError> {
@@ -34,8 +58,18 @@ impl KnobStore for MemoryQueue {
         if step.down {
             s.decreased = Some(now);
         }
+        let old = s.knobs.clone();
         s.knobs.drain_rate = Some(next);
         s.knobs.version += 1;
+        // The rate moved from the one in force, configured or not.
+        let from = Knobs {
+            drain_rate: Some(current),
+            ..old
+        };
+        if let Some(changes) = knob_changes(&from, &s.knobs.clone()) {
+            let fields = [("actor", ADAPTIVE_ACTOR.to_string()), ("changes", changes)];
+            s.events.record("knobs_changed", now_ms(), None, &fields);
+        }
         Ok(Some(s.knobs.clone()))
     }
 }

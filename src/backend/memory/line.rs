@@ -77,6 +77,12 @@ impl Line for MemoryQueue {
             error: None,
         };
         s.tickets.insert(ticket.clone(), (record, now + self.ttl));
+        s.events
+            .record("admitted", admitted_at_ms, Some(&ticket), &[]);
+        if stock.is_some_and(|stock| s.admitted == stock) {
+            let reason = [("reason", "stock".to_string())];
+            s.events.record("sold_out", admitted_at_ms, None, &reason);
+        }
         if let Some(claim) = claim {
             s.idempotency.insert(
                 claim.key,
@@ -180,6 +186,10 @@ impl Line for MemoryQueue {
             return Ok(AttemptStart::Untracked);
         };
         let Some((record, _)) = s.tickets.get_mut(&request.ticket) else {
+            if delivery.fresh {
+                s.events
+                    .record("expired", now_ms(), Some(&request.ticket), &[]);
+            }
             return Ok(AttemptStart::Untracked);
         };
         if record.status == TicketStatus::Cancelled {
@@ -190,9 +200,13 @@ impl Line for MemoryQueue {
         }
         record.attempts += 1;
         let attempts = record.attempts;
-        if record.status != TicketStatus::InFlight {
-            record.status = TicketStatus::InFlight;
-            drop(s);
+        let changed = record.status != TicketStatus::InFlight;
+        record.status = TicketStatus::InFlight;
+        let attempt = [("attempt", attempts.to_string())];
+        s.events
+            .record("dispatched", now_ms(), Some(&request.ticket), &attempt);
+        drop(s);
+        if changed {
             self.changed(&request.ticket);
         }
         Ok(AttemptStart::Counted(attempts))
@@ -203,10 +217,17 @@ impl Line for MemoryQueue {
         delivery: &Delivery,
         response: &StoredResponse,
     ) -> Result<(), QueueError> {
-        self.lock().finish(delivery, self.ttl, |record| {
+        let mut s = self.lock();
+        let ended = s.finish(delivery, self.ttl, |record| {
             record.status = TicketStatus::Completed;
             record.response = Some(response.clone());
         });
+        if let Some(ticket) = ended {
+            let status = [("status", response.status.to_string())];
+            s.events
+                .record("completed", now_ms(), Some(&ticket), &status);
+        }
+        drop(s);
         if let Ok(request) = &delivery.request {
             self.changed(&request.ticket);
         }
@@ -223,10 +244,17 @@ impl Line for MemoryQueue {
         if let (Ok(request), true) = (&delivery.request, dead_letter) {
             s.dead.push((request.clone(), error.clone()));
         }
-        s.finish(delivery, self.ttl, |record| {
+        let ended = s.finish(delivery, self.ttl, |record| {
             record.status = TicketStatus::Failed;
             record.error = Some(error.clone());
         });
+        if let Some(ticket) = ended {
+            let why = [
+                ("code", error.code.clone()),
+                ("detail", error.detail.clone()),
+            ];
+            s.events.record("failed", now_ms(), Some(&ticket), &why);
+        }
         drop(s);
         if let Ok(request) = &delivery.request {
             self.changed(&request.ticket);

@@ -34,6 +34,10 @@ pub(super) struct Batcher {
     pub script: Script,
     /// KEYS[1..4] of `ADMIT_LUA`: stream, counters, knobs, prequeue.
     pub keys: [String; 4],
+    /// KEYS[5]: the events stream.
+    pub events_key: String,
+    /// The queue's name in events; `None`: events are off.
+    pub events: Option<crate::backend::EventSettings>,
     pub ttl_secs: u64,
     pub partitions: u32,
     pub partition: u32,
@@ -104,17 +108,23 @@ impl Batcher {
                 r.headers.len() + r.body.len() + r.path.len() + i.ticket_key.len() * 2 + 400
             })
             .sum();
-        let mut cmd = Cmd::with_capacity(7 + batch.len() * (2 + ADMIT_ARGS), data + 256);
+        let mut cmd = Cmd::with_capacity(10 + batch.len() * (2 + ADMIT_ARGS), data + 256);
         cmd.arg("EVALSHA")
             .arg(self.script.get_hash())
-            .arg(self.keys.len() + 2 * batch.len())
-            .arg(&self.keys[..]);
+            .arg(self.keys.len() + 1 + 2 * batch.len())
+            .arg(&self.keys[..])
+            .arg(&self.events_key);
         for item in &batch {
             cmd.arg(&item.ticket_key).arg(&item.idem_key);
         }
         cmd.arg(self.ttl_secs)
             .arg(self.partitions)
             .arg(self.partition);
+        // The events' queue and MINID threshold ('' = off).
+        match &self.events {
+            Some(e) => cmd.arg(&e.queue).arg(e.min_ms(crate::ticket::now_ms())),
+            None => cmd.arg("").arg(""),
+        };
         for item in &batch {
             item.push_args(&mut cmd);
         }

@@ -1,5 +1,6 @@
-//! The Redis knob store: the knobs hash (`KnobField`), patched in one
-//! transaction, and `ADAPT_LUA` for the adaptive rate.
+//! The Redis knob store: the knobs hash (`KnobField`), patched by
+//! `KNOBS_LUA` (which records who changed what), and `ADAPT_LUA` for the
+//! adaptive rate.
 
 use std::collections::HashMap;
 
@@ -7,8 +8,10 @@ use async_trait::async_trait;
 
 use super::schema::KnobField;
 use super::{reply, unavailable, RedisQueue};
+use crate::backend::events::UPSTREAM_ACTOR;
 use crate::backend::knobs::{KnobStore, Knobs, KnobsPatch, RateStep};
 use crate::backend::QueueError;
+use crate::ticket::now_ms;
 
 #[async_trait]
 impl KnobStore for RedisQueue {
@@ -22,49 +25,64 @@ impl KnobStore for RedisQueue {
         Ok(reply::knobs(&fields))
     }
 
-    async fn set_knobs(&self, patch: &KnobsPatch) -> Result<Knobs, QueueError> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        let key = &self.keys.knobs;
-        let flag = |b: bool| if b { "1" } else { "0" };
-        match patch.drain_rate {
-            Some(Some(r)) => pipe
-                .hset(key, KnobField::DRAIN_RATE, r.to_string())
-                .ignore(),
-            Some(None) => pipe.hdel(key, KnobField::DRAIN_RATE).ignore(),
-            None => &mut pipe,
-        };
+    async fn set_knobs(
+        &self,
+        patch: &KnobsPatch,
+        actor: Option<&str>,
+    ) -> Result<Knobs, QueueError> {
+        // Field and value pairs; '' deletes the field (back to as configured).
+        let flag = |b: bool| if b { "1" } else { "0" }.to_string();
+        let mut fields: Vec<(&str, String)> = Vec::new();
+        if let Some(r) = patch.drain_rate {
+            fields.push((
+                KnobField::DRAIN_RATE,
+                r.map(|r| r.to_string()).unwrap_or_default(),
+            ));
+        }
         if let Some(p) = patch.paused {
-            pipe.hset(key, KnobField::PAUSED, flag(p)).ignore();
+            fields.push((KnobField::PAUSED, flag(p)));
         }
-        match patch.stock {
-            Some(Some(s)) => pipe.hset(key, KnobField::STOCK, s).ignore(),
-            Some(None) => pipe.hdel(key, KnobField::STOCK).ignore(),
-            None => &mut pipe,
-        };
-        match patch.open {
-            Some(Some(o)) => pipe.hset(key, KnobField::OPEN, flag(o)).ignore(),
-            Some(None) => pipe.hdel(key, KnobField::OPEN).ignore(),
-            None => &mut pipe,
-        };
+        if let Some(s) = patch.stock {
+            fields.push((
+                KnobField::STOCK,
+                s.map(|s| s.to_string()).unwrap_or_default(),
+            ));
+        }
+        if let Some(o) = patch.open {
+            fields.push((KnobField::OPEN, o.map(flag).unwrap_or_default()));
+        }
         if let Some(s) = patch.sold_out {
-            pipe.hset(key, KnobField::SOLD_OUT, flag(s)).ignore();
+            fields.push((KnobField::SOLD_OUT, flag(s)));
         }
-        pipe.hincr(key, KnobField::VERSION, 1).ignore();
-        pipe.cmd("HGETALL").arg(key);
+        let reason = match actor {
+            Some(UPSTREAM_ACTOR) => "upstream",
+            _ => "operator",
+        };
+        let (queue, min_id) = self.event_args();
+        let mut call = self.knobs_script.key(&self.keys.knobs);
+        call.key(&self.keys.events)
+            .arg(actor.unwrap_or(""))
+            .arg(reason)
+            .arg(queue)
+            .arg(min_id)
+            .arg(now_ms());
+        for (name, value) in &fields {
+            call.arg(*name).arg(value);
+        }
         let mut conn = self.conn.clone();
-        let (fields,): (HashMap<String, String>,) =
-            pipe.query_async(&mut conn).await.map_err(unavailable)?;
-        Ok(reply::knobs(&fields))
+        let flat: Vec<String> = call.invoke_async(&mut conn).await.map_err(unavailable)?;
+        Ok(reply::knobs(&pairs(flat)))
     }
 
     async fn adapt_rate(&self, step: &RateStep) -> Result<Option<Knobs>, QueueError> {
         let (mul, add) = step.terms();
         let mut conn = self.conn.clone();
+        let (queue, min_id) = self.event_args();
         // ADAPT_LUA answers HGETALL's flat list, or nil when no step was taken.
         let fields: Option<Vec<String>> = self
             .adapt_script
             .key(&self.keys.knobs)
+            .key(&self.keys.events)
             .arg(if step.down { "1" } else { "0" })
             .arg(mul)
             .arg(add)
@@ -72,15 +90,21 @@ impl KnobStore for RedisQueue {
             .arg(step.ceiling)
             .arg(step.configured)
             .arg(RateStep::SPACING.as_millis() as u64)
+            .arg(queue)
+            .arg(min_id)
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        Ok(fields.map(|f| {
-            let map: HashMap<String, String> = f
-                .chunks_exact(2)
-                .map(|kv| (kv[0].clone(), kv[1].clone()))
-                .collect();
-            reply::knobs(&map)
-        }))
+        Ok(fields.map(|f| reply::knobs(&pairs(f))))
     }
+}
+
+/// HGETALL's flat list as a map.
+fn pairs(flat: Vec<String>) -> HashMap<String, String> {
+    let mut out = HashMap::with_capacity(flat.len() / 2);
+    let mut it = flat.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        out.insert(k, v);
+    }
+    out
 }

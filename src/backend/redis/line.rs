@@ -8,8 +8,10 @@ use redis::streams::{StreamInfoGroupsReply, StreamRangeReply};
 use tracing::warn;
 
 use super::schema::{
-    ClaimField, CounterField, DeadField, EntryField, TicketField, ENTRY_VERSION, GROUP,
+    ClaimField, CounterField, DeadField, EntryField, EventField, TicketField, ENTRY_VERSION,
+    GROUP,
 };
+use super::scripts::FINISH_LUA;
 use super::{admit, is_oom, reply, unavailable, RedisQueue, RESPONSE_TIMEOUT};
 use crate::backend::{
     Admit, AdmitLimits, AttemptStart, Delivery, IdempotencyClaim, Line, QueueError, QueueStats,
@@ -37,6 +39,40 @@ impl RedisQueue {
                 r.idempotency_key.as_deref().unwrap_or("").as_bytes(),
             ),
         ]
+    }
+
+    /// `FINISH_LUA` for a ticket, by `EVAL` (a transaction cannot load a
+    /// script it misses): its final `status` with the ticket `fields`, and
+    /// the terminal event with its own `event` fields — unless it has ended
+    /// before.
+    fn finish(
+        &self,
+        ticket: &TicketId,
+        status: TicketStatus,
+        fields: &[(&str, &[u8])],
+        event: &[(&str, &str)],
+    ) -> redis::Cmd {
+        let (queue, min_id) = self.event_args();
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(FINISH_LUA)
+            .arg(2)
+            .arg(self.keys.ticket(ticket))
+            .arg(&self.keys.events)
+            .arg(status.as_str())
+            .arg(now_ms())
+            .arg(self.ttl_secs)
+            .arg(&self.keys.changes)
+            .arg(ticket.as_str())
+            .arg(queue)
+            .arg(min_id)
+            .arg(fields.len());
+        for (name, value) in fields {
+            cmd.arg(*name).arg(*value);
+        }
+        for (name, value) in event {
+            cmd.arg(*name).arg(*value);
+        }
+        cmd
     }
 }
 
@@ -71,6 +107,8 @@ impl Line for RedisQueue {
                     self.keys.knobs.clone(),
                     self.keys.prequeue.clone(),
                 ],
+                events_key: self.keys.events.clone(),
+                events: self.events.clone(),
                 ttl_secs: self.ttl_secs,
                 partitions: self.partitions,
                 partition: self.partition,
@@ -165,16 +203,23 @@ impl Line for RedisQueue {
             Err(_) => (format!("{}-", self.keys.ticket_prefix), ""),
         };
         let mut conn = self.conn.clone();
+        let (queue, min_id) = self.event_args();
         let attempt: i64 = self
             .start_script
             .key(ticket_key)
             .key(&self.keys.counters)
             .key(&self.keys.stream)
+            .key(&self.keys.events)
+            .key(format!("{}{ticket}", self.keys.expired_prefix))
             .arg(if delivery.fresh { "1" } else { "0" })
             .arg(&self.keys.changes)
             .arg(ticket)
             .arg(&delivery.entry_id)
             .arg(GROUP)
+            .arg(queue)
+            .arg(min_id)
+            .arg(now_ms())
+            .arg(self.ttl_secs)
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
@@ -194,27 +239,19 @@ impl Line for RedisQueue {
     ) -> Result<(), QueueError> {
         let mut record = redis::pipe();
         if let Ok(request) = &delivery.request {
-            let key = self.keys.ticket(&request.ticket);
-            record
-                .cmd("HSET")
-                .arg(&key)
-                .arg(TicketField::STATUS)
-                .arg(TicketStatus::Completed.as_str())
-                .arg(TicketField::COMPLETED_AT)
-                .arg(now_ms())
-                .arg(TicketField::RESPONSE_STATUS)
-                .arg(response.status)
-                .arg(TicketField::RESPONSE_HEADERS)
-                .arg(response.headers.as_ref())
-                .arg(TicketField::RESPONSE_BODY)
-                .arg(response.body.as_ref())
-                .ignore();
-            record.expire(&key, self.ttl_secs as i64).ignore();
-            record
-                .cmd("PUBLISH")
-                .arg(&self.keys.changes)
-                .arg(request.ticket.as_str())
-                .ignore();
+            // The ticket's result and its `completed` event, once.
+            let status = response.status.to_string();
+            let finish = self.finish(
+                &request.ticket,
+                TicketStatus::Completed,
+                &[
+                    (TicketField::RESPONSE_STATUS, status.as_bytes()),
+                    (TicketField::RESPONSE_HEADERS, response.headers.as_ref()),
+                    (TicketField::RESPONSE_BODY, response.body.as_ref()),
+                ],
+                &[(EventField::STATUS, &status)],
+            );
+            record.add_command(finish).ignore();
         }
         let mut together = record.clone();
         together.atomic();
@@ -279,23 +316,20 @@ impl Line for RedisQueue {
                 };
                 xadd.arg(name).arg(value);
             }
-            let key = self.keys.ticket(&request.ticket);
-            pipe.cmd("HSET")
-                .arg(&key)
-                .arg(TicketField::STATUS)
-                .arg(TicketStatus::Failed.as_str())
-                .arg(TicketField::COMPLETED_AT)
-                .arg(now_ms())
-                .arg(TicketField::ERROR_CODE)
-                .arg(&error.code)
-                .arg(TicketField::ERROR_DETAIL)
-                .arg(&error.detail)
-                .ignore();
-            pipe.expire(&key, self.ttl_secs as i64).ignore();
-            pipe.cmd("PUBLISH")
-                .arg(&self.keys.changes)
-                .arg(request.ticket.as_str())
-                .ignore();
+            // The ticket's error and its `failed` event, once.
+            let finish = self.finish(
+                &request.ticket,
+                TicketStatus::Failed,
+                &[
+                    (TicketField::ERROR_CODE, error.code.as_bytes()),
+                    (TicketField::ERROR_DETAIL, error.detail.as_bytes()),
+                ],
+                &[
+                    (EventField::CODE, &error.code),
+                    (EventField::DETAIL, &error.detail),
+                ],
+            );
+            pipe.add_command(finish).ignore();
         }
         if dead_letter {
             pipe.add_command(xadd).ignore();

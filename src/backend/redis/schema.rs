@@ -22,6 +22,8 @@
 //! | `<base>:ticket:<id>`         | hash        | one ticket ([`TicketField`]), expires with the ticket TTL |
 //! | `<base>:idem:<key>`          | hash        | one Idempotency-Key claim ([`ClaimField`]), same TTL |
 //! | `<base>:changes`             | channel     | pub/sub: the id of each ticket whose status changed |
+//! | `<base>:events`              | stream      | lifecycle events ([`EventField`]), trimmed by age with `MINID ~` as they are written |
+//! | `<base>:expired:<id>`        | string      | the `expired` event of a ticket was written (`START_ATTEMPT_LUA`), ticket TTL |
 //! | `<prefix>:ticket-secret`     | string      | the ticket MAC secret shared by every instance, no TTL |
 
 use crate::ticket::TicketId;
@@ -38,11 +40,15 @@ pub struct Keys {
     /// The drain's shared slot schedule (`RESERVE_LUA`).
     pub rate: String,
     pub prequeue: String,
+    /// The lifecycle events ([`EventField`]).
+    pub events: String,
     /// Pub/sub channel of ticket status changes (not a key: channels are
     /// cluster-wide, the hash tag only keeps names apart).
     pub changes: String,
     pub ticket_prefix: String,
     pub idempotency_prefix: String,
+    /// Markers of the tickets whose `expired` event was written.
+    pub expired_prefix: String,
 }
 
 impl Keys {
@@ -62,9 +68,11 @@ impl Keys {
             knobs: format!("{base}:knobs"),
             rate: format!("{base}:rate"),
             prequeue: format!("{base}:prequeue"),
+            events: format!("{base}:events"),
             changes: format!("{base}:changes"),
             ticket_prefix: format!("{base}:ticket:"),
             idempotency_prefix: format!("{base}:idem:"),
+            expired_prefix: format!("{base}:expired:"),
         }
     }
 
@@ -194,6 +202,48 @@ impl ClaimField {
     pub const SEQ: &'static str = "s";
 }
 
+/// Fields of a lifecycle event: one stream entry per event in
+/// `<prefix>:{<queue>}:events` (one stream per partition,
+/// `<prefix>:{<queue>:<i>}:events`), written by the same script or
+/// transaction as the change it reports, so no event is written for a
+/// change that did not happen and none is missed. Every field is a string.
+///
+/// | `type`          | when                                                  | its own fields |
+/// |-----------------|-------------------------------------------------------|----------------|
+/// | `admitted`      | a request was stored (`ADMIT_LUA`)                    | — |
+/// | `dispatched`    | an attempt starts (`START_ATTEMPT_LUA`)               | `attempt`: 1-based, across instances |
+/// | `completed`     | the upstream gave its final answer (`FINISH_LUA`)     | `status`: the upstream's status |
+/// | `failed`        | the ticket failed (`FINISH_LUA`)                      | `code`, `detail` (as the ticket's `error`) |
+/// | `cancelled`     | the client cancelled it while queued (`CANCEL_LUA`)   | — |
+/// | `expired`       | the drain reached an entry whose ticket had expired under `ticket_ttl`; the request is still sent (`START_ATTEMPT_LUA`, once per ticket) | — |
+/// | `sold_out`      | the sale sold out (no `ticket`)                       | `reason`: `stock` (the last unit was admitted; per partition), `upstream` (a sold-out status), `operator` (the admin API) |
+/// | `knobs_changed` | a knob moved (`KNOBS_LUA`, `ADAPT_LUA`; no `ticket`)   | `actor`: `admin` (the admin token), `peer:<ip:port>` (admin API without a token), `adaptive`, `upstream`; `changes`: JSON, `{"drain_rate":{"old":100,"new":40}}`, `null` = as configured |
+///
+/// A ticket has exactly one `admitted` and at most one terminal event
+/// (`completed`, `failed` or `cancelled`): `FINISH_LUA` writes nothing for
+/// a ticket already final. Knob events are written on partition 0 only.
+pub enum EventField {}
+
+// Most are spelled by the Lua scripts only; the test below holds them to it.
+#[cfg_attr(not(test), allow(dead_code))]
+impl EventField {
+    /// The schema's version, `1`.
+    pub const VERSION: &'static str = "v";
+    pub const TYPE: &'static str = "type";
+    pub const QUEUE: &'static str = "queue";
+    /// When it happened, ms since the epoch.
+    pub const AT: &'static str = "at";
+    /// The ticket, for ticket events.
+    pub const TICKET: &'static str = "ticket";
+    pub const ATTEMPT: &'static str = "attempt";
+    pub const STATUS: &'static str = "status";
+    pub const CODE: &'static str = "code";
+    pub const DETAIL: &'static str = "detail";
+    pub const REASON: &'static str = "reason";
+    pub const ACTOR: &'static str = "actor";
+    pub const CHANGES: &'static str = "changes";
+}
+
 /// Fields of a dead letter, before the entry's own [`EntryField`]s.
 pub enum DeadField {}
 
@@ -207,7 +257,8 @@ impl DeadField {
 #[cfg(test)]
 mod tests {
     use super::super::scripts::{
-        ADAPT_LUA, ADMIT_LUA, CANCEL_LUA, RELEASE_LUA, RESERVE_LUA, START_ATTEMPT_LUA,
+        ADAPT_LUA, ADMIT_LUA, CANCEL_LUA, FINISH_LUA, KNOBS_LUA, RELEASE_LUA, RESERVE_LUA,
+        START_ATTEMPT_LUA,
     };
     use super::*;
     use crate::ticket::TicketStatus;
@@ -307,6 +358,53 @@ mod tests {
                 KnobField::VERSION,
             ],
         );
+        // Every event carries its version, queue, type and time.
+        let event = [
+            EventField::VERSION,
+            EventField::QUEUE,
+            EventField::TYPE,
+            EventField::AT,
+        ];
+        for (name, script) in [
+            ("ADMIT_LUA", ADMIT_LUA),
+            ("START_ATTEMPT_LUA", START_ATTEMPT_LUA),
+            ("CANCEL_LUA", CANCEL_LUA),
+            ("ADAPT_LUA", ADAPT_LUA),
+            ("FINISH_LUA", FINISH_LUA),
+            ("KNOBS_LUA", KNOBS_LUA),
+        ] {
+            spells(name, script, &event);
+            assert!(script.contains("'MINID', '~'"), "{name} trims as it writes");
+        }
+        spells(
+            "ADMIT_LUA",
+            ADMIT_LUA,
+            &[EventField::TICKET, EventField::REASON],
+        );
+        spells(
+            "START_ATTEMPT_LUA",
+            START_ATTEMPT_LUA,
+            &[EventField::TICKET, EventField::ATTEMPT],
+        );
+        spells("CANCEL_LUA", CANCEL_LUA, &[EventField::TICKET]);
+        spells("FINISH_LUA", FINISH_LUA, &[EventField::TICKET]);
+        spells(
+            "KNOBS_LUA",
+            KNOBS_LUA,
+            &[EventField::ACTOR, EventField::CHANGES, EventField::REASON],
+        );
+        spells(
+            "ADAPT_LUA",
+            ADAPT_LUA,
+            &[EventField::ACTOR, EventField::CHANGES],
+        );
+        for status in [
+            TicketStatus::Completed,
+            TicketStatus::Failed,
+            TicketStatus::Cancelled,
+        ] {
+            spells("FINISH_LUA", FINISH_LUA, &[status.as_str()]);
+        }
         // The schedule is one string key: no field names.
         assert!(!RESERVE_LUA.contains("HSET"));
     }

@@ -15,9 +15,10 @@
 /// released) the entry waits in the ticket hash and a sorted set instead of
 /// the stream; see `RELEASE_LUA`.
 ///
-/// KEYS: stream, counters, knobs, prequeue, then for each request its
-///       ticket and idempotency keys.
-/// ARGV: ttl seconds, partitions, this partition's index, then for each
+/// KEYS: stream, counters, knobs, prequeue, events, then for each request
+///       its ticket and idempotency keys.
+/// ARGV: ttl seconds, partitions, this partition's index, the queue's name
+///       in events, the events' `MINID` threshold ('' = events off), then for each
 ///       request `ADMIT_ARGS` values: ticket id, admitted-at ms, has-claim
 ///       (0/1), fingerprint, configured stock ('' = unlimited), max_queue,
 ///       pre-queue score in the window ('-' = a pre-queue is configured but
@@ -26,6 +27,9 @@
 ///       the schema version `v` is a literal too). A
 ///       partition holds its share of the stock and of the capacity (the
 ///       first `total % partitions` partitions one more).
+/// Lifecycle events (`schema.rs`, [`EventField`](super::schema::EventField)):
+/// each admission writes `admitted`; the one that takes the last unit
+/// of (this partition's share of) the stock writes `sold_out`, reason `stock`.
 /// Returns four values per request: {'ok', seq, dispatched, 0},
 /// {'replayed', ticket, seq, dispatched}, {'full', depth, 0, 0},
 /// {'sold_out', 0, 0, 0} or {'reused', 0, 0, 0}.
@@ -48,11 +52,17 @@ end
 local names = {'m', 'p', 'h', 'b', 'c', 'f', 'x', 'k'}
 -- Whether pre-queued entries wait: read when first needed.
 local prequeued = nil
+local ev_key, ev_queue, ev_min = KEYS[5], ARGV[4], ARGV[5]
+local function event(...)
+  if ev_min ~= '' then
+    redis.call('XADD', ev_key, 'MINID', '~', ev_min, '*', 'v', '1', 'queue', ev_queue, ...)
+  end
+end
 local out = {}
 local wrote = false
-for i = 0, (#ARGV - 3) / 15 - 1 do
-  local a = 3 + 15 * i
-  local tkey, ikey = KEYS[5 + 2 * i], KEYS[6 + 2 * i]
+for i = 0, (#ARGV - 5) / 15 - 1 do
+  local a = 5 + 15 * i
+  local tkey, ikey = KEYS[6 + 2 * i], KEYS[7 + 2 * i]
   local id, adm, claimed, fp = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3] == '1', ARGV[a + 4]
   local word, x, y, z = 'ok', 0, 0, 0
   local prev = claimed and redis.call('HMGET', ikey, 't', 'f', 's')
@@ -96,6 +106,8 @@ for i = 0, (#ARGV - 3) / 15 - 1 do
     end
     redis.call('HSET', tkey, 'st', 'queued', 'seq', s, 'att', '0', 'adm', adm)
     redis.call('EXPIRE', tkey, ttl)
+    event('type', 'admitted', 'at', adm, 'ticket', id)
+    if stock ~= '' and admitted == share(tonumber(stock)) then event('type', 'sold_out', 'at', adm, 'reason', 'stock') end
     if claimed then
       redis.call('HSET', ikey, 't', id, 'f', fp, 's', s)
       redis.call('EXPIRE', ikey, ttl)
@@ -156,11 +168,22 @@ return {moved, redis.call('ZCARD', KEYS[1])}
 /// acknowledged instead, unsent (-2); the trim removes it (`trim.rs`). A change of status is
 /// published on the change channel.
 ///
-/// KEYS: ticket, counters, stream. ARGV: fresh (0/1), change channel, ticket
-/// id, entry id, consumer group.
+/// Events: `dispatched` with the attempt number, or `expired` for a ticket
+/// that has gone — once per ticket, also across a crash that redelivers the
+/// entry: a marker key set with `NX` says it was written.
+///
+/// KEYS: ticket, counters, stream, events, expired marker. ARGV: fresh (0/1),
+/// change channel, ticket id, entry id, consumer group, queue, `MINID`
+/// threshold ('' = events off), now ms, ticket TTL seconds.
 pub const START_ATTEMPT_LUA: &str = r#"
+local function event(...)
+  if ARGV[7] ~= '' then
+    redis.call('XADD', KEYS[4], 'MINID', '~', ARGV[7], '*', 'v', '1', 'queue', ARGV[6], 'at', ARGV[8], 'ticket', ARGV[3], ...)
+  end
+end
 if ARGV[1] == '1' then redis.call('HINCRBY', KEYS[2], 'dispatched', 1) end
 local st = redis.call('HGET', KEYS[1], 'st')
+if not st and ARGV[3] ~= '' and ARGV[7] ~= '' and redis.call('SET', KEYS[5], '1', 'NX', 'EX', ARGV[9]) then event('type', 'expired') end
 if not st then return -1 end
 if st == 'cancelled' then
   redis.call('XACK', KEYS[3], ARGV[5], ARGV[4])
@@ -170,14 +193,19 @@ if st ~= 'in_flight' then
   redis.call('HSET', KEYS[1], 'st', 'in_flight')
   redis.call('PUBLISH', ARGV[2], ARGV[3])
 end
-return redis.call('HINCRBY', KEYS[1], 'att', 1)
+local attempt = redis.call('HINCRBY', KEYS[1], 'att', 1)
+event('type', 'dispatched', 'attempt', attempt)
+return attempt
 "#;
 
 /// Cancels a queued ticket: atomic against `START_ATTEMPT_LUA`, so a ticket
 /// is either cancelled before its first attempt or not at all. Returns
 /// `{'missing'}`, `{'refused', status}` or `{'ok'}`.
 ///
-/// KEYS: ticket. ARGV: now ms, ttl seconds, change channel, ticket id.
+/// Writes the `cancelled` event.
+///
+/// KEYS: ticket, events. ARGV: now ms, ttl seconds, change channel, ticket
+/// id, queue, `MINID` threshold ('' = events off).
 pub const CANCEL_LUA: &str = r#"
 local st = redis.call('HGET', KEYS[1], 'st')
 if not st then return {'missing'} end
@@ -186,6 +214,9 @@ if st ~= 'queued' then return {'refused', st} end
 redis.call('HSET', KEYS[1], 'st', 'cancelled', 'cmp', ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('PUBLISH', ARGV[3], ARGV[4])
+if ARGV[6] ~= '' then
+  redis.call('XADD', KEYS[2], 'MINID', '~', ARGV[6], '*', 'v', '1', 'queue', ARGV[5], 'type', 'cancelled', 'at', ARGV[1], 'ticket', ARGV[4])
+end
 return {'ok'}
 "#;
 
@@ -217,8 +248,10 @@ return first - now
 /// thousandths, clamped to `[floor, ceiling]`. Returns the knobs after the
 /// step as HGETALL does, or nil when no step was taken.
 ///
-/// KEYS: knobs. ARGV: down (0/1), mul, add, floor, ceiling, configured rate,
-/// spacing ms.
+/// A step writes a `knobs_changed` event, actor `adaptive`.
+///
+/// KEYS: knobs, events. ARGV: down (0/1), mul, add, floor, ceiling,
+/// configured rate, spacing ms, queue, `MINID` threshold ('' = events off).
 pub const ADAPT_LUA: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -233,5 +266,87 @@ if rate == current then return nil end
 redis.call('HSET', KEYS[1], 'drain_rate', string.format('%.3f', rate), 'adapted_at', now)
 if ARGV[1] == '1' then redis.call('HSET', KEYS[1], 'decreased_at', now) end
 redis.call('HINCRBY', KEYS[1], 'version', 1)
+if ARGV[9] ~= '' then
+  local changes = cjson.encode({drain_rate = {old = current, new = rate}})
+  redis.call('XADD', KEYS[2], 'MINID', '~', ARGV[9], '*', 'v', '1', 'queue', ARGV[8],
+    'type', 'knobs_changed', 'at', now, 'actor', 'adaptive', 'changes', changes)
+end
 return redis.call('HGETALL', KEYS[1])
+"#;
+
+/// Ends a ticket, once: records its final state (`completed` with the
+/// upstream's answer, or `failed` with the error), renews its TTL, publishes
+/// the change and writes the terminal event — unless the ticket has a final
+/// state already (a completion retried after a timeout that was applied, an
+/// entry redelivered after a crash), which then stays as it was, with its
+/// one event. A ticket that expired while queued is recorded again. Sent
+/// with `EVAL` inside the completion's `MULTI`, so that the entry's
+/// acknowledgement goes with it; the shebang makes Redis refuse it when out
+/// of memory before the transaction runs (as it refuses `HSET`), which
+/// aborts the whole transaction.
+///
+/// KEYS: ticket, events. ARGV: status, now ms, ttl seconds, change channel,
+/// ticket id, queue, `MINID` threshold ('' = events off), n, then n ticket
+/// field/value pairs, then the event's own field/value pairs.
+pub const FINISH_LUA: &str = r#"#!lua
+local st = redis.call('HGET', KEYS[1], 'st')
+if st == 'completed' or st == 'failed' or st == 'cancelled' then return 0 end
+local n = tonumber(ARGV[8])
+local fields = {'st', ARGV[1], 'cmp', ARGV[2]}
+for i = 9, 8 + 2 * n do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+if ARGV[7] ~= '' then
+  local event = {'v', '1', 'queue', ARGV[6], 'type', ARGV[1], 'at', ARGV[2], 'ticket', ARGV[5]}
+  for i = 9 + 2 * n, #ARGV do event[#event + 1] = ARGV[i] end
+  redis.call('XADD', KEYS[2], 'MINID', '~', ARGV[7], '*', unpack(event))
+end
+return 1
+"#;
+
+/// Patches the knobs hash and records who changed what: a `knobs_changed`
+/// event with `actor` and `changes` (each knob whose value moved,
+/// `{"drain_rate":{"old":null,"new":40}}`, `null` = as configured), and a
+/// `sold_out` event when the flag goes up. Nothing is recorded for a patch
+/// that moved nothing, nor when the actor is '' (a partition's copy of a
+/// change recorded on partition 0). Returns the knobs as HGETALL does.
+///
+/// KEYS: knobs, events. ARGV: actor, sold-out reason, queue, `MINID`
+/// threshold ('' = events off), now ms, then field/value pairs ('' deletes
+/// the field).
+pub const KNOBS_LUA: &str = r#"
+local names = {}
+for i = 6, #ARGV, 2 do names[#names + 1] = ARGV[i] end
+local before = {}
+if #names > 0 then before = redis.call('HMGET', KEYS[1], unpack(names)) end
+for i = 6, #ARGV, 2 do
+  if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[1], ARGV[i])
+  else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+redis.call('HINCRBY', KEYS[1], 'version', 1)
+local knobs = redis.call('HGETALL', KEYS[1])
+if ARGV[1] == '' or ARGV[4] == '' then return knobs end
+-- As JSON: flags are booleans (unset: false, but `open` unset is null),
+-- numbers numbers, unset numbers null.
+local function value(name, v)
+  if name == 'paused' or name == 'sold_out' then return v == '1' end
+  if not v or v == '' then return cjson.null end
+  if name == 'open' then return v == '1' end
+  return tonumber(v)
+end
+local changes, moved = {}, false
+for j, name in ipairs(names) do
+  local old, new = value(name, before[j]), value(name, ARGV[5 + 2 * j])
+  if old ~= new then
+    changes[name] = {old = old, new = new}
+    moved = true
+  end
+end
+local function event(...)
+  redis.call('XADD', KEYS[2], 'MINID', '~', ARGV[4], '*', 'v', '1', 'queue', ARGV[3], 'at', ARGV[5], ...)
+end
+if moved then event('type', 'knobs_changed', 'actor', ARGV[1], 'changes', cjson.encode(changes)) end
+if changes['sold_out'] and changes['sold_out'].new == true then event('type', 'sold_out', 'reason', ARGV[2]) end
+return knobs
 "#;

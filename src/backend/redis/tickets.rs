@@ -29,13 +29,17 @@ impl TicketStore for RedisQueue {
 
     async fn cancel(&self, id: &TicketId) -> Result<Cancel, QueueError> {
         let mut conn = self.conn.clone();
+        let (queue, min_id) = self.event_args();
         let reply: Vec<String> = self
             .cancel_script
             .key(self.keys.ticket(id))
+            .key(&self.keys.events)
             .arg(now_ms())
             .arg(self.ttl_secs)
             .arg(&self.keys.changes)
             .arg(id.as_str())
+            .arg(queue)
+            .arg(min_id)
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
