@@ -22,9 +22,7 @@ pub use redis_url::RedisEndpoint;
 /// Shortest ticket secret accepted, in bytes (HMAC-SHA256 keys below the
 /// hash size weaken it).
 pub const MIN_SECRET_LEN: usize = 32;
-pub use units::{
-    parse_duration, parse_size, parse_time, redact_url, time as time_format, Size,
-};
+pub use units::{parse_duration, parse_size, parse_time, redact_url, time as time_format, Size};
 pub use values::{AccessLog, ClientKey, Route};
 
 /// Where a value came from.

@@ -8,8 +8,7 @@ use redis::streams::{StreamInfoGroupsReply, StreamRangeReply};
 use tracing::warn;
 
 use super::schema::{
-    ClaimField, CounterField, DeadField, EntryField, EventField, TicketField, ENTRY_VERSION,
-    GROUP,
+    ClaimField, CounterField, DeadField, EntryField, EventField, TicketField, ENTRY_VERSION, GROUP,
 };
 use super::scripts::FINISH_LUA;
 use super::{admit, is_oom, reply, unavailable, RedisQueue, RESPONSE_TIMEOUT};
