@@ -3,8 +3,9 @@
 //!
 //! Writing never holds a request up: a finished request hands its line to
 //! a bounded channel ([`AccessLog::log`] never waits), and one writer
-//! thread formats the lines and writes them through a buffer, flushed
-//! whenever the channel runs empty. A sink slower than the traffic fills
+//! thread formats the lines and writes them through a buffer, in batches
+//! (every [`LINGER`] while lines keep coming), flushed whenever the channel
+//! runs empty. A sink slower than the traffic fills
 //! the channel; the lines beyond it are dropped and counted
 //! (`flashgate_access_log_dropped_total`). A file is opened again on
 //! [`AccessLog::reopen`] (SIGUSR1), after logrotate moved it away.
@@ -29,6 +30,10 @@ use crate::http::exchange::Note;
 /// The writer's buffer: lines are written in chunks of about this size
 /// while the channel is busy, at once when it runs empty.
 const WRITE_BUFFER: usize = 64 * 1024;
+
+/// How long the writer lets lines gather while they keep coming: a line
+/// reaches the sink at most about this late.
+const LINGER: Duration = Duration::from_millis(10);
 
 /// The access log of a running gateway.
 pub struct AccessLog {
@@ -165,19 +170,32 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, lines: Receiver<Message>) {
-        while let Ok(first) = lines.recv() {
-            self.take(first);
-            // Whatever else is waiting, then a flush once idle.
+        loop {
+            let mut took = false;
             loop {
                 match lines.try_recv() {
-                    Ok(message) => self.take(message),
+                    Ok(message) => {
+                        self.take(message);
+                        took = true;
+                    }
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => return self.flush(),
                 }
             }
+            if took {
+                // Busy: let the next lines gather while nobody waits on
+                // the channel, so a request's send wakes no thread and the
+                // buffer goes out in large writes, not one per line.
+                std::thread::sleep(LINGER);
+                continue;
+            }
+            // Quiet: out with what is buffered, then sleep until a line comes.
             self.flush();
+            match lines.recv() {
+                Ok(message) => self.take(message),
+                Err(_) => return,
+            }
         }
-        self.flush();
     }
 
     fn take(&mut self, message: Message) {
