@@ -14,6 +14,10 @@ use crate::config::QueueConfig;
 /// How often each instance re-reads the shared knobs.
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 
+/// The largest `stock` a PATCH sets: 2^53 - 1, the largest whole number
+/// Redis scripts (which count in doubles) hold exactly.
+pub const MAX_STOCK: u64 = (1 << 53) - 1;
+
 /// A queue's runtime settings as stored in the backend. `None` means "as
 /// configured".
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -86,6 +90,11 @@ impl KnobsPatch {
             .is_some_and(|r| !(r > 0.0 && r <= 1e6))
         {
             return Err("`drain_rate` must be a number > 0 and <= 1000000".into());
+        }
+        if patch.stock.flatten().is_some_and(|s| s > MAX_STOCK) {
+            return Err(format!(
+                "`stock` must be a whole number from 0 to {MAX_STOCK}"
+            ));
         }
         Ok(patch)
     }
@@ -248,10 +257,13 @@ mod tests {
         assert_eq!(p.paused, Some(true));
         assert_eq!(p.stock, Some(None));
         assert_eq!(p.open, Some(Some(false)));
+        let most = KnobsPatch::from_json(br#"{"stock": 9007199254740991, "sold_out": true}"#);
+        assert_eq!(most.unwrap().stock, Some(Some(MAX_STOCK)));
         for (body, field) in [
             (&br#"{"drain_rate": -1}"#[..], "drain_rate"),
             (br#"{"stock": "ten"}"#, "stock"),
             (br#"{"stock": -3}"#, "stock"),
+            (br#"{"stock": 9007199254740992}"#, "stock"),
             (br#"{"paused": "yes"}"#, "paused"),
             (br#"{"speed": 3}"#, "speed"),
             (br#"{"sold_out": null}"#, "sold_out"),
