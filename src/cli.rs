@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod events;
 pub mod reload;
+pub mod table;
 
 use std::path::PathBuf;
 

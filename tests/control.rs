@@ -385,7 +385,15 @@ async fn the_admin_subcommand_turns_the_knobs() {
     };
     let admin2 = admin.clone();
     let (code, out, _) = tokio::task::spawn_blocking(move || {
-        admin2(&["set", "checkout", "--pause", "--drain-rate", "12.5"])
+        admin2(&[
+            "set",
+            "checkout",
+            "--pause",
+            "--drain-rate",
+            "12.5",
+            "-o",
+            "json",
+        ])
     })
     .await
     .unwrap();
@@ -396,7 +404,7 @@ async fn the_admin_subcommand_turns_the_knobs() {
         (Some(true), Some(12.5))
     );
     let admin2 = admin.clone();
-    let (code, out, _) = tokio::task::spawn_blocking(move || admin2(&["queues"]))
+    let (code, out, _) = tokio::task::spawn_blocking(move || admin2(&["queues", "-o", "json"]))
         .await
         .unwrap();
     assert_eq!(code, Some(0));
@@ -455,7 +463,7 @@ async fn an_override_shows_beside_the_configuration_and_clears_back_to_it() {
     let out = tokio::task::spawn_blocking(move || {
         flashgate()
             .args(["admin", "--url", &url, "set", "checkout"])
-            .args(["--clear", "stock", "--clear", "open"])
+            .args(["--clear", "stock", "--clear", "open", "--output", "json"])
             .output()
             .unwrap()
     })

@@ -10,8 +10,8 @@ use serde::Serialize;
 use tracing::info;
 
 use super::App;
-use crate::backend::events::knob_changes;
-use crate::backend::knobs::{KnobsPatch, Phase};
+use crate::backend::events::knob_moves;
+use crate::backend::knobs::{Knobs, KnobsPatch, Phase};
 use crate::config::AdaptiveBounds;
 use crate::http::body::{json, Body};
 use crate::http::exchange;
@@ -114,8 +114,8 @@ pub async fn queues(app: &App) -> Response<Body> {
 
 /// `PATCH /admin/queues/{name}`: changes the shared knobs; every instance
 /// follows within a second.
-/// `actor` names who asks, for the `knobs_changed` event and the log:
-/// `admin` (the admin token) or `peer:<ip:port>`.
+/// `actor` names who asks, for the `knobs_changed` event and the log: the
+/// admin token's name, or `peer:<ip:port>` when no token is configured.
 pub async fn patch_queue(
     app: &App,
     name: &str,
@@ -138,16 +138,37 @@ pub async fn patch_queue(
         Ok(p) => p,
         Err(why) => return Problem::new(Code::BadRequest, why).into_response(),
     };
-    let before = queue.knobs();
+    // The stored knobs as they are now, for the log's old values (the
+    // watched copy can be up to a watch interval behind).
+    let before = queue
+        .backend
+        .knobs()
+        .await
+        .unwrap_or_else(|_| queue.knobs());
     match queue.backend.set_knobs(&patch, Some(actor)).await {
         Ok(knobs) => {
-            let changes = knob_changes(&before, &knobs).unwrap_or_else(|| "{}".into());
-            info!(queue = name, actor, %changes, change = ?patch, now = ?knobs, "queue knobs changed by the admin API");
+            audit(name, actor, &before, &knobs);
             queue.update_knobs(knobs);
             json(StatusCode::OK, &queue_info(queue).await)
         }
         Err(e) => Problem::new(Code::Unavailable, format!("the change was not stored: {e}"))
             .retry_after(1)
             .into_response(),
+    }
+}
+
+/// The audit line of a change: one INFO line per knob that moved, with
+/// `actor`, `queue`, `knob`, `old` and `new` (JSON values; `null` = as
+/// configured), beside the `knobs_changed` event the backend wrote.
+fn audit(queue: &str, actor: &str, before: &Knobs, after: &Knobs) {
+    let moves = knob_moves(before, after);
+    if moves.is_empty() {
+        info!(
+            actor,
+            queue, "queue knobs set by the admin API, none changed"
+        );
+    }
+    for (knob, old, new) in moves {
+        info!(actor, queue, knob, %old, %new, "queue knob changed by the admin API");
     }
 }

@@ -199,16 +199,29 @@ impl std::fmt::Display for EventId {
 /// `{"drain_rate":{"old":null,"new":40}}` (`null`: as configured). The
 /// Redis backend builds the same object in `KNOBS_LUA`.
 pub fn knob_changes(old: &Knobs, new: &Knobs) -> Option<String> {
-    use serde_json::{json, Map, Value};
+    let out: serde_json::Map<String, serde_json::Value> = knob_moves(old, new)
+        .into_iter()
+        .map(|(name, a, b)| (name.into(), serde_json::json!({"old": a, "new": b})))
+        .collect();
+    (!out.is_empty()).then(|| serde_json::Value::Object(out).to_string())
+}
+
+/// Each knob whose stored value differs between `old` and `new`: its name,
+/// old and new value as JSON (`null` = as configured), in a fixed order.
+pub fn knob_moves(
+    old: &Knobs,
+    new: &Knobs,
+) -> Vec<(&'static str, serde_json::Value, serde_json::Value)> {
+    use serde_json::{json, Value};
     // Whole rates as integers, as Redis's `cjson` writes them.
     let rate = |r: Option<f64>| match r {
         Some(r) if r.fract() == 0.0 && r.abs() < 1e15 => json!(r as i64),
         other => json!(other),
     };
-    let mut out = Map::new();
-    let mut put = |name: &str, a: Value, b: Value| {
+    let mut out = Vec::new();
+    let mut put = |name: &'static str, a: Value, b: Value| {
         if a != b {
-            out.insert(name.into(), json!({"old": a, "new": b}));
+            out.push((name, a, b));
         }
     };
     put("drain_rate", rate(old.drain_rate), rate(new.drain_rate));
@@ -216,7 +229,7 @@ pub fn knob_changes(old: &Knobs, new: &Knobs) -> Option<String> {
     put("stock", json!(old.stock), json!(new.stock));
     put("open", json!(old.open), json!(new.open));
     put("sold_out", json!(old.sold_out), json!(new.sold_out));
-    (!out.is_empty()).then(|| Value::Object(out).to_string())
+    out
 }
 
 #[cfg(test)]

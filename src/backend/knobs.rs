@@ -14,6 +14,10 @@ use crate::config::QueueConfig;
 /// How often each instance re-reads the shared knobs.
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 
+/// The largest `stock` a PATCH sets: 2^53 - 1, the largest whole number
+/// Redis scripts (which count in doubles) hold exactly.
+pub const MAX_STOCK: u64 = (1 << 53) - 1;
+
 /// A queue's runtime settings as stored in the backend. `None` means "as
 /// configured".
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -48,7 +52,7 @@ pub struct KnobsPatch {
     #[serde(default, deserialize_with = "present")]
     pub paused: Option<bool>,
     /// `Some(None)` returns to the configured stock.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "present_count")]
     pub stock: Option<Option<u64>>,
     /// `Some(None)` returns to the schedule.
     #[serde(default, deserialize_with = "present")]
@@ -65,6 +69,29 @@ where
     T: Deserialize<'de>,
 {
     T::deserialize(d).map(Some)
+}
+
+/// A present count, or `null`: a whole number, also when written as one
+/// with a zero fraction (`3292.0`, which JSON Schema counts as an integer).
+fn present_count<'de, D>(d: D) -> Result<Option<Option<u64>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::Error;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(Some(None));
+    };
+    let whole = n.as_u64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && (0.0..=MAX_STOCK as f64).contains(f))
+            .map(|f| f as u64)
+    });
+    match whole {
+        Some(count) => Ok(Some(Some(count))),
+        None => Err(D::Error::custom(format!(
+            "`{n}` is not a whole number from 0 to {MAX_STOCK}"
+        ))),
+    }
 }
 
 impl KnobsPatch {
@@ -86,6 +113,11 @@ impl KnobsPatch {
             .is_some_and(|r| !(r > 0.0 && r <= 1e6))
         {
             return Err("`drain_rate` must be a number > 0 and <= 1000000".into());
+        }
+        if patch.stock.flatten().is_some_and(|s| s > MAX_STOCK) {
+            return Err(format!(
+                "`stock` must be a whole number from 0 to {MAX_STOCK}"
+            ));
         }
         Ok(patch)
     }
@@ -248,10 +280,17 @@ mod tests {
         assert_eq!(p.paused, Some(true));
         assert_eq!(p.stock, Some(None));
         assert_eq!(p.open, Some(Some(false)));
+        let most = KnobsPatch::from_json(br#"{"stock": 9007199254740991, "sold_out": true}"#);
+        assert_eq!(most.unwrap().stock, Some(Some(MAX_STOCK)));
+        let whole = KnobsPatch::from_json(br#"{"stock": 3292.0}"#).unwrap();
+        assert_eq!(whole.stock, Some(Some(3292)));
         for (body, field) in [
             (&br#"{"drain_rate": -1}"#[..], "drain_rate"),
             (br#"{"stock": "ten"}"#, "stock"),
             (br#"{"stock": -3}"#, "stock"),
+            (br#"{"stock": 9007199254740992}"#, "stock"),
+            (br#"{"stock": 1.5}"#, "stock"),
+            (br#"{"stock": 1e300}"#, "stock"),
             (br#"{"paused": "yes"}"#, "paused"),
             (br#"{"speed": 3}"#, "speed"),
             (br#"{"sold_out": null}"#, "sold_out"),

@@ -1,5 +1,6 @@
 //! `flashgate admin`: the admin API from a terminal, for operators who live
-//! in one during a sale.
+//! in one during a sale. Tables for people by default; `--output json`
+//! prints the API's answer as it came, for scripts.
 
 use bytes::Bytes;
 use clap::{Args, Subcommand};
@@ -8,6 +9,9 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+use super::table::{Output, Table};
 
 /// The `admin` flags.
 #[derive(Debug, Clone, Args)]
@@ -19,26 +23,34 @@ pub struct AdminArgs {
         default_value = "http://127.0.0.1:9464"
     )]
     pub url: String,
-    /// Bearer token, when the gateway has one.
+    /// Bearer token (the secret of one of the gateway's admin tokens), when
+    /// it has any.
     #[arg(long, env = "FLASHGATE_ADMIN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// `table` for people, `json` for the admin API's answer as it came.
+    #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
     #[command(subcommand)]
     pub action: AdminAction,
 }
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum AdminAction {
-    /// List the queues: depth, in flight, governed rate, knobs.
+    /// List the queues: depth, in flight, oldest entry, governed rate, knobs.
     Queues,
-    /// Change a queue's knobs; every instance follows within a second.
+    /// Change a queue's knobs and print what changed (old -> new); every
+    /// instance follows within a second.
     Set(SetArgs),
 }
 
+/// One flag per knob of `PATCH /admin/queues/{name}`; `--clear KNOB` (or
+/// the knob's own `--configured-stock`, `--schedule`) goes back to the
+/// configured value.
 #[derive(Debug, Clone, Args)]
 pub struct SetArgs {
     /// The queue's name.
     pub queue: String,
-    /// New drain rate, requests per second.
+    /// New drain rate, requests per second (> 0).
     #[arg(long)]
     pub drain_rate: Option<f64>,
     /// Clear a runtime override, back to the configured value:
@@ -54,7 +66,7 @@ pub struct SetArgs {
     /// Admissions allowed in total.
     #[arg(long, conflicts_with = "configured_stock")]
     pub stock: Option<u64>,
-    /// Back to the configured stock.
+    /// Back to the configured stock (as `--clear stock`).
     #[arg(long)]
     pub configured_stock: bool,
     /// Open the sale now.
@@ -63,14 +75,21 @@ pub struct SetArgs {
     /// Close the sale now.
     #[arg(long, conflicts_with = "schedule")]
     pub close: bool,
-    /// Follow opens_at/closes_at again.
+    /// Follow opens_at/closes_at again (as `--clear open`).
     #[arg(long)]
     pub schedule: bool,
+    /// Declare the sale sold out: admissions get 410 and waiting tickets
+    /// fail without reaching the upstream.
+    #[arg(long, conflicts_with = "not_sold_out")]
+    pub sold_out: bool,
+    /// Lift the sold-out flag (after a restock, or a sold out declared by mistake).
+    #[arg(long)]
+    pub not_sold_out: bool,
 }
 
 impl SetArgs {
     /// The PATCH body.
-    fn body(&self) -> serde_json::Value {
+    fn body(&self) -> Value {
         let mut body = serde_json::Map::new();
         if let Some(r) = self.drain_rate {
             body.insert("drain_rate".into(), r.into());
@@ -82,16 +101,19 @@ impl SetArgs {
             body.insert("stock".into(), s.into());
         }
         if self.configured_stock {
-            body.insert("stock".into(), serde_json::Value::Null);
+            body.insert("stock".into(), Value::Null);
         }
         if self.open || self.close {
             body.insert("open".into(), self.open.into());
         }
         if self.schedule {
-            body.insert("open".into(), serde_json::Value::Null);
+            body.insert("open".into(), Value::Null);
+        }
+        if self.sold_out || self.not_sold_out {
+            body.insert("sold_out".into(), self.sold_out.into());
         }
         for knob in &self.clear {
-            body.insert(knob.clone(), serde_json::Value::Null);
+            body.insert(knob.clone(), Value::Null);
         }
         body.into()
     }
@@ -100,7 +122,7 @@ impl SetArgs {
 /// Why an admin call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    #[error("nothing to change: give at least one of --drain-rate, --pause, --resume, --stock, --configured-stock, --open, --close, --schedule, --clear")]
+    #[error("nothing to change: give at least one of --drain-rate, --pause, --resume, --stock, --configured-stock, --open, --close, --schedule, --sold-out, --not-sold-out, --clear")]
     NothingToChange,
     #[error("bad admin URL `{0}`")]
     Url(String),
@@ -113,22 +135,154 @@ pub enum AdminError {
 /// Runs an admin action; returns what to print.
 pub async fn run(args: AdminArgs) -> Result<String, AdminError> {
     let base = args.url.trim_end_matches('/');
-    let (method, path, body) = match &args.action {
-        AdminAction::Queues => (Method::GET, "/admin/queues".to_string(), None),
+    let token = args.token.as_deref();
+    match &args.action {
+        AdminAction::Queues => {
+            let answer = call(base, token, Method::GET, "/admin/queues", None).await?;
+            Ok(match args.output {
+                Output::Json => pretty(&answer),
+                Output::Table => queues_table(&answer),
+            })
+        }
         AdminAction::Set(set) => {
             let body = set.body();
             if body.as_object().is_some_and(|o| o.is_empty()) {
                 return Err(AdminError::NothingToChange);
             }
-            (
-                Method::PATCH,
-                format!("/admin/queues/{}", set.queue),
-                Some(body),
-            )
+            let path = format!("/admin/queues/{}", set.queue);
+            // The queue as it was, to say what changed.
+            let before = match args.output {
+                Output::Table => Some(call(base, token, Method::GET, "/admin/queues", None).await?),
+                Output::Json => None,
+            };
+            let after = call(base, token, Method::PATCH, &path, Some(body)).await?;
+            Ok(match before {
+                None => pretty(&after),
+                Some(all) => {
+                    let before = (all["queues"].as_array().into_iter().flatten())
+                        .find(|q| q["name"] == after["name"])
+                        .cloned()
+                        .unwrap_or_default();
+                    changes(&set.queue, &before, &after)
+                }
+            })
         }
-    };
-    let value = call(base, args.token.as_deref(), method, &path, body).await?;
-    Ok(serde_json::to_string_pretty(&value).unwrap_or_default())
+    }
+}
+
+fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default()
+}
+
+/// `GET /admin/queues` as a table.
+fn queues_table(answer: &Value) -> String {
+    let mut t = Table::new(&[
+        "NAME",
+        "BACKEND",
+        "DEPTH",
+        "IN-FLIGHT",
+        "OLDEST",
+        "RATE",
+        "PAUSED",
+        "SOLD-OUT",
+        "STOCK",
+        "PHASE",
+        "OVERRIDES",
+    ]);
+    for q in answer["queues"].as_array().into_iter().flatten() {
+        let oldest = q["oldest_age_seconds"].as_f64().map_or("-".into(), |s| {
+            humantime::format_duration(std::time::Duration::from_secs(s.round() as u64)).to_string()
+        });
+        let mut rate = format!("{}/s", text(&q["drain_rate"]));
+        if !q["adaptive"].is_null() {
+            rate.push_str(" adaptive");
+        }
+        // Left of the limit in force, or `-` for none.
+        let stock = match (&q["stock"], &q["stock_left"]) {
+            (Value::Null, _) => "-".to_string(),
+            (limit, left) => format!("{}/{}", text(left), text(limit)),
+        };
+        let overrides: Vec<&str> = (q["overrides"].as_object().into_iter().flatten())
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, _)| k.as_str())
+            .collect();
+        t.row(vec![
+            text(&q["name"]),
+            text(&q["backend"]),
+            text(&q["depth"]),
+            text(&q["in_flight"]),
+            oldest,
+            rate,
+            yes_no(&q["paused"]),
+            yes_no(&q["sold_out"]),
+            stock,
+            text(&q["sale"]),
+            if overrides.is_empty() {
+                "-".into()
+            } else {
+                overrides.join(",")
+            },
+        ]);
+    }
+    t.render()
+}
+
+/// The knobs a `set` moved, old -> new; in force first, then the stored
+/// overrides (`-` = none, as configured).
+fn changes(queue: &str, before: &Value, after: &Value) -> String {
+    const SHOWN: [(&str, &str); 8] = [
+        ("drain_rate", "/drain_rate"),
+        ("paused", "/paused"),
+        ("stock", "/stock"),
+        ("sold_out", "/sold_out"),
+        ("sale", "/sale"),
+        ("override drain_rate", "/overrides/drain_rate"),
+        ("override stock", "/overrides/stock"),
+        ("override open", "/overrides/open"),
+    ];
+    let mut t = Table::new(&["QUEUE", "KNOB", "OLD", "", "NEW"]);
+    let mut moved = false;
+    for (name, pointer) in SHOWN {
+        let (old, new) = (before.pointer(pointer), after.pointer(pointer));
+        if old != new {
+            moved = true;
+            let show = |v: Option<&Value>| v.map_or("-".into(), text);
+            t.row(vec![
+                queue.into(),
+                name.into(),
+                show(old),
+                "->".into(),
+                show(new),
+            ]);
+        }
+    }
+    if moved {
+        t.render()
+    } else {
+        format!("{queue}: nothing changed (the knobs were already so)")
+    }
+}
+
+/// A JSON value as a table cell: `-` for null, whole numbers without `.0`.
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", f as i64),
+            _ => n.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+fn yes_no(v: &Value) -> String {
+    if v.as_bool() == Some(true) {
+        "yes"
+    } else {
+        "no"
+    }
+    .into()
 }
 
 /// One admin API call: its JSON answer, or why it failed.
@@ -137,8 +291,8 @@ pub async fn call(
     token: Option<&str>,
     method: Method,
     path: &str,
-    body: Option<serde_json::Value>,
-) -> Result<serde_json::Value, AdminError> {
+    body: Option<Value>,
+) -> Result<Value, AdminError> {
     let url = format!("{}{path}", base.trim_end_matches('/'));
     let mut req = Request::builder()
         .method(method)
@@ -168,7 +322,7 @@ pub async fn call(
         .await
         .map_err(|e| unreachable(e.to_string()))?
         .to_bytes();
-    let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let value: Value = serde_json::from_slice(&body).unwrap_or_default();
     if !status.is_success() {
         let detail = value["detail"]
             .as_str()

@@ -5,11 +5,13 @@
 use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use http::Method;
 use serde_json::Value;
 
 use super::admin::{call, AdminError};
+use super::table::line;
+pub use super::table::Output;
 
 /// How long one `--follow` poll waits on the gateway.
 const FOLLOW_WAIT_SECS: u64 = 25;
@@ -47,12 +49,9 @@ pub struct EventsArgs {
     pub output: Output,
 }
 
-/// `--output`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Output {
-    Table,
-    Json,
-}
+/// The table's column widths but the last (DETAILS): fixed, as rows are
+/// printed as they come.
+const WIDTHS: [usize; 4] = [24, 12, 13, 48];
 
 /// Prints the events, then (with `--follow`) new ones until the process
 /// is stopped or the gateway cannot be reached.
@@ -71,11 +70,8 @@ pub async fn run(args: EventsArgs) -> Result<(), AdminError> {
     let mut cursors: Vec<Option<String>> = vec![None; queues.len()];
     let mut out = std::io::stdout().lock();
     if args.output == Output::Table {
-        let _ = writeln!(
-            out,
-            "{:<24}  {:<12}  {:<13}  {:<48}  DETAILS",
-            "TIME", "QUEUE", "TYPE", "TICKET"
-        );
+        let header = ["TIME", "QUEUE", "TYPE", "TICKET", "DETAILS"];
+        let _ = writeln!(out, "{}", line(&header, &WIDTHS));
     }
     // What is there: page until every queue is read to its end.
     loop {
@@ -181,11 +177,12 @@ fn row(e: &Value) -> String {
                 .join(" ")
         })
         .unwrap_or_default();
-    format!(
-        "{:<24}  {:<12}  {:<13}  {:<48}  {details}",
+    let cells = [
         time.to_string(),
-        e["queue"].as_str().unwrap_or_default(),
-        e["type"].as_str().unwrap_or_default(),
-        e["ticket"].as_str().unwrap_or("-"),
-    )
+        e["queue"].as_str().unwrap_or_default().to_string(),
+        e["type"].as_str().unwrap_or_default().to_string(),
+        e["ticket"].as_str().unwrap_or("-").to_string(),
+        details,
+    ];
+    line(&cells, &WIDTHS)
 }

@@ -11,7 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::units::{self, Size};
-use super::values::{AccessLog, ClientKey, Route};
+use super::values::{AccessLog, AdminToken, ClientKey, Route};
 
 /// The effective configuration of one gateway process.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -59,12 +59,13 @@ pub struct Config {
     #[serde(deserialize_with = "units::non_empty")]
     #[schemars(with = "Option<units::Url>")]
     pub upstream: Option<String>,
-    /// Bearer token required on `/admin/*`. Default: none (admin API open).
-    #[serde(
-        serialize_with = "units::ser_secret",
-        deserialize_with = "units::non_empty"
-    )]
-    pub admin_token: Option<String>,
+    /// Bearer tokens accepted on `/admin/*`, each `NAME=SECRET` (the name is
+    /// the actor of a change in the audit trail) or a bare secret (named
+    /// `admin`); a list, or comma- or space-separated. Default: none (admin
+    /// API open).
+    #[serde(deserialize_with = "units::admin_tokens")]
+    #[schemars(with = "Vec<String>")]
+    pub admin_token: Vec<AdminToken>,
     /// Who a client is: `ip` (socket peer) or `header:NAME`. Default `ip`.
     pub client_key: ClientKey,
     /// Admissions per second per client and instance; 0 = no limit. Default `0`.
@@ -286,7 +287,7 @@ impl Default for Config {
             upstream: None,
             tls_cert: None,
             tls_key: None,
-            admin_token: None,
+            admin_token: Vec::new(),
             client_key: ClientKey::Ip,
             client_rate: 0.0,
             client_burst: 1,

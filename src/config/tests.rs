@@ -445,3 +445,103 @@ fn health_listener_is_optional_and_has_its_own_address() {
     let err = resolve("health_listen = \"nowhere\"\n", WITH_UPSTREAM).unwrap_err();
     assert!(err.contains("health_listen"), "{err}");
 }
+
+/// The tokens as (name, secret) pairs.
+fn tokens(c: &Config) -> Vec<(String, String)> {
+    (c.admin_token.iter())
+        .map(|t| (t.name.clone(), t.secret.clone()))
+        .collect()
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(n, s)| (n.to_string(), s.to_string()))
+        .collect()
+}
+
+#[test]
+fn admin_tokens_are_named_or_bare() {
+    // One bare secret, as before: named `admin`.
+    let c = resolve("admin_token = \"hunter2\"\n", WITH_UPSTREAM).unwrap();
+    assert_eq!(tokens(&c), pairs(&[("admin", "hunter2")]));
+    // A list in the file; base64 padding stays in the secret.
+    let text = "admin_token = [\"ops=s3cret\", \"bot=dG9rZW4=\"]\n";
+    let c = resolve(text, WITH_UPSTREAM).unwrap();
+    assert_eq!(tokens(&c), pairs(&[("ops", "s3cret"), ("bot", "dG9rZW4=")]));
+    // A bare base64 secret with padding is not `NAME=`; an `=` inside a
+    // bare secret is written with its name.
+    let c = resolve("admin_token = \"c2VjcmV0==\"\n", WITH_UPSTREAM).unwrap();
+    assert_eq!(tokens(&c), pairs(&[("admin", "c2VjcmV0==")]));
+    let c = resolve("admin_token = \"admin=se=cret\"\n", WITH_UPSTREAM).unwrap();
+    assert_eq!(tokens(&c), pairs(&[("admin", "se=cret")]));
+    // A name with characters a name cannot have: the whole is a secret.
+    let c = resolve("admin_token = \"o:ps=x\"\n", WITH_UPSTREAM).unwrap();
+    assert_eq!(tokens(&c), pairs(&[("admin", "o:ps=x")]));
+
+    // `--admin-token ops=a1 --admin-token bot=b2`: one setting, two values.
+    let key = keys::by_flag("admin-token").unwrap();
+    let upstream = Setting::flag("upstream", "http://127.0.0.1:9000").unwrap();
+    let flags = Setting {
+        key,
+        values: vec!["ops=a1".into(), "bot=b2".into()],
+        origin: Origin::Flag("--admin-token".into()),
+    };
+    let c = load::from_toml("", &[upstream.clone(), flags]).unwrap();
+    assert_eq!(tokens(&c), pairs(&[("ops", "a1"), ("bot", "b2")]));
+    // FLASHGATE_ADMIN_TOKEN: comma- or space-separated.
+    for list in ["ops=a1,bot=b2", "ops=a1 bot=b2", " ops=a1 ,\n bot=b2 "] {
+        let env = Setting {
+            key,
+            values: vec![list.into()],
+            origin: Origin::Env("FLASHGATE_ADMIN_TOKEN".into()),
+        };
+        let c = load::from_toml("", &[upstream.clone(), env]).unwrap();
+        assert_eq!(
+            tokens(&c),
+            pairs(&[("ops", "a1"), ("bot", "b2")]),
+            "{list:?}"
+        );
+    }
+
+    // Printed with names, never secrets.
+    let c = resolve(
+        "admin_token = [\"ops=s3cret\", \"hunter2\"]\n",
+        WITH_UPSTREAM,
+    )
+    .unwrap();
+    let printed = c.to_toml();
+    assert!(printed.contains("\"ops=<redacted>\""), "{printed}");
+    assert!(printed.contains("\"admin=<redacted>\""), "{printed}");
+    assert!(
+        !printed.contains("s3cret") && !printed.contains("hunter2"),
+        "{printed}"
+    );
+    assert!(!format!("{c:?}").contains("s3cret"));
+}
+
+#[test]
+fn admin_tokens_need_distinct_names_and_secrets() {
+    for (text, says) in [
+        (
+            "admin_token = [\"ops=a1\", \"ops=b2\"]\n",
+            "two tokens are named `ops`",
+        ),
+        (
+            "admin_token = [\"one\", \"two\"]\n",
+            "two tokens are named `admin`",
+        ),
+        ("admin_token = [\"ops=a1\", \"bot=a1\"]\n", "same secret"),
+        ("admin_token = \"upstream=a1\"\n", "`upstream`"),
+        ("admin_token = \"adaptive=a1\"\n", "`adaptive`"),
+        ("admin_token = 5\n", "list of tokens"),
+    ] {
+        let err = resolve(text, WITH_UPSTREAM).unwrap_err();
+        assert!(
+            err.contains("admin_token") && err.contains(says),
+            "{text}: {err}"
+        );
+    }
+    // No tokens: an empty list, as the default.
+    let c = resolve("admin_token = []\n", WITH_UPSTREAM).unwrap();
+    assert!(c.admin_token.is_empty());
+}

@@ -202,6 +202,32 @@ pub fn comma_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Err
         .collect())
 }
 
+/// `admin_token`: one string or a list, each item itself a comma- or
+/// space-separated list of `NAME=SECRET` or bare secrets (see
+/// [`super::values::AdminToken`]).
+pub fn admin_tokens<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<super::values::AdminToken>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    let items = match OneOrMany::deserialize(d)
+        .map_err(|_| D::Error::custom("expected a token or a list of tokens (strings)"))?
+    {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    };
+    items
+        .iter()
+        .flat_map(|s| s.split(|c: char| c == ',' || c.is_whitespace()))
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().map_err(D::Error::custom))
+        .collect()
+}
+
 /// A [`comma_list`] of CIDR blocks or bare addresses.
 pub fn cidrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
     comma_list(d)?

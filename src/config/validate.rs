@@ -41,7 +41,41 @@ impl Config {
             .collect();
         let bad_origin = (self.cors_origins.iter())
             .find(|o| *o != "*" && !o.starts_with("http://") && !o.starts_with("https://"));
+        let tokens = &self.admin_token;
+        let twice = |same: &dyn Fn(&super::AdminToken, &super::AdminToken) -> bool| {
+            (tokens.iter().enumerate())
+                .find(|(i, a)| tokens[..*i].iter().any(|b| same(a, b)))
+                .map(|(_, a)| a.name.clone())
+        };
+        let name_twice = twice(&|a, b| a.name == b.name);
+        let secret_twice = twice(&|a, b| a.secret == b.secret);
+        let reserved =
+            (tokens.iter()).find(|t| super::AdminToken::RESERVED.iter().any(|r| *r == t.name));
         Rules(Ok(()))
+            .check(
+                name_twice.is_none(),
+                "admin_token",
+                format!(
+                    "two tokens are named `{}`: give each its own NAME= (a bare secret is named `admin`)",
+                    name_twice.as_deref().unwrap_or_default()
+                ),
+            )
+            .check(
+                secret_twice.is_none(),
+                "admin_token",
+                format!(
+                    "token `{}` has the same secret as another: each name needs its own secret",
+                    secret_twice.as_deref().unwrap_or_default()
+                ),
+            )
+            .check(
+                reserved.is_none(),
+                "admin_token",
+                format!(
+                    "`{}` is the gateway's own actor name; name the token otherwise",
+                    reserved.map_or("", |t| t.name.as_str())
+                ),
+            )
             .check(
                 redis.is_none_or(|u| schemes.iter().any(|s| u.starts_with(s))),
                 "redis_url",
@@ -109,7 +143,7 @@ impl Config {
                 "must be at least 1s",
             )
             .check(
-                self.admin_listen.ip().is_loopback() || self.admin_token.is_some(),
+                self.admin_listen.ip().is_loopback() || !self.admin_token.is_empty(),
                 "admin_listen",
                 format!(
                     "`{}` is beyond loopback, which would open the admin API (/admin/*) \

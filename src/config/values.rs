@@ -111,6 +111,78 @@ impl std::fmt::Display for AccessLog {
     }
 }
 
+/// One admin token (`admin_token`): `NAME=SECRET`, or a bare `SECRET`
+/// named [`AdminToken::UNNAMED`]. The name is who made a change in the
+/// audit trail (the `knobs_changed` events and the log).
+///
+/// A value is `NAME=SECRET` when the text before its first `=` is a name
+/// (1 to 64 of `A-Z a-z 0-9 _ - .`) and the text after it is not empty and
+/// does not start with `=`; anything else is a bare secret. So base64
+/// padding (`c2VjcmV0==`) stays part of a bare secret, and a bare secret
+/// with an `=` inside is written with its name: `admin=se=cret`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken {
+    pub name: String,
+    pub secret: String,
+}
+
+impl AdminToken {
+    /// The name of a token given without one.
+    pub const UNNAMED: &'static str = "admin";
+    /// Actors the gateway itself uses for its own changes; no token may
+    /// take them (the backend's `UPSTREAM_ACTOR`, `ADAPTIVE_ACTOR`).
+    pub const RESERVED: [&'static str; 2] = ["upstream", "adaptive"];
+
+    fn is_name(name: &str) -> bool {
+        (1..=64).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    }
+}
+
+/// The secret never shows, not even in a `{:?}`.
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AdminToken({}=<redacted>)", self.name)
+    }
+}
+
+impl std::str::FromStr for AdminToken {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err("an admin token must not be empty".into());
+        }
+        if s.contains(|c: char| c.is_whitespace() || c == ',') {
+            return Err("an admin token has no spaces or commas (they separate tokens)".into());
+        }
+        Ok(match s.split_once('=') {
+            Some((name, secret))
+                if Self::is_name(name) && !secret.is_empty() && !secret.starts_with('=') =>
+            {
+                AdminToken {
+                    name: name.into(),
+                    secret: secret.into(),
+                }
+            }
+            _ => AdminToken {
+                name: Self::UNNAMED.into(),
+                secret: s.into(),
+            },
+        })
+    }
+}
+
+/// Printed (`check-config`, the effective-config log line) with the
+/// secret redacted: `ops=<redacted>`.
+impl Serialize for AdminToken {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{}=<redacted>", self.name))
+    }
+}
+
 /// Serde and schema for a type written as a string: `Display` out,
 /// `FromStr` (with a message that says what was expected) in.
 macro_rules! string_value {

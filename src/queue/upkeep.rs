@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::Queue;
+use crate::backend::events::knob_changes;
 use crate::backend::knobs::{Knobs, WATCH_INTERVAL};
 use crate::backend::Change;
 use crate::metrics::Metrics;
@@ -59,7 +60,10 @@ pub async fn watch_knobs(queue: Arc<Queue>, metrics: Arc<Metrics>, stop: Cancell
                 say_overrides(&queue, &knobs);
                 queue.update_knobs(knobs);
             } else if queue.update_knobs(knobs.clone()) {
-                info!(queue = name, before = ?before, now = ?knobs, "queue knobs changed");
+                // A change made elsewhere (another instance, the adaptive
+                // drain): what moved, as the `knobs_changed` event has it.
+                let changes = knob_changes(&before, &knobs).unwrap_or_else(|| "{}".into());
+                info!(queue = name, %changes, "queue knobs changed");
             }
         }
         let knobs = queue.knobs();

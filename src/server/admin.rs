@@ -112,8 +112,16 @@ pub async fn health(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
 
 /// `/healthz`, `/readyz` and `/metrics`, or `None` for any other request.
 async fn probe(app: &App, req: &Request<Incoming>) -> Option<Response<Body>> {
-    Some(match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => {
+    let path = req.uri().path();
+    if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
+        return None;
+    }
+    if req.method() != Method::GET {
+        exchange::note(|n| n.route = Some("health"));
+        return Some(method_not_allowed(path, "GET"));
+    }
+    Some(match path {
+        "/metrics" => {
             exchange::note(|n| n.route = Some("metrics"));
             let mut resp = Response::new(full(app.metrics.encode()));
             resp.headers_mut().insert(
@@ -122,15 +130,14 @@ async fn probe(app: &App, req: &Request<Incoming>) -> Option<Response<Body>> {
             );
             resp
         }
-        (&Method::GET, "/healthz") => {
+        "/healthz" => {
             exchange::note(|n| n.route = Some("health"));
             json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
         }
-        (&Method::GET, "/readyz") => {
+        _ => {
             exchange::note(|n| n.route = Some("health"));
             readyz(app).await
         }
-        _ => return None,
     })
 }
 
@@ -139,33 +146,42 @@ pub async fn admin(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> R
     if let Some(resp) = probe(&app, &req).await {
         return resp;
     }
-    let path = req.uri().path();
-    match (req.method(), path) {
-        (_, p) if p == "/admin" || p.starts_with("/admin/") => {
-            exchange::note(|n| n.route = Some("admin"));
-            if !authorized(&app, &req) {
-                let mut resp = Problem::new(Code::Unauthorized, "a valid bearer token is required")
-                    .into_response();
-                resp.headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                return resp;
-            }
-            match (req.method().clone(), p.strip_prefix("/admin/queues")) {
-                (Method::GET, Some("" | "/")) => queues(&app).await,
-                (Method::GET, Some(rest)) if rest.len() > 8 && rest.ends_with("/events") => {
-                    let name = &rest[1..rest.len() - "/events".len()];
-                    events(&app, name, req.uri().query()).await
-                }
-                (Method::PATCH, Some(name)) if name.len() > 1 => {
-                    let name = name[1..].to_string();
-                    let actor = actor(&app, peer);
-                    patch_queue(&app, &name, &actor, req).await
-                }
-                _ => Problem::new(Code::NotFound, "no such admin endpoint").into_response(),
-            }
-        }
-        _ => not_found("no such admin endpoint"),
+    let path = req.uri().path().to_string();
+    if path != "/admin" && !path.starts_with("/admin/") {
+        return not_found("no such admin endpoint");
     }
+    exchange::note(|n| n.route = Some("admin"));
+    // Who asks: the actor of any change this request makes.
+    let Some(actor) = caller(&app, peer, &req) else {
+        let mut resp =
+            Problem::new(Code::Unauthorized, "a valid bearer token is required").into_response();
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return resp;
+    };
+    let method = req.method().clone();
+    let rest = (path.strip_prefix("/admin/queues")).filter(|r| r.is_empty() || r.starts_with('/'));
+    let Some(rest) = rest else {
+        return Problem::new(Code::NotFound, "no such admin endpoint").into_response();
+    };
+    // `rest` is `""`, `/{queue}` or `/{queue}/...`.
+    let segments: Vec<&str> = rest.split('/').skip(1).collect();
+    match (method, segments.as_slice()) {
+        (Method::GET, [] | [""]) => queues(&app).await,
+        (_, [] | [""]) => method_not_allowed(&path, "GET"),
+        (Method::PATCH, [name]) if !name.is_empty() => patch_queue(&app, name, &actor, req).await,
+        (_, [name]) if !name.is_empty() => method_not_allowed(&path, "PATCH"),
+        (Method::GET, [name, "events"]) => events(&app, name, req.uri().query()).await,
+        (_, [_, "events"]) => method_not_allowed(&path, "GET"),
+        _ => Problem::new(Code::NotFound, "no such admin endpoint").into_response(),
+    }
+}
+
+/// A known path asked with a method it does not take.
+fn method_not_allowed(path: &str, allow: &str) -> Response<Body> {
+    Problem::new(Code::MethodNotAllowed, format!("{path} accepts {allow}"))
+        .allow(allow.to_string())
+        .into_response()
 }
 
 /// A path the listener does not serve.
@@ -195,26 +211,30 @@ async fn readyz(app: &App) -> Response<Body> {
     }
 }
 
-/// Who makes an admin change: the admin token's holder, `admin` (there is
-/// one token), or without a token the connection's peer.
-fn actor(app: &App, peer: SocketAddr) -> String {
-    match &app.config().admin_token {
-        Some(_) => "admin".into(),
-        None => format!("peer:{peer}"),
+/// Who asks, when they may: the name of the admin token presented (SPEC
+/// §5: the actor of a change), or `peer:<ip:port>` when no token is
+/// configured; `None` when a token is configured and none of them was
+/// presented.
+fn caller(app: &App, peer: SocketAddr, req: &Request<Incoming>) -> Option<String> {
+    let config = app.config();
+    if config.admin_token.is_empty() {
+        return Some(format!("peer:{peer}"));
     }
-}
-
-fn authorized(app: &App, req: &Request<Incoming>) -> bool {
-    let Some(token) = &app.config().admin_token else {
-        return true;
-    };
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
-    constant_time_eq(presented.as_bytes(), token.as_bytes())
+    // Every token is compared, matched or not, so timing does not tell
+    // which one (or how many) came close.
+    let mut name = None;
+    for token in &config.admin_token {
+        if constant_time_eq(presented.as_bytes(), token.secret.as_bytes()) {
+            name = Some(token.name.clone());
+        }
+    }
+    name
 }
 
 /// Compares in constant time (`subtle`), so timing does not reveal the token.
