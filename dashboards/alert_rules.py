@@ -128,12 +128,12 @@ Tickets of queue {{ $labels.queue }} were moved to its dead stream (Redis key
 answer from the order service after --max-attempts tries. Each is a customer whose
 order was not placed; their ticket shows status failed.
 What to do:
-1. flashgate admin dead-letters list {{ $labels.queue }}: each dead letter with its
-   ticket, code and detail (show ID for the request itself).
+1. flashgate admin dead-letters list --queue {{ $labels.queue }}: each dead letter with
+   its ticket, code and detail (show ID for the request itself).
 2. If the code is upstream_unavailable, see FlashgateUpstreamErrorRatioHigh and
-   fix the order service first, then flashgate admin dead-letters replay: the ticket
-   goes back in line with the same Idempotency-Key, so the order service can drop
-   duplicates.
+   fix the order service first, then flashgate admin dead-letters replay ID (or
+   --all --code upstream_unavailable): the ticket goes back in line with the same
+   Idempotency-Key, so the order service can drop duplicates.
 3. corrupt_entry means an entry this version cannot read: keep it for
    investigation, do not replay.
 """),
