@@ -1,29 +1,48 @@
 #!/usr/bin/env python3
-"""Writes dashboards/flashgate.json, the Grafana dashboard of a flash sale.
+"""Writes dashboards/flashgate.json, the Grafana dashboard of a flash sale, and
+dashboards/alerts.yml, its Prometheus alerting rules (from alert_rules.py).
 
 The JSON is generated so that every panel follows the same rules (a unit,
 thresholds, the `${datasource}` variable, `$__rate_interval` in every rate,
-queue-wide gauges aggregated with `max`); edit this file, not the JSON, then run
+queue-wide gauges aggregated with `max`); edit this file (and alert_rules.py),
+not the JSON or the YAML, then run
 
-    python3 dashboards/build_dashboard.py          # rewrite flashgate.json
-    python3 dashboards/build_dashboard.py --check  # exit 1 if it is stale
+    python3 dashboards/build_dashboard.py          # rewrite both files
+    python3 dashboards/build_dashboard.py --check  # exit 1 if either is stale
+
+Every selector of both files carries the Prometheus scrape job's matcher,
+`job="flashgate"` by default: `--job NAME` (or FLASHGATE_JOB) writes them for
+another job name, `--out DIR` somewhere else than dashboards/ (the checked-in
+files are the default's). Alerts link their runbook in docs/runbooks.md;
+`--runbooks URL` (or FLASHGATE_RUNBOOKS) points them at a published copy, e.g.
+https://git.example.com/shop/flashgate/blob/main/docs/runbooks.md.
 
 Metric names are those of SPEC §6 plus `flashgate_eta_error_seconds`,
-`flashgate_queue_up` and the standard `process_*` collector.
+`flashgate_queue_up`, the sale's gauges and the standard `process_*` metrics.
 """
 
 import argparse
 import json
+import os
 import pathlib
 import sys
 
-OUT = pathlib.Path(__file__).resolve().parent / "flashgate.json"
+sys.dont_write_bytecode = True  # no __pycache__ in the repository
+import alert_rules  # noqa: E402
+
+HERE = pathlib.Path(__file__).resolve().parent
+DASHBOARD = "flashgate.json"
+ALERTS = "alerts.yml"
+DEFAULT_JOB = "flashgate"
+DEFAULT_RUNBOOKS = "docs/runbooks.md"
 
 DS = {"type": "prometheus", "uid": "${datasource}"}
 
-# Label filters. `http_*` metrics have no `queue` label (they are per route).
-Q = 'queue=~"$queue", instance=~"$instance"'
-I = 'instance=~"$instance"'
+# Label filters, set for the scrape job by `build()`. `http_*` and
+# `process_*` metrics have no `queue` label (they are per route / instance).
+J = f'job="{DEFAULT_JOB}"'
+Q = f'{J}, queue=~"$queue", instance=~"$instance"'
+I = f'{J}, instance=~"$instance"'
 RI = "[$__rate_interval]"
 
 
@@ -33,14 +52,18 @@ def qmax(metric: str) -> str:
     return f"max by (queue) ({metric}{{{Q}}})"
 
 
-def rate(metric: str, extra: str = "", by: str = "queue", sel: str = Q) -> str:
-    """A counter's per-second rate summed over instances (and the labels not in `by`)."""
+def rate(metric: str, extra: str = "", by: str = "queue", sel: str | None = None) -> str:
+    """A counter's per-second rate summed over instances (and the labels not in `by`);
+    `sel` the label filter, `Q` by default (read at call time: `build` sets it)."""
+    sel = Q if sel is None else sel
     matchers = f"{sel}, {extra}" if extra else sel
     group = f"sum by ({by})" if by else "sum"
     return f"{group} (rate({metric}{{{matchers}}}{RI}))"
 
 
-def quantile(q: float, metric: str, extra: str = "", by: str = "queue", sel: str = Q) -> str:
+def quantile(q: float, metric: str, extra: str = "", by: str = "queue",
+             sel: str | None = None) -> str:
+    sel = Q if sel is None else sel
     matchers = f"{sel}, {extra}" if extra else sel
     group = f"le, {by}" if by else "le"
     return f"histogram_quantile({q}, sum by ({group}) (rate({metric}_bucket{{{matchers}}}{RI})))"
@@ -107,7 +130,7 @@ class Layout:
 
 
 def stat(title, desc, targets, unit, steps, decimals=None, mappings=None, color_mode="value",
-         base="green"):
+         base="green", text_mode="value_and_name"):
     defaults = {"unit": unit, "color": {"mode": "thresholds"},
                 "thresholds": thresholds(*steps, base=base),
                 "mappings": mappings or []}
@@ -119,7 +142,7 @@ def stat(title, desc, targets, unit, steps, decimals=None, mappings=None, color_
         "options": {
             "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
             "colorMode": color_mode, "graphMode": "area", "justifyMode": "auto",
-            "textMode": "value_and_name", "orientation": "auto", "wideLayout": True,
+            "textMode": text_mode, "orientation": "auto", "wideLayout": True,
             "showPercentChange": False,
         },
     }
@@ -180,13 +203,24 @@ def heatmap(title, desc, targets, y_unit):
 OUTCOME_COLOURS = {
     "admitted": "green", "duplicate": "blue", "rate_limited": "orange",
     "queue_full": "red", "sold_out": "purple", "not_open": "yellow", "rejected": "dark-red",
+    "unavailable": "dark-orange",
 }
 DISPATCH_COLOURS = {"completed": "green", "retried": "orange", "failed": "red",
                     "dead_lettered": "dark-red"}
 CLASS_COLOURS = {"2xx": "green", "3xx": "blue", "4xx": "yellow", "5xx": "red", "error": "dark-red"}
 
 
-def build() -> dict:
+def flag(states: dict) -> list:
+    """Value mappings of a 0/1 gauge: text and colour for each."""
+    return [{"type": "value", "options": {
+        str(v): {"text": text, "color": col, "index": v} for v, (text, col) in states.items()}}]
+
+
+def build(job: str = DEFAULT_JOB) -> dict:
+    global J, Q, I
+    J = f'job="{job}"'
+    Q = f'{J}, queue=~"$queue", instance=~"$instance"'
+    I = f'{J}, instance=~"$instance"'
     L = Layout()
 
     # ---- Sale at a glance -------------------------------------------------
@@ -233,6 +267,40 @@ def build() -> dict:
                          by="", sel=I), "p99", "A")],
         "s", [(0.05, "yellow"), (0.25, "red")]), 4, 5)
 
+    # ---- Sale state -------------------------------------------------------
+    L.row("Sale state")
+    L.add(stat(
+        "Stock left",
+        "Stock not yet admitted: the stock in force (configured, or set at run time) minus "
+        "the admissions so far. No value while the stock is unlimited. Queue-wide gauge: max "
+        "over instances.",
+        [target(qmax("flashgate_stock_left"), "{{queue}}", "A")],
+        "short", [(1, "yellow"), (100, "green")], base="red"), 6, 5)
+    L.add(stat(
+        "Sale phase",
+        "Where the sale is: not_open (before opens_at: 503 sale_not_open), prequeue "
+        "(admitted in a random place in line, drained from the opening), open, closed "
+        "(after closes_at or closed by an operator: 410 sale_closed).",
+        [target(f'max by (queue, phase) (flashgate_sale_phase{{{Q}}}) == 1',
+                "{{queue}}: {{phase}}", "A")],
+        "none", [], color_mode="none", text_mode="name"), 6, 5)
+    L.add(stat(
+        "Paused",
+        "PAUSED: nothing is sent upstream (admissions go on). Set with PATCH "
+        "/admin/queues/{name} {\"paused\": true} or flashgate admin set NAME --pause.",
+        [target(qmax("flashgate_queue_paused"), "{{queue}}", "A")],
+        "none", [(1, "orange")],
+        mappings=flag({0: ("running", "green"), 1: ("PAUSED", "orange")}),
+        color_mode="background"), 6, 5)
+    L.add(stat(
+        "Sold out",
+        "SOLD OUT: admissions get 410 sold_out and waiting tickets fail unsent; set when the "
+        "stock runs out, the order service answers a sold-out status, or by an operator.",
+        [target(qmax("flashgate_queue_sold_out"), "{{queue}}", "A")],
+        "none", [(1, "purple")],
+        mappings=flag({0: ("selling", "green"), 1: ("SOLD OUT", "purple")}),
+        color_mode="background"), 6, 5)
+
     # ---- Admission ----------------------------------------------------------
     L.row("Admission")
     L.add(timeseries(
@@ -240,7 +308,8 @@ def build() -> dict:
         "Every admission decision per second, stacked. admitted = got a ticket; duplicate = "
         "Idempotency-Key replay; rate_limited = per-client limit (429); queue_full = capacity "
         "(503); sold_out = stock exhausted (410); not_open = before opens-at (503); rejected = "
-        "malformed, too large or key reused.",
+        "malformed, too large or key reused; unavailable = the queue backend did not confirm "
+        "the write (503).",
         [target(rate("flashgate_admissions_total", by="outcome"), "{{outcome}}", "A")],
         "reqps", stack=True,
         overrides=[colour(k, v) for k, v in OUTCOME_COLOURS.items()]), 12, 8)
@@ -257,7 +326,20 @@ def build() -> dict:
         "paths, by HTTP status.",
         [target(f'sum by (route, code) (rate(flashgate_http_requests_total{{{I}}}{RI}))',
                 "{{route}} {{code}}", "A")],
-        "reqps", stack=True), 24, 8)
+        "reqps", stack=True), 12, 8)
+    L.add(timeseries(
+        "Refused admissions",
+        "Share of admission requests answered 503 queue_full (the queue holds max_queue "
+        "tickets) or 503 unavailable (the queue backend did not confirm the write): "
+        "customers without a ticket who must retry. The FlashgateAdmissionsRefused alert "
+        "fires above 5 %.",
+        [target(f'sum by (queue, outcome) (rate(flashgate_admissions_total{{{Q}, '
+                f'outcome=~"queue_full|unavailable"}}{RI})) / ignoring (outcome) group_left () '
+                f'clamp_min(sum by (queue) (rate(flashgate_admissions_total{{{Q}}}{RI})), 1e-9)',
+                "{{outcome}} {{queue}}", "A")],
+        "percentunit", [(0.05, "red")], threshold_style="line",
+        overrides=[colour(k, OUTCOME_COLOURS[k]) for k in ("queue_full", "unavailable")]),
+        12, 8)
 
     # ---- Queue ------------------------------------------------------------
     L.row("Queue")
@@ -408,19 +490,34 @@ def build() -> dict:
         "Gateway instances scraped, by build version.",
         [target(f'count by (version) (flashgate_build_info{{{I}}})', "{{version}}", "A")],
         "short", []), 6, 7)
+    L.add(timeseries(
+        "File descriptors used",
+        "Open file descriptors as a share of the process limit. At the limit, accept "
+        "fails and upstream calls fail; the FlashgateFileDescriptorsNearLimit alert fires "
+        "above 80 %.",
+        [target(f'process_open_fds{{{I}}} / process_max_fds{{{I}}}', "{{instance}}", "A")],
+        "percentunit", [(0.8, "red")], threshold_style="line"), 12, 7)
+    L.add(timeseries(
+        "Connections shed",
+        "Public connections per second answered 503 and closed unread because "
+        "--max-connections were open (also counted as route other, code 503 above). The "
+        "FlashgateConnectionsShed alert fires when this stays above 0.",
+        [target(f'sum by (instance) (rate(flashgate_connections_shed_total{{{I}}}{RI}))',
+                "{{instance}}", "A")],
+        "cps", [(0.001, "red")], threshold_style="line"), 12, 7)
 
     templating = [
         {"type": "datasource", "name": "datasource", "label": "Data source", "query": "prometheus",
          "current": {"text": "Prometheus", "value": "Prometheus"}, "hide": 0, "refresh": 1,
          "regex": "", "options": [], "includeAll": False, "multi": False},
         {"type": "query", "name": "instance", "label": "Instance", "datasource": DS,
-         "query": "label_values(flashgate_build_info, instance)",
-         "definition": "label_values(flashgate_build_info, instance)",
+         "query": f"label_values(flashgate_build_info{{{J}}}, instance)",
+         "definition": f"label_values(flashgate_build_info{{{J}}}, instance)",
          "current": {"text": ["All"], "value": ["$__all"]}, "hide": 0, "refresh": 2, "sort": 1,
          "includeAll": True, "allValue": ".*", "multi": True, "options": [], "regex": ""},
         {"type": "query", "name": "queue", "label": "Queue", "datasource": DS,
-         "query": 'label_values(flashgate_admissions_total{instance=~"$instance"}, queue)',
-         "definition": 'label_values(flashgate_admissions_total{instance=~"$instance"}, queue)',
+         "query": f'label_values(flashgate_admissions_total{{{I}}}, queue)',
+         "definition": f'label_values(flashgate_admissions_total{{{I}}}, queue)',
          "current": {"text": ["All"], "value": ["$__all"]}, "hide": 0, "refresh": 2, "sort": 1,
          "includeAll": True, "allValue": ".*", "multi": True, "options": [], "regex": ""},
     ]
@@ -453,23 +550,48 @@ def build() -> dict:
     }
 
 
-def render() -> str:
-    return json.dumps(build(), indent=2, ensure_ascii=False) + "\n"
+def render(job: str = DEFAULT_JOB) -> str:
+    return json.dumps(build(job), indent=2, ensure_ascii=False) + "\n"
+
+
+def outputs(job: str, runbooks: str) -> dict[str, str]:
+    """Each generated file's name and text."""
+    return {DASHBOARD: render(job), ALERTS: alert_rules.render(job, runbooks)}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="exit 1 if flashgate.json is stale")
+    ap.add_argument("--check", action="store_true",
+                    help="exit 1 if a generated file is stale (writes nothing)")
+    ap.add_argument("--job", default=os.environ.get("FLASHGATE_JOB", DEFAULT_JOB),
+                    help="the Prometheus scrape job of the gateways "
+                         "(env FLASHGATE_JOB; default: %(default)s)")
+    ap.add_argument("--runbooks",
+                    default=os.environ.get("FLASHGATE_RUNBOOKS", DEFAULT_RUNBOOKS),
+                    help="where the alerts' runbook_url points, before #alert-name "
+                         "(env FLASHGATE_RUNBOOKS; default: %(default)s)")
+    ap.add_argument("--out", type=pathlib.Path, default=HERE,
+                    help="directory to write to (default: %(default)s)")
     args = ap.parse_args()
-    text = render()
+    stale = []
+    for name, text in outputs(args.job, args.runbooks).items():
+        path = args.out / name
+        if args.check:
+            try:
+                current = path.read_text(encoding="utf-8")
+            except OSError:
+                current = None
+            if current != text:
+                stale.append(path)
+            continue
+        path.write_text(text, encoding="utf-8")
+        print(f"wrote {path}")
     if args.check:
-        if OUT.read_text(encoding="utf-8") != text:
-            print(f"{OUT} is stale: run python3 {pathlib.Path(__file__).name}", file=sys.stderr)
+        for path in stale:
+            print(f"{path} is stale: run python3 {pathlib.Path(__file__).name}", file=sys.stderr)
+        if stale:
             return 1
-        print(f"{OUT.name} is up to date")
-        return 0
-    OUT.write_text(text, encoding="utf-8")
-    print(f"wrote {OUT}")
+        print(f"{DASHBOARD} and {ALERTS} are up to date")
     return 0
 
 

@@ -7,10 +7,15 @@
                                 [--expect-data TITLE ...] [--wait SECONDS]
 
 1. Schema: Draft-07 validation against the Grafana dashboard JSON schema
-   (default ../shared/grafana/dashboard.jsonschema.json beside the repo root),
-   after dropping the export-only keys __inputs, __requires and __elements.
-   Uses the `jsonschema` package when installed, else a built-in validator of
-   the keywords that schema uses.
+   (default: the copy vendored in dashboards/schema/; when the team's shared
+   copy ../shared/grafana/dashboard.jsonschema.json beside the repository
+   exists, the two must be the same), after dropping the export-only keys
+   __inputs, __requires and __elements. Uses the `jsonschema` package when
+   installed, else a built-in validator of the keywords that schema uses.
+   Also: flashgate.json and alerts.yml are what build_dashboard.py writes
+   (for --job), every alert's runbook_url leads to a section of
+   docs/runbooks.md that says what it means, how to confirm it and what to
+   do, and a promtool test of alerts_test.yml expects every alert to fire.
 2. Lint: every panel has a unit, thresholds and the ${datasource} datasource;
    rates use $__rate_interval; queue-wide gauges are aggregated with max/min.
 3. Prometheus: each target expression, with the Grafana variables substituted
@@ -31,6 +36,7 @@ Exit status: 0 all good, 1 a check failed, 2 bad usage or unreadable input.
 import argparse
 import json
 import math
+import os
 import pathlib
 import re
 import shutil
@@ -44,7 +50,14 @@ import urllib.request
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent
 DEFAULT_DASHBOARD = HERE / "flashgate.json"
-DEFAULT_SCHEMA = REPO.parent / "shared" / "grafana" / "dashboard.jsonschema.json"
+DEFAULT_SCHEMA = HERE / "schema" / "dashboard.jsonschema.json"
+# The team's shared copy, beside the repository where there is one.
+SHARED_SCHEMA = REPO.parent / "shared" / "grafana" / "dashboard.jsonschema.json"
+ALERTS = HERE / "alerts.yml"
+ALERT_TESTS = HERE / "alerts_test.yml"
+RUNBOOKS = REPO / "docs" / "runbooks.md"
+# What each runbook section must say, as bold lead-ins.
+RUNBOOK_PARTS = ("**What it means.**", "**How to confirm.**", "**What to do.**")
 EXPORT_ONLY = ("__inputs", "__requires", "__elements")
 
 # Gauges that describe the shared queue: every instance reports the same value.
@@ -53,6 +66,10 @@ QUEUE_GAUGES = (
     "flashgate_queue_in_flight",
     "flashgate_queue_oldest_age_seconds",
     "flashgate_drain_rate_limit",
+    "flashgate_stock_left",
+    "flashgate_queue_paused",
+    "flashgate_queue_sold_out",
+    "flashgate_sale_phase",
 )
 
 # Panels a gateway under a small load (admissions, rejections, drains, polls)
@@ -61,6 +78,11 @@ QUEUE_GAUGES = (
 DEFAULT_EXPECT_DATA = (
     "Admitted / s",
     "Queue depth",
+    "Stock left",
+    "Sale phase",
+    "Paused",
+    "Sold out",
+    "Refused admissions",
     "Estimated wait for a new arrival",
     "Drain rate vs limit",
     "Upstream error ratio",
@@ -85,6 +107,8 @@ DEFAULT_EXPECT_DATA = (
     "Resident memory",
     "File descriptors",
     "Instances by version",
+    "File descriptors used",
+    "Connections shed",
 )
 
 
@@ -277,9 +301,102 @@ def lint(dashboard: dict) -> list[str]:
             for g in QUEUE_GAUGES:
                 for m in re.finditer(rf"\b{g}\b", expr):
                     before = expr[: m.start()]
-                    if not re.search(r"\b(max|min) by \(queue\) \($", before):
+                    if not re.search(r"\b(max|min) by \(queue(, \w+)*\) \($", before):
                         problems.append(f"{title} {t.get('refId')}: {g} not aggregated with "
                                         "max/min by (queue)")
+    return problems
+
+
+# ----------------------------------------------- sources and runbooks ---
+
+def schema_copy_problems(schema: pathlib.Path) -> list[str]:
+    """The vendored schema must be the shared one, where that exists."""
+    if schema != DEFAULT_SCHEMA or not SHARED_SCHEMA.exists():
+        return []
+    if schema.read_bytes() != SHARED_SCHEMA.read_bytes():
+        return [f"{schema.relative_to(REPO)} differs from {SHARED_SCHEMA}: copy it over"]
+    return []
+
+
+def stale_outputs(job: str, runbooks: str) -> list[str]:
+    """Generated files that differ from what build_dashboard.py writes."""
+    sys.dont_write_bytecode = True  # no __pycache__ in the repository
+    import build_dashboard
+
+    out = []
+    for name, text in build_dashboard.outputs(job, runbooks).items():
+        path = HERE / name
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            out.append(f"{name} is not what build_dashboard.py --job {job} writes: "
+                       "run python3 dashboards/build_dashboard.py")
+    return out
+
+
+def alert_runbooks(alerts_text: str) -> list[tuple[str, str | None]]:
+    """(alert name, its runbook_url or None) for each rule of alerts.yml."""
+    out: list[tuple[str, str | None]] = []
+    for line in alerts_text.splitlines():
+        if m := re.match(r"\s*- alert:\s*(\S+)", line):
+            out.append((m.group(1), None))
+        elif (m := re.match(r"\s*runbook_url:\s*\"?([^\"]*)\"?\s*$", line)) and out:
+            out[-1] = (out[-1][0], m.group(1))
+    return out
+
+
+def runbook_sections(text: str) -> dict[str, str]:
+    """Each `## ` section of the runbooks by its anchor (the heading lower-cased,
+    as GitHub makes anchors of a one-word heading)."""
+    sections: dict[str, str] = {}
+    current = None
+    for line in text.splitlines():
+        if line.startswith("## "):
+            current = re.sub(r"[^\w-]", "", line[3:].strip().lower().replace(" ", "-"))
+            sections[current] = ""
+        elif current is not None:
+            sections[current] += line + "\n"
+    return sections
+
+
+def firing_tests(tests_text: str) -> set[str]:
+    """Alerts that some promtool test of alerts_test.yml expects to fire."""
+    fired, current = set(), None
+    for line in tests_text.splitlines():
+        if m := re.match(r"\s*alertname:\s*(\S+)", line):
+            current = m.group(1)
+        elif re.match(r"\s*- eval_time:", line) or re.match(r"  - name:", line):
+            current = None
+        elif current and re.match(r"\s*- exp_labels:", line):
+            fired.add(current)
+    return fired
+
+
+def runbook_problems() -> list[str]:
+    """Every alert has its runbook section, and a promtool test that fires it."""
+    try:
+        alerts = ALERTS.read_text(encoding="utf-8")
+        runbooks = RUNBOOKS.read_text(encoding="utf-8")
+        tests = ALERT_TESTS.read_text(encoding="utf-8")
+    except OSError as e:
+        return [f"cannot read {e.filename}: {e.strerror}"]
+    sections = runbook_sections(runbooks)
+    fired = firing_tests(tests)
+    problems = []
+    for name, url in alert_runbooks(alerts):
+        if name not in fired:
+            problems.append(f"alert {name}: no test in alerts_test.yml expects it to fire")
+        if url is None:
+            problems.append(f"alert {name} has no runbook_url")
+            continue
+        page, _, anchor = url.partition("#")
+        if not page.endswith("runbooks.md") or anchor != name.lower():
+            problems.append(f"alert {name}: runbook_url {url} is not runbooks.md#{name.lower()}")
+        section = sections.get(name.lower())
+        if section is None:
+            problems.append(f"alert {name}: no section `## {name}` in docs/runbooks.md")
+            continue
+        missing = [p for p in RUNBOOK_PARTS if p not in section]
+        if missing:
+            problems.append(f"alert {name}: its runbook section lacks {', '.join(missing)}")
     return problems
 
 
@@ -476,6 +593,13 @@ def main() -> int:
     ap.add_argument("--instance", default=".*", help="value for $instance (default: .*)")
     ap.add_argument("--rate-interval", default="1m",
                     help="value for $__rate_interval (default: 1m)")
+    ap.add_argument("--job", default=os.environ.get("FLASHGATE_JOB", "flashgate"),
+                    help="scrape job the generated files are for, as given to "
+                         "build_dashboard.py (env FLASHGATE_JOB; default: %(default)s)")
+    ap.add_argument("--runbooks",
+                    default=os.environ.get("FLASHGATE_RUNBOOKS", "docs/runbooks.md"),
+                    help="runbook_url base given to build_dashboard.py "
+                         "(env FLASHGATE_RUNBOOKS; default: %(default)s)")
     args = ap.parse_args()
 
     dashboard = load_json(args.dashboard, "dashboard")
@@ -488,6 +612,22 @@ def main() -> int:
     for e in errors:
         print(f"  {e}")
     failures += [f"schema: {e}" for e in errors]
+    copies = schema_copy_problems(args.schema)
+    for p in copies:
+        print(f"  {p}")
+    failures += [f"schema: {p}" for p in copies]
+
+    sources = stale_outputs(args.job, args.runbooks)
+    print("SOURCES " + ("ok" if not sources else f"{len(sources)} stale file(s)"))
+    for p in sources:
+        print(f"  {p}")
+    failures += [f"sources: {p}" for p in sources]
+
+    runbooks = runbook_problems()
+    print("ALERTS  " + ("ok" if not runbooks else f"{len(runbooks)} problem(s)"))
+    for p in runbooks:
+        print(f"  {p}")
+    failures += [f"runbooks: {p}" for p in runbooks]
 
     problems = lint(dashboard)
     print("LINT    " + ("ok" if not problems else f"{len(problems)} problem(s)"))

@@ -1,4 +1,8 @@
 //! Every metric of SPEC §6, owned by one struct with its own registry.
+//!
+//! - [`process`]: the standard `process_*` metrics, CPU time to the tick.
+
+pub mod process;
 
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
@@ -14,6 +18,7 @@ pub const ADMISSION_OUTCOMES: &[&str] = &[
     "sold_out",
     "not_open",
     "rejected",
+    "unavailable",
 ];
 /// Dispatch outcomes (`flashgate_dispatches_total{outcome}`).
 pub const DISPATCH_OUTCOMES: &[&str] = &["completed", "retried", "failed", "dead_lettered"];
@@ -37,6 +42,18 @@ pub struct Metrics {
     pub cancelled: IntCounterVec,
     pub drain_skipped: IntCounterVec,
     pub waiters: IntGaugeVec,
+    /// Stock not yet admitted (queue-wide); no series while the stock is
+    /// unlimited.
+    pub stock_left: IntGaugeVec,
+    /// 1 while the queue is paused (queue-wide).
+    pub queue_paused: IntGaugeVec,
+    /// 1 while the queue is flipped sold out (queue-wide).
+    pub queue_sold_out: IntGaugeVec,
+    /// 1 for the sale's current phase, 0 for the others (`queue`, `phase`).
+    pub sale_phase: IntGaugeVec,
+    /// Public connections answered 503 and closed at once, over
+    /// `--max-connections`.
+    pub connections_shed: IntCounter,
     /// Entries of the work stream each consumer group has not read yet
     /// (`queue`, `group`; a bounded number of groups per queue).
     pub stream_group_lag: IntGaugeVec,
@@ -181,6 +198,37 @@ impl Metrics {
                 "Clients waiting on a ticket change now (long-poll, event stream, Prefer: wait).",
                 &["queue"],
             ),
+            stock_left: int_gauge(
+                "flashgate_stock_left",
+                "Stock not yet admitted (queue-wide); absent while the stock is unlimited.",
+                &["queue"],
+            ),
+            queue_paused: int_gauge(
+                "flashgate_queue_paused",
+                "1 while the queue is paused: admissions go on, nothing is sent upstream (queue-wide).",
+                &["queue"],
+            ),
+            queue_sold_out: int_gauge(
+                "flashgate_queue_sold_out",
+                "1 while the queue is sold out: admissions get 410, waiting tickets fail unsent (queue-wide).",
+                &["queue"],
+            ),
+            sale_phase: int_gauge(
+                "flashgate_sale_phase",
+                "1 for the sale's current phase (not_open, prequeue, open, closed), 0 for the others (queue-wide).",
+                &["queue", "phase"],
+            ),
+            connections_shed: {
+                let c = IntCounter::new(
+                    "flashgate_connections_shed_total",
+                    "Public connections answered 503 unavailable and closed unread: --max-connections were open.",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("unique metric");
+                c
+            },
             stream_group_lag: int_gauge(
                 "flashgate_stream_group_lag",
                 "Entries of the queue's work stream a consumer group has not read yet (ours is `flashgate`).",
@@ -231,8 +279,7 @@ impl Metrics {
             registry,
         };
         // CPU, memory and file descriptors of this process.
-        let process = prometheus::process_collector::ProcessCollector::for_self();
-        registry_register(&m.registry, Box::new(process));
+        registry_register(&m.registry, Box::new(process::ProcessCollector::new()));
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -258,6 +305,8 @@ impl Metrics {
             m.queue_depth.with_label_values(&[q]);
             m.queue_in_flight.with_label_values(&[q]);
             m.queue_oldest_age.with_label_values(&[q]);
+            m.queue_paused.with_label_values(&[q]);
+            m.queue_sold_out.with_label_values(&[q]);
         }
         for result in ["success", "failure"] {
             m.config_reloads.with_label_values(&[result]);

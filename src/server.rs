@@ -36,7 +36,7 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulConnection;
-use prometheus::IntCounterVec;
+use prometheus::{IntCounter, IntCounterVec};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -115,6 +115,7 @@ pub async fn serve_public(
     let limit = Limits {
         connections: Arc::new(Semaphore::new(app.config().max_connections as usize)),
         lingering: Arc::new(Semaphore::new(SHED_LINGER_MAX)),
+        shed: app.metrics.connections_shed.clone(),
     };
     let protocols = Protocols {
         http1,
@@ -182,6 +183,8 @@ struct Limits {
     connections: Arc<Semaphore>,
     /// One permit per shed connection still lingering.
     lingering: Arc<Semaphore>,
+    /// Counts the connections shed (`flashgate_connections_shed_total`).
+    shed: IntCounter,
 }
 
 /// Answers a connection over the limit with [`OVERLOADED`] and closes it.
@@ -236,6 +239,7 @@ async fn accept_loop<F, Fut>(
                 Err(_) => {
                     debug!(%peer, "connection limit reached: answered 503");
                     answered.with_label_values(&["other", "503"]).inc();
+                    l.shed.inc();
                     shed(stream, &l.lingering);
                     continue;
                 }

@@ -510,3 +510,96 @@ async fn the_start_up_log_says_when_a_stored_override_wins() {
     second.up().await;
     assert_eq!(second.client().queue().await["drain_rate"], 40.0);
 }
+
+/// The sale's gauges follow the knobs and the admitted count within the
+/// upkeep's second: stock left, paused, sold out, and one phase at 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sale_gauges_follow_the_stock_and_every_knob() {
+    let redis = Redis::start();
+    let upstream = MockUpstream::start().await;
+    let gw = Gateway::builder()
+        .toml("stock = 10\n")
+        .upstream(&upstream)
+        .redis(&redis)
+        .start()
+        .await;
+    let c = gw.client();
+    let (tickets, _) = c.admit_many(3, "n").await;
+    assert_eq!(tickets.len(), 3);
+    /// A gauge's one series of queue `checkout` (`labels` before it, as
+    /// the exposition sorts them); `None` when there is none.
+    fn gauge(m: &Metrics, name: &str, labels: &str) -> Option<f64> {
+        let prefix = format!("{name}{{{labels}queue=\"checkout\"}} ");
+        m.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .map(|v| v.trim().parse().unwrap())
+    }
+    fn phases(m: &Metrics) -> Vec<(&'static str, Option<f64>)> {
+        ["not_open", "prequeue", "open", "closed"]
+            .into_iter()
+            .map(|p| {
+                let label = format!("phase=\"{p}\",");
+                (p, gauge(m, "flashgate_sale_phase", &label))
+            })
+            .collect()
+    }
+    let until = |what: &'static str, want: fn(&Metrics) -> bool| {
+        let c = c.clone();
+        async move {
+            eventually(Duration::from_secs(10), what, || async {
+                let m = c.metrics().await;
+                want(&m).then_some(())
+            })
+            .await
+        }
+    };
+    until("7 of 10 left, open, running", |m| {
+        let g = |n| gauge(m, n, "");
+        g("flashgate_stock_left") == Some(7.0)
+            && g("flashgate_queue_paused") == Some(0.0)
+            && g("flashgate_queue_sold_out") == Some(0.0)
+    })
+    .await;
+    let m = c.metrics().await;
+    assert_eq!(
+        phases(&m),
+        [
+            ("not_open", Some(0.0)),
+            ("prequeue", Some(0.0)),
+            ("open", Some(1.0)),
+            ("closed", Some(0.0)),
+        ],
+        "{m}"
+    );
+
+    c.patch_knobs(r#"{"paused": true, "open": false}"#).await;
+    until("paused and closed", |m| {
+        gauge(m, "flashgate_queue_paused", "") == Some(1.0)
+            && gauge(m, "flashgate_sale_phase", "phase=\"closed\",") == Some(1.0)
+            && gauge(m, "flashgate_sale_phase", "phase=\"open\",") == Some(0.0)
+    })
+    .await;
+    c.patch_knobs(r#"{"sold_out": true, "stock": 2}"#).await;
+    until("sold out, stock over", |m| {
+        gauge(m, "flashgate_queue_sold_out", "") == Some(1.0)
+            && gauge(m, "flashgate_stock_left", "") == Some(0.0)
+    })
+    .await;
+    // Back to the configured stock: 10 minus the 3 admitted.
+    c.patch_knobs(r#"{"stock": null}"#).await;
+    until("stock left as configured", |m| {
+        gauge(m, "flashgate_stock_left", "") == Some(7.0)
+    })
+    .await;
+
+    // An unlimited stock has nothing left to count: no series at all.
+    let unlimited = Gateway::builder().upstream(&upstream).start().await;
+    let c = unlimited.client();
+    eventually(Duration::from_secs(10), "the sale gauges", || async {
+        let m = c.metrics().await;
+        (gauge(&m, "flashgate_sale_phase", "phase=\"open\",") == Some(1.0)).then_some(m)
+    })
+    .await;
+    let m = c.metrics().await;
+    assert!(!m.contains("flashgate_stock_left{"), "{m}");
+}

@@ -308,6 +308,12 @@ async fn connections_over_the_cap_get_503_and_open_ones_are_still_served() {
         1,
         "the shed connection is counted"
     );
+    let metrics = edge.client().metrics().await;
+    assert_eq!(
+        metrics.sum("flashgate_connections_shed_total", &[]),
+        1.0,
+        "and counted as shed"
+    );
 
     // The client already connected is still served.
     kept.write_all(ask).await.unwrap();

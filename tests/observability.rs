@@ -252,9 +252,10 @@ async fn every_dashboard_query_works_against_a_real_prometheus() {
     // Every ticket's first attempt gets a 503: retries, 5xx and completions.
     let upstream = MockUpstream::builder().fail_first(1).start().await;
     // Arrivals (40/s) outrun the drain (20/s) into a small queue: admissions
-    // and queue_full side by side, a backlog with an age, a steady drain.
+    // and queue_full side by side, a backlog with an age, a steady drain. A
+    // stock (far from sold out) gives the stock-left panel its series.
     let gw = Gateway::builder()
-        .toml("max_body = \"256B\"\ndrain_rate = 20\nmax_queue = 25\n")
+        .toml("max_body = \"256B\"\ndrain_rate = 20\nmax_queue = 25\nstock = 1000000\n")
         .upstream(&upstream)
         .redis(&redis)
         .start()
@@ -265,12 +266,10 @@ async fn every_dashboard_query_works_against_a_real_prometheus() {
     let stop = CancellationToken::new();
     let traffic = tokio::spawn(load(gw.client(), stop.clone()));
 
-    // CI puts a copy of `shared/` beside the repository.
-    let schema = repo().join("../shared/grafana/dashboard.jsonschema.json");
+    // The schema vendored in dashboards/schema/ (checked against the shared
+    // copy beside the repository, where there is one).
     let check = tokio::process::Command::new("python3")
         .arg(repo().join("dashboards/check.py"))
-        .arg("--schema")
-        .arg(&schema)
         .args(["--prometheus", &prometheus.url])
         .args(["--require-data", "--wait", "60"])
         // Grafana's $__rate_interval is 4 scrapes at least: 4 s here; 10 s
@@ -329,6 +328,9 @@ async fn every_dashboard_query_works_against_a_real_prometheus() {
         "FlashgateUpstreamErrorRatioHigh",
         "FlashgateQueueBackendDown",
         "FlashgateAdmissionLatencyHigh",
+        "FlashgateAdmissionsRefused",
+        "FlashgateFileDescriptorsNearLimit",
+        "FlashgateConnectionsShed",
     ] {
         assert!(names.contains(&alert), "{alert} not loaded: {names:?}");
     }
@@ -490,4 +492,128 @@ fn bad_log_flags_exit_2_naming_the_flag() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {text:?}");
         assert!(text.contains(args[1]), "{args:?} not named: {text:?}");
     }
+}
+
+/// Copies what `dashboards/check.py` reads (`dashboards/`, `docs/`) into a
+/// bare directory: a clone of the repository with nothing beside it.
+fn fresh_clone(root: &std::path::Path) -> std::path::PathBuf {
+    let clone = root.join("flashgate");
+    for dir in ["dashboards", "dashboards/schema", "docs"] {
+        std::fs::create_dir_all(clone.join(dir)).unwrap();
+        for entry in std::fs::read_dir(repo().join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                std::fs::copy(&path, clone.join(dir).join(path.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+    clone
+}
+
+fn check_py(clone: &std::path::Path) -> std::process::Output {
+    Command::new("python3")
+        .arg(clone.join("dashboards/check.py"))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .expect("python3 runs dashboards/check.py")
+}
+
+#[test]
+fn the_dashboard_checker_works_on_a_fresh_clone() {
+    require("python3", "it runs dashboards/check.py");
+    let root = tempfile::tempdir().unwrap();
+    let clone = fresh_clone(root.path());
+    let out = check_py(&clone);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    // Schema, generated files, runbooks and alert tests, lint: all checked.
+    for part in ["SCHEMA", "SOURCES", "ALERTS", "LINT"] {
+        let line = text.lines().find(|l| l.starts_with(part));
+        assert!(line.is_some_and(|l| l.ends_with("ok")), "{part}: {text}");
+    }
+
+    // A shared copy of the schema beside the clone must be the vendored one.
+    let shared = root.path().join("shared/grafana");
+    std::fs::create_dir_all(&shared).unwrap();
+    let vendored =
+        std::fs::read(repo().join("dashboards/schema/dashboard.jsonschema.json")).unwrap();
+    std::fs::write(shared.join("dashboard.jsonschema.json"), &vendored).unwrap();
+    assert!(check_py(&clone).status.success());
+    let mut newer = vendored.clone();
+    newer.extend_from_slice(b"\n");
+    std::fs::write(shared.join("dashboard.jsonschema.json"), &newer).unwrap();
+    let out = check_py(&clone);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("differs from"), "{text}");
+}
+
+/// The vendored schema is the one the team shares, where that is at hand.
+#[test]
+fn the_vendored_schema_is_the_shared_one() {
+    let shared = repo().join("../shared/grafana/dashboard.jsonschema.json");
+    let Ok(shared) = std::fs::read(&shared) else {
+        // A clone alone: the fresh-clone test covers the vendored copy.
+        return;
+    };
+    let vendored =
+        std::fs::read(repo().join("dashboards/schema/dashboard.jsonschema.json")).unwrap();
+    assert!(
+        vendored == shared,
+        "dashboards/schema/dashboard.jsonschema.json differs from ../shared's"
+    );
+}
+
+#[test]
+fn generated_files_follow_the_scrape_job_and_stay_in_sync() {
+    require("python3", "it runs dashboards/build_dashboard.py");
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = Command::new("python3")
+        .arg(repo().join("dashboards/build_dashboard.py"))
+        .args([
+            "--job",
+            "shop-gateway",
+            "--runbooks",
+            "https://runbooks.example/flashgate.md",
+        ])
+        .arg("--out")
+        .arg(out_dir.path())
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .expect("python3 runs build_dashboard.py");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let alerts = std::fs::read_to_string(out_dir.path().join("alerts.yml")).unwrap();
+    let dashboard = std::fs::read_to_string(out_dir.path().join("flashgate.json")).unwrap();
+    for text in [&alerts, &dashboard] {
+        assert!(
+            !text.contains("job=\\\"flashgate\\\"") && !text.contains("job=\"flashgate\""),
+            "{text}"
+        );
+        assert!(text.contains("shop-gateway"), "{text}");
+    }
+    // Every selector of a rule carries the job: as many as the default's.
+    let checked_in = std::fs::read_to_string(repo().join("dashboards/alerts.yml")).unwrap();
+    assert_eq!(
+        alerts.matches("job=\"shop-gateway\"").count(),
+        checked_in.matches("job=\"flashgate\"").count()
+    );
+    assert!(alerts
+        .contains("runbook_url: \"https://runbooks.example/flashgate.md#flashgatedeadletters\""));
+    // The checked-in files are the default's, unchanged.
+    let check = Command::new("python3")
+        .arg(repo().join("dashboards/build_dashboard.py"))
+        .arg("--check")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
 }

@@ -11,7 +11,7 @@ use tracing::info;
 
 use super::App;
 use crate::backend::events::knob_moves;
-use crate::backend::knobs::{Knobs, KnobsPatch, Phase};
+use crate::backend::knobs::{Knobs, KnobsPatch};
 use crate::config::AdaptiveBounds;
 use crate::http::body::{json, Body};
 use crate::http::exchange;
@@ -38,7 +38,7 @@ struct QueueInfo<'a> {
     /// Stock not yet admitted.
     stock_left: Option<u64>,
     sold_out: bool,
-    /// `open`, `not_open` or `closed`.
+    /// `not_open`, `prequeue`, `open` or `closed`.
     sale: &'static str,
     /// The knobs as the configuration sets them.
     configured: Configured,
@@ -84,12 +84,7 @@ async fn queue_info(q: &Queue) -> QueueInfo<'_> {
             .zip(stats)
             .map(|(s, st)| s.saturating_sub(st.admitted)),
         sold_out: knobs.sold_out,
-        sale: match knobs.phase(&q.config(), q.clock.now()) {
-            Phase::Open => "open",
-            Phase::NotOpen { .. } => "not_open",
-            Phase::PreQueue { .. } => "prequeue",
-            Phase::Closed => "closed",
-        },
+        sale: knobs.phase(&q.config(), q.clock.now()).name(),
         configured: Configured {
             drain_rate: q.config().drain_rate,
             stock: q.config().stock,

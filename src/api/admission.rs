@@ -78,6 +78,9 @@ pub async fn admit(
                 Code::SoldOut | Code::SaleClosed => "sold_out",
                 Code::SaleNotOpen => "not_open",
                 Code::RateLimited => "rate_limited",
+                // Not confirmed stored (the queue backend failed): the
+                // client retries with the same key.
+                Code::Unavailable => "unavailable",
                 _ => "rejected",
             };
             app.metrics.admission(name, outcome);

@@ -221,6 +221,22 @@ pub enum Phase {
     Closed,
 }
 
+impl Phase {
+    /// Every phase's name, in the order a sale goes through them.
+    pub const NAMES: [&'static str; 4] = ["not_open", "prequeue", "open", "closed"];
+
+    /// The name `GET /admin/queues` (`sale`) and `flashgate_sale_phase{phase}`
+    /// give this phase.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Phase::NotOpen { .. } => "not_open",
+            Phase::PreQueue { .. } => "prequeue",
+            Phase::Open => "open",
+            Phase::Closed => "closed",
+        }
+    }
+}
+
 impl Knobs {
     /// The rate the drain runs at now.
     pub fn drain_rate(&self, config: &QueueConfig) -> f64 {

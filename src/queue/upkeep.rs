@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 
 use super::Queue;
 use crate::backend::events::knob_changes;
-use crate::backend::knobs::{Knobs, WATCH_INTERVAL};
+use crate::backend::knobs::{Knobs, Phase, WATCH_INTERVAL};
 use crate::backend::Change;
 use crate::metrics::Metrics;
 
@@ -199,6 +199,45 @@ pub async fn follow_changes(queue: Arc<Queue>, stop: CancellationToken) {
     }
 }
 
+/// Sets the sale's gauges from this instance's copy of the knobs and the
+/// admitted count (`None` when the backend did not answer: the stock left
+/// keeps its last value). The stock left has no series while the stock is
+/// unlimited.
+fn sale_gauges(queue: &Queue, metrics: &Metrics, admitted: Option<u64>) {
+    let name = queue.name.as_str();
+    let config = queue.config();
+    let knobs = queue.knobs();
+    metrics
+        .queue_paused
+        .with_label_values(&[name])
+        .set(i64::from(knobs.paused));
+    metrics
+        .queue_sold_out
+        .with_label_values(&[name])
+        .set(i64::from(knobs.sold_out));
+    let now = knobs.phase(&config, queue.clock.now()).name();
+    for phase in Phase::NAMES {
+        metrics
+            .sale_phase
+            .with_label_values(&[name, phase])
+            .set(i64::from(phase == now));
+    }
+    match (knobs.stock(&config), admitted) {
+        (None, _) => {
+            // Never created, or the stock was lifted: no series either way.
+            let _ = metrics.stock_left.remove_label_values(&[name]);
+        }
+        (Some(stock), Some(admitted)) => {
+            let left = stock.saturating_sub(admitted);
+            metrics
+                .stock_left
+                .with_label_values(&[name])
+                .set(i64::try_from(left).unwrap_or(i64::MAX));
+        }
+        (Some(_), None) => {}
+    }
+}
+
 /// Keeps the queue-wide gauges current, one cheap backend call per interval.
 pub async fn refresh_gauges(queue: Arc<Queue>, metrics: Arc<Metrics>, stop: CancellationToken) {
     let name = queue.name.as_str();
@@ -240,6 +279,7 @@ pub async fn refresh_gauges(queue: Arc<Queue>, metrics: Arc<Metrics>, stop: Canc
         } else if let Ok(stats) = &stats {
             queue.dispatched[0].fetch_max(stats.dispatched, Ordering::Relaxed);
         }
+        sale_gauges(&queue, &metrics, stats.as_ref().ok().map(|s| s.admitted));
         if let Ok(stats) = stats {
             metrics
                 .queue_depth

@@ -126,12 +126,18 @@ impl std::fmt::Display for Metrics {
 
 impl Metrics {
     /// The sum of the samples of `name` whose labels include every one of
-    /// `labels` (`code="400"`); 0 when there is none.
+    /// `labels` (`code="400"`); 0 when there is none. A metric without
+    /// labels is its one sample.
     pub fn sum(&self, name: &str, labels: &[&str]) -> f64 {
         self.0
             .lines()
-            .filter_map(|l| l.strip_prefix(name)?.strip_prefix('{'))
-            .filter_map(|l| l.split_once("} "))
+            .filter_map(|l| {
+                let rest = l.strip_prefix(name)?;
+                match rest.strip_prefix('{') {
+                    Some(labelled) => labelled.split_once("} "),
+                    None => rest.strip_prefix(' ').map(|value| ("", value)),
+                }
+            })
             .filter(|(set, _)| labels.iter().all(|want| set.split(',').any(|l| l == *want)))
             .filter_map(|(_, value)| value.trim().parse::<f64>().ok())
             .sum()
