@@ -32,6 +32,8 @@ pub enum AdminAction {
     Queues,
     /// Change a queue's knobs; every instance follows within a second.
     Set(SetArgs),
+    /// A queue's dead letters: list, show, replay, discard.
+    DeadLetters(super::dead_letters::DeadLettersArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -104,6 +106,8 @@ pub enum AdminError {
     NothingToChange,
     #[error("bad admin URL `{0}`")]
     Url(String),
+    #[error(transparent)]
+    DeadLetters(#[from] super::dead_letters::DeadLettersError),
     #[error("cannot reach the admin API at {url}: {why}")]
     Unreachable { url: String, why: String },
     #[error("the gateway answered {status}: {detail}")]
@@ -115,6 +119,9 @@ pub async fn run(args: AdminArgs) -> Result<String, AdminError> {
     let base = args.url.trim_end_matches('/');
     let (method, path, body) = match &args.action {
         AdminAction::Queues => (Method::GET, "/admin/queues".to_string(), None),
+        AdminAction::DeadLetters(dead) => {
+            return Ok(super::dead_letters::run(base, args.token.as_deref(), dead).await?)
+        }
         AdminAction::Set(set) => {
             let body = set.body();
             if body.as_object().is_some_and(|o| o.is_empty()) {

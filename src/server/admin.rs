@@ -17,6 +17,7 @@ use super::access_log::AccessLog;
 use super::exchange::Edge;
 use super::{accept_loop, Protocols};
 
+use crate::api::admin::dead_letters;
 use crate::api::admin::events::events;
 use crate::api::admin::{patch_queue, queues};
 use crate::api::App;
@@ -155,6 +156,10 @@ pub async fn admin(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> R
                 (Method::GET, Some(rest)) if rest.len() > 8 && rest.ends_with("/events") => {
                     let name = &rest[1..rest.len() - "/events".len()];
                     events(&app, name, req.uri().query()).await
+                }
+                (method, Some(rest)) if rest.contains("/dead-letters") => {
+                    let actor = actor(&app, peer);
+                    dead_letters::route(&app, &method, rest, req.uri().query(), &actor).await
                 }
                 (Method::PATCH, Some(name)) if name.len() > 1 => {
                     let name = name[1..].to_string();
