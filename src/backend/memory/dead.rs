@@ -92,14 +92,12 @@ impl DeadBuf {
         };
         let mut out = Vec::new();
         let mut last = None;
-        let mut scanned = 0;
         let mut more = false;
-        for (id, kept) in ids {
+        for (scanned, (id, kept)) in ids.enumerate() {
             if out.len() == limit || scanned == DEAD_SCAN_BUDGET {
                 more = true;
                 break;
             }
-            scanned += 1;
             last = Some(*id);
             if query.code.as_ref().is_none_or(|c| *c == kept.error.code) {
                 out.push(Self::letter(*id, kept));
