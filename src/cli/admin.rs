@@ -9,6 +9,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use super::dead_letters::Output;
+
 /// The `admin` flags.
 #[derive(Debug, Clone, Args)]
 pub struct AdminArgs {
@@ -22,6 +24,10 @@ pub struct AdminArgs {
     /// Bearer token, when the gateway has one.
     #[arg(long, env = "FLASHGATE_ADMIN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// `table` for people, `json` for scripts (`dead-letters`; `queues`
+    /// and `set` print the API's JSON).
+    #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
     #[command(subcommand)]
     pub action: AdminAction,
 }
@@ -120,7 +126,8 @@ pub async fn run(args: AdminArgs) -> Result<String, AdminError> {
     let (method, path, body) = match &args.action {
         AdminAction::Queues => (Method::GET, "/admin/queues".to_string(), None),
         AdminAction::DeadLetters(dead) => {
-            return Ok(super::dead_letters::run(base, args.token.as_deref(), dead).await?)
+            let json = args.output == Output::Json;
+            return Ok(super::dead_letters::run(base, args.token.as_deref(), json, dead).await?);
         }
         AdminAction::Set(set) => {
             let body = set.body();

@@ -16,7 +16,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
-/// `--output`.
+/// `flashgate admin --output`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     Table,
@@ -58,15 +58,12 @@ pub enum DeadAction {
     Discard(ActArgs),
 }
 
-/// What every action names.
+/// What every action names. (`--output` is `flashgate admin`'s own.)
 #[derive(Debug, Clone, Args)]
 pub struct Common {
     /// The queue; default: the gateway's only queue.
     #[arg(long, short)]
     pub queue: Option<String>,
-    /// `table` for people, `json` for scripts.
-    #[arg(long, short, value_enum, default_value_t = Output::Table)]
-    pub output: Output,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -108,10 +105,11 @@ pub struct ActArgs {
 }
 
 /// Runs a dead-letter action against the admin API at `base`; returns
-/// what to print.
+/// what to print: a table, or with `json` the API's JSON.
 pub async fn run(
     base: &str,
     token: Option<&str>,
+    json: bool,
     args: &DeadLettersArgs,
 ) -> Result<String, DeadLettersError> {
     let common = match &args.action {
@@ -124,7 +122,6 @@ pub async fn run(
         None => only_queue(base, token).await?,
     };
     let root = format!("/admin/queues/{}/dead-letters", encode(&queue));
-    let json = common.output == Output::Json;
     match &args.action {
         DeadAction::List(a) => {
             let mut letters = Vec::new();
