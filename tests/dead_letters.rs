@@ -209,6 +209,7 @@ async fn operators_discard_replay_in_bulk_and_use_the_cli() {
     // list: a table by default, newest first; JSON on request.
     let (ok, table, err) = cli(&["list"]).await;
     assert!(ok, "{err}");
+    println!("flashgate admin dead-letters list:\n{table}");
     let lines: Vec<&str> = table.lines().collect();
     assert!(
         lines[0].starts_with("ID") && lines[0].contains("TICKET"),
