@@ -138,6 +138,25 @@ What to do:
    investigation, do not replay.
 """),
         Alert(
+            "FlashgateDeadLetterBacklog",
+            "max by (queue) (delta(" + m("flashgate_dead_letters") + "[30m])) > 0",
+            "15m", "warning",
+            "Queue {{ $labels.queue }}'s dead letters keep growing: {{ $value | humanize }} more in 30 minutes, none handled",
+            """\
+The dead letters of queue {{ $labels.queue }} (flashgate_dead_letters) have grown
+for 45 minutes and nobody replays or discards them. Each is a customer whose
+order was never placed; their ticket shows status failed.
+What to do:
+1. flashgate admin dead-letters list --queue {{ $labels.queue }}: which codes,
+   since when? FlashgateDeadLetters fired when they started.
+2. upstream_unavailable: fix the order service first, then put them back in
+   line: flashgate admin dead-letters replay --all --code upstream_unavailable
+   (same ticket, same Idempotency-Key, no stock spent).
+3. Orders that must not be placed any more: discard them
+   (flashgate admin dead-letters discard --all --code CODE); their tickets stay
+   failed.
+"""),
+        Alert(
             "FlashgateAdmissionsRefused",
             "sum by (queue, outcome) (rate("
             + m("flashgate_admissions_total", 'outcome=~"queue_full|unavailable"') + "[5m]))\n"

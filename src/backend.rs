@@ -1,4 +1,4 @@
-//! The durable queue behind admission and drain, seen through five small
+//! The durable queue behind admission and drain, seen through seven small
 //! seams, and the backends that implement them.
 //!
 //! Each seam is a trait in a file of its own, documented method by method
@@ -14,8 +14,10 @@
 //! - [`ChangeFeed`] (`changes.rs`): ticket status changes made by any instance.
 //! - [`EventLog`] (`events.rs`): the queue's lifecycle events, each written
 //!   by the other seams in the same step as the change it reports.
+//! - [`DeadLetters`] (`dead_letters.rs`): the requests the drain gave up
+//!   on — listed, replayed into line, discarded.
 //!
-//! [`QueueBackend`] is the six together, what a queue at run time holds;
+//! [`QueueBackend`] is the seven together, what a queue at run time holds;
 //! a user that needs one seam takes only that one (the pacer holds an
 //! `Arc<dyn SlotSchedule>`). The backends implement every seam:
 //!
@@ -28,6 +30,7 @@
 //! admission sequence number per ticket and a dispatched count per queue.
 
 mod changes;
+pub mod dead_letters;
 pub mod events;
 pub mod knobs;
 mod line;
@@ -38,6 +41,9 @@ mod schedule;
 mod tickets;
 
 pub use self::changes::{Change, ChangeFeed, OnChange};
+pub use self::dead_letters::{
+    BulkAction, BulkOutcome, DeadLetter, DeadLetters, DeadPage, DeadQuery, Discard, Replay,
+};
 pub use self::events::{read_events, Event, EventLog, EventPage, EventQuery, EventSettings};
 pub use self::knobs::KnobStore;
 pub use self::line::{
@@ -51,15 +57,15 @@ pub use self::schedule::{SlotSchedule, CATCH_UP};
 pub use self::tickets::{Cancel, TicketStore};
 
 /// A queue backend for one named queue: every seam at once. Implemented for
-/// whatever implements the six, so a backend implements the seams and
+/// whatever implements the seven, so a backend implements the seams and
 /// nothing else.
 pub trait QueueBackend:
-    Line + TicketStore + KnobStore + SlotSchedule + ChangeFeed + EventLog
+    Line + TicketStore + KnobStore + SlotSchedule + ChangeFeed + EventLog + DeadLetters
 {
 }
 
 impl<T> QueueBackend for T where
-    T: Line + TicketStore + KnobStore + SlotSchedule + ChangeFeed + EventLog
+    T: Line + TicketStore + KnobStore + SlotSchedule + ChangeFeed + EventLog + DeadLetters
 {
 }
 

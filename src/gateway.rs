@@ -346,6 +346,11 @@ async fn run(
             app.metrics.clone(),
             stop_admin.clone(),
         ));
+        tokio::spawn(upkeep::count_dead_letters(
+            q.clone(),
+            app.metrics.clone(),
+            stop_admin.clone(),
+        ));
     }
     // Also when off: a reload may turn the limits on.
     tokio::spawn(forget_idle_clients(app.clone(), stop_admin.clone()));

@@ -60,6 +60,9 @@ pub struct Metrics {
     /// Entries trimmed by `stream_retention` before every group had
     /// finished them.
     pub stream_retention_trimmed: IntCounterVec,
+    /// Dead letters kept for the queue, waiting for an operator to replay
+    /// or discard them (queue-wide: every instance reports the same).
+    pub dead_letters: IntGaugeVec,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
     pub build_info: IntGaugeVec,
@@ -239,6 +242,11 @@ impl Metrics {
                 "Work-stream entries trimmed by stream_retention before every consumer group had finished them.",
                 &["queue"],
             ),
+            dead_letters: int_gauge(
+                "flashgate_dead_letters",
+                "Dead letters kept for the queue: requests the drain gave up on, waiting to be replayed or discarded (queue-wide).",
+                &["queue"],
+            ),
             http_requests: counter(
                 "flashgate_http_requests_total",
                 "Answers on the public listener by route and status code.",
@@ -301,6 +309,7 @@ impl Metrics {
             m.drain_skipped.with_label_values(&[q, "cancelled"]);
             m.waiters.with_label_values(&[q]);
             m.stream_retention_trimmed.with_label_values(&[q]);
+            m.dead_letters.with_label_values(&[q]);
             m.drain_rate_limit.with_label_values(&[q]);
             m.queue_depth.with_label_values(&[q]);
             m.queue_in_flight.with_label_values(&[q]);

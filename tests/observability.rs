@@ -325,6 +325,7 @@ async fn every_dashboard_query_works_against_a_real_prometheus() {
         "FlashgateBacklogWillNotDrain",
         "FlashgateDrainStalled",
         "FlashgateDeadLetters",
+        "FlashgateDeadLetterBacklog",
         "FlashgateUpstreamErrorRatioHigh",
         "FlashgateQueueBackendDown",
         "FlashgateAdmissionLatencyHigh",

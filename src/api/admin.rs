@@ -1,6 +1,8 @@
 //! The admin API's verbs: the queues as they stand, changes to their
-//! shared knobs, and their events (`events.rs`).
+//! shared knobs, their events (`events.rs`) and their dead letters
+//! (`dead_letters.rs`).
 
+pub mod dead_letters;
 pub mod events;
 
 use http::{Request, Response, StatusCode};

@@ -1,6 +1,6 @@
 //! The event log: one entry per change in a queue's life — a ticket
 //! admitted, dispatched, completed, failed, cancelled or found expired, the
-//! sale sold out, a knob turned — written in the same atomic step as the
+//! sale sold out, a knob turned, a dead letter replayed or discarded — written in the same atomic step as the
 //! change it reports, for other services to follow (the `events` key,
 //! documented entry by entry in `redis/schema.rs`).
 //!
@@ -20,7 +20,7 @@ use super::QueueError;
 pub const EVENTS_VERSION: &str = "1";
 
 /// The event types, as written in the `type` field.
-pub const EVENT_TYPES: [&str; 8] = [
+pub const EVENT_TYPES: [&str; 10] = [
     "admitted",
     "dispatched",
     "completed",
@@ -29,6 +29,8 @@ pub const EVENT_TYPES: [&str; 8] = [
     "expired",
     "sold_out",
     "knobs_changed",
+    "replayed",
+    "discarded",
 ];
 
 /// Who turned the knobs: the `actor` of `knobs_changed` events written for
@@ -71,7 +73,7 @@ pub struct Event {
     /// When it happened, ms since the epoch.
     pub at: u64,
     /// The type's own fields (`attempt`, `status`, `code`, `detail`,
-    /// `reason`, `actor`, `changes`).
+    /// `reason`, `actor`, `changes`, `dead_letter`).
     pub fields: BTreeMap<String, String>,
 }
 

@@ -120,7 +120,7 @@ pub enum AttemptStart {
 /// A snapshot of a queue for gauges and the admin API.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct QueueStats {
-    /// Admitted, not yet dispatched.
+    /// Admitted (or replayed from the dead letters), not yet dispatched.
     pub depth: u64,
     /// Dispatched, not yet finished.
     pub in_flight: u64,
@@ -246,7 +246,8 @@ pub trait Line: Send + Sync + 'static {
     /// Called when the drain gives up on an entry (attempts exhausted, an
     /// unreadable entry, the sale sold out): fails its ticket with `error`
     /// and finishes the entry, copying it to the dead letters when
-    /// `dead_letter`, in one step, with its `failed` event (none for a
+    /// `dead_letter` (with the ticket's attempts, see
+    /// [`super::DeadLetters`]), in one step, with its `failed` event (none for a
     /// ticket already final, nor for an entry with no readable ticket).
     async fn fail(
         &self,

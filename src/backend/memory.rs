@@ -4,6 +4,7 @@
 //! share is here.
 
 mod changes;
+mod dead;
 mod events;
 mod knobs;
 mod line;
@@ -45,14 +46,19 @@ pub struct MemoryQueue {
 #[derive(Default)]
 struct State {
     next_id: u64,
-    /// Undispatched entries in admission order.
-    ready: VecDeque<(u64, u64, QueuedRequest)>,
+    /// Undispatched entries in admission order, with the tickets ahead of
+    /// each when it entered (`None` for a replayed dead letter).
+    ready: VecDeque<(u64, Option<u64>, QueuedRequest)>,
     /// Dispatched, not yet finished.
     pending: HashMap<u64, QueuedRequest, Fast>,
     tickets: HashMap<TicketId, (TicketRecord, Instant), Fast>,
     idempotency: HashMap<String, Claimed, Fast>,
-    dead: Vec<(QueuedRequest, TicketError)>,
+    /// Dead letters by id, oldest first.
+    dead: dead::DeadBuf,
     admitted: u64,
+    /// Dead letters put back in line: they count in the depth, not in
+    /// the stock.
+    replayed: u64,
     dispatched: u64,
     last_sweep: Option<Instant>,
     knobs: Knobs,
@@ -105,20 +111,25 @@ impl MemoryQueue {
         let _ = self.changes.send(ticket.clone());
     }
 
-    /// Entries moved to the dead-letter list, oldest first.
+    /// The requests moved to the dead letters, oldest first.
     pub fn dead_letters(&self) -> Vec<(QueuedRequest, TicketError)> {
-        self.lock().dead.clone()
+        self.lock().dead.requests()
     }
 }
 
 impl State {
     /// Puts an entry in line; returns its sequence number.
-    fn enqueue(&mut self, request: QueuedRequest, ahead: u64) -> u64 {
+    fn enqueue(&mut self, request: QueuedRequest, ahead: Option<u64>) -> u64 {
         self.seq += 1;
         let id = self.next_id;
         self.next_id += 1;
         self.ready.push_back((id, ahead, request));
         self.seq
+    }
+
+    /// Admitted or replayed, not yet dispatched.
+    fn depth(&self) -> u64 {
+        (self.admitted + self.replayed).saturating_sub(self.dispatched)
     }
 
     fn sweep(&mut self, now: Instant) {

@@ -12,6 +12,8 @@
 //! admissions spread evenly); positions and wait estimates are per
 //! partition, at the partition's share of the drain rate.
 
+mod dead;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

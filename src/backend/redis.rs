@@ -3,13 +3,14 @@
 //! so a queue's keys share a cluster slot (SPEC §7).
 //!
 //! One file per seam — `line.rs`, `tickets.rs`, `knobs.rs`, `schedule.rs`,
-//! `changes.rs` — with the consumer group's bookkeeping in `group.rs`,
+//! `changes.rs`, `events.rs`, `dead.rs` — with the consumer group's bookkeeping in `group.rs`,
 //! batched admission in `admit.rs`, the Lua scripts in `scripts.rs`, and
 //! every key and field name in `schema.rs`.
 
 mod admit;
 mod changes;
 mod conn;
+mod dead;
 mod durability;
 mod events;
 mod group;
@@ -82,6 +83,8 @@ pub struct RedisQueue {
     reserve_script: Script,
     adapt_script: Script,
     knobs_script: Script,
+    replay_script: Script,
+    discard_script: Script,
     group_ready: AtomicBool,
     claims: Mutex<Claims>,
 }
@@ -124,6 +127,8 @@ impl RedisQueue {
             reserve_script: Script::new(RESERVE_LUA),
             adapt_script: Script::new(ADAPT_LUA),
             knobs_script: Script::new(KNOBS_LUA),
+            replay_script: Script::new(dead::REPLAY_LUA),
+            discard_script: Script::new(dead::DISCARD_LUA),
             group_ready: AtomicBool::new(false),
             claims: Mutex::new(Claims::new()),
         })

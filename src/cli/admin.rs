@@ -41,6 +41,8 @@ pub enum AdminAction {
     /// Change a queue's knobs and print what changed (old -> new); every
     /// instance follows within a second.
     Set(SetArgs),
+    /// A queue's dead letters: list, show, replay, discard.
+    DeadLetters(super::dead_letters::DeadLettersArgs),
 }
 
 /// One flag per knob of `PATCH /admin/queues/{name}`; `--clear KNOB` (or
@@ -126,6 +128,8 @@ pub enum AdminError {
     NothingToChange,
     #[error("bad admin URL `{0}`")]
     Url(String),
+    #[error(transparent)]
+    DeadLetters(#[from] super::dead_letters::DeadLettersError),
     #[error("cannot reach the admin API at {url}: {why}")]
     Unreachable { url: String, why: String },
     #[error("the gateway answered {status}: {detail}")]
@@ -143,6 +147,10 @@ pub async fn run(args: AdminArgs) -> Result<String, AdminError> {
                 Output::Json => pretty(&answer),
                 Output::Table => queues_table(&answer),
             })
+        }
+        AdminAction::DeadLetters(dead) => {
+            let json = args.output == Output::Json;
+            Ok(super::dead_letters::run(base, token, json, dead).await?)
         }
         AdminAction::Set(set) => {
             let body = set.body();

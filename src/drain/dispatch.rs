@@ -103,7 +103,9 @@ impl Drain {
                 self.give_up(&delivery, &request, attempt, why).await;
                 return;
             }
-            if fresh {
+            // A replayed dead letter (no place in line at admission) was
+            // dispatched before: its wait since admission is no queue wait.
+            if fresh && delivery.ahead_at_admission.is_some() {
                 self.observe_wait(&delivery, &request);
             }
             match self.attempt(&request, attempt).await {

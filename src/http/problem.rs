@@ -44,6 +44,11 @@ pub enum Code {
     TicketCancelled,
     /// `GET /tickets/{id}/response` on a ticket that ended without an answer.
     TicketHasNoResponse,
+    /// Admin API: no such dead letter (or replayed or discarded already).
+    DeadLetterNotFound,
+    /// Admin API: a dead letter that cannot be replayed (no request kept,
+    /// its ticket not failed, the queue sold out).
+    DeadLetterNotReplayable,
 }
 
 impl Code {
@@ -69,13 +74,17 @@ impl Code {
             Code::TicketNotCancellable => "ticket_not_cancellable",
             Code::TicketCancelled => "ticket_cancelled",
             Code::TicketHasNoResponse => "ticket_has_no_response",
+            Code::DeadLetterNotFound => "dead_letter_not_found",
+            Code::DeadLetterNotReplayable => "dead_letter_not_replayable",
         }
     }
 
     pub fn status(self) -> StatusCode {
         match self {
             Code::BadRequest => StatusCode::BAD_REQUEST,
-            Code::TicketNotFound | Code::NotFound => StatusCode::NOT_FOUND,
+            Code::TicketNotFound | Code::NotFound | Code::DeadLetterNotFound => {
+                StatusCode::NOT_FOUND
+            }
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Code::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
@@ -89,7 +98,9 @@ impl Code {
             Code::Unauthorized => StatusCode::UNAUTHORIZED,
             Code::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Code::UriTooLong => StatusCode::URI_TOO_LONG,
-            Code::TicketNotCancellable | Code::TicketHasNoResponse => StatusCode::CONFLICT,
+            Code::TicketNotCancellable
+            | Code::TicketHasNoResponse
+            | Code::DeadLetterNotReplayable => StatusCode::CONFLICT,
         }
     }
 
@@ -115,6 +126,8 @@ impl Code {
             Code::TicketNotCancellable => "Ticket can no longer be cancelled",
             Code::TicketCancelled => "Ticket cancelled",
             Code::TicketHasNoResponse => "Ticket ended without an answer",
+            Code::DeadLetterNotFound => "Dead letter not found",
+            Code::DeadLetterNotReplayable => "Dead letter cannot be replayed",
         }
     }
 }

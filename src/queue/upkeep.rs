@@ -1,6 +1,7 @@
 //! A queue's upkeep at run time, one task each until the process stops:
 //! following the shared knobs, the change feed, the queue-wide gauges, the
-//! backend's own maintenance and the trim of the work stream.
+//! backend's own maintenance, the trim of the work stream and the count of
+//! dead letters.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -293,6 +294,21 @@ pub async fn refresh_gauges(queue: Arc<Queue>, metrics: Arc<Metrics>, stop: Canc
                 .queue_oldest_age
                 .with_label_values(&[name])
                 .set(stats.oldest_age.map_or(0.0, |d| d.as_secs_f64()));
+        }
+    }
+}
+
+/// Keeps the dead-letter gauge (`flashgate_dead_letters`) current: one
+/// cheap count (`XLEN`) per interval. Failures show in `flashgate_queue_up`.
+pub async fn count_dead_letters(queue: Arc<Queue>, metrics: Arc<Metrics>, stop: CancellationToken) {
+    let name = queue.name.as_str();
+    let mut every = Every::new(GAUGE_INTERVAL, stop);
+    while every.tick().await {
+        if let Ok(n) = queue.backend.count_dead().await {
+            metrics
+                .dead_letters
+                .with_label_values(&[name])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
 }

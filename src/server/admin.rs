@@ -17,6 +17,7 @@ use super::access_log::AccessLog;
 use super::exchange::Edge;
 use super::{accept_loop, Protocols};
 
+use crate::api::admin::dead_letters;
 use crate::api::admin::events::events;
 use crate::api::admin::{patch_queue, queues};
 use crate::api::App;
@@ -173,6 +174,9 @@ pub async fn admin(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> R
         (_, [name]) if !name.is_empty() => method_not_allowed(&path, "PATCH"),
         (Method::GET, [name, "events"]) => events(&app, name, req.uri().query()).await,
         (_, [_, "events"]) => method_not_allowed(&path, "GET"),
+        (method, [_, "dead-letters", ..]) => {
+            dead_letters::route(&app, &method, rest, req.uri().query(), &actor).await
+        }
         _ => Problem::new(Code::NotFound, "no such admin endpoint").into_response(),
     }
 }

@@ -190,6 +190,14 @@ impl Backend {
         got.pop()
     }
 
+    /// The Redis key of a ticket of the suite's partition.
+    pub fn ticket_key(&self, ticket: &TicketId) -> String {
+        match self.parts {
+            1 => format!("flashgate:{{contract}}:ticket:{ticket}"),
+            _ => format!("flashgate:{{contract:{}}}:ticket:{ticket}", self.home),
+        }
+    }
+
     /// The Redis server, for the suites that look behind the backend.
     pub fn redis_server(&self) -> Option<&Redis> {
         self.redis.as_ref()

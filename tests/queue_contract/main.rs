@@ -2,7 +2,7 @@
 //! streams and a queue partitioned over Redis must behave the same.
 //!
 //! One module per seam — `line`, `tickets`, `knobs`, `schedule`,
-//! `changes` — each a few suites; `backends` runs every suite over every
+//! `changes`, `events`, `dead_letters` — each a few suites; `backends` runs every suite over every
 //! backend (`line::burst::memory`, `…::redis`, `…::partitioned`).
 
 #[path = "../support/mod.rs"]
@@ -10,6 +10,7 @@ mod support;
 
 mod backends;
 mod changes;
+mod dead_letters;
 mod events;
 mod knobs;
 mod line;

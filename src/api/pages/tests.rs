@@ -166,7 +166,7 @@ const PUBLIC_CODES: &[Code] = &[
 fn is_public(code: Code) -> bool {
     match code {
         // The admin listener's only.
-        Code::Unauthorized => false,
+        Code::Unauthorized | Code::DeadLetterNotFound | Code::DeadLetterNotReplayable => false,
         Code::BadRequest
         | Code::TicketNotFound
         | Code::NotFound

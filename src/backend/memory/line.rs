@@ -48,7 +48,7 @@ impl Line for MemoryQueue {
         if s.knobs.sold_out || stock.is_some_and(|stock| s.admitted >= stock) {
             return Ok(Admit::SoldOut);
         }
-        let depth = s.admitted - s.dispatched;
+        let depth = s.depth();
         if depth >= limits.max_queue {
             return Ok(Admit::QueueFull { depth });
         }
@@ -65,7 +65,7 @@ impl Line for MemoryQueue {
             s.prequeue.push((place, request));
             0
         } else {
-            s.enqueue(request, depth)
+            s.enqueue(request, Some(depth))
         };
         let record = TicketRecord {
             status: TicketStatus::Queued,
@@ -127,7 +127,7 @@ impl Line for MemoryQueue {
         for request in released {
             let ahead = s.seq.saturating_sub(s.dispatched);
             let ticket = request.ticket.clone();
-            let seq = s.enqueue(request, ahead);
+            let seq = s.enqueue(request, Some(ahead));
             if let Some((record, _)) = s.tickets.get_mut(&ticket) {
                 record.seq = seq;
             }
@@ -154,7 +154,7 @@ impl Line for MemoryQueue {
                             entry_id: id.to_string(),
                             fresh: true,
                             request: Ok(request),
-                            ahead_at_admission: Some(ahead),
+                            ahead_at_admission: ahead,
                             partition: 0,
                         });
                     }
@@ -241,8 +241,12 @@ impl Line for MemoryQueue {
         dead_letter: bool,
     ) -> Result<(), QueueError> {
         let mut s = self.lock();
-        if let (Ok(request), true) = (&delivery.request, dead_letter) {
-            s.dead.push((request.clone(), error.clone()));
+        if dead_letter {
+            let request = delivery.request.as_ref().ok();
+            let attempts = request
+                .and_then(|r| s.tickets.get(&r.ticket))
+                .map(|(record, _)| record.attempts);
+            s.dead.push(request.cloned(), error.clone(), attempts);
         }
         let ended = s.finish(delivery, self.ttl, |record| {
             record.status = TicketStatus::Failed;
@@ -269,7 +273,7 @@ impl Line for MemoryQueue {
             .front()
             .map(|(_, _, r)| Duration::from_millis(now_ms().saturating_sub(r.admitted_at_ms)));
         Ok(QueueStats {
-            depth: s.admitted - s.dispatched,
+            depth: s.depth(),
             in_flight: s.pending.len() as u64,
             oldest_age,
             admitted: s.admitted,

@@ -7,8 +7,9 @@ use async_trait::async_trait;
 use redis::streams::{StreamInfoGroupsReply, StreamRangeReply};
 use tracing::warn;
 
+use super::dead::DEAD_LUA;
 use super::schema::{
-    ClaimField, CounterField, DeadField, EntryField, EventField, TicketField, ENTRY_VERSION, GROUP,
+    ClaimField, CounterField, EntryField, EventField, TicketField, ENTRY_VERSION, GROUP,
 };
 use super::scripts::FINISH_LUA;
 use super::{admit, is_oom, reply, unavailable, RedisQueue, RESPONSE_TIMEOUT};
@@ -296,14 +297,18 @@ impl Line for RedisQueue {
             pipe.hincr(&self.keys.counters, CounterField::DISPATCHED, 1)
                 .ignore();
         }
-        let mut xadd = redis::cmd("XADD");
-        xadd.arg(&self.keys.dead)
-            .arg("*")
-            .arg(DeadField::ENTRY)
+        // The dead letter, with the ticket's attempts read in the script.
+        let ticket_key = match &delivery.request {
+            Ok(r) => self.keys.ticket(&r.ticket),
+            Err(_) => format!("{}-", self.keys.ticket_prefix),
+        };
+        let mut xadd = redis::cmd("EVAL");
+        xadd.arg(DEAD_LUA)
+            .arg(2)
+            .arg(&self.keys.dead)
+            .arg(ticket_key)
             .arg(&delivery.entry_id)
-            .arg(DeadField::CODE)
             .arg(&error.code)
-            .arg(DeadField::DETAIL)
             .arg(&error.detail);
         if let Ok(request) = &delivery.request {
             let admitted_at = request.admitted_at_ms.to_string();
@@ -347,11 +352,15 @@ impl Line for RedisQueue {
         // a lost backend.
         self.ensure_group().await?;
         let mut conn = self.conn.clone();
-        let (counters, groups): ((Option<u64>, Option<u64>), StreamInfoGroupsReply) = redis::pipe()
+        let (counters, groups): (
+            (Option<u64>, Option<u64>, Option<u64>),
+            StreamInfoGroupsReply,
+        ) = redis::pipe()
             .cmd("HMGET")
             .arg(&self.keys.counters)
             .arg(CounterField::ADMITTED)
             .arg(CounterField::DISPATCHED)
+            .arg(CounterField::REPLAYED)
             .cmd("XINFO")
             .arg("GROUPS")
             .arg(&self.keys.stream)
@@ -359,6 +368,8 @@ impl Line for RedisQueue {
             .await
             .map_err(unavailable)?;
         let (admitted, dispatched) = (counters.0.unwrap_or(0), counters.1.unwrap_or(0));
+        // Replayed dead letters are back in line without a new admission.
+        let replayed = counters.2.unwrap_or(0);
         let (pending, last_delivered) = groups
             .groups
             .into_iter()
@@ -383,7 +394,7 @@ impl Line for RedisQueue {
             .and_then(|entry| reply::id_ms(&entry.id))
             .map(|ms| Duration::from_millis(now_ms().saturating_sub(ms)));
         Ok(QueueStats {
-            depth: admitted.saturating_sub(dispatched),
+            depth: (admitted + replayed).saturating_sub(dispatched),
             in_flight: pending,
             oldest_age,
             admitted,

@@ -52,7 +52,7 @@ pub fn delivery(entry: StreamId, fresh: bool, partition: u32) -> Delivery {
     }
 }
 
-fn parse_entry(fields: &HashMap<String, Value>) -> Result<QueuedRequest, String> {
+pub fn parse_entry(fields: &HashMap<String, Value>) -> Result<QueuedRequest, String> {
     let get = |name: &str| match fields.get(name) {
         Some(Value::BulkString(v)) => Ok(v.as_slice()),
         _ => Err(format!("entry has no field `{name}`")),

@@ -14,7 +14,7 @@
 //! | key                          | type        | holds                                   |
 //! |------------------------------|-------------|-----------------------------------------|
 //! | `<base>:stream`              | stream      | the line: one entry per queued request ([`EntryField`]), read through the consumer group [`GROUP`]; other services may add groups of their own. A finished entry is acknowledged, and trimmed once every group is done with it or it is past `stream_retention` (`trim.rs`) |
-//! | `<base>:dead`                | stream      | dead letters ([`DeadField`] + the entry's [`EntryField`]s) |
+//! | `<base>:dead`                | stream      | dead letters ([`DeadField`] + the entry's [`EntryField`]s), removed by a replay or a discard (`dead.rs`) |
 //! | `<base>:counters`            | hash        | [`CounterField`]                        |
 //! | `<base>:knobs`               | hash        | [`KnobField`]                           |
 //! | `<base>:rate`                | string      | when the drain's next free slot is due, µs of Redis's clock (`RESERVE_LUA`) |
@@ -128,6 +128,12 @@ impl EntryField {
     pub const FORWARDED_PROTO: &'static str = "x";
     /// Admission time, ms since the epoch.
     pub const ADMITTED_AT: &'static str = "a";
+    /// Only on an entry put back in line by an operator: the id of the dead
+    /// letter it was replayed from (`REPLAY_LUA`). The same ticket then has
+    /// two entries in the stream, the first one failed.
+    // Spelled by the Lua scripts only; the test below holds them to it.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub const REPLAY_OF: &'static str = "r";
 }
 
 /// Fields of a ticket's hash. Written by `ADMIT_LUA` (queued),
@@ -169,6 +175,10 @@ impl CounterField {
     // Spelled by the Lua scripts only; the test below holds them to it.
     #[cfg_attr(not(test), allow(dead_code))]
     pub const SEQ: &'static str = "seq";
+    /// Dead letters put back in line (`REPLAY_LUA`): they count in the
+    /// depth (`admitted + replayed - dispatched`) and the capacity, not in
+    /// the stock, which their admission spent.
+    pub const REPLAYED: &'static str = "replayed";
 }
 
 /// Fields of the queue's knobs hash (`set_knobs`, `ADAPT_LUA`). Flags are
@@ -218,10 +228,14 @@ impl ClaimField {
 /// | `expired`       | the drain reached an entry whose ticket had expired under `ticket_ttl`; the request is still sent (`START_ATTEMPT_LUA`, once per ticket) | — |
 /// | `sold_out`      | the sale sold out (no `ticket`)                       | `reason`: `stock` (the last unit was admitted; per partition), `upstream` (a sold-out status), `operator` (the admin API) |
 /// | `knobs_changed` | a knob moved (`KNOBS_LUA`, `ADAPT_LUA`; no `ticket`)   | `actor`: `admin` (the admin token), `peer:<ip:port>` (admin API without a token), `adaptive`, `upstream`; `changes`: JSON, `{"drain_rate":{"old":100,"new":40}}`, `null` = as configured |
+/// | `replayed`      | an operator put a dead letter back in line; the ticket is `queued` again (`REPLAY_LUA`) | `dead_letter`: its id; `actor` |
+/// | `discarded`     | an operator discarded a dead letter; its ticket stays `failed` (`DISCARD_LUA`; `ticket` absent when it kept none) | `dead_letter`, `code`, `actor` |
 ///
 /// A ticket has exactly one `admitted` and at most one terminal event
-/// (`completed`, `failed` or `cancelled`): `FINISH_LUA` writes nothing for
-/// a ticket already final. Knob events are written on partition 0 only.
+/// (`completed`, `failed` or `cancelled`) per time in line: `FINISH_LUA`
+/// writes nothing for a ticket already final. A `replayed` event starts
+/// its next time in line, which ends with a terminal event of its own.
+/// Knob events are written on partition 0 only.
 pub enum EventField {}
 
 // Most are spelled by the Lua scripts only; the test below holds them to it.
@@ -242,6 +256,7 @@ impl EventField {
     pub const REASON: &'static str = "reason";
     pub const ACTOR: &'static str = "actor";
     pub const CHANGES: &'static str = "changes";
+    pub const DEAD_LETTER: &'static str = "dead_letter";
 }
 
 /// Fields of a dead letter, before the entry's own [`EntryField`]s.
@@ -252,10 +267,14 @@ impl DeadField {
     pub const ENTRY: &'static str = "entry";
     pub const CODE: &'static str = "code";
     pub const DETAIL: &'static str = "detail";
+    /// The ticket's attempts when it failed (absent when its ticket had
+    /// expired, and on dead letters written before it was kept).
+    pub const ATTEMPTS: &'static str = "attempts";
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::dead::{DEAD_LUA, DISCARD_LUA, REPLAY_LUA};
     use super::super::scripts::{
         ADAPT_LUA, ADMIT_LUA, CANCEL_LUA, FINISH_LUA, KNOBS_LUA, RELEASE_LUA, RESERVE_LUA,
         START_ATTEMPT_LUA,
@@ -407,6 +426,77 @@ mod tests {
         }
         // The schedule is one string key: no field names.
         assert!(!RESERVE_LUA.contains("HSET"));
+    }
+
+    #[test]
+    fn the_dead_letter_scripts_spell_the_schema_names() {
+        spells("ADMIT_LUA", ADMIT_LUA, &[CounterField::REPLAYED]);
+        spells(
+            "DEAD_LUA",
+            DEAD_LUA,
+            &[
+                DeadField::ENTRY,
+                DeadField::CODE,
+                DeadField::DETAIL,
+                DeadField::ATTEMPTS,
+                TicketField::ATTEMPTS,
+            ],
+        );
+        // A replay copies every field of the request, not `w`.
+        let copied: Vec<&str> = ENTRY
+            .into_iter()
+            .filter(|f| *f != EntryField::AHEAD)
+            .collect();
+        spells("REPLAY_LUA", REPLAY_LUA, &copied);
+        assert!(!REPLAY_LUA.contains(&format!("'{}'", EntryField::AHEAD)));
+        spells(
+            "REPLAY_LUA",
+            REPLAY_LUA,
+            &[
+                EntryField::REPLAY_OF,
+                CounterField::SEQ,
+                CounterField::REPLAYED,
+                KnobField::SOLD_OUT,
+                DeadField::CODE,
+                TicketField::STATUS,
+                TicketField::SEQ,
+                TicketField::ATTEMPTS,
+                TicketField::ADMITTED_AT,
+                TicketField::COMPLETED_AT,
+                TicketField::ERROR_CODE,
+                TicketField::ERROR_DETAIL,
+                TicketField::RESPONSE_STATUS,
+                TicketField::RESPONSE_HEADERS,
+                TicketField::RESPONSE_BODY,
+                TicketStatus::Queued.as_str(),
+                TicketStatus::Failed.as_str(),
+                EventField::TICKET,
+                EventField::DEAD_LETTER,
+                EventField::ACTOR,
+            ],
+        );
+        spells(
+            "DISCARD_LUA",
+            DISCARD_LUA,
+            &[
+                EntryField::TICKET,
+                DeadField::CODE,
+                EventField::TICKET,
+                EventField::DEAD_LETTER,
+                EventField::CODE,
+                EventField::ACTOR,
+            ],
+        );
+        let event = [
+            EventField::VERSION,
+            EventField::QUEUE,
+            EventField::TYPE,
+            EventField::AT,
+        ];
+        for (name, script) in [("REPLAY_LUA", REPLAY_LUA), ("DISCARD_LUA", DISCARD_LUA)] {
+            spells(name, script, &event);
+            assert!(script.contains("'MINID', '~'"), "{name} trims as it writes");
+        }
     }
 
     #[test]

@@ -38,10 +38,12 @@
 /// the counters written once per batch, not per request; each argument
 /// becomes a Lua string, so the field names are literals.
 pub const ADMIT_LUA: &str = r#"
-local counters = redis.call('HMGET', KEYS[2], 'dispatched', 'admitted', 'seq')
+local counters = redis.call('HMGET', KEYS[2], 'dispatched', 'admitted', 'seq', 'replayed')
 local dispatched = tonumber(counters[1] or '0')
 local admitted = tonumber(counters[2] or '0')
 local seq = tonumber(counters[3] or '0')
+-- Replayed dead letters hold places in line (capacity), not stock.
+local replayed = tonumber(counters[4] or '0')
 local knobs = redis.call('HMGET', KEYS[3], 'sold_out', 'stock')
 local ttl, parts, index = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local function share(total)
@@ -67,7 +69,7 @@ for i = 0, (#ARGV - 5) / 15 - 1 do
   local word, x, y, z = 'ok', 0, 0, 0
   local prev = claimed and redis.call('HMGET', ikey, 't', 'f', 's')
   local stock = knobs[2] or ARGV[a + 5]
-  local depth = admitted - dispatched
+  local depth = admitted + replayed - dispatched
   if prev and prev[1] then
     if prev[2] ~= fp then word = 'reused'
     else word, x, y, z = 'replayed', prev[1], tonumber(prev[3]), dispatched end
