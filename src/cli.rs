@@ -1,6 +1,7 @@
 //! Command-line flags; each has a `FLASHGATE_*` environment variable.
 
 pub mod admin;
+pub mod client;
 pub mod dead_letters;
 pub mod events;
 pub mod reload;

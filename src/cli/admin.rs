@@ -2,15 +2,12 @@
 //! in one during a sale. Tables for people by default; `--output json`
 //! prints the API's answer as it came, for scripts.
 
-use bytes::Bytes;
 use clap::{Args, Subcommand};
-use http::{Method, Request};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http::Method;
+
 use serde_json::Value;
 
+use super::client::{call, CallError};
 use super::table::{Output, Table};
 
 /// The `admin` flags.
@@ -126,14 +123,10 @@ impl SetArgs {
 pub enum AdminError {
     #[error("nothing to change: give at least one of --drain-rate, --pause, --resume, --stock, --configured-stock, --open, --close, --schedule, --sold-out, --not-sold-out, --clear")]
     NothingToChange,
-    #[error("bad admin URL `{0}`")]
-    Url(String),
     #[error(transparent)]
     DeadLetters(#[from] super::dead_letters::DeadLettersError),
-    #[error("cannot reach the admin API at {url}: {why}")]
-    Unreachable { url: String, why: String },
-    #[error("the gateway answered {status}: {detail}")]
-    Refused { status: u16, detail: String },
+    #[error(transparent)]
+    Call(#[from] CallError),
 }
 
 /// Runs an admin action; returns what to print.
@@ -291,55 +284,4 @@ fn yes_no(v: &Value) -> String {
         "no"
     }
     .into()
-}
-
-/// One admin API call: its JSON answer, or why it failed.
-pub async fn call(
-    base: &str,
-    token: Option<&str>,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> Result<Value, AdminError> {
-    let url = format!("{}{path}", base.trim_end_matches('/'));
-    let mut req = Request::builder()
-        .method(method)
-        .uri(&url)
-        .header("content-type", "application/json");
-    if let Some(token) = token {
-        req = req.header("authorization", format!("Bearer {token}"));
-    }
-    let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
-    let req = req
-        .body(Full::new(bytes))
-        .map_err(|_| AdminError::Url(base.to_string()))?;
-    let client: Client<_, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-    let unreachable = |why: String| AdminError::Unreachable {
-        url: url.clone(),
-        why,
-    };
-    let resp = client
-        .request(req)
-        .await
-        .map_err(|e| unreachable(e.to_string()))?;
-    let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| unreachable(e.to_string()))?
-        .to_bytes();
-    let value: Value = serde_json::from_slice(&body).unwrap_or_default();
-    if !status.is_success() {
-        let detail = value["detail"]
-            .as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-        return Err(AdminError::Refused {
-            status: status.as_u16(),
-            detail,
-        });
-    }
-    Ok(value)
 }

@@ -7,15 +7,12 @@
 
 use std::fmt::Write;
 
-use bytes::Bytes;
 use clap::{Args, Subcommand};
-use http::{Method, Request};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http::Method;
+
 use serde_json::Value;
 
+use super::client::{call, CallError};
 use super::table::Table;
 
 /// Why a dead-letter command failed.
@@ -23,10 +20,8 @@ use super::table::Table;
 pub enum DeadLettersError {
     #[error("{0}")]
     Usage(String),
-    #[error("cannot reach the admin API at {url}: {why}")]
-    Unreachable { url: String, why: String },
-    #[error("the gateway answered {status}: {detail}")]
-    Refused { status: u16, detail: String },
+    #[error(transparent)]
+    Call(#[from] CallError),
 }
 
 /// Dead letters asked for per page by `list --all` and per bulk call.
@@ -130,7 +125,7 @@ pub async fn run(
                 if let Some(c) = &cursor {
                     path.push_str(&format!("&cursor={}", encode(c)));
                 }
-                let page = call(base, token, Method::GET, &path).await?;
+                let page = call(base, token, Method::GET, &path, None).await?;
                 letters.extend(page["dead_letters"].as_array().cloned().unwrap_or_default());
                 cursor = page["next"].as_str().map(str::to_string);
                 if !a.all || cursor.is_none() {
@@ -144,7 +139,7 @@ pub async fn run(
         }
         DeadAction::Show(a) => {
             let path = format!("{root}/{}", encode(&a.id));
-            let letter = call(base, token, Method::GET, &path).await?;
+            let letter = call(base, token, Method::GET, &path, None).await?;
             Ok(match json {
                 true => letter.to_string(),
                 false => show(&letter),
@@ -158,7 +153,7 @@ pub async fn run(
                         true => (Method::POST, format!("{root}/{}/replay", encode(id))),
                         false => (Method::DELETE, format!("{root}/{}", encode(id))),
                     };
-                    let answer = call(base, token, method, &path).await?;
+                    let answer = call(base, token, method, &path, None).await?;
                     Ok(match (json, replay) {
                         (true, _) => answer.to_string(),
                         (false, true) => format!(
@@ -201,7 +196,7 @@ async fn bulk(
         if let Some(c) = &cursor {
             path.push_str(&format!("&cursor={}", encode(c)));
         }
-        let answer = call(base, token, method.clone(), &path).await?;
+        let answer = call(base, token, method.clone(), &path, None).await?;
         done += answer[verb].as_u64().unwrap_or(0);
         refused.extend(answer["refused"].as_array().cloned().unwrap_or_default());
         cursor = answer["next"].as_str().map(str::to_string);
@@ -231,7 +226,7 @@ async fn bulk(
 
 /// The gateway's queue when it has one; else which to choose from.
 async fn only_queue(base: &str, token: Option<&str>) -> Result<String, DeadLettersError> {
-    let answer = call(base, token, Method::GET, "/admin/queues").await?;
+    let answer = call(base, token, Method::GET, "/admin/queues", None).await?;
     let names: Vec<String> = answer["queues"]
         .as_array()
         .into_iter()
@@ -327,50 +322,4 @@ fn encode(s: &str) -> String {
         }
     }
     out
-}
-
-/// One admin API call without a body: its JSON answer, or why it failed.
-async fn call(
-    base: &str,
-    token: Option<&str>,
-    method: Method,
-    path: &str,
-) -> Result<Value, DeadLettersError> {
-    let url = format!("{}{path}", base.trim_end_matches('/'));
-    let unreachable = |why: String| DeadLettersError::Unreachable {
-        url: url.clone(),
-        why,
-    };
-    let mut req = Request::builder().method(method).uri(&url);
-    if let Some(token) = token {
-        req = req.header("authorization", format!("Bearer {token}"));
-    }
-    let req = req
-        .body(Full::new(Bytes::new()))
-        .map_err(|e| unreachable(e.to_string()))?;
-    let client: Client<_, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-    let resp = client
-        .request(req)
-        .await
-        .map_err(|e| unreachable(e.to_string()))?;
-    let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| unreachable(e.to_string()))?
-        .to_bytes();
-    let value: Value = serde_json::from_slice(&body).unwrap_or_default();
-    if !status.is_success() {
-        let detail = value["detail"]
-            .as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-        return Err(DeadLettersError::Refused {
-            status: status.as_u16(),
-            detail,
-        });
-    }
-    Ok(value)
 }

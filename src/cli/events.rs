@@ -9,7 +9,8 @@ use clap::Args;
 use http::Method;
 use serde_json::Value;
 
-use super::admin::{call, AdminError};
+use super::admin::AdminError;
+use super::client::call;
 use super::table::line;
 pub use super::table::Output;
 
@@ -141,7 +142,7 @@ async fn fetch(
     if !args.types.is_empty() {
         path.push_str(&format!("&type={}", args.types.join(",")));
     }
-    call(&args.url, args.token.as_deref(), Method::GET, &path, None).await
+    Ok(call(&args.url, args.token.as_deref(), Method::GET, &path, None).await?)
 }
 
 fn events(page: &Value) -> Vec<Value> {
