@@ -30,6 +30,10 @@ pub fn retry_after(eta_seconds: f64) -> u64 {
     (eta_seconds.ceil() as u64).clamp(1, 30)
 }
 
+/// Seconds a client of a ticket in a paused queue waits before polling
+/// again: the pause has no known end, so the longest regular interval.
+pub const PAUSED_RETRY_AFTER: u64 = 30;
+
 /// The JSON body of an admission answer (202, or 200 for a replay).
 #[derive(Debug, Serialize)]
 pub struct AdmissionView<'a> {
@@ -51,8 +55,13 @@ pub struct TicketView<'a> {
     pub status: TicketStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub position: Option<u64>,
+    /// Only while queued: `Some(None)` (JSON `null`) while the queue is
+    /// paused, when no wait can be estimated.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub eta_seconds: Option<f64>,
+    pub eta_seconds: Option<Option<f64>>,
+    /// `true` while the ticket is queued in a paused queue; absent otherwise.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
     pub attempts: u32,
     pub admitted_at: String,
     pub completed_at: Option<String>,
