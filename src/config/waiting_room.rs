@@ -72,7 +72,9 @@ pub fn check(c: &Config) -> Result<(), ConfigError> {
         if !(logo_origin(url).is_some() || is_same_origin_path(url)) {
             return invalid(
                 "waiting_room_logo_url",
-                format!("`{url}` must be an https:// URL or a path on this origin starting with `/`"),
+                format!(
+                    "`{url}` must be an https:// URL or a path on this origin starting with `/`"
+                ),
             );
         }
     }
