@@ -226,16 +226,20 @@ fn every_problem_code_of_the_public_api_is_documented() {
 }
 
 fn branded() -> Config {
-    let mut c = Config::default();
-    c.waiting_room_shop_name = Some("Ada's <script>alert(1)</script> & Co".into());
-    c.waiting_room_logo_url = Some("https://cdn.example.com/logo.svg".into());
-    c.waiting_room_return_url = Some("https://shop.example/done?x=\"1\"".into());
-    c.waiting_room_accent = Some("#1a4d2e".into());
-    c.waiting_room_background = Some("#fed".into());
-    c.waiting_room_lang = "de".into();
-    c.waiting_room_text
-        .insert("queued_title".into(), "</main><script>x()</script>".into());
-    c
+    Config {
+        waiting_room_shop_name: Some("Ada's <script>alert(1)</script> & Co".into()),
+        waiting_room_logo_url: Some("https://cdn.example.com/logo.svg".into()),
+        waiting_room_return_url: Some("https://shop.example/done?x=\"1\"".into()),
+        waiting_room_accent: Some("#1a4d2e".into()),
+        waiting_room_background: Some("#fed".into()),
+        waiting_room_lang: "de".into(),
+        waiting_room_text: [(
+            "queued_title".to_string(),
+            "</main><script>x()</script>".to_string(),
+        )]
+        .into(),
+        ..Config::default()
+    }
 }
 
 #[tokio::test]
