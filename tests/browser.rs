@@ -349,7 +349,14 @@ async fn a_branded_waiting_room_words_every_state_of_a_ticket() {
 
     // Sold out while waiting: "Sold out" from the start, never "reached
     // the front of the line".
-    let waiting = admit_n(&c, 1).await.pop().unwrap();
+    // Admitted while paused: the 202 has no estimate either.
+    let a = c.admit("{\"n\":\"late\"}").await;
+    assert_eq!(a.status, 202, "{}", a.text());
+    let v = a.json();
+    assert_eq!(v["eta_seconds"], serde_json::Value::Null, "{v}");
+    assert_eq!(v["paused"], true, "{v}");
+    assert_eq!(a.header("retry-after"), "30");
+    let waiting = a.ticket();
     browser
         .goto(&format!("{base}/waiting-room/{waiting}"))
         .await

@@ -42,8 +42,12 @@ pub struct AdmissionView<'a> {
     pub status: TicketStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub position: Option<u64>,
+    /// `Some(None)` (JSON `null`) while the queue is paused.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub eta_seconds: Option<f64>,
+    pub eta_seconds: Option<Option<f64>>,
+    /// `true` while queued in a paused queue; absent otherwise.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
     pub poll_url: String,
 }
 
