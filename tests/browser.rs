@@ -453,6 +453,37 @@ async fn the_default_waiting_room_words_the_other_states() {
     capture(&browser, "prequeued").await;
     drop(gw);
 
+    // Not open yet, with a place: the opening moved later (a reload) after
+    // tickets were placed; the line waits for it.
+    let builder = Gateway::builder().toml("drain_rate = 1\n").upstream(&ok);
+    let gw = builder.clone().start().await;
+    let c = gw.client();
+    c.patch_knobs(json!({"paused": true}).to_string()).await;
+    let placed = admit_n(&c, 3).await.pop().unwrap();
+    let later = format!(
+        "opens_at = \"{}\"\n",
+        humantime::format_rfc3339(now + Duration::from_secs(7200))
+    );
+    assert!(gw.reload(builder.clone().toml(&later).config()));
+    c.patch_knobs(json!({"paused": false}).to_string()).await;
+    let v = c.poll(&placed).await.json();
+    assert_eq!(v["position"], 2, "{v}");
+    assert!(v["opens_at"].is_string(), "{v}");
+    assert!(v["eta_seconds"].as_f64().unwrap() > 7000.0, "{v}");
+    browser
+        .goto(&format!("{}/waiting-room/{placed}", gw.base()))
+        .await
+        .unwrap();
+    until_state(&browser, "not_open").await;
+    assert_eq!(
+        text_of(&browser, "title").await,
+        "The sale has not opened yet"
+    );
+    assert_eq!(text_of(&browser, "position").await, "2");
+    assert_eq!(text_of(&browser, "eta-label").await, "Sale opens at");
+    capture(&browser, "not-open").await;
+    drop(gw);
+
     // In flight: the order service takes its time.
     let slow = MockUpstream::builder()
         .latency(Duration::from_secs(300))

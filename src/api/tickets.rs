@@ -151,7 +151,8 @@ pub async fn wait_until(
 /// The ticket's JSON view now, with the position and ETA of a queued one.
 fn view<'a>(queue: &'a Queue, id: &'a TicketId, record: &'a TicketRecord) -> TicketView<'a> {
     let knobs = queue.knobs();
-    let opens_in = match knobs.phase(&queue.config(), queue.clock.now()) {
+    let now = queue.clock.now();
+    let opens_in = match knobs.phase(&queue.config(), now) {
         Phase::PreQueue { opens_in } | Phase::NotOpen { opens_in } => Some(opens_in),
         _ => None,
     };
@@ -167,6 +168,10 @@ fn view<'a>(queue: &'a Queue, id: &'a TicketId, record: &'a TicketRecord) -> Tic
         position: place.and_then(|p| p.position),
         eta_seconds: place.map(|p| (!paused).then(|| p.eta_seconds(queue.line_rate(&knobs)))),
         paused,
+        opens_at: place.and_then(|p| p.opens_in).map(|d| {
+            let at = (now + d).duration_since(std::time::UNIX_EPOCH);
+            format_time_ms(at.map_or(0, |t| t.as_millis() as u64))
+        }),
         attempts: record.attempts,
         admitted_at: format_time_ms(record.admitted_at_ms),
         completed_at: record.completed_at_ms.map(format_time_ms),

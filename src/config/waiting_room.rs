@@ -33,6 +33,8 @@ pub const TEXT_KEYS: &[&str] = &[
     "prequeue_lead",
     "prequeue_position",
     "opens_label",
+    "not_open_title",
+    "not_open_lead",
     "in_flight_title",
     "in_flight_lead",
     "completed_title",
