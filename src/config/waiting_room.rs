@@ -59,6 +59,14 @@ pub const TEXT_KEYS: &[&str] = &[
     "leave_confirm",
     "keep_open",
     "progress_label",
+    "leave_too_late",
+    "leave_failed",
+    "leave_offline",
+    "live_connecting",
+    "live_updates",
+    "live_reconnecting",
+    "live_offline",
+    "live_finished",
 ];
 
 /// WCAG 2.1 AA: the least contrast of normal text with its background.
