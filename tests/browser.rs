@@ -169,6 +169,19 @@ async fn capture(browser: &Browser, state: &str) {
             done.as_bool().filter(|d| *d).map(|_| ())
         })
         .await;
+        // Nothing wider than the screen: no sideways scrolling on a phone.
+        let fits = browser
+            .execute(
+                "return document.documentElement.scrollWidth <= window.innerWidth;",
+                vec![],
+            )
+            .await
+            .expect("script runs");
+        assert_eq!(
+            fits,
+            json!(true),
+            "{state} at {device} width scrolls sideways"
+        );
         let violations = axe_violations(browser).await;
         assert!(
             violations.is_empty(),
