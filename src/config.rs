@@ -13,6 +13,7 @@ mod redis_url;
 mod units;
 mod validate;
 mod values;
+pub mod waiting_room;
 
 pub use keys::{keys, Key, Kind, Scope};
 pub use load::{load, Setting};

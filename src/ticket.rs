@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 mod view;
 pub use view::{
     eta_seconds, format_time_ms, now_ms, position, retry_after, AdmissionView, Place, ResponseView,
-    TicketView,
+    TicketView, PAUSED_RETRY_AFTER,
 };
 
 type HmacSha256 = Hmac<Sha256>;

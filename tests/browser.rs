@@ -1,6 +1,8 @@
 //! The waiting room in a real browser: headless Chromium, driven through
-//! chromedriver, follows a ticket from its place in line to the order
-//! service's answer. Screenshots go to `target/artefacts/`.
+//! chromedriver, shows every state of a ticket with its own wording and the
+//! shop's branding. Each state is checked by axe-core in the page and shot
+//! at desktop (1280×800) and phone (390×844) widths into
+//! `target/screenshots/waiting-room-{state}-{desktop,phone}.png`.
 
 mod support;
 
@@ -110,24 +112,109 @@ async fn until_text(browser: &Browser, id: &str, what: &str, ok: impl Fn(&str) -
     .await
 }
 
-/// Saves a screenshot under `target/artefacts/` and prints where, once the
-/// page's transitions have finished (endless animations aside).
-async fn screenshot(browser: &Browser, name: &str) -> PathBuf {
+/// axe-core's browser build, which `scripts/test` fetches from npm (pinned,
+/// MPL-2.0) into `target/axe/`.
+fn axe_source() -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/axe/package/axe.min.js");
+    std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        panic!(
+            "{} is missing: run scripts/test, which fetches axe-core with npm",
+            path.display()
+        )
+    })
+}
+
+/// axe-core's violations on the page as it stands (WCAG 2 A/AA and best
+/// practices), one line each: rule, impact, and the elements.
+async fn axe_violations(browser: &Browser) -> Vec<String> {
+    let loaded = browser
+        .execute("return typeof window.axe === 'object';", vec![])
+        .await
+        .expect("script runs");
+    if loaded != json!(true) {
+        // Through WebDriver, not the page: its CSP allows no other script.
+        let source = format!("{}\nreturn typeof window.axe;", axe_source());
+        let kind = browser
+            .execute(&source, vec![])
+            .await
+            .expect("axe-core loads");
+        assert_eq!(kind, json!("object"), "axe-core defines window.axe");
+    }
+    let run = "var done = arguments[arguments.length - 1];\
+        axe.run(document, { resultTypes: ['violations'] }).then(function (r) {\
+          done(r.violations.map(function (v) {\
+            return v.id + ' (' + v.impact + '): ' + v.help + ' at ' + v.nodes.map(function (n) {\
+              return n.target.join(' ') + ' [' + n.failureSummary + ']';\
+            }).join('; ');\
+          }));\
+        }, function (e) { done(['axe-core failed: ' + e]); });";
+    let found = browser.execute_async(run, vec![]).await.expect("axe runs");
+    serde_json::from_value(found).expect("a list of violations")
+}
+
+/// Once the page's transitions have finished (endless animations aside),
+/// checks it with axe-core and saves a screenshot, at both widths.
+async fn capture(browser: &Browser, state: &str) {
     let settled = "return document.getAnimations().every(a => a.playState !== 'running' \
                    || a.effect.getComputedTiming().iterations === Infinity);";
-    eventually(Duration::from_secs(30), "the page to settle", || async {
-        let done = browser.execute(settled, vec![]).await.ok()?;
-        done.as_bool().filter(|d| *d).map(|_| ())
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&dir).expect("screenshots dir");
+    for (device, width, height) in [("desktop", 1280, 800), ("phone", 390, 844)] {
+        browser
+            .set_window_size(width, height)
+            .await
+            .expect("window size");
+        eventually(Duration::from_secs(30), "the page to settle", || async {
+            let done = browser.execute(settled, vec![]).await.ok()?;
+            done.as_bool().filter(|d| *d).map(|_| ())
+        })
+        .await;
+        // Nothing wider than the screen: no sideways scrolling on a phone.
+        let fits = browser
+            .execute(
+                "return document.documentElement.scrollWidth <= window.innerWidth;",
+                vec![],
+            )
+            .await
+            .expect("script runs");
+        assert_eq!(
+            fits,
+            json!(true),
+            "{state} at {device} width scrolls sideways"
+        );
+        let violations = axe_violations(browser).await;
+        assert!(
+            violations.is_empty(),
+            "{state} at {device} width: axe-core found {violations:#?}"
+        );
+        let path = dir.join(format!("waiting-room-{state}-{device}.png"));
+        let png = browser.screenshot().await.expect("screenshot");
+        assert!(png.starts_with(b"\x89PNG"), "a PNG");
+        std::fs::write(&path, png).expect("write screenshot");
+        println!("screenshot: {}", path.display());
+    }
+}
+
+/// The state the page says it shows (`data-status` of its card).
+async fn shown_state(browser: &Browser) -> String {
+    let card = browser.find(Locator::Id("card")).await.expect("the card");
+    card.attr("data-status")
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+async fn until_state(browser: &Browser, state: &str) {
+    eventually(Duration::from_secs(90), state, || async {
+        (shown_state(browser).await == state).then_some(())
     })
     .await;
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/artefacts");
-    std::fs::create_dir_all(&dir).expect("artefacts dir");
-    let path = dir.join(name);
-    let png = browser.screenshot().await.expect("screenshot");
-    assert!(png.starts_with(b"\x89PNG"), "a PNG");
-    std::fs::write(&path, png).expect("write screenshot");
-    println!("screenshot: {}", path.display());
-    path
+}
+
+async fn attr_of(browser: &Browser, id: &str, name: &str) -> String {
+    let el = browser.find(Locator::Id(id)).await.expect(id);
+    el.attr(name).await.ok().flatten().unwrap_or_default()
 }
 
 /// Admits `n` checkouts, which must all get their 202; their tickets.
@@ -137,22 +224,37 @@ async fn admit_n(c: &Client, n: usize) -> Vec<String> {
     tickets
 }
 
+const SHOP_RETURN: &str = "https://shop.example/orders?from=queue";
+
+const BRANDING: &str = "waiting_room_shop_name = \"Ada's Records\"\n\
+    waiting_room_logo_url = \"/logo.svg\"\n\
+    waiting_room_return_url = \"https://shop.example/orders?from=queue\"\n\
+    waiting_room_accent = \"#1a4d2e\"\n\
+    waiting_room_background = \"#f3efe6\"\n\
+    waiting_room_text = { leave = \"Leave the line\" }\n";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_waiting_room_follows_a_ticket_to_the_confirmed_order() {
+async fn a_branded_waiting_room_words_every_state_of_a_ticket() {
     let upstream = MockUpstream::start().await;
     // One a second: slow enough to watch the line move.
     let gateway = Gateway::builder()
-        .toml("drain_rate = 1\n")
+        .toml(&format!("drain_rate = 1\n{BRANDING}"))
         .upstream(&upstream)
         .start()
         .await;
     let c = gateway.client();
     let base = gateway.base();
 
-    // Paused while the page loads, so the place it must show is known.
+    // Paused: the API says the wait is unknown, and so does the page.
     c.patch_knobs(json!({"paused": true}).to_string()).await;
     let tickets = admit_n(&c, 6).await;
     let ours = tickets.last().unwrap();
+    let polled = c.poll(ours).await;
+    let v = polled.json();
+    assert_eq!(v["eta_seconds"], serde_json::Value::Null, "{v}");
+    assert_eq!(v["paused"], true, "{v}");
+    assert_eq!(v["position"], 5, "{v}");
+    assert_eq!(polled.header("retry-after"), "30");
 
     let driver = Driver::start();
     let browser = driver.browser().await;
@@ -160,45 +262,81 @@ async fn the_waiting_room_follows_a_ticket_to_the_confirmed_order() {
         .goto(&format!("{base}/waiting-room/{ours}"))
         .await
         .expect("page loads");
-
-    until_text(&browser, "position", "position 5 shown", |t| t == "5").await;
-    assert_eq!(text_of(&browser, "title").await, "You're in line");
-    assert_eq!(text_of(&browser, "eta").await, "under 1 min");
-    let leave = browser.find(Locator::Id("leave")).await.unwrap();
-    assert!(leave.is_displayed().await.unwrap(), "leave button shown");
+    until_state(&browser, "paused").await;
+    assert_eq!(text_of(&browser, "title").await, "The line is paused");
+    assert_eq!(text_of(&browser, "position").await, "5");
+    assert_eq!(text_of(&browser, "eta").await, "Unknown while paused");
+    assert!(text_of(&browser, "lead")
+        .await
+        .contains("when Ada's Records resumes it"));
+    // The branding: name, logo, colours, texts, language.
+    assert_eq!(text_of(&browser, "shop-name").await, "Ada's Records");
+    assert_eq!(attr_of(&browser, "logo", "src").await, "/logo.svg");
+    assert_eq!(text_of(&browser, "leave").await, "Leave the line");
+    let accent = browser
+        .execute(
+            "return getComputedStyle(document.documentElement).getPropertyValue('--accent').trim();",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(accent, json!("#1a4d2e"));
+    assert_eq!(
+        browser.title().await.unwrap(),
+        "The line is paused · Ada's Records"
+    );
+    capture(&browser, "paused").await;
 
     c.patch_knobs(json!({"paused": false}).to_string()).await;
-    // The line moves: a smaller position, and the bar grows past its floor.
+    // The line moves: a smaller position, an estimate, the bar past its floor.
     until_text(&browser, "position", "the position to come down", |t| {
-        t.parse::<u64>().is_ok_and(|p| p < 5)
+        t.parse::<u64>().is_ok_and(|p| (1..5).contains(&p))
     })
     .await;
-    let progress = browser
-        .find(Locator::Id("bar"))
-        .await
-        .unwrap()
-        .attr("aria-valuenow")
-        .await
-        .unwrap()
-        .unwrap_or_default();
+    assert_eq!(shown_state(&browser).await, "queued");
+    assert_eq!(text_of(&browser, "title").await, "You're in line");
+    let eta = text_of(&browser, "eta").await;
+    assert!(eta == "under 1 min" || eta.starts_with("about"), "{eta}");
+    let progress = attr_of(&browser, "bar", "aria-valuenow").await;
     assert!(progress.parse::<u32>().unwrap() > 3, "progress {progress}");
-    screenshot(&browser, "waiting-room-queued.png").await;
+    let announced = browser.find(Locator::Id("announce")).await.unwrap();
+    assert_eq!(
+        announced.attr("aria-live").await.unwrap().as_deref(),
+        Some("polite")
+    );
+    capture(&browser, "queued").await;
 
-    until_text(&browser, "title", "the confirmed order", |t| {
-        t == "Your order is confirmed"
-    })
-    .await;
-    // The order service's JSON, pretty-printed as text.
-    let body = text_of(&browser, "result-body").await;
-    assert!(body.contains(&format!("\"order\": \"{ours}\"")), "{body}");
+    // Completed: a confirmation in words, the shop's answer only behind
+    // the details toggle, and the way back to the shop with the ticket.
+    until_state(&browser, "completed").await;
+    assert_eq!(text_of(&browser, "title").await, "Your order is placed");
+    assert_eq!(
+        text_of(&browser, "lead").await,
+        "Thank you for waiting: Ada's Records has accepted your order."
+    );
+    assert_eq!(text_of(&browser, "result-body").await, "", "details closed");
+    let back = format!("{SHOP_RETURN}&ticket={ours}");
+    assert_eq!(attr_of(&browser, "return", "href").await, back);
+    assert_eq!(text_of(&browser, "return").await, "Back to Ada's Records");
+    let leave = browser.find(Locator::Id("leave")).await.unwrap();
     assert!(
         !leave.is_displayed().await.unwrap(),
         "no leave button at the end"
     );
-    screenshot(&browser, "waiting-room.png").await;
+    capture(&browser, "completed").await;
+    browser
+        .find(Locator::Id("details-label"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let body = until_text(&browser, "result-body", "the details", |t| !t.is_empty()).await;
+    assert!(body.contains(&format!("\"order\": \"{ours}\"")), "{body}");
+    capture(&browser, "completed-details").await;
 
-    // Leaving the queue: the button asks first, then the ticket is cancelled
-    // and never reaches the upstream.
+    // Leaving the queue: the button asks first, then the ticket is
+    // cancelled and never reaches the upstream.
     c.patch_knobs(json!({"paused": true}).to_string()).await;
     let leaving = admit_n(&c, 2).await.pop().unwrap();
     browser
@@ -217,37 +355,213 @@ async fn the_waiting_room_follows_a_ticket_to_the_confirmed_order() {
         browser.accept_alert().await.ok()
     })
     .await;
-    until_text(&browser, "title", "the cancelled state", |t| {
-        t == "You left the queue"
-    })
-    .await;
-    let state = c.poll(&leaving).await;
-    assert_eq!(state.json()["status"], "cancelled");
-    c.patch_knobs(json!({"paused": false}).to_string()).await;
-    // One more behind it: once that one is done, the line has passed ours.
-    let behind = admit_n(&c, 1).await.pop().unwrap();
-    c.until_terminal(&behind, Duration::from_secs(60)).await;
+    until_state(&browser, "cancelled").await;
+    assert_eq!(text_of(&browser, "title").await, "You left the queue");
+    assert_eq!(c.poll(&leaving).await.json()["status"], "cancelled");
+    capture(&browser, "cancelled").await;
+
+    // Sold out while waiting: "Sold out" from the start, never "reached
+    // the front of the line".
+    // Admitted while paused: the 202 has no estimate either.
+    let a = c.admit("{\"n\":\"late\"}").await;
+    assert_eq!(a.status, 202, "{}", a.text());
+    let v = a.json();
+    assert_eq!(v["eta_seconds"], serde_json::Value::Null, "{v}");
+    assert_eq!(v["paused"], true, "{v}");
+    assert_eq!(a.header("retry-after"), "30");
+    let waiting = a.ticket();
+    browser
+        .goto(&format!("{base}/waiting-room/{waiting}"))
+        .await
+        .unwrap();
+    until_state(&browser, "paused").await;
+    c.patch_knobs(json!({"sold_out": true, "paused": false}).to_string())
+        .await;
+    until_state(&browser, "sold_out").await;
+    assert_eq!(text_of(&browser, "title").await, "Sold out");
+    let lead = text_of(&browser, "lead").await;
+    assert!(lead.contains("everything was sold"), "{lead}");
+    let source = browser.source().await.unwrap();
+    assert!(!source.contains("front of the line"), "{source}");
     assert!(
         !upstream.by_key().contains_key(&leaving),
-        "a cancelled ticket reached the upstream"
+        "cancelled ticket sent"
     );
-    assert_eq!(
-        upstream.received().len(),
-        tickets.len() + 2,
-        "every other ticket was delivered"
+    assert!(
+        !upstream.by_key().contains_key(&waiting),
+        "sold-out ticket sent"
     );
+    capture(&browser, "sold-out").await;
 
-    // An id that is not a ticket: a friendly not-found state.
+    // An id that is not a ticket: a friendly not-found state, with the way
+    // back (no ticket to carry).
     let forged = "A".repeat(48);
     browser
         .goto(&format!("{base}/waiting-room/{forged}"))
         .await
         .unwrap();
-    until_text(&browser, "title", "the not-found state", |t| {
-        t == "We can't find this ticket"
-    })
+    until_state(&browser, "not_found").await;
+    assert_eq!(
+        text_of(&browser, "title").await,
+        "We can't find this ticket"
+    );
+    assert_eq!(
+        attr_of(&browser, "return", "href").await,
+        format!("{SHOP_RETURN}&ticket={forged}")
+    );
+    capture(&browser, "not-found").await;
+
+    browser.close().await.unwrap();
+}
+
+/// One ticket in a gateway of its own: its page reaches `state`; the title.
+async fn one_ticket_page(
+    browser: &Browser,
+    upstream: &MockUpstream,
+    toml: &str,
+    state: &str,
+) -> (Gateway, String) {
+    let gateway = Gateway::builder()
+        .toml(toml)
+        .upstream(upstream)
+        .start()
+        .await;
+    let ticket = admit_n(&gateway.client(), 1).await.pop().unwrap();
+    browser
+        .goto(&format!("{}/waiting-room/{ticket}", gateway.base()))
+        .await
+        .expect("page loads");
+    until_state(browser, state).await;
+    (gateway, ticket)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_waiting_room_words_the_other_states() {
+    let driver = Driver::start();
+    let browser = driver.browser().await;
+
+    // Pre-queued: the sale opens in an hour; the place is drawn then.
+    let ok = MockUpstream::start().await;
+    let now = std::time::SystemTime::now();
+    let toml = format!(
+        "prequeue_from = \"{}\"\nopens_at = \"{}\"\n",
+        humantime::format_rfc3339(now - Duration::from_secs(60)),
+        humantime::format_rfc3339(now + Duration::from_secs(3600)),
+    );
+    let (gw, ticket) = one_ticket_page(&browser, &ok, &toml, "prequeued").await;
+    assert_eq!(text_of(&browser, "title").await, "You're in the pre-queue");
+    assert_eq!(text_of(&browser, "position").await, "Drawn at the opening");
+    assert_eq!(text_of(&browser, "eta-label").await, "Sale opens at");
+    let lead = text_of(&browser, "lead").await;
+    assert!(lead.contains("at random"), "{lead}");
+    // No branding configured: no header, no return link.
+    assert!(!browser
+        .find(Locator::Id("brand"))
+        .await
+        .unwrap()
+        .is_displayed()
+        .await
+        .unwrap());
+    assert_eq!(gw.client().poll(&ticket).await.json().get("paused"), None);
+    capture(&browser, "prequeued").await;
+    drop(gw);
+
+    // Not open yet, with a place: the opening moved later (a reload) after
+    // tickets were placed; the line waits for it.
+    let builder = Gateway::builder().toml("drain_rate = 1\n").upstream(&ok);
+    let gw = builder.clone().start().await;
+    let c = gw.client();
+    c.patch_knobs(json!({"paused": true}).to_string()).await;
+    let placed = admit_n(&c, 3).await.pop().unwrap();
+    let later = format!(
+        "opens_at = \"{}\"\n",
+        humantime::format_rfc3339(now + Duration::from_secs(7200))
+    );
+    assert!(gw.reload(builder.clone().toml(&later).config()));
+    c.patch_knobs(json!({"paused": false}).to_string()).await;
+    let v = c.poll(&placed).await.json();
+    assert_eq!(v["position"], 2, "{v}");
+    assert!(v["opens_at"].is_string(), "{v}");
+    assert!(v["eta_seconds"].as_f64().unwrap() > 7000.0, "{v}");
+    browser
+        .goto(&format!("{}/waiting-room/{placed}", gw.base()))
+        .await
+        .unwrap();
+    until_state(&browser, "not_open").await;
+    assert_eq!(
+        text_of(&browser, "title").await,
+        "The sale has not opened yet"
+    );
+    assert_eq!(text_of(&browser, "position").await, "2");
+    assert_eq!(text_of(&browser, "eta-label").await, "Sale opens at");
+    capture(&browser, "not-open").await;
+    drop(gw);
+
+    // In flight: the order service takes its time.
+    let slow = MockUpstream::builder()
+        .latency(Duration::from_secs(300))
+        .start()
+        .await;
+    let (gw, _) = one_ticket_page(
+        &browser,
+        &slow,
+        "upstream_timeout = \"600s\"\n",
+        "in_flight",
+    )
     .await;
-    screenshot(&browser, "waiting-room-not-found.png").await;
+    assert_eq!(text_of(&browser, "title").await, "It's your turn");
+    assert!(text_of(&browser, "lead")
+        .await
+        .contains("placing your order with the shop"));
+    capture(&browser, "in-flight").await;
+    drop(gw);
+
+    // Failed because the order service could not be reached.
+    let down = MockUpstream::builder().fail_always().start().await;
+    let (gw, _) = one_ticket_page(&browser, &down, "max_attempts = 1\n", "failed").await;
+    assert_eq!(
+        text_of(&browser, "title").await,
+        "We couldn't reach the shop"
+    );
+    assert!(text_of(&browser, "lead")
+        .await
+        .contains("no order was placed"));
+    assert!(!browser
+        .source()
+        .await
+        .unwrap()
+        .contains("front of the line"));
+    capture(&browser, "upstream-unavailable").await;
+    drop(gw);
+
+    // Completed, but the shop said no: its status in words, its answer
+    // behind the toggle.
+    let refusing = MockUpstream::builder()
+        .fail_always()
+        .fail_status(409)
+        .start()
+        .await;
+    let (gw, _) = one_ticket_page(&browser, &refusing, "max_attempts = 1\n", "completed").await;
+    assert_eq!(
+        text_of(&browser, "title").await,
+        "Your order was not accepted"
+    );
+    let lead = text_of(&browser, "lead").await;
+    assert!(lead.contains("status 409"), "{lead}");
+    capture(&browser, "rejected").await;
+
+    // The checker itself finds a fault when there is one: a page without
+    // its language.
+    browser
+        .execute("document.documentElement.removeAttribute('lang');", vec![])
+        .await
+        .unwrap();
+    let found = axe_violations(&browser).await;
+    assert!(
+        found.iter().any(|v| v.starts_with("html-has-lang")),
+        "{found:#?}"
+    );
+    drop(gw);
 
     browser.close().await.unwrap();
 }

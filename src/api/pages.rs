@@ -1,14 +1,18 @@
 //! Pages and documents for people and tools: the waiting room a shop links
 //! its customers to (`GET /waiting-room/{ticket}`) and the API description
-//! (`GET /openapi.json`). Both are static, built into the binary.
+//! (`GET /openapi.json`). Both are built into the binary; the waiting room
+//! carries the shop's branding from the configuration (`waiting_room_*`).
 
-use std::sync::LazyLock;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use http::{header, HeaderValue, Method, Response, StatusCode};
 use sha2::{Digest, Sha256};
 
+use crate::config::waiting_room::{logo_origin, parse_colour};
+use crate::config::Config;
 use crate::http::body::{full, Body};
 use crate::http::problem::{Code, Problem};
 use crate::ticket::TicketId;
@@ -23,21 +27,166 @@ const OPENAPI_JSON: &str = include_str!(concat!(env!("OUT_DIR"), "/openapi.json"
 /// Path prefix of the waiting room.
 const WAITING_ROOM_PREFIX: &str = "/waiting-room/";
 
-/// The page's Content-Security-Policy: only its own inline script and style
-/// (pinned by hash, so an injected one would not run), requests to this
-/// origin only, no framing, no forms, no plugins.
-static CSP: LazyLock<HeaderValue> = LazyLock::new(|| {
-    let script = csp_hash(inline(WAITING_ROOM, "script"));
-    let style = csp_hash(inline(WAITING_ROOM, "style"));
+/// The waiting room as served with one branding: the page and its
+/// Content-Security-Policy: only its own inline script and style (pinned by
+/// hash, so an injected one would not run), requests to this origin only,
+/// images from it or the configured logo's origin, no framing, no forms, no
+/// plugins.
+struct Rendered {
+    /// Shared by every response: a load copies no page.
+    page: bytes::Bytes,
+    csp: HeaderValue,
+}
+
+/// The configuration's `waiting_room_*` values.
+#[derive(Clone, PartialEq)]
+struct Branding {
+    shop: Option<String>,
+    logo: Option<String>,
+    return_url: Option<String>,
+    accent: Option<String>,
+    background: Option<String>,
+    lang: String,
+    text: BTreeMap<String, String>,
+}
+
+impl Branding {
+    fn of(c: &Config) -> Self {
+        Branding {
+            shop: c.waiting_room_shop_name.clone(),
+            logo: c.waiting_room_logo_url.clone(),
+            return_url: c.waiting_room_return_url.clone(),
+            accent: c.waiting_room_accent.clone(),
+            background: c.waiting_room_background.clone(),
+            lang: c.waiting_room_lang.clone(),
+            text: c.waiting_room_text.clone(),
+        }
+    }
+}
+
+/// The page for the branding last served: a reload changes it, a page load
+/// does not render it again.
+fn rendered(config: &Config) -> Arc<Rendered> {
+    static LAST: Mutex<Option<(Branding, Arc<Rendered>)>> = Mutex::new(None);
+    let branding = Branding::of(config);
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    match &*last {
+        Some((b, page)) if *b == branding => page.clone(),
+        _ => {
+            let page = Arc::new(render(&branding));
+            *last = Some((branding, page.clone()));
+            page
+        }
+    }
+}
+
+/// Writes the branding into the page: every value HTML-escaped (they were
+/// validated by the configuration too: colours are hex, URLs http(s) or
+/// same-origin without quotes), the JavaScript's part as JSON in an
+/// attribute. The script is never changed, so its hash is fixed.
+fn render(b: &Branding) -> Rendered {
+    let mut page = WAITING_ROOM.replace(
+        "<html lang=\"en\">",
+        &format!("<html lang=\"{}\">", escape(&b.lang)),
+    );
+    let colours: String = [
+        ("--accent", b.accent.as_deref()),
+        ("--page", b.background.as_deref()),
+    ]
+    .iter()
+    .filter_map(|(var, value)| Some(format!("{var}:{};", parse_colour(value.as_ref()?)?.hex())))
+    .chain(b.accent.as_deref().and_then(parse_colour).map(|rgb| {
+        // The accent's light tint, for badges and the bar's track.
+        let tint = rgb.map(|c| (f64::from(c) * 0.12 + 255.0 * 0.88).round() as u8);
+        format!("--accent-soft:{};", tint.hex())
+    }))
+    .collect();
+    if !colours.is_empty() {
+        // The contrast was checked against the light card: a branded page
+        // is light-only.
+        if let (Some(start), Some(end)) = (page.find("/*DARK*/"), page.find("/*END DARK*/")) {
+            page.replace_range(start..end + "/*END DARK*/".len(), "");
+        }
+        page = page
+            .replace(
+                "<meta name=\"color-scheme\" content=\"light dark\">",
+                "<meta name=\"color-scheme\" content=\"light\">",
+            )
+            .replace("/*BRAND*/", &format!(":root{{{colours}}}"));
+    }
+    if b.shop.is_some() || b.logo.is_some() {
+        let logo = b.logo.as_deref().map_or(String::new(), |url| {
+            // Beside the name the logo is decoration; alone it names the shop.
+            let alt = if b.shop.is_some() { "" } else { "Shop logo" };
+            format!("<img id=\"logo\" src=\"{}\" alt=\"{alt}\">", escape(url))
+        });
+        let name = b.shop.as_deref().map_or(String::new(), |name| {
+            format!("<span id=\"shop-name\">{}</span>", escape(name))
+        });
+        page = page.replace(
+            "<header class=\"brand\" id=\"brand\" hidden><!--BRAND--></header>",
+            &format!("<header class=\"brand\" id=\"brand\">{logo}{name}</header>"),
+        );
+    }
+    let data = serde_json::json!({
+        "shop": b.shop,
+        "returnUrl": b.return_url,
+        "text": b.text,
+    });
+    if b.shop.is_some() || b.return_url.is_some() || !b.text.is_empty() {
+        page = page.replace(
+            "data-config=\"{}\"",
+            &format!("data-config=\"{}\"", escape(&data.to_string())),
+        );
+    }
+    let script = csp_hash(inline(&page, "script"));
+    let style = csp_hash(inline(&page, "style"));
+    let logo = b.logo.as_deref().and_then(logo_origin).unwrap_or_default();
     let policy = format!(
         "default-src 'none'; script-src '{script}'; style-src '{style}'; \
-         connect-src 'self'; img-src 'self' data:; base-uri 'none'; \
+         connect-src 'self'; img-src 'self' data: {logo}; base-uri 'none'; \
          form-action 'none'; frame-ancestors 'none'"
-    );
-    HeaderValue::from_str(&policy).expect("a CSP of ASCII tokens is a valid header")
-});
+    )
+    .replace(" ;", ";");
+    let csp = HeaderValue::from_str(&policy).unwrap_or_else(|_| {
+        // Unreachable with a validated logo URL; a page without the logo's
+        // origin is still a safe page.
+        HeaderValue::from_static("default-src 'none'")
+    });
+    Rendered {
+        page: page.into(),
+        csp,
+    }
+}
 
-/// Answers the paths this module serves, or `None` for any other path.
+/// `&`, `<`, `>`, `"` and `'` as character references: safe in text and in
+/// quoted attributes.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `#rrggbb`.
+trait Hex {
+    fn hex(&self) -> String;
+}
+
+impl Hex for [u8; 3] {
+    fn hex(&self) -> String {
+        format!("#{:02x}{:02x}{:02x}", self[0], self[1], self[2])
+    }
+}
+
 /// Whether [`route`] serves `path`.
 pub fn serves(path: &str) -> bool {
     match path.strip_prefix(WAITING_ROOM_PREFIX) {
@@ -46,7 +195,8 @@ pub fn serves(path: &str) -> bool {
     }
 }
 
-pub fn route(method: &Method, path: &str) -> Option<Response<Body>> {
+/// Answers the paths this module serves, or `None` for any other path.
+pub fn route(method: &Method, path: &str, config: &Config) -> Option<Response<Body>> {
     let ticket = match path.strip_prefix(WAITING_ROOM_PREFIX) {
         Some(t) if !t.is_empty() && !t.contains('/') => Some(t),
         Some(_) => return None,
@@ -58,16 +208,18 @@ pub fn route(method: &Method, path: &str) -> Option<Response<Body>> {
             .allow("GET, HEAD, OPTIONS".into());
         return Some(problem.into_response());
     }
-    Some(ticket.map_or_else(openapi, waiting_room))
+    Some(ticket.map_or_else(openapi, |t| waiting_room(t, config)))
 }
 
 /// `GET /waiting-room/{ticket}`: the page that follows a ticket for a person.
 /// The ticket is never written into the page (its script reads the address
-/// bar), so nothing a client puts in the path can end up as markup. An id
+/// bar, also for the return link), so nothing a client puts in the path can
+/// end up as markup. An id
 /// that cannot be a ticket gets the same page with 404; the page then shows
 /// its not-found state.
-pub fn waiting_room(ticket: &str) -> Response<Body> {
-    let mut resp = Response::new(full(WAITING_ROOM));
+pub fn waiting_room(ticket: &str, config: &Config) -> Response<Body> {
+    let rendered = rendered(config);
+    let mut resp = Response::new(full(rendered.page.clone()));
     if TicketId::parse(ticket).is_none() {
         *resp.status_mut() = StatusCode::NOT_FOUND;
     }
@@ -78,7 +230,7 @@ pub fn waiting_room(ticket: &str) -> Response<Body> {
     );
     // Each load must show the ticket's state now, never a cached page.
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::CONTENT_SECURITY_POLICY, CSP.clone());
+    h.insert(header::CONTENT_SECURITY_POLICY, rendered.csp.clone());
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),

@@ -151,18 +151,27 @@ pub async fn wait_until(
 /// The ticket's JSON view now, with the position and ETA of a queued one.
 fn view<'a>(queue: &'a Queue, id: &'a TicketId, record: &'a TicketRecord) -> TicketView<'a> {
     let knobs = queue.knobs();
-    let opens_in = match knobs.phase(&queue.config(), queue.clock.now()) {
+    let now = queue.clock.now();
+    let opens_in = match knobs.phase(&queue.config(), now) {
         Phase::PreQueue { opens_in } | Phase::NotOpen { opens_in } => Some(opens_in),
         _ => None,
     };
     let place = (record.status == TicketStatus::Queued)
         .then(|| Place::of(record.seq, queue.dispatched(id), opens_in));
+    // A paused line does not move: any estimate would be a guess (a rate
+    // over a line standing still gave near-zero waits).
+    let paused = place.is_some() && knobs.paused;
     TicketView {
         ticket: id.as_str(),
         queue: &queue.name,
         status: record.status,
         position: place.and_then(|p| p.position),
-        eta_seconds: place.map(|p| p.eta_seconds(queue.line_rate(&knobs))),
+        eta_seconds: place.map(|p| (!paused).then(|| p.eta_seconds(queue.line_rate(&knobs)))),
+        paused,
+        opens_at: place.and_then(|p| p.opens_in).map(|d| {
+            let at = (now + d).duration_since(std::time::UNIX_EPOCH);
+            format_time_ms(at.map_or(0, |t| t.as_millis() as u64))
+        }),
         attempts: record.attempts,
         admitted_at: format_time_ms(record.admitted_at_ms),
         completed_at: record.completed_at_ms.map(format_time_ms),
@@ -176,8 +185,13 @@ fn ticket_answer(queue: &Queue, id: &TicketId, record: &TicketRecord) -> Respons
     let view = view(queue, id, record);
     let mut resp = json(StatusCode::OK, &view);
     if !record.status.is_terminal() {
-        // Poll again about when the ticket is due, or soon when in flight.
-        let secs = ticket::retry_after(view.eta_seconds.unwrap_or(0.0));
+        // Poll again about when the ticket is due, or soon when in flight;
+        // while paused, at the longest interval.
+        let secs = if view.paused {
+            ticket::PAUSED_RETRY_AFTER
+        } else {
+            ticket::retry_after(view.eta_seconds.flatten().unwrap_or(0.0))
+        };
         resp.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }

@@ -141,6 +141,40 @@ pub struct Config {
     /// slower and they are all taken, lines are dropped and counted
     /// (`flashgate_access_log_dropped_total`), never waited for. Default `8192`.
     pub access_log_buffer: u32,
+    /// Shop name on the waiting room, above the heading and in the tab's
+    /// title (HTML-escaped). Default: none.
+    #[serde(deserialize_with = "units::non_empty")]
+    pub waiting_room_shop_name: Option<String>,
+    /// Logo on the waiting room: an `https://` URL (its origin is added to
+    /// the page's CSP `img-src`) or a path on this origin starting with `/`;
+    /// other schemes are refused. Default: none.
+    #[serde(deserialize_with = "units::non_empty")]
+    pub waiting_room_logo_url: Option<String>,
+    /// Link back to the shop on the waiting room's final and not-found
+    /// states, an `http(s)://` URL: `{ticket}` in it is replaced by the
+    /// ticket, else `ticket=<id>` is appended to its query. Default: none
+    /// (no link).
+    #[serde(deserialize_with = "units::non_empty")]
+    pub waiting_room_return_url: Option<String>,
+    /// Accent colour of the waiting room (links, bar, badges, focus ring),
+    /// `#rgb` or `#rrggbb`, with at least 4.5:1 contrast against the white
+    /// card (WCAG AA; a lighter one is refused). A configured colour makes
+    /// the page light-only. Default: none (the built-in blue).
+    #[serde(deserialize_with = "units::non_empty")]
+    pub waiting_room_accent: Option<String>,
+    /// Background around the waiting room's card, `#rgb` or `#rrggbb`
+    /// (no text is drawn on it). Makes the page light-only. Default: none.
+    #[serde(deserialize_with = "units::non_empty")]
+    pub waiting_room_background: Option<String>,
+    /// Language tag of the waiting room's texts (its `lang` attribute).
+    /// Default `en`.
+    pub waiting_room_lang: String,
+    /// The waiting room's texts by key (README lists the keys and their
+    /// placeholders), a table in the file or a JSON object from a flag or
+    /// variable; unknown keys are refused. Default: none (English).
+    #[serde(deserialize_with = "super::waiting_room::text_map")]
+    #[schemars(with = "std::collections::BTreeMap<String, String>")]
+    pub waiting_room_text: std::collections::BTreeMap<String, String>,
     /// The queues, each with its routes, upstream and limits.
     pub queue: Vec<QueueConfig>,
 }
@@ -307,6 +341,13 @@ impl Default for Config {
             access_log: AccessLog::Off,
             access_log_format: AccessLogFormat::Json,
             access_log_buffer: 8192,
+            waiting_room_shop_name: None,
+            waiting_room_logo_url: None,
+            waiting_room_return_url: None,
+            waiting_room_accent: None,
+            waiting_room_background: None,
+            waiting_room_lang: "en".into(),
+            waiting_room_text: Default::default(),
             queue: vec![QueueConfig::default()],
         }
     }

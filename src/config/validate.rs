@@ -159,6 +159,7 @@ impl Config {
                 "must differ from listen and admin_listen",
             )
             .0?;
+        super::waiting_room::check(self)?;
         if self.consumer.is_empty() {
             self.consumer = format!("{}:{}", hostname(), self.listen.port());
         }

@@ -71,6 +71,9 @@ fn keep_fixed(old: &Config, new: &mut Config) -> Vec<String> {
             }
         )+};
     }
+    // Not here, so applied at once: whatever is read per request, such as
+    // the `waiting_room_*` branding keys (the page is rendered again from
+    // the new values on its next load).
     // Bound, connected or handed to long-lived tasks at start.
     keep!(
         listen,

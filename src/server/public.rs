@@ -152,7 +152,7 @@ async fn route(
             Problem::new(Code::MethodNotAllowed, format!("{path} accepts {allow}")).allow(allow);
         return early(problem.into_response(), req).await;
     }
-    if let Some(resp) = pages::route(req.method(), path) {
+    if let Some(resp) = pages::route(req.method(), path, &app.config()) {
         // The waiting room page and the API description.
         exchange::note(|n| n.route = Some("page"));
         return early(resp, req).await;

@@ -30,6 +30,10 @@ pub fn retry_after(eta_seconds: f64) -> u64 {
     (eta_seconds.ceil() as u64).clamp(1, 30)
 }
 
+/// Seconds a client of a ticket in a paused queue waits before polling
+/// again: the pause has no known end, so the longest regular interval.
+pub const PAUSED_RETRY_AFTER: u64 = 30;
+
 /// The JSON body of an admission answer (202, or 200 for a replay).
 #[derive(Debug, Serialize)]
 pub struct AdmissionView<'a> {
@@ -38,8 +42,12 @@ pub struct AdmissionView<'a> {
     pub status: TicketStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub position: Option<u64>,
+    /// `Some(None)` (JSON `null`) while the queue is paused.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub eta_seconds: Option<f64>,
+    pub eta_seconds: Option<Option<f64>>,
+    /// `true` while queued in a paused queue; absent otherwise.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
     pub poll_url: String,
 }
 
@@ -51,8 +59,16 @@ pub struct TicketView<'a> {
     pub status: TicketStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub position: Option<u64>,
+    /// Only while queued: `Some(None)` (JSON `null`) while the queue is
+    /// paused, when no wait can be estimated.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub eta_seconds: Option<f64>,
+    pub eta_seconds: Option<Option<f64>>,
+    /// `true` while the ticket is queued in a paused queue; absent otherwise.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
+    /// While queued before the sale opens: when it opens (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub opens_at: Option<String>,
     pub attempts: u32,
     pub admitted_at: String,
     pub completed_at: Option<String>,
@@ -120,7 +136,8 @@ pub fn now_ms() -> u64 {
 pub struct Place {
     /// Tickets ahead; `None` while pre-queued (its place is drawn at opening).
     pub position: Option<u64>,
-    /// Time until the sale opens, for a pre-queued ticket.
+    /// Time until the sale opens, while it has not: nothing is dispatched
+    /// before then.
     pub opens_in: Option<Duration>,
 }
 
@@ -129,16 +146,15 @@ impl Place {
     pub fn of(seq: u64, dispatched: u64, opens_in: Option<Duration>) -> Self {
         Place {
             position: (seq > 0).then(|| position(seq, dispatched)),
-            opens_in: (seq == 0).then_some(opens_in).flatten(),
+            opens_in,
         }
     }
 
-    /// Expected seconds before dispatch.
+    /// Expected seconds before dispatch: to the opening, if the sale has
+    /// not opened, then through the line ahead.
     pub fn eta_seconds(self, rate: f64) -> f64 {
-        match (self.position, self.opens_in) {
-            (Some(p), _) => eta_seconds(p, rate),
-            (None, Some(d)) => (d.as_secs_f64() * 1000.0).round() / 1000.0,
-            (None, None) => 0.0,
-        }
+        let opening = self.opens_in.map_or(0.0, |d| d.as_secs_f64());
+        let line = self.position.map_or(0.0, |p| p as f64 / rate);
+        ((opening + line) * 1000.0).round() / 1000.0
     }
 }

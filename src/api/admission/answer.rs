@@ -93,7 +93,9 @@ pub(super) fn ticket_answer(
     rate: f64,
 ) -> Response<Body> {
     let position = place.and_then(|p| p.position);
-    let eta = place.map(|p| p.eta_seconds(rate));
+    // As for polls: a paused line has no estimate (`null`, `paused: true`).
+    let paused = place.is_some() && queue.knobs().paused;
+    let eta = place.map(|p| (!paused).then(|| p.eta_seconds(rate)));
     let poll_url = format!("/tickets/{ticket}");
     let view = AdmissionView {
         ticket: ticket.as_str(),
@@ -101,6 +103,7 @@ pub(super) fn ticket_answer(
         status: state,
         position,
         eta_seconds: eta,
+        paused,
         poll_url: poll_url.clone(),
     };
     let mut resp = json(status, &view);
@@ -111,7 +114,11 @@ pub(super) fn ticket_answer(
     if !state.is_terminal() {
         h.insert(
             header::RETRY_AFTER,
-            HeaderValue::from(ticket::retry_after(eta.unwrap_or(0.0))),
+            HeaderValue::from(if paused {
+                ticket::PAUSED_RETRY_AFTER
+            } else {
+                ticket::retry_after(eta.flatten().unwrap_or(0.0))
+            }),
         );
     }
     resp

@@ -20,7 +20,7 @@ fn a_ticket() -> String {
 
 #[tokio::test]
 async fn the_waiting_room_is_served_with_strict_headers() {
-    let resp = waiting_room(&a_ticket());
+    let resp = waiting_room(&a_ticket(), &Config::default());
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(header(&resp, "content-type"), "text/html; charset=utf-8");
     assert_eq!(header(&resp, "cache-control"), "no-store");
@@ -34,7 +34,7 @@ async fn the_waiting_room_is_served_with_strict_headers() {
 
 #[tokio::test]
 async fn the_csp_pins_exactly_the_page_s_inline_script_and_style() {
-    let csp = waiting_room(&a_ticket())
+    let csp = waiting_room(&a_ticket(), &Config::default())
         .headers()
         .get("content-security-policy")
         .unwrap()
@@ -84,14 +84,19 @@ async fn the_page_loads_nothing_from_elsewhere_and_never_writes_markup() {
 #[tokio::test]
 async fn the_ticket_in_the_path_is_never_reflected() {
     let hostile = "%3Cscript%3Ealert(1)%3C%2Fscript%3E";
-    let resp = route(&Method::GET, &format!("/waiting-room/{hostile}")).unwrap();
+    let resp = route(
+        &Method::GET,
+        &format!("/waiting-room/{hostile}"),
+        &Config::default(),
+    )
+    .unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
     assert_eq!(header(&resp, "content-type"), "text/html; charset=utf-8");
     let page = text(resp).await;
     assert!(!page.contains(hostile));
     assert!(!page.contains("alert(1)"));
     let id = a_ticket();
-    let page = text(waiting_room(&id)).await;
+    let page = text(waiting_room(&id, &Config::default())).await;
     assert!(!page.contains(&id));
     assert_eq!(page, WAITING_ROOM);
 }
@@ -99,19 +104,29 @@ async fn the_ticket_in_the_path_is_never_reflected() {
 #[tokio::test]
 async fn routes_cover_the_two_paths_and_nothing_else() {
     let id = a_ticket();
-    let ok = route(&Method::GET, &format!("/waiting-room/{id}")).unwrap();
+    let ok = route(
+        &Method::GET,
+        &format!("/waiting-room/{id}"),
+        &Config::default(),
+    )
+    .unwrap();
     assert_eq!(ok.status(), StatusCode::OK);
-    let head = route(&Method::HEAD, "/openapi.json").unwrap();
+    let head = route(&Method::HEAD, "/openapi.json", &Config::default()).unwrap();
     assert_eq!(head.status(), StatusCode::OK);
-    let post = route(&Method::POST, &format!("/waiting-room/{id}")).unwrap();
+    let post = route(
+        &Method::POST,
+        &format!("/waiting-room/{id}"),
+        &Config::default(),
+    )
+    .unwrap();
     assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(header(&post, "allow"), "GET, HEAD, OPTIONS");
     assert_eq!(header(&post, "content-type"), "application/problem+json");
-    assert!(route(&Method::GET, "/waiting-room/").is_none());
-    assert!(route(&Method::GET, "/waiting-room/a/b").is_none());
-    assert!(route(&Method::GET, "/waiting-room").is_none());
-    assert!(route(&Method::GET, "/openapi.yaml").is_none());
-    assert!(route(&Method::GET, "/tickets/x").is_none());
+    assert!(route(&Method::GET, "/waiting-room/", &Config::default()).is_none());
+    assert!(route(&Method::GET, "/waiting-room/a/b", &Config::default()).is_none());
+    assert!(route(&Method::GET, "/waiting-room", &Config::default()).is_none());
+    assert!(route(&Method::GET, "/openapi.yaml", &Config::default()).is_none());
+    assert!(route(&Method::GET, "/tickets/x", &Config::default()).is_none());
 }
 
 #[tokio::test]
@@ -208,4 +223,93 @@ fn every_problem_code_of_the_public_api_is_documented() {
         );
     }
     assert!(!is_public(Code::Unauthorized));
+}
+
+fn branded() -> Config {
+    Config {
+        waiting_room_shop_name: Some("Ada's <script>alert(1)</script> & Co".into()),
+        waiting_room_logo_url: Some("https://cdn.example.com/logo.svg".into()),
+        waiting_room_return_url: Some("https://shop.example/done?x=\"1\"".into()),
+        waiting_room_accent: Some("#1a4d2e".into()),
+        waiting_room_background: Some("#fed".into()),
+        waiting_room_lang: "de".into(),
+        waiting_room_text: [(
+            "queued_title".to_string(),
+            "</main><script>x()</script>".to_string(),
+        )]
+        .into(),
+        ..Config::default()
+    }
+}
+
+#[tokio::test]
+async fn branding_is_escaped_into_the_page_and_never_runs() {
+    let resp = waiting_room(&a_ticket(), &branded());
+    let csp = header(&resp, "content-security-policy").to_string();
+    let page = text(resp).await;
+    assert!(page.contains("<html lang=\"de\">"));
+    assert!(page.contains(
+        "<span id=\"shop-name\">Ada&#39;s &lt;script&gt;alert(1)&lt;/script&gt; &amp; Co</span>"
+    ));
+    assert!(page.contains("<img id=\"logo\" src=\"https://cdn.example.com/logo.svg\" alt=\"\">"));
+    // Still one script and one style: nothing configured became an element.
+    assert_eq!(page.matches("<script").count(), 1, "{page}");
+    assert_eq!(page.matches("<style").count(), 1);
+    assert!(!page.contains("alert(1)</script>"));
+    // The JavaScript's part: JSON, escaped as an attribute value.
+    let start = page.find("data-config=\"").unwrap() + "data-config=\"".len();
+    let attr = &page[start..start + page[start..].find('"').unwrap()];
+    assert!(!attr.contains('<') && !attr.contains('\''));
+    let unescaped = attr
+        .replace("&quot;", "\"")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&");
+    let data: serde_json::Value = serde_json::from_str(&unescaped).unwrap();
+    assert_eq!(data["returnUrl"], "https://shop.example/done?x=\"1\"");
+    assert_eq!(data["text"]["queued_title"], "</main><script>x()</script>");
+    // Colours as hex only, light-only, and the CSP pins the branded style
+    // and lets the logo's origin in, nothing more.
+    assert!(page.contains(":root{--accent:#1a4d2e;--page:#ffeedd;--accent-soft:"));
+    assert!(!page.contains("prefers-color-scheme: dark"));
+    assert!(page.contains("<meta name=\"color-scheme\" content=\"light\">"));
+    assert!(csp.contains(&format!("style-src '{}'", csp_hash(inline(&page, "style")))));
+    assert!(csp.contains(&format!(
+        "script-src '{}'",
+        csp_hash(inline(WAITING_ROOM, "script"))
+    )));
+    assert!(
+        csp.contains("img-src 'self' data: https://cdn.example.com;"),
+        "{csp}"
+    );
+}
+
+#[test]
+fn escape_covers_markup_and_both_quotes() {
+    assert_eq!(
+        escape("<a href='x' title=\"y\">&</a>"),
+        "&lt;a href=&#39;x&#39; title=&quot;y&quot;&gt;&amp;&lt;/a&gt;"
+    );
+    assert_eq!(escape("plain text"), "plain text");
+}
+
+/// The page's texts and the keys the configuration accepts are the same
+/// set: an override is never refused for a text the page has, nor accepted
+/// for one it lacks.
+#[test]
+fn every_text_key_is_a_text_of_the_page() {
+    let script = inline(WAITING_ROOM, "script");
+    let table = &script[script.find("var TEXT = {").unwrap()..];
+    let table = &table[..table.find("};").unwrap()];
+    let in_page: Vec<&str> = table
+        .lines()
+        .filter_map(|l| l.trim().split_once(':').map(|(k, _)| k))
+        .filter(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+        .collect();
+    let mut configured = crate::config::waiting_room::TEXT_KEYS.to_vec();
+    let mut page_keys = in_page.clone();
+    configured.sort();
+    page_keys.sort();
+    assert_eq!(page_keys, configured);
 }
