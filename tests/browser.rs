@@ -497,6 +497,33 @@ async fn the_default_waiting_room_words_the_other_states() {
     capture(&browser, "not-open").await;
     drop(gw);
 
+    // Expired: the line is paused longer than the ticket is kept; the page,
+    // following it, learns when its record is gone.
+    let gw = Gateway::builder()
+        .toml("ticket_ttl = \"2s\"\n")
+        .upstream(&ok)
+        .start()
+        .await;
+    let c = gw.client();
+    c.patch_knobs(json!({"paused": true}).to_string()).await;
+    let gone = admit_n(&c, 1).await.pop().unwrap();
+    browser
+        .goto(&format!("{}/waiting-room/{gone}", gw.base()))
+        .await
+        .unwrap();
+    until_state(&browser, "paused").await;
+    until_state(&browser, "expired").await;
+    assert_eq!(
+        text_of(&browser, "title").await,
+        "Your place in line expired"
+    );
+    assert!(text_of(&browser, "lead")
+        .await
+        .contains("no order was placed"));
+    assert_eq!(c.poll(&gone).await.status, 404);
+    capture(&browser, "expired").await;
+    drop(gw);
+
     // In flight: the order service takes its time.
     let slow = MockUpstream::builder()
         .latency(Duration::from_secs(300))

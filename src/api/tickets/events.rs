@@ -68,6 +68,10 @@ pub(super) async fn events(app: &App, id: &str, headers: &HeaderMap) -> Response
         return resp;
     }
     let now = Instant::now();
+    // A queued ticket's hash lives `ticket_ttl` past its admission (its
+    // last change); no change is published when it is purged.
+    let age = Duration::from_millis(crate::ticket::now_ms().saturating_sub(record.admitted_at_ms));
+    let expires_at = now + app.config().ticket_ttl.saturating_sub(age);
     let stream = EventStream {
         queue: queue.clone(),
         id,
@@ -78,6 +82,7 @@ pub(super) async fn events(app: &App, id: &str, headers: &HeaderMap) -> Response
         next_event: now + EVENT_EVERY,
         next_heartbeat: now + HEARTBEAT_EVERY,
         ends_at: now + STREAM_LIFETIME,
+        expires_at,
     };
     // The stream runs in its own task, which ends when the stream does or
     // the client goes away.
@@ -125,9 +130,31 @@ struct EventStream {
     next_event: Instant,
     next_heartbeat: Instant,
     ends_at: Instant,
+    /// When the queued ticket's record is due to expire: past it, the
+    /// stream reads the record again rather than wait for a change.
+    expires_at: Instant,
 }
 
 impl EventStream {
+    /// The record read again after a change (or past its expiry): the
+    /// event to send when its status moved, or `expired` when it is gone.
+    async fn reread(&mut self) -> Option<Bytes> {
+        match read(&self.queue, &self.id).await {
+            Ok(Some(record)) => {
+                let changed = record.status != self.record.status;
+                self.record = record;
+                changed.then(|| self.event(false))
+            }
+            Ok(None) => {
+                // Purged while followed: expired, as a poll would say.
+                self.record.status = TicketStatus::Expired;
+                Some(self.event(false))
+            }
+            // The next change or tick tries again.
+            Err(_) => None,
+        }
+    }
+
     async fn run(mut self, tx: mpsc::Sender<Bytes>) {
         loop {
             let chunk = tokio::select! {
@@ -154,21 +181,15 @@ impl EventStream {
             let queued = self.record.status == TicketStatus::Queued;
             tokio::select! {
                 _ = self.changes.changed() => {
-                    match read(&self.queue, &self.id).await {
-                        Ok(Some(record)) => {
-                            let changed = record.status != self.record.status;
-                            self.record = record;
-                            if changed {
-                                return Some(self.event(false));
-                            }
-                        }
-                        Ok(None) => {
-                            // Purged while followed: expired, as a poll would say.
-                            self.record.status = TicketStatus::Expired;
-                            return Some(self.event(false));
-                        }
-                        // The next change or tick tries again.
-                        Err(_) => {}
+                    if let Some(event) = self.reread().await {
+                        return Some(event);
+                    }
+                }
+                _ = tokio::time::sleep_until(self.expires_at), if queued => {
+                    // Checked again a tick later if the record is still there.
+                    self.expires_at = Instant::now() + EVENT_EVERY;
+                    if let Some(event) = self.reread().await {
+                        return Some(event);
                     }
                 }
                 _ = tokio::time::sleep_until(self.next_event), if queued => {
