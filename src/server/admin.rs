@@ -41,20 +41,7 @@ pub async fn serve_admin(
         listener: "admin",
         access_log,
     };
-    accept_loop(
-        listener,
-        private_protocols(),
-        None,
-        shutdown,
-        move |peer, req| {
-            let (app, edge) = (app.clone(), edge.clone());
-            async move {
-                let admin = |req| admin(app.clone(), peer, req);
-                edge.serve(&app, peer, req, admin).await
-            }
-        },
-    )
-    .await;
+    serve_private(app, listener, edge, shutdown, admin).await;
 }
 
 /// Serves the health listener (`health_listen`: health and metrics only)
@@ -69,16 +56,32 @@ pub async fn serve_health(
         listener: "health",
         access_log,
     };
+    let health = |app, _peer, req| health(app, req);
+    serve_private(app, listener, edge, shutdown, health).await;
+}
+
+/// One private listener: its connections, each request through `edge` to
+/// `route`, until `shutdown`.
+async fn serve_private<R, Fut>(
+    app: Arc<App>,
+    listener: TcpListener,
+    edge: Edge,
+    shutdown: CancellationToken,
+    route: R,
+) where
+    R: Fn(Arc<App>, SocketAddr, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
+{
     accept_loop(
         listener,
         private_protocols(),
         None,
         shutdown,
         move |peer, req| {
-            let (app, edge) = (app.clone(), edge.clone());
+            let (app, edge, route) = (app.clone(), edge.clone(), route.clone());
             async move {
-                let health = |req| health(app.clone(), req);
-                edge.serve(&app, peer, req, health).await
+                let handler = |req| route(app.clone(), peer, req);
+                edge.serve(&app, peer, req, handler).await
             }
         },
     )
