@@ -47,8 +47,8 @@ pub use self::dead_letters::{
 pub use self::events::{read_events, Event, EventLog, EventPage, EventQuery, EventSettings};
 pub use self::knobs::KnobStore;
 pub use self::line::{
-    Admit, AdmitLimits, AttemptStart, FairLimits, Delivery, GroupLag, IdempotencyClaim, Line, Prequeue,
-    QueueStats, QueuedRequest, StreamReport, MAX_REPORTED_GROUPS,
+    Admit, AdmitLimits, AttemptStart, Delivery, FairLimits, GroupLag, IdempotencyClaim, Line,
+    Prequeue, QueueStats, QueuedRequest, StreamReport, MAX_REPORTED_GROUPS,
 };
 pub use self::memory::MemoryQueue;
 pub use self::partitioned::{partition_of_claim, partition_of_client, Partitioned};

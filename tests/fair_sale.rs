@@ -24,12 +24,17 @@ async fn two(redis: &Redis, upstream: &MockUpstream, toml: &str) -> (Gateway, Ga
 
 /// Stops dispatch on both instances, so tickets stay queued.
 async fn pause(a: &Gateway, b: &Gateway) {
-    let answer = a.client().patch_queue("checkout", r#"{"paused": true}"#).await;
+    let answer = a
+        .client()
+        .patch_queue("checkout", r#"{"paused": true}"#)
+        .await;
     assert_eq!(answer.status, 200, "{}", answer.text());
     let other = b.client();
-    eventually(Duration::from_secs(10), "the other instance to pause", || async {
-        (other.queue().await["paused"] == true).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the other instance to pause",
+        || async { (other.queue().await["paused"] == true).then_some(()) },
+    )
     .await;
 }
 
@@ -213,7 +218,10 @@ async fn requests_without_a_known_product_are_refused_with_what_was_expected() {
     assert!(a.json()["detail"].as_str().unwrap().contains("`a`"));
     let metrics = c.metrics().await;
     assert_eq!(
-        metrics.sum("flashgate_admissions_total", &["outcome=\"unknown_product\""]),
+        metrics.sum(
+            "flashgate_admissions_total",
+            &["outcome=\"unknown_product\""]
+        ),
         1.0
     );
 }
@@ -232,11 +240,18 @@ async fn the_product_can_come_from_the_path_a_query_or_a_header() {
     let c = gw.client();
     assert_eq!(c.send("POST", "/buy/a", &[], "{}").await.status, 202);
     let a = c.send("POST", "/buy/a", &[], "{}").await;
-    assert_eq!((a.status.as_u16(), a.json()["product"].clone()), (410, Value::from("a")));
+    assert_eq!(
+        (a.status.as_u16(), a.json()["product"].clone()),
+        (410, Value::from("a"))
+    );
     assert_eq!(c.send("POST", "/buy/b", &[], "{}").await.status, 202);
 
     for (from, good, bad) in [
-        ("query:sku", ("/checkout?x=1&sku=a", vec![]), ("/checkout?sku=", vec![])),
+        (
+            "query:sku",
+            ("/checkout?x=1&sku=a", vec![]),
+            ("/checkout?sku=", vec![]),
+        ),
         (
             "header:x-sku",
             ("/checkout", vec![("x-sku", "a")]),
@@ -298,10 +313,16 @@ async fn an_upstream_sold_out_fails_only_that_products_waiting_tickets() {
             other => panic!("{other:?}: {done}"),
         }
     }
-    assert_eq!(failed_unsent, 2, "the first `b` told the drain; the rest failed unsent");
+    assert_eq!(
+        failed_unsent, 2,
+        "the first `b` told the drain; the rest failed unsent"
+    );
     assert_eq!(upstream.received().len(), 3, "two `a`, one `b`");
     let b = c.admit(r#"{"sku":"b"}"#).await;
-    assert_eq!((b.status.as_u16(), b.json()["product"].clone()), (410, Value::from("b")));
+    assert_eq!(
+        (b.status.as_u16(), b.json()["product"].clone()),
+        (410, Value::from("b"))
+    );
     assert_eq!(c.admit(r#"{"sku":"a"}"#).await.status, 202);
     let products = &c.queue().await["products"];
     assert_eq!(products["b"]["sold_out"], true, "{products}");

@@ -213,9 +213,7 @@ impl Line for Partitioned {
         Ok(total)
     }
 
-    async fn products_sold(
-        &self,
-    ) -> Result<std::collections::BTreeMap<String, u64>, QueueError> {
+    async fn products_sold(&self) -> Result<std::collections::BTreeMap<String, u64>, QueueError> {
         // Each partition sells its share of each product.
         let mut total = std::collections::BTreeMap::new();
         for part in &self.parts {

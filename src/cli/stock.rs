@@ -18,7 +18,12 @@ pub struct StockArgs {
     pub product: Option<String>,
     /// Set the product's stock (a runtime override; adds a product the
     /// sale did not have).
-    #[arg(long, requires = "product", conflicts_with = "add", allow_negative_numbers = false)]
+    #[arg(
+        long,
+        requires = "product",
+        conflicts_with = "add",
+        allow_negative_numbers = false
+    )]
     pub set: Option<u64>,
     /// Add units to the product's stock, in one step (negative: take away,
     /// never below 0).
@@ -37,7 +42,10 @@ pub async fn run(
         Some(q) => q.clone(),
         None => {
             let all = call(base, token, Method::GET, "/admin/queues", None).await?;
-            all["queues"][0]["name"].as_str().unwrap_or("checkout").to_string()
+            all["queues"][0]["name"]
+                .as_str()
+                .unwrap_or("checkout")
+                .to_string()
         }
     };
     let list = format!("/admin/queues/{queue}/stock");
@@ -83,9 +91,8 @@ fn encode(product: &str) -> String {
 }
 
 fn table(queue: &str, rows: &[(String, Value)]) -> String {
-    let mut t = super::table::Table::new(&[
-        "QUEUE", "PRODUCT", "STOCK", "SOLD", "LEFT", "SOLD-OUT",
-    ]);
+    let mut t =
+        super::table::Table::new(&["QUEUE", "PRODUCT", "STOCK", "SOLD", "LEFT", "SOLD-OUT"]);
     for (product, p) in rows {
         let n = |k: &str| p[k].as_u64().map_or("-".into(), |n| n.to_string());
         let sold_out = if p["sold_out"].as_bool() == Some(true) {
@@ -117,7 +124,11 @@ mod tests {
         )];
         let out = table("checkout", &rows);
         assert_eq!(
-            out.lines().nth(1).unwrap().split_whitespace().collect::<Vec<_>>(),
+            out.lines()
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .collect::<Vec<_>>(),
             ["checkout", "sneaker-42", "100", "40", "60", "no"]
         );
         assert_eq!(encode("a b?"), "a%20b%3F");

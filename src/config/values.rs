@@ -88,8 +88,12 @@ impl ProductFrom {
 impl std::str::FromStr for ProductFrom {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let expected = "must be `path:/route/{name}`, `json:/pointer`, `query:NAME` or `header:NAME`";
-        let (kind, arg) = s.trim().split_once(':').ok_or_else(|| expected.to_string())?;
+        let expected =
+            "must be `path:/route/{name}`, `json:/pointer`, `query:NAME` or `header:NAME`";
+        let (kind, arg) = s
+            .trim()
+            .split_once(':')
+            .ok_or_else(|| expected.to_string())?;
         match kind {
             "path" => {
                 let segments: Vec<String> = (arg.split('/').filter(|s| !s.is_empty()))
@@ -104,7 +108,9 @@ impl std::str::FromStr for ProductFrom {
                 Ok(ProductFrom::Path(segments))
             }
             "json" if arg.is_empty() || arg.starts_with('/') => Ok(ProductFrom::Json(arg.into())),
-            "json" => Err(format!("`{s}`: a JSON pointer starts with `/`, e.g. `json:/sku`")),
+            "json" => Err(format!(
+                "`{s}`: a JSON pointer starts with `/`, e.g. `json:/sku`"
+            )),
             "query" if !arg.is_empty() => Ok(ProductFrom::Query(arg.into())),
             "header" => http::HeaderName::from_bytes(arg.as_bytes())
                 .map(ProductFrom::Header)

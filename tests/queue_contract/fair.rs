@@ -50,14 +50,22 @@ async fn product_stock(backend: Backend) {
     let q = backend.q.clone();
     let two = limits(&backend, 2, None, None, true);
     for n in 0..2 {
-        let a = q.admit(buy(&backend, n, "a", "c1"), None, two).await.unwrap();
+        let a = q
+            .admit(buy(&backend, n, "a", "c1"), None, two)
+            .await
+            .unwrap();
         assert!(admitted(&a), "{a:?}");
     }
     assert_eq!(
-        q.admit(buy(&backend, 2, "a", "c1"), None, two).await.unwrap(),
+        q.admit(buy(&backend, 2, "a", "c1"), None, two)
+            .await
+            .unwrap(),
         Admit::ProductSoldOut
     );
-    let b = q.admit(buy(&backend, 3, "b", "c1"), None, two).await.unwrap();
+    let b = q
+        .admit(buy(&backend, 3, "b", "c1"), None, two)
+        .await
+        .unwrap();
     assert!(admitted(&b), "another product sells on: {b:?}");
     // A request without a product is not counted against any.
     let plain = q.admit(backend.request(4), None, two).await.unwrap();
@@ -88,10 +96,15 @@ async fn product_stock(backend: Backend) {
     );
     let knobs = q.set_knobs(&more, Some("admin")).await.unwrap();
     assert_eq!(knobs.products["a"].stock, Some(backend.limit(3)));
-    let a = q.admit(buy(&backend, 5, "a", "c1"), None, two).await.unwrap();
+    let a = q
+        .admit(buy(&backend, 5, "a", "c1"), None, two)
+        .await
+        .unwrap();
     assert!(admitted(&a), "a third unit of `a`: {a:?}");
     assert_eq!(
-        q.admit(buy(&backend, 6, "a", "c1"), None, two).await.unwrap(),
+        q.admit(buy(&backend, 6, "a", "c1"), None, two)
+            .await
+            .unwrap(),
         Admit::ProductSoldOut
     );
 
@@ -107,10 +120,15 @@ async fn product_stock(backend: Backend) {
     let knobs = q.set_knobs(&gone, Some("upstream")).await.unwrap();
     assert!(knobs.product_sold_out("b") && !knobs.product_sold_out("a"));
     assert_eq!(
-        q.admit(buy(&backend, 7, "b", "c1"), None, two).await.unwrap(),
+        q.admit(buy(&backend, 7, "b", "c1"), None, two)
+            .await
+            .unwrap(),
         Admit::ProductSoldOut
     );
-    let c = q.admit(buy(&backend, 8, "c", "c1"), None, two).await.unwrap();
+    let c = q
+        .admit(buy(&backend, 8, "c", "c1"), None, two)
+        .await
+        .unwrap();
     assert!(admitted(&c), "{c:?}");
     assert_eq!(q.knobs().await.unwrap().products, knobs.products);
 }
@@ -184,7 +202,9 @@ async fn cancel_gives_back(backend: Backend) {
     assert!(admitted(&q.admit(first.clone(), None, one).await.unwrap()));
     // The queue's stock of one is spent.
     assert_eq!(
-        q.admit(buy(&backend, 1, "a", "bob"), None, one).await.unwrap(),
+        q.admit(buy(&backend, 1, "a", "bob"), None, one)
+            .await
+            .unwrap(),
         Admit::SoldOut
     );
     let cancelled = q.cancel(&first.ticket).await.unwrap();
@@ -198,7 +218,9 @@ async fn cancel_gives_back(backend: Backend) {
     let a = q.admit(second.clone(), None, one).await.unwrap();
     assert!(admitted(&a), "the unit and alice's place came back: {a:?}");
     assert_eq!(
-        q.admit(buy(&backend, 3, "a", "bob"), None, one).await.unwrap(),
+        q.admit(buy(&backend, 3, "a", "bob"), None, one)
+            .await
+            .unwrap(),
         Admit::SoldOut,
         "one unit came back, not two"
     );
@@ -212,11 +234,15 @@ async fn cancel_gives_back(backend: Backend) {
         Cancel::Cancelled(..)
     ));
     assert_eq!(
-        q.admit(buy(&backend, 5, "b", "dave"), None, kept).await.unwrap(),
+        q.admit(buy(&backend, 5, "b", "dave"), None, kept)
+            .await
+            .unwrap(),
         Admit::ProductSoldOut
     );
     assert_eq!(
-        q.admit(buy(&backend, 6, "c", "carol"), None, kept).await.unwrap(),
+        q.admit(buy(&backend, 6, "c", "carol"), None, kept)
+            .await
+            .unwrap(),
         Admit::QuotaExceeded
     );
 }

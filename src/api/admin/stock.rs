@@ -19,8 +19,8 @@ use tracing::info;
 
 use super::events::percent_decode;
 use crate::api::App;
-use crate::backend::knobs::{ProductPatch, MAX_STOCK};
 use crate::backend::knobs::{Knobs, KnobsPatch};
+use crate::backend::knobs::{ProductPatch, MAX_STOCK};
 use crate::config::ProductFrom;
 use crate::http::body::{json, Body};
 use crate::http::exchange;
@@ -121,9 +121,12 @@ pub async fn route(
             None => unknown(&p),
         },
         (&Method::PUT | &Method::PATCH, Some(p)) => change(queue, &p, actor, req).await,
-        (_, Some(_)) => Problem::new(Code::MethodNotAllowed, "a product's stock accepts GET, PUT and PATCH")
-            .allow("GET, PUT, PATCH".into())
-            .into_response(),
+        (_, Some(_)) => Problem::new(
+            Code::MethodNotAllowed,
+            "a product's stock accepts GET, PUT and PATCH",
+        )
+        .allow("GET, PUT, PATCH".into())
+        .into_response(),
     }
 }
 
@@ -136,7 +139,12 @@ fn unknown(product: &str) -> Response<Body> {
     .into_response()
 }
 
-async fn change(queue: &Queue, product: &str, actor: &str, req: Request<Incoming>) -> Response<Body> {
+async fn change(
+    queue: &Queue,
+    product: &str,
+    actor: &str,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let bad = |why: String| Problem::new(Code::BadRequest, why).into_response();
     if !ProductFrom::valid_product(product) {
         return bad(format!(
@@ -150,7 +158,11 @@ async fn change(queue: &Queue, product: &str, actor: &str, req: Request<Incoming
     exchange::read(body.len() as u64);
     let change: StockChange = match serde_json::from_slice(&body) {
         Ok(c) => c,
-        Err(e) => return bad(format!("body must be {{\"stock\": N}} or {{\"add\": N}}: {e}")),
+        Err(e) => {
+            return bad(format!(
+                "body must be {{\"stock\": N}} or {{\"add\": N}}: {e}"
+            ))
+        }
     };
     let config = queue.config();
     let configured = config.product_stock.get(product).copied();

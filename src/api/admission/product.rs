@@ -23,7 +23,10 @@ pub(super) fn product_of(
 ) -> Result<String, Problem> {
     let found = match from {
         ProductFrom::Path(template) => {
-            let at = template.iter().position(|s| ProductFrom::is_slot(s)).unwrap_or(0);
+            let at = template
+                .iter()
+                .position(|s| ProductFrom::is_slot(s))
+                .unwrap_or(0);
             path.split('/')
                 .filter(|s| !s.is_empty())
                 .nth(at)

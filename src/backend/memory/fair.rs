@@ -86,10 +86,7 @@ impl Fair {
         }
         let quota = limits.per_client.is_some() || limits.per_client_product.is_some();
         if quota {
-            *self
-                .quota
-                .entry(client_field(&request.client))
-                .or_default() += 1;
+            *self.quota.entry(client_field(&request.client)).or_default() += 1;
             if let Some(p) = &request.product {
                 *self
                     .quota

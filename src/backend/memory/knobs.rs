@@ -45,10 +45,7 @@ impl KnobStore for MemoryQueue {
                     } else {
                         "operator"
                     };
-                    let fields = [
-                        ("reason", reason.to_string()),
-                        ("product", product.clone()),
-                    ];
+                    let fields = [("reason", reason.to_string()), ("product", product.clone())];
                     s.events.record("sold_out", now, None, &fields);
                 }
             }

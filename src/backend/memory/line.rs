@@ -293,9 +293,7 @@ impl Line for MemoryQueue {
         })
     }
 
-    async fn products_sold(
-        &self,
-    ) -> Result<std::collections::BTreeMap<String, u64>, QueueError> {
+    async fn products_sold(&self) -> Result<std::collections::BTreeMap<String, u64>, QueueError> {
         Ok(self.lock().fair.sold())
     }
 }
