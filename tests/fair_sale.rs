@@ -328,3 +328,66 @@ async fn an_upstream_sold_out_fails_only_that_products_waiting_tickets() {
     assert_eq!(products["b"]["sold_out"], true, "{products}");
     assert_eq!(products["a"]["sold_out"], false, "{products}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_read_set_and_add_to_a_products_stock_on_every_instance() {
+    let redis = Redis::start();
+    let upstream = MockUpstream::start().await;
+    let toml = "product_from = \"json:/sku\"\nproduct_stock = { a = 1 }\n";
+    let (x, y) = two(&redis, &upstream, toml).await;
+    pause(&x, &y).await;
+    let (cx, cy) = (x.client(), y.client());
+    assert_eq!(cx.admit(r#"{"sku":"a"}"#).await.status, 202);
+    assert_eq!(cy.admit(r#"{"sku":"a"}"#).await.status, 410);
+
+    let json = [("content-type", "application/json")];
+    let path = "/admin/queues/checkout/stock/a";
+    let added = cx.admin("PATCH", path, &json, r#"{"add": 2}"#).await;
+    assert_eq!(added.status, 200, "{}", added.text());
+    let a = added.json();
+    assert_eq!(
+        (
+            a["stock"].clone(),
+            a["sold"].clone(),
+            a["stock_left"].clone()
+        ),
+        (3.into(), 1.into(), 2.into())
+    );
+    // Admission reads the stock in its atomic step: the other instance
+    // sells the new units at once.
+    assert_eq!(cy.admit(r#"{"sku":"a"}"#).await.status, 202);
+    let set = cy.admin("PUT", path, &json, r#"{"stock": 2}"#).await;
+    assert_eq!(set.json()["stock_left"], 0, "{}", set.text());
+    assert_eq!(cx.admit(r#"{"sku":"a"}"#).await.status, 410);
+
+    // A new product, sold at once by both instances once they see it.
+    let new = cx
+        .admin(
+            "PUT",
+            "/admin/queues/checkout/stock/socks",
+            &json,
+            r#"{"stock": 5}"#,
+        )
+        .await;
+    assert_eq!(new.status, 200, "{}", new.text());
+    eventually(
+        Duration::from_secs(10),
+        "the other instance to sell socks",
+        || async { (cy.admit(r#"{"sku":"socks"}"#).await.status == 202).then_some(()) },
+    )
+    .await;
+    let all = cx.admin_get("/admin/queues/checkout/stock").await.json();
+    assert_eq!(all["products"]["socks"]["sold"], 1, "{all}");
+    assert_eq!(all["products"]["a"]["stock"], 2, "{all}");
+
+    for (method, body) in [
+        ("PATCH", r#"{"add": 1, "stock": 3}"#),
+        ("PUT", r#"{"stock": -1}"#),
+        ("PUT", "[]"),
+    ] {
+        let bad = cx.admin(method, path, &json, body).await;
+        assert_eq!(bad.status, 400, "{body}: {}", bad.text());
+    }
+    let unknown = cx.admin_get("/admin/queues/checkout/stock/hat").await;
+    assert_eq!(unknown.json()["code"], "unknown_product");
+}
