@@ -203,7 +203,7 @@ def heatmap(title, desc, targets, y_unit):
 OUTCOME_COLOURS = {
     "admitted": "green", "duplicate": "blue", "rate_limited": "orange",
     "queue_full": "red", "sold_out": "purple", "not_open": "yellow", "rejected": "dark-red",
-    "unavailable": "dark-orange",
+    "unavailable": "dark-orange", "quota_exceeded": "light-orange", "unknown_product": "light-red",
 }
 DISPATCH_COLOURS = {"completed": "green", "retried": "orange", "failed": "red",
                     "dead_lettered": "dark-red"}
@@ -272,9 +272,12 @@ def build(job: str = DEFAULT_JOB) -> dict:
     L.add(stat(
         "Stock left",
         "Stock not yet admitted: the stock in force (configured, or set at run time) minus "
-        "the admissions so far. No value while the stock is unlimited. Queue-wide gauge: max "
-        "over instances.",
-        [target(qmax("flashgate_stock_left"), "{{queue}}", "A")],
+        "the admissions so far. No value while the stock is unlimited. A fair sale adds each "
+        "configured product's units left (queue product). Queue-wide gauges: max over "
+        "instances.",
+        [target(qmax("flashgate_stock_left"), "{{queue}}", "A"),
+         target(f"max by (queue, product) (flashgate_product_stock_left{{{Q}}})",
+                "{{queue}} {{product}}", "B")],
         "short", [(1, "yellow"), (100, "green")], base="red"), 6, 5)
     L.add(stat(
         "Sale phase",
@@ -309,7 +312,8 @@ def build(job: str = DEFAULT_JOB) -> dict:
         "Idempotency-Key replay; rate_limited = per-client limit (429); queue_full = capacity "
         "(503); sold_out = stock exhausted (410); not_open = before opens-at (503); rejected = "
         "malformed, too large or key reused; unavailable = the queue backend did not confirm "
-        "the write (503).",
+        "the write (503); a fair sale's quota_exceeded = a customer over per_client_max (429, "
+        "it will not pass later) and unknown_product = a product the sale does not sell (404).",
         [target(rate("flashgate_admissions_total", by="outcome"), "{{outcome}}", "A")],
         "reqps", stack=True,
         overrides=[colour(k, v) for k, v in OUTCOME_COLOURS.items()]), 12, 8)

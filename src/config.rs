@@ -24,7 +24,7 @@ pub use redis_url::RedisEndpoint;
 /// hash size weaken it).
 pub const MIN_SECRET_LEN: usize = 32;
 pub use units::{parse_duration, parse_size, parse_time, redact_url, time as time_format, Size};
-pub use values::{AccessLog, AdminToken, ClientKey, Route};
+pub use values::{AccessLog, AdminToken, ClientKey, ProductFrom, Route};
 
 /// Where a value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,6 +19,9 @@ pub const ADMISSION_OUTCOMES: &[&str] = &[
     "not_open",
     "rejected",
     "unavailable",
+    // A fair sale: 429 client_quota_exceeded, 404 unknown_product.
+    "quota_exceeded",
+    "unknown_product",
 ];
 /// Dispatch outcomes (`flashgate_dispatches_total{outcome}`).
 pub const DISPATCH_OUTCOMES: &[&str] = &["completed", "retried", "failed", "dead_lettered"];
@@ -45,6 +48,8 @@ pub struct Metrics {
     /// Stock not yet admitted (queue-wide); no series while the stock is
     /// unlimited.
     pub stock_left: IntGaugeVec,
+    /// A fair sale's units left per configured product.
+    pub product_stock_left: IntGaugeVec,
     /// 1 while the queue is paused (queue-wide).
     pub queue_paused: IntGaugeVec,
     /// 1 while the queue is flipped sold out (queue-wide).
@@ -205,6 +210,11 @@ impl Metrics {
                 "flashgate_stock_left",
                 "Stock not yet admitted (queue-wide); absent while the stock is unlimited.",
                 &["queue"],
+            ),
+            product_stock_left: int_gauge(
+                "flashgate_product_stock_left",
+                "Units of a product not yet admitted (queue-wide), for each configured product of a queue with product_from.",
+                &["queue", "product"],
             ),
             queue_paused: int_gauge(
                 "flashgate_queue_paused",

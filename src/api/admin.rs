@@ -4,6 +4,7 @@
 
 pub mod dead_letters;
 pub mod events;
+pub mod stock;
 
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -47,6 +48,8 @@ struct QueueInfo<'a> {
     /// The runtime overrides stored in the backend (`null` = as configured),
     /// which win over `configured`; a PATCH with `null` clears one.
     overrides: Overrides,
+    /// A fair sale's products (`{}` without `product_from`).
+    products: std::collections::BTreeMap<String, stock::ProductInfo>,
 }
 
 #[derive(Serialize)]
@@ -98,6 +101,7 @@ async fn queue_info(q: &Queue) -> QueueInfo<'_> {
             stock: knobs.stock,
             open: knobs.open,
         },
+        products: stock::products(q).await,
     }
 }
 

@@ -4,6 +4,7 @@
 //! state (idempotency, capacity, enqueue) is one atomic backend call.
 
 mod answer;
+mod product;
 mod request;
 
 use std::net::SocketAddr;
@@ -16,8 +17,10 @@ use tracing::debug;
 use crate::api::App;
 use crate::backend::knobs::Phase;
 use crate::backend::{
-    partition_of_claim, Admit, AdmitLimits, IdempotencyClaim, Prequeue, QueuedRequest,
+    partition_of_claim, partition_of_client, Admit, AdmitLimits, FairLimits, IdempotencyClaim,
+    Prequeue, QueuedRequest,
 };
+use crate::config::QueueConfig;
 use crate::http::body::{self, Body};
 use crate::http::client::Client;
 use crate::http::exchange;
@@ -78,6 +81,8 @@ pub async fn admit(
                 Code::SoldOut | Code::SaleClosed => "sold_out",
                 Code::SaleNotOpen => "not_open",
                 Code::RateLimited => "rate_limited",
+                Code::ClientQuotaExceeded => "quota_exceeded",
+                Code::UnknownProduct => "unknown_product",
                 // Not confirmed stored (the queue backend failed): the
                 // client retries with the same key.
                 Code::Unavailable => "unavailable",
@@ -171,13 +176,32 @@ async fn try_admit(
 
     // Every spelling of the route is one request: the fingerprint and the
     // upstream see the route's path, with the client's query.
+    let route = path;
     let path = match parts.uri.query() {
         Some(query) => format!("{path}?{query}"),
         None => path.to_string(),
     };
+    // 5a. A fair sale's product, from the route, query, headers or body:
+    //     400 when the request names none, 404 when the sale has no such.
+    let config = queue.config();
+    let product = match &config.product_from {
+        Some(from) => Some(product::product_of(
+            &config,
+            &knobs,
+            from,
+            route,
+            parts.uri.query(),
+            &parts.headers,
+            &body,
+        )?),
+        None => None,
+    };
+    let partitions = queue.backend.partitions();
+    let routed = partition_for(&config, partitions, &client.key);
     let claim = key.as_ref().map(|k| IdempotencyClaim {
         key: hex_digest(&[client.key.as_bytes(), k.as_bytes()]),
         fingerprint: hex_digest(&[parts.method.as_str().as_bytes(), path.as_bytes(), &body]),
+        partition: routed,
     });
     let rate = queue.line_rate(&knobs);
 
@@ -199,12 +223,14 @@ async fn try_admit(
     // 6. Store: idempotency, sold-out, stock, capacity and enqueue in one
     //    atomic round trip.
     // A partitioned queue finds a ticket by its id: a retry with the same
-    // Idempotency-Key must be drawn into the partition that saw the first.
-    let partitions = queue.backend.partitions();
-    let ticket = match &claim {
-        Some(c) if partitions > 1 => {
+    // Idempotency-Key must be drawn into the partition that saw the first,
+    // and a client's admissions all into one when a per-client rule counts
+    // them (`partition_for`).
+    let ticket = match (&claim, routed) {
+        (Some(c), _) if partitions > 1 => {
             TicketId::generate_in(queue.tag, partition_of_claim(c, partitions), partitions)
         }
+        (None, Some(p)) => TicketId::generate_in(queue.tag, p, partitions),
         _ => TicketId::generate(queue.tag),
     };
     let request = QueuedRequest {
@@ -218,6 +244,7 @@ async fn try_admit(
         forwarded_for: client.forwarded_for,
         forwarded_proto: client.proto.as_str().into(),
         admitted_at_ms: queue.clock.now_ms(),
+        product: product.clone(),
     };
     let ticket = request.ticket.clone();
     let outcome = queue
@@ -226,13 +253,14 @@ async fn try_admit(
             request,
             claim,
             AdmitLimits {
-                max_queue: queue.config().max_queue,
-                stock: queue.config().stock,
-                prequeue: match (prequeue, queue.config().prequeue_from) {
+                max_queue: config.max_queue,
+                stock: config.stock,
+                prequeue: match (prequeue, config.prequeue_from) {
                     (Some(_), _) => Prequeue::Now,
                     (None, Some(_)) => Prequeue::Configured,
                     (None, None) => Prequeue::None,
                 },
+                fair: fair_limits(&config, product.as_deref()),
             },
         )
         .await
@@ -264,6 +292,22 @@ async fn try_admit(
         }
         Admit::Replayed { ticket, .. } => Ok(replayed(queue, &ticket, wait, prequeue, rate).await),
         Admit::SoldOut => Err(sold_out().into()),
+        Admit::ProductSoldOut => {
+            let product = product.unwrap_or_default();
+            Err(Problem::new(
+                Code::SoldOut,
+                format!("the stock of `{product}` is exhausted"),
+            )
+            .product(&product)
+            .into())
+        }
+        // No Retry-After: the client's limit does not pass with time
+        // (until its window of `per_client_window` ends).
+        Admit::QuotaExceeded => Err(Problem::new(
+            Code::ClientQuotaExceeded,
+            "this client holds as many admissions as the sale allows one customer",
+        )
+        .into()),
         Admit::KeyReused => Err(Problem::new(
             Code::IdempotencyKeyReused,
             "this Idempotency-Key was used with a different request",
@@ -278,6 +322,25 @@ async fn try_admit(
             .retry_after(ticket::retry_after(wait))
             .into())
         }
+    }
+}
+
+/// The partition every admission of `client` goes to, on a queue whose
+/// per-client rules need its count in one place (`None`: no such rule, or
+/// one partition). Admission and the replay lookup of a keyed request
+/// both follow it, so a client's quota is exact across partitions.
+pub(crate) fn partition_for(config: &QueueConfig, partitions: u32, client: &str) -> Option<u32> {
+    (partitions > 1 && config.per_client_rules()).then(|| partition_of_client(client, partitions))
+}
+
+/// The fair sale's limits of one admission to `product`.
+fn fair_limits(config: &QueueConfig, product: Option<&str>) -> FairLimits {
+    FairLimits {
+        product_stock: product.and_then(|p| config.product_stock.get(p).copied()),
+        per_client: config.per_client_max,
+        per_client_product: config.per_client_max_per_product,
+        window_secs: config.per_client_window.as_secs(),
+        cancel_returns: config.cancel_returns_stock,
     }
 }
 

@@ -3,6 +3,7 @@
 //! ([`KnobStore`]) so a change on one instance reaches every instance, and
 //! each instance keeps a watched copy.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -38,6 +39,30 @@ pub struct Knobs {
     /// instance's copy back.
     #[serde(skip)]
     pub version: u64,
+    /// A fair sale's products with a knob set (`stock:<p>`, `sold_out:<p>`).
+    #[serde(skip)]
+    pub products: BTreeMap<String, ProductKnobs>,
+}
+
+/// One product's knobs; absent: as configured, not sold out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProductKnobs {
+    /// Its stock set at run time (the admin API).
+    pub stock: Option<u64>,
+    /// Set when the upstream said it is sold out: its admissions get 410
+    /// and its waiting tickets fail without reaching the upstream.
+    pub sold_out: bool,
+}
+
+/// A change to one product's knobs; absent fields stay as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProductPatch {
+    /// `Some(None)` returns to the configured stock.
+    pub stock: Option<Option<u64>>,
+    /// Adds units (or takes them away, not below 0) to the stock in force,
+    /// in the same step: `(units, configured stock)`.
+    pub add: Option<(i64, u64)>,
+    pub sold_out: Option<bool>,
 }
 
 /// A change to the knobs (`PATCH /admin/queues/{name}`); absent fields stay
@@ -59,6 +84,10 @@ pub struct KnobsPatch {
     pub open: Option<Option<bool>>,
     #[serde(default, deserialize_with = "present")]
     pub sold_out: Option<bool>,
+    /// Products' knobs (the admin API's stock routes, the drain); not
+    /// part of the PATCH body.
+    #[serde(skip)]
+    pub products: BTreeMap<String, ProductPatch>,
 }
 
 /// A field that is present: its value, `null` only where the type allows it
@@ -138,6 +167,22 @@ impl KnobsPatch {
         }
         if let Some(s) = self.sold_out {
             k.sold_out = s;
+        }
+        for (name, patch) in &self.products {
+            let product = k.products.entry(name.clone()).or_default();
+            if let Some(s) = patch.stock {
+                product.stock = s;
+            }
+            if let Some((units, configured)) = patch.add {
+                let base = product.stock.unwrap_or(configured);
+                product.stock = Some(base.saturating_add_signed(units));
+            }
+            if let Some(s) = patch.sold_out {
+                product.sold_out = s;
+            }
+            if *product == ProductKnobs::default() {
+                k.products.remove(name);
+            }
         }
     }
 }
@@ -252,6 +297,17 @@ impl Knobs {
     /// The stock limit in force.
     pub fn stock(&self, config: &QueueConfig) -> Option<u64> {
         self.stock.or(config.stock)
+    }
+
+    /// A product's stock in force (`None`: the queue does not sell it).
+    pub fn product_stock(&self, config: &QueueConfig, product: &str) -> Option<u64> {
+        let knob = self.products.get(product).and_then(|p| p.stock);
+        knob.or_else(|| config.product_stock.get(product).copied())
+    }
+
+    /// Whether the upstream said `product` is sold out.
+    pub fn product_sold_out(&self, product: &str) -> bool {
+        self.products.get(product).is_some_and(|p| p.sold_out)
     }
 
     /// The sale's phase at `now`: an operator's open/close wins over the schedule.

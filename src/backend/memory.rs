@@ -6,6 +6,7 @@
 mod changes;
 mod dead;
 mod events;
+mod fair;
 mod knobs;
 mod line;
 mod schedule;
@@ -74,6 +75,8 @@ struct State {
     decreased: Option<tokio::time::Instant>,
     /// The event log, written under this lock with each change.
     events: events::EventBuf,
+    /// Products and per-client counts of a fair sale.
+    fair: fair::Fair,
 }
 
 struct Claimed {
@@ -139,6 +142,8 @@ impl State {
         self.last_sweep = Some(now);
         self.tickets.retain(|_, (_, expires)| *expires > now);
         self.idempotency.retain(|_, c| c.expires > now);
+        let tickets = &self.tickets;
+        self.fair.sweep(|t| tickets.contains_key(t));
     }
 
     /// Ends a delivery: the ticket takes its final state through `update`,

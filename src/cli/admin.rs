@@ -40,6 +40,9 @@ pub enum AdminAction {
     Set(SetArgs),
     /// A queue's dead letters: list, show, replay, discard.
     DeadLetters(super::dead_letters::DeadLettersArgs),
+    /// A fair sale's stock per product: list, show, set (`--set N`) or add
+    /// to (`--add N`) one product's.
+    Stock(super::stock::StockArgs),
 }
 
 /// One flag per knob of `PATCH /admin/queues/{name}`; `--clear KNOB` (or
@@ -144,6 +147,10 @@ pub async fn run(args: AdminArgs) -> Result<String, AdminError> {
         AdminAction::DeadLetters(dead) => {
             let json = args.output == Output::Json;
             Ok(super::dead_letters::run(base, token, json, dead).await?)
+        }
+        AdminAction::Stock(stock) => {
+            let json = args.output == Output::Json;
+            Ok(super::stock::run(base, token, json, stock).await?)
         }
         AdminAction::Set(set) => {
             let body = set.body();

@@ -11,7 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::units::{self, Size};
-use super::values::{AccessLog, AdminToken, ClientKey, Route};
+use super::values::{AccessLog, AdminToken, ClientKey, ProductFrom, Route};
 
 /// The effective configuration of one gateway process.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -213,6 +213,40 @@ pub struct QueueConfig {
     pub max_attempts: u32,
     /// Admissions allowed in total (then 410 sold_out). Default: unlimited.
     pub stock: Option<u64>,
+    // -- A fair sale: stock per product, a limit per client (README
+    //    "Running a fair sale").
+    /// Where an admission names its product: `path:/checkout/{sku}` (that
+    /// segment of the route's path), `json:/sku` (a JSON pointer into the
+    /// body), `query:sku` or `header:X-Sku`. The products are the keys of
+    /// `product_stock`: another is refused 404 unknown_product, none 400
+    /// invalid_product. Default: none (no products).
+    #[serde(default)]
+    pub product_from: Option<ProductFrom>,
+    /// Units of each product, a table (`[queue.product_stock]
+    /// "sneaker-42" = 100`) or, from a flag or variable, a JSON object;
+    /// at most 1000 products. Each product's admissions stop at its stock
+    /// (410 sold_out naming it); `stock` still caps the queue's total.
+    /// Default: none.
+    #[serde(deserialize_with = "units::count_map")]
+    #[schemars(with = "std::collections::BTreeMap<String, u64>")]
+    pub product_stock: std::collections::BTreeMap<String, u64>,
+    /// Admissions one client (`client_key`) may hold in this queue over
+    /// `per_client_window`, across every instance (then 429
+    /// client_quota_exceeded). Default: unlimited.
+    pub per_client_max: Option<u64>,
+    /// Admissions one client may hold per product over
+    /// `per_client_window`. Default: unlimited.
+    pub per_client_max_per_product: Option<u64>,
+    /// How long a client's admissions count against its limits after its
+    /// last one, at least 1s. Default `24h`.
+    #[serde(with = "units::duration")]
+    #[schemars(with = "units::Dur")]
+    pub per_client_window: Duration,
+    /// A cancelled ticket gives its unit back to the stock (the queue's
+    /// and its product's) and its place back to its client's limits.
+    /// Default `true`.
+    pub cancel_returns_stock: bool,
+    // -- end of the fair sale's keys.
     /// RFC 3339 time the sale opens; before it admissions get 503
     /// sale_not_open. Default: open.
     #[serde(with = "units::time")]
@@ -371,6 +405,12 @@ impl Default for QueueConfig {
             upstream_timeout: Duration::from_secs(10),
             max_attempts: 5,
             stock: None,
+            product_from: None,
+            product_stock: Default::default(),
+            per_client_max: None,
+            per_client_max_per_product: None,
+            per_client_window: Duration::from_secs(24 * 3600),
+            cancel_returns_stock: true,
             opens_at: None,
             closes_at: None,
             prequeue_from: None,

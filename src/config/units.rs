@@ -190,6 +190,28 @@ pub fn non_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::E
     Ok(Option::<String>::deserialize(d)?.filter(|s| !s.is_empty()))
 }
 
+/// A map of names to counts: a table, or a JSON object as a flag or
+/// variable gives it (`product_stock`).
+pub fn count_map<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<std::collections::BTreeMap<String, u64>, D::Error> {
+    use std::collections::BTreeMap;
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Counts {
+        Table(BTreeMap<String, u64>),
+        Json(String),
+    }
+    match Counts::deserialize(d)? {
+        Counts::Table(map) => Ok(map),
+        Counts::Json(text) => serde_json::from_str(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "from a flag or variable, a JSON object of whole numbers (`{{\"sku\": 100}}`): {e}"
+            ))
+        }),
+    }
+}
+
 /// A list whose items may themselves be comma-separated (`["a,b", "c"]`, or
 /// one flag value `a,b,c`): trimmed, empty items dropped.
 pub fn comma_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {

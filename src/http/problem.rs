@@ -16,6 +16,8 @@ pub struct Problem {
     pub retry_after: Option<u64>,
     /// Methods allowed, sent as `Allow` with 405.
     pub allow: Option<String>,
+    /// The product it is about (a fair sale's `product` member).
+    pub product: Option<String>,
 }
 
 /// The `code` member: which rule refused the request.
@@ -49,6 +51,12 @@ pub enum Code {
     /// Admin API: a dead letter that cannot be replayed (no request kept,
     /// its ticket not failed, the queue sold out).
     DeadLetterNotReplayable,
+    /// A fair sale: the request names no readable product.
+    InvalidProduct,
+    /// A fair sale: the request names a product the queue does not sell.
+    UnknownProduct,
+    /// A fair sale: the client holds all the admissions it may.
+    ClientQuotaExceeded,
 }
 
 impl Code {
@@ -76,15 +84,19 @@ impl Code {
             Code::TicketHasNoResponse => "ticket_has_no_response",
             Code::DeadLetterNotFound => "dead_letter_not_found",
             Code::DeadLetterNotReplayable => "dead_letter_not_replayable",
+            Code::InvalidProduct => "invalid_product",
+            Code::UnknownProduct => "unknown_product",
+            Code::ClientQuotaExceeded => "client_quota_exceeded",
         }
     }
 
     pub fn status(self) -> StatusCode {
         match self {
-            Code::BadRequest => StatusCode::BAD_REQUEST,
-            Code::TicketNotFound | Code::NotFound | Code::DeadLetterNotFound => {
-                StatusCode::NOT_FOUND
-            }
+            Code::BadRequest | Code::InvalidProduct => StatusCode::BAD_REQUEST,
+            Code::TicketNotFound
+            | Code::NotFound
+            | Code::DeadLetterNotFound
+            | Code::UnknownProduct => StatusCode::NOT_FOUND,
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Code::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
@@ -92,7 +104,7 @@ impl Code {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Code::SoldOut | Code::SaleClosed | Code::TicketCancelled => StatusCode::GONE,
-            Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Code::RateLimited | Code::ClientQuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
             Code::BadGateway => StatusCode::BAD_GATEWAY,
             Code::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             Code::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -128,6 +140,9 @@ impl Code {
             Code::TicketHasNoResponse => "Ticket ended without an answer",
             Code::DeadLetterNotFound => "Dead letter not found",
             Code::DeadLetterNotReplayable => "Dead letter cannot be replayed",
+            Code::InvalidProduct => "No product in the request",
+            Code::UnknownProduct => "Unknown product",
+            Code::ClientQuotaExceeded => "Purchase limit per customer reached",
         }
     }
 }
@@ -143,6 +158,9 @@ struct Document<'a> {
     /// The request's `X-Request-Id`, to quote when reporting the problem.
     #[serde(skip_serializing_if = "Option::is_none")]
     request_id: Option<&'a str>,
+    /// The product the problem is about (a fair sale).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    product: Option<&'a str>,
 }
 
 impl Problem {
@@ -152,7 +170,14 @@ impl Problem {
             detail: detail.into(),
             retry_after: None,
             allow: None,
+            product: None,
         }
+    }
+
+    /// Names the product the problem is about (`product` member).
+    pub fn product(mut self, product: &str) -> Self {
+        self.product = Some(product.to_string());
+        self
     }
 
     pub fn retry_after(mut self, seconds: u64) -> Self {
@@ -175,6 +200,7 @@ impl Problem {
             detail: &self.detail,
             code,
             request_id,
+            product: self.product.as_deref(),
         };
         serde_json::to_vec(&doc).unwrap_or_default()
     }

@@ -176,6 +176,9 @@ const PUBLIC_CODES: &[Code] = &[
     Code::TicketNotCancellable,
     Code::TicketCancelled,
     Code::TicketHasNoResponse,
+    Code::InvalidProduct,
+    Code::UnknownProduct,
+    Code::ClientQuotaExceeded,
 ];
 
 fn is_public(code: Code) -> bool {
@@ -200,7 +203,10 @@ fn is_public(code: Code) -> bool {
         | Code::UriTooLong
         | Code::TicketNotCancellable
         | Code::TicketCancelled
-        | Code::TicketHasNoResponse => PUBLIC_CODES.contains(&code),
+        | Code::TicketHasNoResponse
+        | Code::InvalidProduct
+        | Code::UnknownProduct
+        | Code::ClientQuotaExceeded => PUBLIC_CODES.contains(&code),
     }
 }
 

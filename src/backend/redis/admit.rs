@@ -36,6 +36,8 @@ pub(super) struct Batcher {
     pub keys: [String; 4],
     /// KEYS[5]: the events stream.
     pub events_key: String,
+    /// KEYS[6]: the fair sale's quota hash.
+    pub quota_key: String,
     /// The queue's name in events; `None`: events are off.
     pub events: Option<crate::backend::EventSettings>,
     pub ttl_secs: u64,
@@ -111,9 +113,10 @@ impl Batcher {
         let mut cmd = Cmd::with_capacity(10 + batch.len() * (2 + ADMIT_ARGS), data + 256);
         cmd.arg("EVALSHA")
             .arg(self.script.get_hash())
-            .arg(self.keys.len() + 1 + 2 * batch.len())
+            .arg(self.keys.len() + 2 + 2 * batch.len())
             .arg(&self.keys[..])
-            .arg(&self.events_key);
+            .arg(&self.events_key)
+            .arg(&self.quota_key);
         for item in &batch {
             cmd.arg(&item.ticket_key).arg(&item.idem_key);
         }
@@ -191,7 +194,16 @@ impl Item {
             .arg(&r.client)
             .arg(&r.forwarded_for)
             .arg(&r.forwarded_proto)
-            .arg(r.idempotency_key.as_deref().unwrap_or(""));
+            .arg(r.idempotency_key.as_deref().unwrap_or(""))
+            .arg(r.product.as_deref().unwrap_or(""));
+        // The fair sale's limits.
+        let fair = &self.limits.fair;
+        let count = |n: Option<u64>| n.map(|n| n.to_string()).unwrap_or_default();
+        cmd.arg(count(fair.product_stock))
+            .arg(count(fair.per_client))
+            .arg(count(fair.per_client_product))
+            .arg(fair.window_secs.max(1))
+            .arg(if fair.cancel_returns { "1" } else { "0" });
     }
 }
 
@@ -218,6 +230,8 @@ fn outcome(v: &[Value]) -> Result<Admit, QueueError> {
         "reused" => Ok(Admit::KeyReused),
         "full" => Ok(Admit::QueueFull { depth: int(1) }),
         "sold_out" => Ok(Admit::SoldOut),
+        "product_sold_out" => Ok(Admit::ProductSoldOut),
+        "quota" => Ok(Admit::QuotaExceeded),
         other => Err(QueueError::Protocol(format!("admit script said `{other}`"))),
     }
 }

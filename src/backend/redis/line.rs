@@ -1,6 +1,7 @@
 //! The Redis line: admission (batched, `admit.rs`), delivery through the
 //! consumer group (`group.rs`), attempts, and the end of each entry.
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -22,7 +23,7 @@ use crate::ticket::{now_ms, StoredResponse, TicketError, TicketId, TicketStatus}
 impl RedisQueue {
     /// The entry fields under the names `ADMIT_LUA` gives them in the
     /// stream, for a dead letter that keeps the whole request.
-    fn entry_fields(r: &QueuedRequest) -> [(&'static str, &[u8]); 11] {
+    fn entry_fields(r: &QueuedRequest) -> [(&'static str, &[u8]); 12] {
         [
             (EntryField::VERSION, ENTRY_VERSION.as_bytes()),
             (EntryField::TICKET, r.ticket.as_str().as_bytes()),
@@ -37,6 +38,11 @@ impl RedisQueue {
             (
                 EntryField::IDEMPOTENCY_KEY,
                 r.idempotency_key.as_deref().unwrap_or("").as_bytes(),
+            ),
+            // Empty: none (read back as none).
+            (
+                EntryField::PRODUCT,
+                r.product.as_deref().unwrap_or("").as_bytes(),
             ),
         ]
     }
@@ -108,6 +114,7 @@ impl Line for RedisQueue {
                     self.keys.prequeue.clone(),
                 ],
                 events_key: self.keys.events.clone(),
+                quota_key: self.keys.quota.clone(),
                 events: self.events.clone(),
                 ttl_secs: self.ttl_secs,
                 partitions: self.partitions,
@@ -400,5 +407,20 @@ impl Line for RedisQueue {
             admitted,
             dispatched,
         })
+    }
+
+    async fn products_sold(&self) -> Result<BTreeMap<String, u64>, QueueError> {
+        let mut conn = self.conn.clone();
+        let counters: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(&self.keys.counters)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok((counters.into_iter())
+            .filter_map(|(field, n)| {
+                let product = field.strip_prefix(CounterField::SOLD_PREFIX)?;
+                Some((product.to_string(), n.parse().ok()?))
+            })
+            .collect())
     }
 }
