@@ -51,7 +51,7 @@ pub use self::line::{
     QueueStats, QueuedRequest, StreamReport, MAX_REPORTED_GROUPS,
 };
 pub use self::memory::MemoryQueue;
-pub use self::partitioned::{partition_of_claim, Partitioned};
+pub use self::partitioned::{partition_of_claim, partition_of_client, Partitioned};
 pub use self::redis::{RedisQueue, RedisQueueConfig};
 pub use self::schedule::{SlotSchedule, CATCH_UP};
 pub use self::tickets::{Cancel, TicketStore};

@@ -4,6 +4,7 @@
 //! state (idempotency, capacity, enqueue) is one atomic backend call.
 
 mod answer;
+mod proof;
 mod request;
 
 use std::net::SocketAddr;
@@ -16,7 +17,8 @@ use tracing::debug;
 use crate::api::App;
 use crate::backend::knobs::Phase;
 use crate::backend::{
-    partition_of_claim, Admit, AdmitLimits, IdempotencyClaim, Prequeue, QueuedRequest,
+    partition_of_claim, partition_of_client, Admit, AdmitLimits, IdempotencyClaim, Prequeue,
+    QueuedRequest,
 };
 use crate::http::body::{self, Body};
 use crate::http::client::Client;
@@ -27,6 +29,7 @@ use crate::http::problem::{Code, Problem};
 use crate::queue::Queue;
 use crate::ticket::{self, Place, TicketId, TicketStatus};
 use answer::{answer_within, sold_out, ticket_answer, IDEMPOTENT_REPLAYED};
+use proof::PowRefusal;
 use request::{
     content_length, hex_digest, idempotency_key, preferred_wait, read_body, too_large, Leftover,
     Refusal,
@@ -35,7 +38,7 @@ use request::{
 /// Headers the gateway sets itself towards the upstream, never taken from
 /// the client. `Accept-Encoding`: the delivery asks for `identity`, since
 /// the answer is stored, not streamed to this client.
-static GATEWAY_HEADERS: [HeaderName; 10] = [
+static GATEWAY_HEADERS: [HeaderName; 11] = [
     header::ACCEPT_ENCODING,
     header::HOST,
     header::FORWARDED,
@@ -46,6 +49,7 @@ static GATEWAY_HEADERS: [HeaderName; 10] = [
     HeaderName::from_static("x-forwarded-proto"),
     HeaderName::from_static("x-flashgate-ticket"),
     HeaderName::from_static("x-flashgate-attempt"),
+    HeaderName::from_static(crate::ticket::pow::HEADER),
 ];
 
 /// Answers a request on one of `queue`'s routes; `path` is the matched
@@ -81,9 +85,16 @@ pub async fn admit(
                 // Not confirmed stored (the queue backend failed): the
                 // client retries with the same key.
                 Code::Unavailable => "unavailable",
+                code if proof::failure_reason(code).is_some() => "pow_failed",
                 _ => "rejected",
             };
             app.metrics.admission(name, outcome);
+            if let Some(reason) = proof::failure_reason(problem.code) {
+                app.metrics
+                    .pow_failures
+                    .with_label_values(&[name, reason])
+                    .inc();
+            }
             let mut resp = problem.into_response();
             match body {
                 Leftover::Unread(body) => body::settle(&mut resp, expects_continue, body).await,
@@ -154,6 +165,25 @@ async fn try_admit(
         }
     }
 
+    // 3b. Proof of work, when the queue asks for it: one HMAC and one hash,
+    //     no I/O. A missing or forged one is refused now; a genuine seed
+    //     that expired or fell below a raised difficulty waits for 5b like
+    //     the refusals above. Whether the seed was spent before is decided
+    //     in the atomic step (6), after the idempotency check: a retry of
+    //     an admitted request with the same header gets its ticket.
+    let difficulty = knobs.pow_difficulty(&queue.config());
+    let pow = match difficulty {
+        0 => None,
+        d => match proof::check(queue, &parts.headers, &client.key, d) {
+            Ok(solved) => Some(solved),
+            Err(PowRefusal::Now(problem)) => return Err(Refusal::unread(problem, body)),
+            Err(PowRefusal::Unless(problem)) => {
+                refused.get_or_insert(problem);
+                None
+            }
+        },
+    };
+
     // 4. Idempotency-Key shape: no I/O needed to refuse a bad one.
     let key = match idempotency_key(&parts.headers) {
         Ok(key) => key,
@@ -175,9 +205,13 @@ async fn try_admit(
         Some(query) => format!("{path}?{query}"),
         None => path.to_string(),
     };
+    // With proof of work on, a partitioned queue keeps each client's
+    // admissions in one partition: a seed is recorded where its every use goes.
+    let by_client = difficulty > 0;
     let claim = key.as_ref().map(|k| IdempotencyClaim {
         key: hex_digest(&[client.key.as_bytes(), k.as_bytes()]),
         fingerprint: hex_digest(&[parts.method.as_str().as_bytes(), path.as_bytes(), &body]),
+        client: by_client.then(|| client.key.clone()),
     });
     let rate = queue.line_rate(&knobs);
 
@@ -202,6 +236,11 @@ async fn try_admit(
     // Idempotency-Key must be drawn into the partition that saw the first.
     let partitions = queue.backend.partitions();
     let ticket = match &claim {
+        _ if partitions > 1 && by_client => TicketId::generate_in(
+            queue.tag,
+            partition_of_client(&client.key, partitions),
+            partitions,
+        ),
         Some(c) if partitions > 1 => {
             TicketId::generate_in(queue.tag, partition_of_claim(c, partitions), partitions)
         }
@@ -233,6 +272,7 @@ async fn try_admit(
                     (None, Some(_)) => Prequeue::Configured,
                     (None, None) => Prequeue::None,
                 },
+                pow,
             },
         )
         .await
@@ -264,6 +304,12 @@ async fn try_admit(
         }
         Admit::Replayed { ticket, .. } => Ok(replayed(queue, &ticket, wait, prequeue, rate).await),
         Admit::SoldOut => Err(sold_out().into()),
+        Admit::PowReused => Err(Problem::new(
+            Code::PowReused,
+            "this proof of work was used by an earlier admission; solve a new challenge",
+        )
+        .challenge(proof::challenge_url(&queue.name))
+        .into()),
         Admit::KeyReused => Err(Problem::new(
             Code::IdempotencyKeyReused,
             "this Idempotency-Key was used with a different request",

@@ -34,6 +34,8 @@ pub struct Knobs {
     /// Set when stock ran out or the upstream said so: admissions get 410
     /// and waiting tickets fail without reaching the upstream.
     pub sold_out: bool,
+    /// Proof-of-work difficulty (leading zero bits); `None`: as configured.
+    pub pow_difficulty: Option<u8>,
     /// Counts changes, so a read that raced with a change cannot roll an
     /// instance's copy back.
     #[serde(skip)]
@@ -59,6 +61,9 @@ pub struct KnobsPatch {
     pub open: Option<Option<bool>>,
     #[serde(default, deserialize_with = "present")]
     pub sold_out: Option<bool>,
+    /// 0-32 bits (0 = off); `Some(None)` returns to the configured one.
+    #[serde(default, deserialize_with = "present")]
+    pub pow_difficulty: Option<Option<u8>>,
 }
 
 /// A field that is present: its value, `null` only where the type allows it
@@ -119,6 +124,13 @@ impl KnobsPatch {
                 "`stock` must be a whole number from 0 to {MAX_STOCK}"
             ));
         }
+        if patch
+            .pow_difficulty
+            .flatten()
+            .is_some_and(|d| d > crate::config::MAX_POW_DIFFICULTY)
+        {
+            return Err("`pow_difficulty` must be a whole number from 0 to 32".into());
+        }
         Ok(patch)
     }
 
@@ -138,6 +150,9 @@ impl KnobsPatch {
         }
         if let Some(s) = self.sold_out {
             k.sold_out = s;
+        }
+        if let Some(d) = self.pow_difficulty {
+            k.pow_difficulty = d;
         }
     }
 }
@@ -254,6 +269,11 @@ impl Knobs {
         self.stock.or(config.stock)
     }
 
+    /// The proof-of-work difficulty in force (0 = off).
+    pub fn pow_difficulty(&self, config: &QueueConfig) -> u8 {
+        self.pow_difficulty.unwrap_or(config.pow_difficulty)
+    }
+
     /// The sale's phase at `now`: an operator's open/close wins over the schedule.
     pub fn phase(&self, config: &QueueConfig, now: SystemTime) -> Phase {
         match self.open {
@@ -298,6 +318,8 @@ mod tests {
         assert_eq!(p.open, Some(Some(false)));
         let most = KnobsPatch::from_json(br#"{"stock": 9007199254740991, "sold_out": true}"#);
         assert_eq!(most.unwrap().stock, Some(Some(MAX_STOCK)));
+        let pow = KnobsPatch::from_json(br#"{"pow_difficulty": 20}"#).unwrap();
+        assert_eq!(pow.pow_difficulty, Some(Some(20)));
         let whole = KnobsPatch::from_json(br#"{"stock": 3292.0}"#).unwrap();
         assert_eq!(whole.stock, Some(Some(3292)));
         for (body, field) in [
@@ -312,6 +334,8 @@ mod tests {
             (br#"{"sold_out": null}"#, "sold_out"),
             (br#"[1]"#, "body"),
             (br#"{"open": 1}"#, "open"),
+            (br#"{"pow_difficulty": 33}"#, "pow_difficulty"),
+            (br#"{"pow_difficulty": -1}"#, "pow_difficulty"),
         ] {
             let err = KnobsPatch::from_json(body).unwrap_err();
             assert!(err.contains(field), "{err}");

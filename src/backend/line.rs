@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::QueueError;
+use crate::ticket::pow::Solved;
 use crate::ticket::{StoredResponse, TicketError, TicketId};
 
 /// A request as admitted, stored whole so any instance can replay it.
@@ -42,6 +43,11 @@ pub struct IdempotencyClaim {
     pub key: String,
     /// Hex digest of what the request asks for (method, path, body).
     pub fingerprint: String,
+    /// Set when the queue keeps each client's admissions in one partition
+    /// (proof of work on): the client's key, whose partition
+    /// ([`partition_of_client`](super::partition_of_client)) holds this
+    /// claim's tickets. `None`: the claim's own partition.
+    pub client: Option<String>,
 }
 
 /// The backend's decision on one admission.
@@ -62,6 +68,8 @@ pub enum Admit {
     QueueFull { depth: u64 },
     /// The stock is exhausted or the queue was flipped to sold out.
     SoldOut,
+    /// The proof-of-work seed was spent by an earlier admission.
+    PowReused,
 }
 
 /// The limits an admission is checked against, atomically with the enqueue.
@@ -73,6 +81,10 @@ pub struct AdmitLimits {
     pub stock: Option<u64>,
     /// Whether the entry joins the pre-queue.
     pub prequeue: Prequeue,
+    /// The proof-of-work seed this admission spends, when the queue asks
+    /// for one: refused ([`Admit::PowReused`]) if any admission spent it
+    /// before, else recorded until the seed expires.
+    pub pow: Option<Solved>,
 }
 
 /// The pre-queue, as far as one admission is concerned.

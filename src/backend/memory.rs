@@ -53,6 +53,8 @@ struct State {
     pending: HashMap<u64, QueuedRequest, Fast>,
     tickets: HashMap<TicketId, (TicketRecord, Instant), Fast>,
     idempotency: HashMap<String, Claimed, Fast>,
+    /// Proof-of-work seeds spent, until each expires.
+    pow_spent: HashMap<[u8; 14], Instant, Fast>,
     /// Dead letters by id, oldest first.
     dead: dead::DeadBuf,
     admitted: u64,
@@ -139,6 +141,7 @@ impl State {
         self.last_sweep = Some(now);
         self.tickets.retain(|_, (_, expires)| *expires > now);
         self.idempotency.retain(|_, c| c.expires > now);
+        self.pow_spent.retain(|_, expires| *expires > now);
     }
 
     /// Ends a delivery: the ticket takes its final state through `update`,

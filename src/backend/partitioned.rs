@@ -64,9 +64,20 @@ impl Partitioned {
     }
 }
 
-/// The partition an idempotency claim's tickets live in, of `partitions`.
+/// The partition an idempotency claim's tickets live in, of `partitions`:
+/// its client's when the claim names one, else its key's.
 pub fn partition_of_claim(claim: &IdempotencyClaim, partitions: u32) -> u32 {
-    (fnv1a(claim.key.as_bytes()) % u64::from(partitions.max(1))) as u32
+    match &claim.client {
+        Some(client) => partition_of_client(client, partitions),
+        None => (fnv1a(claim.key.as_bytes()) % u64::from(partitions.max(1))) as u32,
+    }
+}
+
+/// The partition, of `partitions`, that takes every admission of `client`
+/// when the queue keeps a client's admissions together (proof of work on:
+/// a seed, bound to one client, is then recorded where its every use goes).
+pub fn partition_of_client(client: &str, partitions: u32) -> u32 {
+    (fnv1a(client.as_bytes()) % u64::from(partitions.max(1))) as u32
 }
 
 /// The line: an admission goes to its ticket's partition, the drain reads

@@ -213,6 +213,15 @@ pub struct QueueConfig {
     pub max_attempts: u32,
     /// Admissions allowed in total (then 410 sold_out). Default: unlimited.
     pub stock: Option<u64>,
+    /// Proof of work before the queue: the leading zero bits a solution of
+    /// a `GET /challenge` seed must have (an admission without one gets
+    /// 403 `pow_required`), 0-32; 0 = off. An operator raises it at run
+    /// time with `PATCH /admin/queues/{name}`. Default `0`.
+    pub pow_difficulty: u8,
+    /// How long a challenge seed stays good for, 10s-1h. Default `5m`.
+    #[serde(with = "units::duration")]
+    #[schemars(with = "units::Dur")]
+    pub pow_ttl: Duration,
     /// RFC 3339 time the sale opens; before it admissions get 503
     /// sale_not_open. Default: open.
     #[serde(with = "units::time")]
@@ -371,6 +380,8 @@ impl Default for QueueConfig {
             upstream_timeout: Duration::from_secs(10),
             max_attempts: 5,
             stock: None,
+            pow_difficulty: 0,
+            pow_ttl: Duration::from_secs(300),
             opens_at: None,
             closes_at: None,
             prequeue_from: None,

@@ -16,6 +16,8 @@ pub struct Problem {
     pub retry_after: Option<u64>,
     /// Methods allowed, sent as `Allow` with 405.
     pub allow: Option<String>,
+    /// Where to fetch a proof-of-work challenge (`challenge` member).
+    pub challenge: Option<String>,
 }
 
 /// The `code` member: which rule refused the request.
@@ -49,6 +51,15 @@ pub enum Code {
     /// Admin API: a dead letter that cannot be replayed (no request kept,
     /// its ticket not failed, the queue sold out).
     DeadLetterNotReplayable,
+    /// Proof of work is on and the admission carries none.
+    PowRequired,
+    /// A forged, foreign or wrong proof of work.
+    PowInvalid,
+    PowExpired,
+    /// A proof of work issued at a lower difficulty than the one in force.
+    PowInsufficient,
+    /// A proof of work spent by an earlier admission.
+    PowReused,
 }
 
 impl Code {
@@ -76,6 +87,11 @@ impl Code {
             Code::TicketHasNoResponse => "ticket_has_no_response",
             Code::DeadLetterNotFound => "dead_letter_not_found",
             Code::DeadLetterNotReplayable => "dead_letter_not_replayable",
+            Code::PowRequired => "pow_required",
+            Code::PowInvalid => "pow_invalid",
+            Code::PowExpired => "pow_expired",
+            Code::PowInsufficient => "pow_insufficient",
+            Code::PowReused => "pow_reused",
         }
     }
 
@@ -101,6 +117,11 @@ impl Code {
             Code::TicketNotCancellable
             | Code::TicketHasNoResponse
             | Code::DeadLetterNotReplayable => StatusCode::CONFLICT,
+            Code::PowRequired
+            | Code::PowInvalid
+            | Code::PowExpired
+            | Code::PowInsufficient
+            | Code::PowReused => StatusCode::FORBIDDEN,
         }
     }
 
@@ -128,6 +149,11 @@ impl Code {
             Code::TicketHasNoResponse => "Ticket ended without an answer",
             Code::DeadLetterNotFound => "Dead letter not found",
             Code::DeadLetterNotReplayable => "Dead letter cannot be replayed",
+            Code::PowRequired => "Proof of work required",
+            Code::PowInvalid => "Proof of work invalid",
+            Code::PowExpired => "Proof of work expired",
+            Code::PowInsufficient => "Proof of work below the current difficulty",
+            Code::PowReused => "Proof of work already used",
         }
     }
 }
@@ -143,6 +169,9 @@ struct Document<'a> {
     /// The request's `X-Request-Id`, to quote when reporting the problem.
     #[serde(skip_serializing_if = "Option::is_none")]
     request_id: Option<&'a str>,
+    /// Where a fresh proof-of-work challenge is (the `pow_*` codes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    challenge: Option<&'a str>,
 }
 
 impl Problem {
@@ -152,11 +181,18 @@ impl Problem {
             detail: detail.into(),
             retry_after: None,
             allow: None,
+            challenge: None,
         }
     }
 
     pub fn retry_after(mut self, seconds: u64) -> Self {
         self.retry_after = Some(seconds.max(1));
+        self
+    }
+
+    /// Names the URL of a fresh proof-of-work challenge.
+    pub fn challenge(mut self, url: String) -> Self {
+        self.challenge = Some(url);
         self
     }
 
@@ -175,6 +211,7 @@ impl Problem {
             detail: &self.detail,
             code,
             request_id,
+            challenge: self.challenge.as_deref(),
         };
         serde_json::to_vec(&doc).unwrap_or_default()
     }

@@ -144,6 +144,7 @@ impl Backend {
         let mut claim = IdempotencyClaim {
             key: key.into(),
             fingerprint: fingerprint.into(),
+            client: None,
         };
         let mut n = 0;
         while partition_of_claim(&claim, self.parts) != self.home {
@@ -166,6 +167,7 @@ impl Backend {
             max_queue: self.limit(max_queue),
             stock: None,
             prequeue: Prequeue::Configured,
+            pow: None,
         }
     }
 

@@ -176,6 +176,11 @@ const PUBLIC_CODES: &[Code] = &[
     Code::TicketNotCancellable,
     Code::TicketCancelled,
     Code::TicketHasNoResponse,
+    Code::PowRequired,
+    Code::PowInvalid,
+    Code::PowExpired,
+    Code::PowInsufficient,
+    Code::PowReused,
 ];
 
 fn is_public(code: Code) -> bool {
@@ -200,7 +205,12 @@ fn is_public(code: Code) -> bool {
         | Code::UriTooLong
         | Code::TicketNotCancellable
         | Code::TicketCancelled
-        | Code::TicketHasNoResponse => PUBLIC_CODES.contains(&code),
+        | Code::TicketHasNoResponse
+        | Code::PowRequired
+        | Code::PowInvalid
+        | Code::PowExpired
+        | Code::PowInsufficient
+        | Code::PowReused => PUBLIC_CODES.contains(&code),
     }
 }
 

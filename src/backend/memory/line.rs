@@ -44,6 +44,11 @@ impl Line for MemoryQueue {
                 });
             }
         }
+        if let Some(seed) = &limits.pow {
+            if s.pow_spent.get(&seed.id).is_some_and(|e| *e > now) {
+                return Ok(Admit::PowReused);
+            }
+        }
         let stock = s.knobs.stock.or(limits.stock);
         if s.knobs.sold_out || stock.is_some_and(|stock| s.admitted >= stock) {
             return Ok(Admit::SoldOut);
@@ -53,6 +58,9 @@ impl Line for MemoryQueue {
             return Ok(Admit::QueueFull { depth });
         }
         s.admitted += 1;
+        if let Some(seed) = limits.pow {
+            s.pow_spent.insert(seed.id, now + seed.ttl);
+        }
         let ticket = request.ticket.clone();
         let admitted_at_ms = request.admitted_at_ms;
         let early = limits.prequeue == Prequeue::Now;

@@ -38,6 +38,8 @@ pub(super) struct Batcher {
     pub events_key: String,
     /// The queue's name in events; `None`: events are off.
     pub events: Option<crate::backend::EventSettings>,
+    /// Where the used proof-of-work seeds are recorded (`<base>:pow:`).
+    pub pow_prefix: String,
     pub ttl_secs: u64,
     pub partitions: u32,
     pub partition: u32,
@@ -108,7 +110,7 @@ impl Batcher {
                 r.headers.len() + r.body.len() + r.path.len() + i.ticket_key.len() * 2 + 400
             })
             .sum();
-        let mut cmd = Cmd::with_capacity(10 + batch.len() * (2 + ADMIT_ARGS), data + 256);
+        let mut cmd = Cmd::with_capacity(11 + batch.len() * (2 + ADMIT_ARGS), data + 256);
         cmd.arg("EVALSHA")
             .arg(self.script.get_hash())
             .arg(self.keys.len() + 1 + 2 * batch.len())
@@ -125,6 +127,7 @@ impl Batcher {
             Some(e) => cmd.arg(&e.queue).arg(e.min_ms(crate::ticket::now_ms())),
             None => cmd.arg("").arg(""),
         };
+        cmd.arg(&self.pow_prefix);
         for item in &batch {
             item.push_args(&mut cmd);
         }
@@ -192,6 +195,10 @@ impl Item {
             .arg(&r.forwarded_for)
             .arg(&r.forwarded_proto)
             .arg(r.idempotency_key.as_deref().unwrap_or(""));
+        match &self.limits.pow {
+            Some(seed) => cmd.arg(seed.id_hex()).arg(seed.ttl.as_millis() as u64),
+            None => cmd.arg("").arg(""),
+        };
     }
 }
 
@@ -218,6 +225,7 @@ fn outcome(v: &[Value]) -> Result<Admit, QueueError> {
         "reused" => Ok(Admit::KeyReused),
         "full" => Ok(Admit::QueueFull { depth: int(1) }),
         "sold_out" => Ok(Admit::SoldOut),
+        "pow_reused" => Ok(Admit::PowReused),
         other => Err(QueueError::Protocol(format!("admit script said `{other}`"))),
     }
 }

@@ -23,6 +23,7 @@
 //! | `<base>:idem:<key>`          | hash        | one Idempotency-Key claim ([`ClaimField`]), same TTL |
 //! | `<base>:changes`             | channel     | pub/sub: the id of each ticket whose status changed |
 //! | `<base>:events`              | stream      | lifecycle events ([`EventField`]), trimmed by age with `MINID ~` as they are written |
+//! | `<base>:pow:<id>`            | string      | a proof-of-work seed was used (`ADMIT_LUA`), until the seed expires |
 //! | `<base>:expired:<id>`        | string      | the `expired` event of a ticket was written (`START_ATTEMPT_LUA`), ticket TTL |
 //! | `<prefix>:ticket-secret`     | string      | the ticket MAC secret shared by every instance, no TTL |
 
@@ -49,6 +50,8 @@ pub struct Keys {
     pub idempotency_prefix: String,
     /// Markers of the tickets whose `expired` event was written.
     pub expired_prefix: String,
+    /// Markers of the proof-of-work seeds used (`ADMIT_LUA`).
+    pub pow_prefix: String,
 }
 
 impl Keys {
@@ -73,6 +76,7 @@ impl Keys {
             ticket_prefix: format!("{base}:ticket:"),
             idempotency_prefix: format!("{base}:idem:"),
             expired_prefix: format!("{base}:expired:"),
+            pow_prefix: format!("{base}:pow:"),
         }
     }
 
@@ -191,6 +195,7 @@ impl KnobField {
     pub const STOCK: &'static str = "stock";
     pub const OPEN: &'static str = "open";
     pub const SOLD_OUT: &'static str = "sold_out";
+    pub const POW_DIFFICULTY: &'static str = "pow_difficulty";
     pub const VERSION: &'static str = "version";
     /// When the adaptive rate last moved, and last moved down (ms of
     /// Redis's clock).

@@ -209,6 +209,7 @@ impl Harness {
                 max_queue: 1000,
                 stock: None,
                 prequeue: Prequeue::None,
+                pow: None,
             };
             let admit = self.backend.admit(request, None, limits).await.unwrap();
             assert!(matches!(admit, Admit::Admitted { .. }), "{admit:?}");
