@@ -129,14 +129,22 @@ async fn two_instances_admit_each_solution_once_and_follow_the_difficulty() {
     refused(&admit_pow(&b, &edited, &[], "{}").await, "pow_invalid");
     let now = SystemTime::now();
     let ttl = Duration::from_secs(60);
-    let stranger = PowKey::new(&TicketSecret::new(vec![1u8; 32]), "checkout")
-        .issue("checkout", "ip:127.0.0.1", 8, now, ttl);
+    let stranger = PowKey::new(&TicketSecret::new(vec![1u8; 32]), "checkout").issue(
+        "checkout",
+        "ip:127.0.0.1",
+        8,
+        now,
+        ttl,
+    );
     let stranger = solve(&stranger.seed, 8).0;
     refused(&admit_pow(&a, &stranger, &[], "{}").await, "pow_invalid");
     let ours = PowKey::new(&TicketSecret::new(SECRET.as_bytes()), "checkout");
     let someone_else = ours.issue("checkout", "ip:10.1.2.3", 8, now, ttl);
     let someone_else = solve(&someone_else.seed, 8).0;
-    refused(&admit_pow(&b, &someone_else, &[], "{}").await, "pow_invalid");
+    refused(
+        &admit_pow(&b, &someone_else, &[], "{}").await,
+        "pow_invalid",
+    );
     // The same key, this client: the test's own seed is genuine...
     let genuine = solve(&ours.issue("checkout", "ip:127.0.0.1", 8, now, ttl).seed, 8).0;
     assert_eq!(admit_pow(&b, &genuine, &[], "{}").await.status, 202);
@@ -159,7 +167,10 @@ async fn two_instances_admit_each_solution_once_and_follow_the_difficulty() {
     refused(&admit_pow(&b, &easy, &[], "{}").await, "pow_insufficient");
     let hard = solved(&b).await;
     assert_eq!(admit_pow(&b, &hard, &[], "{}").await.status, 202);
-    let events = a.admin_get("/admin/queues/checkout/events?type=knobs_changed").await.json();
+    let events = a
+        .admin_get("/admin/queues/checkout/events?type=knobs_changed")
+        .await
+        .json();
     let changed = events["events"]
         .as_array()
         .unwrap()
@@ -167,10 +178,7 @@ async fn two_instances_admit_each_solution_once_and_follow_the_difficulty() {
         .find(|e| e["type"] == "knobs_changed")
         .cloned()
         .unwrap_or_default();
-    assert!(
-        changed.to_string().contains("pow_difficulty"),
-        "{events}"
-    );
+    assert!(changed.to_string().contains("pow_difficulty"), "{events}");
 
     // Off: admissions need no solution, on either instance.
     b.patch_knobs(r#"{"pow_difficulty": 0}"#).await;

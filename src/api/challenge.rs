@@ -54,12 +54,7 @@ pub fn challenge<B>(app: &App, peer: SocketAddr, req: &Request<B>) -> Response<B
         return Problem::new(Code::NotFound, "no queue of this name").into_response();
     };
     let config = app.config();
-    let client = Client::identify(
-        &config,
-        req.headers(),
-        peer,
-        Scheme::of(req.extensions()),
-    );
+    let client = Client::identify(&config, req.headers(), peer, Scheme::of(req.extensions()));
     let queue_config = queue.config();
     let difficulty = queue.knobs().pow_difficulty(&queue_config);
     let issued = queue.tag.pow().issue(

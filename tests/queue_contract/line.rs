@@ -236,18 +236,28 @@ async fn spends_a_pow_seed_once(backend: Backend) {
         Admit::PowReused
     );
     assert_eq!(
-        q.admit(backend.request(3), Some(backend.claim("k2", "f2")), with_seed)
-            .await
-            .unwrap(),
+        q.admit(
+            backend.request(3),
+            Some(backend.claim("k2", "f2")),
+            with_seed
+        )
+        .await
+        .unwrap(),
         Admit::PowReused
     );
-    let replayed = q.admit(backend.request(4), claim(), with_seed).await.unwrap();
+    let replayed = q
+        .admit(backend.request(4), claim(), with_seed)
+        .await
+        .unwrap();
     assert!(
         matches!(&replayed, Admit::Replayed { ticket, .. } if *ticket == first.ticket),
         "{replayed:?}"
     );
     let other = AdmitLimits {
-        pow: Some(Solved { id: [8; 14], ..seed }),
+        pow: Some(Solved {
+            id: [8; 14],
+            ..seed
+        }),
         ..backend.cap(10)
     };
     let again = q.admit(backend.request(5), None, other).await.unwrap();

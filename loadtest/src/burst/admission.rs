@@ -169,8 +169,7 @@ impl Worker {
             .request(Method::GET, "/challenge", Bytes::new())
             .map_err(|e| e.kind())?;
         let answer = self.conn.send(req).await.map_err(|e| e.kind())?;
-        let challenge: Challenge =
-            serde_json::from_slice(&answer.body).map_err(|_| "challenge")?;
+        let challenge: Challenge = serde_json::from_slice(&answer.body).map_err(|_| "challenge")?;
         if !answer.status.is_success() || challenge.difficulty > 32 {
             return Err("challenge");
         }

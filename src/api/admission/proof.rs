@@ -29,9 +29,8 @@ pub(super) fn check(
     client: &str,
     difficulty: u8,
 ) -> Result<Solved, PowRefusal> {
-    let problem = |code, detail: String| {
-        Problem::new(code, detail).challenge(challenge_url(&queue.name))
-    };
+    let problem =
+        |code, detail: String| Problem::new(code, detail).challenge(challenge_url(&queue.name));
     let mut values = headers.get_all(&POW_HEADER).iter();
     let (Some(value), None) = (values.next(), values.next()) else {
         let detail = format!(
@@ -46,7 +45,9 @@ pub(super) fn check(
         .verify(value.as_bytes(), &queue.name, client, difficulty, now)
     {
         Ok(solved) => Ok(solved),
-        Err(e @ PowError::Invalid) => Err(PowRefusal::Now(problem(Code::PowInvalid, e.to_string()))),
+        Err(e @ PowError::Invalid) => {
+            Err(PowRefusal::Now(problem(Code::PowInvalid, e.to_string())))
+        }
         Err(e @ PowError::Expired) => {
             Err(PowRefusal::Unless(problem(Code::PowExpired, e.to_string())))
         }

@@ -39,10 +39,12 @@ fn a_solution_verifies_once_for_its_client_and_queue() {
 fn forged_and_foreign_solutions_are_invalid() {
     let header = solved(4);
     let k = key();
-    let verify = |h: &str, queue: &str, client: &str| {
-        k.verify(h.as_bytes(), queue, client, 0, at(NOW))
-    };
-    assert_eq!(verify(&header, "checkout", "10.0.0.2"), Err(PowError::Invalid));
+    let verify =
+        |h: &str, queue: &str, client: &str| k.verify(h.as_bytes(), queue, client, 0, at(NOW));
+    assert_eq!(
+        verify(&header, "checkout", "10.0.0.2"),
+        Err(PowError::Invalid)
+    );
     assert_eq!(verify(&header, "other", "10.0.0.1"), Err(PowError::Invalid));
     let other_secret = PowKey::new(&TicketSecret::new(vec![8u8; 32]), "checkout");
     assert_eq!(
@@ -53,12 +55,28 @@ fn forged_and_foreign_solutions_are_invalid() {
     let mut raw = URL_SAFE_NO_PAD.decode(&header[..SEED_LEN]).unwrap();
     raw[1] = 0;
     let forged = format!("{}{}", URL_SAFE_NO_PAD.encode(&raw), &header[SEED_LEN..]);
-    assert_eq!(verify(&forged, "checkout", "10.0.0.1"), Err(PowError::Invalid));
-    for bad in ["", "no-dot", ".1", &header[..SEED_LEN], &format!("{}.", &header[..SEED_LEN])] {
-        assert_eq!(verify(bad, "checkout", "10.0.0.1"), Err(PowError::Invalid), "{bad}");
+    assert_eq!(
+        verify(&forged, "checkout", "10.0.0.1"),
+        Err(PowError::Invalid)
+    );
+    for bad in [
+        "",
+        "no-dot",
+        ".1",
+        &header[..SEED_LEN],
+        &format!("{}.", &header[..SEED_LEN]),
+    ] {
+        assert_eq!(
+            verify(bad, "checkout", "10.0.0.1"),
+            Err(PowError::Invalid),
+            "{bad}"
+        );
     }
     let long = format!("{}.{}", &header[..SEED_LEN], "1".repeat(MAX_NONCE_LEN + 1));
-    assert_eq!(verify(&long, "checkout", "10.0.0.1"), Err(PowError::Invalid));
+    assert_eq!(
+        verify(&long, "checkout", "10.0.0.1"),
+        Err(PowError::Invalid)
+    );
 }
 
 #[test]
