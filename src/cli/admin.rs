@@ -239,15 +239,17 @@ fn queues_table(answer: &Value) -> String {
 /// The knobs a `set` moved, old -> new; in force first, then the stored
 /// overrides (`-` = none, as configured).
 fn changes(queue: &str, before: &Value, after: &Value) -> String {
-    const SHOWN: [(&str, &str); 8] = [
+    const SHOWN: [(&str, &str); 10] = [
         ("drain_rate", "/drain_rate"),
         ("paused", "/paused"),
         ("stock", "/stock"),
         ("sold_out", "/sold_out"),
         ("sale", "/sale"),
+        ("pow_difficulty", "/pow_difficulty"),
         ("override drain_rate", "/overrides/drain_rate"),
         ("override stock", "/overrides/stock"),
         ("override open", "/overrides/open"),
+        ("override pow_difficulty", "/overrides/pow_difficulty"),
     ];
     let mut t = Table::new(&["QUEUE", "KNOB", "OLD", "", "NEW"]);
     let mut moved = false;
