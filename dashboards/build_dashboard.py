@@ -204,7 +204,10 @@ OUTCOME_COLOURS = {
     "admitted": "green", "duplicate": "blue", "rate_limited": "orange",
     "queue_full": "red", "sold_out": "purple", "not_open": "yellow", "rejected": "dark-red",
     "unavailable": "dark-orange", "quota_exceeded": "light-orange", "unknown_product": "light-red",
+    "pow_failed": "super-light-red",
 }
+POW_COLOURS = {"required": "yellow", "invalid": "red", "expired": "blue",
+               "insufficient": "orange", "reused": "purple"}
 DISPATCH_COLOURS = {"completed": "green", "retried": "orange", "failed": "red",
                     "dead_lettered": "dark-red"}
 CLASS_COLOURS = {"2xx": "green", "3xx": "blue", "4xx": "yellow", "5xx": "red", "error": "dark-red"}
@@ -344,6 +347,17 @@ def build(job: str = DEFAULT_JOB) -> dict:
         "percentunit", [(0.05, "red")], threshold_style="line",
         overrides=[colour(k, OUTCOME_COLOURS[k]) for k in ("queue_full", "unavailable")]),
         12, 8)
+    L.add(timeseries(
+        "Challenge failures",
+        "Admissions refused for their proof of work (pow_difficulty > 0), per second by "
+        "reason: required = no Flashgate-Pow header; invalid = forged, another client's or a "
+        "wrong nonce; expired; insufficient = issued below a difficulty raised since; reused "
+        "= a solution replayed. A flood of required/invalid is bots paying nothing; many "
+        "expired or insufficient are people whose browsers solve too slowly. The "
+        "FlashgateChallengeFailures alert fires when over half of the admissions fail.",
+        [target(rate("flashgate_pow_failures_total", by="reason"), "{{reason}}", "A")],
+        "reqps", stack=True,
+        overrides=[colour(k, v) for k, v in POW_COLOURS.items()]), 12, 8)
 
     # ---- Queue ------------------------------------------------------------
     L.row("Queue")

@@ -23,6 +23,9 @@ pub use redis_url::RedisEndpoint;
 /// Shortest ticket secret accepted, in bytes (HMAC-SHA256 keys below the
 /// hash size weaken it).
 pub const MIN_SECRET_LEN: usize = 32;
+/// The largest `pow_difficulty`: 2^32 hashes on average is already hours
+/// of a browser's time.
+pub const MAX_POW_DIFFICULTY: u8 = 32;
 pub use units::{parse_duration, parse_size, parse_time, redact_url, time as time_format, Size};
 pub use values::{AccessLog, AdminToken, ClientKey, ProductFrom, Route};
 

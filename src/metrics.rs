@@ -22,7 +22,10 @@ pub const ADMISSION_OUTCOMES: &[&str] = &[
     // A fair sale: 429 client_quota_exceeded, 404 unknown_product.
     "quota_exceeded",
     "unknown_product",
+    "pow_failed",
 ];
+/// Why a proof of work was refused (`flashgate_pow_failures_total{reason}`).
+pub const POW_FAILURES: &[&str] = &["required", "invalid", "expired", "insufficient", "reused"];
 /// Dispatch outcomes (`flashgate_dispatches_total{outcome}`).
 pub const DISPATCH_OUTCOMES: &[&str] = &["completed", "retried", "failed", "dead_lettered"];
 /// Upstream answer classes (`flashgate_upstream_responses_total{code_class}`).
@@ -32,6 +35,8 @@ pub const CODE_CLASSES: &[&str] = &["2xx", "3xx", "4xx", "5xx", "error"];
 pub struct Metrics {
     registry: Registry,
     pub admissions: IntCounterVec,
+    /// Admissions refused for their proof of work, by reason.
+    pub pow_failures: IntCounterVec,
     pub queue_depth: IntGaugeVec,
     pub queue_in_flight: IntGaugeVec,
     pub queue_oldest_age: GaugeVec,
@@ -137,6 +142,11 @@ impl Metrics {
                 "flashgate_admissions_total",
                 "Admission decisions by outcome.",
                 &["queue", "outcome"],
+            ),
+            pow_failures: counter(
+                "flashgate_pow_failures_total",
+                "Admissions refused for their proof of work, by reason.",
+                &["queue", "reason"],
             ),
             queue_depth: int_gauge(
                 "flashgate_queue_depth",
@@ -304,6 +314,9 @@ impl Metrics {
         for q in queues {
             for outcome in ADMISSION_OUTCOMES {
                 m.admissions.with_label_values(&[q.as_str(), outcome]);
+            }
+            for reason in POW_FAILURES {
+                m.pow_failures.with_label_values(&[q.as_str(), reason]);
             }
             for outcome in DISPATCH_OUTCOMES {
                 m.dispatches.with_label_values(&[q.as_str(), outcome]);

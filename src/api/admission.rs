@@ -5,6 +5,7 @@
 
 mod answer;
 mod product;
+mod proof;
 mod request;
 
 use std::net::SocketAddr;
@@ -30,6 +31,7 @@ use crate::http::problem::{Code, Problem};
 use crate::queue::Queue;
 use crate::ticket::{self, Place, TicketId, TicketStatus};
 use answer::{answer_within, sold_out, ticket_answer, IDEMPOTENT_REPLAYED};
+use proof::PowRefusal;
 use request::{
     content_length, hex_digest, idempotency_key, preferred_wait, read_body, too_large, Leftover,
     Refusal,
@@ -38,7 +40,7 @@ use request::{
 /// Headers the gateway sets itself towards the upstream, never taken from
 /// the client. `Accept-Encoding`: the delivery asks for `identity`, since
 /// the answer is stored, not streamed to this client.
-static GATEWAY_HEADERS: [HeaderName; 10] = [
+static GATEWAY_HEADERS: [HeaderName; 11] = [
     header::ACCEPT_ENCODING,
     header::HOST,
     header::FORWARDED,
@@ -49,6 +51,7 @@ static GATEWAY_HEADERS: [HeaderName; 10] = [
     HeaderName::from_static("x-forwarded-proto"),
     HeaderName::from_static("x-flashgate-ticket"),
     HeaderName::from_static("x-flashgate-attempt"),
+    HeaderName::from_static(crate::ticket::pow::HEADER),
 ];
 
 /// Answers a request on one of `queue`'s routes; `path` is the matched
@@ -86,9 +89,16 @@ pub async fn admit(
                 // Not confirmed stored (the queue backend failed): the
                 // client retries with the same key.
                 Code::Unavailable => "unavailable",
+                code if proof::failure_reason(code).is_some() => "pow_failed",
                 _ => "rejected",
             };
             app.metrics.admission(name, outcome);
+            if let Some(reason) = proof::failure_reason(problem.code) {
+                app.metrics
+                    .pow_failures
+                    .with_label_values(&[name, reason])
+                    .inc();
+            }
             let mut resp = problem.into_response();
             match body {
                 Leftover::Unread(body) => body::settle(&mut resp, expects_continue, body).await,
@@ -159,6 +169,25 @@ async fn try_admit(
         }
     }
 
+    // 3b. Proof of work, when the queue asks for it: one HMAC and one hash,
+    //     no I/O. A missing or forged one is refused now; a genuine seed
+    //     that expired or fell below a raised difficulty waits for 5b like
+    //     the refusals above. Whether the seed was spent before is decided
+    //     in the atomic step (6), after the idempotency check: a retry of
+    //     an admitted request with the same header gets its ticket.
+    let difficulty = knobs.pow_difficulty(&queue.config());
+    let pow = match difficulty {
+        0 => None,
+        d => match proof::check(queue, &parts.headers, &client.key, d) {
+            Ok(solved) => Some(solved),
+            Err(PowRefusal::Now(problem)) => return Err(Refusal::unread(problem, body)),
+            Err(PowRefusal::Unless(problem)) => {
+                refused.get_or_insert(problem);
+                None
+            }
+        },
+    };
+
     // 4. Idempotency-Key shape: no I/O needed to refuse a bad one.
     let key = match idempotency_key(&parts.headers) {
         Ok(key) => key,
@@ -197,7 +226,8 @@ async fn try_admit(
         None => None,
     };
     let partitions = queue.backend.partitions();
-    let routed = partition_for(&config, partitions, &client.key);
+    // With proof of work on too: a seed is recorded where its every use goes.
+    let routed = partition_for(&config, partitions, &client.key, difficulty > 0);
     let claim = key.as_ref().map(|k| IdempotencyClaim {
         key: hex_digest(&[client.key.as_bytes(), k.as_bytes()]),
         fingerprint: hex_digest(&[parts.method.as_str().as_bytes(), path.as_bytes(), &body]),
@@ -261,6 +291,7 @@ async fn try_admit(
                     (None, None) => Prequeue::None,
                 },
                 fair: fair_limits(&config, product.as_deref()),
+                pow,
             },
         )
         .await
@@ -308,6 +339,12 @@ async fn try_admit(
             "this client holds as many admissions as the sale allows one customer",
         )
         .into()),
+        Admit::PowReused => Err(Problem::new(
+            Code::PowReused,
+            "this proof of work was used by an earlier admission; solve a new challenge",
+        )
+        .challenge(proof::challenge_url(&queue.name))
+        .into()),
         Admit::KeyReused => Err(Problem::new(
             Code::IdempotencyKeyReused,
             "this Idempotency-Key was used with a different request",
@@ -329,8 +366,14 @@ async fn try_admit(
 /// per-client rules need its count in one place (`None`: no such rule, or
 /// one partition). Admission and the replay lookup of a keyed request
 /// both follow it, so a client's quota is exact across partitions.
-pub(crate) fn partition_for(config: &QueueConfig, partitions: u32, client: &str) -> Option<u32> {
-    (partitions > 1 && config.per_client_rules()).then(|| partition_of_client(client, partitions))
+pub(crate) fn partition_for(
+    config: &QueueConfig,
+    partitions: u32,
+    client: &str,
+    pow: bool,
+) -> Option<u32> {
+    (partitions > 1 && (config.per_client_rules() || pow))
+        .then(|| partition_of_client(client, partitions))
 }
 
 /// The fair sale's limits of one admission to `product`.

@@ -231,6 +231,11 @@ pub fn knob_moves(
     put("stock", json!(old.stock), json!(new.stock));
     put("open", json!(old.open), json!(new.open));
     put("sold_out", json!(old.sold_out), json!(new.sold_out));
+    put(
+        "pow_difficulty",
+        json!(old.pow_difficulty),
+        json!(new.pow_difficulty),
+    );
     out
 }
 

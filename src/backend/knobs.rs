@@ -35,6 +35,8 @@ pub struct Knobs {
     /// Set when stock ran out or the upstream said so: admissions get 410
     /// and waiting tickets fail without reaching the upstream.
     pub sold_out: bool,
+    /// Proof-of-work difficulty (leading zero bits); `None`: as configured.
+    pub pow_difficulty: Option<u8>,
     /// Counts changes, so a read that raced with a change cannot roll an
     /// instance's copy back.
     #[serde(skip)]
@@ -88,6 +90,9 @@ pub struct KnobsPatch {
     /// part of the PATCH body.
     #[serde(skip)]
     pub products: BTreeMap<String, ProductPatch>,
+    /// 0-32 bits (0 = off); `Some(None)` returns to the configured one.
+    #[serde(default, deserialize_with = "present_bits")]
+    pub pow_difficulty: Option<Option<u8>>,
 }
 
 /// A field that is present: its value, `null` only where the type allows it
@@ -123,6 +128,22 @@ where
     }
 }
 
+/// A present number of bits (0-32), or `null`; like [`present_count`], a
+/// zero fraction is still a whole number.
+fn present_bits<'de, D>(d: D) -> Result<Option<Option<u8>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::Error;
+    match present_count(d)? {
+        // The range (0-32) is `validate`'s to check.
+        Some(Some(n)) => u8::try_from(n)
+            .map(|bits| Some(Some(bits)))
+            .map_err(|_| D::Error::custom(format!("`{n}` is not a whole number from 0 to 32"))),
+        other => Ok(other.map(|_| None)),
+    }
+}
+
 impl KnobsPatch {
     /// Parses a `PATCH /admin/queues/{name}` body; errors name the field.
     pub fn from_json(body: &[u8]) -> Result<Self, String> {
@@ -147,6 +168,13 @@ impl KnobsPatch {
             return Err(format!(
                 "`stock` must be a whole number from 0 to {MAX_STOCK}"
             ));
+        }
+        if patch
+            .pow_difficulty
+            .flatten()
+            .is_some_and(|d| d > crate::config::MAX_POW_DIFFICULTY)
+        {
+            return Err("`pow_difficulty` must be a whole number from 0 to 32".into());
         }
         Ok(patch)
     }
@@ -183,6 +211,9 @@ impl KnobsPatch {
             if *product == ProductKnobs::default() {
                 k.products.remove(name);
             }
+        }
+        if let Some(d) = self.pow_difficulty {
+            k.pow_difficulty = d;
         }
     }
 }
@@ -310,6 +341,11 @@ impl Knobs {
         self.products.get(product).is_some_and(|p| p.sold_out)
     }
 
+    /// The proof-of-work difficulty in force (0 = off).
+    pub fn pow_difficulty(&self, config: &QueueConfig) -> u8 {
+        self.pow_difficulty.unwrap_or(config.pow_difficulty)
+    }
+
     /// The sale's phase at `now`: an operator's open/close wins over the schedule.
     pub fn phase(&self, config: &QueueConfig, now: SystemTime) -> Phase {
         match self.open {
@@ -354,6 +390,13 @@ mod tests {
         assert_eq!(p.open, Some(Some(false)));
         let most = KnobsPatch::from_json(br#"{"stock": 9007199254740991, "sold_out": true}"#);
         assert_eq!(most.unwrap().stock, Some(Some(MAX_STOCK)));
+        let pow = KnobsPatch::from_json(br#"{"pow_difficulty": 20}"#).unwrap();
+        assert_eq!(pow.pow_difficulty, Some(Some(20)));
+        // JSON Schema's integer: a zero fraction is still a whole number.
+        let pow = KnobsPatch::from_json(br#"{"pow_difficulty": 11.0}"#).unwrap();
+        assert_eq!(pow.pow_difficulty, Some(Some(11)));
+        let pow = KnobsPatch::from_json(br#"{"pow_difficulty": null}"#).unwrap();
+        assert_eq!(pow.pow_difficulty, Some(None));
         let whole = KnobsPatch::from_json(br#"{"stock": 3292.0}"#).unwrap();
         assert_eq!(whole.stock, Some(Some(3292)));
         for (body, field) in [
@@ -368,6 +411,8 @@ mod tests {
             (br#"{"sold_out": null}"#, "sold_out"),
             (br#"[1]"#, "body"),
             (br#"{"open": 1}"#, "open"),
+            (br#"{"pow_difficulty": 33}"#, "pow_difficulty"),
+            (br#"{"pow_difficulty": -1}"#, "pow_difficulty"),
         ] {
             let err = KnobsPatch::from_json(body).unwrap_err();
             assert!(err.contains(field), "{err}");

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::QueueError;
+use crate::ticket::pow::Solved;
 use crate::ticket::{StoredResponse, TicketError, TicketId};
 
 /// A request as admitted, stored whole so any instance can replay it.
@@ -74,6 +75,8 @@ pub enum Admit {
     /// The client holds as many admissions as `per_client_max` (or
     /// `per_client_max_per_product`) allows.
     QuotaExceeded,
+    /// The proof-of-work seed was spent by an earlier admission.
+    PowReused,
 }
 
 /// The limits an admission is checked against, atomically with the enqueue.
@@ -87,6 +90,10 @@ pub struct AdmitLimits {
     pub prequeue: Prequeue,
     /// The fair sale's limits (README "Running a fair sale").
     pub fair: FairLimits,
+    /// The proof-of-work seed this admission spends, when the queue asks
+    /// for one: refused ([`Admit::PowReused`]) if any admission spent it
+    /// before, else recorded until the seed expires.
+    pub pow: Option<Solved>,
 }
 
 /// Limits of a fair sale, checked in the admission's atomic step after

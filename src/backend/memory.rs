@@ -54,6 +54,8 @@ struct State {
     pending: HashMap<u64, QueuedRequest, Fast>,
     tickets: HashMap<TicketId, (TicketRecord, Instant), Fast>,
     idempotency: HashMap<String, Claimed, Fast>,
+    /// Proof-of-work seeds spent, until each expires.
+    pow_spent: HashMap<[u8; 14], Instant, Fast>,
     /// Dead letters by id, oldest first.
     dead: dead::DeadBuf,
     admitted: u64,
@@ -144,6 +146,7 @@ impl State {
         self.idempotency.retain(|_, c| c.expires > now);
         let tickets = &self.tickets;
         self.fair.sweep(|t| tickets.contains_key(t));
+        self.pow_spent.retain(|_, expires| *expires > now);
     }
 
     /// Ends a delivery: the ticket takes its final state through `update`,

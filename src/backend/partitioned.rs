@@ -64,7 +64,8 @@ impl Partitioned {
     }
 }
 
-/// The partition an idempotency claim's tickets live in, of `partitions`.
+/// The partition an idempotency claim's tickets live in, of `partitions`:
+/// the one admission chose for it (a per-client rule), else its key's.
 pub fn partition_of_claim(claim: &IdempotencyClaim, partitions: u32) -> u32 {
     claim
         .partition
@@ -72,7 +73,8 @@ pub fn partition_of_claim(claim: &IdempotencyClaim, partitions: u32) -> u32 {
 }
 
 /// The partition every admission of one client goes to, of `partitions`,
-/// when a per-client rule needs its count in one place.
+/// when a per-client rule needs its count in one place (a quota, or proof
+/// of work: a seed is recorded where its every use goes).
 pub fn partition_of_client(client: &str, partitions: u32) -> u32 {
     (fnv1a(client.as_bytes()) % u64::from(partitions.max(1))) as u32
 }

@@ -56,8 +56,9 @@ pub struct SetArgs {
     #[arg(long)]
     pub drain_rate: Option<f64>,
     /// Clear a runtime override, back to the configured value:
-    /// `drain_rate`, `stock` or `open` (the schedule); repeatable.
-    #[arg(long, value_name = "KNOB", value_parser = ["drain_rate", "stock", "open"])]
+    /// `drain_rate`, `stock`, `open` (the schedule) or `pow_difficulty`;
+    /// repeatable.
+    #[arg(long, value_name = "KNOB", value_parser = ["drain_rate", "stock", "open", "pow_difficulty"])]
     pub clear: Vec<String>,
     /// Stop dispatching (admission goes on).
     #[arg(long, conflicts_with = "resume")]
@@ -87,6 +88,10 @@ pub struct SetArgs {
     /// Lift the sold-out flag (after a restock, or a sold out declared by mistake).
     #[arg(long)]
     pub not_sold_out: bool,
+    /// Proof-of-work difficulty, leading zero bits 0-32 (0 = off): raise it
+    /// during an attack; challenges issued at a lower one are refused.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=32))]
+    pub pow_difficulty: Option<u8>,
 }
 
 impl SetArgs {
@@ -114,6 +119,9 @@ impl SetArgs {
         if self.sold_out || self.not_sold_out {
             body.insert("sold_out".into(), self.sold_out.into());
         }
+        if let Some(d) = self.pow_difficulty {
+            body.insert("pow_difficulty".into(), d.into());
+        }
         for knob in &self.clear {
             body.insert(knob.clone(), Value::Null);
         }
@@ -124,7 +132,7 @@ impl SetArgs {
 /// Why an admin call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    #[error("nothing to change: give at least one of --drain-rate, --pause, --resume, --stock, --configured-stock, --open, --close, --schedule, --sold-out, --not-sold-out, --clear")]
+    #[error("nothing to change: give at least one of --drain-rate, --pause, --resume, --stock, --configured-stock, --open, --close, --schedule, --sold-out, --not-sold-out, --pow-difficulty, --clear")]
     NothingToChange,
     #[error(transparent)]
     DeadLetters(#[from] super::dead_letters::DeadLettersError),
@@ -238,15 +246,17 @@ fn queues_table(answer: &Value) -> String {
 /// The knobs a `set` moved, old -> new; in force first, then the stored
 /// overrides (`-` = none, as configured).
 fn changes(queue: &str, before: &Value, after: &Value) -> String {
-    const SHOWN: [(&str, &str); 8] = [
+    const SHOWN: [(&str, &str); 10] = [
         ("drain_rate", "/drain_rate"),
         ("paused", "/paused"),
         ("stock", "/stock"),
         ("sold_out", "/sold_out"),
         ("sale", "/sale"),
+        ("pow_difficulty", "/pow_difficulty"),
         ("override drain_rate", "/overrides/drain_rate"),
         ("override stock", "/overrides/stock"),
         ("override open", "/overrides/open"),
+        ("override pow_difficulty", "/overrides/pow_difficulty"),
     ];
     let mut t = Table::new(&["QUEUE", "KNOB", "OLD", "", "NEW"]);
     let mut moved = false;

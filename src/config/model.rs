@@ -247,6 +247,15 @@ pub struct QueueConfig {
     /// Default `true`.
     pub cancel_returns_stock: bool,
     // -- end of the fair sale's keys.
+    /// Proof of work before the queue: the leading zero bits a solution of
+    /// a `GET /challenge` seed must have (an admission without one gets
+    /// 403 `pow_required`), 0-32; 0 = off. An operator raises it at run
+    /// time with `PATCH /admin/queues/{name}`. Default `0`.
+    pub pow_difficulty: u8,
+    /// How long a challenge seed stays good for, 10s-1h. Default `5m`.
+    #[serde(with = "units::duration")]
+    #[schemars(with = "units::Dur")]
+    pub pow_ttl: Duration,
     /// RFC 3339 time the sale opens; before it admissions get 503
     /// sale_not_open. Default: open.
     #[serde(with = "units::time")]
@@ -411,6 +420,8 @@ impl Default for QueueConfig {
             per_client_max_per_product: None,
             per_client_window: Duration::from_secs(24 * 3600),
             cancel_returns_stock: true,
+            pow_difficulty: 0,
+            pow_ttl: Duration::from_secs(300),
             opens_at: None,
             closes_at: None,
             prequeue_from: None,

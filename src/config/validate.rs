@@ -295,6 +295,16 @@ impl QueueConfig {
                 "must be before opens_at",
             )
             .check(
+                self.pow_difficulty <= super::MAX_POW_DIFFICULTY,
+                key("pow_difficulty"),
+                "must be from 0 (off) to 32 bits",
+            )
+            .check(
+                (10..=3600).contains(&self.pow_ttl.as_secs()),
+                key("pow_ttl"),
+                "must be from 10s to 1h",
+            )
+            .check(
                 bad_status.is_none(),
                 key("sold_out_statuses"),
                 format!("{} is not an HTTP status", bad_status.unwrap_or(&0)),

@@ -18,6 +18,8 @@ pub struct Problem {
     pub allow: Option<String>,
     /// The product it is about (a fair sale's `product` member).
     pub product: Option<String>,
+    /// Where to fetch a proof-of-work challenge (`challenge` member).
+    pub challenge: Option<String>,
 }
 
 /// The `code` member: which rule refused the request.
@@ -57,6 +59,15 @@ pub enum Code {
     UnknownProduct,
     /// A fair sale: the client holds all the admissions it may.
     ClientQuotaExceeded,
+    /// Proof of work is on and the admission carries none.
+    PowRequired,
+    /// A forged, foreign or wrong proof of work.
+    PowInvalid,
+    PowExpired,
+    /// A proof of work issued at a lower difficulty than the one in force.
+    PowInsufficient,
+    /// A proof of work spent by an earlier admission.
+    PowReused,
 }
 
 impl Code {
@@ -87,6 +98,11 @@ impl Code {
             Code::InvalidProduct => "invalid_product",
             Code::UnknownProduct => "unknown_product",
             Code::ClientQuotaExceeded => "client_quota_exceeded",
+            Code::PowRequired => "pow_required",
+            Code::PowInvalid => "pow_invalid",
+            Code::PowExpired => "pow_expired",
+            Code::PowInsufficient => "pow_insufficient",
+            Code::PowReused => "pow_reused",
         }
     }
 
@@ -113,6 +129,11 @@ impl Code {
             Code::TicketNotCancellable
             | Code::TicketHasNoResponse
             | Code::DeadLetterNotReplayable => StatusCode::CONFLICT,
+            Code::PowRequired
+            | Code::PowInvalid
+            | Code::PowExpired
+            | Code::PowInsufficient
+            | Code::PowReused => StatusCode::FORBIDDEN,
         }
     }
 
@@ -143,6 +164,11 @@ impl Code {
             Code::InvalidProduct => "No product in the request",
             Code::UnknownProduct => "Unknown product",
             Code::ClientQuotaExceeded => "Purchase limit per customer reached",
+            Code::PowRequired => "Proof of work required",
+            Code::PowInvalid => "Proof of work invalid",
+            Code::PowExpired => "Proof of work expired",
+            Code::PowInsufficient => "Proof of work below the current difficulty",
+            Code::PowReused => "Proof of work already used",
         }
     }
 }
@@ -161,6 +187,9 @@ struct Document<'a> {
     /// The product the problem is about (a fair sale).
     #[serde(skip_serializing_if = "Option::is_none")]
     product: Option<&'a str>,
+    /// Where a fresh proof-of-work challenge is (the `pow_*` codes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    challenge: Option<&'a str>,
 }
 
 impl Problem {
@@ -171,6 +200,7 @@ impl Problem {
             retry_after: None,
             allow: None,
             product: None,
+            challenge: None,
         }
     }
 
@@ -182,6 +212,12 @@ impl Problem {
 
     pub fn retry_after(mut self, seconds: u64) -> Self {
         self.retry_after = Some(seconds.max(1));
+        self
+    }
+
+    /// Names the URL of a fresh proof-of-work challenge.
+    pub fn challenge(mut self, url: String) -> Self {
+        self.challenge = Some(url);
         self
     }
 
@@ -201,6 +237,7 @@ impl Problem {
             code,
             request_id,
             product: self.product.as_deref(),
+            challenge: self.challenge.as_deref(),
         };
         serde_json::to_vec(&doc).unwrap_or_default()
     }

@@ -94,6 +94,10 @@ pub fn say_overrides(queue: &Queue, knobs: &Knobs) {
         warn!(queue = name, configured = ?config.stock, stored = stock,
             "stock: the runtime override stored in the queue backend wins over the configuration; clear it with PATCH {{\"stock\": null}}");
     }
+    if let Some(d) = knobs.pow_difficulty.filter(|d| *d != config.pow_difficulty) {
+        warn!(queue = name, configured = config.pow_difficulty, stored = d,
+            "pow_difficulty: the runtime override stored in the queue backend wins over the configuration; clear it with PATCH {{\"pow_difficulty\": null}} or `flashgate admin set {name} --clear pow_difficulty`");
+    }
     if let Some(open) = knobs.open {
         warn!(queue = name, open,
             "sale opened or closed by an operator: the override stored in the queue backend wins over opens_at/closes_at; clear it with PATCH {{\"open\": null}}");

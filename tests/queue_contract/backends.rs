@@ -169,6 +169,7 @@ impl Backend {
             stock: None,
             prequeue: Prequeue::Configured,
             fair: Default::default(),
+            pow: None,
         }
     }
 

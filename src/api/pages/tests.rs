@@ -179,6 +179,11 @@ const PUBLIC_CODES: &[Code] = &[
     Code::InvalidProduct,
     Code::UnknownProduct,
     Code::ClientQuotaExceeded,
+    Code::PowRequired,
+    Code::PowInvalid,
+    Code::PowExpired,
+    Code::PowInsufficient,
+    Code::PowReused,
 ];
 
 fn is_public(code: Code) -> bool {
@@ -206,7 +211,12 @@ fn is_public(code: Code) -> bool {
         | Code::TicketHasNoResponse
         | Code::InvalidProduct
         | Code::UnknownProduct
-        | Code::ClientQuotaExceeded => PUBLIC_CODES.contains(&code),
+        | Code::ClientQuotaExceeded
+        | Code::PowRequired
+        | Code::PowInvalid
+        | Code::PowExpired
+        | Code::PowInsufficient
+        | Code::PowReused => PUBLIC_CODES.contains(&code),
     }
 }
 

@@ -44,6 +44,11 @@ impl Line for MemoryQueue {
                 });
             }
         }
+        if let Some(seed) = &limits.pow {
+            if s.pow_spent.get(&seed.id).is_some_and(|e| *e > now) {
+                return Ok(Admit::PowReused);
+            }
+        }
         let stock = s.knobs.stock.or(limits.stock);
         let held = s.admitted - s.fair.returned;
         if s.knobs.sold_out || stock.is_some_and(|stock| held >= stock) {
@@ -61,6 +66,9 @@ impl Line for MemoryQueue {
         let state = &mut *s;
         let product_sold_out = (state.fair).count(&request, &limits.fair, &state.knobs);
         let product = request.product.clone();
+        if let Some(seed) = limits.pow {
+            s.pow_spent.insert(seed.id, now + seed.ttl);
+        }
         let ticket = request.ticket.clone();
         let admitted_at_ms = request.admitted_at_ms;
         let early = limits.prequeue == Prequeue::Now;

@@ -40,6 +40,8 @@ pub(super) struct Batcher {
     pub quota_key: String,
     /// The queue's name in events; `None`: events are off.
     pub events: Option<crate::backend::EventSettings>,
+    /// Where the used proof-of-work seeds are recorded (`<base>:pow:`).
+    pub pow_prefix: String,
     pub ttl_secs: u64,
     pub partitions: u32,
     pub partition: u32,
@@ -110,7 +112,7 @@ impl Batcher {
                 r.headers.len() + r.body.len() + r.path.len() + i.ticket_key.len() * 2 + 400
             })
             .sum();
-        let mut cmd = Cmd::with_capacity(10 + batch.len() * (2 + ADMIT_ARGS), data + 256);
+        let mut cmd = Cmd::with_capacity(12 + batch.len() * (2 + ADMIT_ARGS), data + 256);
         cmd.arg("EVALSHA")
             .arg(self.script.get_hash())
             .arg(self.keys.len() + 2 + 2 * batch.len())
@@ -128,6 +130,7 @@ impl Batcher {
             Some(e) => cmd.arg(&e.queue).arg(e.min_ms(crate::ticket::now_ms())),
             None => cmd.arg("").arg(""),
         };
+        cmd.arg(&self.pow_prefix);
         for item in &batch {
             item.push_args(&mut cmd);
         }
@@ -204,6 +207,10 @@ impl Item {
             .arg(count(fair.per_client_product))
             .arg(fair.window_secs.max(1))
             .arg(if fair.cancel_returns { "1" } else { "0" });
+        match &self.limits.pow {
+            Some(seed) => cmd.arg(seed.id_hex()).arg(seed.ttl.as_millis() as u64),
+            None => cmd.arg("").arg(""),
+        };
     }
 }
 
@@ -232,6 +239,7 @@ fn outcome(v: &[Value]) -> Result<Admit, QueueError> {
         "sold_out" => Ok(Admit::SoldOut),
         "product_sold_out" => Ok(Admit::ProductSoldOut),
         "quota" => Ok(Admit::QuotaExceeded),
+        "pow_reused" => Ok(Admit::PowReused),
         other => Err(QueueError::Protocol(format!("admit script said `{other}`"))),
     }
 }

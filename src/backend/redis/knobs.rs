@@ -54,6 +54,12 @@ impl KnobStore for RedisQueue {
         if let Some(s) = patch.sold_out {
             fields.push((KnobField::SOLD_OUT, flag(s)));
         }
+        if let Some(d) = patch.pow_difficulty {
+            fields.push((
+                KnobField::POW_DIFFICULTY,
+                d.map(|d| d.to_string()).unwrap_or_default(),
+            ));
+        }
         // A product's knobs: `stock:<p>`, `sold_out:<p>` (unset when false).
         let mut named: Vec<(String, String)> = Vec::new();
         for (p, change) in &patch.products {

@@ -116,6 +116,7 @@ impl Line for RedisQueue {
                 events_key: self.keys.events.clone(),
                 quota_key: self.keys.quota.clone(),
                 events: self.events.clone(),
+                pow_prefix: self.keys.pow_prefix.clone(),
                 ttl_secs: self.ttl_secs,
                 partitions: self.partitions,
                 partition: self.partition,

@@ -144,6 +144,9 @@ pub fn knobs(fields: &HashMap<String, String>) -> Knobs {
         stock: fields.get(KnobField::STOCK).and_then(|v| v.parse().ok()),
         open: fields.get(KnobField::OPEN).map(|v| v == "1"),
         sold_out: flag(KnobField::SOLD_OUT),
+        pow_difficulty: fields
+            .get(KnobField::POW_DIFFICULTY)
+            .and_then(|v| v.parse().ok()),
         version: fields
             .get(KnobField::VERSION)
             .and_then(|v| v.parse().ok())

@@ -23,6 +23,7 @@
 //! | `<base>:idem:<key>`          | hash        | one Idempotency-Key claim ([`ClaimField`]), same TTL |
 //! | `<base>:changes`             | channel     | pub/sub: the id of each ticket whose status changed |
 //! | `<base>:events`              | stream      | lifecycle events ([`EventField`]), trimmed by age with `MINID ~` as they are written |
+//! | `<base>:pow:<id>`            | string      | a proof-of-work seed was used (`ADMIT_LUA`), until the seed expires |
 //! | `<base>:expired:<id>`        | string      | the `expired` event of a ticket was written (`START_ATTEMPT_LUA`), ticket TTL |
 //! | `<base>:quota`               | hash        | a fair sale's admissions per client ([`QuotaField`]), TTL `per_client_window` renewed by each admission |
 //! | `<prefix>:ticket-secret`     | string      | the ticket MAC secret shared by every instance, no TTL |
@@ -52,6 +53,8 @@ pub struct Keys {
     pub expired_prefix: String,
     /// Admissions per client of a fair sale ([`QuotaField`]).
     pub quota: String,
+    /// Markers of the proof-of-work seeds used (`ADMIT_LUA`).
+    pub pow_prefix: String,
 }
 
 impl Keys {
@@ -77,6 +80,7 @@ impl Keys {
             idempotency_prefix: format!("{base}:idem:"),
             expired_prefix: format!("{base}:expired:"),
             quota: format!("{base}:quota"),
+            pow_prefix: format!("{base}:pow:"),
         }
     }
 
@@ -235,6 +239,7 @@ impl KnobField {
     /// `sold_out:<product>`: `1` once the upstream said the product is
     /// sold out.
     pub const SOLD_OUT_PREFIX: &'static str = "sold_out:";
+    pub const POW_DIFFICULTY: &'static str = "pow_difficulty";
     pub const VERSION: &'static str = "version";
     /// When the adaptive rate last moved, and last moved down (ms of
     /// Redis's clock).

@@ -18,7 +18,8 @@
 /// KEYS: stream, counters, knobs, prequeue, events, quota, then for each
 ///       request its ticket and idempotency keys.
 /// ARGV: ttl seconds, partitions, this partition's index, the queue's name
-///       in events, the events' `MINID` threshold ('' = events off), then for each
+///       in events, the events' `MINID` threshold ('' = events off), the
+///       prefix of proof-of-work seed keys (`<base>:pow:`), then for each
 ///       request `ADMIT_ARGS` values: ticket id, admitted-at ms, has-claim
 ///       (0/1), fingerprint, configured stock ('' = unlimited), max_queue,
 ///       pre-queue score in the window ('-' = a pre-queue is configured but
@@ -27,7 +28,8 @@
 ///       the schema version `v` is a literal too), then the fair sale's:
 ///       the product's configured stock ('' = unlimited), per-client and
 ///       per-client-and-product maxima ('' = none), the quota's TTL
-///       seconds, give-back on cancel (0/1). A
+///       seconds, give-back on cancel (0/1), then the proof-of-work
+///       seed id ('' = none) and its remaining lifetime in ms. A
 ///       partition holds its share of the stock and of the capacity (the
 ///       first `total % partitions` partitions one more).
 /// Lifecycle events (`schema.rs`, [`EventField`](super::schema::EventField)):
@@ -35,8 +37,8 @@
 /// of (this partition's share of) the stock writes `sold_out`, reason `stock`.
 /// Returns four values per request: {'ok', seq, dispatched, 0},
 /// {'replayed', ticket, seq, dispatched}, {'full', depth, 0, 0},
-/// {'sold_out', 0, 0, 0}, {'product_sold_out', 0, 0, 0}, {'quota', 0, 0, 0}
-/// or {'reused', 0, 0, 0}.
+/// {'sold_out', 0, 0, 0}, {'product_sold_out', 0, 0, 0}, {'quota', 0, 0, 0},
+/// {'reused', 0, 0, 0} or {'pow_reused', 0, 0, 0}.
 ///
 /// A fair sale (README "Running a fair sale"), after the queue's stock and
 /// before the capacity: the product's sold-out knob `sold_out:<pr>` and its
@@ -44,6 +46,12 @@
 /// `sold:<pr>`; then the client's counts in the quota hash (`c:<client>`,
 /// `p:<pr>:<client>`, its TTL renewed by each admission). A ticket that
 /// may give back on cancel keeps `gb`, `pr` and `cl` (`CANCEL_LUA`).
+///
+/// Proof of work: a seed is good for one admission across every instance.
+/// Its key (`<base>:pow:<id>`, built here from the prefix, on the queue's
+/// slot) is written with the admission and lives as long as the seed; a
+/// seed whose key exists is refused, after the idempotency check, so a
+/// retry of an admitted request with the same header gets its ticket.
 ///
 /// Cost, as measured under a burst: the counters and knobs are read once and
 /// the counters written once per batch, not per request; each argument
@@ -68,6 +76,7 @@ local names = {'m', 'p', 'h', 'b', 'c', 'f', 'x', 'k', 'pr'}
 -- Whether pre-queued entries wait: read when first needed.
 local prequeued = nil
 local ev_key, ev_queue, ev_min = KEYS[5], ARGV[4], ARGV[5]
+local pow_prefix = ARGV[6]
 local function event(...)
   if ev_min ~= '' then
     redis.call('XADD', ev_key, 'MINID', '~', ev_min, '*', 'v', '1', 'queue', ev_queue, ...)
@@ -75,10 +84,11 @@ local function event(...)
 end
 local out = {}
 local wrote = false
-for i = 0, (#ARGV - 5) / 21 - 1 do
-  local a = 5 + 21 * i
+for i = 0, (#ARGV - 6) / 23 - 1 do
+  local a = 6 + 23 * i
   local tkey, ikey = KEYS[7 + 2 * i], KEYS[8 + 2 * i]
   local id, adm, claimed, fp = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3] == '1', ARGV[a + 4]
+  local pow = ARGV[a + 22]
   local word, x, y, z = 'ok', 0, 0, 0
   local prev = claimed and redis.call('HMGET', ikey, 't', 'f', 's')
   local stock = knobs[2] or ARGV[a + 5]
@@ -101,6 +111,8 @@ for i = 0, (#ARGV - 5) / 21 - 1 do
   if prev and prev[1] then
     if prev[2] ~= fp then word = 'reused'
     else word, x, y, z = 'replayed', prev[1], tonumber(prev[3]), dispatched end
+  elseif pow ~= '' and redis.call('EXISTS', pow_prefix .. pow) == 1 then
+    word = 'pow_reused'
   elseif knobs[1] == '1' or (stock ~= '' and admitted - returned >= share(tonumber(stock))) then
     word = 'sold_out'
   elseif pknobs and (pknobs[2] == '1' or (pstock ~= '' and psold >= share(tonumber(pstock)))) then
@@ -159,6 +171,7 @@ for i = 0, (#ARGV - 5) / 21 - 1 do
     event('type', 'admitted', 'at', adm, 'ticket', id)
     if stock ~= '' and admitted - returned == share(tonumber(stock)) then event('type', 'sold_out', 'at', adm, 'reason', 'stock') end
     if pstock ~= '' and psold == share(tonumber(pstock)) then event('type', 'sold_out', 'at', adm, 'reason', 'stock', 'product', pr) end
+    if pow ~= '' then redis.call('SET', pow_prefix .. pow, '1', 'PX', ARGV[a + 23]) end
     if claimed then
       redis.call('HSET', ikey, 't', id, 'f', fp, 's', s)
       redis.call('EXPIRE', ikey, ttl)
@@ -175,7 +188,7 @@ return out
 "#;
 
 /// Values `ADMIT_LUA` takes for each request of a batch.
-pub const ADMIT_ARGS: usize = 21;
+pub const ADMIT_ARGS: usize = 23;
 
 /// Moves up to ARGV[1] pre-queued entries, lowest (random) score first, into
 /// the stream, giving each its sequence number now. Returns {moved, left}.

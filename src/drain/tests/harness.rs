@@ -211,6 +211,7 @@ impl Harness {
                 stock: None,
                 prequeue: Prequeue::None,
                 fair: Default::default(),
+                pow: None,
             };
             let admit = self.backend.admit(request, None, limits).await.unwrap();
             assert!(matches!(admit, Admit::Admitted { .. }), "{admit:?}");
