@@ -233,6 +233,8 @@ async fn cancel_gives_back(backend: Backend) {
     );
     let cancelled = q.cancel(&first.ticket).await.unwrap();
     assert!(matches!(cancelled, Cancel::Cancelled(..)), "{cancelled:?}");
+    let stats = q.stats().await.unwrap();
+    assert_eq!((stats.admitted, stats.returned), (1, 1), "{stats:?}");
     // Cancelling again gives nothing more back.
     assert!(matches!(
         q.cancel(&first.ticket).await.unwrap(),
