@@ -91,7 +91,7 @@ async fn queue_info(q: &Queue) -> QueueInfo<'_> {
         stock,
         stock_left: stock
             .zip(stats)
-            .map(|(s, st)| s.saturating_sub(st.admitted)),
+            .map(|(s, st)| s.saturating_sub(st.admitted - st.returned)),
         sold_out: knobs.sold_out,
         sale: knobs.phase(&q.config(), q.clock.now()).name(),
         pow_difficulty: knobs.pow_difficulty(&q.config()),

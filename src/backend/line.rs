@@ -166,6 +166,9 @@ pub struct QueueStats {
     pub oldest_age: Option<Duration>,
     pub admitted: u64,
     pub dispatched: u64,
+    /// Units cancelled tickets gave back to the stock: the stock left is
+    /// the stock minus `admitted - returned`.
+    pub returned: u64,
 }
 
 /// What tending the work stream found ([`Line::tend_stream`]).

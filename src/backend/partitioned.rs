@@ -209,6 +209,7 @@ impl Line for Partitioned {
             total.depth += s.depth;
             total.in_flight += s.in_flight;
             total.admitted += s.admitted;
+            total.returned += s.returned;
             total.dispatched += s.dispatched;
             total.oldest_age = total.oldest_age.max(s.oldest_age);
         }

@@ -306,7 +306,9 @@ pub async fn refresh_gauges(queue: Arc<Queue>, metrics: Arc<Metrics>, stop: Canc
         } else if let Ok(stats) = &stats {
             queue.dispatched[0].fetch_max(stats.dispatched, Ordering::Relaxed);
         }
-        sale_gauges(&queue, &metrics, stats.as_ref().ok().map(|s| s.admitted));
+        // Units given back by cancels are for sale again.
+        let held = stats.as_ref().ok().map(|s| s.admitted - s.returned);
+        sale_gauges(&queue, &metrics, held);
         product_gauges(&queue, &metrics).await;
         if let Ok(stats) = stats {
             metrics

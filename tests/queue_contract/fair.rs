@@ -3,7 +3,7 @@
 //! decided in the admission's one atomic step, the same on every backend.
 
 use flashgate::backend::knobs::{KnobsPatch, ProductPatch};
-use flashgate::backend::{Admit, AdmitLimits, Cancel, FairLimits, QueuedRequest};
+use flashgate::backend::{Admit, AdmitLimits, Cancel, EventQuery, FairLimits, QueuedRequest};
 
 use crate::backends::{over_every_backend, Backend};
 
@@ -131,6 +131,30 @@ async fn product_stock(backend: Backend) {
         .unwrap();
     assert!(admitted(&c), "{c:?}");
     assert_eq!(q.knobs().await.unwrap().products, knobs.products);
+
+    // Each product's sell-outs are events naming it; an operator's stock
+    // knob is a knob change like the others.
+    let query = |kind: &str| EventQuery {
+        types: vec![kind.into()],
+        limit: 100,
+        ..EventQuery::default()
+    };
+    let sold_out = q.events(&query("sold_out")).await.unwrap().events;
+    let said: Vec<(&str, &str)> = (sold_out.iter())
+        .map(|e| (e.fields["product"].as_str(), e.fields["reason"].as_str()))
+        .collect();
+    assert_eq!(said, [("a", "stock"), ("a", "stock"), ("b", "upstream")]);
+    let changed = q.events(&query("knobs_changed")).await.unwrap().events;
+    let changes: Vec<serde_json::Value> = (changed.iter())
+        .map(|e| serde_json::from_str(&e.fields["changes"]).unwrap())
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            serde_json::json!({"stock:a": {"old": null, "new": backend.limit(3)}}),
+            serde_json::json!({"sold_out:b": {"old": false, "new": true}}),
+        ]
+    );
 }
 
 /// A client's admissions stop at its limit whatever keys it sends, per
@@ -209,6 +233,8 @@ async fn cancel_gives_back(backend: Backend) {
     );
     let cancelled = q.cancel(&first.ticket).await.unwrap();
     assert!(matches!(cancelled, Cancel::Cancelled(..)), "{cancelled:?}");
+    let stats = q.stats().await.unwrap();
+    assert_eq!((stats.admitted, stats.returned), (1, 1), "{stats:?}");
     // Cancelling again gives nothing more back.
     assert!(matches!(
         q.cancel(&first.ticket).await.unwrap(),

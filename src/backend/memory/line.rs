@@ -298,6 +298,7 @@ impl Line for MemoryQueue {
             oldest_age,
             admitted: s.admitted,
             dispatched: s.dispatched,
+            returned: s.fair.returned,
         })
     }
 

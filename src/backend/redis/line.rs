@@ -361,7 +361,7 @@ impl Line for RedisQueue {
         self.ensure_group().await?;
         let mut conn = self.conn.clone();
         let (counters, groups): (
-            (Option<u64>, Option<u64>, Option<u64>),
+            (Option<u64>, Option<u64>, Option<u64>, Option<u64>),
             StreamInfoGroupsReply,
         ) = redis::pipe()
             .cmd("HMGET")
@@ -369,6 +369,7 @@ impl Line for RedisQueue {
             .arg(CounterField::ADMITTED)
             .arg(CounterField::DISPATCHED)
             .arg(CounterField::REPLAYED)
+            .arg(CounterField::RETURNED)
             .cmd("XINFO")
             .arg("GROUPS")
             .arg(&self.keys.stream)
@@ -407,6 +408,7 @@ impl Line for RedisQueue {
             oldest_age,
             admitted,
             dispatched,
+            returned: counters.3.unwrap_or(0),
         })
     }
 

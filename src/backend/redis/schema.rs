@@ -204,8 +204,6 @@ impl CounterField {
     pub const REPLAYED: &'static str = "replayed";
     /// Units cancelled tickets gave back to the stock (`CANCEL_LUA`): the
     /// stock counts `admitted - returned`.
-    // Spelled by the Lua scripts only; the test below holds them to it.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub const RETURNED: &'static str = "returned";
     /// `sold:<product>`: units of a product held by admissions (given back
     /// by a cancel).
