@@ -132,6 +132,20 @@ fn bad_values_name_their_key() {
         ("redis_url = \"http://x\"", "redis_url"),
         ("redis_url = \"rediss://u:pw@h:notaport/\"", "redis_url"),
         ("redis_url = \"redis+cluster://a:1,b:x\"", "redis_url"),
+        (
+            "redis_url = \"redis+sentinel://a:26379\"",
+            "names its master",
+        ),
+        ("redis_url = \"redis+sentinel://a:x/shop\"", "redis_url"),
+        (
+            "durability = \"replicated\"",
+            "`replicated` needs redis_url",
+        ),
+        ("durability = \"always\"", "durability"),
+        (
+            "redis_url = \"redis://a:1\"\ndurability_timeout = \"5s\"",
+            "durability_timeout",
+        ),
         ("route = [\"POST checkout\"]", "routes"),
         ("drain_rate = 0", "drain_rate"),
         ("adaptive = true\nadaptive_ceiling = 0", "adaptive_ceiling"),

@@ -254,6 +254,7 @@ fn redis_queue_with(
             partition,
             partitions,
             events,
+            replicated: None,
         },
         PARTITIONED_BLOCK,
     )
