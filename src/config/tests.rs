@@ -262,6 +262,21 @@ fn printed_config_redacts_secrets() {
     assert!(!printed.contains("hunter2"), "{printed}");
     assert!(!printed.contains("s3cret"), "{printed}");
     assert!(printed.contains("redis://app:<redacted>@127.0.0.1:6379/0"));
+
+    let text = "redis_url = \"redis+sentinel://app:s3cret@a:26379,b:26379/shop?sentinel_password=hunter2\"\ndurability = \"replicated\"\n";
+    let c = resolve(text, WITH_UPSTREAM).unwrap();
+    assert_eq!(c.durability, super::Durability::Replicated);
+    let printed = c.to_toml();
+    assert!(
+        !printed.contains("hunter2") && !printed.contains("s3cret"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains(
+            "redis+sentinel://app:<redacted>@a:26379,b:26379/shop?sentinel_password=<redacted>"
+        ),
+        "{printed}"
+    );
 }
 
 #[test]
