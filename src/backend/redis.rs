@@ -80,7 +80,9 @@ pub struct RedisQueue {
     /// recording writes go on, each followed by its wait.
     replicated: Option<(Replicated, Conn)>,
     /// Entries whose recording write no replica has acknowledged yet.
-    unreplicated: Mutex<std::collections::HashSet<String>>,
+    /// Entries whose recording write no replica has acknowledged yet, with
+    /// the generation of the primary it was written on.
+    unreplicated: Mutex<std::collections::HashMap<String, u64>>,
     /// `XREADGROUP BLOCK` only: a blocked read would stall every command
     /// multiplexed behind it, and needs a response timeout above the block.
     reader: Conn,

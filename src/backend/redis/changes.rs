@@ -34,7 +34,7 @@ impl ChangeFeed for RedisQueue {
                 Ok(pubsub) => follow(pubsub, changed).await,
                 Err(e) => Err(e),
             };
-            sentinel.recheck(primary.generation).await;
+            sentinel.lost(primary.generation);
             return result;
         }
         // Published messages reach every node of a cluster: any one will do.

@@ -95,6 +95,17 @@ fn manager_config(
         .set_max_delay(Duration::from_secs(1))
 }
 
+impl Conn {
+    /// Which primary a Sentinel connection is on (it grows at each
+    /// failover); 0 for a server or a cluster.
+    pub fn generation(&self) -> u64 {
+        match self {
+            Conn::Sentinel(s) => s.generation(),
+            _ => 0,
+        }
+    }
+}
+
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {

@@ -1,7 +1,7 @@
 //! What the Redis server's own settings can lose, said once at start-up,
 //! and the `replicated` durability level's wait for a replica.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,11 +60,13 @@ impl RedisQueue {
     /// A recording write of the drain (`complete`, `fail`) for the entry
     /// `entry_id`: with `durability = local` the write; with `replicated`
     /// the write and the wait for a replica, and `false` when none
-    /// acknowledged in time. The drain then calls again (its writes must
-    /// not be repeated: a second dead letter), and for an entry written
-    /// already only the wait is sent again, on the same connection, until a
-    /// replica acknowledges; the entry stays pending and claimed by this
-    /// instance meanwhile.
+    /// acknowledged in time. The drain then calls again; for an entry
+    /// written already on the same primary (Sentinel: the same generation)
+    /// only the wait is sent again — its writes are not repeated (a second
+    /// dead letter) — until a replica acknowledges; the entry stays pending
+    /// and claimed by this instance meanwhile. After a failover the write is
+    /// made again on the new primary: the old one's may not have reached it
+    /// (a dead letter may then be written twice, a result never lost).
     pub(super) async fn record(&self, entry_id: &str, pipeline: &Pipeline) -> RedisResult<bool> {
         let Some((replicated, conn)) = &self.replicated else {
             return pipeline
@@ -73,7 +75,8 @@ impl RedisQueue {
                 .map(|()| true);
         };
         let mut conn = conn.clone();
-        let written = self.unreplicated().contains(entry_id);
+        let generation = conn.generation();
+        let written = self.unreplicated().get(entry_id) == Some(&generation);
         let acknowledged = if written {
             let wait = replicated.command(&mut conn).await?;
             let answer: Value = wait.query_async(&mut conn).await?;
@@ -85,12 +88,12 @@ impl RedisQueue {
         if acknowledged {
             unreplicated.remove(entry_id);
         } else {
-            unreplicated.insert(entry_id.to_string());
+            unreplicated.insert(entry_id.to_string(), generation);
         }
         Ok(acknowledged)
     }
 
-    fn unreplicated(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    fn unreplicated(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
         self.unreplicated.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -7,8 +7,11 @@
 //! connection to the primary of one generation. When a command fails the
 //! way a lost or demoted primary fails — the connection refused, dropped or
 //! timed out, or a `READONLY` answer from a primary turned replica — the
-//! sentinels are asked again; if they name another server, the switch is
-//! logged (WARN, old → new address) and counted
+//! primary becomes stale: the next command on any connection first asks
+//! the sentinels (at most every 200 ms; the answer is checked to say `ROLE
+//! master`), so nothing reconnects to a restarted old primary the
+//! sentinels have not demoted yet. If they name another server, the switch
+//! is logged (WARN, old -> new address) and counted
 //! (`flashgate_redis_failovers_total`), and every connection moves to the
 //! new primary on its next command. The failed command itself is not
 //! repeated: its caller's error path runs as it does for any Redis error
@@ -37,7 +40,14 @@ pub struct Primary {
     master: String,
     node: SentinelNodeConnectionInfo,
     sentinel: tokio::sync::Mutex<Asking>,
-    current: Mutex<Option<Current>>,
+    known: Mutex<Known>,
+}
+
+/// The primary last named, and whether a command failed on it since.
+#[derive(Default)]
+struct Known {
+    current: Option<Current>,
+    stale: bool,
 }
 
 struct Asking {
@@ -79,88 +89,92 @@ impl Primary {
                 sentinel,
                 last: None,
             }),
-            current: Mutex::new(None),
+            known: Mutex::new(Known::default()),
         });
         all.insert(endpoint.clone(), primary.clone());
         Ok(primary)
     }
 
-    fn known(&self) -> Option<Current> {
-        self.current
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    fn state(&self) -> std::sync::MutexGuard<'_, Known> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The primary now: the one last named, or the sentinels' answer if
-    /// none was named yet.
+    /// The generation of the primary known now (0: none yet).
+    pub fn generation(&self) -> u64 {
+        self.state().current.as_ref().map_or(0, |c| c.generation)
+    }
+
+    /// The primary now: the one last named while no command has failed on
+    /// it since, else the sentinels' answer. No connection is ever made to
+    /// a server the sentinels were not asked about after a failure: a
+    /// restarted old primary is an empty primary until they demote it.
     pub async fn current(&self) -> RedisResult<Current> {
-        if let Some(c) = self.known() {
+        let fresh = |k: &Known| k.current.clone().filter(|_| !k.stale);
+        if let Some(c) = fresh(&self.state()) {
             return Ok(c);
         }
         let mut asking = self.sentinel.lock().await;
-        if let Some(c) = self.known() {
+        if let Some(c) = fresh(&self.state()) {
             return Ok(c);
         }
-        let client = self.ask(&mut asking).await?;
-        let address = client.get_connection_info().addr().to_string();
-        info!(master = %self.master, primary = %address, "Redis primary found through Sentinel");
-        crate::metrics::REDIS_PRIMARY
-            .with_label_values(&[address.as_str()])
-            .set(1);
-        let current = Current {
-            generation: 1,
-            address,
-            client,
-        };
-        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(current.clone());
-        Ok(current)
-    }
-
-    /// After a command failed on the primary of `generation`: asks the
-    /// sentinels again (unless another connection just did) and switches if
-    /// they name another server.
-    pub async fn recheck(&self, generation: u64) {
-        let mut asking = self.sentinel.lock().await;
-        let Some(known) = self.known() else {
-            return;
-        };
-        if known.generation != generation
-            || asking.last.is_some_and(|t| t.elapsed() < ASK_AT_MOST_EVERY)
-        {
-            return;
+        if asking.last.is_some_and(|t| t.elapsed() < ASK_AT_MOST_EVERY) {
+            return Err(RedisError::from((
+                redis::ErrorKind::Io,
+                "Sentinel names no reachable primary yet",
+            )));
         }
         let client = match self.ask(&mut asking).await {
             Ok(client) => client,
             Err(e) => {
-                // Mid-failover the sentinels may still name the lost server;
-                // the next failed command asks again.
+                // Mid-failover the sentinels still name the lost server.
                 tracing::debug!(master = %self.master, error = %e, "Sentinel names no reachable primary yet");
-                return;
+                return Err(e);
             }
         };
         let address = client.get_connection_info().addr().to_string();
-        if address == known.address {
-            return;
-        }
-        warn!(
-            master = %self.master,
-            old = %known.address,
-            new = %address,
-            "Redis primary switched (Sentinel failover): {} -> {}",
-            known.address,
-            address
-        );
-        crate::metrics::REDIS_FAILOVERS.inc();
-        let _ = crate::metrics::REDIS_PRIMARY.remove_label_values(&[known.address.as_str()]);
+        let mut known = self.state();
+        let generation = match &known.current {
+            None => {
+                info!(master = %self.master, primary = %address, "Redis primary found through Sentinel");
+                1
+            }
+            Some(old) if old.address == address => old.generation,
+            Some(old) => {
+                warn!(
+                    master = %self.master,
+                    old = %old.address,
+                    new = %address,
+                    "Redis primary switched (Sentinel failover): {} -> {}",
+                    old.address,
+                    address
+                );
+                crate::metrics::REDIS_FAILOVERS.inc();
+                let _ = crate::metrics::REDIS_PRIMARY.remove_label_values(&[old.address.as_str()]);
+                old.generation + 1
+            }
+        };
         crate::metrics::REDIS_PRIMARY
             .with_label_values(&[address.as_str()])
             .set(1);
-        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(Current {
-            generation: known.generation + 1,
+        let current = Current {
+            generation,
             address,
             client,
-        });
+        };
+        *known = Known {
+            current: Some(current.clone()),
+            stale: false,
+        };
+        Ok(current)
+    }
+
+    /// A command failed on the primary of `generation` the way a lost or
+    /// demoted one fails: the next command asks the sentinels first.
+    pub fn lost(&self, generation: u64) {
+        let mut known = self.state();
+        if known.current.as_ref().map(|c| c.generation) == Some(generation) {
+            known.stale = true;
+        }
     }
 
     /// Asks the sentinels for the primary; the answer has been checked to
@@ -225,10 +239,10 @@ impl SentinelConn {
         Ok((current.generation, m))
     }
 
-    async fn after<T>(&self, generation: u64, result: RedisResult<T>) -> RedisResult<T> {
+    fn after<T>(&self, generation: u64, result: RedisResult<T>) -> RedisResult<T> {
         if let Err(e) = &result {
             if primary_lost(e) {
-                self.primary.recheck(generation).await;
+                self.primary.lost(generation);
             }
         }
         result
@@ -237,7 +251,7 @@ impl SentinelConn {
     pub async fn req_packed_command(&self, cmd: &Cmd) -> RedisResult<Value> {
         let (generation, mut m) = self.get().await?;
         let result = m.req_packed_command(cmd).await;
-        self.after(generation, result).await
+        self.after(generation, result)
     }
 
     pub async fn req_packed_commands(
@@ -248,16 +262,22 @@ impl SentinelConn {
     ) -> RedisResult<Vec<Value>> {
         let (generation, mut m) = self.get().await?;
         let result = m.req_packed_commands(pipeline, offset, count).await;
-        self.after(generation, result).await
+        self.after(generation, result)
     }
 
     /// A client for the current primary, for a connection of another kind
-    /// (pub/sub); `recheck` after it fails.
+    /// (pub/sub); [`SentinelConn::lost`] when it fails.
     pub async fn client(&self) -> RedisResult<Current> {
         self.primary.current().await
     }
 
-    pub async fn recheck(&self, generation: u64) {
-        self.primary.recheck(generation).await
+    pub fn lost(&self, generation: u64) {
+        self.primary.lost(generation)
+    }
+
+    /// The generation of the primary known now: a write made under one
+    /// generation is not covered by a `WAIT` sent under another.
+    pub fn generation(&self) -> u64 {
+        self.primary.generation()
     }
 }
