@@ -17,8 +17,10 @@ pub mod waiting_room;
 
 pub use keys::{keys, Key, Kind, Scope};
 pub use load::{load, Setting};
-pub use model::{AccessLogFormat, AdaptiveBounds, Config, QueueConfig, UnderscoreHeaders};
-pub use redis_url::RedisEndpoint;
+pub use model::{
+    AccessLogFormat, AdaptiveBounds, Config, Durability, QueueConfig, UnderscoreHeaders,
+};
+pub use redis_url::{RedisEndpoint, SentinelEndpoint};
 
 /// Shortest ticket secret accepted, in bytes (HMAC-SHA256 keys below the
 /// hash size weaken it).

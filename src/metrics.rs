@@ -31,6 +31,29 @@ pub const DISPATCH_OUTCOMES: &[&str] = &["completed", "retried", "failed", "dead
 /// Upstream answer classes (`flashgate_upstream_responses_total{code_class}`).
 pub const CODE_CLASSES: &[&str] = &["2xx", "3xx", "4xx", "5xx", "error"];
 
+/// Redis primaries switched to after a Sentinel failover, counted by the
+/// connections that follow them (src/backend/redis/sentinel.rs); process-wide,
+/// registered with every [`Metrics`].
+pub static REDIS_FAILOVERS: std::sync::LazyLock<IntCounter> = std::sync::LazyLock::new(|| {
+    IntCounter::new(
+        "flashgate_redis_failovers_total",
+        "Switches to another Redis primary named by Sentinel after a failover.",
+    )
+    .expect("valid metric")
+});
+/// 1 for the Redis primary Sentinel named last (`address` = host:port); no
+/// series without Sentinel.
+pub static REDIS_PRIMARY: std::sync::LazyLock<IntGaugeVec> = std::sync::LazyLock::new(|| {
+    IntGaugeVec::new(
+        Opts::new(
+            "flashgate_redis_primary",
+            "1 for the Redis primary Sentinel named last (redis+sentinel:// only).",
+        ),
+        &["address"],
+    )
+    .expect("valid metric")
+});
+
 /// The registry and a handle on every metric.
 pub struct Metrics {
     registry: Registry,
@@ -308,6 +331,8 @@ impl Metrics {
         };
         // CPU, memory and file descriptors of this process.
         registry_register(&m.registry, Box::new(process::ProcessCollector::new()));
+        registry_register(&m.registry, Box::new(REDIS_FAILOVERS.clone()));
+        registry_register(&m.registry, Box::new(REDIS_PRIMARY.clone()));
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);

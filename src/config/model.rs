@@ -39,8 +39,10 @@ pub struct Config {
     #[serde(deserialize_with = "units::opt_addr")]
     #[schemars(with = "Option<units::Addr>")]
     pub health_listen: Option<SocketAddr>,
-    /// `redis[s]://` URL, or `redis[s]+cluster://host:port,host:port` for a
-    /// cluster. Default: none, the embedded in-process queue.
+    /// `redis[s]://` URL, `redis[s]+cluster://host:port,host:port` for a
+    /// cluster, or `redis[s]+sentinel://host:port,host:port/MASTER` for a
+    /// primary found (and followed across failovers) through Redis
+    /// Sentinel. Default: none, the embedded in-process queue.
     #[serde(
         serialize_with = "units::ser_redacted_url",
         deserialize_with = "units::non_empty"
@@ -49,6 +51,18 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// Prefix of every Redis key and channel. Default `flashgate`.
     pub redis_prefix: String,
+    /// When an admission's 202 is sent: `local`, once the primary has
+    /// written it (and applied its own fsync policy), or `replicated`, once
+    /// at least one replica has it too (`WAIT 1`, `WAITAOF 0 1` on Redis 7.2+),
+    /// else 503 `unavailable`; the drain's recording writes wait the same
+    /// way. `replicated` needs `redis_url`. Default `local`.
+    pub durability: Durability,
+    /// Longest wait for a replica's acknowledgement with `durability =
+    /// replicated`, from 1ms to 1s (an admission's whole Redis call has
+    /// 2s). Default `1s`.
+    #[serde(with = "units::duration")]
+    #[schemars(with = "units::Dur")]
+    pub durability_timeout: Duration,
     /// Stable name of this instance in the stream's consumer group. Default:
     /// `hostname:port` of `listen`.
     pub consumer: String,
@@ -324,6 +338,18 @@ pub struct AdaptiveBounds {
     pub ceiling: f64,
 }
 
+/// What an admission's 202 waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// The primary's write (and its own fsync policy): a failover can lose
+    /// 202s the replica had not received.
+    #[default]
+    Local,
+    /// The primary's write and one replica's acknowledgement.
+    Replicated,
+}
+
 /// What happens to a request header whose name contains `_`. Proxies differ
 /// on whether `X_User` and `X-User` are one header, which lets a client
 /// smuggle a value past a check made on the other spelling.
@@ -358,6 +384,8 @@ impl Default for Config {
             health_listen: None,
             redis_url: None,
             redis_prefix: "flashgate".into(),
+            durability: Durability::Local,
+            durability_timeout: Duration::from_secs(1),
             // Filled in by `validate`: it depends on `listen`.
             consumer: String::new(),
             passthrough: false,

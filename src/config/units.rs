@@ -99,8 +99,19 @@ pub fn ser_redacted_url_str<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::
     s.serialize_str(&redact_url(url))
 }
 
-/// `redis://user:secret@host` → `redis://user:<redacted>@host`.
+/// `redis://user:secret@host` → `redis://user:<redacted>@host`; a
+/// `redis+sentinel://` URL's `sentinel_password=` in the query too.
 pub fn redact_url(url: &str) -> String {
+    if let Some((head, query)) = url.split_once('?') {
+        let query: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some(("sentinel_password", _)) => "sentinel_password=<redacted>".to_string(),
+                _ => pair.to_string(),
+            })
+            .collect();
+        return format!("{}?{}", redact_url(head), query.join("&"));
+    }
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };

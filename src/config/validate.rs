@@ -33,7 +33,10 @@ impl Config {
             "rediss://",
             "redis+cluster://",
             "rediss+cluster://",
+            "redis+sentinel://",
+            "rediss+sentinel://",
         ];
+        let redis_error = redis.and_then(|u| super::RedisEndpoint::parse(u).err());
         let secret_len = self.ticket_secret.as_ref().map_or(usize::MAX, String::len);
         let min_secret = super::MIN_SECRET_LEN;
         let prefix = &self.redis_prefix;
@@ -82,12 +85,25 @@ impl Config {
             .check(
                 redis.is_none_or(|u| schemes.iter().any(|s| u.starts_with(s))),
                 "redis_url",
-                "must start with redis://, rediss:// or, for a cluster, redis+cluster://",
+                "must start with redis://, rediss://, for a cluster redis+cluster:// or, through Sentinel, redis+sentinel://",
             )
             .check(
-                redis.is_none_or(|u| super::RedisEndpoint::parse(u).is_ok()),
+                redis_error.is_none(),
                 "redis_url",
-                "is not a valid address (host, port, database)",
+                match redis_error.as_deref() {
+                    Some(e) if e.contains("sentinel") => e.trim_start_matches("bad redis url: ").to_string(),
+                    _ => "is not a valid address (host, port, database)".to_string(),
+                },
+            )
+            .check(
+                self.durability == super::Durability::Local || redis.is_some(),
+                "durability",
+                "`replicated` needs redis_url: the embedded queue has no replica (it is lost with the process)",
+            )
+            .check(
+                (Duration::from_millis(1)..=second).contains(&self.durability_timeout),
+                "durability_timeout",
+                "must be from 1ms to 1s",
             )
             .check(
                 !prefix.is_empty() && !prefix.contains(['{', '}']),

@@ -258,6 +258,7 @@ fn redis_queue_with(
             partition,
             partitions,
             events,
+            replicated: None,
         },
         PARTITIONED_BLOCK,
     )

@@ -11,10 +11,11 @@
 
 use std::sync::Arc;
 
-use redis::{Cmd, Script, Value};
+use redis::{Cmd, ErrorKind, Script, ServerErrorKind, Value};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::conn::Conn;
+use super::durability::Replicated;
 use super::reply::{as_string, as_u64};
 use super::scripts::ADMIT_ARGS;
 use super::{evalsha, unavailable};
@@ -45,6 +46,10 @@ pub(super) struct Batcher {
     pub ttl_secs: u64,
     pub partitions: u32,
     pub partition: u32,
+    /// `durability = replicated`: each call is followed by the wait for a
+    /// replica, on `conn` — then a connection of the batcher's own, so the
+    /// wait holds up no other command.
+    pub replicated: Option<Replicated>,
 }
 
 /// One admission waiting for its batch.
@@ -135,7 +140,13 @@ impl Batcher {
             item.push_args(&mut cmd);
         }
         let mut conn = self.conn.clone();
-        match evalsha::<Vec<Value>>(&mut conn, &self.script, &cmd).await {
+        let answer = match &self.replicated {
+            None => evalsha::<Vec<Value>>(&mut conn, &self.script, &cmd)
+                .await
+                .map_err(unavailable),
+            Some(replicated) => self.call_replicated(replicated, &mut conn, cmd).await,
+        };
+        match answer {
             Ok(reply) => {
                 for (i, item) in batch.into_iter().enumerate() {
                     let answer = reply
@@ -153,12 +164,39 @@ impl Batcher {
                 }
             }
             Err(e) => {
-                let e = unavailable(e).to_string();
+                // Not acknowledged by a replica: the entries are stored on
+                // the primary, and a retry with the same Idempotency-Key
+                // meets its ticket.
+                let e = e.to_string();
                 for item in batch {
                     let _ = item.answer.send(Err(QueueError::Unavailable(e.clone())));
                 }
             }
         }
+    }
+}
+
+impl Batcher {
+    /// The script call and the wait for a replica, in one pipeline.
+    async fn call_replicated(
+        &self,
+        replicated: &Replicated,
+        conn: &mut Conn,
+        cmd: Cmd,
+    ) -> Result<Vec<Value>, QueueError> {
+        let mut pipe = redis::pipe();
+        pipe.add_command(cmd);
+        let answers = match replicated.run(conn, &pipe).await {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                self.script.load_async(conn).await.map_err(unavailable)?;
+                replicated.run(conn, &pipe).await
+            }
+            other => other,
+        }
+        .map_err(unavailable)?
+        .ok_or_else(|| replicated.not_acknowledged())?;
+        let reply = answers.into_iter().next().unwrap_or(Value::Nil);
+        redis::from_redis_value(reply).map_err(|e| QueueError::Protocol(e.to_string()))
     }
 }
 

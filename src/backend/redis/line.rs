@@ -105,7 +105,7 @@ impl Line for RedisQueue {
     ) -> Result<Admit, QueueError> {
         let batches = self.admissions.get_or_init(|| {
             admit::spawn(admit::Batcher {
-                conn: self.conn.clone(),
+                conn: self.admit_conn.clone(),
                 script: self.admit_script.clone(),
                 keys: [
                     self.keys.stream.clone(),
@@ -120,6 +120,7 @@ impl Line for RedisQueue {
                 ttl_secs: self.ttl_secs,
                 partitions: self.partitions,
                 partition: self.partition,
+                replicated: self.replicated.as_ref().map(|(r, _)| r.clone()),
             })
         });
         let idem_key = match &claim {
@@ -265,8 +266,9 @@ impl Line for RedisQueue {
         together.atomic();
         self.ack(&mut together, &delivery.entry_id);
         let mut conn = self.conn.clone();
-        match together.query_async::<()>(&mut conn).await {
-            Ok(()) => {}
+        match self.record(&delivery.entry_id, &together).await {
+            Ok(true) => {}
+            Ok(false) => return Err(self.not_acknowledged()),
             Err(e) if is_oom(&e) => {
                 // Out of memory: writes are refused, but XACK and XTRIM are
                 // not, and the trim frees the entries every consumer group
@@ -347,10 +349,13 @@ impl Line for RedisQueue {
             pipe.add_command(xadd).ignore();
         }
         self.ack(&mut pipe, &delivery.entry_id);
-        let mut conn = self.conn.clone();
-        pipe.query_async::<()>(&mut conn)
+        if !self
+            .record(&delivery.entry_id, &pipe)
             .await
-            .map_err(unavailable)?;
+            .map_err(unavailable)?
+        {
+            return Err(self.not_acknowledged());
+        }
         self.release(&delivery.entry_id);
         Ok(())
     }
