@@ -595,8 +595,9 @@ async fn the_default_waiting_room_words_the_other_states() {
 
 /// Loads `/flashgate-pow.js` into a page of the gateway's origin, solves a
 /// challenge of the `checkout` queue in the browser and admits with it;
-/// the admission's status, ticket, the header sent, the progress reports,
-/// whether a Web Worker did the work, and the solve's milliseconds.
+/// the admission's status, ticket, the header sent, the progress reports
+/// and the hashes tried, whether a Web Worker did the work, and the solve's
+/// milliseconds.
 async fn solve_in_browser(browser: &Browser, base: &str) -> serde_json::Value {
     // A page of the gateway's origin without a CSP of its own.
     browser
@@ -605,17 +606,17 @@ async fn solve_in_browser(browser: &Browser, base: &str) -> serde_json::Value {
         .expect("page loads");
     let run = "var done = arguments[arguments.length - 1];\
         function go() {\
-          var reports = 0, workers = 0, W = window.Worker;\
+          var reports = 0, tried = 0, workers = 0, W = window.Worker;\
           window.Worker = function (url) { workers++; return new W(url); };\
           var t0 = performance.now();\
-          flashgatePow.solve({ queue: 'checkout', onProgress: function () { reports++; } })\
+          flashgatePow.solve({ queue: 'checkout', onProgress: function (n) { reports++; tried = n; } })\
             .then(function (pow) {\
               var ms = performance.now() - t0;\
               return fetch('/checkout', { method: 'POST', body: '{\"from\":\"browser\"}',\
                   headers: { 'Content-Type': 'application/json', 'Flashgate-Pow': pow } })\
                 .then(function (r) { return r.json().then(function (j) {\
                   done({ status: r.status, ticket: j.ticket || null, code: j.code || null,\
-                         pow: pow, reports: reports, workers: workers, ms: ms });\
+                         pow: pow, reports: reports, tried: tried, workers: workers, ms: ms });\
                 }); });\
             })\
             .catch(function (e) { done({ error: String(e) }); });\
@@ -691,15 +692,18 @@ async fn pow_solve_times_in_chromium() {
     for difficulty in [16, 18, 20] {
         c.patch_knobs(json!({ "pow_difficulty": difficulty }).to_string())
             .await;
-        let mut times = Vec::new();
+        let (mut times, mut hashes) = (Vec::new(), 0.0);
         for _ in 0..runs {
             let got = solve_in_browser(&browser, &gateway.base()).await;
             assert_eq!(got["status"], 202, "{got}");
             times.push(got["ms"].as_f64().unwrap());
+            hashes += got["tried"].as_f64().unwrap();
         }
+        let rate = hashes / times.iter().sum::<f64>() * 1000.0;
         times.sort_by(f64::total_cmp);
         println!(
-            "pow D={difficulty}: median {:.0} ms over {runs} runs (min {:.0}, max {:.0}); all: {:?}",
+            "pow D={difficulty}: median {:.0} ms over {runs} runs (min {:.0}, max {:.0}); \
+             {rate:.0} hashes/s; all: {:?}",
             times[times.len() / 2],
             times[0],
             times[times.len() - 1],

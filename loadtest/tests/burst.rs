@@ -122,6 +122,27 @@ async fn rejections_are_counted_by_status_and_code() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_pow_each_admission_carries_a_solved_challenge() {
+    let behaviour = Behaviour {
+        pow: Some(10),
+        ..Behaviour::default()
+    };
+    let solved = burst_through(20, behaviour.clone(), |o| o.pow = true).await;
+    assert_eq!(
+        (solved.admission.answered, solved.admission.admitted),
+        (20, 20)
+    );
+    let unsolved = burst_through(5, behaviour, |o| o.no_poll = true).await;
+    let a = &unsolved.admission;
+    assert_eq!(a.admitted, 0);
+    let refused = a.answers.iter().find(|c| c.status == 403).expect("403s");
+    assert_eq!(
+        (refused.code.as_deref(), refused.count),
+        (Some("pow_required"), 5)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polling_stops_at_its_deadline_and_counts_unfinished_tickets() {
     let behaviour = Behaviour {
         stall_every: Some(2),

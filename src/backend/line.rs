@@ -92,7 +92,7 @@ pub struct AdmitLimits {
     pub fair: FairLimits,
     /// The proof-of-work seed this admission spends, when the queue asks
     /// for one: refused ([`Admit::PowReused`]) if any admission spent it
-    /// before, else recorded until the seed expires.
+    /// before, else recorded until it expires (`Solved::ttl`).
     pub pow: Option<Solved>,
 }
 

@@ -35,6 +35,10 @@ const MAC_BYTES: usize = 16;
 const RAW_BYTES: usize = BODY_BYTES + MAC_BYTES;
 /// base64url of 36 bytes: no padding, no spare bits.
 pub const SEED_LEN: usize = 48;
+/// How much longer than its seed a spent seed's record lives: an instance
+/// whose clock is behind by up to this still finds the record while it
+/// takes the seed for unexpired.
+pub const CLOCK_MARGIN: Duration = Duration::from_secs(60);
 
 /// One queue's key for challenge seeds, derived from the ticket secret and
 /// the queue's name (a seed of one queue never verifies for another).
@@ -62,7 +66,8 @@ pub struct Challenge {
 pub struct Solved {
     /// The seed's random part: the single-use record's name.
     pub id: [u8; RANDOM_BYTES],
-    /// How long the record must live: until the seed expires.
+    /// How long the record must live: until the seed expires, plus
+    /// [`CLOCK_MARGIN`].
     pub ttl: Duration,
 }
 
@@ -170,7 +175,7 @@ impl PowKey {
         id.copy_from_slice(&raw[2 + EXPIRY_BYTES..BODY_BYTES]);
         Ok(Solved {
             id,
-            ttl: Duration::from_secs(expires_at - now_secs),
+            ttl: Duration::from_secs(expires_at - now_secs) + CLOCK_MARGIN,
         })
     }
 

@@ -30,6 +30,9 @@ pub struct Behaviour {
     pub fail_every: Option<u64>,
     /// Deliveries per ticket (2 = every ticket is redelivered once).
     pub deliveries: u32,
+    /// Proof of work at this difficulty: `GET /challenge` hands out a fresh
+    /// seed, and an admission without a solution of one is `403`.
+    pub pow: Option<u8>,
 }
 
 struct Ticket {
@@ -43,6 +46,8 @@ struct Gateway {
     upstream: Target,
     behaviour: Behaviour,
     admitted: AtomicU64,
+    /// Challenges handed out.
+    seeds: AtomicU64,
     tickets: Mutex<HashMap<String, Ticket>>,
 }
 
@@ -52,6 +57,7 @@ pub async fn start(upstream_url: &str, behaviour: Behaviour) -> Running {
         upstream: Target::parse(upstream_url).expect("upstream URL"),
         behaviour,
         admitted: AtomicU64::new(0),
+        seeds: AtomicU64::new(0),
         tickets: Mutex::new(HashMap::new()),
     });
     let listener = server::bind("127.0.0.1:0").await.expect("bind");
@@ -69,7 +75,23 @@ fn every(n: Option<u64>, i: u64) -> bool {
 impl Gateway {
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let path = req.uri().path().to_string();
+        if let (Some(difficulty), "/challenge") = (self.behaviour.pow, path.as_str()) {
+            let seed = format!("seed{:044}", self.seeds.fetch_add(1, Ordering::SeqCst));
+            let body = json!({"seed": seed, "difficulty": difficulty});
+            return server::json(StatusCode::OK, body.to_string());
+        }
         if req.method() == Method::POST && path == "/checkout" {
+            if let Some(difficulty) = self.behaviour.pow {
+                let solution = req.headers().get("flashgate-pow").map(|v| v.as_bytes());
+                let solved = solution.is_some_and(|s| {
+                    let hash = <sha2::Sha256 as sha2::Digest>::digest(s);
+                    s.starts_with(b"seed")
+                        && flashgate_loadtest::pow::zero_bits(&hash) >= u32::from(difficulty)
+                });
+                if !solved {
+                    return problem(StatusCode::FORBIDDEN, "pow_required");
+                }
+            }
             let _ = req.into_body().collect().await;
             return self.admit();
         }

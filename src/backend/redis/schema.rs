@@ -23,7 +23,7 @@
 //! | `<base>:idem:<key>`          | hash        | one Idempotency-Key claim ([`ClaimField`]), same TTL |
 //! | `<base>:changes`             | channel     | pub/sub: the id of each ticket whose status changed |
 //! | `<base>:events`              | stream      | lifecycle events ([`EventField`]), trimmed by age with `MINID ~` as they are written |
-//! | `<base>:pow:<id>`            | string      | a proof-of-work seed was used (`ADMIT_LUA`), until the seed expires |
+//! | `<base>:pow:<id>`            | string      | a proof-of-work seed was used (`ADMIT_LUA`), until a minute after the seed expires |
 //! | `<base>:expired:<id>`        | string      | the `expired` event of a ticket was written (`START_ATTEMPT_LUA`), ticket TTL |
 //! | `<base>:quota`               | hash        | a fair sale's admissions per client ([`QuotaField`]), TTL `per_client_window` renewed by each admission |
 //! | `<prefix>:ticket-secret`     | string      | the ticket MAC secret shared by every instance, no TTL |
