@@ -17,7 +17,10 @@ use super::{
     UpstreamControl,
 };
 
-/// One fault, struck while the burst runs.
+/// One fault, struck while the burst runs; each is one arm of
+/// `Chaos::strike`. A Redis failover (a primary killed, a replica promoted
+/// by Sentinel) joins as one more variant, with the redis-server of [`Rig`]
+/// then a Sentinel setup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     /// `kill -9` of the second gateway, restarted at once under its name.
