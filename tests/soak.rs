@@ -2,9 +2,10 @@
 //! gateway process and a private redis-server for minutes, printing every
 //! 30 s the gateway's RSS and open descriptors, Redis's used_memory, the
 //! p99 latencies and the queue depth — to see that they stay flat once the
-//! backlog is steady. Ticket state lives `SOAK_TICKET_TTL` (1m) and finished
-//! entries `--stream-retention 30s`, so Redis reaches its steady size within
-//! the run. Ignored in the suite: it takes minutes.
+//! backlog is steady. Ticket state lives `SOAK_TICKET_TTL` (1m), lifecycle
+//! events `--events-retention 1m` and finished entries `--stream-retention
+//! 30s`, so Redis reaches its steady size within the run. Ignored in the
+//! suite: it takes minutes.
 
 mod support;
 
@@ -132,7 +133,7 @@ async fn soak() {
         .redis(&redis)
         .consumer("soak")
         .args(&["--drain-rate", &drain, "--ticket-ttl", &ticket_ttl])
-        .args(&["--stream-retention", "30s"])
+        .args(&["--stream-retention", "30s", "--events-retention", "1m"])
         .process()
         .await;
     let admin = gw.client();
