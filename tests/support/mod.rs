@@ -13,6 +13,8 @@
 //! - [`eventually`]: waits for a condition with a deadline;
 //! - [`backends!`]: one test over the embedded, Redis and partitioned queue;
 //! - [`pki`]: throw-away CAs and server certificates (openssl CLI);
+//! - [`load`]: clients that retry with their Idempotency-Key, as a sale's
+//!   do; [`chaos`]: the chaos-under-load scenario built on them;
 //! - [`raw`]: HTTP as bytes on a socket; [`stacks`]: the Python order
 //!   services and apps of `target/test-venv`.
 //!
@@ -20,8 +22,10 @@
 //! unused is no defect.
 #![allow(dead_code, unused_imports, unused_macros)]
 
+pub mod chaos;
 mod client;
 mod gateway;
+pub mod load;
 pub mod pki;
 mod process;
 pub mod raw;
@@ -41,7 +45,7 @@ pub use gateway::{Backend, Gateway, GatewayBuilder};
 pub use process::GatewayProcess;
 pub use redis::{info_stat, Redis, RedisBuilder, RedisCluster};
 pub use sentinel::{SentinelSetup, MASTER};
-pub use upstream::{MockUpstream, MockUpstreamBuilder, Received, KNEE_PENALTY};
+pub use upstream::{MockUpstream, MockUpstreamBuilder, Received, UpstreamControl, KNEE_PENALTY};
 pub use wait::{eventually, eventually_every};
 
 /// Anything with a URL a gateway can be pointed at: an upstream, a Redis,

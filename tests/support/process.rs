@@ -105,11 +105,7 @@ impl GatewayProcess {
 
     /// Waits until `/healthz` answers (the backend may still be down).
     pub async fn up(&self) {
-        let url = format!("http://127.0.0.1:{}/healthz", self.admin);
-        eventually(Duration::from_secs(20), "gateway up", || async {
-            try_get(&url).await.filter(|a| a.status == 200).map(|_| ())
-        })
-        .await;
+        healthy(self.admin).await;
     }
 
     /// The config file the builder's TOML was written to (rewrite it, then
@@ -203,6 +199,17 @@ impl GatewayProcess {
         let status = self.child.wait().expect("flashgate exits");
         (out, status)
     }
+}
+
+/// Waits until the `/healthz` of the admin listener on `port` answers: a
+/// future that holds no [`GatewayProcess`] (whose stderr receiver is not
+/// `Sync`), so a spawned task can await it.
+pub async fn healthy(port: u16) {
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    eventually(Duration::from_secs(20), "gateway up", || async {
+        try_get(&url).await.filter(|a| a.status == 200).map(|_| ())
+    })
+    .await;
 }
 
 impl Drop for GatewayProcess {

@@ -51,6 +51,7 @@ pub struct MockUpstreamBuilder {
     headers: Vec<(&'static str, String)>,
     poison: Option<String>,
     knee: Option<Arc<AtomicU64>>,
+    control: Option<UpstreamControl>,
     addr: SocketAddr,
     tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
@@ -109,6 +110,13 @@ impl MockUpstreamBuilder {
     /// 503. The test may move the knee while it runs.
     pub fn knee(mut self, knee: Arc<AtomicU64>) -> Self {
         self.knee = Some(knee);
+        self
+    }
+
+    /// An order service the test switches between healthy, refusing (503)
+    /// and slow while it runs.
+    pub fn control(mut self, control: UpstreamControl) -> Self {
+        self.control = Some(control);
         self
     }
 
@@ -257,8 +265,12 @@ async fn answer(
     if behaviour.slow_first == 0 || seen <= behaviour.slow_first {
         tokio::time::sleep(behaviour.latency).await;
     }
+    let refused = match &behaviour.control {
+        Some(control) => control.answer().await,
+        None => false,
+    };
     state.in_flight.fetch_sub(1, Ordering::SeqCst);
-    let resp = if seen <= behaviour.fail_first || poisoned || over_knee {
+    let resp = if seen <= behaviour.fail_first || poisoned || over_knee || refused {
         Response::builder()
             .status(behaviour.fail_status)
             .header("retry-after", "0")
@@ -302,6 +314,7 @@ impl MockUpstream {
             headers: Vec::new(),
             poison: None,
             knee: None,
+            control: None,
             addr: "127.0.0.1:0".parse().unwrap(),
             tls: None,
         }
@@ -348,5 +361,56 @@ impl MockUpstream {
 impl Url for MockUpstream {
     fn url(&self) -> String {
         MockUpstream::url(self)
+    }
+}
+
+/// A switch the test holds on a running mock ([`MockUpstreamBuilder::control`]):
+/// healthy, refusing every request with 503, or answering after a delay.
+#[derive(Clone, Default)]
+pub struct UpstreamControl(Arc<ControlState>);
+
+#[derive(Default)]
+struct ControlState {
+    refusing: std::sync::atomic::AtomicBool,
+    /// Extra wait before each answer, in milliseconds.
+    delay_ms: AtomicU64,
+    refused: AtomicU64,
+}
+
+impl UpstreamControl {
+    /// From now on every request gets 503 (`Retry-After: 0`).
+    pub fn refuse(&self) {
+        self.0.refusing.store(true, Ordering::SeqCst);
+    }
+
+    /// From now on requests are accepted, each after `delay`.
+    pub fn slow(&self, delay: Duration) {
+        self.0.refusing.store(false, Ordering::SeqCst);
+        self.0
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Back to accepting every request at once.
+    pub fn heal(&self) {
+        self.slow(Duration::ZERO);
+    }
+
+    /// Requests answered 503 because of [`refuse`](Self::refuse).
+    pub fn refused(&self) -> u64 {
+        self.0.refused.load(Ordering::SeqCst)
+    }
+
+    /// Waits the delay; whether this request is to be refused.
+    async fn answer(&self) -> bool {
+        if self.0.refusing.load(Ordering::SeqCst) {
+            self.0.refused.fetch_add(1, Ordering::SeqCst);
+            return true;
+        }
+        let delay = self.0.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        false
     }
 }
