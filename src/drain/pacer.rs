@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use crate::backend::{SlotSchedule, CATCH_UP};
+use crate::clock::period;
 
 /// Slots reserved per backend call: this much time's worth at the current
 /// rate, so the calls per second do not grow with the rate.
@@ -235,14 +236,6 @@ impl Pacer {
         let r = self.rate();
         (window.as_nanos() / r.period.as_nanos().max(1)).max(1) as usize
     }
-}
-
-/// The time between two permits at `rate` per second: at least 1 ns, and at
-/// most a year (a rate the admin API accepts, as small as `5e-324`, has no
-/// period a `Duration` holds; a year is paused in all but name).
-pub(crate) fn period(rate: f64) -> Duration {
-    const LONGEST: f64 = 365.0 * 24.0 * 3600.0;
-    Duration::from_secs_f64((1.0 / rate).min(LONGEST)).max(Duration::from_nanos(1))
 }
 
 #[cfg(test)]

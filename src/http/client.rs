@@ -99,7 +99,7 @@ impl ClientLimiter {
         if rate <= 0.0 {
             return None;
         }
-        let period = crate::drain::pacer::period(rate);
+        let period = crate::clock::period(rate);
         let quota = Quota::with_period(period)?
             .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
         Some(ClientLimiter {
