@@ -177,6 +177,28 @@ What to do:
 2. unavailable: check Redis (FlashgateQueueBackendDown, PING, maxmemory); clients
    retry with the same Idempotency-Key and are admitted once.
 """),
+        Alert(
+            "FlashgateChallengeFailures",
+            f"sum by (queue) (rate({m('flashgate_pow_failures_total')}[5m]))\n"
+            f"  / (sum by (queue) (rate({m('flashgate_admissions_total')}[5m])) > 0)\n"
+            "> 0.5\n",
+            "5m", "warning",
+            "{{ $value | humanizePercentage }} of admissions to queue {{ $labels.queue }} fail their proof of work",
+            """\
+Over 5 minutes, {{ $value | humanizePercentage }} of the admission requests of queue
+{{ $labels.queue }} were refused 403 for their proof of work (pow_difficulty): no
+solution, a forged or replayed one, or one expired or issued below the difficulty.
+Either bots are hammering the queue without paying (the challenge works), or people's
+browsers cannot solve it in time.
+What to do:
+1. "Challenge failures" by reason: required/invalid/reused = clients that do not
+   pay; expired/insufficient = honest clients too slow for pow_ttl or caught by a
+   raise.
+2. An attack: keep or raise the difficulty
+   (flashgate admin set {{ $labels.queue }} --pow-difficulty N); each bit doubles
+   a solve.
+3. Honest clients failing: lower the difficulty, or raise pow_ttl (a reload).
+"""),
     ]
     upstream = [
         Alert(

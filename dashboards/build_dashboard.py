@@ -203,8 +203,11 @@ def heatmap(title, desc, targets, y_unit):
 OUTCOME_COLOURS = {
     "admitted": "green", "duplicate": "blue", "rate_limited": "orange",
     "queue_full": "red", "sold_out": "purple", "not_open": "yellow", "rejected": "dark-red",
-    "unavailable": "dark-orange",
+    "unavailable": "dark-orange", "quota_exceeded": "light-orange", "unknown_product": "light-red",
+    "pow_failed": "super-light-red",
 }
+POW_COLOURS = {"required": "yellow", "invalid": "red", "expired": "blue",
+               "insufficient": "orange", "reused": "purple"}
 DISPATCH_COLOURS = {"completed": "green", "retried": "orange", "failed": "red",
                     "dead_lettered": "dark-red"}
 CLASS_COLOURS = {"2xx": "green", "3xx": "blue", "4xx": "yellow", "5xx": "red", "error": "dark-red"}
@@ -272,9 +275,12 @@ def build(job: str = DEFAULT_JOB) -> dict:
     L.add(stat(
         "Stock left",
         "Stock not yet admitted: the stock in force (configured, or set at run time) minus "
-        "the admissions so far. No value while the stock is unlimited. Queue-wide gauge: max "
-        "over instances.",
-        [target(qmax("flashgate_stock_left"), "{{queue}}", "A")],
+        "the admissions so far. No value while the stock is unlimited. A fair sale adds each "
+        "configured product's units left (queue product). Queue-wide gauges: max over "
+        "instances.",
+        [target(qmax("flashgate_stock_left"), "{{queue}}", "A"),
+         target(f"max by (queue, product) (flashgate_product_stock_left{{{Q}}})",
+                "{{queue}} {{product}}", "B")],
         "short", [(1, "yellow"), (100, "green")], base="red"), 6, 5)
     L.add(stat(
         "Sale phase",
@@ -309,7 +315,8 @@ def build(job: str = DEFAULT_JOB) -> dict:
         "Idempotency-Key replay; rate_limited = per-client limit (429); queue_full = capacity "
         "(503); sold_out = stock exhausted (410); not_open = before opens-at (503); rejected = "
         "malformed, too large or key reused; unavailable = the queue backend did not confirm "
-        "the write (503).",
+        "the write (503); a fair sale's quota_exceeded = a customer over per_client_max (429, "
+        "it will not pass later) and unknown_product = a product the sale does not sell (404).",
         [target(rate("flashgate_admissions_total", by="outcome"), "{{outcome}}", "A")],
         "reqps", stack=True,
         overrides=[colour(k, v) for k, v in OUTCOME_COLOURS.items()]), 12, 8)
@@ -340,6 +347,17 @@ def build(job: str = DEFAULT_JOB) -> dict:
         "percentunit", [(0.05, "red")], threshold_style="line",
         overrides=[colour(k, OUTCOME_COLOURS[k]) for k in ("queue_full", "unavailable")]),
         12, 8)
+    L.add(timeseries(
+        "Challenge failures",
+        "Admissions refused for their proof of work (pow_difficulty > 0), per second by "
+        "reason: required = no Flashgate-Pow header; invalid = forged, another client's or a "
+        "wrong nonce; expired; insufficient = issued below a difficulty raised since; reused "
+        "= a solution replayed. A flood of required/invalid is bots paying nothing; many "
+        "expired or insufficient are people whose browsers solve too slowly. The "
+        "FlashgateChallengeFailures alert fires when over half of the admissions fail.",
+        [target(rate("flashgate_pow_failures_total", by="reason"), "{{reason}}", "A")],
+        "reqps", stack=True,
+        overrides=[colour(k, v) for k, v in POW_COLOURS.items()]), 12, 8)
 
     # ---- Queue ------------------------------------------------------------
     L.row("Queue")

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod challenge;
 pub mod pages;
 pub mod tickets;
 

@@ -47,11 +47,11 @@ pub use self::dead_letters::{
 pub use self::events::{read_events, Event, EventLog, EventPage, EventQuery, EventSettings};
 pub use self::knobs::KnobStore;
 pub use self::line::{
-    Admit, AdmitLimits, AttemptStart, Delivery, GroupLag, IdempotencyClaim, Line, Prequeue,
-    QueueStats, QueuedRequest, StreamReport, MAX_REPORTED_GROUPS,
+    Admit, AdmitLimits, AttemptStart, Delivery, FairLimits, GroupLag, IdempotencyClaim, Line,
+    Prequeue, QueueStats, QueuedRequest, StreamReport, MAX_REPORTED_GROUPS,
 };
 pub use self::memory::MemoryQueue;
-pub use self::partitioned::{partition_of_claim, Partitioned};
+pub use self::partitioned::{partition_of_claim, partition_of_client, Partitioned};
 pub use self::redis::{RedisQueue, RedisQueueConfig};
 pub use self::schedule::{SlotSchedule, CATCH_UP};
 pub use self::tickets::{Cancel, TicketStore};

@@ -5,6 +5,7 @@ pub mod client;
 pub mod dead_letters;
 pub mod events;
 pub mod reload;
+pub mod stock;
 pub mod table;
 
 use std::path::PathBuf;

@@ -17,14 +17,19 @@ pub mod waiting_room;
 
 pub use keys::{keys, Key, Kind, Scope};
 pub use load::{load, Setting};
-pub use model::{AccessLogFormat, AdaptiveBounds, Config, QueueConfig, UnderscoreHeaders};
-pub use redis_url::RedisEndpoint;
+pub use model::{
+    AccessLogFormat, AdaptiveBounds, Config, Durability, QueueConfig, UnderscoreHeaders,
+};
+pub use redis_url::{RedisEndpoint, SentinelEndpoint};
 
 /// Shortest ticket secret accepted, in bytes (HMAC-SHA256 keys below the
 /// hash size weaken it).
 pub const MIN_SECRET_LEN: usize = 32;
+/// The largest `pow_difficulty`: 2^32 hashes on average is already hours
+/// of a browser's time.
+pub const MAX_POW_DIFFICULTY: u8 = 32;
 pub use units::{parse_duration, parse_size, parse_time, redact_url, time as time_format, Size};
-pub use values::{AccessLog, AdminToken, ClientKey, Route};
+pub use values::{AccessLog, AdminToken, ClientKey, ProductFrom, Route};
 
 /// Where a value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,7 +17,7 @@ use crate::api::App;
 use crate::backend::{
     EventSettings, MemoryQueue, Partitioned, QueueBackend, QueueError, RedisQueue, RedisQueueConfig,
 };
-use crate::config::{redact_url, Config};
+use crate::config::{redact_url, Config, Durability};
 use crate::http::client::FORGET_EVERY;
 use crate::metrics::Metrics;
 use crate::queue::upkeep::{self, Every};
@@ -157,6 +157,8 @@ impl Gateway {
                                 partition,
                                 partitions: q.partitions,
                                 events: q.events.then_some(q.events_retention),
+                                replicated: (config.durability == Durability::Replicated)
+                                    .then_some(config.durability_timeout),
                             },
                             drain::READ_BLOCK,
                         )?));

@@ -19,16 +19,47 @@ pub const ADMISSION_OUTCOMES: &[&str] = &[
     "not_open",
     "rejected",
     "unavailable",
+    // A fair sale: 429 client_quota_exceeded, 404 unknown_product.
+    "quota_exceeded",
+    "unknown_product",
+    "pow_failed",
 ];
+/// Why a proof of work was refused (`flashgate_pow_failures_total{reason}`).
+pub const POW_FAILURES: &[&str] = &["required", "invalid", "expired", "insufficient", "reused"];
 /// Dispatch outcomes (`flashgate_dispatches_total{outcome}`).
 pub const DISPATCH_OUTCOMES: &[&str] = &["completed", "retried", "failed", "dead_lettered"];
 /// Upstream answer classes (`flashgate_upstream_responses_total{code_class}`).
 pub const CODE_CLASSES: &[&str] = &["2xx", "3xx", "4xx", "5xx", "error"];
 
+/// Redis primaries switched to after a Sentinel failover, counted by the
+/// connections that follow them (src/backend/redis/sentinel.rs); process-wide,
+/// registered with every [`Metrics`].
+pub static REDIS_FAILOVERS: std::sync::LazyLock<IntCounter> = std::sync::LazyLock::new(|| {
+    IntCounter::new(
+        "flashgate_redis_failovers_total",
+        "Switches to another Redis primary named by Sentinel after a failover.",
+    )
+    .expect("valid metric")
+});
+/// 1 for the Redis primary Sentinel named last (`address` = host:port); no
+/// series without Sentinel.
+pub static REDIS_PRIMARY: std::sync::LazyLock<IntGaugeVec> = std::sync::LazyLock::new(|| {
+    IntGaugeVec::new(
+        Opts::new(
+            "flashgate_redis_primary",
+            "1 for the Redis primary Sentinel named last (redis+sentinel:// only).",
+        ),
+        &["address"],
+    )
+    .expect("valid metric")
+});
+
 /// The registry and a handle on every metric.
 pub struct Metrics {
     registry: Registry,
     pub admissions: IntCounterVec,
+    /// Admissions refused for their proof of work, by reason.
+    pub pow_failures: IntCounterVec,
     pub queue_depth: IntGaugeVec,
     pub queue_in_flight: IntGaugeVec,
     pub queue_oldest_age: GaugeVec,
@@ -45,6 +76,8 @@ pub struct Metrics {
     /// Stock not yet admitted (queue-wide); no series while the stock is
     /// unlimited.
     pub stock_left: IntGaugeVec,
+    /// A fair sale's units left per configured product.
+    pub product_stock_left: IntGaugeVec,
     /// 1 while the queue is paused (queue-wide).
     pub queue_paused: IntGaugeVec,
     /// 1 while the queue is flipped sold out (queue-wide).
@@ -133,6 +166,11 @@ impl Metrics {
                 "Admission decisions by outcome.",
                 &["queue", "outcome"],
             ),
+            pow_failures: counter(
+                "flashgate_pow_failures_total",
+                "Admissions refused for their proof of work, by reason.",
+                &["queue", "reason"],
+            ),
             queue_depth: int_gauge(
                 "flashgate_queue_depth",
                 "Tickets admitted and not yet dispatched (queue-wide).",
@@ -205,6 +243,11 @@ impl Metrics {
                 "flashgate_stock_left",
                 "Stock not yet admitted (queue-wide); absent while the stock is unlimited.",
                 &["queue"],
+            ),
+            product_stock_left: int_gauge(
+                "flashgate_product_stock_left",
+                "Units of a product not yet admitted (queue-wide), for each configured product of a queue with product_from.",
+                &["queue", "product"],
             ),
             queue_paused: int_gauge(
                 "flashgate_queue_paused",
@@ -288,12 +331,17 @@ impl Metrics {
         };
         // CPU, memory and file descriptors of this process.
         registry_register(&m.registry, Box::new(process::ProcessCollector::new()));
+        registry_register(&m.registry, Box::new(REDIS_FAILOVERS.clone()));
+        registry_register(&m.registry, Box::new(REDIS_PRIMARY.clone()));
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         for q in queues {
             for outcome in ADMISSION_OUTCOMES {
                 m.admissions.with_label_values(&[q.as_str(), outcome]);
+            }
+            for reason in POW_FAILURES {
+                m.pow_failures.with_label_values(&[q.as_str(), reason]);
             }
             for outcome in DISPATCH_OUTCOMES {
                 m.dispatches.with_label_values(&[q.as_str(), outcome]);

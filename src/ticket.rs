@@ -9,6 +9,7 @@ use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+pub mod pow;
 mod view;
 pub use view::{
     eta_seconds, format_time_ms, now_ms, position, retry_after, AdmissionView, Place, ResponseView,
@@ -73,6 +74,8 @@ impl std::fmt::Debug for TicketSecret {
 pub struct QueueTag {
     tag: [u8; TAG_BYTES],
     key: [u8; 32],
+    /// The queue's key for proof-of-work seeds, under the same secret.
+    pow: pow::PowKey,
 }
 
 impl QueueTag {
@@ -87,7 +90,13 @@ impl QueueTag {
         QueueTag {
             tag,
             key: mac.finalize().into_bytes().into(),
+            pow: pow::PowKey::new(secret, queue),
         }
+    }
+
+    /// The queue's key for proof-of-work seeds ([`pow`]).
+    pub fn pow(&self) -> &pow::PowKey {
+        &self.pow
     }
 
     /// A tag under a throwaway secret: ids it mints verify nowhere else.

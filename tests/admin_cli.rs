@@ -100,6 +100,8 @@ async fn the_admin_command_prints_tables_json_and_sets_every_knob() {
         "5",
         "--close",
         "--sold-out",
+        "--pow-difficulty",
+        "12",
     ];
     let (code, out, err) = admin(&url, "t0ken", &set).await;
     assert_eq!(code, Some(0), "{err}");
@@ -111,7 +113,9 @@ async fn the_admin_command_prints_tables_json_and_sets_every_knob() {
         &["checkout", "stock", "10", "->", "5"],
         &["checkout", "sold_out", "false", "->", "true"],
         &["checkout", "sale", "open", "->", "closed"],
+        &["checkout", "pow_difficulty", "0", "->", "12"],
         &["checkout", "override", "drain_rate", "-", "->", "40"],
+        &["checkout", "override", "pow_difficulty", "-", "->", "12"],
         &["checkout", "override", "stock", "-", "->", "5"],
         &["checkout", "override", "open", "-", "->", "false"],
     ] {
@@ -145,6 +149,8 @@ async fn the_admin_command_prints_tables_json_and_sets_every_knob() {
         "--configured-stock",
         "--clear",
         "drain_rate",
+        "--clear",
+        "pow_difficulty",
         "--output",
         "json",
     ];
@@ -169,7 +175,7 @@ async fn the_admin_command_prints_tables_json_and_sets_every_knob() {
     );
     assert_eq!(
         v["overrides"],
-        json!({"drain_rate": null, "stock": null, "open": true})
+        json!({"drain_rate": null, "stock": null, "open": true, "pow_difficulty": null})
     );
     let (code, out, _) = admin(&url, "t0ken", &["set", "checkout", "--schedule"]).await;
     assert_eq!(code, Some(0));

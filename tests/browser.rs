@@ -592,3 +592,119 @@ async fn the_default_waiting_room_words_the_other_states() {
 
     browser.close().await.unwrap();
 }
+
+/// Loads `/flashgate-pow.js` into a page of the gateway's origin, solves a
+/// challenge of the `checkout` queue in the browser and admits with it;
+/// the admission's status, ticket, the header sent, the progress reports,
+/// whether a Web Worker did the work, and the solve's milliseconds.
+async fn solve_in_browser(browser: &Browser, base: &str) -> serde_json::Value {
+    // A page of the gateway's origin without a CSP of its own.
+    browser
+        .goto(&format!("{base}/challenge"))
+        .await
+        .expect("page loads");
+    let run = "var done = arguments[arguments.length - 1];\
+        function go() {\
+          var reports = 0, workers = 0, W = window.Worker;\
+          window.Worker = function (url) { workers++; return new W(url); };\
+          var t0 = performance.now();\
+          flashgatePow.solve({ queue: 'checkout', onProgress: function () { reports++; } })\
+            .then(function (pow) {\
+              var ms = performance.now() - t0;\
+              return fetch('/checkout', { method: 'POST', body: '{\"from\":\"browser\"}',\
+                  headers: { 'Content-Type': 'application/json', 'Flashgate-Pow': pow } })\
+                .then(function (r) { return r.json().then(function (j) {\
+                  done({ status: r.status, ticket: j.ticket || null, code: j.code || null,\
+                         pow: pow, reports: reports, workers: workers, ms: ms });\
+                }); });\
+            })\
+            .catch(function (e) { done({ error: String(e) }); });\
+        }\
+        if (window.flashgatePow) { go(); } else {\
+          var s = document.createElement('script');\
+          s.src = '/flashgate-pow.js';\
+          s.onload = go;\
+          s.onerror = function () { done({ error: 'the script did not load' }); };\
+          (document.head || document.documentElement).appendChild(s);\
+        }";
+    browser
+        .execute_async(run, vec![])
+        .await
+        .expect("the solve runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pow_script_solves_a_challenge_in_a_worker_and_the_admission_passes() {
+    let upstream = MockUpstream::start().await;
+    let gateway = Gateway::builder()
+        .toml("pow_difficulty = 10\n")
+        .upstream(&upstream)
+        .start()
+        .await;
+    let c = gateway.client();
+    let refused = c.admit("{}").await;
+    assert_eq!(refused.status, 403, "{}", refused.text());
+
+    let driver = Driver::start();
+    let browser = driver.browser().await;
+    let got = solve_in_browser(&browser, &gateway.base()).await;
+    assert_eq!(got["status"], 202, "{got}");
+    assert_eq!(got["workers"], 1, "solved in a Web Worker: {got}");
+    assert!(got["reports"].as_u64().unwrap() >= 1, "progress: {got}");
+    let ticket = got["ticket"].as_str().expect("a ticket");
+    assert_eq!(c.poll(ticket).await.status, 200);
+    // The browser's solution is single-use like any other.
+    let pow = got["pow"].as_str().unwrap();
+    let again = c.admit_with(&[("flashgate-pow", pow)], "{}").await;
+    assert_eq!(again.json()["code"], "pow_reused", "{}", again.text());
+    browser.close().await.unwrap();
+}
+
+/// Solve times in headless Chromium (the README's proof-of-work table):
+/// `cargo test --test browser pow_solve_times -- --ignored --nocapture`.
+/// Several runs per difficulty; the median, since a solve's length is
+/// geometric (its spread is as large as its mean).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a test: run it with --ignored --nocapture"]
+async fn pow_solve_times_in_chromium() {
+    let upstream = MockUpstream::start().await;
+    let gateway = Gateway::builder()
+        .toml("pow_difficulty = 16\n")
+        .upstream(&upstream)
+        .start()
+        .await;
+    let c = gateway.client();
+    let driver = Driver::start();
+    let browser = driver.browser().await;
+    browser
+        .update_timeouts(fantoccini::wd::TimeoutConfiguration::new(
+            Some(Duration::from_secs(600)),
+            None,
+            None,
+        ))
+        .await
+        .unwrap();
+    let runs: usize = std::env::var("POW_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(7);
+    for difficulty in [16, 18, 20] {
+        c.patch_knobs(json!({ "pow_difficulty": difficulty }).to_string())
+            .await;
+        let mut times = Vec::new();
+        for _ in 0..runs {
+            let got = solve_in_browser(&browser, &gateway.base()).await;
+            assert_eq!(got["status"], 202, "{got}");
+            times.push(got["ms"].as_f64().unwrap());
+        }
+        times.sort_by(f64::total_cmp);
+        println!(
+            "pow D={difficulty}: median {:.0} ms over {runs} runs (min {:.0}, max {:.0}); all: {:?}",
+            times[times.len() / 2],
+            times[0],
+            times[times.len() - 1],
+            times.iter().map(|t| t.round() as u64).collect::<Vec<_>>()
+        );
+    }
+    browser.close().await.unwrap();
+}

@@ -451,7 +451,7 @@ async fn an_override_shows_beside_the_configuration_and_clears_back_to_it() {
     assert_eq!(q["configured"]["stock"], 50);
     assert_eq!(
         q["overrides"],
-        serde_json::json!({"drain_rate": 40.0, "stock": 10, "open": true})
+        serde_json::json!({"drain_rate": 40.0, "stock": 10, "open": true, "pow_difficulty": null})
     );
 
     let q = c.patch_knobs(r#"{"drain_rate": null}"#).await;
@@ -474,7 +474,7 @@ async fn an_override_shows_beside_the_configuration_and_clears_back_to_it() {
     assert_eq!(v["stock"], 50);
     assert_eq!(
         v["overrides"],
-        serde_json::json!({"drain_rate": null, "stock": null, "open": null})
+        serde_json::json!({"drain_rate": null, "stock": null, "open": null, "pow_difficulty": null})
     );
     assert_eq!(
         c.queue().await["overrides"]["stock"],

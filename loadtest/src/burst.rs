@@ -63,6 +63,11 @@ pub struct Options {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Proof of work: fetch a challenge (`GET /challenge`) before each
+    /// admission and solve it natively; latency counts from the admission
+    /// itself, the solve excluded.
+    #[arg(long)]
+    pub pow: bool,
 }
 
 impl Options {
@@ -83,6 +88,7 @@ impl Options {
             poll_concurrency: 32,
             timeout: Duration::from_secs(30),
             quiet: true,
+            pow: false,
         }
     }
 }

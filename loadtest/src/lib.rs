@@ -9,6 +9,7 @@ pub mod ceiling;
 pub mod chart;
 pub mod client;
 pub mod polls;
+pub mod pow;
 pub mod report;
 pub mod server;
 pub mod upstream;

@@ -4,6 +4,7 @@
 
 pub mod dead_letters;
 pub mod events;
+pub mod stock;
 
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -42,11 +43,15 @@ struct QueueInfo<'a> {
     sold_out: bool,
     /// `not_open`, `prequeue`, `open` or `closed`.
     sale: &'static str,
+    /// Proof-of-work difficulty in force, leading zero bits (0 = off).
+    pow_difficulty: u8,
     /// The knobs as the configuration sets them.
     configured: Configured,
     /// The runtime overrides stored in the backend (`null` = as configured),
     /// which win over `configured`; a PATCH with `null` clears one.
     overrides: Overrides,
+    /// A fair sale's products (`{}` without `product_from`).
+    products: std::collections::BTreeMap<String, stock::ProductInfo>,
 }
 
 #[derive(Serialize)]
@@ -57,6 +62,7 @@ struct Configured {
     opens_at: Option<std::time::SystemTime>,
     #[serde(with = "crate::config::time_format")]
     closes_at: Option<std::time::SystemTime>,
+    pow_difficulty: u8,
 }
 
 #[derive(Serialize)]
@@ -65,6 +71,7 @@ struct Overrides {
     stock: Option<u64>,
     /// `true` opened, `false` closed by an operator; `null` follows the schedule.
     open: Option<bool>,
+    pow_difficulty: Option<u8>,
 }
 
 async fn queue_info(q: &Queue) -> QueueInfo<'_> {
@@ -84,20 +91,24 @@ async fn queue_info(q: &Queue) -> QueueInfo<'_> {
         stock,
         stock_left: stock
             .zip(stats)
-            .map(|(s, st)| s.saturating_sub(st.admitted)),
+            .map(|(s, st)| s.saturating_sub(st.admitted - st.returned)),
         sold_out: knobs.sold_out,
         sale: knobs.phase(&q.config(), q.clock.now()).name(),
+        pow_difficulty: knobs.pow_difficulty(&q.config()),
         configured: Configured {
             drain_rate: q.config().drain_rate,
             stock: q.config().stock,
             opens_at: q.config().opens_at,
             closes_at: q.config().closes_at,
+            pow_difficulty: q.config().pow_difficulty,
         },
         overrides: Overrides {
             drain_rate: knobs.drain_rate,
             stock: knobs.stock,
             open: knobs.open,
+            pow_difficulty: knobs.pow_difficulty,
         },
+        products: stock::products(q).await,
     }
 }
 

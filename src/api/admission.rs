@@ -4,6 +4,8 @@
 //! state (idempotency, capacity, enqueue) is one atomic backend call.
 
 mod answer;
+mod product;
+mod proof;
 mod request;
 
 use std::net::SocketAddr;
@@ -16,8 +18,10 @@ use tracing::debug;
 use crate::api::App;
 use crate::backend::knobs::Phase;
 use crate::backend::{
-    partition_of_claim, Admit, AdmitLimits, IdempotencyClaim, Prequeue, QueuedRequest,
+    partition_of_claim, partition_of_client, Admit, AdmitLimits, FairLimits, IdempotencyClaim,
+    Prequeue, QueuedRequest,
 };
+use crate::config::QueueConfig;
 use crate::http::body::{self, Body};
 use crate::http::client::Client;
 use crate::http::exchange;
@@ -27,6 +31,7 @@ use crate::http::problem::{Code, Problem};
 use crate::queue::Queue;
 use crate::ticket::{self, Place, TicketId, TicketStatus};
 use answer::{answer_within, sold_out, ticket_answer, IDEMPOTENT_REPLAYED};
+use proof::PowRefusal;
 use request::{
     content_length, hex_digest, idempotency_key, preferred_wait, read_body, too_large, Leftover,
     Refusal,
@@ -35,7 +40,7 @@ use request::{
 /// Headers the gateway sets itself towards the upstream, never taken from
 /// the client. `Accept-Encoding`: the delivery asks for `identity`, since
 /// the answer is stored, not streamed to this client.
-static GATEWAY_HEADERS: [HeaderName; 10] = [
+static GATEWAY_HEADERS: [HeaderName; 11] = [
     header::ACCEPT_ENCODING,
     header::HOST,
     header::FORWARDED,
@@ -46,6 +51,7 @@ static GATEWAY_HEADERS: [HeaderName; 10] = [
     HeaderName::from_static("x-forwarded-proto"),
     HeaderName::from_static("x-flashgate-ticket"),
     HeaderName::from_static("x-flashgate-attempt"),
+    HeaderName::from_static(crate::ticket::pow::HEADER),
 ];
 
 /// Answers a request on one of `queue`'s routes; `path` is the matched
@@ -78,12 +84,21 @@ pub async fn admit(
                 Code::SoldOut | Code::SaleClosed => "sold_out",
                 Code::SaleNotOpen => "not_open",
                 Code::RateLimited => "rate_limited",
+                Code::ClientQuotaExceeded => "quota_exceeded",
+                Code::UnknownProduct => "unknown_product",
                 // Not confirmed stored (the queue backend failed): the
                 // client retries with the same key.
                 Code::Unavailable => "unavailable",
+                code if proof::failure_reason(code).is_some() => "pow_failed",
                 _ => "rejected",
             };
             app.metrics.admission(name, outcome);
+            if let Some(reason) = proof::failure_reason(problem.code) {
+                app.metrics
+                    .pow_failures
+                    .with_label_values(&[name, reason])
+                    .inc();
+            }
             let mut resp = problem.into_response();
             match body {
                 Leftover::Unread(body) => body::settle(&mut resp, expects_continue, body).await,
@@ -154,6 +169,25 @@ async fn try_admit(
         }
     }
 
+    // 3b. Proof of work, when the queue asks for it: one HMAC and one hash,
+    //     no I/O. A missing or forged one is refused now; a genuine seed
+    //     that expired or fell below a raised difficulty waits for 5b like
+    //     the refusals above. Whether the seed was spent before is decided
+    //     in the atomic step (6), after the idempotency check: a retry of
+    //     an admitted request with the same header gets its ticket.
+    let difficulty = knobs.pow_difficulty(&queue.config());
+    let pow = match difficulty {
+        0 => None,
+        d => match proof::check(queue, &parts.headers, &client.key, d) {
+            Ok(solved) => Some(solved),
+            Err(PowRefusal::Now(problem)) => return Err(Refusal::unread(problem, body)),
+            Err(PowRefusal::Unless(problem)) => {
+                refused.get_or_insert(problem);
+                None
+            }
+        },
+    };
+
     // 4. Idempotency-Key shape: no I/O needed to refuse a bad one.
     let key = match idempotency_key(&parts.headers) {
         Ok(key) => key,
@@ -171,13 +205,33 @@ async fn try_admit(
 
     // Every spelling of the route is one request: the fingerprint and the
     // upstream see the route's path, with the client's query.
+    let route = path;
     let path = match parts.uri.query() {
         Some(query) => format!("{path}?{query}"),
         None => path.to_string(),
     };
+    // 5a. A fair sale's product, from the route, query, headers or body:
+    //     400 when the request names none, 404 when the sale has no such.
+    let config = queue.config();
+    let product = match &config.product_from {
+        Some(from) => Some(product::product_of(
+            &config,
+            &knobs,
+            from,
+            route,
+            parts.uri.query(),
+            &parts.headers,
+            &body,
+        )?),
+        None => None,
+    };
+    let partitions = queue.backend.partitions();
+    // With proof of work on too: a seed is recorded where its every use goes.
+    let routed = partition_for(&config, partitions, &client.key, difficulty > 0);
     let claim = key.as_ref().map(|k| IdempotencyClaim {
         key: hex_digest(&[client.key.as_bytes(), k.as_bytes()]),
         fingerprint: hex_digest(&[parts.method.as_str().as_bytes(), path.as_bytes(), &body]),
+        partition: routed,
     });
     let rate = queue.line_rate(&knobs);
 
@@ -199,12 +253,14 @@ async fn try_admit(
     // 6. Store: idempotency, sold-out, stock, capacity and enqueue in one
     //    atomic round trip.
     // A partitioned queue finds a ticket by its id: a retry with the same
-    // Idempotency-Key must be drawn into the partition that saw the first.
-    let partitions = queue.backend.partitions();
-    let ticket = match &claim {
-        Some(c) if partitions > 1 => {
+    // Idempotency-Key must be drawn into the partition that saw the first,
+    // and a client's admissions all into one when a per-client rule counts
+    // them (`partition_for`).
+    let ticket = match (&claim, routed) {
+        (Some(c), _) if partitions > 1 => {
             TicketId::generate_in(queue.tag, partition_of_claim(c, partitions), partitions)
         }
+        (None, Some(p)) => TicketId::generate_in(queue.tag, p, partitions),
         _ => TicketId::generate(queue.tag),
     };
     let request = QueuedRequest {
@@ -218,6 +274,7 @@ async fn try_admit(
         forwarded_for: client.forwarded_for,
         forwarded_proto: client.proto.as_str().into(),
         admitted_at_ms: queue.clock.now_ms(),
+        product: product.clone(),
     };
     let ticket = request.ticket.clone();
     let outcome = queue
@@ -226,13 +283,15 @@ async fn try_admit(
             request,
             claim,
             AdmitLimits {
-                max_queue: queue.config().max_queue,
-                stock: queue.config().stock,
-                prequeue: match (prequeue, queue.config().prequeue_from) {
+                max_queue: config.max_queue,
+                stock: config.stock,
+                prequeue: match (prequeue, config.prequeue_from) {
                     (Some(_), _) => Prequeue::Now,
                     (None, Some(_)) => Prequeue::Configured,
                     (None, None) => Prequeue::None,
                 },
+                fair: fair_limits(&config, product.as_deref()),
+                pow,
             },
         )
         .await
@@ -264,6 +323,28 @@ async fn try_admit(
         }
         Admit::Replayed { ticket, .. } => Ok(replayed(queue, &ticket, wait, prequeue, rate).await),
         Admit::SoldOut => Err(sold_out().into()),
+        Admit::ProductSoldOut => {
+            let product = product.unwrap_or_default();
+            Err(Problem::new(
+                Code::SoldOut,
+                format!("the stock of `{product}` is exhausted"),
+            )
+            .product(&product)
+            .into())
+        }
+        // No Retry-After: the client's limit does not pass with time
+        // (until its window of `per_client_window` ends).
+        Admit::QuotaExceeded => Err(Problem::new(
+            Code::ClientQuotaExceeded,
+            "this client holds as many admissions as the sale allows one customer",
+        )
+        .into()),
+        Admit::PowReused => Err(Problem::new(
+            Code::PowReused,
+            "this proof of work was used by an earlier admission; solve a new challenge",
+        )
+        .challenge(proof::challenge_url(&queue.name))
+        .into()),
         Admit::KeyReused => Err(Problem::new(
             Code::IdempotencyKeyReused,
             "this Idempotency-Key was used with a different request",
@@ -278,6 +359,31 @@ async fn try_admit(
             .retry_after(ticket::retry_after(wait))
             .into())
         }
+    }
+}
+
+/// The partition every admission of `client` goes to, on a queue whose
+/// per-client rules need its count in one place (`None`: no such rule, or
+/// one partition). Admission and the replay lookup of a keyed request
+/// both follow it, so a client's quota is exact across partitions.
+pub(crate) fn partition_for(
+    config: &QueueConfig,
+    partitions: u32,
+    client: &str,
+    pow: bool,
+) -> Option<u32> {
+    (partitions > 1 && (config.per_client_rules() || pow))
+        .then(|| partition_of_client(client, partitions))
+}
+
+/// The fair sale's limits of one admission to `product`.
+fn fair_limits(config: &QueueConfig, product: Option<&str>) -> FairLimits {
+    FairLimits {
+        product_stock: product.and_then(|p| config.product_stock.get(p).copied()),
+        per_client: config.per_client_max,
+        per_client_product: config.per_client_max_per_product,
+        window_secs: config.per_client_window.as_secs(),
+        cancel_returns: config.cancel_returns_stock,
     }
 }
 

@@ -1,7 +1,8 @@
 //! Pages and documents for people and tools: the waiting room a shop links
 //! its customers to (`GET /waiting-room/{ticket}`) and the API description
-//! (`GET /openapi.json`). Both are built into the binary; the waiting room
-//! carries the shop's branding from the configuration (`waiting_room_*`).
+//! (`GET /openapi.json`), and the browser's proof-of-work solver
+//! (`GET /flashgate-pow.js`). All are built into the binary; the waiting
+//! room carries the shop's branding from the configuration (`waiting_room_*`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -23,6 +24,11 @@ const WAITING_ROOM: &str = include_str!("../../assets/waiting-room.html");
 
 /// `docs/openapi.yaml` as JSON, converted by `build.rs`.
 const OPENAPI_JSON: &str = include_str!(concat!(env!("OUT_DIR"), "/openapi.json"));
+
+/// The browser's proof-of-work solver: a script that is also its own Web
+/// Worker (README "Proof of work").
+const POW_JS: &str = include_str!("../../assets/flashgate-pow.js");
+const POW_JS_PATH: &str = "/flashgate-pow.js";
 
 /// Path prefix of the waiting room.
 const WAITING_ROOM_PREFIX: &str = "/waiting-room/";
@@ -191,7 +197,7 @@ impl Hex for [u8; 3] {
 pub fn serves(path: &str) -> bool {
     match path.strip_prefix(WAITING_ROOM_PREFIX) {
         Some(t) => !t.is_empty() && !t.contains('/'),
-        None => path == "/openapi.json",
+        None => path == "/openapi.json" || path == POW_JS_PATH,
     }
 }
 
@@ -200,7 +206,7 @@ pub fn route(method: &Method, path: &str, config: &Config) -> Option<Response<Bo
     let ticket = match path.strip_prefix(WAITING_ROOM_PREFIX) {
         Some(t) if !t.is_empty() && !t.contains('/') => Some(t),
         Some(_) => return None,
-        None if path == "/openapi.json" => None,
+        None if path == "/openapi.json" || path == POW_JS_PATH => None,
         None => return None,
     };
     if method != Method::GET && method != Method::HEAD {
@@ -208,7 +214,31 @@ pub fn route(method: &Method, path: &str, config: &Config) -> Option<Response<Bo
             .allow("GET, HEAD, OPTIONS".into());
         return Some(problem.into_response());
     }
-    Some(ticket.map_or_else(openapi, |t| waiting_room(t, config)))
+    Some(match ticket {
+        Some(t) => waiting_room(t, config),
+        None if path == POW_JS_PATH => pow_script(),
+        None => openapi(),
+    })
+}
+
+/// `GET /flashgate-pow.js`: the proof-of-work solver for browsers.
+pub fn pow_script() -> Response<Body> {
+    let mut resp = Response::new(full(POW_JS));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/javascript; charset=utf-8"),
+    );
+    // It changes only with a new build.
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    resp
 }
 
 /// `GET /waiting-room/{ticket}`: the page that follows a ticket for a person.

@@ -203,17 +203,16 @@ impl std::fmt::Display for EventId {
 pub fn knob_changes(old: &Knobs, new: &Knobs) -> Option<String> {
     let out: serde_json::Map<String, serde_json::Value> = knob_moves(old, new)
         .into_iter()
-        .map(|(name, a, b)| (name.into(), serde_json::json!({"old": a, "new": b})))
+        .map(|(name, a, b)| (name, serde_json::json!({"old": a, "new": b})))
         .collect();
     (!out.is_empty()).then(|| serde_json::Value::Object(out).to_string())
 }
 
 /// Each knob whose stored value differs between `old` and `new`: its name,
-/// old and new value as JSON (`null` = as configured), in a fixed order.
-pub fn knob_moves(
-    old: &Knobs,
-    new: &Knobs,
-) -> Vec<(&'static str, serde_json::Value, serde_json::Value)> {
+/// old and new value as JSON (`null` = as configured), in a fixed order;
+/// then a fair sale's products' knobs (`stock:<p>`, `sold_out:<p>`), as
+/// `KNOBS_LUA` names them.
+pub fn knob_moves(old: &Knobs, new: &Knobs) -> Vec<(String, serde_json::Value, serde_json::Value)> {
     use serde_json::{json, Value};
     // Whole rates as integers, as Redis's `cjson` writes them.
     let rate = |r: Option<f64>| match r {
@@ -221,9 +220,9 @@ pub fn knob_moves(
         other => json!(other),
     };
     let mut out = Vec::new();
-    let mut put = |name: &'static str, a: Value, b: Value| {
+    let mut put = |name: &str, a: Value, b: Value| {
         if a != b {
-            out.push((name, a, b));
+            out.push((name.to_string(), a, b));
         }
     };
     put("drain_rate", rate(old.drain_rate), rate(new.drain_rate));
@@ -231,6 +230,29 @@ pub fn knob_moves(
     put("stock", json!(old.stock), json!(new.stock));
     put("open", json!(old.open), json!(new.open));
     put("sold_out", json!(old.sold_out), json!(new.sold_out));
+    put(
+        "pow_difficulty",
+        json!(old.pow_difficulty),
+        json!(new.pow_difficulty),
+    );
+    let products = (old.products.keys()).chain(
+        new.products
+            .keys()
+            .filter(|p| !old.products.contains_key(*p)),
+    );
+    for p in products.collect::<Vec<_>>() {
+        let (a, b) = (old.products.get(p), new.products.get(p));
+        put(
+            &format!("stock:{p}"),
+            json!(a.and_then(|k| k.stock)),
+            json!(b.and_then(|k| k.stock)),
+        );
+        put(
+            &format!("sold_out:{p}"),
+            json!(a.is_some_and(|k| k.sold_out)),
+            json!(b.is_some_and(|k| k.sold_out)),
+        );
+    }
     out
 }
 

@@ -3,6 +3,7 @@
 //! ([`KnobStore`]) so a change on one instance reaches every instance, and
 //! each instance keeps a watched copy.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -34,10 +35,36 @@ pub struct Knobs {
     /// Set when stock ran out or the upstream said so: admissions get 410
     /// and waiting tickets fail without reaching the upstream.
     pub sold_out: bool,
+    /// Proof-of-work difficulty (leading zero bits); `None`: as configured.
+    pub pow_difficulty: Option<u8>,
     /// Counts changes, so a read that raced with a change cannot roll an
     /// instance's copy back.
     #[serde(skip)]
     pub version: u64,
+    /// A fair sale's products with a knob set (`stock:<p>`, `sold_out:<p>`).
+    #[serde(skip)]
+    pub products: BTreeMap<String, ProductKnobs>,
+}
+
+/// One product's knobs; absent: as configured, not sold out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProductKnobs {
+    /// Its stock set at run time (the admin API).
+    pub stock: Option<u64>,
+    /// Set when the upstream said it is sold out: its admissions get 410
+    /// and its waiting tickets fail without reaching the upstream.
+    pub sold_out: bool,
+}
+
+/// A change to one product's knobs; absent fields stay as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProductPatch {
+    /// `Some(None)` returns to the configured stock.
+    pub stock: Option<Option<u64>>,
+    /// Adds units (or takes them away, not below 0) to the stock in force,
+    /// in the same step: `(units, configured stock)`.
+    pub add: Option<(i64, u64)>,
+    pub sold_out: Option<bool>,
 }
 
 /// A change to the knobs (`PATCH /admin/queues/{name}`); absent fields stay
@@ -59,6 +86,13 @@ pub struct KnobsPatch {
     pub open: Option<Option<bool>>,
     #[serde(default, deserialize_with = "present")]
     pub sold_out: Option<bool>,
+    /// Products' knobs (the admin API's stock routes, the drain); not
+    /// part of the PATCH body.
+    #[serde(skip)]
+    pub products: BTreeMap<String, ProductPatch>,
+    /// 0-32 bits (0 = off); `Some(None)` returns to the configured one.
+    #[serde(default, deserialize_with = "present_bits")]
+    pub pow_difficulty: Option<Option<u8>>,
 }
 
 /// A field that is present: its value, `null` only where the type allows it
@@ -94,6 +128,22 @@ where
     }
 }
 
+/// A present number of bits (0-32), or `null`; like [`present_count`], a
+/// zero fraction is still a whole number.
+fn present_bits<'de, D>(d: D) -> Result<Option<Option<u8>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::Error;
+    match present_count(d)? {
+        // The range (0-32) is `validate`'s to check.
+        Some(Some(n)) => u8::try_from(n)
+            .map(|bits| Some(Some(bits)))
+            .map_err(|_| D::Error::custom(format!("`{n}` is not a whole number from 0 to 32"))),
+        other => Ok(other.map(|_| None)),
+    }
+}
+
 impl KnobsPatch {
     /// Parses a `PATCH /admin/queues/{name}` body; errors name the field.
     pub fn from_json(body: &[u8]) -> Result<Self, String> {
@@ -119,6 +169,13 @@ impl KnobsPatch {
                 "`stock` must be a whole number from 0 to {MAX_STOCK}"
             ));
         }
+        if patch
+            .pow_difficulty
+            .flatten()
+            .is_some_and(|d| d > crate::config::MAX_POW_DIFFICULTY)
+        {
+            return Err("`pow_difficulty` must be a whole number from 0 to 32".into());
+        }
         Ok(patch)
     }
 
@@ -138,6 +195,25 @@ impl KnobsPatch {
         }
         if let Some(s) = self.sold_out {
             k.sold_out = s;
+        }
+        for (name, patch) in &self.products {
+            let product = k.products.entry(name.clone()).or_default();
+            if let Some(s) = patch.stock {
+                product.stock = s;
+            }
+            if let Some((units, configured)) = patch.add {
+                let base = product.stock.unwrap_or(configured);
+                product.stock = Some(base.saturating_add_signed(units));
+            }
+            if let Some(s) = patch.sold_out {
+                product.sold_out = s;
+            }
+            if *product == ProductKnobs::default() {
+                k.products.remove(name);
+            }
+        }
+        if let Some(d) = self.pow_difficulty {
+            k.pow_difficulty = d;
         }
     }
 }
@@ -254,6 +330,22 @@ impl Knobs {
         self.stock.or(config.stock)
     }
 
+    /// A product's stock in force (`None`: the queue does not sell it).
+    pub fn product_stock(&self, config: &QueueConfig, product: &str) -> Option<u64> {
+        let knob = self.products.get(product).and_then(|p| p.stock);
+        knob.or_else(|| config.product_stock.get(product).copied())
+    }
+
+    /// Whether the upstream said `product` is sold out.
+    pub fn product_sold_out(&self, product: &str) -> bool {
+        self.products.get(product).is_some_and(|p| p.sold_out)
+    }
+
+    /// The proof-of-work difficulty in force (0 = off).
+    pub fn pow_difficulty(&self, config: &QueueConfig) -> u8 {
+        self.pow_difficulty.unwrap_or(config.pow_difficulty)
+    }
+
     /// The sale's phase at `now`: an operator's open/close wins over the schedule.
     pub fn phase(&self, config: &QueueConfig, now: SystemTime) -> Phase {
         match self.open {
@@ -298,6 +390,13 @@ mod tests {
         assert_eq!(p.open, Some(Some(false)));
         let most = KnobsPatch::from_json(br#"{"stock": 9007199254740991, "sold_out": true}"#);
         assert_eq!(most.unwrap().stock, Some(Some(MAX_STOCK)));
+        let pow = KnobsPatch::from_json(br#"{"pow_difficulty": 20}"#).unwrap();
+        assert_eq!(pow.pow_difficulty, Some(Some(20)));
+        // JSON Schema's integer: a zero fraction is still a whole number.
+        let pow = KnobsPatch::from_json(br#"{"pow_difficulty": 11.0}"#).unwrap();
+        assert_eq!(pow.pow_difficulty, Some(Some(11)));
+        let pow = KnobsPatch::from_json(br#"{"pow_difficulty": null}"#).unwrap();
+        assert_eq!(pow.pow_difficulty, Some(None));
         let whole = KnobsPatch::from_json(br#"{"stock": 3292.0}"#).unwrap();
         assert_eq!(whole.stock, Some(Some(3292)));
         for (body, field) in [
@@ -312,6 +411,8 @@ mod tests {
             (br#"{"sold_out": null}"#, "sold_out"),
             (br#"[1]"#, "body"),
             (br#"{"open": 1}"#, "open"),
+            (br#"{"pow_difficulty": 33}"#, "pow_difficulty"),
+            (br#"{"pow_difficulty": -1}"#, "pow_difficulty"),
         ] {
             let err = KnobsPatch::from_json(body).unwrap_err();
             assert!(err.contains(field), "{err}");

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::QueueError;
+use crate::ticket::pow::Solved;
 use crate::ticket::{StoredResponse, TicketError, TicketId};
 
 /// A request as admitted, stored whole so any instance can replay it.
@@ -33,6 +34,9 @@ pub struct QueuedRequest {
     /// `X-Forwarded-Proto` to send upstream.
     pub forwarded_proto: String,
     pub admitted_at_ms: u64,
+    /// The product it buys (`product_from`); `None` on queues without
+    /// products and on entries stored before they existed.
+    pub product: Option<String>,
 }
 
 /// An `Idempotency-Key` claim, already scoped to the client and hashed.
@@ -42,6 +46,10 @@ pub struct IdempotencyClaim {
     pub key: String,
     /// Hex digest of what the request asks for (method, path, body).
     pub fingerprint: String,
+    /// The partition its tickets live in when admission chose it (a
+    /// per-client rule routes a client's admissions to one partition);
+    /// `None`: the key's own ([`super::partition_of_claim`]).
+    pub partition: Option<u32>,
 }
 
 /// The backend's decision on one admission.
@@ -62,6 +70,13 @@ pub enum Admit {
     QueueFull { depth: u64 },
     /// The stock is exhausted or the queue was flipped to sold out.
     SoldOut,
+    /// The request's product is sold out (its stock spent, or flipped).
+    ProductSoldOut,
+    /// The client holds as many admissions as `per_client_max` (or
+    /// `per_client_max_per_product`) allows.
+    QuotaExceeded,
+    /// The proof-of-work seed was spent by an earlier admission.
+    PowReused,
 }
 
 /// The limits an admission is checked against, atomically with the enqueue.
@@ -73,6 +88,29 @@ pub struct AdmitLimits {
     pub stock: Option<u64>,
     /// Whether the entry joins the pre-queue.
     pub prequeue: Prequeue,
+    /// The fair sale's limits (README "Running a fair sale").
+    pub fair: FairLimits,
+    /// The proof-of-work seed this admission spends, when the queue asks
+    /// for one: refused ([`Admit::PowReused`]) if any admission spent it
+    /// before, else recorded until the seed expires.
+    pub pow: Option<Solved>,
+}
+
+/// Limits of a fair sale, checked in the admission's atomic step after
+/// the stock and before the capacity.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FairLimits {
+    /// The configured stock of the request's product (a run-time knob
+    /// wins); `None`: the request names no product.
+    pub product_stock: Option<u64>,
+    /// Admissions one client may hold in the queue.
+    pub per_client: Option<u64>,
+    /// Admissions one client may hold per product.
+    pub per_client_product: Option<u64>,
+    /// How long a client's count lives after its last admission.
+    pub window_secs: u64,
+    /// A cancel gives the unit and the client's place back.
+    pub cancel_returns: bool,
 }
 
 /// The pre-queue, as far as one admission is concerned.
@@ -128,6 +166,9 @@ pub struct QueueStats {
     pub oldest_age: Option<Duration>,
     pub admitted: u64,
     pub dispatched: u64,
+    /// Units cancelled tickets gave back to the stock: the stock left is
+    /// the stock minus `admitted - returned`.
+    pub returned: u64,
 }
 
 /// What tending the work stream found ([`Line::tend_stream`]).
@@ -259,6 +300,11 @@ pub trait Line: Send + Sync + 'static {
     /// Called for the gauges (every second) and the admin API: depth,
     /// in-flight count and oldest age, cheaply (no scan of the queue).
     async fn stats(&self) -> Result<QueueStats, QueueError>;
+
+    /// Called for the admin API and the gauges (every second, on queues
+    /// with products): the units each product's admissions hold, cancels
+    /// given back — products never admitted are absent.
+    async fn products_sold(&self) -> Result<std::collections::BTreeMap<String, u64>, QueueError>;
 
     /// Called every second by the queue's upkeep: each partition's
     /// dispatched count, in partition order, so positions of queued tickets

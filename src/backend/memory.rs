@@ -6,6 +6,7 @@
 mod changes;
 mod dead;
 mod events;
+mod fair;
 mod knobs;
 mod line;
 mod schedule;
@@ -53,6 +54,8 @@ struct State {
     pending: HashMap<u64, QueuedRequest, Fast>,
     tickets: HashMap<TicketId, (TicketRecord, Instant), Fast>,
     idempotency: HashMap<String, Claimed, Fast>,
+    /// Proof-of-work seeds spent, until each expires.
+    pow_spent: HashMap<[u8; 14], Instant, Fast>,
     /// Dead letters by id, oldest first.
     dead: dead::DeadBuf,
     admitted: u64,
@@ -74,6 +77,8 @@ struct State {
     decreased: Option<tokio::time::Instant>,
     /// The event log, written under this lock with each change.
     events: events::EventBuf,
+    /// Products and per-client counts of a fair sale.
+    fair: fair::Fair,
 }
 
 struct Claimed {
@@ -139,6 +144,9 @@ impl State {
         self.last_sweep = Some(now);
         self.tickets.retain(|_, (_, expires)| *expires > now);
         self.idempotency.retain(|_, c| c.expires > now);
+        let tickets = &self.tickets;
+        self.fair.sweep(|t| tickets.contains_key(t));
+        self.pow_spent.retain(|_, expires| *expires > now);
     }
 
     /// Ends a delivery: the ticket takes its final state through `update`,

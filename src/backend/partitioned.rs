@@ -64,9 +64,19 @@ impl Partitioned {
     }
 }
 
-/// The partition an idempotency claim's tickets live in, of `partitions`.
+/// The partition an idempotency claim's tickets live in, of `partitions`:
+/// the one admission chose for it (a per-client rule), else its key's.
 pub fn partition_of_claim(claim: &IdempotencyClaim, partitions: u32) -> u32 {
-    (fnv1a(claim.key.as_bytes()) % u64::from(partitions.max(1))) as u32
+    claim
+        .partition
+        .unwrap_or_else(|| (fnv1a(claim.key.as_bytes()) % u64::from(partitions.max(1))) as u32)
+}
+
+/// The partition every admission of one client goes to, of `partitions`,
+/// when a per-client rule needs its count in one place (a quota, or proof
+/// of work: a seed is recorded where its every use goes).
+pub fn partition_of_client(client: &str, partitions: u32) -> u32 {
+    (fnv1a(client.as_bytes()) % u64::from(partitions.max(1))) as u32
 }
 
 /// The line: an admission goes to its ticket's partition, the drain reads
@@ -102,7 +112,10 @@ impl Line for Partitioned {
 
     async fn replay(&self, claim: &IdempotencyClaim) -> Result<Option<Admit>, QueueError> {
         // Admission drew the claim's tickets into this partition.
-        self.parts[partition_of_claim(claim, self.count()) as usize]
+        let part = partition_of_claim(claim, self.count()) as usize;
+        self.parts
+            .get(part)
+            .ok_or_else(|| QueueError::Protocol(format!("no partition {part}")))?
             .replay(claim)
             .await
     }
@@ -196,8 +209,20 @@ impl Line for Partitioned {
             total.depth += s.depth;
             total.in_flight += s.in_flight;
             total.admitted += s.admitted;
+            total.returned += s.returned;
             total.dispatched += s.dispatched;
             total.oldest_age = total.oldest_age.max(s.oldest_age);
+        }
+        Ok(total)
+    }
+
+    async fn products_sold(&self) -> Result<std::collections::BTreeMap<String, u64>, QueueError> {
+        // Each partition sells its share of each product.
+        let mut total = std::collections::BTreeMap::new();
+        for part in &self.parts {
+            for (product, n) in part.products_sold().await? {
+                *total.entry(product).or_insert(0) += n;
+            }
         }
         Ok(total)
     }

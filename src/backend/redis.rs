@@ -20,6 +20,7 @@ mod reply;
 mod schedule;
 mod schema;
 mod scripts;
+mod sentinel;
 mod tickets;
 mod trim;
 
@@ -32,6 +33,7 @@ use redis::{Cmd, ErrorKind, FromRedisValue, RedisError, Script, ServerErrorKind}
 use crate::backend::{EventSettings, QueueError};
 use crate::config::RedisEndpoint as Endpoint;
 use conn::Conn;
+use durability::Replicated;
 use group::Claims;
 use schema::Keys;
 use scripts::{
@@ -54,6 +56,9 @@ pub struct RedisQueueConfig {
     pub partitions: u32,
     /// How long lifecycle events are kept; `None`: none are written.
     pub events: Option<Duration>,
+    /// `durability = replicated`: how long a write waits for a replica's
+    /// acknowledgement; `None`: `local`, the primary's write is enough.
+    pub replicated: Option<Duration>,
 }
 
 /// A queue stored in a Redis stream.
@@ -67,6 +72,17 @@ pub struct RedisQueue {
     events: Option<EventSettings>,
     /// Ordinary commands: multiplexed and reconnecting.
     conn: Conn,
+    /// Admissions' script calls: `conn`, or with `durability =
+    /// replicated` a connection of their own (a `WAIT` holds up every
+    /// command behind it on its connection).
+    admit_conn: Conn,
+    /// `durability = replicated`: the wait, and the connection the drain's
+    /// recording writes go on, each followed by its wait.
+    replicated: Option<(Replicated, Conn)>,
+    /// Entries whose recording write no replica has acknowledged yet.
+    /// Entries whose recording write no replica has acknowledged yet, with
+    /// the generation of the primary it was written on.
+    unreplicated: Mutex<std::collections::HashMap<String, u64>>,
     /// `XREADGROUP BLOCK` only: a blocked read would stall every command
     /// multiplexed behind it, and needs a response timeout above the block.
     reader: Conn,
@@ -101,6 +117,16 @@ impl RedisQueue {
         let endpoint = Endpoint::parse(&config.url).map_err(QueueError::Unavailable)?;
         let conn = Conn::open(&endpoint, CONNECT_TIMEOUT, RESPONSE_TIMEOUT)?;
         let reader = Conn::open(&endpoint, CONNECT_TIMEOUT, max_block + RESPONSE_TIMEOUT)?;
+        let (admit_conn, replicated) = match config.replicated {
+            None => (conn.clone(), None),
+            Some(timeout) => (
+                Conn::open(&endpoint, CONNECT_TIMEOUT, RESPONSE_TIMEOUT)?,
+                Some((
+                    Replicated::new(timeout),
+                    Conn::open(&endpoint, CONNECT_TIMEOUT, RESPONSE_TIMEOUT)?,
+                )),
+            ),
+        };
         Ok(RedisQueue {
             keys: Keys::new(
                 &config.prefix,
@@ -117,6 +143,9 @@ impl RedisQueue {
                 retention,
             }),
             conn,
+            admit_conn,
+            replicated,
+            unreplicated: Mutex::new(Default::default()),
             reader,
             endpoint,
             admit_script: Script::new(ADMIT_LUA),

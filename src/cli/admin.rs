@@ -40,6 +40,9 @@ pub enum AdminAction {
     Set(SetArgs),
     /// A queue's dead letters: list, show, replay, discard.
     DeadLetters(super::dead_letters::DeadLettersArgs),
+    /// A fair sale's stock per product: list, show, set (`--set N`) or add
+    /// to (`--add N`) one product's.
+    Stock(super::stock::StockArgs),
 }
 
 /// One flag per knob of `PATCH /admin/queues/{name}`; `--clear KNOB` (or
@@ -53,8 +56,9 @@ pub struct SetArgs {
     #[arg(long)]
     pub drain_rate: Option<f64>,
     /// Clear a runtime override, back to the configured value:
-    /// `drain_rate`, `stock` or `open` (the schedule); repeatable.
-    #[arg(long, value_name = "KNOB", value_parser = ["drain_rate", "stock", "open"])]
+    /// `drain_rate`, `stock`, `open` (the schedule) or `pow_difficulty`;
+    /// repeatable.
+    #[arg(long, value_name = "KNOB", value_parser = ["drain_rate", "stock", "open", "pow_difficulty"])]
     pub clear: Vec<String>,
     /// Stop dispatching (admission goes on).
     #[arg(long, conflicts_with = "resume")]
@@ -84,6 +88,10 @@ pub struct SetArgs {
     /// Lift the sold-out flag (after a restock, or a sold out declared by mistake).
     #[arg(long)]
     pub not_sold_out: bool,
+    /// Proof-of-work difficulty, leading zero bits 0-32 (0 = off): raise it
+    /// during an attack; challenges issued at a lower one are refused.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=32))]
+    pub pow_difficulty: Option<u8>,
 }
 
 impl SetArgs {
@@ -111,6 +119,9 @@ impl SetArgs {
         if self.sold_out || self.not_sold_out {
             body.insert("sold_out".into(), self.sold_out.into());
         }
+        if let Some(d) = self.pow_difficulty {
+            body.insert("pow_difficulty".into(), d.into());
+        }
         for knob in &self.clear {
             body.insert(knob.clone(), Value::Null);
         }
@@ -121,7 +132,7 @@ impl SetArgs {
 /// Why an admin call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    #[error("nothing to change: give at least one of --drain-rate, --pause, --resume, --stock, --configured-stock, --open, --close, --schedule, --sold-out, --not-sold-out, --clear")]
+    #[error("nothing to change: give at least one of --drain-rate, --pause, --resume, --stock, --configured-stock, --open, --close, --schedule, --sold-out, --not-sold-out, --pow-difficulty, --clear")]
     NothingToChange,
     #[error(transparent)]
     DeadLetters(#[from] super::dead_letters::DeadLettersError),
@@ -144,6 +155,10 @@ pub async fn run(args: AdminArgs) -> Result<String, AdminError> {
         AdminAction::DeadLetters(dead) => {
             let json = args.output == Output::Json;
             Ok(super::dead_letters::run(base, token, json, dead).await?)
+        }
+        AdminAction::Stock(stock) => {
+            let json = args.output == Output::Json;
+            Ok(super::stock::run(base, token, json, stock).await?)
         }
         AdminAction::Set(set) => {
             let body = set.body();
@@ -231,15 +246,17 @@ fn queues_table(answer: &Value) -> String {
 /// The knobs a `set` moved, old -> new; in force first, then the stored
 /// overrides (`-` = none, as configured).
 fn changes(queue: &str, before: &Value, after: &Value) -> String {
-    const SHOWN: [(&str, &str); 8] = [
+    const SHOWN: [(&str, &str); 10] = [
         ("drain_rate", "/drain_rate"),
         ("paused", "/paused"),
         ("stock", "/stock"),
         ("sold_out", "/sold_out"),
         ("sale", "/sale"),
+        ("pow_difficulty", "/pow_difficulty"),
         ("override drain_rate", "/overrides/drain_rate"),
         ("override stock", "/overrides/stock"),
         ("override open", "/overrides/open"),
+        ("override pow_difficulty", "/overrides/pow_difficulty"),
     ];
     let mut t = Table::new(&["QUEUE", "KNOB", "OLD", "", "NEW"]);
     let mut moved = false;

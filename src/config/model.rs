@@ -11,7 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::units::{self, Size};
-use super::values::{AccessLog, AdminToken, ClientKey, Route};
+use super::values::{AccessLog, AdminToken, ClientKey, ProductFrom, Route};
 
 /// The effective configuration of one gateway process.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -39,8 +39,10 @@ pub struct Config {
     #[serde(deserialize_with = "units::opt_addr")]
     #[schemars(with = "Option<units::Addr>")]
     pub health_listen: Option<SocketAddr>,
-    /// `redis[s]://` URL, or `redis[s]+cluster://host:port,host:port` for a
-    /// cluster. Default: none, the embedded in-process queue.
+    /// `redis[s]://` URL, `redis[s]+cluster://host:port,host:port` for a
+    /// cluster, or `redis[s]+sentinel://host:port,host:port/MASTER` for a
+    /// primary found (and followed across failovers) through Redis
+    /// Sentinel. Default: none, the embedded in-process queue.
     #[serde(
         serialize_with = "units::ser_redacted_url",
         deserialize_with = "units::non_empty"
@@ -49,6 +51,18 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// Prefix of every Redis key and channel. Default `flashgate`.
     pub redis_prefix: String,
+    /// When an admission's 202 is sent: `local`, once the primary has
+    /// written it (and applied its own fsync policy), or `replicated`, once
+    /// at least one replica has it too (`WAIT 1`, `WAITAOF 0 1` on Redis 7.2+),
+    /// else 503 `unavailable`; the drain's recording writes wait the same
+    /// way. `replicated` needs `redis_url`. Default `local`.
+    pub durability: Durability,
+    /// Longest wait for a replica's acknowledgement with `durability =
+    /// replicated`, from 1ms to 1s (an admission's whole Redis call has
+    /// 2s). Default `1s`.
+    #[serde(with = "units::duration")]
+    #[schemars(with = "units::Dur")]
+    pub durability_timeout: Duration,
     /// Stable name of this instance in the stream's consumer group. Default:
     /// `hostname:port` of `listen`.
     pub consumer: String,
@@ -213,6 +227,49 @@ pub struct QueueConfig {
     pub max_attempts: u32,
     /// Admissions allowed in total (then 410 sold_out). Default: unlimited.
     pub stock: Option<u64>,
+    // -- A fair sale: stock per product, a limit per client (README
+    //    "Running a fair sale").
+    /// Where an admission names its product: `path:/checkout/{sku}` (that
+    /// segment of the route's path), `json:/sku` (a JSON pointer into the
+    /// body), `query:sku` or `header:X-Sku`. The products are the keys of
+    /// `product_stock`: another is refused 404 unknown_product, none 400
+    /// invalid_product. Default: none (no products).
+    #[serde(default)]
+    pub product_from: Option<ProductFrom>,
+    /// Units of each product, a table (`[queue.product_stock]
+    /// "sneaker-42" = 100`) or, from a flag or variable, a JSON object;
+    /// at most 1000 products. Each product's admissions stop at its stock
+    /// (410 sold_out naming it); `stock` still caps the queue's total.
+    /// Default: none.
+    #[serde(deserialize_with = "units::count_map")]
+    #[schemars(with = "std::collections::BTreeMap<String, u64>")]
+    pub product_stock: std::collections::BTreeMap<String, u64>,
+    /// Admissions one client (`client_key`) may hold in this queue over
+    /// `per_client_window`, across every instance (then 429
+    /// client_quota_exceeded). Default: unlimited.
+    pub per_client_max: Option<u64>,
+    /// Admissions one client may hold per product over
+    /// `per_client_window`. Default: unlimited.
+    pub per_client_max_per_product: Option<u64>,
+    /// How long a client's admissions count against its limits after its
+    /// last one, at least 1s. Default `24h`.
+    #[serde(with = "units::duration")]
+    #[schemars(with = "units::Dur")]
+    pub per_client_window: Duration,
+    /// A cancelled ticket gives its unit back to the stock (the queue's
+    /// and its product's) and its place back to its client's limits.
+    /// Default `true`.
+    pub cancel_returns_stock: bool,
+    // -- end of the fair sale's keys.
+    /// Proof of work before the queue: the leading zero bits a solution of
+    /// a `GET /challenge` seed must have (an admission without one gets
+    /// 403 `pow_required`), 0-32; 0 = off. An operator raises it at run
+    /// time with `PATCH /admin/queues/{name}`. Default `0`.
+    pub pow_difficulty: u8,
+    /// How long a challenge seed stays good for, 10s-1h. Default `5m`.
+    #[serde(with = "units::duration")]
+    #[schemars(with = "units::Dur")]
+    pub pow_ttl: Duration,
     /// RFC 3339 time the sale opens; before it admissions get 503
     /// sale_not_open. Default: open.
     #[serde(with = "units::time")]
@@ -281,6 +338,18 @@ pub struct AdaptiveBounds {
     pub ceiling: f64,
 }
 
+/// What an admission's 202 waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// The primary's write (and its own fsync policy): a failover can lose
+    /// 202s the replica had not received.
+    #[default]
+    Local,
+    /// The primary's write and one replica's acknowledgement.
+    Replicated,
+}
+
 /// What happens to a request header whose name contains `_`. Proxies differ
 /// on whether `X_User` and `X-User` are one header, which lets a client
 /// smuggle a value past a check made on the other spelling.
@@ -315,6 +384,8 @@ impl Default for Config {
             health_listen: None,
             redis_url: None,
             redis_prefix: "flashgate".into(),
+            durability: Durability::Local,
+            durability_timeout: Duration::from_secs(1),
             // Filled in by `validate`: it depends on `listen`.
             consumer: String::new(),
             passthrough: false,
@@ -371,6 +442,14 @@ impl Default for QueueConfig {
             upstream_timeout: Duration::from_secs(10),
             max_attempts: 5,
             stock: None,
+            product_from: None,
+            product_stock: Default::default(),
+            per_client_max: None,
+            per_client_max_per_product: None,
+            per_client_window: Duration::from_secs(24 * 3600),
+            cancel_returns_stock: true,
+            pow_difficulty: 0,
+            pow_ttl: Duration::from_secs(300),
             opens_at: None,
             closes_at: None,
             prequeue_from: None,

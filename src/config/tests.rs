@@ -132,6 +132,20 @@ fn bad_values_name_their_key() {
         ("redis_url = \"http://x\"", "redis_url"),
         ("redis_url = \"rediss://u:pw@h:notaport/\"", "redis_url"),
         ("redis_url = \"redis+cluster://a:1,b:x\"", "redis_url"),
+        (
+            "redis_url = \"redis+sentinel://a:26379\"",
+            "names its master",
+        ),
+        ("redis_url = \"redis+sentinel://a:x/shop\"", "redis_url"),
+        (
+            "durability = \"replicated\"",
+            "`replicated` needs redis_url",
+        ),
+        ("durability = \"always\"", "durability"),
+        (
+            "redis_url = \"redis://a:1\"\ndurability_timeout = \"5s\"",
+            "durability_timeout",
+        ),
         ("route = [\"POST checkout\"]", "routes"),
         ("drain_rate = 0", "drain_rate"),
         ("adaptive = true\nadaptive_ceiling = 0", "adaptive_ceiling"),
@@ -248,6 +262,21 @@ fn printed_config_redacts_secrets() {
     assert!(!printed.contains("hunter2"), "{printed}");
     assert!(!printed.contains("s3cret"), "{printed}");
     assert!(printed.contains("redis://app:<redacted>@127.0.0.1:6379/0"));
+
+    let text = "redis_url = \"redis+sentinel://app:s3cret@a:26379,b:26379/shop?sentinel_password=hunter2\"\ndurability = \"replicated\"\n";
+    let c = resolve(text, WITH_UPSTREAM).unwrap();
+    assert_eq!(c.durability, super::Durability::Replicated);
+    let printed = c.to_toml();
+    assert!(
+        !printed.contains("hunter2") && !printed.contains("s3cret"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains(
+            "redis+sentinel://app:<redacted>@a:26379,b:26379/shop?sentinel_password=<redacted>"
+        ),
+        "{printed}"
+    );
 }
 
 #[test]

@@ -99,8 +99,19 @@ pub fn ser_redacted_url_str<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::
     s.serialize_str(&redact_url(url))
 }
 
-/// `redis://user:secret@host` → `redis://user:<redacted>@host`.
+/// `redis://user:secret@host` → `redis://user:<redacted>@host`; a
+/// `redis+sentinel://` URL's `sentinel_password=` in the query too.
 pub fn redact_url(url: &str) -> String {
+    if let Some((head, query)) = url.split_once('?') {
+        let query: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some(("sentinel_password", _)) => "sentinel_password=<redacted>".to_string(),
+                _ => pair.to_string(),
+            })
+            .collect();
+        return format!("{}?{}", redact_url(head), query.join("&"));
+    }
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
@@ -188,6 +199,28 @@ pub fn opt_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<std::net::Sock
 /// `FLASHGATE_*` variable does).
 pub fn non_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     Ok(Option::<String>::deserialize(d)?.filter(|s| !s.is_empty()))
+}
+
+/// A map of names to counts: a table, or a JSON object as a flag or
+/// variable gives it (`product_stock`).
+pub fn count_map<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<std::collections::BTreeMap<String, u64>, D::Error> {
+    use std::collections::BTreeMap;
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Counts {
+        Table(BTreeMap<String, u64>),
+        Json(String),
+    }
+    match Counts::deserialize(d)? {
+        Counts::Table(map) => Ok(map),
+        Counts::Json(text) => serde_json::from_str(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "from a flag or variable, a JSON object of whole numbers (`{{\"sku\": 100}}`): {e}"
+            ))
+        }),
+    }
 }
 
 /// A list whose items may themselves be comma-separated (`["a,b", "c"]`, or

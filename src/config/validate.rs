@@ -19,6 +19,9 @@ impl Rules {
 }
 
 const AT_LEAST_1: &str = "must be at least 1";
+/// The largest stock: 2^53 - 1, the largest whole number Redis scripts
+/// (which count in doubles) hold exactly.
+const MAX_UNITS: u64 = (1 << 53) - 1;
 
 impl Config {
     /// Checks every value and fills in those that default from others
@@ -30,7 +33,10 @@ impl Config {
             "rediss://",
             "redis+cluster://",
             "rediss+cluster://",
+            "redis+sentinel://",
+            "rediss+sentinel://",
         ];
+        let redis_error = redis.and_then(|u| super::RedisEndpoint::parse(u).err());
         let secret_len = self.ticket_secret.as_ref().map_or(usize::MAX, String::len);
         let min_secret = super::MIN_SECRET_LEN;
         let prefix = &self.redis_prefix;
@@ -79,12 +85,25 @@ impl Config {
             .check(
                 redis.is_none_or(|u| schemes.iter().any(|s| u.starts_with(s))),
                 "redis_url",
-                "must start with redis://, rediss:// or, for a cluster, redis+cluster://",
+                "must start with redis://, rediss://, for a cluster redis+cluster:// or, through Sentinel, redis+sentinel://",
             )
             .check(
-                redis.is_none_or(|u| super::RedisEndpoint::parse(u).is_ok()),
+                redis_error.is_none(),
                 "redis_url",
-                "is not a valid address (host, port, database)",
+                match redis_error.as_deref() {
+                    Some(e) if e.contains("sentinel") => e.trim_start_matches("bad redis url: ").to_string(),
+                    _ => "is not a valid address (host, port, database)".to_string(),
+                },
+            )
+            .check(
+                self.durability == super::Durability::Local || redis.is_some(),
+                "durability",
+                "`replicated` needs redis_url: the embedded queue has no replica (it is lost with the process)",
+            )
+            .check(
+                (Duration::from_millis(1)..=second).contains(&self.durability_timeout),
+                "durability_timeout",
+                "must be from 1ms to 1s",
             )
             .check(
                 !prefix.is_empty() && !prefix.contains(['{', '}']),
@@ -292,11 +311,98 @@ impl QueueConfig {
                 "must be before opens_at",
             )
             .check(
+                self.pow_difficulty <= super::MAX_POW_DIFFICULTY,
+                key("pow_difficulty"),
+                "must be from 0 (off) to 32 bits",
+            )
+            .check(
+                (10..=3600).contains(&self.pow_ttl.as_secs()),
+                key("pow_ttl"),
+                "must be from 10s to 1h",
+            )
+            .check(
                 bad_status.is_none(),
                 key("sold_out_statuses"),
                 format!("{} is not an HTTP status", bad_status.unwrap_or(&0)),
             )
+            .0?;
+        self.validate_fair_sale(i)
+    }
+
+    /// The fair sale's keys: products, their stock, the per-client limits.
+    fn validate_fair_sale(&self, i: usize) -> Result<(), ConfigError> {
+        use super::ProductFrom;
+        let key = |k: &str| format!("queue[{i}].{k}");
+        let from = self.product_from.as_ref();
+        let products = &self.product_stock;
+        let bad_name = products.keys().find(|p| !ProductFrom::valid_product(p));
+        let too_much = products.iter().find(|(_, n)| **n > MAX_UNITS);
+        let unfit = (self.routes.iter()).find(|r| from.is_some_and(|f| !f.fits_route(&r.path)));
+        Rules(Ok(()))
+            .check(
+                from.is_none() || !products.is_empty(),
+                key("product_stock"),
+                "product_from needs the products: their stock, e.g. {\"sneaker-42\" = 100}",
+            )
+            .check(
+                from.is_some() || products.is_empty(),
+                key("product_from"),
+                "product_stock needs product_from: where a request names its product",
+            )
+            .check(
+                from.is_some() || self.per_client_max_per_product.is_none(),
+                key("per_client_max_per_product"),
+                "needs product_from",
+            )
+            .check(
+                products.len() <= ProductFrom::MAX_PRODUCTS,
+                key("product_stock"),
+                format!("at most {} products", ProductFrom::MAX_PRODUCTS),
+            )
+            .check(
+                bad_name.is_none(),
+                key("product_stock"),
+                format!(
+                    "`{}`: a product is 1-64 visible ASCII characters, no `:` nor `/`",
+                    bad_name.map_or("", String::as_str)
+                ),
+            )
+            .check(
+                too_much.is_none(),
+                key("product_stock"),
+                format!(
+                    "`{}`: at most {} units",
+                    too_much.map_or("", |(p, _)| p.as_str()),
+                    MAX_UNITS
+                ),
+            )
+            .check(
+                unfit.is_none(),
+                key("product_from"),
+                format!(
+                    "`{}` does not fit route `{}`: the template must have the route's segments, one of them the product's",
+                    from.map(ToString::to_string).unwrap_or_default(),
+                    unfit.map(ToString::to_string).unwrap_or_default()
+                ),
+            )
+            .check(self.per_client_max != Some(0), key("per_client_max"), AT_LEAST_1)
+            .check(
+                self.per_client_max_per_product != Some(0),
+                key("per_client_max_per_product"),
+                AT_LEAST_1,
+            )
+            .check(
+                self.per_client_window >= Duration::from_secs(1),
+                key("per_client_window"),
+                "must be at least 1s",
+            )
             .0
+    }
+
+    /// Whether a per-client rule is on: every admission of a client then
+    /// goes to one partition, so its count is exact.
+    pub fn per_client_rules(&self) -> bool {
+        self.per_client_max.is_some() || self.per_client_max_per_product.is_some()
     }
 }
 

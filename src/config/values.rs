@@ -40,6 +40,103 @@ impl std::fmt::Display for Route {
     }
 }
 
+/// Where an admission's product is read (`product_from`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProductFrom {
+    /// `path:/checkout/{sku}`: the route's path segments, one of them
+    /// (`{…}`) the product's.
+    Path(Vec<String>),
+    /// `json:/sku`: a JSON pointer (RFC 6901) into the request body.
+    Json(String),
+    /// `query:sku`: a query parameter.
+    Query(String),
+    /// `header:X-Sku`: a request header.
+    Header(http::HeaderName),
+}
+
+impl ProductFrom {
+    /// Products at most (configured and added at run time): the label
+    /// values of the per-product metrics stay bounded.
+    pub const MAX_PRODUCTS: usize = 1000;
+
+    /// Whether `name` may name a product: 1-64 visible ASCII characters
+    /// other than `:` (it is part of Redis field names) and `/`.
+    pub fn valid_product(name: &str) -> bool {
+        (1..=64).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b':' && b != b'/')
+    }
+
+    /// Whether a path template's segment is the product's (`{sku}`).
+    pub fn is_slot(segment: &str) -> bool {
+        segment.len() > 2 && segment.starts_with('{') && segment.ends_with('}')
+    }
+
+    /// Whether a `path:` template matches `path` (a route's), its product
+    /// segment matching any one segment.
+    pub fn fits_route(&self, path: &str) -> bool {
+        let ProductFrom::Path(template) = self else {
+            return true;
+        };
+        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        segments.len() == template.len()
+            && (segments.iter().zip(template)).all(|(s, t)| Self::is_slot(t) || t == s)
+    }
+}
+
+impl std::str::FromStr for ProductFrom {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let expected =
+            "must be `path:/route/{name}`, `json:/pointer`, `query:NAME` or `header:NAME`";
+        let (kind, arg) = s
+            .trim()
+            .split_once(':')
+            .ok_or_else(|| expected.to_string())?;
+        match kind {
+            "path" => {
+                let segments: Vec<String> = (arg.split('/').filter(|s| !s.is_empty()))
+                    .map(String::from)
+                    .collect();
+                let slots = segments.iter().filter(|s| Self::is_slot(s)).count();
+                if !arg.starts_with('/') || slots != 1 {
+                    return Err(format!(
+                        "`{s}`: a path template has exactly one `{{name}}` segment, e.g. `path:/checkout/{{sku}}`"
+                    ));
+                }
+                Ok(ProductFrom::Path(segments))
+            }
+            "json" if arg.is_empty() || arg.starts_with('/') => Ok(ProductFrom::Json(arg.into())),
+            "json" => Err(format!(
+                "`{s}`: a JSON pointer starts with `/`, e.g. `json:/sku`"
+            )),
+            "query" if !arg.is_empty() => Ok(ProductFrom::Query(arg.into())),
+            "header" => http::HeaderName::from_bytes(arg.as_bytes())
+                .map(ProductFrom::Header)
+                .map_err(|_| format!("`{arg}` is not a header name")),
+            _ => Err(format!("`{s}` {expected}")),
+        }
+    }
+}
+
+impl std::fmt::Display for ProductFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProductFrom::Path(segments) => {
+                f.write_str("path:")?;
+                for s in segments {
+                    write!(f, "/{s}")?;
+                }
+                Ok(())
+            }
+            ProductFrom::Json(pointer) => write!(f, "json:{pointer}"),
+            ProductFrom::Query(name) => write!(f, "query:{name}"),
+            ProductFrom::Header(name) => write!(f, "header:{name}"),
+        }
+    }
+}
+
 /// How a client is identified for idempotency and per-client limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientKey {
@@ -215,5 +312,6 @@ macro_rules! string_value {
 }
 
 string_value!(Route, "route");
+string_value!(ProductFrom, "product-from");
 string_value!(ClientKey, "client-key");
 string_value!(AccessLog, "sink");

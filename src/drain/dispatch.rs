@@ -69,6 +69,12 @@ impl Drain {
                 return;
             }
         };
+        // Its product sold out upstream: failed unsent, its permit to the
+        // next ticket.
+        if self.fail_product_sold_out(&delivery).await {
+            self.pacer.give_back(permit);
+            return;
+        }
         let max_attempts = self.queue.config().max_attempts;
         let mut local_attempt = 0u32;
         loop {
@@ -114,7 +120,7 @@ impl Drain {
                         status = answer.status.as_u16(), request_id = %request_id(&request),
                         "delivered: a final answer");
                     if self.says_sold_out(&answer) {
-                        self.flip_sold_out().await;
+                        self.flip_sold_out(request.product.as_deref()).await;
                     }
                     let response = StoredResponse {
                         status: answer.status.as_u16(),

@@ -237,14 +237,29 @@ impl Pacer {
     }
 }
 
-fn period(rate: f64) -> Duration {
-    Duration::from_secs_f64(1.0 / rate).max(Duration::from_nanos(1))
+/// The time between two permits at `rate` per second: at least 1 ns, and at
+/// most a year (a rate the admin API accepts, as small as `5e-324`, has no
+/// period a `Duration` holds; a year is paused in all but name).
+pub(crate) fn period(rate: f64) -> Duration {
+    const LONGEST: f64 = 365.0 * 24.0 * 3600.0;
+    Duration::from_secs_f64((1.0 / rate).min(LONGEST)).max(Duration::from_nanos(1))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::backend::MemoryQueue;
+
+    #[test]
+    fn the_period_of_a_vanishing_rate_is_a_year() {
+        assert_eq!(period(5e-324), Duration::from_secs(365 * 24 * 3600));
+        assert_eq!(
+            period(f64::MIN_POSITIVE),
+            Duration::from_secs(365 * 24 * 3600)
+        );
+        assert_eq!(period(4.0), Duration::from_millis(250));
+        assert_eq!(period(1e12), Duration::from_nanos(1));
+    }
 
     fn pacer(rate: f64, burst: u32) -> Pacer {
         Pacer::new(

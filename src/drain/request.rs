@@ -67,6 +67,7 @@ mod tests {
             forwarded_for: "127.0.0.1".into(),
             forwarded_proto: "http".into(),
             admitted_at_ms: 0,
+            product: None,
         };
         let req = build_request("http://upstream", &request, 1).unwrap();
         let asked: Vec<_> = req.headers().get_all("accept-encoding").iter().collect();

@@ -99,7 +99,7 @@ impl ClientLimiter {
         if rate <= 0.0 {
             return None;
         }
-        let period = Duration::from_secs_f64(1.0 / rate).max(Duration::from_nanos(1));
+        let period = crate::drain::pacer::period(rate);
         let quota = Quota::with_period(period)?
             .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
         Some(ClientLimiter {

@@ -16,6 +16,10 @@ pub struct Problem {
     pub retry_after: Option<u64>,
     /// Methods allowed, sent as `Allow` with 405.
     pub allow: Option<String>,
+    /// The product it is about (a fair sale's `product` member).
+    pub product: Option<String>,
+    /// Where to fetch a proof-of-work challenge (`challenge` member).
+    pub challenge: Option<String>,
 }
 
 /// The `code` member: which rule refused the request.
@@ -49,6 +53,21 @@ pub enum Code {
     /// Admin API: a dead letter that cannot be replayed (no request kept,
     /// its ticket not failed, the queue sold out).
     DeadLetterNotReplayable,
+    /// A fair sale: the request names no readable product.
+    InvalidProduct,
+    /// A fair sale: the request names a product the queue does not sell.
+    UnknownProduct,
+    /// A fair sale: the client holds all the admissions it may.
+    ClientQuotaExceeded,
+    /// Proof of work is on and the admission carries none.
+    PowRequired,
+    /// A forged, foreign or wrong proof of work.
+    PowInvalid,
+    PowExpired,
+    /// A proof of work issued at a lower difficulty than the one in force.
+    PowInsufficient,
+    /// A proof of work spent by an earlier admission.
+    PowReused,
 }
 
 impl Code {
@@ -76,15 +95,24 @@ impl Code {
             Code::TicketHasNoResponse => "ticket_has_no_response",
             Code::DeadLetterNotFound => "dead_letter_not_found",
             Code::DeadLetterNotReplayable => "dead_letter_not_replayable",
+            Code::InvalidProduct => "invalid_product",
+            Code::UnknownProduct => "unknown_product",
+            Code::ClientQuotaExceeded => "client_quota_exceeded",
+            Code::PowRequired => "pow_required",
+            Code::PowInvalid => "pow_invalid",
+            Code::PowExpired => "pow_expired",
+            Code::PowInsufficient => "pow_insufficient",
+            Code::PowReused => "pow_reused",
         }
     }
 
     pub fn status(self) -> StatusCode {
         match self {
-            Code::BadRequest => StatusCode::BAD_REQUEST,
-            Code::TicketNotFound | Code::NotFound | Code::DeadLetterNotFound => {
-                StatusCode::NOT_FOUND
-            }
+            Code::BadRequest | Code::InvalidProduct => StatusCode::BAD_REQUEST,
+            Code::TicketNotFound
+            | Code::NotFound
+            | Code::DeadLetterNotFound
+            | Code::UnknownProduct => StatusCode::NOT_FOUND,
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Code::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
@@ -92,7 +120,7 @@ impl Code {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Code::SoldOut | Code::SaleClosed | Code::TicketCancelled => StatusCode::GONE,
-            Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Code::RateLimited | Code::ClientQuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
             Code::BadGateway => StatusCode::BAD_GATEWAY,
             Code::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             Code::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -101,6 +129,11 @@ impl Code {
             Code::TicketNotCancellable
             | Code::TicketHasNoResponse
             | Code::DeadLetterNotReplayable => StatusCode::CONFLICT,
+            Code::PowRequired
+            | Code::PowInvalid
+            | Code::PowExpired
+            | Code::PowInsufficient
+            | Code::PowReused => StatusCode::FORBIDDEN,
         }
     }
 
@@ -128,6 +161,14 @@ impl Code {
             Code::TicketHasNoResponse => "Ticket ended without an answer",
             Code::DeadLetterNotFound => "Dead letter not found",
             Code::DeadLetterNotReplayable => "Dead letter cannot be replayed",
+            Code::InvalidProduct => "No product in the request",
+            Code::UnknownProduct => "Unknown product",
+            Code::ClientQuotaExceeded => "Purchase limit per customer reached",
+            Code::PowRequired => "Proof of work required",
+            Code::PowInvalid => "Proof of work invalid",
+            Code::PowExpired => "Proof of work expired",
+            Code::PowInsufficient => "Proof of work below the current difficulty",
+            Code::PowReused => "Proof of work already used",
         }
     }
 }
@@ -143,6 +184,12 @@ struct Document<'a> {
     /// The request's `X-Request-Id`, to quote when reporting the problem.
     #[serde(skip_serializing_if = "Option::is_none")]
     request_id: Option<&'a str>,
+    /// The product the problem is about (a fair sale).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    product: Option<&'a str>,
+    /// Where a fresh proof-of-work challenge is (the `pow_*` codes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    challenge: Option<&'a str>,
 }
 
 impl Problem {
@@ -152,11 +199,25 @@ impl Problem {
             detail: detail.into(),
             retry_after: None,
             allow: None,
+            product: None,
+            challenge: None,
         }
+    }
+
+    /// Names the product the problem is about (`product` member).
+    pub fn product(mut self, product: &str) -> Self {
+        self.product = Some(product.to_string());
+        self
     }
 
     pub fn retry_after(mut self, seconds: u64) -> Self {
         self.retry_after = Some(seconds.max(1));
+        self
+    }
+
+    /// Names the URL of a fresh proof-of-work challenge.
+    pub fn challenge(mut self, url: String) -> Self {
+        self.challenge = Some(url);
         self
     }
 
@@ -175,6 +236,8 @@ impl Problem {
             detail: &self.detail,
             code,
             request_id,
+            product: self.product.as_deref(),
+            challenge: self.challenge.as_deref(),
         };
         serde_json::to_vec(&doc).unwrap_or_default()
     }

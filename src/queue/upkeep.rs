@@ -94,6 +94,10 @@ pub fn say_overrides(queue: &Queue, knobs: &Knobs) {
         warn!(queue = name, configured = ?config.stock, stored = stock,
             "stock: the runtime override stored in the queue backend wins over the configuration; clear it with PATCH {{\"stock\": null}}");
     }
+    if let Some(d) = knobs.pow_difficulty.filter(|d| *d != config.pow_difficulty) {
+        warn!(queue = name, configured = config.pow_difficulty, stored = d,
+            "pow_difficulty: the runtime override stored in the queue backend wins over the configuration; clear it with PATCH {{\"pow_difficulty\": null}} or `flashgate admin set {name} --clear pow_difficulty`");
+    }
     if let Some(open) = knobs.open {
         warn!(queue = name, open,
             "sale opened or closed by an operator: the override stored in the queue backend wins over opens_at/closes_at; clear it with PATCH {{\"open\": null}}");
@@ -239,6 +243,28 @@ fn sale_gauges(queue: &Queue, metrics: &Metrics, admitted: Option<u64>) {
     }
 }
 
+/// Sets the units left of each configured product (the labels stay
+/// bounded by the configuration; a product added at run time shows in the
+/// admin API only). Nothing on a queue without products.
+async fn product_gauges(queue: &Queue, metrics: &Metrics) {
+    let config = queue.config();
+    if config.product_from.is_none() {
+        return;
+    }
+    let Ok(sold) = queue.backend.products_sold().await else {
+        return;
+    };
+    let knobs = queue.knobs();
+    for product in config.product_stock.keys() {
+        let stock = knobs.product_stock(&config, product).unwrap_or(0);
+        let left = stock.saturating_sub(sold.get(product).copied().unwrap_or(0));
+        metrics
+            .product_stock_left
+            .with_label_values(&[queue.name.as_str(), product])
+            .set(i64::try_from(left).unwrap_or(i64::MAX));
+    }
+}
+
 /// Keeps the queue-wide gauges current, one cheap backend call per interval.
 pub async fn refresh_gauges(queue: Arc<Queue>, metrics: Arc<Metrics>, stop: CancellationToken) {
     let name = queue.name.as_str();
@@ -280,7 +306,10 @@ pub async fn refresh_gauges(queue: Arc<Queue>, metrics: Arc<Metrics>, stop: Canc
         } else if let Ok(stats) = &stats {
             queue.dispatched[0].fetch_max(stats.dispatched, Ordering::Relaxed);
         }
-        sale_gauges(&queue, &metrics, stats.as_ref().ok().map(|s| s.admitted));
+        // Units given back by cancels are for sale again.
+        let held = stats.as_ref().ok().map(|s| s.admitted - s.returned);
+        sale_gauges(&queue, &metrics, held);
+        product_gauges(&queue, &metrics).await;
         if let Ok(stats) = stats {
             metrics
                 .queue_depth

@@ -19,7 +19,7 @@ use super::{accept_loop, Protocols};
 
 use crate::api::admin::dead_letters;
 use crate::api::admin::events::events;
-use crate::api::admin::{patch_queue, queues};
+use crate::api::admin::{self, patch_queue, queues};
 use crate::api::App;
 use crate::http::body::{full, json, Body};
 use crate::http::exchange;
@@ -177,6 +177,12 @@ pub async fn admin(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> R
         (_, [name]) if !name.is_empty() => method_not_allowed(&path, "PATCH"),
         (Method::GET, [name, "events"]) => events(&app, name, req.uri().query()).await,
         (_, [_, "events"]) => method_not_allowed(&path, "GET"),
+        (method, [name, "stock"]) => {
+            admin::stock::route(&app, &method, name, None, &actor, req).await
+        }
+        (method, [name, "stock", product]) => {
+            admin::stock::route(&app, &method, name, Some(product), &actor, req).await
+        }
         (method, [_, "dead-letters", ..]) => {
             dead_letters::route(&app, &method, rest, req.uri().query(), &actor).await
         }

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::cors;
 use super::passthrough::passthrough;
-use crate::api::{admission, pages, tickets, App};
+use crate::api::{admission, challenge, pages, tickets, App};
 use crate::http::body::{self, Body};
 use crate::http::exchange;
 use crate::http::headers;
@@ -152,6 +152,11 @@ async fn route(
             Problem::new(Code::MethodNotAllowed, format!("{path} accepts {allow}")).allow(allow);
         return early(problem.into_response(), req).await;
     }
+    if path == challenge::PATH {
+        exchange::note(|n| n.route = Some("challenge"));
+        let resp = challenge::challenge(app, peer, &req);
+        return early(resp, req).await;
+    }
     if let Some(resp) = pages::route(req.method(), path, &app.config()) {
         // The waiting room page and the API description.
         exchange::note(|n| n.route = Some("page"));
@@ -192,7 +197,7 @@ fn allowed_methods(app: &App, path: &str) -> Option<String> {
         allow.push("OPTIONS");
         return Some(allow.join(", "));
     }
-    if pages::serves(path) {
+    if pages::serves(path) || path == challenge::PATH {
         return Some("GET, HEAD, OPTIONS".into());
     }
     // A ticket path is a route when the id has a ticket's shape (its MAC is

@@ -129,6 +129,7 @@ impl Backend {
             forwarded_for: "127.0.0.1".into(),
             forwarded_proto: "http".into(),
             admitted_at_ms: 1_700_000_000_000 + u64::from(n),
+            product: None,
         }
     }
 
@@ -144,6 +145,7 @@ impl Backend {
         let mut claim = IdempotencyClaim {
             key: key.into(),
             fingerprint: fingerprint.into(),
+            partition: None,
         };
         let mut n = 0;
         while partition_of_claim(&claim, self.parts) != self.home {
@@ -166,6 +168,8 @@ impl Backend {
             max_queue: self.limit(max_queue),
             stock: None,
             prequeue: Prequeue::Configured,
+            fair: Default::default(),
+            pow: None,
         }
     }
 
@@ -254,6 +258,7 @@ fn redis_queue_with(
             partition,
             partitions,
             events,
+            replicated: None,
         },
         PARTITIONED_BLOCK,
     )

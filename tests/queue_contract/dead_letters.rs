@@ -189,6 +189,8 @@ async fn replay_puts_a_dead_letter_back_once(backend: Backend) {
         max_queue: backend.limit(100),
         stock: Some(backend.limit(3)),
         prequeue: Prequeue::Configured,
+        fair: Default::default(),
+        pow: None,
     };
     let c = backend.request(3);
     let third = q.admit(c, None, stock).await.unwrap();

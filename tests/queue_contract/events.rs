@@ -63,6 +63,8 @@ async fn every_change_is_one_event(backend: Backend) {
         max_queue: backend.limit(10),
         stock: Some(backend.limit(3)),
         prequeue: Prequeue::Configured,
+        fair: Default::default(),
+        pow: None,
     };
     let (a, b, c) = (backend.request(1), backend.request(2), backend.request(3));
     let claim = || Some(backend.claim("k1", "f1"));

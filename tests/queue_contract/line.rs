@@ -5,6 +5,7 @@ use bytes::Bytes;
 use flashgate::backend::{
     Admit, AdmitLimits, AttemptStart, IdempotencyClaim, Line, Prequeue, QueuedRequest,
 };
+use flashgate::ticket::pow::Solved;
 use flashgate::ticket::{StoredResponse, TicketError, TicketId, TicketStatus};
 
 use crate::backends::{next1, over_every_backend, redis_queue, Backend, BLOCK};
@@ -13,7 +14,8 @@ over_every_backend!(
     admits_and_delivers_in_order,
     replays_a_claim,
     pre_queue,
-    burst
+    burst,
+    spends_a_pow_seed_once
 );
 
 /// Admission assigns sequence numbers, delivery keeps their order, and each
@@ -210,6 +212,57 @@ async fn replays_a_claim(backend: Backend) {
     let counts = q.dispatched().await.unwrap();
     assert_eq!(counts.len() as u32, q.partitions());
     assert!(counts.iter().all(|&n| n == 0), "{counts:?}");
+}
+
+/// A proof-of-work seed admits once: another request with it is refused,
+/// storing nothing; a replay of the admitted request (same claim, same
+/// seed) still gets its ticket; another seed admits.
+async fn spends_a_pow_seed_once(backend: Backend) {
+    let q = backend.q.clone();
+    let seed = Solved {
+        id: [7; 14],
+        ttl: std::time::Duration::from_secs(60),
+    };
+    let with_seed = AdmitLimits {
+        pow: Some(seed),
+        ..backend.cap(10)
+    };
+    let first = backend.request(1);
+    let claim = || Some(backend.claim("k1", "f1"));
+    let admitted = q.admit(first.clone(), claim(), with_seed).await.unwrap();
+    assert!(matches!(admitted, Admit::Admitted { .. }), "{admitted:?}");
+    assert_eq!(
+        q.admit(backend.request(2), None, with_seed).await.unwrap(),
+        Admit::PowReused
+    );
+    assert_eq!(
+        q.admit(
+            backend.request(3),
+            Some(backend.claim("k2", "f2")),
+            with_seed
+        )
+        .await
+        .unwrap(),
+        Admit::PowReused
+    );
+    let replayed = q
+        .admit(backend.request(4), claim(), with_seed)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&replayed, Admit::Replayed { ticket, .. } if *ticket == first.ticket),
+        "{replayed:?}"
+    );
+    let other = AdmitLimits {
+        pow: Some(Solved {
+            id: [8; 14],
+            ..seed
+        }),
+        ..backend.cap(10)
+    };
+    let again = q.admit(backend.request(5), None, other).await.unwrap();
+    assert!(matches!(again, Admit::Admitted { .. }), "{again:?}");
+    assert_eq!(q.stats().await.unwrap().admitted, 2);
 }
 
 /// Pre-queued entries wait outside the line, then take random places in it,

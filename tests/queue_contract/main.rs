@@ -12,6 +12,7 @@ mod backends;
 mod changes;
 mod dead_letters;
 mod events;
+mod fair;
 mod knobs;
 mod line;
 mod schedule;

@@ -2,7 +2,8 @@
 //! stopped when its handle drops.
 //!
 //! - [`Redis`]: a private redis-server (`Redis::builder().durable().start()`),
-//!   and [`RedisCluster`];
+//!   and [`RedisCluster`]; [`SentinelSetup`]: a primary, its replica and
+//!   three sentinels (`kill_primary`, `wait_for_promotion`, `restart`);
 //! - [`MockUpstream`]: a recording order service
 //!   (`MockUpstream::builder().fail_first(2).start().await`);
 //! - [`Gateway`]: flashgate in this process (`.start().await`) or as the
@@ -29,6 +30,7 @@ pub mod pki;
 mod process;
 pub mod raw;
 mod redis;
+mod sentinel;
 pub mod stacks;
 mod upstream;
 mod wait;
@@ -42,6 +44,7 @@ pub(crate) use gateway::backends;
 pub use gateway::{Backend, Gateway, GatewayBuilder};
 pub use process::GatewayProcess;
 pub use redis::{info_stat, Redis, RedisBuilder, RedisCluster};
+pub use sentinel::{SentinelSetup, MASTER};
 pub use upstream::{MockUpstream, MockUpstreamBuilder, Received, UpstreamControl, KNEE_PENALTY};
 pub use wait::{eventually, eventually_every};
 

@@ -55,6 +55,12 @@ struct TicketBody {
 }
 
 #[derive(Deserialize)]
+struct Challenge {
+    seed: String,
+    difficulty: u8,
+}
+
+#[derive(Deserialize)]
 struct ProblemBody {
     code: Option<String>,
 }
@@ -73,6 +79,7 @@ pub(super) async fn send_all(
         let worker = Worker {
             conn: Connection::new(target.clone(), options.timeout),
             path: options.path.clone(),
+            pow: options.pow,
             run_id: run_id.clone(),
             next: next.clone(),
             requests: options.requests,
@@ -96,6 +103,8 @@ pub(super) async fn send_all(
 struct Worker {
     conn: Connection,
     path: String,
+    /// Solve a proof-of-work challenge before each admission.
+    pow: bool,
     run_id: String,
     next: Arc<AtomicU64>,
     requests: u64,
@@ -115,6 +124,24 @@ impl Worker {
             // Open model: request i is due at i/rate whatever happened to the
             // others. Latency counts from then, so a stalled server is charged
             // for the requests that could not be sent while it stalled.
+            // The challenge is fetched and solved first: the latency is the
+            // admission's own.
+            let pow = match self.pow {
+                true => match self.solve().await {
+                    Ok(header) => Some(header),
+                    Err(kind) => {
+                        let now = Instant::now();
+                        sent.push(Sent {
+                            answered_at: now.duration_since(self.started),
+                            latency: Duration::ZERO,
+                            result: Err(kind),
+                        });
+                        self.bar.inc(1);
+                        continue;
+                    }
+                },
+                false => None,
+            };
             let due = match self.rate {
                 Some(rate) => {
                     let due = self.started + Duration::from_secs_f64(i as f64 / rate);
@@ -123,7 +150,7 @@ impl Worker {
                 }
                 None => Instant::now(),
             };
-            let result = self.admit(i).await;
+            let result = self.admit(i, pow.as_deref()).await;
             let now = Instant::now();
             sent.push(Sent {
                 answered_at: now.duration_since(self.started),
@@ -134,7 +161,22 @@ impl Worker {
         }
     }
 
-    async fn admit(&mut self, i: u64) -> Result<Admission, &'static str> {
+    /// `GET /challenge`, solved: the `Flashgate-Pow` header value.
+    async fn solve(&mut self) -> Result<String, &'static str> {
+        let req = self
+            .conn
+            .target()
+            .request(Method::GET, "/challenge", Bytes::new())
+            .map_err(|e| e.kind())?;
+        let answer = self.conn.send(req).await.map_err(|e| e.kind())?;
+        let challenge: Challenge = serde_json::from_slice(&answer.body).map_err(|_| "challenge")?;
+        if !answer.status.is_success() || challenge.difficulty > 32 {
+            return Err("challenge");
+        }
+        Ok(crate::pow::solve(&challenge.seed, challenge.difficulty))
+    }
+
+    async fn admit(&mut self, i: u64, pow: Option<&str>) -> Result<Admission, &'static str> {
         let body = format!(r#"{{"sku":"flash-001","quantity":1,"customer":"c-{i}"}}"#);
         let mut req = self
             .conn
@@ -144,6 +186,9 @@ impl Worker {
         let key = format!("{}-{i}", self.run_id);
         if let Ok(v) = HeaderValue::from_str(&key) {
             req.headers_mut().insert("idempotency-key", v);
+        }
+        if let Some(v) = pow.and_then(|p| HeaderValue::from_str(p).ok()) {
+            req.headers_mut().insert("flashgate-pow", v);
         }
         let answer = self.conn.send(req).await.map_err(|e| e.kind())?;
         Ok(read_answer(&answer))

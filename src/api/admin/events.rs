@@ -111,7 +111,7 @@ fn since(value: &str) -> Result<u64, String> {
 }
 
 /// `%XX` and `+` decoded.
-pub(super) fn percent_decode(s: &str) -> Option<String> {
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

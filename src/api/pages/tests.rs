@@ -176,6 +176,14 @@ const PUBLIC_CODES: &[Code] = &[
     Code::TicketNotCancellable,
     Code::TicketCancelled,
     Code::TicketHasNoResponse,
+    Code::InvalidProduct,
+    Code::UnknownProduct,
+    Code::ClientQuotaExceeded,
+    Code::PowRequired,
+    Code::PowInvalid,
+    Code::PowExpired,
+    Code::PowInsufficient,
+    Code::PowReused,
 ];
 
 fn is_public(code: Code) -> bool {
@@ -200,7 +208,15 @@ fn is_public(code: Code) -> bool {
         | Code::UriTooLong
         | Code::TicketNotCancellable
         | Code::TicketCancelled
-        | Code::TicketHasNoResponse => PUBLIC_CODES.contains(&code),
+        | Code::TicketHasNoResponse
+        | Code::InvalidProduct
+        | Code::UnknownProduct
+        | Code::ClientQuotaExceeded
+        | Code::PowRequired
+        | Code::PowInvalid
+        | Code::PowExpired
+        | Code::PowInsufficient
+        | Code::PowReused => PUBLIC_CODES.contains(&code),
     }
 }
 

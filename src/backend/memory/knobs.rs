@@ -38,6 +38,17 @@ impl KnobStore for MemoryQueue {
                 s.events
                     .record("sold_out", now, None, &[("reason", reason.to_string())]);
             }
+            for (product, k) in &new.products {
+                if k.sold_out && !old.product_sold_out(product) {
+                    let reason = if actor == UPSTREAM_ACTOR {
+                        "upstream"
+                    } else {
+                        "operator"
+                    };
+                    let fields = [("reason", reason.to_string()), ("product", product.clone())];
+                    s.events.record("sold_out", now, None, &fields);
+                }
+            }
         }
         Ok(new)
     }

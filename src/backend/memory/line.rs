@@ -44,15 +44,31 @@ impl Line for MemoryQueue {
                 });
             }
         }
+        if let Some(seed) = &limits.pow {
+            if s.pow_spent.get(&seed.id).is_some_and(|e| *e > now) {
+                return Ok(Admit::PowReused);
+            }
+        }
         let stock = s.knobs.stock.or(limits.stock);
-        if s.knobs.sold_out || stock.is_some_and(|stock| s.admitted >= stock) {
+        let held = s.admitted - s.fair.returned;
+        if s.knobs.sold_out || stock.is_some_and(|stock| held >= stock) {
             return Ok(Admit::SoldOut);
+        }
+        let state = &mut *s;
+        if let Some(refusal) = (state.fair).refusal(&request, &limits.fair, &state.knobs) {
+            return Ok(refusal);
         }
         let depth = s.depth();
         if depth >= limits.max_queue {
             return Ok(Admit::QueueFull { depth });
         }
         s.admitted += 1;
+        let state = &mut *s;
+        let product_sold_out = (state.fair).count(&request, &limits.fair, &state.knobs);
+        let product = request.product.clone();
+        if let Some(seed) = limits.pow {
+            s.pow_spent.insert(seed.id, now + seed.ttl);
+        }
         let ticket = request.ticket.clone();
         let admitted_at_ms = request.admitted_at_ms;
         let early = limits.prequeue == Prequeue::Now;
@@ -79,9 +95,13 @@ impl Line for MemoryQueue {
         s.tickets.insert(ticket.clone(), (record, now + self.ttl));
         s.events
             .record("admitted", admitted_at_ms, Some(&ticket), &[]);
-        if stock.is_some_and(|stock| s.admitted == stock) {
+        if stock.is_some_and(|stock| s.admitted - s.fair.returned == stock) {
             let reason = [("reason", "stock".to_string())];
             s.events.record("sold_out", admitted_at_ms, None, &reason);
+        }
+        if let (true, Some(product)) = (product_sold_out, product) {
+            let fields = [("reason", "stock".to_string()), ("product", product)];
+            s.events.record("sold_out", admitted_at_ms, None, &fields);
         }
         if let Some(claim) = claim {
             s.idempotency.insert(
@@ -278,6 +298,11 @@ impl Line for MemoryQueue {
             oldest_age,
             admitted: s.admitted,
             dispatched: s.dispatched,
+            returned: s.fair.returned,
         })
+    }
+
+    async fn products_sold(&self) -> Result<std::collections::BTreeMap<String, u64>, QueueError> {
+        Ok(self.lock().fair.sold())
     }
 }

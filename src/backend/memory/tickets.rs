@@ -35,6 +35,7 @@ impl TicketStore for MemoryQueue {
                 record.completed_at_ms = Some(now_ms());
                 *expires = Instant::now() + ttl;
                 let record = record.clone();
+                s.fair.cancelled(id);
                 s.events.record("cancelled", now_ms(), Some(id), &[]);
                 drop(s);
                 self.changed(id);

@@ -11,10 +11,11 @@
 
 use std::sync::Arc;
 
-use redis::{Cmd, Script, Value};
+use redis::{Cmd, ErrorKind, Script, ServerErrorKind, Value};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::conn::Conn;
+use super::durability::Replicated;
 use super::reply::{as_string, as_u64};
 use super::scripts::ADMIT_ARGS;
 use super::{evalsha, unavailable};
@@ -36,11 +37,19 @@ pub(super) struct Batcher {
     pub keys: [String; 4],
     /// KEYS[5]: the events stream.
     pub events_key: String,
+    /// KEYS[6]: the fair sale's quota hash.
+    pub quota_key: String,
     /// The queue's name in events; `None`: events are off.
     pub events: Option<crate::backend::EventSettings>,
+    /// Where the used proof-of-work seeds are recorded (`<base>:pow:`).
+    pub pow_prefix: String,
     pub ttl_secs: u64,
     pub partitions: u32,
     pub partition: u32,
+    /// `durability = replicated`: each call is followed by the wait for a
+    /// replica, on `conn` — then a connection of the batcher's own, so the
+    /// wait holds up no other command.
+    pub replicated: Option<Replicated>,
 }
 
 /// One admission waiting for its batch.
@@ -108,12 +117,13 @@ impl Batcher {
                 r.headers.len() + r.body.len() + r.path.len() + i.ticket_key.len() * 2 + 400
             })
             .sum();
-        let mut cmd = Cmd::with_capacity(10 + batch.len() * (2 + ADMIT_ARGS), data + 256);
+        let mut cmd = Cmd::with_capacity(12 + batch.len() * (2 + ADMIT_ARGS), data + 256);
         cmd.arg("EVALSHA")
             .arg(self.script.get_hash())
-            .arg(self.keys.len() + 1 + 2 * batch.len())
+            .arg(self.keys.len() + 2 + 2 * batch.len())
             .arg(&self.keys[..])
-            .arg(&self.events_key);
+            .arg(&self.events_key)
+            .arg(&self.quota_key);
         for item in &batch {
             cmd.arg(&item.ticket_key).arg(&item.idem_key);
         }
@@ -125,11 +135,18 @@ impl Batcher {
             Some(e) => cmd.arg(&e.queue).arg(e.min_ms(crate::ticket::now_ms())),
             None => cmd.arg("").arg(""),
         };
+        cmd.arg(&self.pow_prefix);
         for item in &batch {
             item.push_args(&mut cmd);
         }
         let mut conn = self.conn.clone();
-        match evalsha::<Vec<Value>>(&mut conn, &self.script, &cmd).await {
+        let answer = match &self.replicated {
+            None => evalsha::<Vec<Value>>(&mut conn, &self.script, &cmd)
+                .await
+                .map_err(unavailable),
+            Some(replicated) => self.call_replicated(replicated, &mut conn, cmd).await,
+        };
+        match answer {
             Ok(reply) => {
                 for (i, item) in batch.into_iter().enumerate() {
                     let answer = reply
@@ -147,12 +164,39 @@ impl Batcher {
                 }
             }
             Err(e) => {
-                let e = unavailable(e).to_string();
+                // Not acknowledged by a replica: the entries are stored on
+                // the primary, and a retry with the same Idempotency-Key
+                // meets its ticket.
+                let e = e.to_string();
                 for item in batch {
                     let _ = item.answer.send(Err(QueueError::Unavailable(e.clone())));
                 }
             }
         }
+    }
+}
+
+impl Batcher {
+    /// The script call and the wait for a replica, in one pipeline.
+    async fn call_replicated(
+        &self,
+        replicated: &Replicated,
+        conn: &mut Conn,
+        cmd: Cmd,
+    ) -> Result<Vec<Value>, QueueError> {
+        let mut pipe = redis::pipe();
+        pipe.add_command(cmd);
+        let answers = match replicated.run(conn, &pipe).await {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                self.script.load_async(conn).await.map_err(unavailable)?;
+                replicated.run(conn, &pipe).await
+            }
+            other => other,
+        }
+        .map_err(unavailable)?
+        .ok_or_else(|| replicated.not_acknowledged())?;
+        let reply = answers.into_iter().next().unwrap_or(Value::Nil);
+        redis::from_redis_value(reply).map_err(|e| QueueError::Protocol(e.to_string()))
     }
 }
 
@@ -191,7 +235,20 @@ impl Item {
             .arg(&r.client)
             .arg(&r.forwarded_for)
             .arg(&r.forwarded_proto)
-            .arg(r.idempotency_key.as_deref().unwrap_or(""));
+            .arg(r.idempotency_key.as_deref().unwrap_or(""))
+            .arg(r.product.as_deref().unwrap_or(""));
+        // The fair sale's limits.
+        let fair = &self.limits.fair;
+        let count = |n: Option<u64>| n.map(|n| n.to_string()).unwrap_or_default();
+        cmd.arg(count(fair.product_stock))
+            .arg(count(fair.per_client))
+            .arg(count(fair.per_client_product))
+            .arg(fair.window_secs.max(1))
+            .arg(if fair.cancel_returns { "1" } else { "0" });
+        match &self.limits.pow {
+            Some(seed) => cmd.arg(seed.id_hex()).arg(seed.ttl.as_millis() as u64),
+            None => cmd.arg("").arg(""),
+        };
     }
 }
 
@@ -218,6 +275,9 @@ fn outcome(v: &[Value]) -> Result<Admit, QueueError> {
         "reused" => Ok(Admit::KeyReused),
         "full" => Ok(Admit::QueueFull { depth: int(1) }),
         "sold_out" => Ok(Admit::SoldOut),
+        "product_sold_out" => Ok(Admit::ProductSoldOut),
+        "quota" => Ok(Admit::QuotaExceeded),
+        "pow_reused" => Ok(Admit::PowReused),
         other => Err(QueueError::Protocol(format!("admit script said `{other}`"))),
     }
 }

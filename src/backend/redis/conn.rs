@@ -4,7 +4,9 @@
 //! A cluster is named by `redis+cluster://[user:password@]host:port[,host:port…]`
 //! (`rediss+cluster://` for TLS): the listed nodes are only the seeds the
 //! slot map is first read from. Every key of one queue partition shares a
-//! hash tag, so each script and transaction runs on one node.
+//! hash tag, so each script and transaction runs on one node. A primary
+//! found through Sentinel (`redis+sentinel://`) is followed across failovers
+//! by [`SentinelConn`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +17,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 use tokio::sync::OnceCell;
 
+use super::sentinel::{Primary, SentinelConn};
 use crate::backend::QueueError;
 use crate::config::RedisEndpoint as Endpoint;
 
@@ -23,6 +26,7 @@ use crate::config::RedisEndpoint as Endpoint;
 pub enum Conn {
     Server(ConnectionManager),
     Cluster(Arc<LazyCluster>),
+    Sentinel(Arc<SentinelConn>),
 }
 
 /// A cluster connection made on first use, so the gateway starts (and
@@ -53,14 +57,12 @@ impl Conn {
             Endpoint::Server(url) => {
                 let client = redis::Client::open(url.as_str())
                     .map_err(|e| QueueError::Unavailable(format!("bad redis url: {e}")))?;
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(connect_timeout))
-                    .set_response_timeout(Some(response_timeout))
-                    .set_number_of_retries(2)
-                    .set_max_delay(Duration::from_secs(1));
-                ConnectionManager::new_lazy_with_config(client, config)
-                    .map(Conn::Server)
-                    .map_err(|e| QueueError::Unavailable(e.to_string()))
+                ConnectionManager::new_lazy_with_config(
+                    client,
+                    manager_config(connect_timeout, response_timeout),
+                )
+                .map(Conn::Server)
+                .map_err(|e| QueueError::Unavailable(e.to_string()))
             }
             Endpoint::Cluster(nodes) => {
                 let client = ClusterClient::builder(nodes.iter().map(String::as_str))
@@ -74,6 +76,32 @@ impl Conn {
                     conn: OnceCell::new(),
                 })))
             }
+            Endpoint::Sentinel(sentinel) => Ok(Conn::Sentinel(Arc::new(SentinelConn::new(
+                Primary::of(sentinel)?,
+                manager_config(connect_timeout, response_timeout),
+            )))),
+        }
+    }
+}
+
+fn manager_config(
+    connect_timeout: Duration,
+    response_timeout: Duration,
+) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(connect_timeout))
+        .set_response_timeout(Some(response_timeout))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(1))
+}
+
+impl Conn {
+    /// Which primary a Sentinel connection is on (it grows at each
+    /// failover); 0 for a server or a cluster.
+    pub fn generation(&self) -> u64 {
+        match self {
+            Conn::Sentinel(s) => s.generation(),
+            _ => 0,
         }
     }
 }
@@ -86,6 +114,7 @@ impl ConnectionLike for Conn {
                 let mut c = lazy.get().await?;
                 c.req_packed_command(cmd).await
             }),
+            Conn::Sentinel(s) => Box::pin(async move { s.req_packed_command(cmd).await }),
         }
     }
 
@@ -101,13 +130,16 @@ impl ConnectionLike for Conn {
                 let mut c = lazy.get().await?;
                 c.req_packed_commands(pipeline, offset, count).await
             }),
+            Conn::Sentinel(s) => {
+                Box::pin(async move { s.req_packed_commands(pipeline, offset, count).await })
+            }
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Conn::Server(c) => c.get_db(),
-            Conn::Cluster(_) => 0,
+            Conn::Cluster(_) | Conn::Sentinel(_) => 0,
         }
     }
 }

@@ -70,7 +70,7 @@ end
 local seq = redis.call('HINCRBY', KEYS[3], 'seq', 1)
 redis.call('HINCRBY', KEYS[3], 'replayed', 1)
 local entry = {'s', seq, 'r', ARGV[9]}
-for _, name in ipairs({'v', 't', 'm', 'p', 'h', 'b', 'c', 'f', 'x', 'a', 'k'}) do
+for _, name in ipairs({'v', 't', 'm', 'p', 'h', 'b', 'c', 'f', 'x', 'a', 'k', 'pr'}) do
   if f[name] then
     entry[#entry + 1] = name
     entry[#entry + 1] = f[name]

@@ -54,6 +54,29 @@ impl KnobStore for RedisQueue {
         if let Some(s) = patch.sold_out {
             fields.push((KnobField::SOLD_OUT, flag(s)));
         }
+        if let Some(d) = patch.pow_difficulty {
+            fields.push((
+                KnobField::POW_DIFFICULTY,
+                d.map(|d| d.to_string()).unwrap_or_default(),
+            ));
+        }
+        // A product's knobs: `stock:<p>`, `sold_out:<p>` (unset when false).
+        let mut named: Vec<(String, String)> = Vec::new();
+        for (p, change) in &patch.products {
+            if let Some(s) = change.stock {
+                let value = s.map(|s| s.to_string()).unwrap_or_default();
+                named.push((format!("{}{p}", KnobField::STOCK_PREFIX), value));
+            }
+            if let Some((units, configured)) = change.add {
+                // KNOBS_LUA adds to the stored value, or to the configured one.
+                let value = format!("+{units}:{configured}");
+                named.push((format!("{}{p}", KnobField::STOCK_PREFIX), value));
+            }
+            if let Some(s) = change.sold_out {
+                let value = if s { "1" } else { "" };
+                named.push((format!("{}{p}", KnobField::SOLD_OUT_PREFIX), value.into()));
+            }
+        }
         let reason = match actor {
             Some(UPSTREAM_ACTOR) => "upstream",
             _ => "operator",
@@ -68,6 +91,9 @@ impl KnobStore for RedisQueue {
             .arg(now_ms());
         for (name, value) in &fields {
             call.arg(*name).arg(value);
+        }
+        for (name, value) in &named {
+            call.arg(name).arg(value);
         }
         let mut conn = self.conn.clone();
         let flat: Vec<String> = call.invoke_async(&mut conn).await.map_err(unavailable)?;

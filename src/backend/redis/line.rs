@@ -1,6 +1,7 @@
 //! The Redis line: admission (batched, `admit.rs`), delivery through the
 //! consumer group (`group.rs`), attempts, and the end of each entry.
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -22,7 +23,7 @@ use crate::ticket::{now_ms, StoredResponse, TicketError, TicketId, TicketStatus}
 impl RedisQueue {
     /// The entry fields under the names `ADMIT_LUA` gives them in the
     /// stream, for a dead letter that keeps the whole request.
-    fn entry_fields(r: &QueuedRequest) -> [(&'static str, &[u8]); 11] {
+    fn entry_fields(r: &QueuedRequest) -> [(&'static str, &[u8]); 12] {
         [
             (EntryField::VERSION, ENTRY_VERSION.as_bytes()),
             (EntryField::TICKET, r.ticket.as_str().as_bytes()),
@@ -37,6 +38,11 @@ impl RedisQueue {
             (
                 EntryField::IDEMPOTENCY_KEY,
                 r.idempotency_key.as_deref().unwrap_or("").as_bytes(),
+            ),
+            // Empty: none (read back as none).
+            (
+                EntryField::PRODUCT,
+                r.product.as_deref().unwrap_or("").as_bytes(),
             ),
         ]
     }
@@ -99,7 +105,7 @@ impl Line for RedisQueue {
     ) -> Result<Admit, QueueError> {
         let batches = self.admissions.get_or_init(|| {
             admit::spawn(admit::Batcher {
-                conn: self.conn.clone(),
+                conn: self.admit_conn.clone(),
                 script: self.admit_script.clone(),
                 keys: [
                     self.keys.stream.clone(),
@@ -108,10 +114,13 @@ impl Line for RedisQueue {
                     self.keys.prequeue.clone(),
                 ],
                 events_key: self.keys.events.clone(),
+                quota_key: self.keys.quota.clone(),
                 events: self.events.clone(),
+                pow_prefix: self.keys.pow_prefix.clone(),
                 ttl_secs: self.ttl_secs,
                 partitions: self.partitions,
                 partition: self.partition,
+                replicated: self.replicated.as_ref().map(|(r, _)| r.clone()),
             })
         });
         let idem_key = match &claim {
@@ -257,8 +266,9 @@ impl Line for RedisQueue {
         together.atomic();
         self.ack(&mut together, &delivery.entry_id);
         let mut conn = self.conn.clone();
-        match together.query_async::<()>(&mut conn).await {
-            Ok(()) => {}
+        match self.record(&delivery.entry_id, &together).await {
+            Ok(true) => {}
+            Ok(false) => return Err(self.not_acknowledged()),
             Err(e) if is_oom(&e) => {
                 // Out of memory: writes are refused, but XACK and XTRIM are
                 // not, and the trim frees the entries every consumer group
@@ -339,10 +349,13 @@ impl Line for RedisQueue {
             pipe.add_command(xadd).ignore();
         }
         self.ack(&mut pipe, &delivery.entry_id);
-        let mut conn = self.conn.clone();
-        pipe.query_async::<()>(&mut conn)
+        if !self
+            .record(&delivery.entry_id, &pipe)
             .await
-            .map_err(unavailable)?;
+            .map_err(unavailable)?
+        {
+            return Err(self.not_acknowledged());
+        }
         self.release(&delivery.entry_id);
         Ok(())
     }
@@ -353,7 +366,7 @@ impl Line for RedisQueue {
         self.ensure_group().await?;
         let mut conn = self.conn.clone();
         let (counters, groups): (
-            (Option<u64>, Option<u64>, Option<u64>),
+            (Option<u64>, Option<u64>, Option<u64>, Option<u64>),
             StreamInfoGroupsReply,
         ) = redis::pipe()
             .cmd("HMGET")
@@ -361,6 +374,7 @@ impl Line for RedisQueue {
             .arg(CounterField::ADMITTED)
             .arg(CounterField::DISPATCHED)
             .arg(CounterField::REPLAYED)
+            .arg(CounterField::RETURNED)
             .cmd("XINFO")
             .arg("GROUPS")
             .arg(&self.keys.stream)
@@ -399,6 +413,22 @@ impl Line for RedisQueue {
             oldest_age,
             admitted,
             dispatched,
+            returned: counters.3.unwrap_or(0),
         })
+    }
+
+    async fn products_sold(&self) -> Result<BTreeMap<String, u64>, QueueError> {
+        let mut conn = self.conn.clone();
+        let counters: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(&self.keys.counters)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok((counters.into_iter())
+            .filter_map(|(field, n)| {
+                let product = field.strip_prefix(CounterField::SOLD_PREFIX)?;
+                Some((product.to_string(), n.parse().ok()?))
+            })
+            .collect())
     }
 }

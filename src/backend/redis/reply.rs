@@ -85,6 +85,8 @@ pub fn parse_entry(fields: &HashMap<String, Value>) -> Result<QueuedRequest, Str
         admitted_at_ms: text(EntryField::ADMITTED_AT)?
             .parse()
             .map_err(|_| "entry has a malformed admission time")?,
+        // Absent from entries without a product, and those stored before.
+        product: text(EntryField::PRODUCT).ok().filter(|p| !p.is_empty()),
     })
 }
 
@@ -142,9 +144,33 @@ pub fn knobs(fields: &HashMap<String, String>) -> Knobs {
         stock: fields.get(KnobField::STOCK).and_then(|v| v.parse().ok()),
         open: fields.get(KnobField::OPEN).map(|v| v == "1"),
         sold_out: flag(KnobField::SOLD_OUT),
+        pow_difficulty: fields
+            .get(KnobField::POW_DIFFICULTY)
+            .and_then(|v| v.parse().ok()),
         version: fields
             .get(KnobField::VERSION)
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
+        products: product_knobs(fields),
     }
+}
+
+/// The products' knobs among the knobs hash's fields (`stock:<p>`,
+/// `sold_out:<p>`).
+fn product_knobs(
+    fields: &HashMap<String, String>,
+) -> std::collections::BTreeMap<String, crate::backend::knobs::ProductKnobs> {
+    let mut out = std::collections::BTreeMap::new();
+    for (field, value) in fields {
+        if let Some(p) = field.strip_prefix(KnobField::STOCK_PREFIX) {
+            let entry: &mut crate::backend::knobs::ProductKnobs =
+                out.entry(p.to_string()).or_default();
+            entry.stock = value.parse().ok();
+        } else if let Some(p) = field.strip_prefix(KnobField::SOLD_OUT_PREFIX) {
+            if value == "1" {
+                out.entry(p.to_string()).or_default().sold_out = true;
+            }
+        }
+    }
+    out
 }

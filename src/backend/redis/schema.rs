@@ -23,7 +23,9 @@
 //! | `<base>:idem:<key>`          | hash        | one Idempotency-Key claim ([`ClaimField`]), same TTL |
 //! | `<base>:changes`             | channel     | pub/sub: the id of each ticket whose status changed |
 //! | `<base>:events`              | stream      | lifecycle events ([`EventField`]), trimmed by age with `MINID ~` as they are written |
+//! | `<base>:pow:<id>`            | string      | a proof-of-work seed was used (`ADMIT_LUA`), until the seed expires |
 //! | `<base>:expired:<id>`        | string      | the `expired` event of a ticket was written (`START_ATTEMPT_LUA`), ticket TTL |
+//! | `<base>:quota`               | hash        | a fair sale's admissions per client ([`QuotaField`]), TTL `per_client_window` renewed by each admission |
 //! | `<prefix>:ticket-secret`     | string      | the ticket MAC secret shared by every instance, no TTL |
 
 use crate::ticket::TicketId;
@@ -49,6 +51,10 @@ pub struct Keys {
     pub idempotency_prefix: String,
     /// Markers of the tickets whose `expired` event was written.
     pub expired_prefix: String,
+    /// Admissions per client of a fair sale ([`QuotaField`]).
+    pub quota: String,
+    /// Markers of the proof-of-work seeds used (`ADMIT_LUA`).
+    pub pow_prefix: String,
 }
 
 impl Keys {
@@ -73,6 +79,8 @@ impl Keys {
             ticket_prefix: format!("{base}:ticket:"),
             idempotency_prefix: format!("{base}:idem:"),
             expired_prefix: format!("{base}:expired:"),
+            quota: format!("{base}:quota"),
+            pow_prefix: format!("{base}:pow:"),
         }
     }
 
@@ -134,6 +142,9 @@ impl EntryField {
     // Spelled by the Lua scripts only; the test below holds them to it.
     #[cfg_attr(not(test), allow(dead_code))]
     pub const REPLAY_OF: &'static str = "r";
+    /// The product the request buys (`product_from`); absent when none
+    /// (and on entries stored before products).
+    pub const PRODUCT: &'static str = "pr";
 }
 
 /// Fields of a ticket's hash. Written by `ADMIT_LUA` (queued),
@@ -161,6 +172,18 @@ impl TicketField {
     // Spelled by the Lua scripts only; the test below holds them to it.
     #[cfg_attr(not(test), allow(dead_code))]
     pub const PREQUEUED_ENTRY: &'static str = "e:";
+    /// Its product, when it has one.
+    // Spelled by the Lua scripts only; the test below holds them to it.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub const PRODUCT: &'static str = "pr";
+    /// Its client, when a per-client limit counted it.
+    // Spelled by the Lua scripts only; the test below holds them to it.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub const CLIENT: &'static str = "cl";
+    /// `1`: a cancel gives its unit and its client's place back.
+    // Spelled by the Lua scripts only; the test below holds them to it.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub const GIVE_BACK: &'static str = "gb";
 }
 
 /// Fields of the queue's counters hash.
@@ -179,6 +202,24 @@ impl CounterField {
     /// depth (`admitted + replayed - dispatched`) and the capacity, not in
     /// the stock, which their admission spent.
     pub const REPLAYED: &'static str = "replayed";
+    /// Units cancelled tickets gave back to the stock (`CANCEL_LUA`): the
+    /// stock counts `admitted - returned`.
+    pub const RETURNED: &'static str = "returned";
+    /// `sold:<product>`: units of a product held by admissions (given back
+    /// by a cancel).
+    pub const SOLD_PREFIX: &'static str = "sold:";
+}
+
+/// Fields of a queue's quota hash (`ADMIT_LUA`, `CANCEL_LUA`).
+pub enum QuotaField {}
+
+// Spelled by the Lua scripts only; the test below holds them to it.
+#[cfg_attr(not(test), allow(dead_code))]
+impl QuotaField {
+    /// `c:<client>`: the client's admissions in the queue.
+    pub const CLIENT_PREFIX: &'static str = "c:";
+    /// `p:<product>:<client>`: the client's admissions of one product.
+    pub const PRODUCT_PREFIX: &'static str = "p:";
 }
 
 /// Fields of the queue's knobs hash (`set_knobs`, `ADAPT_LUA`). Flags are
@@ -191,6 +232,12 @@ impl KnobField {
     pub const STOCK: &'static str = "stock";
     pub const OPEN: &'static str = "open";
     pub const SOLD_OUT: &'static str = "sold_out";
+    /// `stock:<product>`: a product's stock set at run time.
+    pub const STOCK_PREFIX: &'static str = "stock:";
+    /// `sold_out:<product>`: `1` once the upstream said the product is
+    /// sold out.
+    pub const SOLD_OUT_PREFIX: &'static str = "sold_out:";
+    pub const POW_DIFFICULTY: &'static str = "pow_difficulty";
     pub const VERSION: &'static str = "version";
     /// When the adaptive rate last moved, and last moved down (ms of
     /// Redis's clock).
@@ -226,7 +273,7 @@ impl ClaimField {
 /// | `failed`        | the ticket failed (`FINISH_LUA`)                      | `code`, `detail` (as the ticket's `error`) |
 /// | `cancelled`     | the client cancelled it while queued (`CANCEL_LUA`)   | — |
 /// | `expired`       | the drain reached an entry whose ticket had expired under `ticket_ttl`; the request is still sent (`START_ATTEMPT_LUA`, once per ticket) | — |
-/// | `sold_out`      | the sale sold out (no `ticket`)                       | `reason`: `stock` (the last unit was admitted; per partition), `upstream` (a sold-out status), `operator` (the admin API) |
+/// | `sold_out`      | the sale sold out (no `ticket`)                       | `reason`: `stock` (the last unit was admitted; per partition), `upstream` (a sold-out status), `operator` (the admin API); `product`: set when one product sold out, not the queue |
 /// | `knobs_changed` | a knob moved (`KNOBS_LUA`, `ADAPT_LUA`; no `ticket`)   | `actor`: `admin` (the admin token), `peer:<ip:port>` (admin API without a token), `adaptive`, `upstream`; `changes`: JSON, `{"drain_rate":{"old":100,"new":40}}`, `null` = as configured |
 /// | `replayed`      | an operator put a dead letter back in line; the ticket is `queued` again (`REPLAY_LUA`) | `dead_letter`: its id; `actor` |
 /// | `discarded`     | an operator discarded a dead letter; its ticket stays `failed` (`DISCARD_LUA`; `ticket` absent when it kept none) | `dead_letter`, `code`, `actor` |
@@ -257,6 +304,8 @@ impl EventField {
     pub const ACTOR: &'static str = "actor";
     pub const CHANGES: &'static str = "changes";
     pub const DEAD_LETTER: &'static str = "dead_letter";
+    /// On `sold_out` of one product: the product.
+    pub const PRODUCT: &'static str = "product";
 }
 
 /// Fields of a dead letter, before the entry's own [`EntryField`]s.
@@ -297,6 +346,42 @@ mod tests {
         EntryField::FORWARDED_PROTO,
         EntryField::ADMITTED_AT,
     ];
+
+    #[test]
+    fn the_fair_sale_scripts_spell_the_schema_names() {
+        spells(
+            "ADMIT_LUA",
+            ADMIT_LUA,
+            &[
+                EntryField::PRODUCT,
+                TicketField::PRODUCT,
+                TicketField::CLIENT,
+                TicketField::GIVE_BACK,
+                CounterField::RETURNED,
+                CounterField::SOLD_PREFIX,
+                KnobField::STOCK_PREFIX,
+                KnobField::SOLD_OUT_PREFIX,
+                QuotaField::CLIENT_PREFIX,
+                QuotaField::PRODUCT_PREFIX,
+                EventField::PRODUCT,
+            ],
+        );
+        spells("RELEASE_LUA", RELEASE_LUA, &[EntryField::PRODUCT]);
+        spells("REPLAY_LUA", REPLAY_LUA, &[EntryField::PRODUCT]);
+        spells(
+            "CANCEL_LUA",
+            CANCEL_LUA,
+            &[
+                TicketField::PRODUCT,
+                TicketField::CLIENT,
+                TicketField::GIVE_BACK,
+                CounterField::RETURNED,
+                CounterField::SOLD_PREFIX,
+                QuotaField::CLIENT_PREFIX,
+                QuotaField::PRODUCT_PREFIX,
+            ],
+        );
+    }
 
     fn spells(name: &str, script: &str, literals: &[&str]) {
         for literal in literals {

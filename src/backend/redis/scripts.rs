@@ -15,16 +15,21 @@
 /// released) the entry waits in the ticket hash and a sorted set instead of
 /// the stream; see `RELEASE_LUA`.
 ///
-/// KEYS: stream, counters, knobs, prequeue, events, then for each request
-///       its ticket and idempotency keys.
+/// KEYS: stream, counters, knobs, prequeue, events, quota, then for each
+///       request its ticket and idempotency keys.
 /// ARGV: ttl seconds, partitions, this partition's index, the queue's name
-///       in events, the events' `MINID` threshold ('' = events off), then for each
+///       in events, the events' `MINID` threshold ('' = events off), the
+///       prefix of proof-of-work seed keys (`<base>:pow:`), then for each
 ///       request `ADMIT_ARGS` values: ticket id, admitted-at ms, has-claim
 ///       (0/1), fingerprint, configured stock ('' = unlimited), max_queue,
 ///       pre-queue score in the window ('-' = a pre-queue is configured but
 ///       the window is over, '' = none is), then the entry's values m, p, h,
-///       b, c, f, x, k (the names are literals here and in `RELEASE_LUA`;
-///       the schema version `v` is a literal too). A
+///       b, c, f, x, k, pr (the names are literals here and in `RELEASE_LUA`;
+///       the schema version `v` is a literal too), then the fair sale's:
+///       the product's configured stock ('' = unlimited), per-client and
+///       per-client-and-product maxima ('' = none), the quota's TTL
+///       seconds, give-back on cancel (0/1), then the proof-of-work
+///       seed id ('' = none) and its remaining lifetime in ms. A
 ///       partition holds its share of the stock and of the capacity (the
 ///       first `total % partitions` partitions one more).
 /// Lifecycle events (`schema.rs`, [`EventField`](super::schema::EventField)):
@@ -32,18 +37,34 @@
 /// of (this partition's share of) the stock writes `sold_out`, reason `stock`.
 /// Returns four values per request: {'ok', seq, dispatched, 0},
 /// {'replayed', ticket, seq, dispatched}, {'full', depth, 0, 0},
-/// {'sold_out', 0, 0, 0} or {'reused', 0, 0, 0}.
+/// {'sold_out', 0, 0, 0}, {'product_sold_out', 0, 0, 0}, {'quota', 0, 0, 0},
+/// {'reused', 0, 0, 0} or {'pow_reused', 0, 0, 0}.
+///
+/// A fair sale (README "Running a fair sale"), after the queue's stock and
+/// before the capacity: the product's sold-out knob `sold_out:<pr>` and its
+/// stock (knob `stock:<pr>`, else the configured one) against the counter
+/// `sold:<pr>`; then the client's counts in the quota hash (`c:<client>`,
+/// `p:<pr>:<client>`, its TTL renewed by each admission). A ticket that
+/// may give back on cancel keeps `gb`, `pr` and `cl` (`CANCEL_LUA`).
+///
+/// Proof of work: a seed is good for one admission across every instance.
+/// Its key (`<base>:pow:<id>`, built here from the prefix, on the queue's
+/// slot) is written with the admission and lives as long as the seed; a
+/// seed whose key exists is refused, after the idempotency check, so a
+/// retry of an admitted request with the same header gets its ticket.
 ///
 /// Cost, as measured under a burst: the counters and knobs are read once and
 /// the counters written once per batch, not per request; each argument
 /// becomes a Lua string, so the field names are literals.
 pub const ADMIT_LUA: &str = r#"
-local counters = redis.call('HMGET', KEYS[2], 'dispatched', 'admitted', 'seq', 'replayed')
+local counters = redis.call('HMGET', KEYS[2], 'dispatched', 'admitted', 'seq', 'replayed', 'returned')
 local dispatched = tonumber(counters[1] or '0')
 local admitted = tonumber(counters[2] or '0')
 local seq = tonumber(counters[3] or '0')
 -- Replayed dead letters hold places in line (capacity), not stock.
 local replayed = tonumber(counters[4] or '0')
+-- Units cancelled tickets gave back (`CANCEL_LUA`).
+local returned = tonumber(counters[5] or '0')
 local knobs = redis.call('HMGET', KEYS[3], 'sold_out', 'stock')
 local ttl, parts, index = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local function share(total)
@@ -51,10 +72,11 @@ local function share(total)
   if index < total % parts then s = s + 1 end
   return s
 end
-local names = {'m', 'p', 'h', 'b', 'c', 'f', 'x', 'k'}
+local names = {'m', 'p', 'h', 'b', 'c', 'f', 'x', 'k', 'pr'}
 -- Whether pre-queued entries wait: read when first needed.
 local prequeued = nil
 local ev_key, ev_queue, ev_min = KEYS[5], ARGV[4], ARGV[5]
+local pow_prefix = ARGV[6]
 local function event(...)
   if ev_min ~= '' then
     redis.call('XADD', ev_key, 'MINID', '~', ev_min, '*', 'v', '1', 'queue', ev_queue, ...)
@@ -62,19 +84,41 @@ local function event(...)
 end
 local out = {}
 local wrote = false
-for i = 0, (#ARGV - 5) / 15 - 1 do
-  local a = 5 + 15 * i
-  local tkey, ikey = KEYS[6 + 2 * i], KEYS[7 + 2 * i]
+for i = 0, (#ARGV - 6) / 23 - 1 do
+  local a = 6 + 23 * i
+  local tkey, ikey = KEYS[7 + 2 * i], KEYS[8 + 2 * i]
   local id, adm, claimed, fp = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3] == '1', ARGV[a + 4]
+  local pow = ARGV[a + 22]
   local word, x, y, z = 'ok', 0, 0, 0
   local prev = claimed and redis.call('HMGET', ikey, 't', 'f', 's')
   local stock = knobs[2] or ARGV[a + 5]
   local depth = admitted + replayed - dispatched
+  -- The fair sale: the product's knobs and count, the client's counts.
+  local pr, cl, qmax, qpmax = ARGV[a + 16], ARGV[a + 12], ARGV[a + 18], ARGV[a + 19]
+  local pknobs, psold, pstock = nil, 0, ''
+  local quota, qc, qp = qmax ~= '' or qpmax ~= '', 0, 0
+  if not (prev and prev[1]) then
+    if pr ~= '' then
+      pknobs = redis.call('HMGET', KEYS[3], 'stock:' .. pr, 'sold_out:' .. pr)
+      psold = tonumber(redis.call('HGET', KEYS[2], 'sold:' .. pr) or '0')
+      pstock = pknobs[1] or ARGV[a + 17]
+    end
+    if quota then
+      local q = redis.call('HMGET', KEYS[6], 'c:' .. cl, 'p:' .. pr .. ':' .. cl)
+      qc, qp = tonumber(q[1] or '0'), tonumber(q[2] or '0')
+    end
+  end
   if prev and prev[1] then
     if prev[2] ~= fp then word = 'reused'
     else word, x, y, z = 'replayed', prev[1], tonumber(prev[3]), dispatched end
-  elseif knobs[1] == '1' or (stock ~= '' and admitted >= share(tonumber(stock))) then
+  elseif pow ~= '' and redis.call('EXISTS', pow_prefix .. pow) == 1 then
+    word = 'pow_reused'
+  elseif knobs[1] == '1' or (stock ~= '' and admitted - returned >= share(tonumber(stock))) then
     word = 'sold_out'
+  elseif pknobs and (pknobs[2] == '1' or (pstock ~= '' and psold >= share(tonumber(pstock)))) then
+    word = 'product_sold_out'
+  elseif (qmax ~= '' and qc >= tonumber(qmax)) or (qpmax ~= '' and pr ~= '' and qp >= tonumber(qpmax)) then
+    word = 'quota'
   elseif depth >= share(tonumber(ARGV[a + 6])) then
     word, x = 'full', depth
   else
@@ -101,15 +145,33 @@ for i = 0, (#ARGV - 5) / 15 - 1 do
     else
       seq = seq + 1
       s = tostring(seq)
-      redis.call('XADD', KEYS[1], '*', 'v', '1', 's', s, 'w', depth, 't', id,
+      local entry = {'v', '1', 's', s, 'w', depth, 't', id,
         'm', ARGV[a + 8], 'p', ARGV[a + 9], 'h', ARGV[a + 10], 'b', ARGV[a + 11],
         'c', ARGV[a + 12], 'f', ARGV[a + 13], 'x', ARGV[a + 14], 'a', adm,
-        'k', ARGV[a + 15])
+        'k', ARGV[a + 15]}
+      if pr ~= '' then
+        entry[#entry + 1] = 'pr'
+        entry[#entry + 1] = pr
+      end
+      redis.call('XADD', KEYS[1], '*', unpack(entry))
     end
     redis.call('HSET', tkey, 'st', 'queued', 'seq', s, 'att', '0', 'adm', adm)
+    if pr ~= '' then
+      redis.call('HSET', tkey, 'pr', pr)
+      psold = redis.call('HINCRBY', KEYS[2], 'sold:' .. pr, 1)
+    end
+    if quota then
+      redis.call('HINCRBY', KEYS[6], 'c:' .. cl, 1)
+      if pr ~= '' then redis.call('HINCRBY', KEYS[6], 'p:' .. pr .. ':' .. cl, 1) end
+      redis.call('EXPIRE', KEYS[6], ARGV[a + 20])
+      redis.call('HSET', tkey, 'cl', cl)
+    end
+    if ARGV[a + 21] == '1' then redis.call('HSET', tkey, 'gb', '1') end
     redis.call('EXPIRE', tkey, ttl)
     event('type', 'admitted', 'at', adm, 'ticket', id)
-    if stock ~= '' and admitted == share(tonumber(stock)) then event('type', 'sold_out', 'at', adm, 'reason', 'stock') end
+    if stock ~= '' and admitted - returned == share(tonumber(stock)) then event('type', 'sold_out', 'at', adm, 'reason', 'stock') end
+    if pstock ~= '' and psold == share(tonumber(pstock)) then event('type', 'sold_out', 'at', adm, 'reason', 'stock', 'product', pr) end
+    if pow ~= '' then redis.call('SET', pow_prefix .. pow, '1', 'PX', ARGV[a + 23]) end
     if claimed then
       redis.call('HSET', ikey, 't', id, 'f', fp, 's', s)
       redis.call('EXPIRE', ikey, ttl)
@@ -126,7 +188,7 @@ return out
 "#;
 
 /// Values `ADMIT_LUA` takes for each request of a batch.
-pub const ADMIT_ARGS: usize = 15;
+pub const ADMIT_ARGS: usize = 23;
 
 /// Moves up to ARGV[1] pre-queued entries, lowest (random) score first, into
 /// the stream, giving each its sequence number now. Returns {moved, left}.
@@ -138,7 +200,7 @@ pub const ADMIT_ARGS: usize = 15;
 /// script stays on one cluster slot.
 pub const RELEASE_LUA: &str = r#"
 local popped = redis.call('ZPOPMIN', KEYS[1], ARGV[1])
-local names = {'t', 'm', 'p', 'h', 'b', 'c', 'f', 'x', 'a', 'v', 'k'}
+local names = {'t', 'm', 'p', 'h', 'b', 'c', 'f', 'x', 'a', 'v', 'k', 'pr'}
 local moved = 0
 for i = 1, #popped, 2 do
   local key = ARGV[2] .. popped[i]
@@ -150,7 +212,7 @@ for i = 1, #popped, 2 do
     local dispatched = tonumber(redis.call('HGET', KEYS[3], 'dispatched') or '0')
     local entry = {'s', seq, 'w', math.max(0, seq - 1 - dispatched)}
     for j, name in ipairs(names) do
-      if values[j] then
+      if values[j] and (values[j] ~= '' or name ~= 'pr') then
         entry[#entry + 1] = name
         entry[#entry + 1] = values[j]
       end
@@ -204,16 +266,33 @@ return attempt
 /// is either cancelled before its first attempt or not at all. Returns
 /// `{'missing'}`, `{'refused', status}` or `{'ok'}`.
 ///
-/// Writes the `cancelled` event.
+/// Writes the `cancelled` event. A ticket admitted with `gb` gives back, in
+/// the same step, its unit to the queue's stock (`returned`) and to its
+/// product's (`sold:<pr>`), and its place to its client's counts in the
+/// quota hash (never below zero, nor into a quota hash that expired).
 ///
-/// KEYS: ticket, events. ARGV: now ms, ttl seconds, change channel, ticket
-/// id, queue, `MINID` threshold ('' = events off).
+/// KEYS: ticket, events, counters, quota. ARGV: now ms, ttl seconds, change
+/// channel, ticket id, queue, `MINID` threshold ('' = events off).
 pub const CANCEL_LUA: &str = r#"
 local st = redis.call('HGET', KEYS[1], 'st')
 if not st then return {'missing'} end
 if st == 'cancelled' then return {'already'} end
 if st ~= 'queued' then return {'refused', st} end
 redis.call('HSET', KEYS[1], 'st', 'cancelled', 'cmp', ARGV[1])
+local back = redis.call('HMGET', KEYS[1], 'gb', 'pr', 'cl')
+if back[1] == '1' then
+  redis.call('HINCRBY', KEYS[3], 'returned', 1)
+  if back[2] then redis.call('HINCRBY', KEYS[3], 'sold:' .. back[2], -1) end
+  local function down(field)
+    if tonumber(redis.call('HGET', KEYS[4], field) or '0') > 0 then
+      redis.call('HINCRBY', KEYS[4], field, -1)
+    end
+  end
+  if back[3] then
+    down('c:' .. back[3])
+    if back[2] then down('p:' .. back[2] .. ':' .. back[3]) end
+  end
+end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 if ARGV[6] ~= '' then
@@ -312,7 +391,9 @@ return 1
 /// `{"drain_rate":{"old":null,"new":40}}`, `null` = as configured), and a
 /// `sold_out` event when the flag goes up. Nothing is recorded for a patch
 /// that moved nothing, nor when the actor is '' (a partition's copy of a
-/// change recorded on partition 0). Returns the knobs as HGETALL does.
+/// change recorded on partition 0). A product's knobs (`stock:<p>`,
+/// `sold_out:<p>`) are knobs like the others; a product's flip to sold out
+/// writes a `sold_out` event with its `product`. Returns the knobs as HGETALL does.
 ///
 /// KEYS: knobs, events. ARGV: actor, sold-out reason, queue, `MINID`
 /// threshold ('' = events off), now ms, then field/value pairs ('' deletes
@@ -323,6 +404,13 @@ for i = 6, #ARGV, 2 do names[#names + 1] = ARGV[i] end
 local before = {}
 if #names > 0 then before = redis.call('HMGET', KEYS[1], unpack(names)) end
 for i = 6, #ARGV, 2 do
+  -- '+<units>:<configured>' adds to the stored value (else the configured
+  -- one), never below 0: a product's stock added to in one step.
+  local units, configured = ARGV[i + 1]:match('^%+(%-?%d+):(%d*)$')
+  if units then
+    local base = tonumber(before[(i - 4) / 2] or configured) or 0
+    ARGV[i + 1] = string.format('%.0f', math.max(0, base + tonumber(units)))
+  end
   if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[1], ARGV[i])
   else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 end
@@ -332,7 +420,7 @@ if ARGV[1] == '' or ARGV[4] == '' then return knobs end
 -- As JSON: flags are booleans (unset: false, but `open` unset is null),
 -- numbers numbers, unset numbers null.
 local function value(name, v)
-  if name == 'paused' or name == 'sold_out' then return v == '1' end
+  if name == 'paused' or name == 'sold_out' or name:sub(1, 9) == 'sold_out:' then return v == '1' end
   if not v or v == '' then return cjson.null end
   if name == 'open' then return v == '1' end
   return tonumber(v)
@@ -350,5 +438,10 @@ local function event(...)
 end
 if moved then event('type', 'knobs_changed', 'actor', ARGV[1], 'changes', cjson.encode(changes)) end
 if changes['sold_out'] and changes['sold_out'].new == true then event('type', 'sold_out', 'reason', ARGV[2]) end
+for _, name in ipairs(names) do
+  if name:sub(1, 9) == 'sold_out:' and changes[name] and changes[name].new == true then
+    event('type', 'sold_out', 'reason', ARGV[2], 'product', name:sub(10))
+  end
+end
 return knobs
 "#;

@@ -34,6 +34,8 @@ impl TicketStore for RedisQueue {
             .cancel_script
             .key(self.keys.ticket(id))
             .key(&self.keys.events)
+            .key(&self.keys.counters)
+            .key(&self.keys.quota)
             .arg(now_ms())
             .arg(self.ttl_secs)
             .arg(&self.keys.changes)

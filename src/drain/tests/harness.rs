@@ -204,11 +204,14 @@ impl Harness {
                 forwarded_for: "127.0.0.1".into(),
                 forwarded_proto: "http".into(),
                 admitted_at_ms: self.queue.clock.now_ms(),
+                product: None,
             };
             let limits = AdmitLimits {
                 max_queue: 1000,
                 stock: None,
                 prequeue: Prequeue::None,
+                fair: Default::default(),
+                pow: None,
             };
             let admit = self.backend.admit(request, None, limits).await.unwrap();
             assert!(matches!(admit, Admit::Admitted { .. }), "{admit:?}");
