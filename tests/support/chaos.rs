@@ -1,9 +1,12 @@
 //! Chaos under load (issue 22): one scenario, run bounded by `tests/chaos.rs`
 //! and for minutes by `scripts/chaos`. A burst of admissions from many
 //! connections into two gateway processes on one redis-server (AOF,
-//! `appendfsync always`), during which the faults of [`Fault`] strike one
-//! after another; then every ticket is followed to its end and checked
-//! against what the recording upstream received.
+//! `appendfsync always`) — or, when [`Fault::Failover`] is among the faults,
+//! on a Sentinel setup (a primary and its replica, both AOF with `appendfsync
+//! always`, three sentinels; the gateways use its `redis+sentinel://` URL) —
+//! during which the faults of [`Fault`] strike one after another; then every
+//! ticket is followed to its end and checked against what the recording
+//! upstream received.
 
 mod report;
 
@@ -16,20 +19,24 @@ use super::load::{Admission, Attempts, Shopper, TicketState};
 use super::process::healthy;
 use super::{
     raise_open_files_limit, Gateway, GatewayBuilder, GatewayProcess, MockUpstream, Redis,
-    UpstreamControl,
+    SentinelSetup, UpstreamControl,
 };
 pub use report::ChaosReport;
 
 /// One fault, struck while the burst runs; each is one arm of
-/// `Chaos::strike`. A Redis failover (a primary killed, a replica promoted
-/// by Sentinel) joins as one more variant, with the redis-server of [`Rig`]
-/// then a Sentinel setup.
+/// `Chaos::strike`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     /// `kill -9` of the second gateway, restarted at once under its name.
     KillGateway,
     /// `kill -9` of redis-server, restarted on its AOF after `redis_down`.
+    /// Single redis-server only.
     KillRedis,
+    /// `kill -9` of the Redis primary of a Sentinel setup; Sentinel promotes
+    /// the replica, and the old primary is restarted and becomes the new
+    /// one's replica. With `--durability local` the 202s the replica had not
+    /// received are lost (counted, not failed: [`ChaosReport::assert_holds`]).
+    Failover,
     /// The upstream answers 503 for `upstream_refusing`, then each answer
     /// takes `slow_by` for `upstream_slow`.
     UpstreamOutage,
@@ -71,7 +78,9 @@ impl Chaos {
     }
 
     /// `base`, with what the environment sets: CHAOS_ADMISSIONS,
-    /// CHAOS_CONNECTIONS, CHAOS_RATE, CHAOS_DURABILITY.
+    /// CHAOS_CONNECTIONS, CHAOS_RATE, CHAOS_DURABILITY, and CHAOS_REDIS
+    /// (`single`: the faults of [`Chaos::bounded`]; `sentinel`: those of
+    /// [`Chaos::bounded_failover`]).
     pub fn from_env(base: Chaos) -> Chaos {
         fn var<T: std::str::FromStr>(key: &str) -> Option<T> {
             let v = std::env::var(key).ok()?;
@@ -85,8 +94,36 @@ impl Chaos {
             connections: var("CHAOS_CONNECTIONS").unwrap_or(base.connections),
             rate: var("CHAOS_RATE").unwrap_or(base.rate),
             durability: var("CHAOS_DURABILITY").or(base.durability),
+            faults: match var::<String>("CHAOS_REDIS").as_deref() {
+                None => base.faults,
+                Some("single") => Chaos::bounded().faults,
+                Some("sentinel") => Chaos::bounded_failover().faults,
+                Some(other) => panic!("CHAOS_REDIS={other}: single or sentinel"),
+            },
             ..base
         }
+    }
+
+    /// The bounded run on a Sentinel setup: [`Chaos::bounded`] with the
+    /// Redis failover in place of the redis-server's kill, and
+    /// `--durability replicated`.
+    pub fn bounded_failover() -> Chaos {
+        Chaos {
+            durability: Some("replicated".to_string()),
+            faults: vec![Fault::KillGateway, Fault::Failover, Fault::UpstreamOutage],
+            ..Chaos::bounded()
+        }
+    }
+
+    /// Whether the run is on a Sentinel setup: it has [`Fault::Failover`].
+    pub fn sentinel(&self) -> bool {
+        self.faults.contains(&Fault::Failover)
+    }
+
+    /// Whether a failover may lose 202s: one strikes and the durability is
+    /// not `replicated`.
+    pub fn failover_may_lose(&self) -> bool {
+        self.sentinel() && self.durability.as_deref() != Some("replicated")
     }
 
     /// Runs the scenario and checks nothing: see [`ChaosReport::assert_holds`].
@@ -98,11 +135,26 @@ impl Chaos {
             .control(control.clone())
             .start()
             .await;
-        let redis = Redis::builder().durable().start();
+        assert!(
+            !(self.sentinel() && self.faults.contains(&Fault::KillRedis)),
+            "KillRedis strikes a single redis-server, Failover a Sentinel setup"
+        );
+        let store = if self.sentinel() {
+            let durable = ["--appendonly", "yes", "--appendfsync", "always"];
+            Store::Sentinel(tokio::task::block_in_place(|| {
+                SentinelSetup::start_with(&durable)
+            }))
+        } else {
+            Store::Single(Redis::builder().durable().start())
+        };
+        let url = match &store {
+            Store::Single(redis) => redis.url(),
+            Store::Sentinel(setup) => setup.url(),
+        };
         let rate = self.rate.to_string();
         let mut instance = Gateway::builder()
             .upstream(&upstream)
-            .redis(&redis)
+            .redis(&url)
             .args(&["--drain-rate", &rate])
             // The refusing upstream is to delay tickets, not fail them.
             .args(&["--max-attempts", "100"])
@@ -119,7 +171,7 @@ impl Chaos {
         let rig = Rig {
             gateways,
             builders: builders.to_vec(),
-            redis,
+            store,
             control: control.clone(),
         };
 
@@ -217,11 +269,25 @@ impl Chaos {
                     note("gateway chaos-b restarted");
                 }
                 Fault::KillRedis => {
+                    let Store::Single(redis) = &mut rig.store else {
+                        unreachable!("checked in run")
+                    };
                     note("kill -9 redis-server");
-                    tokio::task::block_in_place(|| rig.redis.kill());
+                    tokio::task::block_in_place(|| redis.kill());
                     tokio::time::sleep(self.redis_down).await;
-                    tokio::task::block_in_place(|| rig.redis.restart());
+                    tokio::task::block_in_place(|| redis.restart());
                     note("redis-server restarted (AOF, appendfsync always)");
+                }
+                Fault::Failover => {
+                    let Store::Sentinel(setup) = &mut rig.store else {
+                        unreachable!("a Sentinel setup with Failover")
+                    };
+                    note("kill -9 the Redis primary");
+                    let old = tokio::task::block_in_place(|| setup.kill_primary());
+                    tokio::task::block_in_place(|| setup.wait_for_promotion(old));
+                    note("replica promoted by Sentinel");
+                    tokio::task::block_in_place(|| setup.restart(old));
+                    note("old primary restarted, replicating the new one");
                 }
                 Fault::UpstreamOutage => {
                     note("upstream answers 503");
@@ -292,8 +358,14 @@ impl Chaos {
 struct Rig {
     gateways: Vec<GatewayProcess>,
     builders: Vec<GatewayBuilder>,
-    redis: Redis,
+    store: Store,
     control: UpstreamControl,
+}
+
+/// Where the queue lives.
+enum Store {
+    Single(Redis),
+    Sentinel(SentinelSetup),
 }
 
 impl Default for Chaos {
