@@ -32,9 +32,10 @@ pub enum Fault {
     /// `kill -9` of redis-server, restarted on its AOF after `redis_down`.
     /// Single redis-server only.
     KillRedis,
-    /// `kill -9` of the Redis primary of a Sentinel setup; Sentinel promotes
-    /// the replica, and the old primary is restarted and becomes the new
-    /// one's replica. With `--durability local` the 202s the replica had not
+    /// `kill -9` of the Redis primary of a Sentinel setup; once Sentinel
+    /// has promoted the replica the next fault may strike, while the old
+    /// primary is restarted and becomes the new one's replica (a resync of
+    /// seconds, in which `replicated` has no replica and answers 503). With `--durability local` the 202s the replica had not
     /// received are lost (counted, not failed: [`ChaosReport::assert_holds`]).
     Failover,
     /// The upstream answers 503 for `upstream_refusing`, then each answer
@@ -139,17 +140,15 @@ impl Chaos {
             !(self.sentinel() && self.faults.contains(&Fault::KillRedis)),
             "KillRedis strikes a single redis-server, Failover a Sentinel setup"
         );
-        let store = if self.sentinel() {
+        let (store, url) = if self.sentinel() {
             let durable = ["--appendonly", "yes", "--appendfsync", "always"];
-            Store::Sentinel(tokio::task::block_in_place(|| {
-                SentinelSetup::start_with(&durable)
-            }))
+            let setup = tokio::task::block_in_place(|| SentinelSetup::start_with(&durable));
+            let url = setup.url();
+            (Store::Sentinel(setup), url)
         } else {
-            Store::Single(Redis::builder().durable().start())
-        };
-        let url = match &store {
-            Store::Single(redis) => redis.url(),
-            Store::Sentinel(setup) => setup.url(),
+            let redis = Redis::builder().durable().start();
+            let url = redis.url();
+            (Store::Single(redis), url)
         };
         let rate = self.rate.to_string();
         let mut instance = Gateway::builder()
@@ -171,7 +170,7 @@ impl Chaos {
         let rig = Rig {
             gateways,
             builders: builders.to_vec(),
-            store,
+            store: Some(store),
             control: control.clone(),
         };
 
@@ -269,7 +268,7 @@ impl Chaos {
                     note("gateway chaos-b restarted");
                 }
                 Fault::KillRedis => {
-                    let Store::Single(redis) = &mut rig.store else {
+                    let Some(Store::Single(redis)) = &mut rig.store else {
                         unreachable!("checked in run")
                     };
                     note("kill -9 redis-server");
@@ -279,15 +278,17 @@ impl Chaos {
                     note("redis-server restarted (AOF, appendfsync always)");
                 }
                 Fault::Failover => {
-                    let Store::Sentinel(setup) = &mut rig.store else {
-                        unreachable!("a Sentinel setup with Failover")
+                    let Some(Store::Sentinel(mut setup)) = rig.store.take() else {
+                        panic!("Failover strikes a Sentinel setup, once")
                     };
                     note("kill -9 the Redis primary");
                     let old = tokio::task::block_in_place(|| setup.kill_primary());
                     tokio::task::block_in_place(|| setup.wait_for_promotion(old));
-                    note("replica promoted by Sentinel");
-                    tokio::task::block_in_place(|| setup.restart(old));
-                    note("old primary restarted, replicating the new one");
+                    note("replica promoted by Sentinel; the old primary restarting");
+                    rig.store = Some(Store::Resyncing(tokio::task::spawn_blocking(move || {
+                        setup.restart(old);
+                        (setup, Instant::now())
+                    })));
                 }
                 Fault::UpstreamOutage => {
                     note("upstream answers 503");
@@ -301,6 +302,23 @@ impl Chaos {
                 }
             }
         }
+        if let Some(Store::Resyncing(task)) = rig.store.take() {
+            let (setup, at) = task.await.expect("the old primary restarted");
+            let line = format!(
+                "{:>6.1} s  old primary restarted, replicating the new one",
+                (at - started).as_secs_f64()
+            );
+            println!("chaos: {line}");
+            timeline.push(line);
+            rig.store = Some(Store::Sentinel(setup));
+        }
+        // In the order they happened (a resync ends after later faults).
+        timeline.sort_by(|a, b| {
+            let at = |l: &str| l.split_whitespace().next()?.parse::<f64>().ok();
+            at(a)
+                .partial_cmp(&at(b))
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
         (rig, timeline)
     }
 
@@ -358,7 +376,8 @@ impl Chaos {
 struct Rig {
     gateways: Vec<GatewayProcess>,
     builders: Vec<GatewayBuilder>,
-    store: Store,
+    /// `None` only while a fault holds it.
+    store: Option<Store>,
     control: UpstreamControl,
 }
 
@@ -366,6 +385,9 @@ struct Rig {
 enum Store {
     Single(Redis),
     Sentinel(SentinelSetup),
+    /// A Sentinel setup after [`Fault::Failover`], its old primary being
+    /// restarted as a replica: the setup and when that ended.
+    Resyncing(tokio::task::JoinHandle<(SentinelSetup, Instant)>),
 }
 
 impl Default for Chaos {
