@@ -302,7 +302,11 @@ impl Chaos {
                 }
             }
         }
-        if let Some(Store::Resyncing(task)) = rig.store.take() {
+        // (Taken only when resyncing: a store taken and dropped is stopped.)
+        if matches!(rig.store, Some(Store::Resyncing(_))) {
+            let Some(Store::Resyncing(task)) = rig.store.take() else {
+                unreachable!("matched")
+            };
             let (setup, at) = task.await.expect("the old primary restarted");
             let line = format!(
                 "{:>6.1} s  old primary restarted, replicating the new one",
