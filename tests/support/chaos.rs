@@ -1,9 +1,12 @@
 //! Chaos under load (issue 22): one scenario, run bounded by `tests/chaos.rs`
 //! and for minutes by `scripts/chaos`. A burst of admissions from many
 //! connections into two gateway processes on one redis-server (AOF,
-//! `appendfsync always`), during which the faults of [`Fault`] strike one
-//! after another; then every ticket is followed to its end and checked
-//! against what the recording upstream received.
+//! `appendfsync always`) — or, when [`Fault::Failover`] is among the faults,
+//! on a Sentinel setup (a primary and its replica, both AOF with `appendfsync
+//! always`, three sentinels; the gateways use its `redis+sentinel://` URL) —
+//! during which the faults of [`Fault`] strike one after another; then every
+//! ticket is followed to its end and checked against what the recording
+//! upstream received.
 
 mod report;
 
@@ -16,20 +19,25 @@ use super::load::{Admission, Attempts, Shopper, TicketState};
 use super::process::healthy;
 use super::{
     raise_open_files_limit, Gateway, GatewayBuilder, GatewayProcess, MockUpstream, Redis,
-    UpstreamControl,
+    SentinelSetup, UpstreamControl,
 };
 pub use report::ChaosReport;
 
 /// One fault, struck while the burst runs; each is one arm of
-/// `Chaos::strike`. A Redis failover (a primary killed, a replica promoted
-/// by Sentinel) joins as one more variant, with the redis-server of [`Rig`]
-/// then a Sentinel setup.
+/// `Chaos::strike`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     /// `kill -9` of the second gateway, restarted at once under its name.
     KillGateway,
     /// `kill -9` of redis-server, restarted on its AOF after `redis_down`.
+    /// Single redis-server only.
     KillRedis,
+    /// `kill -9` of the Redis primary of a Sentinel setup; once Sentinel
+    /// has promoted the replica the next fault may strike, while the old
+    /// primary is restarted and becomes the new one's replica (a resync of
+    /// seconds, in which `replicated` has no replica and answers 503). With `--durability local` the 202s the replica had not
+    /// received are lost (counted, not failed: [`ChaosReport::assert_holds`]).
+    Failover,
     /// The upstream answers 503 for `upstream_refusing`, then each answer
     /// takes `slow_by` for `upstream_slow`.
     UpstreamOutage,
@@ -71,7 +79,9 @@ impl Chaos {
     }
 
     /// `base`, with what the environment sets: CHAOS_ADMISSIONS,
-    /// CHAOS_CONNECTIONS, CHAOS_RATE, CHAOS_DURABILITY.
+    /// CHAOS_CONNECTIONS, CHAOS_RATE, CHAOS_DURABILITY, and CHAOS_REDIS
+    /// (`single`: the faults of [`Chaos::bounded`]; `sentinel`: those of
+    /// [`Chaos::bounded_failover`]).
     pub fn from_env(base: Chaos) -> Chaos {
         fn var<T: std::str::FromStr>(key: &str) -> Option<T> {
             let v = std::env::var(key).ok()?;
@@ -85,8 +95,36 @@ impl Chaos {
             connections: var("CHAOS_CONNECTIONS").unwrap_or(base.connections),
             rate: var("CHAOS_RATE").unwrap_or(base.rate),
             durability: var("CHAOS_DURABILITY").or(base.durability),
+            faults: match var::<String>("CHAOS_REDIS").as_deref() {
+                None => base.faults,
+                Some("single") => Chaos::bounded().faults,
+                Some("sentinel") => Chaos::bounded_failover().faults,
+                Some(other) => panic!("CHAOS_REDIS={other}: single or sentinel"),
+            },
             ..base
         }
+    }
+
+    /// The bounded run on a Sentinel setup: [`Chaos::bounded`] with the
+    /// Redis failover in place of the redis-server's kill, and
+    /// `--durability replicated`.
+    pub fn bounded_failover() -> Chaos {
+        Chaos {
+            durability: Some("replicated".to_string()),
+            faults: vec![Fault::KillGateway, Fault::Failover, Fault::UpstreamOutage],
+            ..Chaos::bounded()
+        }
+    }
+
+    /// Whether the run is on a Sentinel setup: it has [`Fault::Failover`].
+    pub fn sentinel(&self) -> bool {
+        self.faults.contains(&Fault::Failover)
+    }
+
+    /// Whether a failover may lose 202s: one strikes and the durability is
+    /// not `replicated`.
+    pub fn failover_may_lose(&self) -> bool {
+        self.sentinel() && self.durability.as_deref() != Some("replicated")
     }
 
     /// Runs the scenario and checks nothing: see [`ChaosReport::assert_holds`].
@@ -98,11 +136,24 @@ impl Chaos {
             .control(control.clone())
             .start()
             .await;
-        let redis = Redis::builder().durable().start();
+        assert!(
+            !(self.sentinel() && self.faults.contains(&Fault::KillRedis)),
+            "KillRedis strikes a single redis-server, Failover a Sentinel setup"
+        );
+        let (store, url) = if self.sentinel() {
+            let durable = ["--appendonly", "yes", "--appendfsync", "always"];
+            let setup = tokio::task::block_in_place(|| SentinelSetup::start_with(&durable));
+            let url = setup.url();
+            (Store::Sentinel(setup), url)
+        } else {
+            let redis = Redis::builder().durable().start();
+            let url = redis.url();
+            (Store::Single(redis), url)
+        };
         let rate = self.rate.to_string();
         let mut instance = Gateway::builder()
             .upstream(&upstream)
-            .redis(&redis)
+            .redis(&url)
             .args(&["--drain-rate", &rate])
             // The refusing upstream is to delay tickets, not fail them.
             .args(&["--max-attempts", "100"])
@@ -119,7 +170,7 @@ impl Chaos {
         let rig = Rig {
             gateways,
             builders: builders.to_vec(),
-            redis,
+            store: Some(store),
             control: control.clone(),
         };
 
@@ -217,11 +268,27 @@ impl Chaos {
                     note("gateway chaos-b restarted");
                 }
                 Fault::KillRedis => {
+                    let Some(Store::Single(redis)) = &mut rig.store else {
+                        unreachable!("checked in run")
+                    };
                     note("kill -9 redis-server");
-                    tokio::task::block_in_place(|| rig.redis.kill());
+                    tokio::task::block_in_place(|| redis.kill());
                     tokio::time::sleep(self.redis_down).await;
-                    tokio::task::block_in_place(|| rig.redis.restart());
+                    tokio::task::block_in_place(|| redis.restart());
                     note("redis-server restarted (AOF, appendfsync always)");
+                }
+                Fault::Failover => {
+                    let Some(Store::Sentinel(mut setup)) = rig.store.take() else {
+                        panic!("Failover strikes a Sentinel setup, once")
+                    };
+                    note("kill -9 the Redis primary");
+                    let old = tokio::task::block_in_place(|| setup.kill_primary());
+                    tokio::task::block_in_place(|| setup.wait_for_promotion(old));
+                    note("replica promoted by Sentinel; the old primary restarting");
+                    rig.store = Some(Store::Resyncing(tokio::task::spawn_blocking(move || {
+                        setup.restart(old);
+                        (setup, Instant::now())
+                    })));
                 }
                 Fault::UpstreamOutage => {
                     note("upstream answers 503");
@@ -235,6 +302,27 @@ impl Chaos {
                 }
             }
         }
+        // (Taken only when resyncing: a store taken and dropped is stopped.)
+        if matches!(rig.store, Some(Store::Resyncing(_))) {
+            let Some(Store::Resyncing(task)) = rig.store.take() else {
+                unreachable!("matched")
+            };
+            let (setup, at) = task.await.expect("the old primary restarted");
+            let line = format!(
+                "{:>6.1} s  old primary restarted, replicating the new one",
+                (at - started).as_secs_f64()
+            );
+            println!("chaos: {line}");
+            timeline.push(line);
+            rig.store = Some(Store::Sentinel(setup));
+        }
+        // In the order they happened (a resync ends after later faults).
+        timeline.sort_by(|a, b| {
+            let at = |l: &str| l.split_whitespace().next()?.parse::<f64>().ok();
+            at(a)
+                .partial_cmp(&at(b))
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
         (rig, timeline)
     }
 
@@ -292,8 +380,18 @@ impl Chaos {
 struct Rig {
     gateways: Vec<GatewayProcess>,
     builders: Vec<GatewayBuilder>,
-    redis: Redis,
+    /// `None` only while a fault holds it.
+    store: Option<Store>,
     control: UpstreamControl,
+}
+
+/// Where the queue lives.
+enum Store {
+    Single(Redis),
+    Sentinel(SentinelSetup),
+    /// A Sentinel setup after [`Fault::Failover`], its old primary being
+    /// restarted as a replica: the setup and when that ended.
+    Resyncing(tokio::task::JoinHandle<(SentinelSetup, Instant)>),
 }
 
 impl Default for Chaos {
