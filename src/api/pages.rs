@@ -223,22 +223,7 @@ pub fn route(method: &Method, path: &str, config: &Config) -> Option<Response<Bo
 
 /// `GET /flashgate-pow.js`: the proof-of-work solver for browsers.
 pub fn pow_script() -> Response<Body> {
-    let mut resp = Response::new(full(POW_JS));
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/javascript; charset=utf-8"),
-    );
-    // It changes only with a new build.
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=300"),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    resp
+    built_in(POW_JS, "text/javascript; charset=utf-8")
 }
 
 /// `GET /waiting-room/{ticket}`: the page that follows a ticket for a person.
@@ -276,13 +261,15 @@ pub fn waiting_room(ticket: &str, config: &Config) -> Response<Body> {
 
 /// `GET /openapi.json`: the OpenAPI 3.1 description of the public API.
 pub fn openapi() -> Response<Body> {
-    let mut resp = Response::new(full(OPENAPI_JSON));
+    built_in(OPENAPI_JSON, "application/json")
+}
+
+/// A file built into the binary, of `content_type`: it changes only with a
+/// new build, so it may be cached for a while.
+fn built_in(content: &'static str, content_type: &'static str) -> Response<Body> {
+    let mut resp = Response::new(full(content));
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    // It changes only with a new build.
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=300"),
