@@ -53,7 +53,7 @@ pub use self::line::{
 pub use self::memory::MemoryQueue;
 pub use self::partitioned::{partition_of_claim, partition_of_client, Partitioned};
 pub use self::redis::{RedisQueue, RedisQueueConfig};
-pub use self::schedule::{SlotSchedule, CATCH_UP};
+pub use self::schedule::{Reserved, SlotSchedule, CATCH_UP};
 pub use self::tickets::{Cancel, TicketStore};
 
 /// A queue backend for one named queue: every seam at once. Implemented for

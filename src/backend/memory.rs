@@ -38,6 +38,8 @@ type Fast = foldhash::fast::RandomState;
 /// An in-process queue with the same semantics as the Redis backend.
 pub struct MemoryQueue {
     ttl: Duration,
+    /// Where the slot schedule's clock starts (tokio's clock).
+    epoch: tokio::time::Instant,
     state: Mutex<State>,
     arrived: Notify,
     /// Ticket status changes, for [`crate::backend::ChangeFeed`].
@@ -93,6 +95,7 @@ impl MemoryQueue {
     pub fn new(ttl: Duration) -> Self {
         MemoryQueue {
             ttl,
+            epoch: tokio::time::Instant::now(),
             state: Mutex::new(State::default()),
             arrived: Notify::new(),
             changes: broadcast::Sender::new(CHANGES_BUFFER),

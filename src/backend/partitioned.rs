@@ -24,7 +24,7 @@ use super::events::{EventId, EventLog, EventPage, EventQuery};
 use super::knobs::{KnobStore, Knobs, KnobsPatch, RateStep};
 use super::{
     Admit, AdmitLimits, AttemptStart, Cancel, ChangeFeed, Delivery, IdempotencyClaim, Line,
-    OnChange, QueueBackend, QueueError, QueueStats, QueuedRequest, SlotSchedule, StreamReport,
+    OnChange, QueueBackend, QueueError, QueueStats, QueuedRequest, Reserved, SlotSchedule, StreamReport,
     TicketStore, MAX_REPORTED_GROUPS,
 };
 use crate::ticket::{fnv1a, StoredResponse, TicketError, TicketId, TicketRecord};
@@ -286,7 +286,7 @@ impl SlotSchedule for Partitioned {
         period: Duration,
         burst: u32,
         count: u32,
-    ) -> Result<i64, QueueError> {
+    ) -> Result<Reserved, QueueError> {
         // One schedule for the whole queue: the partitions share its rate.
         self.parts[0].reserve_slots(period, burst, count).await
     }

@@ -22,12 +22,28 @@ pub trait SlotSchedule: Send + Sync + 'static {
     /// queue's one schedule. Across instances the upstream never gets more
     /// than one slot a period (after an idle spell, `burst` back to back); a
     /// schedule behind by less than [`CATCH_UP`] goes on where it was.
-    /// Returns when the first slot is due, in microseconds from now
-    /// (negative: already due).
     async fn reserve_slots(
         &self,
         period: Duration,
         burst: u32,
         count: u32,
-    ) -> Result<i64, QueueError>;
+    ) -> Result<Reserved, QueueError>;
+}
+
+/// A block of reserved slots, on the schedule's own clock (Redis's, for a
+/// shared schedule): the pacer maps it onto its process's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reserved {
+    /// When the first slot is due, microseconds on the schedule's clock.
+    pub first: i64,
+    /// The schedule's clock when the block was reserved, microseconds.
+    pub now: i64,
+}
+
+impl Reserved {
+    /// When the first slot is due, in microseconds from the reservation
+    /// (negative: already due).
+    pub fn first_in(&self) -> i64 {
+        self.first - self.now
+    }
 }

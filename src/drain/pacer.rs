@@ -5,7 +5,10 @@
 //! Slots are reserved a small block at a time (about [`BLOCK_WINDOW`] of
 //! them, one backend call), each due at an absolute time: permit n of a
 //! block is due at `first + n·period`, and a waiter that wakes a little late
-//! still takes its slot, so timer jitter costs no rate. A slot left unused
+//! still takes its slot, so timer jitter costs no rate. The schedule keeps
+//! its own clock (Redis's, shared by every instance); [`ClockMap`] maps it
+//! onto this process's steadily, so a slow reply does not shift one block
+//! against the next, and a block never starts before the previous one ends. A slot left unused
 //! past [`CATCH_UP`] (no entry was waiting) is dropped, never sent late in a
 //! bunch: the rate is an upper bound, and idle time banks at most `burst`.
 //! A permit that sent nothing (its ticket had been cancelled) is given back
@@ -16,6 +19,7 @@
 //! send N times the rate), and with a burst of 1 its GCRA drops whatever
 //! time a waiter oversleeps, so a 1000/s drain ran at ~730/s.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,7 +27,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::warn;
 
-use crate::backend::{SlotSchedule, CATCH_UP};
+use crate::backend::{Reserved, SlotSchedule, CATCH_UP};
 use crate::clock::period;
 
 /// Slots reserved per backend call: this much time's worth at the current
@@ -61,6 +65,7 @@ struct Block {
     /// When the block arrived: slots due before (a burst after an idle
     /// spell) count as due then, not as passed.
     arrived: Instant,
+    clock: ClockMap,
 }
 
 impl Block {
@@ -97,6 +102,7 @@ impl Pacer {
                 left: 0,
                 period: period(rate),
                 arrived: Instant::now(),
+                clock: ClockMap::new(),
             }),
             spare: Mutex::default(),
             given_back: Notify::new(),
@@ -192,19 +198,18 @@ impl Pacer {
             }
             let rate = self.rate();
             let count = self.per(BLOCK_WINDOW).min(MAX_BLOCK as usize) as u32;
+            let sent = Instant::now();
             match self
                 .schedule
                 .reserve_slots(rate.period, rate.burst, count)
                 .await
             {
-                Ok(first_in) => {
+                Ok(reserved) => {
                     let now = Instant::now();
-                    let offset = Duration::from_micros(first_in.unsigned_abs());
-                    block.next = if first_in >= 0 {
-                        now + offset
-                    } else {
-                        now.checked_sub(offset).unwrap_or(now)
-                    };
+                    let first = block.clock.local(reserved, sent, now);
+                    // Never before the end of the previous block: this
+                    // instance's slots stay a period apart.
+                    block.next = first.max(block.next);
                     block.left = count;
                     block.period = rate.period;
                     block.arrived = now;
@@ -235,6 +240,73 @@ impl Pacer {
     pub fn per(&self, window: Duration) -> usize {
         let r = self.rate();
         (window.as_nanos() / r.period.as_nanos().max(1)).max(1) as usize
+    }
+}
+
+/// How long a clock sample counts towards the mapping.
+const CLOCK_WINDOW: Duration = Duration::from_secs(10);
+
+/// Maps the schedule's clock onto this process's, NTP-style: the schedule
+/// read its clock somewhere between the request leaving and the reply
+/// arriving, so `arrived − schedule's now` is the offset plus the reply's
+/// delay. The smallest of the last [`CLOCK_WINDOW`]'s samples is the
+/// steadiest estimate (the reply that waited least); mapping by each
+/// reply's own arrival instead would shift every block by its reply's delay,
+/// and a block whose reply was quick would overlap the one before. The
+/// result is kept inside what the one reply proves (between leaving and
+/// arriving), so a schedule whose clock jumped (a failover to another
+/// machine) is mapped right at once.
+struct ClockMap {
+    epoch: Instant,
+    /// `(arrived, offset µs)`, offsets increasing: the window's minimum is
+    /// the front.
+    samples: VecDeque<(Instant, i64)>,
+}
+
+impl ClockMap {
+    fn new() -> Self {
+        ClockMap {
+            epoch: Instant::now(),
+            samples: VecDeque::new(),
+        }
+    }
+
+    /// Microseconds from the epoch to `t`.
+    fn micros(&self, t: Instant) -> i64 {
+        match t.checked_duration_since(self.epoch) {
+            Some(d) => d.as_micros() as i64,
+            None => -((self.epoch - t).as_micros() as i64),
+        }
+    }
+
+    fn instant(&self, micros: i64) -> Instant {
+        let d = Duration::from_micros(micros.unsigned_abs());
+        if micros >= 0 {
+            self.epoch + d
+        } else {
+            self.epoch.checked_sub(d).unwrap_or(self.epoch)
+        }
+    }
+
+    /// When the block's first slot is due on this process's clock, for a
+    /// reservation sent at `sent` whose reply arrived at `arrived`.
+    fn local(&mut self, r: Reserved, sent: Instant, arrived: Instant) -> Instant {
+        let offset = self.micros(arrived) - r.now;
+        while self
+            .samples
+            .front()
+            .is_some_and(|(at, _)| *at + CLOCK_WINDOW < arrived)
+        {
+            self.samples.pop_front();
+        }
+        while self.samples.back().is_some_and(|(_, o)| *o >= offset) {
+            self.samples.pop_back();
+        }
+        self.samples.push_back((arrived, offset));
+        let steadiest = self.samples.front().map_or(offset, |(_, o)| *o);
+        let earliest = self.micros(sent) + r.first_in();
+        let latest = self.micros(arrived) + r.first_in();
+        self.instant((r.first + steadiest).clamp(earliest, latest))
     }
 }
 
@@ -375,5 +447,55 @@ mod tests {
             total += n;
         }
         assert_eq!(total, 1000, "5 s at 200/s in total, not 4 × 200/s");
+    }
+
+    /// Blocks back to back on the schedule's clock stay back to back here,
+    /// whatever their replies' delays: mapped by arrival, the slow reply's
+    /// block would be shifted 30 ms late and overlap the next one.
+    #[test]
+    fn a_slow_reply_does_not_shift_its_block() {
+        let mut clock = ClockMap::new();
+        let t0 = clock.epoch;
+        let ms = |n: u64| Duration::from_millis(n);
+        // The schedule's clock reads 5 s when ours reads t0.
+        let on_schedule = |at: Duration| 5_000_000 + at.as_micros() as i64;
+        // Delays (request, reply) in ms; each block is 15 ms, reserved when due.
+        let delays = [(1, 1), (1, 30), (2, 1), (1, 12), (20, 1), (1, 1)];
+        let mut firsts = Vec::new();
+        for (i, (out, back)) in delays.into_iter().enumerate() {
+            let start = ms(15 * i as u64);
+            let read = start + ms(out);
+            let r = Reserved {
+                first: on_schedule(start),
+                now: on_schedule(read),
+            };
+            firsts.push(clock.local(r, t0 + start, t0 + read + ms(back)) - t0);
+        }
+        // The first reply's 1 ms is the least seen: every block is mapped
+        // with it, one 15 ms after the other.
+        let expected: Vec<Duration> = (0..6).map(|i| ms(15 * i + 1)).collect();
+        assert_eq!(firsts, expected);
+    }
+
+    /// A schedule whose clock jumped (another primary after a failover)
+    /// is mapped by what its reply proves, not by the old samples.
+    #[test]
+    fn a_jump_of_the_schedule_clock_is_followed_at_once() {
+        let mut clock = ClockMap::new();
+        let t0 = clock.epoch;
+        let ms = |n: u64| Duration::from_millis(n);
+        let r = Reserved {
+            first: 1_000_000,
+            now: 1_000_000,
+        };
+        assert_eq!(clock.local(r, t0, t0 + ms(1)) - t0, ms(1));
+        // Now the schedule's clock is 2 s behind: its slot due 10 ms after
+        // its now is due 10 ms after the request left, not 2 s earlier.
+        let r = Reserved {
+            first: 1_000_000 + 10_000,
+            now: 1_000_000,
+        };
+        let local = clock.local(r, t0 + ms(2000), t0 + ms(2001));
+        assert_eq!(local - t0, ms(2010));
     }
 }

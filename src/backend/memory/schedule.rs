@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::MemoryQueue;
-use crate::backend::{QueueError, SlotSchedule, CATCH_UP};
+use crate::backend::{QueueError, Reserved, SlotSchedule, CATCH_UP};
 
 #[async_trait]
 impl SlotSchedule for MemoryQueue {
@@ -15,7 +15,7 @@ impl SlotSchedule for MemoryQueue {
         period: Duration,
         burst: u32,
         count: u32,
-    ) -> Result<i64, QueueError> {
+    ) -> Result<Reserved, QueueError> {
         // The same arithmetic as RESERVE_LUA, on this process's clock.
         let now = tokio::time::Instant::now();
         let backlog = period * burst.max(1).saturating_sub(1);
@@ -24,10 +24,18 @@ impl SlotSchedule for MemoryQueue {
         let mut s = self.lock();
         let first = s.slots_next.filter(|t| *t >= behind).unwrap_or(restart);
         s.slots_next = Some(first + period * count);
-        Ok(if first >= now {
-            (first - now).as_micros() as i64
-        } else {
-            -((now - first).as_micros() as i64)
+        // The schedule's clock: microseconds since this queue was made.
+        Ok(Reserved {
+            first: micros_since(self.epoch, first),
+            now: micros_since(self.epoch, now),
         })
+    }
+}
+
+/// Signed microseconds from `epoch` to `t`.
+fn micros_since(epoch: tokio::time::Instant, t: tokio::time::Instant) -> i64 {
+    match t.checked_duration_since(epoch) {
+        Some(d) => d.as_micros() as i64,
+        None => -((epoch - t).as_micros() as i64),
     }
 }

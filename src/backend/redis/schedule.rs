@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{unavailable, RedisQueue};
-use crate::backend::{QueueError, SlotSchedule, CATCH_UP};
+use crate::backend::{QueueError, Reserved, SlotSchedule, CATCH_UP};
 
 #[async_trait]
 impl SlotSchedule for RedisQueue {
@@ -15,9 +15,10 @@ impl SlotSchedule for RedisQueue {
         period: Duration,
         burst: u32,
         count: u32,
-    ) -> Result<i64, QueueError> {
+    ) -> Result<Reserved, QueueError> {
         let mut conn = self.conn.clone();
-        self.reserve_script
+        let (first, now): (i64, i64) = self
+            .reserve_script
             .key(&self.keys.rate)
             .arg(period.as_micros().max(1) as u64)
             .arg(burst.max(1))
@@ -25,6 +26,7 @@ impl SlotSchedule for RedisQueue {
             .arg(CATCH_UP.as_micros() as u64)
             .invoke_async(&mut conn)
             .await
-            .map_err(unavailable)
+            .map_err(unavailable)?;
+        Ok(Reserved { first, now })
     }
 }

@@ -320,7 +320,7 @@ if first < now - math.max(backlog, tonumber(ARGV[4])) then first = now - backlog
 local after = first + count * period
 local ttl = math.max(0, math.floor((after - now) / 1000)) + 60000
 redis.call('SET', KEYS[1], string.format('%.0f', after), 'PX', ttl)
-return first - now
+return {first, now}
 "#;
 
 /// One adaptive-drain step on the `drain_rate` knob, unless the same kind of
