@@ -266,6 +266,42 @@ What to do:
    /readyz 200); pending tickets are redelivered with the same Idempotency-Key.
 """),
         Alert(
+            "FlashgateRedisFailover",
+            f"sum(increase({m('flashgate_redis_failovers_total')}[10m])) > 0",
+            "0m", "warning",
+            "The gateway followed a Redis failover (Sentinel promoted a replica)",
+            """\
+Sentinel promoted a replica and gateway instances switched to it (logged as
+"Redis primary switched (Sentinel failover): OLD -> NEW"). Admissions and the drain
+go on against the new primary; commands in flight at the switch failed and were
+retried. With --durability local, 202s the replica had not received before the
+switch are lost (their tickets answer 404); with replicated, none.
+What to do:
+1. Confirm every instance uses the same primary (dashboard "Redis primary
+   (Sentinel)"; FlashgateRedisPrimariesDiffer).
+2. Bring the old primary back: Sentinel makes it a replica of the new one. Until a
+   replica is in sync, --durability replicated answers 503 unavailable.
+3. With local: compare the upstream's orders with the tickets issued around the
+   switch; customers with a 404 ticket must order again.
+"""),
+        Alert(
+            "FlashgateRedisPrimariesDiffer",
+            f"count(count by (address) ({m('flashgate_redis_primary')} == 1)) > 1",
+            "1m", "critical",
+            "Gateway instances use {{ $value }} different Redis primaries",
+            """\
+For a minute, gateway instances have named different Redis primaries
+(flashgate_redis_primary by address): some write admissions and drain state to one
+server, some to another. Sentinel may be split (no quorum reachable from some
+instances), or an old primary came back as a primary.
+What to do:
+1. Ask every Sentinel: redis-cli -p 26379 SENTINEL get-master-addr-by-name MASTER.
+   They must agree; fix the network or the quorum if they do not.
+2. Check ROLE on each address the instances report; a second master must be made a
+   replica (REPLICAOF) of the one Sentinel names.
+3. Restart the instances that report the wrong address once Sentinel agrees.
+"""),
+        Alert(
             "FlashgateInstanceDown",
             f"{m('up')} == 0",
             "1m", "critical",

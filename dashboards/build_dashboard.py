@@ -523,6 +523,21 @@ def build(job: str = DEFAULT_JOB) -> dict:
         [target(f'sum by (instance) (rate(flashgate_connections_shed_total{{{I}}}{RI}))',
                 "{{instance}}", "A")],
         "cps", [(0.001, "red")], threshold_style="line"), 12, 7)
+    L.add(timeseries(
+        "Redis primary (Sentinel)",
+        "With redis+sentinel://: how many instances use each Redis primary (by address), as "
+        "Sentinel named it last. One line = every instance agrees; two lines at once = "
+        "instances write to different primaries (the FlashgateRedisPrimariesDiffer alert). "
+        "No series without Sentinel.",
+        [target(f'count by (address) (flashgate_redis_primary{{{I}}} == 1)', "{{address}}", "A")],
+        "short", decimals=0), 12, 7)
+    L.add(timeseries(
+        "Redis failovers followed",
+        "Switches to another Redis primary named by Sentinel, per instance (each instance "
+        "counts its own switch). The FlashgateRedisFailover alert fires on any.",
+        [target(f'sum by (instance) (increase(flashgate_redis_failovers_total{{{I}}}{RI}))',
+                "{{instance}}", "A")],
+        "short", [(1, "orange")], threshold_style="line", decimals=0), 12, 7)
 
     templating = [
         {"type": "datasource", "name": "datasource", "label": "Data source", "query": "prometheus",
