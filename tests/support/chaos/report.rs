@@ -44,6 +44,7 @@ pub struct ChaosReport {
     pub upstream_refused: u64,
     pub worst_0_9s: usize,
     pub worst_1s: usize,
+    pub worst_4_9s: usize,
     pub worst_5s: usize,
     pub client_transport_errors: u64,
     pub client_unavailable: u64,
@@ -121,6 +122,7 @@ impl ChaosReport {
         }
         report.worst_0_9s = busiest(&arrivals, Duration::from_millis(900));
         report.worst_1s = busiest(&arrivals, Duration::from_secs(1));
+        report.worst_4_9s = busiest(&arrivals, Duration::from_millis(4900));
         report.worst_5s = busiest(&arrivals, Duration::from_secs(5));
         report
     }
@@ -151,10 +153,10 @@ impl ChaosReport {
                 self.lost, self.lost_unknown, self.vanished
             ));
         }
-        out.push_str("\n| admitted | completed | failed | lost | duplicates | worst 1 s | worst 0.9 s / 5 s | refused | client retries (transport, 503) | burst | total |\n");
+        out.push_str("\n| admitted | completed | failed | lost | duplicates | worst 1 s | worst 0.9 s / 4.9 s / 5 s | refused | client retries (transport, 503) | burst | total |\n");
         out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} ({} refused by the upstream) | {} | {} / {} | {} | {}, {} | {:.1} s | {:.1} s |\n",
+            "| {} | {} | {} | {} | {} ({} refused by the upstream) | {} | {} / {} / {} | {} | {}, {} | {:.1} s | {:.1} s |\n",
             self.admitted,
             self.completed,
             self.failed,
@@ -163,6 +165,7 @@ impl ChaosReport {
             self.upstream_refused,
             self.worst_1s,
             self.worst_0_9s,
+            self.worst_4_9s,
             self.worst_5s,
             self.refused,
             self.client_transport_errors,
@@ -215,9 +218,15 @@ impl ChaosReport {
             (0, 0, 0),
             "{table}"
         );
+        // Issue 22: at most rate + 1 arrivals in any 0.9 s window (0.1 s
+        // allows for the recording upstream's own scheduling delay), and at
+        // most 5 × rate over 5 s, read with the same 0.1 s: any 4.9 s
+        // window. A pacer at exactly the rate sends 5 × rate in every 5 s,
+        // so a strict 5 s window would fail on any arrival the recorder
+        // stamps a moment late (README "Chaos under load").
         let rate = c.rate as usize;
         assert!(self.worst_0_9s <= rate + 1, "over the rate\n{table}");
-        assert!(self.worst_5s <= 5 * rate, "over the rate\n{table}");
+        assert!(self.worst_4_9s <= 5 * rate, "over the rate\n{table}");
         if [Fault::KillGateway, Fault::KillRedis, Fault::Failover]
             .iter()
             .any(|f| c.faults.contains(f))
