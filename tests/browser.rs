@@ -866,3 +866,49 @@ async fn the_join_page_refuses_a_path_off_this_origin() {
     assert_eq!(&received[0].body[..], b"{\"sku\":\"x\"}");
     browser.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_join_page_waits_out_a_full_queue_and_then_joins() {
+    let upstream = MockUpstream::start().await;
+    let builder = Gateway::builder()
+        .toml("drain_rate = 1\n")
+        .upstream(&upstream);
+    let gateway = builder.clone().toml("max_queue = 1\n").start().await;
+    let c = gateway.client();
+    c.patch_knobs(json!({"paused": true}).to_string()).await;
+    let ahead = admit_n(&c, 1).await.pop().unwrap();
+    let driver = Driver::start();
+    let browser = driver.browser().await;
+    browser
+        .goto(&format!(
+            "{}/waiting-room/join?queue=checkout&path=%2Fcheckout#body={}",
+            gateway.base(),
+            base64url(b"{\"sku\":\"patient\"}")
+        ))
+        .await
+        .expect("page loads");
+    // Full: it says so, and when it tries again (the gateway's Retry-After).
+    until_state(&browser, "join_retry").await;
+    assert_eq!(
+        text_of(&browser, "title").await,
+        "The line is busy right now"
+    );
+    let lead = text_of(&browser, "lead").await;
+    assert!(lead.starts_with("We try again for you in "), "{lead}");
+    capture(&browser, "join-retry").await;
+
+    // Room again: the page joins by itself, once.
+    assert!(gateway.reload(builder.toml("max_queue = 10\n").config()));
+    c.patch_knobs(json!({"paused": false}).to_string()).await;
+    let at = until_path(&browser, "the ticket's address", |p| {
+        p.starts_with("/waiting-room/") && p != "/waiting-room/join"
+    })
+    .await;
+    until_state(&browser, "completed").await;
+    let ticket = at.trim_start_matches("/waiting-room/");
+    let sent = upstream.by_key();
+    assert_eq!(sent.len(), 2, "the one ahead and ours");
+    assert_eq!(&sent[ticket][0].body[..], b"{\"sku\":\"patient\"}");
+    assert!(sent.contains_key(&ahead));
+    browser.close().await.unwrap();
+}
