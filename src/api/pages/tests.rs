@@ -145,6 +145,7 @@ async fn the_served_openapi_document_parses_and_has_every_path() {
         "/tickets/{ticket}",
         "/tickets/{ticket}/response",
         "/waiting-room/{ticket}",
+        "/waiting-room/join",
         "/openapi.json",
     ] {
         assert!(paths.contains_key(path), "no {path} in {:?}", paths.keys());
