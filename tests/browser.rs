@@ -803,6 +803,26 @@ async fn the_join_page_solves_the_challenge_admits_the_order_and_follows_its_tic
     until_state(&browser, "completed").await;
     assert_eq!(upstream.received().len(), 1);
 
+    // A link without `queue`: the first refusal (pow_required) names the
+    // challenge, which the page solves before it sends the order again.
+    let unnamed = format!(
+        "{base}/waiting-room/join?path=%2Fcheckout#body={}",
+        base64url(b"{\"sku\":\"second\"}")
+    );
+    browser.goto(&unnamed).await.unwrap();
+    let second = until_path(&browser, "the second ticket's address", |p| {
+        p.starts_with("/waiting-room/") && p != "/waiting-room/join" && p != at
+    })
+    .await;
+    until_state(&browser, "completed").await;
+    let sent = upstream.by_key();
+    let got = &sent[second.trim_start_matches("/waiting-room/")][0];
+    assert_eq!(&got.body[..], b"{\"sku\":\"second\"}");
+    assert_eq!(upstream.received().len(), 2);
+    let m = c.metrics().await;
+    let required = m.sum("flashgate_pow_failures_total", &["reason=\"required\""]);
+    assert_eq!(required, 1.0, "one refusal named the challenge");
+
     // Refused for good: the refusal in words, nothing sent.
     c.patch_knobs(json!({"sold_out": true}).to_string()).await;
     let other = format!(
@@ -815,7 +835,7 @@ async fn the_join_page_solves_the_challenge_admits_the_order_and_follows_its_tic
     assert!(text_of(&browser, "lead")
         .await
         .contains("No order was placed"));
-    assert_eq!(upstream.received().len(), 1);
+    assert_eq!(upstream.received().len(), 2);
     capture(&browser, "join-refused").await;
     browser.close().await.unwrap();
 }
