@@ -1,8 +1,7 @@
 //! Pages and documents for people and tools: the waiting room a shop links
 //! its customers to (`GET /waiting-room/{ticket}`, and
-//! `GET /waiting-room/join`, where the same page admits them first) and the
-//! API description
-//! (`GET /openapi.json`), and the browser's proof-of-work solver
+//! `GET /waiting-room/join`, where the same page admits them first), the API
+//! description (`GET /openapi.json`), and the browser's proof-of-work solver
 //! (`GET /flashgate-pow.js`). All are built into the binary; the waiting
 //! room carries the shop's branding from the configuration (`waiting_room_*`).
 
