@@ -872,6 +872,14 @@ async fn the_join_page_refuses_a_path_off_this_origin() {
         let url = browser.current_url().await.unwrap();
         assert_eq!(url.path(), "/waiting-room/join", "{bad}");
     }
+    // A queue the gateway does not have: its challenge is not found.
+    browser
+        .goto(&format!(
+            "{base}/waiting-room/join?queue=nope&path=%2Fcheckout#body={body}"
+        ))
+        .await
+        .unwrap();
+    until_state(&browser, "join_invalid").await;
     capture(&browser, "join-invalid").await;
     // The way the page is meant to be used still works on this gateway.
     browser
