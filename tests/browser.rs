@@ -712,3 +712,231 @@ async fn pow_solve_times_in_chromium() {
     }
     browser.close().await.unwrap();
 }
+
+/// `bytes` as base64url without padding, as a shop writes a join link's
+/// `#body=`.
+fn base64url(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The path of the page's address, once it satisfies `ok`.
+async fn until_path(browser: &Browser, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    eventually(Duration::from_secs(90), what, || async {
+        let url = browser.current_url().await.ok()?;
+        ok(url.path()).then(|| url.path().to_string())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_join_page_solves_the_challenge_admits_the_order_and_follows_its_ticket() {
+    let upstream = MockUpstream::start().await;
+    let gateway = Gateway::builder()
+        .toml("pow_difficulty = 10\n")
+        .upstream(&upstream)
+        .start()
+        .await;
+    let c = gateway.client();
+    let base = gateway.base();
+    let order = "{\"sku\":\"sneaker-42\",\"qty\":1,\"note\":\"größe 42 ✓\"}";
+    let join = format!(
+        "{base}/waiting-room/join?queue=checkout&path=%2Fcheckout#body={}",
+        base64url(order.as_bytes())
+    );
+
+    let driver = Driver::start();
+    let browser = driver.browser().await;
+
+    // Checking the browser: a difficulty no one solves while we look.
+    c.patch_knobs(json!({"pow_difficulty": 30}).to_string())
+        .await;
+    browser.goto(&join).await.expect("page loads");
+    until_text(&browser, "check-value", "the check's progress", |t| {
+        t == "0 %"
+    })
+    .await;
+    assert_eq!(shown_state(&browser).await, "joining");
+    assert_eq!(text_of(&browser, "title").await, "Joining the line…");
+    assert_eq!(
+        text_of(&browser, "check-label").await,
+        "Checking your browser…"
+    );
+    assert_eq!(
+        attr_of(&browser, "check-bar", "aria-valuetext").await,
+        "Checking your browser… 0 %"
+    );
+    capture(&browser, "joining").await;
+    assert!(upstream.received().is_empty());
+
+    // Solvable now; a reload keeps the page's Idempotency-Key.
+    c.patch_knobs(json!({"pow_difficulty": 10}).to_string())
+        .await;
+    browser.refresh().await.expect("reload");
+    let at = until_path(&browser, "the ticket's address", |p| {
+        p.starts_with("/waiting-room/") && p != "/waiting-room/join"
+    })
+    .await;
+    let ticket = at.trim_start_matches("/waiting-room/").to_string();
+    assert_eq!(ticket.len(), 48, "{at}");
+    let url = browser.current_url().await.unwrap();
+    assert_eq!((url.query(), url.fragment()), (None, None), "{url}");
+    until_state(&browser, "completed").await;
+    assert_eq!(text_of(&browser, "title").await, "Your order is placed");
+
+    // The order service got the body given, byte for byte, as JSON.
+    let sent = upstream.by_key();
+    let got = &sent.get(&ticket).expect("the ticket's order was sent")[0];
+    assert_eq!(got.method, "POST");
+    assert_eq!(got.path, "/checkout");
+    assert_eq!(&got.body[..], order.as_bytes());
+    assert_eq!(got.header("content-type"), "application/json");
+    assert_eq!(
+        got.header("flashgate-pow"),
+        "",
+        "the proof is the gateway's"
+    );
+
+    // The same link again in this tab: the same ticket, not a second order.
+    browser.goto(&join).await.unwrap();
+    until_path(&browser, "the same ticket's address", |p| p == at).await;
+    until_state(&browser, "completed").await;
+    assert_eq!(upstream.received().len(), 1);
+
+    // A link without `queue`: the first refusal (pow_required) names the
+    // challenge, which the page solves before it sends the order again.
+    let unnamed = format!(
+        "{base}/waiting-room/join?path=%2Fcheckout#body={}",
+        base64url(b"{\"sku\":\"second\"}")
+    );
+    browser.goto(&unnamed).await.unwrap();
+    let second = until_path(&browser, "the second ticket's address", |p| {
+        p.starts_with("/waiting-room/") && p != "/waiting-room/join" && p != at
+    })
+    .await;
+    until_state(&browser, "completed").await;
+    let sent = upstream.by_key();
+    let got = &sent[second.trim_start_matches("/waiting-room/")][0];
+    assert_eq!(&got.body[..], b"{\"sku\":\"second\"}");
+    assert_eq!(upstream.received().len(), 2);
+    let m = c.metrics().await;
+    let required = m.sum("flashgate_pow_failures_total", &["reason=\"required\""]);
+    assert_eq!(required, 1.0, "one refusal named the challenge");
+
+    // Refused for good: the refusal in words, nothing sent.
+    c.patch_knobs(json!({"sold_out": true}).to_string()).await;
+    let other = format!(
+        "{base}/waiting-room/join?queue=checkout&path=%2Fcheckout#body={}",
+        base64url(b"{\"sku\":\"late\"}")
+    );
+    browser.goto(&other).await.unwrap();
+    until_state(&browser, "join_refused").await;
+    assert_eq!(text_of(&browser, "title").await, "Sold out");
+    assert!(text_of(&browser, "lead")
+        .await
+        .contains("No order was placed"));
+    assert_eq!(upstream.received().len(), 2);
+    capture(&browser, "join-refused").await;
+    browser.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_join_page_refuses_a_path_off_this_origin() {
+    let upstream = MockUpstream::start().await;
+    let gateway = Gateway::builder().upstream(&upstream).start().await;
+    let base = gateway.base();
+    let body = base64url(b"{\"sku\":\"x\"}");
+    let driver = Driver::start();
+    let browser = driver.browser().await;
+    for bad in [
+        "%2F%2Fevil.example%2Fcheckout",
+        "https%3A%2F%2Fevil.example%2Fcheckout",
+        "%2F%5Cevil.example%2Fcheckout",
+        "checkout",
+        "",
+    ] {
+        browser
+            .goto(&format!(
+                "{base}/waiting-room/join?queue=checkout&path={bad}#body={body}"
+            ))
+            .await
+            .expect("page loads");
+        until_state(&browser, "join_invalid").await;
+        assert_eq!(text_of(&browser, "title").await, "This link does not work");
+        assert!(
+            text_of(&browser, "lead")
+                .await
+                .contains("no order was sent"),
+            "{bad}"
+        );
+        let url = browser.current_url().await.unwrap();
+        assert_eq!(url.path(), "/waiting-room/join", "{bad}");
+    }
+    // A queue the gateway does not have: its challenge is not found.
+    browser
+        .goto(&format!(
+            "{base}/waiting-room/join?queue=nope&path=%2Fcheckout#body={body}"
+        ))
+        .await
+        .unwrap();
+    until_state(&browser, "join_invalid").await;
+    capture(&browser, "join-invalid").await;
+    // The way the page is meant to be used still works on this gateway.
+    browser
+        .goto(&format!(
+            "{base}/waiting-room/join?queue=checkout&path=%2Fcheckout#body={body}"
+        ))
+        .await
+        .unwrap();
+    until_state(&browser, "completed").await;
+    let received = upstream.received();
+    assert_eq!(received.len(), 1, "only the good link sent an order");
+    assert_eq!(&received[0].body[..], b"{\"sku\":\"x\"}");
+    browser.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_join_page_waits_out_a_full_queue_and_then_joins() {
+    let upstream = MockUpstream::start().await;
+    let builder = Gateway::builder()
+        .toml("drain_rate = 1\n")
+        .upstream(&upstream);
+    let gateway = builder.clone().toml("max_queue = 1\n").start().await;
+    let c = gateway.client();
+    c.patch_knobs(json!({"paused": true}).to_string()).await;
+    let ahead = admit_n(&c, 1).await.pop().unwrap();
+    let driver = Driver::start();
+    let browser = driver.browser().await;
+    browser
+        .goto(&format!(
+            "{}/waiting-room/join?queue=checkout&path=%2Fcheckout#body={}",
+            gateway.base(),
+            base64url(b"{\"sku\":\"patient\"}")
+        ))
+        .await
+        .expect("page loads");
+    // Full: it says so, and when it tries again (the gateway's Retry-After).
+    until_state(&browser, "join_retry").await;
+    assert_eq!(
+        text_of(&browser, "title").await,
+        "The line is busy right now"
+    );
+    let lead = text_of(&browser, "lead").await;
+    assert!(lead.starts_with("We try again for you in "), "{lead}");
+    capture(&browser, "join-retry").await;
+
+    // Room again: the page joins by itself, once.
+    assert!(gateway.reload(builder.toml("max_queue = 10\n").config()));
+    c.patch_knobs(json!({"paused": false}).to_string()).await;
+    let at = until_path(&browser, "the ticket's address", |p| {
+        p.starts_with("/waiting-room/") && p != "/waiting-room/join"
+    })
+    .await;
+    until_state(&browser, "completed").await;
+    let ticket = at.trim_start_matches("/waiting-room/");
+    let sent = upstream.by_key();
+    assert_eq!(sent.len(), 2, "the one ahead and ours");
+    assert_eq!(&sent[ticket][0].body[..], b"{\"sku\":\"patient\"}");
+    assert!(sent.contains_key(&ahead));
+    browser.close().await.unwrap();
+}

@@ -1,6 +1,7 @@
 //! Pages and documents for people and tools: the waiting room a shop links
-//! its customers to (`GET /waiting-room/{ticket}`) and the API description
-//! (`GET /openapi.json`), and the browser's proof-of-work solver
+//! its customers to (`GET /waiting-room/{ticket}`, and
+//! `GET /waiting-room/join`, where the same page admits them first), the API
+//! description (`GET /openapi.json`), and the browser's proof-of-work solver
 //! (`GET /flashgate-pow.js`). All are built into the binary; the waiting
 //! room carries the shop's branding from the configuration (`waiting_room_*`).
 
@@ -33,15 +34,22 @@ const POW_JS_PATH: &str = "/flashgate-pow.js";
 /// Path prefix of the waiting room.
 const WAITING_ROOM_PREFIX: &str = "/waiting-room/";
 
+/// `/waiting-room/join`: the page that admits the order itself (its
+/// script reads what to send from the query and the fragment), then follows
+/// the ticket. Never a ticket id, which has 48 characters.
+const JOIN: &str = "join";
+
 /// The waiting room as served with one branding: the page and its
 /// Content-Security-Policy: only its own inline script and style (pinned by
 /// hash, so an injected one would not run), requests to this origin only,
 /// images from it or the configured logo's origin, no framing, no forms, no
-/// plugins.
+/// plugins. Joining also needs the proof-of-work solver from this origin,
+/// as a script and as its worker.
 struct Rendered {
     /// Shared by every response: a load copies no page.
     page: bytes::Bytes,
     csp: HeaderValue,
+    join_csp: HeaderValue,
 }
 
 /// The configuration's `waiting_room_*` values.
@@ -148,20 +156,25 @@ fn render(b: &Branding) -> Rendered {
     let script = csp_hash(inline(&page, "script"));
     let style = csp_hash(inline(&page, "style"));
     let logo = b.logo.as_deref().and_then(logo_origin).unwrap_or_default();
-    let policy = format!(
-        "default-src 'none'; script-src '{script}'; style-src '{style}'; \
-         connect-src 'self'; img-src 'self' data: {logo}; base-uri 'none'; \
-         form-action 'none'; frame-ancestors 'none'"
-    )
-    .replace(" ;", ";");
-    let csp = HeaderValue::from_str(&policy).unwrap_or_else(|_| {
-        // Unreachable with a validated logo URL; a page without the logo's
-        // origin is still a safe page.
-        HeaderValue::from_static("default-src 'none'")
-    });
+    let policy = |script_src: &str, worker_src: &str| {
+        let policy = format!(
+            "default-src 'none'; script-src {script_src}; {worker_src}style-src '{style}'; \
+             connect-src 'self'; img-src 'self' data: {logo}; base-uri 'none'; \
+             form-action 'none'; frame-ancestors 'none'"
+        )
+        .replace(" ;", ";");
+        HeaderValue::from_str(&policy).unwrap_or_else(|_| {
+            // Unreachable with a validated logo URL; a page without the
+            // logo's origin is still a safe page.
+            HeaderValue::from_static("default-src 'none'")
+        })
+    };
+    let csp = policy(&format!("'{script}'"), "");
+    let join_csp = policy(&format!("'{script}' 'self'"), "worker-src 'self'; ");
     Rendered {
         page: page.into(),
         csp,
+        join_csp,
     }
 }
 
@@ -215,6 +228,7 @@ pub fn route(method: &Method, path: &str, config: &Config) -> Option<Response<Bo
         return Some(problem.into_response());
     }
     Some(match ticket {
+        Some(JOIN) => join(config),
         Some(t) => waiting_room(t, config),
         None if path == POW_JS_PATH => pow_script(),
         None => openapi(),
@@ -234,8 +248,25 @@ pub fn pow_script() -> Response<Body> {
 /// its not-found state.
 pub fn waiting_room(ticket: &str, config: &Config) -> Response<Body> {
     let rendered = rendered(config);
+    let found = TicketId::parse(ticket).is_some();
+    page(&rendered, rendered.csp.clone(), found)
+}
+
+/// `GET /waiting-room/join?queue=…&path=…[&method=…]#body=…&type=…`: the
+/// same page, which admits the order itself (solving the queue's proof of
+/// work in a worker when it asks for one) and then follows the ticket. The
+/// query and the fragment are read by its script only, never by the server
+/// (the fragment, with the order's body, never even reaches it).
+pub fn join(config: &Config) -> Response<Body> {
+    let rendered = rendered(config);
+    page(&rendered, rendered.join_csp.clone(), true)
+}
+
+/// The waiting room's page with its headers; 404 when it shows a path that
+/// cannot be a ticket.
+fn page(rendered: &Rendered, csp: HeaderValue, found: bool) -> Response<Body> {
     let mut resp = Response::new(full(rendered.page.clone()));
-    if TicketId::parse(ticket).is_none() {
+    if !found {
         *resp.status_mut() = StatusCode::NOT_FOUND;
     }
     let h = resp.headers_mut();
@@ -245,7 +276,7 @@ pub fn waiting_room(ticket: &str, config: &Config) -> Response<Body> {
     );
     // Each load must show the ticket's state now, never a cached page.
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::CONTENT_SECURITY_POLICY, rendered.csp.clone());
+    h.insert(header::CONTENT_SECURITY_POLICY, csp);
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),

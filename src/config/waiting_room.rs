@@ -11,7 +11,8 @@ use super::{Config, ConfigError};
 /// The page's texts that `waiting_room_text` may override, each with the
 /// placeholders it may use (`{n}` people ahead, `{wait}` the estimate,
 /// `{time}` the opening time, `{shop}` the shop's name, `{code}` the shop's
-/// status code). The page holds their English defaults.
+/// status code, `{reason}` why an admission was refused). The page holds
+/// their English defaults.
 pub const TEXT_KEYS: &[&str] = &[
     "loading_title",
     "loading_lead",
@@ -67,6 +68,22 @@ pub const TEXT_KEYS: &[&str] = &[
     "live_reconnecting",
     "live_offline",
     "live_finished",
+    "joining_title",
+    "joining_lead",
+    "checking_label",
+    "checking_lead",
+    "join_busy_title",
+    "join_retry_lead",
+    "join_sold_out_lead",
+    "join_closed_title",
+    "join_closed_lead",
+    "join_quota_title",
+    "join_quota_lead",
+    "join_refused_title",
+    "join_refused_lead",
+    "join_failed_lead",
+    "join_invalid_title",
+    "join_invalid_lead",
 ];
 
 /// WCAG 2.1 AA: the least contrast of normal text with its background.

@@ -122,6 +122,9 @@ async fn routes_cover_the_two_paths_and_nothing_else() {
     assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(header(&post, "allow"), "GET, HEAD, OPTIONS");
     assert_eq!(header(&post, "content-type"), "application/problem+json");
+    let join = route(&Method::GET, "/waiting-room/join", &Config::default()).unwrap();
+    assert_eq!(join.status(), StatusCode::OK);
+    assert!(serves("/waiting-room/join"));
     assert!(route(&Method::GET, "/waiting-room/", &Config::default()).is_none());
     assert!(route(&Method::GET, "/waiting-room/a/b", &Config::default()).is_none());
     assert!(route(&Method::GET, "/waiting-room", &Config::default()).is_none());
@@ -142,6 +145,7 @@ async fn the_served_openapi_document_parses_and_has_every_path() {
         "/tickets/{ticket}",
         "/tickets/{ticket}/response",
         "/waiting-room/{ticket}",
+        "/waiting-room/join",
         "/openapi.json",
     ] {
         assert!(paths.contains_key(path), "no {path} in {:?}", paths.keys());
@@ -328,4 +332,44 @@ fn every_text_key_is_a_text_of_the_page() {
     configured.sort();
     page_keys.sort();
     assert_eq!(page_keys, configured);
+}
+
+/// The join page is the waiting room itself, with a policy that lets in
+/// exactly the proof-of-work solver from this origin, as a script and as
+/// its worker; the ticket page keeps the stricter one.
+#[tokio::test]
+async fn the_join_page_is_the_waiting_room_with_the_solver_allowed() {
+    let resp = route(&Method::GET, "/waiting-room/join", &branded()).unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(header(&resp, "content-type"), "text/html; charset=utf-8");
+    assert_eq!(header(&resp, "cache-control"), "no-store");
+    assert_eq!(header(&resp, "referrer-policy"), "no-referrer");
+    let csp = header(&resp, "content-security-policy").to_string();
+    let page = text(resp).await;
+    let ticket_page = waiting_room(&a_ticket(), &branded());
+    let ticket_csp = header(&ticket_page, "content-security-policy").to_string();
+    assert_eq!(page, text(ticket_page).await, "one page, one branding");
+    let script = csp_hash(inline(&page, "script"));
+    let style = csp_hash(inline(&page, "style"));
+    assert_eq!(
+        csp,
+        format!(
+            "default-src 'none'; script-src '{script}' 'self'; worker-src 'self'; \
+             style-src '{style}'; connect-src 'self'; \
+             img-src 'self' data: https://cdn.example.com; base-uri 'none'; \
+             form-action 'none'; frame-ancestors 'none'"
+        )
+    );
+    assert_eq!(
+        ticket_csp,
+        format!(
+            "default-src 'none'; script-src '{script}'; style-src '{style}'; \
+             connect-src 'self'; img-src 'self' data: https://cdn.example.com; \
+             base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        )
+    );
+    // What the join page loads: the solver, from this origin only.
+    assert!(page.contains("s.src = '/flashgate-pow.js';"));
+    let post = route(&Method::POST, "/waiting-room/join", &Config::default()).unwrap();
+    assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
 }
