@@ -148,3 +148,66 @@ async fn replicated_admission_waits_for_a_replica() {
         .unwrap();
     assert_eq!(len, 2, "the retry stored nothing more");
 }
+
+/// With `--durability replicated` the drain's recording writes share their
+/// waits for a replica (one `WAIT` each let a 5000/s drain record ~200/s):
+/// 400 orders, 64 in flight, every result on the replica once its ticket
+/// reads completed. How many waits they shared depends on timing, so it is
+/// printed, not asserted (`scripts/chaos --redis sentinel --durability
+/// replicated` shows the drain's rate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicated_drain_records_its_results_on_the_replica() {
+    let setup = SentinelSetup::start();
+    let upstream = MockUpstream::start().await;
+    let gw = Gateway::builder()
+        .upstream(&upstream)
+        .redis(&setup.url())
+        .args(&[
+            "--durability",
+            "replicated",
+            "--drain-rate",
+            "5000",
+            "--max-in-flight",
+            "64",
+        ])
+        .process()
+        .await;
+    let client = gw.client();
+    let primary = &setup.servers[setup.primary()];
+    let mut conn = primary.conn().await;
+    let waits_before = waits(&mut conn).await;
+    let (tickets, refused) = client.admit_many(400, "n").await;
+    assert!(refused.is_empty(), "refused: {refused:?}");
+    let o = client.outcome(&tickets, &[&upstream]).await;
+    assert_eq!((o.lost, o.completed), (0, 400));
+    // Every completion is on the replica already.
+    let mut replica = setup.servers[setup.replica()].conn().await;
+    for t in &tickets {
+        let status: Option<String> = redis::cmd("HGET")
+            .arg(format!("flashgate:{{checkout}}:ticket:{t}"))
+            .arg("st")
+            .query_async(&mut replica)
+            .await
+            .unwrap();
+        assert_eq!(
+            status.as_deref(),
+            Some("completed"),
+            "ticket {t} on the replica"
+        );
+    }
+    let waited = waits(&mut conn).await - waits_before;
+    println!("{waited} WAITs for 400 admissions and 400 results");
+}
+
+/// `WAIT` calls the server has answered (`INFO commandstats`).
+async fn waits(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_wait:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}

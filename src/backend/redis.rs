@@ -33,7 +33,7 @@ use redis::{Cmd, ErrorKind, FromRedisValue, RedisError, Script, ServerErrorKind}
 use crate::backend::{EventSettings, QueueError};
 use crate::config::RedisEndpoint as Endpoint;
 use conn::Conn;
-use durability::Replicated;
+use durability::{Recording, Replicated, Writer};
 use group::Claims;
 use schema::Keys;
 use scripts::{
@@ -77,12 +77,11 @@ pub struct RedisQueue {
     /// command behind it on its connection).
     admit_conn: Conn,
     /// `durability = replicated`: the wait, and the connection the drain's
-    /// recording writes go on, each followed by its wait.
-    replicated: Option<(Replicated, Conn)>,
-    /// Entries whose recording write no replica has acknowledged yet.
+    /// recording writes go on, with their shared wait for a replica.
+    replicated: Option<Recording>,
     /// Entries whose recording write no replica has acknowledged yet, with
-    /// the generation of the primary it was written on.
-    unreplicated: Mutex<std::collections::HashMap<String, u64>>,
+    /// the primary's generation and the client that wrote it.
+    unreplicated: Mutex<std::collections::HashMap<String, Writer>>,
     /// `XREADGROUP BLOCK` only: a blocked read would stall every command
     /// multiplexed behind it, and needs a response timeout above the block.
     reader: Conn,
@@ -121,7 +120,7 @@ impl RedisQueue {
             None => (conn.clone(), None),
             Some(timeout) => (
                 Conn::open(&endpoint, CONNECT_TIMEOUT, RESPONSE_TIMEOUT)?,
-                Some((
+                Some(Recording::new(
                     Replicated::new(timeout),
                     Conn::open(&endpoint, CONNECT_TIMEOUT, RESPONSE_TIMEOUT)?,
                 )),

@@ -2,6 +2,7 @@
 //! and the `replicated` durability level's wait for a replica.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,48 +62,153 @@ impl RedisQueue {
     /// `entry_id`: with `durability = local` the write; with `replicated`
     /// the write and the wait for a replica, and `false` when none
     /// acknowledged in time. The drain then calls again; for an entry
-    /// written already on the same primary (Sentinel: the same generation)
-    /// only the wait is sent again — its writes are not repeated (a second
-    /// dead letter) — until a replica acknowledges; the entry stays pending
-    /// and claimed by this instance meanwhile. After a failover the write is
-    /// made again on the new primary: the old one's may not have reached it
-    /// (a dead letter may then be written twice, a result never lost).
+    /// written already by the same client of the same primary only the wait
+    /// is repeated — its writes are not (a second dead letter) — until a
+    /// replica acknowledges; the entry stays pending and claimed by this
+    /// instance meanwhile. After a failover or a reconnection the write is
+    /// made again: the old client's may not have reached a replica (a dead
+    /// letter may then be written twice, a result never lost).
+    ///
+    /// The writes of many entries share one wait ([`WaitGroup`]): a `WAIT`
+    /// holds up its connection, so one per entry would let the drain record
+    /// only one entry per replica round trip.
     pub(super) async fn record(&self, entry_id: &str, pipeline: &Pipeline) -> RedisResult<bool> {
-        let Some((replicated, conn)) = &self.replicated else {
+        let Some(recording) = &self.replicated else {
             return pipeline
                 .query_async::<()>(&mut self.conn.clone())
                 .await
                 .map(|()| true);
         };
-        let mut conn = conn.clone();
+        let mut conn = recording.conn.clone();
         let generation = conn.generation();
-        let written = self.unreplicated().get(entry_id) == Some(&generation);
-        let acknowledged = if written {
-            let wait = replicated.command(&mut conn).await?;
-            let answer: Value = wait.query_async(&mut conn).await?;
-            replicated.acknowledged(&answer)
-        } else {
-            replicated.run(&mut conn, pipeline).await?.is_some()
+        let written = self
+            .unreplicated()
+            .get(entry_id)
+            .copied()
+            .filter(|w| w.generation == generation);
+        let writer = match written {
+            Some(writer) => writer,
+            None => {
+                // The writes, and which client made them: a wait proves
+                // only its own client's writes.
+                let mut answers: Vec<Value> = with_tail(pipeline, redis::cmd("CLIENT").arg("ID"))
+                    .query_async(&mut conn)
+                    .await?;
+                let client = answers.pop().as_ref().and_then(as_u64).unwrap_or(0);
+                Writer { generation, client }
+            }
         };
+        let waited = recording.group.wait(&recording.wait, &mut conn).await?;
+        let same_client = waited.client == Some(writer.client) && conn.generation() == generation;
+        let acknowledged = same_client && waited.acknowledged;
         let mut unreplicated = self.unreplicated();
-        if acknowledged {
+        if acknowledged || !same_client {
             unreplicated.remove(entry_id);
         } else {
-            unreplicated.insert(entry_id.to_string(), generation);
+            unreplicated.insert(entry_id.to_string(), writer);
         }
         Ok(acknowledged)
     }
 
-    fn unreplicated(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+    fn unreplicated(&self) -> std::sync::MutexGuard<'_, HashMap<String, Writer>> {
         self.unreplicated.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The error of a write no replica acknowledged in time.
     pub(super) fn not_acknowledged(&self) -> QueueError {
         match &self.replicated {
-            Some((replicated, _)) => replicated.not_acknowledged(),
+            Some(recording) => recording.wait.not_acknowledged(),
             None => QueueError::Unavailable("no replica acknowledged the write".into()),
         }
+    }
+}
+
+/// Who made a recording write: the primary's generation (Sentinel) and the
+/// client (`CLIENT ID`) on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Writer {
+    generation: u64,
+    client: u64,
+}
+
+/// `durability = replicated`: the drain's recording writes, on a connection
+/// of their own, and their shared wait for a replica.
+pub(super) struct Recording {
+    pub wait: Replicated,
+    pub conn: Conn,
+    group: WaitGroup,
+}
+
+impl Recording {
+    pub fn new(wait: Replicated, conn: Conn) -> Recording {
+        Recording {
+            wait,
+            conn,
+            group: WaitGroup::new(),
+        }
+    }
+}
+
+/// One `WAIT` for many writers on one connection, group-commit style.
+/// `WAIT` blocks its client until a replica has every write that client
+/// made before it, so a wait sent after a writer's write was answered
+/// proves that write — if it ran on the same client, which it reports
+/// (`CLIENT ID`). A writer needs a wait *started* after it asked: it
+/// queues for the lock; the first in line whose write the last wait does
+/// not prove sends the next one, for every writer queued behind it.
+struct WaitGroup {
+    /// Waits started so far; the n-th carries epoch n.
+    started: AtomicU64,
+    /// The last wait's answer; held by the writer sending the next.
+    last: tokio::sync::Mutex<Waited>,
+}
+
+/// What one wait proved.
+#[derive(Debug, Clone, Copy, Default)]
+struct Waited {
+    epoch: u64,
+    /// The client the wait ran on; `None`: it failed.
+    client: Option<u64>,
+    acknowledged: bool,
+}
+
+impl WaitGroup {
+    fn new() -> WaitGroup {
+        WaitGroup {
+            started: AtomicU64::new(0),
+            last: tokio::sync::Mutex::new(Waited::default()),
+        }
+    }
+
+    /// Waits for a replica to have every write this connection's client
+    /// made before the call.
+    async fn wait(&self, replicated: &Replicated, conn: &mut Conn) -> RedisResult<Waited> {
+        // Any wait started from now on proves the writes made so far.
+        let needed = self.started.load(Ordering::SeqCst) + 1;
+        let mut last = self.last.lock().await;
+        if last.epoch >= needed {
+            return Ok(*last);
+        }
+        let epoch = self.started.fetch_add(1, Ordering::SeqCst) + 1;
+        let answer = match replicated.command(conn).await {
+            Ok(wait) => {
+                redis::pipe()
+                    .cmd("CLIENT")
+                    .arg("ID")
+                    .add_command(wait)
+                    .query_async::<(u64, Value)>(conn)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        *last = Waited {
+            epoch,
+            client: answer.as_ref().ok().map(|(client, _)| *client),
+            acknowledged: answer
+                .as_ref()
+                .is_ok_and(|(_, ack)| replicated.acknowledged(ack)),
+        };
+        answer.map(|_| *last)
     }
 }
 
@@ -207,21 +313,30 @@ impl Replicated {
         pipeline: &Pipeline,
     ) -> RedisResult<Option<Vec<Value>>> {
         let wait = self.command(conn).await?;
-        let mut both = redis::pipe();
-        if pipeline.is_transaction() {
-            both.cmd("MULTI");
-        }
-        for cmd in pipeline.cmd_iter() {
-            both.add_command(cmd.clone());
-        }
-        if pipeline.is_transaction() {
-            both.cmd("EXEC");
-        }
-        both.add_command(wait);
-        let mut answers: Vec<Value> = both.query_async(conn).await?;
+        let mut answers: Vec<Value> = with_tail(pipeline, &wait).query_async(conn).await?;
         let ack = answers.pop().unwrap_or(Value::Nil);
         Ok(self.acknowledged(&ack).then_some(answers))
     }
+}
+
+/// `pipeline`, then `tail`, in one round trip; a transaction's `MULTI` and
+/// `EXEC` sent as commands, so that `tail` runs after it and outside it (a
+/// `WAIT` inside a transaction would not wait). The answers: the
+/// transaction's as one array after `OK` and a `QUEUED` per command, then
+/// `tail`'s.
+fn with_tail(pipeline: &Pipeline, tail: &Cmd) -> Pipeline {
+    let mut both = redis::pipe();
+    if pipeline.is_transaction() {
+        both.cmd("MULTI");
+    }
+    for cmd in pipeline.cmd_iter() {
+        both.add_command(cmd.clone());
+    }
+    if pipeline.is_transaction() {
+        both.cmd("EXEC");
+    }
+    both.add_command(tail.clone());
+    both
 }
 
 /// `WAITAOF` came with Redis 7.2.

@@ -120,7 +120,7 @@ impl Line for RedisQueue {
                 ttl_secs: self.ttl_secs,
                 partitions: self.partitions,
                 partition: self.partition,
-                replicated: self.replicated.as_ref().map(|(r, _)| r.clone()),
+                replicated: self.replicated.as_ref().map(|r| r.wait.clone()),
             })
         });
         let idem_key = match &claim {
