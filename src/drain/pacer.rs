@@ -65,6 +65,8 @@ struct Block {
     /// When the block arrived: slots due before (a burst after an idle
     /// spell) count as due then, not as passed.
     arrived: Instant,
+    /// Whether a block was reserved before: `next` is then where it ended.
+    reserved: bool,
     clock: ClockMap,
 }
 
@@ -102,6 +104,7 @@ impl Pacer {
                 left: 0,
                 period: period(rate),
                 arrived: Instant::now(),
+                reserved: false,
                 clock: ClockMap::new(),
             }),
             spare: Mutex::default(),
@@ -209,7 +212,11 @@ impl Pacer {
                     let first = block.clock.local(reserved, sent, now);
                     // Never before the end of the previous block: this
                     // instance's slots stay a period apart.
-                    block.next = first.max(block.next);
+                    block.next = match block.reserved {
+                        true => first.max(block.next),
+                        false => first,
+                    };
+                    block.reserved = true;
                     block.left = count;
                     block.period = rate.period;
                     block.arrived = now;
