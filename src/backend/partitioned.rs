@@ -24,8 +24,8 @@ use super::events::{EventId, EventLog, EventPage, EventQuery};
 use super::knobs::{KnobStore, Knobs, KnobsPatch, RateStep};
 use super::{
     Admit, AdmitLimits, AttemptStart, Cancel, ChangeFeed, Delivery, IdempotencyClaim, Line,
-    OnChange, QueueBackend, QueueError, QueueStats, QueuedRequest, Reserved, SlotSchedule, StreamReport,
-    TicketStore, MAX_REPORTED_GROUPS,
+    OnChange, QueueBackend, QueueError, QueueStats, QueuedRequest, Reserved, SlotSchedule,
+    StreamReport, TicketStore, MAX_REPORTED_GROUPS,
 };
 use crate::ticket::{fnv1a, StoredResponse, TicketError, TicketId, TicketRecord};
 
