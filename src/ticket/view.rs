@@ -48,7 +48,7 @@ pub struct AdmissionView<'a> {
     /// `true` while queued in a paused queue; absent otherwise.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub paused: bool,
-    pub poll_url: String,
+    pub poll_url: &'a str,
 }
 
 /// The JSON body of `GET /tickets/{id}`.

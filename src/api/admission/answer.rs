@@ -83,6 +83,9 @@ pub(super) fn ended(id: &TicketId, record: &TicketRecord) -> Response<Body> {
     resp
 }
 
+/// A ticket's path, before its id.
+const TICKETS_PREFIX: &str = "/tickets/";
+
 /// The 202/200 answer: ticket JSON, `Location` and `Retry-After`.
 pub(super) fn ticket_answer(
     status: StatusCode,
@@ -96,7 +99,10 @@ pub(super) fn ticket_answer(
     // As for polls: a paused line has no estimate (`null`, `paused: true`).
     let paused = place.is_some() && queue.knobs().paused;
     let eta = place.map(|p| (!paused).then(|| p.eta_seconds(rate)));
-    let poll_url = format!("/tickets/{ticket}");
+    // One string for the body and `Location`, which takes it without a copy.
+    let mut poll_url = String::with_capacity(TICKETS_PREFIX.len() + ticket.as_str().len());
+    poll_url.push_str(TICKETS_PREFIX);
+    poll_url.push_str(ticket.as_str());
     let view = AdmissionView {
         ticket: ticket.as_str(),
         queue: &queue.name,
@@ -104,11 +110,12 @@ pub(super) fn ticket_answer(
         position,
         eta_seconds: eta,
         paused,
-        poll_url: poll_url.clone(),
+        poll_url: &poll_url,
     };
     let mut resp = json(status, &view);
+    let location = HeaderValue::try_from(poll_url);
     let h = resp.headers_mut();
-    if let Ok(location) = HeaderValue::from_str(&poll_url) {
+    if let Ok(location) = location {
         h.insert(header::LOCATION, location);
     }
     if !state.is_terminal() {
