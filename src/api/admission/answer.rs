@@ -7,7 +7,7 @@ use std::time::Duration;
 use http::{header, HeaderName, HeaderValue, Response, StatusCode};
 
 use crate::api::tickets;
-use crate::http::body::{json, Body};
+use crate::http::body::{json_bytes, Body};
 use crate::http::problem::{Code, Problem};
 use crate::queue::Queue;
 use crate::ticket::{self, AdmissionView, Place, TicketId, TicketRecord, TicketStatus};
@@ -112,7 +112,7 @@ pub(super) fn ticket_answer(
         paused,
         poll_url: &poll_url,
     };
-    let mut resp = json(status, &view);
+    let mut resp = json_bytes(status, view.to_json());
     let location = HeaderValue::try_from(poll_url);
     let h = resp.headers_mut();
     if let Ok(location) = location {
