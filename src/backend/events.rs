@@ -290,7 +290,12 @@ mod tests {
 
     #[test]
     fn an_ids_text_is_what_display_writes() {
-        for (ms, seq) in [(0, 0), (9, 10), (1_764_547_200_123, 7), (u64::MAX, u64::MAX)] {
+        for (ms, seq) in [
+            (0, 0),
+            (9, 10),
+            (1_764_547_200_123, 7),
+            (u64::MAX, u64::MAX),
+        ] {
             let id = EventId { ms, seq };
             assert_eq!(id.text(), id.to_string());
         }

@@ -105,7 +105,11 @@ fn binary_bodies_are_base64() {
 fn the_admission_json_is_what_serde_json_writes() {
     let id = TicketId::generate(QueueTag::of("q"));
     let url = format!("/tickets/{id}");
-    let statuses = [TicketStatus::Queued, TicketStatus::InFlight, TicketStatus::Expired];
+    let statuses = [
+        TicketStatus::Queued,
+        TicketStatus::InFlight,
+        TicketStatus::Expired,
+    ];
     let queues = ["checkout", "", "dé\"j\\à\u{1}\u{7f} vu", "a/b?c=d"];
     let positions = [None, Some(0), Some(u64::MAX)];
     let etas = [
