@@ -151,3 +151,10 @@ fn the_admission_json_is_what_serde_json_writes() {
     }
     assert_eq!(checked, 3 * 4 * 3 * 7 * 2 * 2);
 }
+
+#[test]
+fn retry_after_values_are_the_numbers() {
+    for secs in [0, 1, 9, 10, 29, 30, 31, 3600, u64::MAX] {
+        assert_eq!(retry_after_value(secs), http::HeaderValue::from(secs));
+    }
+}

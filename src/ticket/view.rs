@@ -30,6 +30,20 @@ pub fn retry_after(eta_seconds: f64) -> u64 {
     (eta_seconds.ceil() as u64).clamp(1, 30)
 }
 
+/// A `Retry-After` header of `secs` seconds. The values [`retry_after`]
+/// gives (1–30) are static strings: `HeaderValue::from(u64)` formats and
+/// allocates, ~500 instructions an answer.
+pub fn retry_after_value(secs: u64) -> http::HeaderValue {
+    const SECS: [&str; 31] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+        "17", "18", "19", "20", "21", "22", "23", "24", "25", "26", "27", "28", "29", "30",
+    ];
+    match SECS.get(secs as usize) {
+        Some(s) => http::HeaderValue::from_static(s),
+        None => http::HeaderValue::from(secs),
+    }
+}
+
 /// Seconds a client of a ticket in a paused queue waits before polling
 /// again: the pause has no known end, so the longest regular interval.
 pub const PAUSED_RETRY_AFTER: u64 = 30;

@@ -121,7 +121,7 @@ pub(super) fn ticket_answer(
     if !state.is_terminal() {
         h.insert(
             header::RETRY_AFTER,
-            HeaderValue::from(if paused {
+            ticket::retry_after_value(if paused {
                 ticket::PAUSED_RETRY_AFTER
             } else {
                 ticket::retry_after(eta.flatten().unwrap_or(0.0))
