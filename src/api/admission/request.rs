@@ -17,6 +17,9 @@ pub(super) const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 pub(super) static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
+/// A static name: looking up a `&str` parses and lower-cases it first.
+static PREFER: HeaderName = HeaderName::from_static("prefer");
+
 /// A refused admission, and what is left of its request body: the
 /// connection stays usable only once the body is read to its end.
 pub(super) struct Refusal {
@@ -58,7 +61,7 @@ impl From<Problem> for Refusal {
 pub(super) fn preferred_wait(headers: &HeaderMap) -> Duration {
     let mut wait = Duration::ZERO;
     for pref in headers
-        .get_all("prefer")
+        .get_all(&PREFER)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
