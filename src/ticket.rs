@@ -12,8 +12,8 @@ use sha2::{Digest, Sha256};
 pub mod pow;
 mod view;
 pub use view::{
-    eta_seconds, format_time_ms, now_ms, position, retry_after, AdmissionView, Place, ResponseView,
-    TicketView, PAUSED_RETRY_AFTER,
+    eta_seconds, format_time_ms, now_ms, position, retry_after, retry_after_value, AdmissionView,
+    Place, ResponseView, TicketView, PAUSED_RETRY_AFTER,
 };
 
 type HmacSha256 = Hmac<Sha256>;

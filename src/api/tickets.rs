@@ -193,7 +193,7 @@ fn ticket_answer(queue: &Queue, id: &TicketId, record: &TicketRecord) -> Respons
             ticket::retry_after(view.eta_seconds.flatten().unwrap_or(0.0))
         };
         resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            .insert(header::RETRY_AFTER, ticket::retry_after_value(secs));
     }
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -191,6 +191,34 @@ impl EventId {
     }
 }
 
+impl EventId {
+    /// What `Display` writes, `<ms>-<seq>`, without the formatting
+    /// machinery: the embedded queue names every admission's event this
+    /// way (`to_string` took ~1,100 instructions of it).
+    pub fn text(&self) -> String {
+        let mut out = String::with_capacity(24);
+        push_decimal(&mut out, self.ms);
+        out.push('-');
+        push_decimal(&mut out, self.seq);
+        out
+    }
+}
+
+/// `n` in decimal digits.
+fn push_decimal(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&digits[at..]).expect("ASCII digits"));
+}
+
 impl std::fmt::Display for EventId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}-{}", self.ms, self.seq)
@@ -259,6 +287,19 @@ pub fn knob_moves(old: &Knobs, new: &Knobs) -> Vec<(String, serde_json::Value, s
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ids_text_is_what_display_writes() {
+        for (ms, seq) in [
+            (0, 0),
+            (9, 10),
+            (1_764_547_200_123, 7),
+            (u64::MAX, u64::MAX),
+        ] {
+            let id = EventId { ms, seq };
+            assert_eq!(id.text(), id.to_string());
+        }
+    }
 
     #[test]
     fn ids_order_and_queries_start_where_asked() {

@@ -29,6 +29,11 @@ pub fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Body
     if serde_json::to_writer(&mut bytes, value).is_err() {
         bytes.clear();
     }
+    json_bytes(status, bytes)
+}
+
+/// A response with the given status and JSON `bytes` as its body.
+pub fn json_bytes(status: StatusCode, bytes: Vec<u8>) -> Response<Body> {
     let mut resp = Response::new(full(bytes));
     *resp.status_mut() = status;
     resp.headers_mut().insert(

@@ -204,6 +204,11 @@ fn route_segments(path: &str) -> impl Iterator<Item = &str> {
 /// ignoring `;` parameters and a trailing slash; ASCII case too when
 /// `case_insensitive`.
 pub fn matches(route: &str, path: &str, case_insensitive: bool) -> bool {
+    // The common case, a request for the route's own spelling, without
+    // splitting either into segments.
+    if route == path {
+        return true;
+    }
     let (mut want, mut have) = (route_segments(route), route_segments(path));
     loop {
         match (want.next(), have.next()) {

@@ -100,3 +100,61 @@ fn binary_bodies_are_base64() {
     assert_eq!(v.body, "/wA=");
     assert_eq!(v.headers["content-type"], "application/json");
 }
+
+#[test]
+fn the_admission_json_is_what_serde_json_writes() {
+    let id = TicketId::generate(QueueTag::of("q"));
+    let url = format!("/tickets/{id}");
+    let statuses = [
+        TicketStatus::Queued,
+        TicketStatus::InFlight,
+        TicketStatus::Expired,
+    ];
+    let queues = ["checkout", "", "dé\"j\\à\u{1}\u{7f} vu", "a/b?c=d"];
+    let positions = [None, Some(0), Some(u64::MAX)];
+    let etas = [
+        None,
+        Some(None),
+        Some(Some(0.0)),
+        Some(Some(1.5)),
+        Some(Some(12345.678)),
+        Some(Some(1e-7)),
+        Some(Some(f64::NAN)),
+    ];
+    let mut checked = 0;
+    for status in statuses {
+        for queue in queues {
+            for position in positions {
+                for eta_seconds in etas {
+                    for paused in [false, true] {
+                        for (ticket, poll_url) in [(id.as_str(), url.as_str()), ("t\"1", "/x\n")] {
+                            let view = AdmissionView {
+                                ticket,
+                                queue,
+                                status,
+                                position,
+                                eta_seconds,
+                                paused,
+                                poll_url,
+                            };
+                            let expected = serde_json::to_vec(&view).unwrap();
+                            assert_eq!(
+                                String::from_utf8(view.to_json()).unwrap(),
+                                String::from_utf8(expected).unwrap()
+                            );
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 3 * 4 * 3 * 7 * 2 * 2);
+}
+
+#[test]
+fn retry_after_values_are_the_numbers() {
+    for secs in [0, 1, 9, 10, 29, 30, 31, 3600, u64::MAX] {
+        assert_eq!(retry_after_value(secs), http::HeaderValue::from(secs));
+    }
+}

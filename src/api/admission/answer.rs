@@ -7,7 +7,7 @@ use std::time::Duration;
 use http::{header, HeaderName, HeaderValue, Response, StatusCode};
 
 use crate::api::tickets;
-use crate::http::body::{json, Body};
+use crate::http::body::{json_bytes, Body};
 use crate::http::problem::{Code, Problem};
 use crate::queue::Queue;
 use crate::ticket::{self, AdmissionView, Place, TicketId, TicketRecord, TicketStatus};
@@ -83,6 +83,9 @@ pub(super) fn ended(id: &TicketId, record: &TicketRecord) -> Response<Body> {
     resp
 }
 
+/// A ticket's path, before its id.
+const TICKETS_PREFIX: &str = "/tickets/";
+
 /// The 202/200 answer: ticket JSON, `Location` and `Retry-After`.
 pub(super) fn ticket_answer(
     status: StatusCode,
@@ -96,7 +99,10 @@ pub(super) fn ticket_answer(
     // As for polls: a paused line has no estimate (`null`, `paused: true`).
     let paused = place.is_some() && queue.knobs().paused;
     let eta = place.map(|p| (!paused).then(|| p.eta_seconds(rate)));
-    let poll_url = format!("/tickets/{ticket}");
+    // One string for the body and `Location`, which takes it without a copy.
+    let mut poll_url = String::with_capacity(TICKETS_PREFIX.len() + ticket.as_str().len());
+    poll_url.push_str(TICKETS_PREFIX);
+    poll_url.push_str(ticket.as_str());
     let view = AdmissionView {
         ticket: ticket.as_str(),
         queue: &queue.name,
@@ -104,17 +110,18 @@ pub(super) fn ticket_answer(
         position,
         eta_seconds: eta,
         paused,
-        poll_url: poll_url.clone(),
+        poll_url: &poll_url,
     };
-    let mut resp = json(status, &view);
+    let mut resp = json_bytes(status, view.to_json());
+    let location = HeaderValue::try_from(poll_url);
     let h = resp.headers_mut();
-    if let Ok(location) = HeaderValue::from_str(&poll_url) {
+    if let Ok(location) = location {
         h.insert(header::LOCATION, location);
     }
     if !state.is_terminal() {
         h.insert(
             header::RETRY_AFTER,
-            HeaderValue::from(if paused {
+            ticket::retry_after_value(if paused {
                 ticket::PAUSED_RETRY_AFTER
             } else {
                 ticket::retry_after(eta.flatten().unwrap_or(0.0))

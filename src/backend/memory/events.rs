@@ -61,7 +61,7 @@ impl EventBuf {
             self.log.pop_front();
         }
         self.log.push_back(Event {
-            id: id.to_string(),
+            id: id.text(),
             kind: kind.into(),
             v: EVENTS_VERSION.into(),
             queue: settings.queue.clone(),
