@@ -196,27 +196,13 @@ impl EventId {
     /// machinery: the embedded queue names every admission's event this
     /// way (`to_string` took ~1,100 instructions of it).
     pub fn text(&self) -> String {
+        let mut digits = itoa::Buffer::new();
         let mut out = String::with_capacity(24);
-        push_decimal(&mut out, self.ms);
+        out.push_str(digits.format(self.ms));
         out.push('-');
-        push_decimal(&mut out, self.seq);
+        out.push_str(digits.format(self.seq));
         out
     }
-}
-
-/// `n` in decimal digits.
-fn push_decimal(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.push_str(std::str::from_utf8(&digits[at..]).expect("ASCII digits"));
 }
 
 impl std::fmt::Display for EventId {

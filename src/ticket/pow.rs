@@ -208,29 +208,17 @@ pub fn leading_zero_bits(hash: &[u8]) -> u32 {
 /// value `seed.nonce` and the hashes tried.
 pub fn solve(seed: &str, difficulty: u8) -> (String, u64) {
     let mut value = String::with_capacity(seed.len() + 21);
+    let mut digits = itoa::Buffer::new();
     for n in 0u64.. {
         value.clear();
         value.push_str(seed);
         value.push('.');
-        value.push_str(itoa(n, &mut [0u8; 20]));
+        value.push_str(digits.format(n));
         if leading_zero_bits(&Sha256::digest(value.as_bytes())) >= u32::from(difficulty) {
             return (value, n + 1);
         }
     }
     unreachable!("a u64 of nonces holds a solution of any difficulty up to 32")
-}
-
-fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &str {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    std::str::from_utf8(&buf[i..]).unwrap_or("0")
 }
 
 impl Solved {
