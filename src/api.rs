@@ -14,6 +14,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::config::Config;
 use crate::http::client::ClientLimiter;
+use crate::http::problem::{Code, Problem};
 use crate::metrics::Metrics;
 use crate::queue::Queue;
 use crate::ticket::TicketClaim;
@@ -50,6 +51,15 @@ impl App {
             upstream,
             clients: ArcSwapOption::from(clients.map(Arc::new)),
         }
+    }
+
+    /// The queue an admin path names, or the `404` problem that says there is
+    /// none.
+    pub fn named_queue(&self, name: &str) -> Result<&Arc<Queue>, Problem> {
+        self.queues
+            .iter()
+            .find(|q| q.name == name)
+            .ok_or_else(|| Problem::new(Code::NotFound, format!("no queue named `{name}`")))
     }
 
     /// The configuration as it is now.

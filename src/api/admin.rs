@@ -130,8 +130,9 @@ pub async fn patch_queue(
     actor: &str,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    let Some(queue) = app.queues.iter().find(|q| q.name == name) else {
-        return Problem::new(Code::NotFound, format!("no queue named `{name}`")).into_response();
+    let queue = match app.named_queue(name) {
+        Ok(queue) => queue,
+        Err(not_found) => return not_found.into_response(),
     };
     exchange::note(|n| n.queue = Some(queue.name.clone()));
     let body = match Limited::new(req.into_body(), 16 * 1024).collect().await {

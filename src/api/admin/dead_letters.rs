@@ -106,8 +106,9 @@ pub async fn route(
     else {
         return Problem::new(Code::NotFound, "no such admin endpoint").into_response();
     };
-    let Some(queue) = app.queues.iter().find(|q| q.name == name) else {
-        return Problem::new(Code::NotFound, format!("no queue named `{name}`")).into_response();
+    let queue = match app.named_queue(name) {
+        Ok(queue) => queue,
+        Err(not_found) => return not_found.into_response(),
     };
     let params = match Params::parse(query.unwrap_or_default()) {
         Ok(p) => p,

@@ -24,8 +24,9 @@ const MAX_WAIT: Duration = Duration::from_secs(60);
 /// (comma-separated or repeated), at most `limit`; with `wait=N` seconds,
 /// answered as soon as one is there.
 pub async fn events(app: &App, name: &str, query: Option<&str>) -> Response<Body> {
-    let Some(queue) = app.queues.iter().find(|q| q.name == name) else {
-        return Problem::new(Code::NotFound, format!("no queue named `{name}`")).into_response();
+    let queue = match app.named_queue(name) {
+        Ok(queue) => queue,
+        Err(not_found) => return not_found.into_response(),
     };
     let (query, wait) = match parse(query.unwrap_or_default(), queue.partitions()) {
         Ok(parsed) => parsed,
