@@ -17,9 +17,11 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use super::conn::Conn;
 use super::durability::Replicated;
 use super::reply::{as_string, as_u64};
-use super::scripts::ADMIT_ARGS;
+use super::scripts::{ADMIT_ARGS, ADMIT_BATCH_ARGS};
 use super::{evalsha, unavailable};
-use crate::backend::{Admit, AdmitLimits, IdempotencyClaim, Prequeue, QueueError, QueuedRequest};
+use crate::backend::{
+    Admit, AdmitLimits, FairLimits, IdempotencyClaim, Prequeue, QueueError, QueuedRequest,
+};
 use crate::ticket::TicketId;
 
 /// Requests in one script call at most: a batch holds Redis for well under
@@ -73,43 +75,65 @@ pub(super) fn spawn(batcher: Batcher) -> mpsc::UnboundedSender<Item> {
 
 async fn run(mut rx: mpsc::UnboundedReceiver<Item>, batcher: Arc<Batcher>) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    // An admission under other shared limits than its batch's (a reload
+    // came between them): it starts the next batch.
+    let mut next: Option<Item> = None;
     loop {
         // The slot first: while all are taken, arrivals gather into the
         // next batch.
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let Some(first) = rx.recv().await else {
-            return;
+        let first = match next.take() {
+            Some(item) => item,
+            None => match rx.recv().await {
+                Some(item) => item,
+                None => return,
+            },
         };
-        // An admission whose client was answered already (503 after
-        // `RESPONSE_TIMEOUT` while every slot waited on a frozen Redis) is
-        // not sent: it would store an entry nobody holds a ticket for.
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        batch.extend(Some(first).filter(Item::waited_for));
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(item) if item.waited_for() => batch.push(item),
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
+        let shared = Shared::of(&first.limits);
+        let batch;
+        (batch, next) = gather(first, shared, &mut rx);
         if batch.is_empty() {
             continue;
         }
         let batcher = batcher.clone();
         tokio::spawn(async move {
-            batcher.call(batch).await;
+            batcher.call(shared, batch).await;
             drop(slot);
         });
     }
+}
+
+/// The batch `first` starts: the admissions waiting behind it, up to
+/// `MAX_BATCH`, that share its limits; the first that does not is
+/// returned to start the next batch. An admission whose client was
+/// answered already (503 after `RESPONSE_TIMEOUT` while every slot waited
+/// on a frozen Redis) is left out: it would store an entry nobody holds a
+/// ticket for.
+fn gather(
+    first: Item,
+    shared: Shared,
+    rx: &mut mpsc::UnboundedReceiver<Item>,
+) -> (Vec<Item>, Option<Item>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    batch.extend(Some(first).filter(Item::waited_for));
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(item) if !item.waited_for() => {}
+            Ok(item) if Shared::of(&item.limits) != shared => return (batch, Some(item)),
+            Ok(item) => batch.push(item),
+            Err(_) => break,
+        }
+    }
+    (batch, None)
 }
 
 impl Batcher {
     /// One `ADMIT_LUA` call for `batch`; every item gets its answer, or the
     /// call's error (a timed-out call may still have been applied: clients
     /// retry with their Idempotency-Key).
-    async fn call(&self, batch: Vec<Item>) {
+    async fn call(&self, shared: Shared, batch: Vec<Item>) {
         let data: usize = batch
             .iter()
             .map(|i| {
@@ -117,7 +141,10 @@ impl Batcher {
                 r.headers.len() + r.body.len() + r.path.len() + i.ticket_key.len() * 2 + 400
             })
             .sum();
-        let mut cmd = Cmd::with_capacity(12 + batch.len() * (2 + ADMIT_ARGS), data + 256);
+        let mut cmd = Cmd::with_capacity(
+            9 + ADMIT_BATCH_ARGS + batch.len() * (2 + ADMIT_ARGS),
+            data + 256,
+        );
         cmd.arg("EVALSHA")
             .arg(self.script.get_hash())
             .arg(self.keys.len() + 2 + 2 * batch.len())
@@ -136,6 +163,7 @@ impl Batcher {
             None => cmd.arg("").arg(""),
         };
         cmd.arg(&self.pow_prefix);
+        shared.push_args(&mut cmd);
         for item in &batch {
             item.push_args(&mut cmd);
         }
@@ -211,13 +239,7 @@ impl Item {
         let r = &self.request;
         cmd.arg(r.ticket.as_str())
             .arg(r.admitted_at_ms)
-            .arg(if self.claim.is_some() { "1" } else { "0" })
             .arg(self.claim.as_ref().map_or("", |c| c.fingerprint.as_str()));
-        match self.limits.stock {
-            Some(stock) => cmd.arg(stock),
-            None => cmd.arg(""),
-        };
-        cmd.arg(self.limits.max_queue);
         match self.limits.prequeue {
             // A random place in line: arrival time inside the window gives
             // no advantage.
@@ -237,19 +259,63 @@ impl Item {
             .arg(&r.forwarded_proto)
             .arg(r.idempotency_key.as_deref().unwrap_or(""))
             .arg(r.product.as_deref().unwrap_or(""));
-        // The fair sale's limits.
-        let fair = &self.limits.fair;
-        let count = |n: Option<u64>| n.map(|n| n.to_string()).unwrap_or_default();
-        cmd.arg(count(fair.product_stock))
-            .arg(count(fair.per_client))
-            .arg(count(fair.per_client_product))
-            .arg(fair.window_secs.max(1))
-            .arg(if fair.cancel_returns { "1" } else { "0" });
+        optional(cmd, self.limits.fair.product_stock);
         match &self.limits.pow {
             Some(seed) => cmd.arg(seed.id_hex()).arg(seed.ttl.as_millis() as u64),
             None => cmd.arg("").arg(""),
         };
     }
+}
+
+/// The limits every admission of one call shares, passed once
+/// (`ADMIT_BATCH_ARGS`): the queue's, not the request's. They change only
+/// with a reload, and an admission under other ones starts a new call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Shared {
+    stock: Option<u64>,
+    max_queue: u64,
+    per_client: Option<u64>,
+    per_client_product: Option<u64>,
+    window_secs: u64,
+    cancel_returns: bool,
+}
+
+impl Shared {
+    fn of(limits: &AdmitLimits) -> Self {
+        let FairLimits {
+            per_client,
+            per_client_product,
+            window_secs,
+            cancel_returns,
+            product_stock: _,
+        } = limits.fair;
+        Shared {
+            stock: limits.stock,
+            max_queue: limits.max_queue,
+            per_client,
+            per_client_product,
+            window_secs: window_secs.max(1),
+            cancel_returns,
+        }
+    }
+
+    /// The last six of `ADMIT_BATCH_ARGS`, in `ADMIT_LUA`'s order.
+    fn push_args(&self, cmd: &mut Cmd) {
+        optional(cmd, self.stock);
+        cmd.arg(self.max_queue);
+        optional(cmd, self.per_client);
+        optional(cmd, self.per_client_product);
+        cmd.arg(self.window_secs)
+            .arg(if self.cancel_returns { "1" } else { "0" });
+    }
+}
+
+/// A count, or '' for none.
+fn optional(cmd: &mut Cmd, n: Option<u64>) {
+    match n {
+        Some(n) => cmd.arg(n),
+        None => cmd.arg(""),
+    };
 }
 
 /// One request's four values of the script's answer.
@@ -279,5 +345,98 @@ fn outcome(v: &[Value]) -> Result<Admit, QueueError> {
         "quota" => Ok(Admit::QuotaExceeded),
         "pow_reused" => Ok(Admit::PowReused),
         other => Err(QueueError::Protocol(format!("admit script said `{other}`"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn item(max_queue: u64) -> (Item, oneshot::Receiver<Result<Admit, QueueError>>) {
+        let (answer, rx) = oneshot::channel();
+        let request = QueuedRequest {
+            ticket: TicketId::generate(crate::ticket::QueueTag::of("q")),
+            method: "POST".into(),
+            path: "/checkout".into(),
+            headers: Bytes::new(),
+            body: Bytes::new(),
+            idempotency_key: None,
+            client: "c".into(),
+            forwarded_for: String::new(),
+            forwarded_proto: "http".into(),
+            admitted_at_ms: 0,
+            product: None,
+        };
+        let limits = AdmitLimits {
+            max_queue,
+            stock: None,
+            prequeue: Prequeue::None,
+            fair: Default::default(),
+            pow: None,
+        };
+        let item = Item {
+            ticket_key: String::new(),
+            idem_key: String::new(),
+            request,
+            claim: None,
+            limits,
+            answer,
+        };
+        (item, rx)
+    }
+
+    #[test]
+    fn a_batch_holds_only_admissions_under_its_limits() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut answers = Vec::new();
+        for max_queue in [10, 10, 20, 20, 10] {
+            let (item, answer) = item(max_queue);
+            tx.send(item).unwrap();
+            answers.push(answer);
+        }
+        // A client that went away is left out, whatever its limits.
+        let (gone, answer) = item(10);
+        drop(answer);
+        let first = rx.try_recv().unwrap();
+        tx.send(gone).unwrap();
+
+        let shared = Shared::of(&first.limits);
+        let (batch, next) = gather(first, shared, &mut rx);
+        let limits = |b: &[Item]| b.iter().map(|i| i.limits.max_queue).collect::<Vec<_>>();
+        assert_eq!(limits(&batch), [10, 10]);
+        let next = next.expect("the admission under a reloaded limit starts the next batch");
+        assert_eq!(next.limits.max_queue, 20);
+
+        let shared = Shared::of(&next.limits);
+        let (batch, next) = gather(next, shared, &mut rx);
+        assert_eq!(limits(&batch), [20, 20]);
+        let next = next.unwrap();
+        let shared = Shared::of(&next.limits);
+        let (batch, next) = gather(next, shared, &mut rx);
+        assert_eq!(
+            limits(&batch),
+            [10],
+            "the departed client's admission is not sent"
+        );
+        assert!(next.is_none());
+    }
+
+    #[test]
+    fn a_batch_is_at_most_max_batch() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut answers = Vec::new();
+        for _ in 0..MAX_BATCH + 3 {
+            let (item, answer) = item(10);
+            tx.send(item).unwrap();
+            answers.push(answer);
+        }
+        let first = rx.try_recv().unwrap();
+        let shared = Shared::of(&first.limits);
+        let (batch, next) = gather(first, shared, &mut rx);
+        assert_eq!(batch.len(), MAX_BATCH);
+        assert!(next.is_none());
+        assert_eq!(rx.len(), 3);
     }
 }

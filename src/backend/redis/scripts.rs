@@ -17,21 +17,23 @@
 ///
 /// KEYS: stream, counters, knobs, prequeue, events, quota, then for each
 ///       request its ticket and idempotency keys.
-/// ARGV: ttl seconds, partitions, this partition's index, the queue's name
-///       in events, the events' `MINID` threshold ('' = events off), the
-///       prefix of proof-of-work seed keys (`<base>:pow:`), then for each
-///       request `ADMIT_ARGS` values: ticket id, admitted-at ms, has-claim
-///       (0/1), fingerprint, configured stock ('' = unlimited), max_queue,
-///       pre-queue score in the window ('-' = a pre-queue is configured but
-///       the window is over, '' = none is), then the entry's values m, p, h,
-///       b, c, f, x, k, pr (the names are literals here and in `RELEASE_LUA`;
-///       the schema version `v` is a literal too), then the fair sale's:
-///       the product's configured stock ('' = unlimited), per-client and
+/// ARGV: `ADMIT_BATCH_ARGS` values the whole batch shares: ticket TTL
+///       seconds, partitions, this partition's index, the queue's name in
+///       events, the events' `MINID` threshold ('' = events off), the
+///       prefix of proof-of-work seed keys (`<base>:pow:`), the configured
+///       stock ('' = unlimited), max_queue, the fair sale's per-client and
 ///       per-client-and-product maxima ('' = none), the quota's TTL
-///       seconds, give-back on cancel (0/1), then the proof-of-work
-///       seed id ('' = none) and its remaining lifetime in ms. A
-///       partition holds its share of the stock and of the capacity (the
-///       first `total % partitions` partitions one more).
+///       seconds and give-back on cancel (0/1); then for each request
+///       `ADMIT_ARGS` values: ticket id, admitted-at ms, the claim's
+///       fingerprint ('' = no Idempotency-Key), pre-queue score in the
+///       window ('-' = a pre-queue is configured but the window is over,
+///       '' = none is), the entry's values m, p, h, b, c, f, x, k, pr (the
+///       names are literals here and in `RELEASE_LUA`; the schema version
+///       `v` is a literal too), the product's configured stock ('' =
+///       unlimited), then the proof-of-work seed id ('' = none) and its
+///       remaining lifetime in ms. A partition holds its share of the stock
+///       and of the capacity (the first `total % partitions` partitions one
+///       more).
 /// Lifecycle events (`schema.rs`, [`EventField`](super::schema::EventField)):
 /// each admission writes `admitted`; the one that takes the last unit
 /// of (this partition's share of) the stock writes `sold_out`, reason `stock`.
@@ -53,9 +55,15 @@
 /// seed whose key exists is refused, after the idempotency check, so a
 /// retry of an admitted request with the same header gets its ticket.
 ///
-/// Cost, as measured under a burst: the counters and knobs are read once and
-/// the counters written once per batch, not per request; each argument
-/// becomes a Lua string, so the field names are literals.
+/// Cost (README "Where an admission's time goes"): redis-server spends
+/// per admission roughly a thousand instructions for each argument and a
+/// few thousand for each command, so the counters and knobs are read
+/// once and written once per call, the limits every request of a batch
+/// shares are passed once, field names are literals, a stream entry's
+/// values go to `XADD` in place (no table and `unpack`), the TTLs are
+/// one `PEXPIREAT` at a time read once from Redis's clock (`EXPIRE`
+/// rewrites itself for propagation), and the events are trimmed once per
+/// call (`XTRIM MINID ~`) rather than on each `XADD`.
 pub const ADMIT_LUA: &str = r#"
 local counters = redis.call('HMGET', KEYS[2], 'dispatched', 'admitted', 'seq', 'replayed', 'returned')
 local dispatched = tonumber(counters[1] or '0')
@@ -67,41 +75,52 @@ local replayed = tonumber(counters[4] or '0')
 local returned = tonumber(counters[5] or '0')
 local knobs = redis.call('HMGET', KEYS[3], 'sold_out', 'stock')
 local ttl, parts, index = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local t = redis.call('TIME')
+local expire_at = string.format('%d', t[1] * 1000 + math.floor(t[2] / 1000) + ttl * 1000)
+local ev_key, ev_queue, ev_min = KEYS[5], ARGV[4], ARGV[5]
+local pow_prefix = ARGV[6]
+local stock = knobs[2] or ARGV[7]
+local max_queue, qmax, qpmax, qttl, give_back = tonumber(ARGV[8]), ARGV[9], ARGV[10], ARGV[11], ARGV[12] == '1'
+local quota = qmax ~= '' or qpmax ~= ''
 local function share(total)
   local s = math.floor(total / parts)
   if index < total % parts then s = s + 1 end
   return s
 end
+local stock_share = stock ~= '' and share(tonumber(stock))
+local max_share = share(max_queue)
 local names = {'m', 'p', 'h', 'b', 'c', 'f', 'x', 'k', 'pr'}
 -- Whether pre-queued entries wait: read when first needed.
 local prequeued = nil
-local ev_key, ev_queue, ev_min = KEYS[5], ARGV[4], ARGV[5]
-local pow_prefix = ARGV[6]
+-- Events are trimmed by age once per call, after the batch's last one:
+-- `MINID ~` on each XADD would cost a third of the event.
+local evented = false
 local function event(...)
   if ev_min ~= '' then
-    redis.call('XADD', ev_key, 'MINID', '~', ev_min, '*', 'v', '1', 'queue', ev_queue, ...)
+    redis.call('XADD', ev_key, '*', 'v', '1', 'queue', ev_queue, ...)
+    evented = true
   end
 end
 local out = {}
 local wrote = false
-for i = 0, (#ARGV - 6) / 23 - 1 do
-  local a = 6 + 23 * i
+for i = 0, (#ARGV - 12) / 16 - 1 do
+  local a = 12 + 16 * i
   local tkey, ikey = KEYS[7 + 2 * i], KEYS[8 + 2 * i]
-  local id, adm, claimed, fp = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3] == '1', ARGV[a + 4]
-  local pow = ARGV[a + 22]
+  local id, adm, fp = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local claimed = fp ~= ''
+  local pow = ARGV[a + 15]
   local word, x, y, z = 'ok', 0, 0, 0
   local prev = claimed and redis.call('HMGET', ikey, 't', 'f', 's')
-  local stock = knobs[2] or ARGV[a + 5]
   local depth = admitted + replayed - dispatched
   -- The fair sale: the product's knobs and count, the client's counts.
-  local pr, cl, qmax, qpmax = ARGV[a + 16], ARGV[a + 12], ARGV[a + 18], ARGV[a + 19]
+  local pr, cl = ARGV[a + 13], ARGV[a + 9]
   local pknobs, psold, pstock = nil, 0, ''
-  local quota, qc, qp = qmax ~= '' or qpmax ~= '', 0, 0
+  local qc, qp = 0, 0
   if not (prev and prev[1]) then
     if pr ~= '' then
       pknobs = redis.call('HMGET', KEYS[3], 'stock:' .. pr, 'sold_out:' .. pr)
       psold = tonumber(redis.call('HGET', KEYS[2], 'sold:' .. pr) or '0')
-      pstock = pknobs[1] or ARGV[a + 17]
+      pstock = pknobs[1] or ARGV[a + 14]
     end
     if quota then
       local q = redis.call('HMGET', KEYS[6], 'c:' .. cl, 'p:' .. pr .. ':' .. cl)
@@ -113,19 +132,19 @@ for i = 0, (#ARGV - 6) / 23 - 1 do
     else word, x, y, z = 'replayed', prev[1], tonumber(prev[3]), dispatched end
   elseif pow ~= '' and redis.call('EXISTS', pow_prefix .. pow) == 1 then
     word = 'pow_reused'
-  elseif knobs[1] == '1' or (stock ~= '' and admitted - returned >= share(tonumber(stock))) then
+  elseif knobs[1] == '1' or (stock_share and admitted - returned >= stock_share) then
     word = 'sold_out'
   elseif pknobs and (pknobs[2] == '1' or (pstock ~= '' and psold >= share(tonumber(pstock)))) then
     word = 'product_sold_out'
   elseif (qmax ~= '' and qc >= tonumber(qmax)) or (qpmax ~= '' and pr ~= '' and qp >= tonumber(qpmax)) then
     word = 'quota'
-  elseif depth >= share(tonumber(ARGV[a + 6])) then
+  elseif depth >= max_share then
     word, x = 'full', depth
   else
     admitted = admitted + 1
     wrote = true
     local s = '0'
-    local score = ARGV[a + 7]
+    local score = ARGV[a + 4]
     local pre = score ~= '' and score ~= '-'
     if score == '-' and prequeued == nil then
       prequeued = redis.call('ZCARD', KEYS[4]) > 0
@@ -137,7 +156,7 @@ for i = 0, (#ARGV - 6) / 23 - 1 do
       local fields = {'e:v', '1', 'e:t', id, 'e:a', adm}
       for j, name in ipairs(names) do
         fields[#fields + 1] = 'e:' .. name
-        fields[#fields + 1] = ARGV[a + 7 + j]
+        fields[#fields + 1] = ARGV[a + 4 + j]
       end
       redis.call('HSET', tkey, unpack(fields))
       redis.call('ZADD', KEYS[4], score, id)
@@ -145,15 +164,17 @@ for i = 0, (#ARGV - 6) / 23 - 1 do
     else
       seq = seq + 1
       s = tostring(seq)
-      local entry = {'v', '1', 's', s, 'w', depth, 't', id,
-        'm', ARGV[a + 8], 'p', ARGV[a + 9], 'h', ARGV[a + 10], 'b', ARGV[a + 11],
-        'c', ARGV[a + 12], 'f', ARGV[a + 13], 'x', ARGV[a + 14], 'a', adm,
-        'k', ARGV[a + 15]}
-      if pr ~= '' then
-        entry[#entry + 1] = 'pr'
-        entry[#entry + 1] = pr
+      -- Arguments in place, not a table and `unpack`: cheaper per call.
+      if pr == '' then
+        redis.call('XADD', KEYS[1], '*', 'v', '1', 's', s, 'w', depth, 't', id,
+          'm', ARGV[a + 5], 'p', ARGV[a + 6], 'h', ARGV[a + 7], 'b', ARGV[a + 8],
+          'c', cl, 'f', ARGV[a + 10], 'x', ARGV[a + 11], 'a', adm, 'k', ARGV[a + 12])
+      else
+        redis.call('XADD', KEYS[1], '*', 'v', '1', 's', s, 'w', depth, 't', id,
+          'm', ARGV[a + 5], 'p', ARGV[a + 6], 'h', ARGV[a + 7], 'b', ARGV[a + 8],
+          'c', cl, 'f', ARGV[a + 10], 'x', ARGV[a + 11], 'a', adm, 'k', ARGV[a + 12],
+          'pr', pr)
       end
-      redis.call('XADD', KEYS[1], '*', unpack(entry))
     end
     redis.call('HSET', tkey, 'st', 'queued', 'seq', s, 'att', '0', 'adm', adm)
     if pr ~= '' then
@@ -163,18 +184,18 @@ for i = 0, (#ARGV - 6) / 23 - 1 do
     if quota then
       redis.call('HINCRBY', KEYS[6], 'c:' .. cl, 1)
       if pr ~= '' then redis.call('HINCRBY', KEYS[6], 'p:' .. pr .. ':' .. cl, 1) end
-      redis.call('EXPIRE', KEYS[6], ARGV[a + 20])
+      redis.call('EXPIRE', KEYS[6], qttl)
       redis.call('HSET', tkey, 'cl', cl)
     end
-    if ARGV[a + 21] == '1' then redis.call('HSET', tkey, 'gb', '1') end
-    redis.call('EXPIRE', tkey, ttl)
+    if give_back then redis.call('HSET', tkey, 'gb', '1') end
+    redis.call('PEXPIREAT', tkey, expire_at)
     event('type', 'admitted', 'at', adm, 'ticket', id)
-    if stock ~= '' and admitted - returned == share(tonumber(stock)) then event('type', 'sold_out', 'at', adm, 'reason', 'stock') end
+    if stock_share and admitted - returned == stock_share then event('type', 'sold_out', 'at', adm, 'reason', 'stock') end
     if pstock ~= '' and psold == share(tonumber(pstock)) then event('type', 'sold_out', 'at', adm, 'reason', 'stock', 'product', pr) end
-    if pow ~= '' then redis.call('SET', pow_prefix .. pow, '1', 'PX', ARGV[a + 23]) end
+    if pow ~= '' then redis.call('SET', pow_prefix .. pow, '1', 'PX', ARGV[a + 16]) end
     if claimed then
       redis.call('HSET', ikey, 't', id, 'f', fp, 's', s)
-      redis.call('EXPIRE', ikey, ttl)
+      redis.call('PEXPIREAT', ikey, expire_at)
     end
     x, y = tonumber(s), dispatched
   end
@@ -184,11 +205,15 @@ for i = 0, (#ARGV - 6) / 23 - 1 do
   out[#out + 1] = z
 end
 if wrote then redis.call('HSET', KEYS[2], 'admitted', admitted, 'seq', seq) end
+if evented then redis.call('XTRIM', ev_key, 'MINID', '~', ev_min) end
 return out
 "#;
 
+/// Values `ADMIT_LUA` takes once per call, before the requests' values.
+pub const ADMIT_BATCH_ARGS: usize = 12;
+
 /// Values `ADMIT_LUA` takes for each request of a batch.
-pub const ADMIT_ARGS: usize = 23;
+pub const ADMIT_ARGS: usize = 16;
 
 /// Moves up to ARGV[1] pre-queued entries, lowest (random) score first, into
 /// the stream, giving each its sequence number now. Returns {moved, left}.
