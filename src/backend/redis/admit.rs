@@ -176,9 +176,10 @@ impl Batcher {
         };
         match answer {
             Ok(reply) => {
+                let dispatched = reply.first().and_then(as_u64).unwrap_or(0);
                 for (i, item) in batch.into_iter().enumerate() {
                     let answer = reply
-                        .get(4 * i..4 * i + 4)
+                        .get(1 + i)
                         .ok_or_else(|| {
                             QueueError::Protocol(format!(
                                 "admit script answered {} values for {} requests",
@@ -186,7 +187,7 @@ impl Batcher {
                                 i + 1
                             ))
                         })
-                        .and_then(outcome);
+                        .and_then(|v| outcome(v, dispatched));
                     // A client that went away does not take its answer.
                     let _ = item.answer.send(answer);
                 }
@@ -318,15 +319,26 @@ fn optional(cmd: &mut Cmd, n: Option<u64>) {
     };
 }
 
-/// One request's four values of the script's answer.
-fn outcome(v: &[Value]) -> Result<Admit, QueueError> {
+/// One request's value in the script's answer: its sequence number when
+/// admitted, else what happened instead.
+fn outcome(v: &Value, dispatched: u64) -> Result<Admit, QueueError> {
+    let v = match v {
+        Value::Int(seq) => {
+            return Ok(Admit::Admitted {
+                seq: (*seq).max(0) as u64,
+                dispatched,
+            })
+        }
+        Value::Array(v) => v.as_slice(),
+        other => {
+            return Err(QueueError::Protocol(format!(
+                "admit script answered {other:?}"
+            )))
+        }
+    };
     let word = v.first().map(as_string).unwrap_or_default();
     let int = |i: usize| v.get(i).and_then(as_u64).unwrap_or(0);
     match word.as_str() {
-        "ok" => Ok(Admit::Admitted {
-            seq: int(1),
-            dispatched: int(2),
-        }),
         "replayed" => {
             let id = v.get(1).map(as_string).unwrap_or_default();
             let ticket = TicketId::parse(&id)
@@ -335,7 +347,7 @@ fn outcome(v: &[Value]) -> Result<Admit, QueueError> {
             Ok(Admit::Replayed {
                 ticket,
                 seq: int(2),
-                dispatched: int(3),
+                dispatched,
             })
         }
         "reused" => Ok(Admit::KeyReused),

@@ -37,10 +37,10 @@
 /// Lifecycle events (`schema.rs`, [`EventField`](super::schema::EventField)):
 /// each admission writes `admitted`; the one that takes the last unit
 /// of (this partition's share of) the stock writes `sold_out`, reason `stock`.
-/// Returns four values per request: {'ok', seq, dispatched, 0},
-/// {'replayed', ticket, seq, dispatched}, {'full', depth, 0, 0},
-/// {'sold_out', 0, 0, 0}, {'product_sold_out', 0, 0, 0}, {'quota', 0, 0, 0},
-/// {'reused', 0, 0, 0} or {'pow_reused', 0, 0, 0}.
+/// Returns the queue's dispatch count, then one value per request: its
+/// sequence number (an integer) when admitted, else {'replayed', ticket,
+/// seq}, {'full', depth, 0}, {'sold_out', 0, 0}, {'product_sold_out', 0,
+/// 0}, {'quota', 0, 0}, {'reused', 0, 0} or {'pow_reused', 0, 0}.
 ///
 /// A fair sale (README "Running a fair sale"), after the queue's stock and
 /// before the capacity: the product's sold-out knob `sold_out:<pr>` and its
@@ -65,6 +65,8 @@
 /// rewrites itself for propagation), and the events are trimmed once per
 /// call (`XTRIM MINID ~`) rather than on each `XADD`.
 pub const ADMIT_LUA: &str = r#"
+-- Locals, not globals: each use of a global is a table lookup.
+local ARGV, KEYS = ARGV, KEYS
 local counters = redis.call('HMGET', KEYS[2], 'dispatched', 'admitted', 'seq', 'replayed', 'returned')
 local dispatched = tonumber(counters[1] or '0')
 local admitted = tonumber(counters[2] or '0')
@@ -101,7 +103,8 @@ local function event(...)
     evented = true
   end
 end
-local out = {}
+-- The dispatch count first, the same for every request of the call.
+local out = {dispatched}
 local wrote = false
 for i = 0, (#ARGV - 12) / 16 - 1 do
   local a = 12 + 16 * i
@@ -109,7 +112,7 @@ for i = 0, (#ARGV - 12) / 16 - 1 do
   local id, adm, fp = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local claimed = fp ~= ''
   local pow = ARGV[a + 15]
-  local word, x, y, z = 'ok', 0, 0, 0
+  local word, x, y = 'ok', 0, 0
   local prev = claimed and redis.call('HMGET', ikey, 't', 'f', 's')
   local depth = admitted + replayed - dispatched
   -- The fair sale: the product's knobs and count, the client's counts.
@@ -129,7 +132,7 @@ for i = 0, (#ARGV - 12) / 16 - 1 do
   end
   if prev and prev[1] then
     if prev[2] ~= fp then word = 'reused'
-    else word, x, y, z = 'replayed', prev[1], tonumber(prev[3]), dispatched end
+    else word, x, y = 'replayed', prev[1], tonumber(prev[3]) end
   elseif pow ~= '' and redis.call('EXISTS', pow_prefix .. pow) == 1 then
     word = 'pow_reused'
   elseif knobs[1] == '1' or (stock_share and admitted - returned >= stock_share) then
@@ -163,14 +166,15 @@ for i = 0, (#ARGV - 12) / 16 - 1 do
       prequeued = true
     else
       seq = seq + 1
-      s = tostring(seq)
+      -- '%d', not tostring's '%.14g': integers, formatted as such.
+      s = string.format('%d', seq)
       -- Arguments in place, not a table and `unpack`: cheaper per call.
       if pr == '' then
-        redis.call('XADD', KEYS[1], '*', 'v', '1', 's', s, 'w', depth, 't', id,
+        redis.call('XADD', KEYS[1], '*', 'v', '1', 's', s, 'w', string.format('%d', depth), 't', id,
           'm', ARGV[a + 5], 'p', ARGV[a + 6], 'h', ARGV[a + 7], 'b', ARGV[a + 8],
           'c', cl, 'f', ARGV[a + 10], 'x', ARGV[a + 11], 'a', adm, 'k', ARGV[a + 12])
       else
-        redis.call('XADD', KEYS[1], '*', 'v', '1', 's', s, 'w', depth, 't', id,
+        redis.call('XADD', KEYS[1], '*', 'v', '1', 's', s, 'w', string.format('%d', depth), 't', id,
           'm', ARGV[a + 5], 'p', ARGV[a + 6], 'h', ARGV[a + 7], 'b', ARGV[a + 8],
           'c', cl, 'f', ARGV[a + 10], 'x', ARGV[a + 11], 'a', adm, 'k', ARGV[a + 12],
           'pr', pr)
@@ -197,12 +201,9 @@ for i = 0, (#ARGV - 12) / 16 - 1 do
       redis.call('HSET', ikey, 't', id, 'f', fp, 's', s)
       redis.call('PEXPIREAT', ikey, expire_at)
     end
-    x, y = tonumber(s), dispatched
+    x = tonumber(s)
   end
-  out[#out + 1] = word
-  out[#out + 1] = x
-  out[#out + 1] = y
-  out[#out + 1] = z
+  if word == 'ok' then out[i + 2] = x else out[i + 2] = {word, x, y} end
 end
 if wrote then redis.call('HSET', KEYS[2], 'admitted', admitted, 'seq', seq) end
 if evented then redis.call('XTRIM', ev_key, 'MINID', '~', ev_min) end
