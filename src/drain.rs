@@ -141,6 +141,23 @@ impl Drain {
         // them; a release that finds none left ends the check).
         let mut prequeued = config.prequeue_from.is_some();
         let mut prequeue_window = config.prequeue_from;
+        // The stored knobs before anything moves: a queue an operator paused
+        // (or that sold out) stays so across a restart or an upgrade, instead
+        // of draining on the defaults until the knob watcher's first read.
+        loop {
+            match queue.backend.knobs().await {
+                Ok(knobs) => {
+                    queue.update_knobs(knobs);
+                    break;
+                }
+                Err(e) => {
+                    warn!(queue = %config.name, error = %e, "cannot read the queue's knobs; retrying");
+                    if !self.pause(Duration::from_millis(200)).await {
+                        return;
+                    }
+                }
+            }
+        }
         'run: loop {
             // 0. The knobs: paused, or not open yet, means no dispatch; sold out
             //    means the waiting tickets fail without reaching the upstream.
