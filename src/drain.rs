@@ -148,11 +148,15 @@ impl Drain {
             match queue.backend.knobs().await {
                 Ok(knobs) => {
                     queue.update_knobs(knobs);
+                    failures = 0;
                     break;
                 }
                 Err(e) => {
-                    warn!(queue = %config.name, error = %e, "cannot read the queue's knobs; retrying");
-                    if !self.pause(Duration::from_millis(200)).await {
+                    failures += 1;
+                    if failures == 1 || failures % 30 == 0 {
+                        warn!(queue = %config.name, error = %e, "cannot read the queue's knobs; retrying");
+                    }
+                    if !self.pause(backoff(failures, BACKEND_RETRY_MAX)).await {
                         return;
                     }
                 }
