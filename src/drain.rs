@@ -209,9 +209,24 @@ impl Drain {
                 break;
             };
             // 2. A rate permit, before reading, so a read entry is sent at once.
-            let permit = tokio::select! {
-                permit = self.pacer.ready() => permit,
-                _ = shutdown.cancelled() => break,
+            //    A change of the knobs meanwhile is followed: a rate raised
+            //    wakes the wait (the pacer drops a slot reserved at the slower
+            //    rate), a pause or a sell-out ends it.
+            let permit = {
+                let mut knobs = queue.knobs.subscribe();
+                let ready = self.pacer.ready();
+                tokio::pin!(ready);
+                loop {
+                    tokio::select! {
+                        permit = &mut ready => break permit,
+                        Ok(()) = knobs.changed() => {
+                            if self.mode() != Mode::Drain {
+                                continue 'run;
+                            }
+                        }
+                        _ = shutdown.cancelled() => break 'run,
+                    }
+                }
             };
             // 3. The next entries; the permit is kept until one comes. At high
             //    rates a read takes what the next few milliseconds of permits

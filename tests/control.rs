@@ -243,6 +243,36 @@ async fn pause_stops_dispatch_and_resume_restarts_it() {
     }
 }
 
+/// An operator who slowed the drain to a trickle and speeds it up gets the
+/// new rate at once: the slot reserved at the old rate (one every 1000 s)
+/// is not waited out, on any backend.
+async fn a_rate_raised_at_run_time_applies_at_once(backend: Backend) {
+    let upstream = MockUpstream::start().await;
+    let gw = Gateway::builder()
+        .backend(backend)
+        .toml("drain_rate = 0.001\n")
+        .upstream(&upstream)
+        .start()
+        .await;
+    let c = gw.client();
+    let (tickets, _) = c.admit_many(3, "n").await;
+    // The first slot is due at once; the next one 1000 s later.
+    eventually(Duration::from_secs(10), "the first delivery", || async {
+        (upstream.received().len() == 1).then_some(())
+    })
+    .await;
+    c.patch_knobs(r#"{"drain_rate": 1000}"#).await;
+    for t in &tickets {
+        assert_eq!(
+            c.until_terminal(t, Duration::from_secs(30)).await["status"],
+            "completed"
+        );
+    }
+    assert_eq!(upstream.received().len(), 3);
+}
+
+backends!(a_rate_raised_at_run_time_applies_at_once: embedded, redis);
+
 /// When the upstream answers sold out, the waiting tickets fail at once
 /// instead of each being sent, and new admissions get 410.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -74,6 +74,8 @@ struct State {
     /// When the drain's next unreserved slot is due (the schedule's
     /// theoretical arrival time); tokio's clock, so tests can pause it.
     slots_next: Option<tokio::time::Instant>,
+    /// The period `slots_next` was reserved at.
+    slots_period: Option<Duration>,
     /// When the adaptive rate last moved, and last moved down.
     adapted: Option<tokio::time::Instant>,
     decreased: Option<tokio::time::Instant>,

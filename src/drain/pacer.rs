@@ -15,11 +15,18 @@
 //! and taken by the next waiter while its slot is still fresh, so skipped
 //! tickets do not cost the upstream's capacity.
 //!
+//! A rate that rises takes effect at once: the slots reserved at the old,
+//! slower period (a waiter may be sleeping towards one) are dropped and a
+//! block is reserved at the new period; the schedule re-spaces what every
+//! instance held (`SlotSchedule::reserve_slots`). A rate that falls applies
+//! from the next block (at most [`BLOCK_WINDOW`] of the old rate).
+//!
 //! Why not governor: its limiters live in one process (N instances would
 //! send N times the rate), and with a burst of 1 its GCRA drops whatever
 //! time a waiter oversleeps, so a 1000/s drain ran at ~730/s.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -49,6 +56,11 @@ pub struct Pacer {
     spare: Mutex<Vec<Instant>>,
     /// Wakes waiters when a slot is given back.
     given_back: Notify,
+    /// Counts the rises of the rate: a block reserved before the last one
+    /// is dropped.
+    rises: AtomicU64,
+    /// Wakes waiters when the rate rises.
+    rose: Notify,
 }
 
 #[derive(Clone, Copy)]
@@ -67,6 +79,8 @@ struct Block {
     arrived: Instant,
     /// Whether a block was reserved before: `next` is then where it ended.
     reserved: bool,
+    /// `Pacer::rises` when it was reserved.
+    rises: u64,
     clock: ClockMap,
 }
 
@@ -105,10 +119,13 @@ impl Pacer {
                 period: period(rate),
                 arrived: Instant::now(),
                 reserved: false,
+                rises: 0,
                 clock: ClockMap::new(),
             }),
             spare: Mutex::default(),
             given_back: Notify::new(),
+            rises: AtomicU64::new(0),
+            rose: Notify::new(),
         }
     }
 
@@ -146,11 +163,18 @@ impl Pacer {
         *self.rate.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Changes the rate from the next reserved block on.
+    /// Changes the rate: a fall from the next reserved block on, a rise at
+    /// once (the slots reserved at the slower rate are dropped).
     pub fn set_rate(&self, rate: f64, burst: u32) {
         let mut r = self.rate.lock().unwrap_or_else(|e| e.into_inner());
+        let rose = period(rate) < r.period;
         r.period = period(rate);
         r.burst = burst.max(1);
+        drop(r);
+        if rose {
+            self.rises.fetch_add(1, Ordering::SeqCst);
+            self.rose.notify_waiters();
+        }
     }
 
     /// Waits until the next slot is due and takes it. A slot given back
@@ -160,6 +184,8 @@ impl Pacer {
         // block is being reserved, say) is seen by the next look.
         let mut given_back = std::pin::pin!(self.given_back.notified());
         given_back.as_mut().enable();
+        let mut rose = std::pin::pin!(self.rose.notified());
+        rose.as_mut().enable();
         let mut due = match self.take_spare(None) {
             Some(due) => due,
             None => self.next_reserved().await,
@@ -175,6 +201,13 @@ impl Pacer {
                     given_back.set(self.given_back.notified());
                     given_back.as_mut().enable();
                 }
+                // The slot waited for was reserved at the slower rate: one
+                // of the new block instead.
+                _ = rose.as_mut() => {
+                    rose.set(self.rose.notified());
+                    rose.as_mut().enable();
+                    due = self.next_reserved().await;
+                }
             }
         }
     }
@@ -183,6 +216,14 @@ impl Pacer {
     /// up), not waited for.
     async fn next_reserved(&self) -> Instant {
         let mut block = self.block.lock().await;
+        let rises = self.rises.load(Ordering::SeqCst);
+        if block.rises != rises {
+            // Reserved before the rate rose: dropped, and the next block
+            // need not wait for its end.
+            block.rises = rises;
+            block.left = 0;
+            block.reserved = false;
+        }
         let mut failures = 0u32;
         loop {
             // Slots that passed unused are dropped, not sent late.
@@ -383,14 +424,58 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn rate_changes_apply_to_the_next_block() {
-        let pacer = pacer(10.0, 1);
+    async fn a_rate_that_falls_applies_to_the_next_block() {
+        let pacer = pacer(100.0, 1);
         pacer.ready().await;
-        pacer.set_rate(100.0, 1);
+        pacer.set_rate(10.0, 1);
         let t = Instant::now();
-        pacer.ready().await; // reserved at 100 ms under the old rate
+        pacer.ready().await; // reserved at 10 ms under the old rate
         pacer.ready().await;
         assert_eq!(Instant::now() - t, Duration::from_millis(110));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rate_that_rises_applies_at_once() {
+        let pacer = pacer(10.0, 1);
+        let start = Instant::now();
+        pacer.ready().await;
+        pacer.set_rate(100.0, 1);
+        // The slot reserved at 100 ms under the old rate is re-spaced to
+        // 10 ms; the rest follow 10 ms apart.
+        pacer.ready().await;
+        assert_eq!(Instant::now() - start, Duration::from_millis(10));
+        pacer.ready().await;
+        assert_eq!(Instant::now() - start, Duration::from_millis(20));
+    }
+
+    /// A drain slowed to a trickle (one slot every 1000 s) and sped up:
+    /// the waiter sleeping towards the slow slot takes a fast one instead.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_on_a_slow_slot_is_woken_by_a_rise() {
+        let pacer = Arc::new(pacer(0.001, 1));
+        let start = Instant::now();
+        pacer.ready().await;
+        let waiter = {
+            let pacer = pacer.clone();
+            tokio::spawn(async move {
+                pacer.ready().await;
+                Instant::now()
+            })
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        pacer.set_rate(1000.0, 1);
+        let woke = waiter.await.unwrap() - start;
+        assert!(
+            woke < Duration::from_secs(2),
+            "took the new rate's slot, at {woke:?}"
+        );
+        // And the rate holds from there: 1000 more in a second.
+        let t = Instant::now();
+        for _ in 0..1000 {
+            pacer.ready().await;
+        }
+        assert!(Instant::now() - t <= Duration::from_millis(1000));
+        assert!(Instant::now() - t >= Duration::from_millis(998));
     }
 
     #[tokio::test(start_paused = true)]

@@ -22,8 +22,17 @@ impl SlotSchedule for MemoryQueue {
         let restart = now.checked_sub(backlog).unwrap_or(now);
         let behind = now.checked_sub(backlog.max(CATCH_UP)).unwrap_or(now);
         let mut s = self.lock();
-        let first = s.slots_next.filter(|t| *t >= behind).unwrap_or(restart);
+        let next = match (s.slots_next, s.slots_period) {
+            // The rate rose: the slots handed out ahead of now are re-spaced
+            // at the new period (their holders drop them).
+            (Some(next), Some(old)) if period < old && next > now => {
+                Some(now + (next - now).mul_f64(period.as_secs_f64() / old.as_secs_f64()))
+            }
+            (next, _) => next,
+        };
+        let first = next.filter(|t| *t >= behind).unwrap_or(restart);
         s.slots_next = Some(first + period * count);
+        s.slots_period = Some(period);
         // The schedule's clock: microseconds since this queue was made.
         Ok(Reserved {
             first: micros_since(self.epoch, first),

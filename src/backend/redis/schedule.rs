@@ -20,6 +20,7 @@ impl SlotSchedule for RedisQueue {
         let (first, now): (i64, i64) = self
             .reserve_script
             .key(&self.keys.rate)
+            .key(&self.keys.rate_period)
             .arg(period.as_micros().max(1) as u64)
             .arg(burst.max(1))
             .arg(count.max(1))

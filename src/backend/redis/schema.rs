@@ -18,6 +18,7 @@
 //! | `<base>:counters`            | hash        | [`CounterField`]                        |
 //! | `<base>:knobs`               | hash        | [`KnobField`]                           |
 //! | `<base>:rate`                | string      | when the drain's next free slot is due, µs of Redis's clock (`RESERVE_LUA`) |
+//! | `<base>:rate_period`         | string      | the period, µs, the slots up to `rate` were reserved at (`RESERVE_LUA`): a rate rise re-spaces them |
 //! | `<base>:prequeue`            | sorted set  | pre-queued ticket ids by their random place (`RELEASE_LUA`) |
 //! | `<base>:ticket:<id>`         | hash        | one ticket ([`TicketField`]), expires with the ticket TTL |
 //! | `<base>:idem:<key>`          | hash        | one Idempotency-Key claim ([`ClaimField`]), same TTL |
@@ -41,6 +42,8 @@ pub struct Keys {
     pub knobs: String,
     /// The drain's shared slot schedule (`RESERVE_LUA`).
     pub rate: String,
+    /// The period the schedule's slots were reserved at (`RESERVE_LUA`).
+    pub rate_period: String,
     pub prequeue: String,
     /// The lifecycle events ([`EventField`]).
     pub events: String,
@@ -73,6 +76,7 @@ impl Keys {
             counters: format!("{base}:counters"),
             knobs: format!("{base}:knobs"),
             rate: format!("{base}:rate"),
+            rate_period: format!("{base}:rate_period"),
             prequeue: format!("{base}:prequeue"),
             events: format!("{base}:events"),
             changes: format!("{base}:changes"),

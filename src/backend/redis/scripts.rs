@@ -333,19 +333,26 @@ return {'ok'}
 /// together get one slot a period. A schedule behind by less than the
 /// tolerance (a drainer woke late) goes on where it was, so lateness costs
 /// no rate; one further behind (idle) restarts with at most `burst` slots
-/// due at once. Returns the first slot's due time minus now, in microseconds.
+/// due at once. When the rate rose since the last reservation (the period
+/// key holds the period it was made at), the slots already handed out ahead
+/// of now are re-spaced at the new period: their holders drop them and
+/// reserve again, so a rise takes effect at once instead of after the last
+/// slow slot. Returns the first slot's due time and now, in microseconds.
 ///
-/// KEYS: rate. ARGV: period µs, burst, count, tolerance µs.
+/// KEYS: rate, rate period. ARGV: period µs, burst, count, tolerance µs.
 pub const RESERVE_LUA: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local period, burst, count = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local first = tonumber(redis.call('GET', KEYS[1]) or '0')
+local before = tonumber(redis.call('GET', KEYS[2]) or '0')
+if before > period and first > now then first = now + math.floor((first - now) * period / before) end
 local backlog = (burst - 1) * period
 if first < now - math.max(backlog, tonumber(ARGV[4])) then first = now - backlog end
 local after = first + count * period
 local ttl = math.max(0, math.floor((after - now) / 1000)) + 60000
 redis.call('SET', KEYS[1], string.format('%.0f', after), 'PX', ttl)
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ttl)
 return {first, now}
 "#;
 
