@@ -16,6 +16,7 @@ use flashgate::ticket::{position, StoredResponse, TicketError, TicketStatus};
 use crate::backends::{over_every_backend, Backend};
 
 over_every_backend!(
+    a_failure_recorded_twice_is_one_dead_letter,
     replay_puts_a_dead_letter_back_once,
     lists_page_and_filter,
     refusals_and_discards
@@ -70,6 +71,27 @@ async fn of(q: &dyn QueueBackend, r: &QueuedRequest) -> DeadLetter {
         .collect();
     assert_eq!(mine.len(), 1, "{mine:?}");
     mine.into_iter().next().unwrap()
+}
+
+/// A failure the drain records again (its first write was applied, but the
+/// answer timed out) leaves one dead letter, and the ticket failed once.
+async fn a_failure_recorded_twice_is_one_dead_letter(backend: Backend) {
+    let q = &backend.q;
+    let r = backend.request(1);
+    let admitted = q.admit(r.clone(), None, backend.cap(100)).await.unwrap();
+    assert!(matches!(admitted, Admit::Admitted { .. }), "{admitted:?}");
+    let d = backend.next1().await.expect("the entry");
+    q.start_attempt(&d).await.unwrap();
+    let err = TicketError {
+        code: "upstream_unavailable".into(),
+        detail: "gave up".into(),
+    };
+    q.fail(&d, &err, true).await.unwrap();
+    q.fail(&d, &err, true).await.unwrap();
+    let letter = of(q.as_ref(), &r).await;
+    assert_eq!(letter.code, "upstream_unavailable");
+    let (record, _) = q.ticket(&r.ticket).await.unwrap().unwrap();
+    assert_eq!(record.status, TicketStatus::Failed);
 }
 
 /// The dead letter keeps the request whole; a replay puts it back at the
@@ -310,8 +332,8 @@ async fn lists_page_and_filter(backend: Backend) {
 /// leaves its ticket failed; a ticket that expired is queued again.
 async fn refusals_and_discards(backend: Backend) {
     let q: Arc<dyn QueueBackend> = backend.q.clone();
-    // Completed, then (a redelivery after a crash) failed into the dead
-    // letters: the ticket keeps its answer.
+    // Completed, then reported failed (an instance given up on, whose entry
+    // another finished): no dead letter, and the ticket keeps its answer.
     let r = backend.request(1);
     q.admit(r.clone(), None, backend.cap(100)).await.unwrap();
     let mut d = backend.next1().await.unwrap();
@@ -328,12 +350,33 @@ async fn refusals_and_discards(backend: Backend) {
         detail: "x".into(),
     };
     q.fail(&d, &err, true).await.unwrap();
-    let completed = of(q.as_ref(), &r).await;
-    let Replay::Refused(why) = q.replay_dead(&completed.id, "admin").await.unwrap() else {
-        panic!("replayed a completed ticket");
-    };
-    assert!(why.contains("completed"), "{why}");
-    assert_eq!(q.count_dead().await.unwrap(), 1, "left as it was");
+    assert_eq!(
+        q.count_dead().await.unwrap(),
+        0,
+        "a finished entry is not dead-lettered"
+    );
+    let (record, _) = q.ticket(&r.ticket).await.unwrap().unwrap();
+    assert_eq!(record.status, TicketStatus::Completed);
+
+    // A dead letter whose ticket completed since (one an older version
+    // wrote, say): a replay is refused and leaves it as it was.
+    let c = dead_letter(&backend, 3, "upstream_unavailable", 1).await;
+    let completed = of(q.as_ref(), &c).await;
+    if let Some(server) = backend.redis_server() {
+        let mut conn = server.conn().await;
+        let _: u64 = redis::cmd("HSET")
+            .arg(backend.ticket_key(&c.ticket))
+            .arg("st")
+            .arg("completed")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let Replay::Refused(why) = q.replay_dead(&completed.id, "admin").await.unwrap() else {
+            panic!("replayed a completed ticket");
+        };
+        assert!(why.contains("completed"), "{why}");
+        assert_eq!(q.count_dead().await.unwrap(), 1, "left as it was");
+    }
 
     // Sold out: the replay would fail unsent.
     let s = dead_letter(&backend, 2, "upstream_unavailable", 1).await;
@@ -372,10 +415,11 @@ async fn refusals_and_discards(backend: Backend) {
     assert_eq!(backend.next1().await.unwrap().request.unwrap(), s);
 
     // Discard: gone for good, the ticket stays as it was, with an event.
+    let kept = q.ticket(&c.ticket).await.unwrap().unwrap().0.status;
     assert_eq!(
         q.discard_dead(&completed.id, "ops").await.unwrap(),
         Discard::Discarded {
-            ticket: Some(r.ticket.clone())
+            ticket: Some(c.ticket.clone())
         }
     );
     assert_eq!(
@@ -383,8 +427,8 @@ async fn refusals_and_discards(backend: Backend) {
         Discard::NotFound
     );
     assert_eq!(q.count_dead().await.unwrap(), 0);
-    let (record, _) = q.ticket(&r.ticket).await.unwrap().unwrap();
-    assert_eq!(record.status, TicketStatus::Completed);
+    let (record, _) = q.ticket(&c.ticket).await.unwrap().unwrap();
+    assert_eq!(record.status, kept);
     let page = q
         .events(&EventQuery {
             types: vec!["discarded".into()],
@@ -395,7 +439,7 @@ async fn refusals_and_discards(backend: Backend) {
         .unwrap();
     assert_eq!(page.events.len(), 1);
     let e = &page.events[0];
-    assert_eq!(e.ticket.as_deref(), Some(r.ticket.as_str()));
+    assert_eq!(e.ticket.as_deref(), Some(c.ticket.as_str()));
     assert_eq!(e.fields["dead_letter"], completed.id);
     assert_eq!(e.fields["code"], "upstream_unavailable");
     assert_eq!(e.fields["actor"], "ops");

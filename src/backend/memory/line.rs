@@ -261,7 +261,14 @@ impl Line for MemoryQueue {
         dead_letter: bool,
     ) -> Result<(), QueueError> {
         let mut s = self.lock();
-        if dead_letter {
+        // Once per entry, as on Redis (`DEAD_LUA`): a failure reported for an
+        // entry already finished (recorded twice, or finished by another
+        // consumer) is no second dead letter.
+        let pending = delivery
+            .entry_id
+            .parse::<u64>()
+            .is_ok_and(|id| s.pending.contains_key(&id));
+        if dead_letter && pending {
             let request = delivery.request.as_ref().ok();
             let attempts = request
                 .and_then(|r| s.tickets.get(&r.ticket))

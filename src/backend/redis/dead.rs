@@ -21,16 +21,24 @@ const RANGE: usize = 500;
 /// (none when it has expired), then the entry's own fields. The shebang
 /// makes Redis refuse it when out of memory, aborting the transaction.
 ///
-/// KEYS: dead, ticket. ARGV: entry id, code, detail, then the entry's
-/// field/value pairs.
+/// Once per entry: it acknowledges the entry first and writes only if that
+/// took it off the pending list. So a failure retried after a reply that
+/// timed out (the first write was applied) writes no second dead letter,
+/// and neither does an entry the group's takeover found deleted from the
+/// stream and dead-lettered itself (`maintain_claims`, `entry_deleted`):
+/// whichever takes the entry off the pending list records it.
+///
+/// KEYS: dead, ticket, stream. ARGV: entry id, consumer group, code, detail,
+/// then the entry's field/value pairs.
 pub const DEAD_LUA: &str = r#"#!lua
-local fields = {'entry', ARGV[1], 'code', ARGV[2], 'detail', ARGV[3]}
+if redis.call('XACK', KEYS[3], ARGV[2], ARGV[1]) == 0 then return 0 end
+local fields = {'entry', ARGV[1], 'code', ARGV[3], 'detail', ARGV[4]}
 local att = redis.call('HGET', KEYS[2], 'att')
 if att then
   fields[#fields + 1] = 'attempts'
   fields[#fields + 1] = att
 end
-for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('XADD', KEYS[1], '*', unpack(fields))
 return 1
 "#;

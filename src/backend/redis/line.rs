@@ -314,10 +314,12 @@ impl Line for RedisQueue {
         };
         let mut xadd = redis::cmd("EVAL");
         xadd.arg(DEAD_LUA)
-            .arg(2)
+            .arg(3)
             .arg(&self.keys.dead)
             .arg(ticket_key)
+            .arg(&self.keys.stream)
             .arg(&delivery.entry_id)
+            .arg(GROUP)
             .arg(&error.code)
             .arg(&error.detail);
         if let Ok(request) = &delivery.request {
