@@ -347,10 +347,12 @@ impl Line for RedisQueue {
             );
             pipe.add_command(finish).ignore();
         }
+        // `DEAD_LUA` acknowledges the entry itself.
         if dead_letter {
             pipe.add_command(xadd).ignore();
+        } else {
+            self.ack(&mut pipe, &delivery.entry_id);
         }
-        self.ack(&mut pipe, &delivery.entry_id);
         if !self
             .record(&delivery.entry_id, &pipe)
             .await
