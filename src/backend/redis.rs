@@ -37,7 +37,8 @@ use durability::{Recording, Replicated, Writer};
 use group::Claims;
 use schema::Keys;
 use scripts::{
-    ADAPT_LUA, ADMIT_LUA, CANCEL_LUA, KNOBS_LUA, RELEASE_LUA, RESERVE_LUA, START_ATTEMPT_LUA,
+    ADAPT_LUA, ADMIT_LUA, CANCEL_LUA, FINISH_LUA, KNOBS_LUA, RELEASE_LUA, RESERVE_LUA,
+    START_ATTEMPT_LUA,
 };
 
 /// How the Redis backend connects and names its keys.
@@ -93,6 +94,7 @@ pub struct RedisQueue {
     /// (inside the runtime).
     admissions: OnceLock<tokio::sync::mpsc::UnboundedSender<admit::Item>>,
     start_script: Script,
+    finish_script: Script,
     release_script: Script,
     cancel_script: Script,
     reserve_script: Script,
@@ -150,6 +152,7 @@ impl RedisQueue {
             admit_script: Script::new(ADMIT_LUA),
             admissions: OnceLock::new(),
             start_script: Script::new(START_ATTEMPT_LUA),
+            finish_script: Script::new(FINISH_LUA),
             release_script: Script::new(RELEASE_LUA),
             cancel_script: Script::new(CANCEL_LUA),
             reserve_script: Script::new(RESERVE_LUA),
@@ -214,6 +217,21 @@ async fn evalsha<T: FromRedisValue>(
         Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
             script.load_async(conn).await?;
             cmd.query_async(conn).await
+        }
+        other => other,
+    }
+}
+
+/// [`evalsha`] for a pipeline that calls `script` by `EVALSHA`.
+async fn evalsha_pipe(
+    conn: &mut Conn,
+    script: &Script,
+    pipe: &redis::Pipeline,
+) -> redis::RedisResult<()> {
+    match pipe.query_async(conn).await {
+        Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+            script.load_async(conn).await?;
+            pipe.query_async(conn).await
         }
         other => other,
     }

@@ -445,3 +445,47 @@ async fn redis_consumer_recovers_its_pending_entries() {
     let other = redis_queue(redis, "worker-b", 0, 1);
     assert!(next1(&other, BLOCK).await.is_none());
 }
+
+/// Redis forgot its scripts (a restart, a failover, `SCRIPT FLUSH`) between
+/// an attempt and its answer: the completion loads its script again and
+/// records the answer and the acknowledgement, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_completion_survives_a_script_flush() {
+    let backend = Backend::redis();
+    let redis = backend.redis_server().expect("a Redis backend");
+    let q = &backend.q;
+    let a = backend.request(1);
+    q.admit(a.clone(), None, backend.cap(10)).await.unwrap();
+    let d = backend.next1().await.expect("a");
+    q.start_attempt(&d).await.unwrap();
+    let mut c = redis.conn().await;
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let response = StoredResponse {
+        status: 201,
+        headers: Bytes::new(),
+        body: Bytes::from_static(b"{\"order\":1}"),
+    };
+    q.complete(&d, &response).await.unwrap();
+    let (record, _) = q.ticket(&a.ticket).await.unwrap().unwrap();
+    assert_eq!(record.status, TicketStatus::Completed);
+    assert_eq!(record.response.as_ref(), Some(&response));
+    assert_eq!(q.stats().await.unwrap().in_flight, 0);
+    // Recorded again (a reply lost after it was applied): nothing changes.
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let other = StoredResponse {
+        status: 500,
+        ..response.clone()
+    };
+    q.complete(&d, &other).await.unwrap();
+    let (record, _) = q.ticket(&a.ticket).await.unwrap().unwrap();
+    assert_eq!(record.response.as_ref(), Some(&response));
+    assert_eq!(q.stats().await.unwrap().in_flight, 0);
+}

@@ -6,7 +6,7 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use redis::streams::{StreamAutoClaimReply, StreamReadReply};
+use redis::streams::StreamAutoClaimReply;
 use redis::{RedisError, Value};
 use tracing::{error, info};
 
@@ -94,17 +94,16 @@ impl RedisQueue {
         }
         cmd.arg("STREAMS").arg(&self.keys.stream).arg(id);
         let mut reader = self.reader.clone();
-        let reply: StreamReadReply = cmd.query_async(&mut reader).await.map_err(|e| {
+        let reply: Value = cmd.query_async(&mut reader).await.map_err(|e| {
             if e.code() == Some("NOGROUP") {
                 // Someone deleted the stream or the group: make it again.
                 self.group_ready.store(false, Ordering::Relaxed);
             }
             unavailable(e)
         })?;
-        Ok(reply
-            .keys
+        Ok(reply::read_entries(reply)
+            .map_err(QueueError::Protocol)?
             .into_iter()
-            .flat_map(|stream| stream.ids)
             .map(|entry| reply::delivery(entry, true, self.partition))
             .collect())
     }

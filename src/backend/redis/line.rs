@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::streams::{StreamInfoGroupsReply, StreamRangeReply};
+use redis::{ErrorKind, Script, ServerErrorKind};
 use tracing::warn;
 
 use super::dead::DEAD_LUA;
@@ -13,7 +14,7 @@ use super::schema::{
     ClaimField, CounterField, EntryField, EventField, TicketField, ENTRY_VERSION, GROUP,
 };
 use super::scripts::FINISH_LUA;
-use super::{admit, is_oom, reply, unavailable, RedisQueue, RESPONSE_TIMEOUT};
+use super::{admit, evalsha_pipe, is_oom, reply, unavailable, RedisQueue, RESPONSE_TIMEOUT};
 use crate::backend::{
     Admit, AdmitLimits, AttemptStart, Delivery, IdempotencyClaim, Line, QueueError, QueueStats,
     QueuedRequest, StreamReport,
@@ -47,23 +48,35 @@ impl RedisQueue {
         ]
     }
 
-    /// `FINISH_LUA` for a ticket, by `EVAL` (a transaction cannot load a
-    /// script it misses): its final `status` with the ticket `fields`, and
-    /// the terminal event with its own `event` fields — unless it has ended
-    /// before.
+    /// `FINISH_LUA` for the ticket of `delivery`: its final `status` with
+    /// the ticket `fields`, and the terminal event with its own `event`
+    /// fields — unless it has ended before — and the entry acknowledged.
+    /// By `EVALSHA` when `by_hash` (run alone, loaded on `NOSCRIPT` by
+    /// [`RedisQueue::record_script`]), else by `EVAL` (a transaction cannot
+    /// load a script it misses).
     fn finish(
         &self,
+        delivery: &Delivery,
         ticket: &TicketId,
         status: TicketStatus,
         fields: &[(&str, &[u8])],
         event: &[(&str, &str)],
+        by_hash: bool,
     ) -> redis::Cmd {
         let (queue, min_id) = self.event_args();
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(FINISH_LUA)
-            .arg(2)
+        let mut cmd = if by_hash {
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(self.finish_script.get_hash());
+            cmd
+        } else {
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(FINISH_LUA);
+            cmd
+        };
+        cmd.arg(3)
             .arg(self.keys.ticket(ticket))
             .arg(&self.keys.events)
+            .arg(&self.keys.stream)
             .arg(status.as_str())
             .arg(now_ms())
             .arg(self.ttl_secs)
@@ -71,6 +84,8 @@ impl RedisQueue {
             .arg(ticket.as_str())
             .arg(queue)
             .arg(min_id)
+            .arg(GROUP)
+            .arg(&delivery.entry_id)
             .arg(fields.len());
         for (name, value) in fields {
             cmd.arg(*name).arg(*value);
@@ -79,6 +94,28 @@ impl RedisQueue {
             cmd.arg(*name).arg(*value);
         }
         cmd
+    }
+
+    /// [`RedisQueue::record`] of `pipeline`, which calls `script` by
+    /// `EVALSHA`: the script is loaded and the write made again when the
+    /// server does not know it (a restart, a failover, `SCRIPT FLUSH`).
+    async fn record_script(
+        &self,
+        entry_id: &str,
+        script: &Script,
+        pipeline: &redis::Pipeline,
+    ) -> redis::RedisResult<bool> {
+        match self.record(entry_id, pipeline).await {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                let mut conn = match &self.replicated {
+                    Some(recording) => recording.conn.clone(),
+                    None => self.conn.clone(),
+                };
+                script.load_async(&mut conn).await?;
+                self.record(entry_id, pipeline).await
+            }
+            other => other,
+        }
     }
 }
 
@@ -247,26 +284,29 @@ impl Line for RedisQueue {
         response: &StoredResponse,
     ) -> Result<(), QueueError> {
         let mut record = redis::pipe();
-        if let Ok(request) = &delivery.request {
-            // The ticket's result and its `completed` event, once.
-            let status = response.status.to_string();
-            let finish = self.finish(
-                &request.ticket,
-                TicketStatus::Completed,
-                &[
-                    (TicketField::RESPONSE_STATUS, status.as_bytes()),
-                    (TicketField::RESPONSE_HEADERS, response.headers.as_ref()),
-                    (TicketField::RESPONSE_BODY, response.body.as_ref()),
-                ],
-                &[(EventField::STATUS, &status)],
-            );
-            record.add_command(finish).ignore();
+        match &delivery.request {
+            Ok(request) => {
+                // The ticket's result and its `completed` event, once, and
+                // the entry acknowledged, in one script.
+                let status = response.status.to_string();
+                let finish = self.finish(
+                    delivery,
+                    &request.ticket,
+                    TicketStatus::Completed,
+                    &[
+                        (TicketField::RESPONSE_STATUS, status.as_bytes()),
+                        (TicketField::RESPONSE_HEADERS, response.headers.as_ref()),
+                        (TicketField::RESPONSE_BODY, response.body.as_ref()),
+                    ],
+                    &[(EventField::STATUS, &status)],
+                    true,
+                );
+                record.add_command(finish).ignore();
+            }
+            Err(_) => self.ack(&mut record, &delivery.entry_id),
         }
-        let mut together = record.clone();
-        together.atomic();
-        self.ack(&mut together, &delivery.entry_id);
         let mut conn = self.conn.clone();
-        match self.record(&delivery.entry_id, &together).await {
+        match (self.record_script(&delivery.entry_id, &self.finish_script, &record)).await {
             Ok(true) => {}
             Ok(false) => return Err(self.not_acknowledged()),
             Err(e) if is_oom(&e) => {
@@ -284,8 +324,7 @@ impl Line for RedisQueue {
                     .map_err(unavailable)?;
                 self.release(&delivery.entry_id);
                 self.trim_stream(None).await?;
-                return record
-                    .query_async::<()>(&mut conn)
+                return evalsha_pipe(&mut conn, &self.finish_script, &record)
                     .await
                     .map_err(unavailable);
             }
@@ -332,26 +371,34 @@ impl Line for RedisQueue {
                 };
                 xadd.arg(name).arg(value);
             }
-            // The ticket's error and its `failed` event, once.
-            let finish = self.finish(
-                &request.ticket,
-                TicketStatus::Failed,
-                &[
-                    (TicketField::ERROR_CODE, error.code.as_bytes()),
-                    (TicketField::ERROR_DETAIL, error.detail.as_bytes()),
-                ],
-                &[
-                    (EventField::CODE, &error.code),
-                    (EventField::DETAIL, &error.detail),
-                ],
-            );
-            pipe.add_command(finish).ignore();
         }
-        // `DEAD_LUA` acknowledges the entry itself.
+        // `DEAD_LUA` acknowledges the entry first and writes only if that
+        // took it off the pending list, so it goes before `FINISH_LUA`,
+        // which acknowledges it too.
         if dead_letter {
             pipe.add_command(xadd).ignore();
-        } else {
-            self.ack(&mut pipe, &delivery.entry_id);
+        }
+        match &delivery.request {
+            Ok(request) => {
+                // The ticket's error and its `failed` event, once.
+                let finish = self.finish(
+                    delivery,
+                    &request.ticket,
+                    TicketStatus::Failed,
+                    &[
+                        (TicketField::ERROR_CODE, error.code.as_bytes()),
+                        (TicketField::ERROR_DETAIL, error.detail.as_bytes()),
+                    ],
+                    &[
+                        (EventField::CODE, &error.code),
+                        (EventField::DETAIL, &error.detail),
+                    ],
+                    false,
+                );
+                pipe.add_command(finish).ignore();
+            }
+            Err(_) if !dead_letter => self.ack(&mut pipe, &delivery.entry_id),
+            Err(_) => {}
         }
         if !self
             .record(&delivery.entry_id, &pipe)

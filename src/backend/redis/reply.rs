@@ -32,6 +32,81 @@ pub fn as_u64(v: &Value) -> Option<u64> {
     }
 }
 
+/// The entries of an `XREADGROUP` reply (`nil` when none came), moved out
+/// of it: the `streams` types' `StreamReadReply` first clones the whole
+/// reply, which cost the drain a fifth of its instructions per delivery.
+pub fn read_entries(reply: Value) -> Result<Vec<StreamId>, String> {
+    let streams = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(streams) => streams
+            .into_iter()
+            .map(|stream| match stream {
+                Value::Array(pair) if pair.len() == 2 => {
+                    let mut pair = pair.into_iter();
+                    Ok(pair.nth(1).unwrap_or(Value::Nil))
+                }
+                other => Err(format!("unexpected stream in XREADGROUP reply: {other:?}")),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        Value::Map(streams) => streams.into_iter().map(|(_, entries)| entries).collect(),
+        other => return Err(format!("unexpected XREADGROUP reply: {other:?}")),
+    };
+    let mut out = Vec::new();
+    for entries in streams {
+        let Value::Array(entries) = entries else {
+            return Err(format!(
+                "unexpected entries in XREADGROUP reply: {entries:?}"
+            ));
+        };
+        for entry in entries {
+            out.push(stream_entry(entry)?);
+        }
+    }
+    Ok(out)
+}
+
+/// One `[id, [field, value, ...]]` of a stream reply; fields `nil` (an
+/// entry deleted while pending) read as none.
+fn stream_entry(entry: Value) -> Result<StreamId, String> {
+    let Value::Array(parts) = entry else {
+        return Err(format!("unexpected stream entry: {entry:?}"));
+    };
+    let mut parts = parts.into_iter();
+    let id = match parts.next() {
+        Some(Value::BulkString(id)) => String::from_utf8(id).map_err(|e| e.to_string())?,
+        Some(Value::SimpleString(id)) => id,
+        other => return Err(format!("unexpected stream entry id: {other:?}")),
+    };
+    let mut map = HashMap::new();
+    match parts.next() {
+        Some(Value::Array(fields)) => {
+            let mut fields = fields.into_iter();
+            while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+                let name = match name {
+                    Value::BulkString(name) => {
+                        String::from_utf8(name).map_err(|e| e.to_string())?
+                    }
+                    Value::SimpleString(name) => name,
+                    other => return Err(format!("unexpected stream field name: {other:?}")),
+                };
+                map.insert(name, value);
+            }
+        }
+        Some(Value::Map(fields)) => {
+            for (name, value) in fields {
+                map.insert(as_string(&name), value);
+            }
+        }
+        Some(Value::Nil) | None => {}
+        other => return Err(format!("unexpected stream entry fields: {other:?}")),
+    }
+    Ok(StreamId {
+        id,
+        map,
+        ..StreamId::default()
+    })
+}
+
 /// A delivery from a stream entry as read back (`XREADGROUP`,
 /// `XAUTOCLAIM`). An entry deleted while pending comes back with no fields
 /// (`nil`, which the `streams` types read as an empty map): its request
@@ -173,4 +248,50 @@ fn product_knobs(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    /// `read_entries` reads what `StreamReadReply` reads, without the copy.
+    #[test]
+    fn read_entries_reads_an_xreadgroup_reply() {
+        assert!(read_entries(Value::Nil).unwrap().is_empty());
+        let entry = |id: &str, fields: Value| Value::Array(vec![bulk(id), fields]);
+        let reply = Value::Array(vec![Value::Array(vec![
+            bulk("s"),
+            Value::Array(vec![
+                entry(
+                    "1-1",
+                    Value::Array(vec![bulk("t"), bulk("abc"), bulk("b"), bulk("")]),
+                ),
+                // Deleted while pending.
+                entry("1-2", Value::Nil),
+            ]),
+        ])]);
+        let ours = read_entries(reply.clone()).unwrap();
+        let theirs: redis::streams::StreamReadReply = redis::from_redis_value(reply).unwrap();
+        let theirs = &theirs.keys[0].ids;
+        assert_eq!(ours.len(), 2);
+        for (ours, theirs) in ours.iter().zip(theirs) {
+            assert_eq!(ours.id, theirs.id);
+            assert_eq!(ours.map, theirs.map);
+        }
+        assert_eq!(ours[0].map.get("t"), Some(&bulk("abc")));
+        assert!(ours[1].map.is_empty());
+        // RESP3 answers with maps.
+        let reply = Value::Map(vec![(
+            bulk("s"),
+            Value::Array(vec![entry("2-1", Value::Map(vec![(bulk("t"), bulk("x"))]))]),
+        )]);
+        let ours = read_entries(reply).unwrap();
+        assert_eq!(ours[0].id, "2-1");
+        assert_eq!(ours[0].map.get("t"), Some(&bulk("x")));
+        assert!(read_entries(Value::Int(1)).is_err());
+    }
 }

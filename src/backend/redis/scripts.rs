@@ -393,27 +393,29 @@ return redis.call('HGETALL', KEYS[1])
 /// the change and writes the terminal event — unless the ticket has a final
 /// state already (a completion retried after a timeout that was applied, an
 /// entry redelivered after a crash), which then stays as it was, with its
-/// one event. A ticket that expired while queued is recorded again. Sent
-/// with `EVAL` inside the completion's `MULTI`, so that the entry's
-/// acknowledgement goes with it; the shebang makes Redis refuse it when out
-/// of memory before the transaction runs (as it refuses `HSET`), which
-/// aborts the whole transaction.
+/// one event. A ticket that expired while queued is recorded again. The
+/// entry is acknowledged in the same step, whatever the ticket's state, so
+/// a completion is one `EVALSHA` and no transaction; the shebang makes Redis
+/// refuse the whole script when out of memory (as it refuses `HSET`), the
+/// acknowledgement included.
 ///
-/// KEYS: ticket, events. ARGV: status, now ms, ttl seconds, change channel,
-/// ticket id, queue, `MINID` threshold ('' = events off), n, then n ticket
-/// field/value pairs, then the event's own field/value pairs.
+/// KEYS: ticket, events, stream. ARGV: status, now ms, ttl seconds, change
+/// channel, ticket id, queue, `MINID` threshold ('' = events off), consumer
+/// group, entry id, n, then n ticket field/value pairs, then the event's own
+/// field/value pairs.
 pub const FINISH_LUA: &str = r#"#!lua
+redis.call('XACK', KEYS[3], ARGV[8], ARGV[9])
 local st = redis.call('HGET', KEYS[1], 'st')
 if st == 'completed' or st == 'failed' or st == 'cancelled' then return 0 end
-local n = tonumber(ARGV[8])
+local n = tonumber(ARGV[10])
 local fields = {'st', ARGV[1], 'cmp', ARGV[2]}
-for i = 9, 8 + 2 * n do fields[#fields + 1] = ARGV[i] end
+for i = 11, 10 + 2 * n do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 if ARGV[7] ~= '' then
   local event = {'v', '1', 'queue', ARGV[6], 'type', ARGV[1], 'at', ARGV[2], 'ticket', ARGV[5]}
-  for i = 9 + 2 * n, #ARGV do event[#event + 1] = ARGV[i] end
+  for i = 11 + 2 * n, #ARGV do event[#event + 1] = ARGV[i] end
   redis.call('XADD', KEYS[2], 'MINID', '~', ARGV[7], '*', unpack(event))
 end
 return 1
