@@ -143,7 +143,12 @@ impl Upstream for HttpUpstream {
             Ok(Answer {
                 status: parts.status,
                 headers: parts.headers,
-                body,
+                // A copy, as admission copies a request's body: the body
+                // read whole is a slice of the connection's read buffer, and
+                // a ticket that keeps its answer (the embedded queue, until
+                // the ticket TTL) would keep that buffer alive — 4.5 KiB of
+                // resident memory per delivered ticket, measured.
+                body: Bytes::copy_from_slice(&body),
             })
         };
         tokio::time::timeout(timeout, work)
@@ -162,4 +167,45 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An answer's body owns its bytes: it holds no part of the kept-alive
+    /// connection's read buffer, which would stay allocated for as long as
+    /// the ticket keeps the answer.
+    #[tokio::test]
+    async fn an_answer_body_owns_its_bytes() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            // Two requests on one connection, each answered in one write.
+            for _ in 0..2 {
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = sock.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "the client closed the connection");
+                    head.extend_from_slice(&buf[..n]);
+                }
+                let answer = "HTTP/1.1 201 Created\r\ncontent-length: 13\r\n\r\n{\"order\":\"1\"}";
+                sock.write_all(answer.as_bytes()).await.unwrap();
+            }
+        });
+        let upstream = HttpUpstream::new();
+        for _ in 0..2 {
+            let req = Request::post(format!("http://{addr}/orders"))
+                .body(crate::http::body::full(Bytes::from_static(b"{}")))
+                .unwrap();
+            let answer = upstream.call(req, Duration::from_secs(5)).await.unwrap();
+            assert_eq!(answer.status, StatusCode::CREATED);
+            assert_eq!(&answer.body[..], b"{\"order\":\"1\"}");
+            let owned = answer.body.try_into_mut().expect("a body of its own");
+            assert!(owned.capacity() < 64, "{} bytes held", owned.capacity());
+        }
+    }
 }
