@@ -25,21 +25,49 @@ pub const MAX_EVENTS: usize = 100_000;
 pub(super) struct EventBuf {
     /// `None`: events are off.
     pub settings: Option<EventSettings>,
-    log: VecDeque<Event>,
+    log: VecDeque<Stored>,
     ids: VecDeque<EventId>,
     last: EventId,
     /// Wakes the readers waiting for the next event.
     pub written: Arc<Notify>,
 }
 
+/// One event as kept: what the log does not know already (its id is
+/// beside it in `ids`, the queue and the version in `settings`), in as few
+/// allocations as it needs — an [`Event`] costs about a kilobyte (a
+/// `BTreeMap` leaf alone is ~550 bytes), and a sale writes two per
+/// delivered ticket, up to [`MAX_EVENTS`]. Read back as an `Event`.
+struct Stored {
+    kind: &'static str,
+    ticket: Option<TicketId>,
+    at: u64,
+    fields: Box<[(&'static str, Box<str>)]>,
+}
+
+impl Stored {
+    fn event(&self, id: EventId, queue: &str) -> Event {
+        Event {
+            id: id.text(),
+            kind: self.kind.into(),
+            v: EVENTS_VERSION.into(),
+            queue: queue.into(),
+            ticket: self.ticket.as_ref().map(|t| t.as_str().to_string()),
+            at: self.at,
+            fields: (self.fields.iter())
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+        }
+    }
+}
+
 impl EventBuf {
     /// Writes one event (when events are on); `fields` are the type's own.
     pub fn record(
         &mut self,
-        kind: &str,
+        kind: &'static str,
         at: u64,
         ticket: Option<&TicketId>,
-        fields: &[(&str, String)],
+        fields: &[(&'static str, String)],
     ) {
         let Some(settings) = &self.settings else {
             return;
@@ -60,17 +88,13 @@ impl EventBuf {
             self.ids.pop_front();
             self.log.pop_front();
         }
-        self.log.push_back(Event {
-            id: id.text(),
-            kind: kind.into(),
-            v: EVENTS_VERSION.into(),
-            queue: settings.queue.clone(),
-            ticket: ticket.map(|t| t.as_str().to_string()),
+        self.log.push_back(Stored {
+            kind,
+            ticket: ticket.cloned(),
             at,
-            fields: fields
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
-                .collect::<BTreeMap<_, _>>(),
+            fields: (fields.iter())
+                .map(|(k, v)| (*k, v.as_str().into()))
+                .collect(),
         });
         self.ids.push_back(id);
         self.written.notify_waiters();
@@ -82,10 +106,11 @@ impl EventBuf {
         let limit = query.limit.max(1);
         let mut next = start;
         let mut events = Vec::new();
+        let queue = self.settings.as_ref().map_or("", |s| s.queue.as_str());
         for (id, event) in self.ids.iter().zip(&self.log).skip(from).take(SCAN_BUDGET) {
             next = *id;
-            if query.wants(&event.kind) {
-                events.push(event.clone());
+            if query.wants(event.kind) {
+                events.push(event.event(*id, queue));
                 if events.len() == limit {
                     break;
                 }
