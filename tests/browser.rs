@@ -767,7 +767,10 @@ async fn the_join_page_solves_the_challenge_admits_the_order_and_follows_its_tic
         "Checking your browser… 0 %"
     );
     capture(&browser, "joining").await;
-    assert!(upstream.received().is_empty());
+    let sent: Vec<_> = (upstream.received().iter())
+        .map(|r| format!("{} {} {}", r.method, r.path, r.header("idempotency-key")))
+        .collect();
+    assert!(sent.is_empty(), "sent upstream while checking: {sent:?}");
 
     // Solvable now; a reload keeps the page's Idempotency-Key.
     c.patch_knobs(json!({"pow_difficulty": 10}).to_string())
