@@ -459,11 +459,8 @@ async fn redis_completion_survives_a_script_flush() {
     let d = backend.next1().await.expect("a");
     q.start_attempt(&d).await.unwrap();
     let mut c = redis.conn().await;
-    let _: () = redis::cmd("SCRIPT")
-        .arg("FLUSH")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    let flush = redis::cmd("SCRIPT").arg("FLUSH").clone();
+    let _: () = flush.query_async(&mut c).await.unwrap();
     let response = StoredResponse {
         status: 201,
         headers: Bytes::new(),
@@ -475,11 +472,7 @@ async fn redis_completion_survives_a_script_flush() {
     assert_eq!(record.response.as_ref(), Some(&response));
     assert_eq!(q.stats().await.unwrap().in_flight, 0);
     // Recorded again (a reply lost after it was applied): nothing changes.
-    let _: () = redis::cmd("SCRIPT")
-        .arg("FLUSH")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    let _: () = flush.query_async(&mut c).await.unwrap();
     let other = StoredResponse {
         status: 500,
         ..response.clone()
